@@ -1,0 +1,77 @@
+//! The `fleet` binary as users call it.
+
+use std::process::Command;
+
+fn fleet() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    cmd.env_remove("FLEET_CONFIG").env_remove("FLEET_API_KEYS");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run fleet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_example_jobs() {
+    let (code, stdout, _) = run(fleet().args(["validate", "examples/jobs.jsonl"]));
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("4 job(s), all valid"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_every_error_with_line_and_field() {
+    let (code, stdout, stderr) = run(fleet().args(["validate", "examples/bad-jobs.jsonl"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("examples/bad-jobs.jsonl:2: prompt: must not be empty"), "{stdout}");
+    assert!(stdout.contains("examples/bad-jobs.jsonl:2: steps: must be 1, 2, 4 or 8"), "{stdout}");
+    assert!(stdout.contains("examples/bad-jobs.jsonl:2: loras[2].scale: must be between -4 and 4"), "{stdout}");
+    assert!(stdout.contains("examples/bad-jobs.jsonl:3: widht: unknown field `widht`"), "{stdout}");
+    assert!(stdout.contains("examples/bad-jobs.jsonl:4: .: expected ident"), "{stdout}");
+    assert!(stdout.contains("3 of 4 job(s) invalid"), "{stdout}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn validate_single_json_document_reports_the_file_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("job.json");
+    std::fs::write(&file, "{\n  \"prompt\": \"x\",\n  \"guidance\": \"high\"\n}\n").unwrap();
+    let (code, stdout, _) = run(fleet().arg("validate").arg(&file));
+    assert_eq!(code, 1);
+    assert!(stdout.contains("job.json:3: guidance: invalid type"), "{stdout}");
+}
+
+#[test]
+fn validate_missing_file_is_a_clear_error() {
+    let (code, _, stderr) = run(fleet().args(["validate", "no/such/file.jsonl"]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read no/such/file.jsonl"), "{stderr}");
+}
+
+#[test]
+fn config_prints_layers_and_masks_secrets() {
+    let (code, stdout, stderr) = run(fleet()
+        .args(["--config", "fleet.example.toml", "config", "--set", "redis.key_prefix=from-flag"])
+        .env("FLEET__WORKER__MAX_BATCH_IMAGES", "3")
+        .env("FLEET_API_KEYS", "supersecretkey=ops:admin"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("key_prefix = \"from-flag\""), "{stdout}");
+    assert!(stdout.contains("max_batch_images = 3"), "{stdout}");
+    assert!(stdout.contains("amqp://guest:***@127.0.0.1"), "{stdout}");
+    assert!(stdout.contains("supe***") && !stdout.contains("supersecretkey"), "{stdout}");
+    assert!(!stdout.contains("dev-key-change-me"), "{stdout}");
+}
+
+#[test]
+fn config_rejects_invalid_values_with_the_key_name() {
+    let (code, _, stderr) = run(fleet().args(["config", "--set", "http.listen=not-an-address"]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("http.listen"), "{stderr}");
+}

@@ -1,0 +1,525 @@
+//! Fleet configuration: types, defaults and layered loading
+//! (defaults < `fleet.toml` < `FLEET__…` environment < command-line `--set key=value`),
+//! validated at load so a bad value fails at start, not mid-job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::Limits;
+
+/// Everything a dispatcher, worker or CLI reads from configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    pub rabbitmq: RabbitMqConfig,
+    pub redis: RedisConfig,
+    pub s3: S3Config,
+    pub http: HttpConfig,
+    pub library: LibraryConfig,
+    /// Models the workers serve, by the name jobs use in `model`.
+    pub models: BTreeMap<String, ModelConfig>,
+    pub worker: WorkerConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqConfig {
+    /// AMQP URL, with credentials and vhost (`%2f` is `/`).
+    pub url: String,
+    /// Topic exchange jobs are published to.
+    pub exchange: String,
+    /// Prefix of the per-model, per-priority queues (`<prefix>.<model>.<priority>`).
+    pub queue_prefix: String,
+    /// Exchange that receives rejected and over-delivered jobs.
+    pub dead_letter_exchange: String,
+    /// Queue bound to the dead-letter exchange.
+    pub dead_letter_queue: String,
+    /// Deliveries after which a job that keeps failing workers is dead-lettered.
+    pub delivery_limit: u32,
+    /// Seconds to wait for a publisher confirm before reporting the publish failed.
+    pub publish_timeout_secs: u64,
+    /// Ready messages a queue may hold before the dispatcher answers 429 instead of publishing.
+    pub max_queue_depth: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Redis URL (`redis://` or `rediss://`).
+    pub url: String,
+    /// Prefix of every key the fleet writes.
+    pub key_prefix: String,
+    /// Seconds a finished job's status is kept.
+    pub status_ttl_secs: u64,
+    /// Seconds an idempotency key maps to its job.
+    pub idempotency_ttl_secs: u64,
+    /// Seconds after which a worker without a heartbeat counts as gone.
+    pub heartbeat_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL of an S3-compatible server; empty means AWS itself.
+    pub endpoint: String,
+    /// Region (any value for MinIO/SeaweedFS).
+    pub region: String,
+    /// Bucket for result images.
+    pub bucket: String,
+    /// Key prefix for result images.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and SeaweedFS.
+    pub path_style: bool,
+    /// Access key; empty means the standard AWS chain (`AWS_ACCESS_KEY_ID`, profiles, instance roles).
+    pub access_key_id: String,
+    /// Secret key; empty means the standard AWS chain.
+    pub secret_access_key: String,
+    /// Lifetime of presigned GET URLs, in seconds.
+    pub presign_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the dispatcher listens on.
+    pub listen: String,
+    /// API keys and the tenant each one acts as.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Jobs a tenant may have queued or running before new ones get 429.
+    pub max_in_flight_per_tenant: u64,
+    /// Most jobs in one `POST /v1/jobs` array.
+    pub max_jobs_per_request: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The secret the client sends as `Authorization: Bearer <key>`.
+    pub key: String,
+    /// Tenant the key acts as.
+    pub tenant: String,
+    /// Whether the key may use admin endpoints.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LibraryConfig {
+    /// Hugging Face cache / model directory.
+    pub model_dir: PathBuf,
+    /// Directory of LoRA `.safetensors` files; a job's LoRA `name` is a file stem here.
+    pub lora_dir: PathBuf,
+    /// Directory of ControlNet models (diffusers layout), one folder per name.
+    pub controlnet_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `tiny` (built-in random test model), a local diffusers folder, or a Hugging Face hub id.
+    pub source: String,
+    /// Optional UNet weights replacing the source's UNet (e.g. an SDXL-Lightning UNet file or hub path).
+    pub unet: Option<String>,
+    /// Override of the scheduler's prediction type (`epsilon` or `sample`).
+    pub prediction_type: Option<String>,
+    /// Largest width or height a job may ask for.
+    pub max_side: u32,
+    /// Largest width × height a job may ask for.
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub device: String,
+    /// Most images in one batch.
+    pub max_batch_images: u32,
+    /// Budget of one batch in images × pixels × steps.
+    pub max_batch_pixel_steps: u64,
+    /// Milliseconds a batch waits for compatible jobs before it runs.
+    pub batch_deadline_ms: u64,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval_secs: u64,
+    /// Seconds a stopping worker waits for its batch to finish before giving jobs back.
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest prompt, in characters.
+    pub max_prompt_chars: usize,
+    /// Largest `num_images`.
+    pub max_num_images: u32,
+    /// Largest number of LoRAs per job.
+    pub max_loras: usize,
+    /// Largest `metadata`, serialised, in bytes.
+    pub max_metadata_bytes: usize,
+    /// Largest inline control image, decoded, in bytes.
+    pub max_control_image_bytes: usize,
+    /// Buckets control images may be read from.
+    pub allowed_image_buckets: Vec<String>,
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        RabbitMqConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "fleet.jobs".into(),
+            queue_prefix: "fleet".into(),
+            dead_letter_exchange: "fleet.dlx".into(),
+            dead_letter_queue: "fleet.dead".into(),
+            delivery_limit: 3,
+            publish_timeout_secs: 10,
+            max_queue_depth: 100_000,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "fleet".into(),
+            status_ttl_secs: 7 * 24 * 3600,
+            idempotency_ttl_secs: 24 * 3600,
+            heartbeat_ttl_secs: 30,
+        }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: "http://127.0.0.1:8333".into(),
+            region: "us-east-1".into(),
+            bucket: "fleet-images".into(),
+            prefix: "images".into(),
+            path_style: true,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            presign_ttl_secs: 3600,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            max_body_bytes: 12 * 1024 * 1024,
+            max_in_flight_per_tenant: 10_000,
+            max_jobs_per_request: 1000,
+        }
+    }
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        LibraryConfig {
+            model_dir: PathBuf::from("models"),
+            lora_dir: PathBuf::from("models/loras"),
+            controlnet_dir: PathBuf::from("models/controlnet"),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { source: "tiny".into(), unet: None, prediction_type: None, max_side: 2048, max_pixels: 4_200_000 }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            device: "cpu".into(),
+            max_batch_images: 8,
+            max_batch_pixel_steps: 8 * 1024 * 1024 * 4,
+            batch_deadline_ms: 50,
+            heartbeat_interval_secs: 5,
+            drain_timeout_secs: 120,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        LimitsConfig {
+            max_prompt_chars: limits.max_prompt_chars,
+            max_num_images: limits.max_num_images,
+            max_loras: limits.max_loras,
+            max_metadata_bytes: limits.max_metadata_bytes,
+            max_control_image_bytes: limits.max_control_image_bytes,
+            allowed_image_buckets: limits.allowed_image_buckets,
+        }
+    }
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        let mut models = BTreeMap::new();
+        models.insert(
+            crate::job::DEFAULT_MODEL.to_owned(),
+            ModelConfig {
+                source: "stabilityai/stable-diffusion-xl-base-1.0".into(),
+                unet: Some("ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors".into()),
+                ..ModelConfig::default()
+            },
+        );
+        models.insert("tiny".to_owned(), ModelConfig::default());
+        FleetConfig {
+            rabbitmq: RabbitMqConfig::default(),
+            redis: RedisConfig::default(),
+            s3: S3Config::default(),
+            http: HttpConfig::default(),
+            library: LibraryConfig::default(),
+            models,
+            worker: WorkerConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: --set {0}: expected key=value")]
+    BadOverride(String),
+    #[error("configuration: FLEET_API_KEYS entry `{0}`: expected key=tenant or key=tenant:admin")]
+    BadApiKeyEnv(String),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Where configuration layers come from; tests pass their own environment.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// A TOML file; it must exist when given.
+    pub file: Option<PathBuf>,
+    /// Environment variables (normally `std::env::vars()`).
+    pub env: HashMap<String, String>,
+    /// `key=value` overrides from the command line, e.g. `redis.url=redis://host:6379`.
+    pub overrides: Vec<String>,
+}
+
+impl ConfigSources {
+    /// Sources from the process environment, with `FLEET_CONFIG` naming the file when `file` is `None`.
+    pub fn from_process(file: Option<PathBuf>, overrides: Vec<String>) -> Self {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = file.or_else(|| env.get("FLEET_CONFIG").map(PathBuf::from));
+        ConfigSources { file, env, overrides }
+    }
+}
+
+impl FleetConfig {
+    /// Loads defaults < file < `FLEET__SECTION__KEY` variables < overrides, then validates.
+    pub fn load(sources: &ConfigSources) -> Result<FleetConfig, ConfigError> {
+        let defaults = config::Config::try_from(&FleetConfig::default())?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(file) = &sources.file {
+            builder = builder.add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
+        }
+        let fleet_env: HashMap<String, String> =
+            sources.env.iter().filter(|(k, _)| k.starts_with("FLEET__")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("FLEET")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(fleet_env)),
+        );
+        for pair in &sources.overrides {
+            let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError::BadOverride(pair.clone()))?;
+            builder = builder.set_override(key.trim(), value.trim())?;
+        }
+        let mut cfg: FleetConfig = builder.build()?.try_deserialize()?;
+        if let Some(keys) = sources.env.get("FLEET_API_KEYS") {
+            cfg.http.api_keys.extend(parse_api_keys(keys)?);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Loads from a file path only (no environment), for tools and tests.
+    pub fn from_file(path: &Path) -> Result<FleetConfig, ConfigError> {
+        FleetConfig::load(&ConfigSources { file: Some(path.to_owned()), ..ConfigSources::default() })
+    }
+
+    /// Every problem with the values, at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        need(
+            has_scheme(&self.rabbitmq.url, &["amqp", "amqps"]),
+            format!("rabbitmq.url `{}`: must start with amqp:// or amqps://", mask_url(&self.rabbitmq.url)),
+        );
+        need(
+            has_scheme(&self.redis.url, &["redis", "rediss"]),
+            format!("redis.url `{}`: must start with redis:// or rediss://", mask_url(&self.redis.url)),
+        );
+        need(
+            self.s3.endpoint.is_empty() || has_scheme(&self.s3.endpoint, &["http", "https"]),
+            format!("s3.endpoint `{}`: must be empty or an http(s) URL", self.s3.endpoint),
+        );
+        need(!self.s3.bucket.is_empty(), "s3.bucket: must not be empty".into());
+        need(
+            self.s3.access_key_id.is_empty() == self.s3.secret_access_key.is_empty(),
+            "s3.access_key_id and s3.secret_access_key: set both or neither".into(),
+        );
+        need(
+            self.http.listen.parse::<SocketAddr>().is_ok(),
+            format!("http.listen `{}`: must be an address like 0.0.0.0:8080", self.http.listen),
+        );
+        need(self.rabbitmq.delivery_limit >= 1, "rabbitmq.delivery_limit: must be at least 1".into());
+        need(self.rabbitmq.publish_timeout_secs >= 1, "rabbitmq.publish_timeout_secs: must be at least 1".into());
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in self.http.api_keys.iter().enumerate() {
+            need(key.key.len() >= 8, format!("http.api_keys[{i}].key: must be at least 8 characters"));
+            need(seen.insert(key.key.as_str()), format!("http.api_keys[{i}].key: duplicate key"));
+            need(
+                !key.tenant.is_empty()
+                    && key.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                format!("http.api_keys[{i}].tenant `{}`: letters, digits, '.', '_', '-' only", key.tenant),
+            );
+        }
+        need(!self.models.is_empty(), "models: at least one model must be configured".into());
+        for (name, model) in &self.models {
+            need(!model.source.is_empty(), format!("models.{name}.source: must not be empty"));
+            need(
+                model.max_side >= 64 && model.max_side % 8 == 0,
+                format!("models.{name}.max_side: must be a multiple of 8, at least 64"),
+            );
+            need(model.max_pixels >= 64 * 64, format!("models.{name}.max_pixels: must be at least 4096"));
+            if let Some(p) = &model.prediction_type {
+                need(
+                    p == "epsilon" || p == "sample",
+                    format!("models.{name}.prediction_type `{p}`: must be epsilon or sample"),
+                );
+            }
+        }
+        need(self.worker.max_batch_images >= 1, "worker.max_batch_images: must be at least 1".into());
+        need(
+            self.worker.max_batch_pixel_steps >= 64 * 64,
+            "worker.max_batch_pixel_steps: must be at least 4096".into(),
+        );
+        need(self.worker.heartbeat_interval_secs >= 1, "worker.heartbeat_interval_secs: must be at least 1".into());
+        need(
+            self.redis.heartbeat_ttl_secs > self.worker.heartbeat_interval_secs,
+            "redis.heartbeat_ttl_secs: must exceed worker.heartbeat_interval_secs".into(),
+        );
+        need(self.limits.max_num_images >= 1, "limits.max_num_images: must be at least 1".into());
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The limits a job for `model` is validated against (deployment-wide limits for unknown models:
+    /// routing refuses those with `model_unavailable`).
+    pub fn limits_for(&self, model: &str) -> Limits {
+        let defaults = ModelConfig::default();
+        let model = self.models.get(model).unwrap_or(&defaults);
+        Limits {
+            max_side: model.max_side,
+            max_pixels: model.max_pixels,
+            max_prompt_chars: self.limits.max_prompt_chars,
+            max_num_images: self.limits.max_num_images,
+            max_loras: self.limits.max_loras,
+            max_metadata_bytes: self.limits.max_metadata_bytes,
+            max_control_image_bytes: self.limits.max_control_image_bytes,
+            allowed_image_buckets: self.limits.allowed_image_buckets.clone(),
+        }
+    }
+
+    /// A copy safe to print: passwords in URLs, API keys and the S3 secret are masked.
+    pub fn masked(&self) -> FleetConfig {
+        let mut cfg = self.clone();
+        cfg.rabbitmq.url = mask_url(&cfg.rabbitmq.url);
+        cfg.redis.url = mask_url(&cfg.redis.url);
+        for key in &mut cfg.http.api_keys {
+            key.key = mask_secret(&key.key);
+        }
+        cfg.s3.secret_access_key = mask_secret(&cfg.s3.secret_access_key);
+        cfg
+    }
+}
+
+fn has_scheme(url: &str, schemes: &[&str]) -> bool {
+    url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty())
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+fn mask_secret(secret: &str) -> String {
+    if secret.is_empty() {
+        return String::new();
+    }
+    let shown: String = secret.chars().take(4).collect();
+    format!("{shown}***")
+}
+
+/// `FLEET_API_KEYS=key1=tenant1:admin,key2=tenant2`: keys from a secret without a config file.
+fn parse_api_keys(value: &str) -> Result<Vec<ApiKeyConfig>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|entry| {
+            let (key, rest) = entry.split_once('=').ok_or_else(|| ConfigError::BadApiKeyEnv(mask_secret(entry)))?;
+            let (tenant, admin) = match rest.split_once(':') {
+                Some((tenant, "admin")) => (tenant, true),
+                Some(_) => return Err(ConfigError::BadApiKeyEnv(mask_secret(entry))),
+                None => (rest, false),
+            };
+            Ok(ApiKeyConfig { key: key.to_owned(), tenant: tenant.to_owned(), admin })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        FleetConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn url_masking() {
+        assert_eq!(mask_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(mask_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(mask_secret("abcdefgh"), "abcd***");
+    }
+
+    #[test]
+    fn api_keys_from_env() {
+        let keys = parse_api_keys("k1k1k1k1=alice:admin, k2k2k2k2=bob").unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].admin && !keys[1].admin);
+        assert!(parse_api_keys("nokey").is_err());
+        assert!(parse_api_keys("k=t:root").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! The job wire format: one generation request, as it travels over HTTP and RabbitMQ.
+//!
+//! A [`JobSpec`] is only parsed here; [`crate::validate`] turns it into a [`crate::ValidJob`],
+//! the only form later stages accept.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The wire-format version this build reads and writes.
+pub const SPEC_VERSION: u32 = 1;
+/// The model a job runs on when it names none.
+pub const DEFAULT_MODEL: &str = "sdxl-lightning-4step";
+/// Step counts the SDXL-Lightning checkpoints are distilled for.
+pub const ALLOWED_STEPS: [u32; 4] = [1, 2, 4, 8];
+
+/// One image-generation job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "lightning-fleet job", extend("$id" = "https://lightning-fleet.dev/schemas/job.v1.json"))]
+pub struct JobSpec {
+    /// Wire-format version; must be 1.
+    #[serde(default = "spec_version")]
+    pub v: u32,
+    /// Job id (UUID). Assigned by the dispatcher (UUID v7, time-ordered) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    /// Client-chosen key: the same key from the same tenant returns the existing job instead of creating a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// What to draw. Required, non-empty, at most 4000 characters; longer than 77 CLIP tokens is truncated by the model.
+    pub prompt: String,
+    /// What not to draw; only used when `guidance` > 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Name of a model configured on the workers.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Denoising steps: 1, 2, 4 or 8 (the Lightning checkpoints are distilled for exactly these).
+    #[serde(default = "default_steps")]
+    pub steps: u32,
+    /// Classifier-free guidance scale, 0–20. Lightning is made for 0; values above 1 run the negative prompt too.
+    #[serde(default)]
+    pub guidance: f32,
+    /// Image width in pixels: a multiple of 8, at least 64, at most the model's maximum.
+    #[serde(default = "default_side")]
+    pub width: u32,
+    /// Image height in pixels: a multiple of 8, at least 64, at most the model's maximum.
+    #[serde(default = "default_side")]
+    pub height: u32,
+    /// Seed of the first image; image i uses seed + i. Drawn and recorded by the dispatcher when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Number of images, 1–16.
+    #[serde(default = "default_num_images")]
+    pub num_images: u32,
+    /// Style LoRAs to fuse, by name from the workers' LoRA library.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRef>,
+    /// Optional ControlNet conditioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlnet: Option<ControlNetSpec>,
+    /// Encoding of the result images.
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Scheduling class: `interactive` work is always served before `bulk` work.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Owner of the job. Set by the dispatcher from the caller's API key; a value in a request body is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Free JSON object (at most 8 KiB serialised), stored and returned untouched.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A LoRA from the workers' library and the strength it is fused with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraRef {
+    /// Library name (letters, digits, `.`, `_`, `-`); never a path or URL.
+    pub name: String,
+    /// Strength, −4 to 4.
+    #[serde(default = "default_lora_scale")]
+    pub scale: f32,
+}
+
+/// ControlNet conditioning for a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlNetSpec {
+    /// Library name of the ControlNet model (e.g. `canny`, `depth`).
+    pub model: String,
+    /// The control image: `s3://bucket/key` in an allowed bucket, or inline base64 PNG/JPEG
+    /// (bare or as a `data:image/png;base64,` URI) up to the configured size.
+    pub image: String,
+    /// Conditioning scale, 0–2.
+    #[serde(default = "default_controlnet_scale")]
+    pub scale: f32,
+    /// Fraction of the steps after which control starts, 0–1.
+    #[serde(default)]
+    pub start: f32,
+    /// Fraction of the steps after which control ends, 0–1, greater than `start`.
+    #[serde(default = "default_controlnet_end")]
+    pub end: f32,
+}
+
+/// How result images are encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Image format.
+    #[serde(default)]
+    pub format: ImageFormat,
+    /// Quality 1–100 for JPEG (ignored for PNG and for WebP, which is written lossless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+}
+
+/// Result image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// PNG, with the generation parameters in text chunks.
+    #[default]
+    Png,
+    /// JPEG.
+    Jpeg,
+    /// WebP (lossless).
+    Webp,
+}
+
+impl ImageFormat {
+    /// File extension without the dot.
+    pub const fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    /// MIME type for uploads.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "image/png",
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Webp => "image/webp",
+        }
+    }
+}
+
+/// Scheduling class of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Someone is waiting for it.
+    #[default]
+    Interactive,
+    /// Dataset generation; yields to interactive work.
+    Bulk,
+}
+
+impl Priority {
+    /// Wire name (`interactive` / `bulk`), also used in queue names.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Bulk => "bulk",
+        }
+    }
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec { format: ImageFormat::Png, quality: None }
+    }
+}
+
+impl JobSpec {
+    /// A job with every optional field at its default.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        JobSpec {
+            v: SPEC_VERSION,
+            id: None,
+            idempotency_key: None,
+            prompt: prompt.into(),
+            negative_prompt: None,
+            model: default_model(),
+            steps: default_steps(),
+            guidance: 0.0,
+            width: default_side(),
+            height: default_side(),
+            seed: None,
+            num_images: default_num_images(),
+            loras: Vec::new(),
+            controlnet: None,
+            output: OutputSpec::default(),
+            priority: Priority::default(),
+            tenant: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+}
+
+fn spec_version() -> u32 {
+    SPEC_VERSION
+}
+fn default_model() -> String {
+    DEFAULT_MODEL.to_owned()
+}
+fn default_steps() -> u32 {
+    4
+}
+fn default_side() -> u32 {
+    1024
+}
+fn default_num_images() -> u32 {
+    1
+}
+fn default_lora_scale() -> f32 {
+    1.0
+}
+fn default_controlnet_scale() -> f32 {
+    0.5
+}
+fn default_controlnet_end() -> f32 {
+    1.0
+}

@@ -1,0 +1,24 @@
+//! The lightning-fleet job contract, shared by every crate and by producers in other languages.
+//!
+//! - [`job`]: the wire format of a generation job ([`JobSpec`]);
+//! - [`parse`]: JSON → [`JobSpec`] with field paths in errors;
+//! - [`validate`]: [`JobSpec`] → [`ValidJob`], reporting every problem at once;
+//! - [`status`]: the job status model and its checked transitions;
+//! - [`error_code`]: the table of stable error codes (HTTP status, retryability);
+//! - [`config`]: configuration types, defaults and layered loading;
+//! - [`schema`]: the JSON Schema published in `docs/job.schema.json`.
+
+pub mod config;
+pub mod error_code;
+pub mod job;
+pub mod parse;
+pub mod schema;
+pub mod status;
+pub mod validate;
+
+pub use config::FleetConfig;
+pub use error_code::ErrorCode;
+pub use job::{ControlNetSpec, ImageFormat, JobSpec, LoraRef, OutputSpec, Priority};
+pub use parse::{ParseError, parse_job};
+pub use status::{ImageResult, JobError, JobState, JobStatus, Progress};
+pub use validate::{FieldError, Limits, ValidJob, ValidationErrors};

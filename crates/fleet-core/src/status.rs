@@ -1,0 +1,284 @@
+//! The job status model and its checked state machine:
+//! `queued → running → succeeded | failed | cancelled`.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error_code::ErrorCode;
+use crate::job::{ImageFormat, Priority};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted and durably on the queue.
+    Queued,
+    /// A worker is generating it.
+    Running,
+    /// Every image is in storage.
+    Succeeded,
+    /// It ended with an error; see `error`.
+    Failed,
+    /// Its owner cancelled it.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether nothing can happen to the job any more.
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether `self → next` is a legal transition.
+    ///
+    /// `running → queued` is legal: a worker that dies mid-batch leaves its jobs to be redelivered.
+    /// `queued → failed` covers jobs refused before any worker ran them (dead-lettered, unknown LoRA).
+    pub const fn can_become(self, next: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, next),
+            (Queued, Running | Failed | Cancelled) | (Running, Succeeded | Failed | Cancelled | Queued)
+        )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An illegal state change was asked for; nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {id}: illegal transition {from} → {to}")]
+pub struct IllegalTransition {
+    pub id: Uuid,
+    pub from: JobState,
+    pub to: JobState,
+}
+
+/// How far a running job is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Progress {
+    /// Denoising step the current batch is on (1-based; 0 before the first).
+    pub step: u32,
+    /// Steps per image.
+    pub steps: u32,
+    /// Images finished and stored.
+    pub images_done: u32,
+    /// Images this job makes.
+    pub images_total: u32,
+}
+
+/// One stored result image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageResult {
+    /// Index within the job (0-based).
+    pub index: u32,
+    /// Object key in the bucket (`<prefix>/<tenant>/<job id>/<index>.<ext>`).
+    pub key: String,
+    /// Seed this image was made with.
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    pub format: ImageFormat,
+    /// Hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// Size of the stored object.
+    pub bytes: u64,
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct JobError {
+    /// Stable machine code.
+    pub code: ErrorCode,
+    /// Human explanation.
+    pub message: String,
+    /// Whether submitting the same job again may succeed.
+    pub retryable: bool,
+}
+
+impl JobError {
+    /// An error whose `retryable` follows the code's table entry.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        JobError { code, message: message.into(), retryable: code.retryable() }
+    }
+}
+
+/// Everything known about one job, as served to clients and stored in Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobStatus {
+    pub id: Uuid,
+    pub tenant: String,
+    pub state: JobState,
+    pub model: String,
+    pub priority: Priority,
+    #[serde(default)]
+    pub progress: Progress,
+    /// Times a worker has started this job.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The worker that runs (or last ran) it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub result: Vec<ImageResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// The job's `metadata`, untouched.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JobStatus {
+    /// The status of a job just accepted onto the queue.
+    pub fn queued(job: &crate::ValidJob, now: DateTime<Utc>) -> Option<Self> {
+        let spec = job.spec();
+        Some(JobStatus {
+            id: spec.id?,
+            tenant: spec.tenant.clone()?,
+            state: JobState::Queued,
+            model: spec.model.clone(),
+            priority: spec.priority,
+            progress: Progress { step: 0, steps: spec.steps, images_done: 0, images_total: spec.num_images },
+            attempts: 0,
+            worker: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            result: Vec::new(),
+            error: None,
+            metadata: spec.metadata.clone(),
+        })
+    }
+
+    fn transition(&mut self, to: JobState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        if !self.state.can_become(to) {
+            return Err(IllegalTransition { id: self.id, from: self.state, to });
+        }
+        self.state = to;
+        if to.is_terminal() {
+            self.finished_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// A worker picked the job up.
+    pub fn start(&mut self, worker: &str, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(JobState::Running, now)?;
+        self.attempts += 1;
+        self.worker = Some(worker.to_owned());
+        self.started_at = Some(now);
+        self.progress.step = 0;
+        Ok(())
+    }
+
+    /// The worker died or gave the job back; it waits on the queue again.
+    pub fn requeue(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(JobState::Queued, now)
+    }
+
+    /// Every image is stored.
+    pub fn succeed(&mut self, result: Vec<ImageResult>, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(JobState::Succeeded, now)?;
+        self.progress.images_done = u32::try_from(result.len()).unwrap_or(u32::MAX);
+        self.progress.step = self.progress.steps;
+        self.result = result;
+        Ok(())
+    }
+
+    /// The job ended with an error.
+    pub fn fail(&mut self, error: JobError, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(JobState::Failed, now)?;
+        self.error = Some(error);
+        Ok(())
+    }
+
+    /// Its owner cancelled it.
+    pub fn cancel(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.transition(JobState::Cancelled, now)?;
+        self.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by its owner"));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{JobSpec, Limits};
+
+    fn queued() -> JobStatus {
+        let job = JobSpec::new("x").validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7, || 1);
+        JobStatus::queued(&job, Utc::now()).unwrap()
+    }
+
+    #[test]
+    fn happy_path() {
+        let mut s = queued();
+        s.start("w1", Utc::now()).unwrap();
+        assert_eq!((s.state, s.attempts), (JobState::Running, 1));
+        s.succeed(vec![], Utc::now()).unwrap();
+        assert_eq!(s.state, JobState::Succeeded);
+        assert!(s.finished_at.is_some());
+    }
+
+    #[test]
+    fn redelivery_counts_attempts() {
+        let mut s = queued();
+        s.start("w1", Utc::now()).unwrap();
+        s.requeue(Utc::now()).unwrap();
+        s.start("w2", Utc::now()).unwrap();
+        assert_eq!(s.attempts, 2);
+        assert_eq!(s.worker.as_deref(), Some("w2"));
+    }
+
+    #[test]
+    fn terminal_states_are_final_and_nothing_is_applied() {
+        let mut s = queued();
+        s.cancel(Utc::now()).unwrap();
+        let before = s.clone();
+        let err = s.start("w1", Utc::now()).unwrap_err();
+        assert_eq!((err.from, err.to), (JobState::Cancelled, JobState::Running));
+        assert_eq!(s, before);
+        assert!(s.succeed(vec![], Utc::now()).is_err());
+    }
+
+    #[test]
+    fn transition_table() {
+        use JobState::*;
+        let all = [Queued, Running, Succeeded, Failed, Cancelled];
+        let legal: Vec<_> =
+            all.iter().flat_map(|a| all.iter().map(move |b| (*a, *b))).filter(|(a, b)| a.can_become(*b)).collect();
+        assert_eq!(
+            legal,
+            [
+                (Queued, Running),
+                (Queued, Failed),
+                (Queued, Cancelled),
+                (Running, Queued),
+                (Running, Succeeded),
+                (Running, Failed),
+                (Running, Cancelled)
+            ]
+        );
+    }
+}

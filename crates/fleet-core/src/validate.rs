@@ -1,0 +1,384 @@
+//! Validation: every problem of a [`JobSpec`] at once, each with its field path.
+//!
+//! A [`ValidJob`] can only be made here, so code that takes one never sees unchecked input.
+
+use base64::Engine as _;
+use uuid::Uuid;
+
+use crate::job::{ALLOWED_STEPS, JobSpec, SPEC_VERSION};
+
+/// Per-model and per-deployment limits a job is checked against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest width or height in pixels.
+    pub max_side: u32,
+    /// Largest width × height.
+    pub max_pixels: u64,
+    /// Largest prompt (and negative prompt), in characters.
+    pub max_prompt_chars: usize,
+    /// Largest number of images per job.
+    pub max_num_images: u32,
+    /// Largest number of LoRAs per job.
+    pub max_loras: usize,
+    /// Largest `metadata` object, serialised, in bytes.
+    pub max_metadata_bytes: usize,
+    /// Largest inline control image, decoded, in bytes.
+    pub max_control_image_bytes: usize,
+    /// Buckets a control image may be read from (`s3://bucket/...`).
+    pub allowed_image_buckets: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_side: 2048,
+            max_pixels: 4_200_000,
+            max_prompt_chars: 4000,
+            max_num_images: 16,
+            max_loras: 8,
+            max_metadata_bytes: 8 * 1024,
+            max_control_image_bytes: 8 * 1024 * 1024,
+            allowed_image_buckets: Vec::new(),
+        }
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldError {
+    /// Path of the field, e.g. `loras[2].scale`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All problems found in one job (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", join(.0))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+fn join(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// A job that passed validation. Only [`JobSpec::validate`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidJob {
+    spec: JobSpec,
+}
+
+impl ValidJob {
+    /// The validated spec.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
+    /// Gives up the guarantee and returns the spec (e.g. to serialise it).
+    pub fn into_spec(self) -> JobSpec {
+        self.spec
+    }
+
+    /// Fills in what the dispatcher owns: the id (kept when the client sent one), the seed
+    /// (kept when sent) and the tenant (always replaced: it is never trusted from the body).
+    pub fn assign(mut self, tenant: &str, new_id: impl FnOnce() -> Uuid, new_seed: impl FnOnce() -> u64) -> ValidJob {
+        self.spec.id.get_or_insert_with(new_id);
+        self.spec.seed.get_or_insert_with(new_seed);
+        self.spec.tenant = Some(tenant.to_owned());
+        self
+    }
+}
+
+/// A new time-ordered job id (UUID v7).
+pub fn new_job_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// Where a control image comes from, once its reference is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlImageSource {
+    /// An object in an allowed bucket.
+    S3 { bucket: String, key: String },
+    /// Image bytes sent inline.
+    Inline { bytes: Vec<u8>, kind: InlineImageKind },
+}
+
+/// Formats accepted inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InlineImageKind {
+    Png,
+    Jpeg,
+}
+
+/// Parses and checks a control image reference against the limits.
+pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageSource, String> {
+    if let Some(rest) = image.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or("an S3 URI needs a key: s3://bucket/key")?;
+        if bucket.is_empty() || key.is_empty() {
+            return Err("an S3 URI needs a bucket and a key: s3://bucket/key".to_owned());
+        }
+        if !limits.allowed_image_buckets.iter().any(|b| b == bucket) {
+            return Err(format!("bucket `{bucket}` is not an allowed control-image bucket"));
+        }
+        return Ok(ControlImageSource::S3 { bucket: bucket.to_owned(), key: key.to_owned() });
+    }
+    let encoded = match image.strip_prefix("data:") {
+        Some(uri) => {
+            let (mime, data) =
+                uri.split_once(";base64,").ok_or("a data URI must be base64: data:image/png;base64,...")?;
+            if mime != "image/png" && mime != "image/jpeg" {
+                return Err(format!("data URI type `{mime}` is not image/png or image/jpeg"));
+            }
+            data
+        }
+        None => image,
+    };
+    // Bound the work before decoding: base64 is 4/3 the size of its bytes.
+    if encoded.len() / 4 * 3 > limits.max_control_image_bytes + 3 {
+        return Err(format!("inline image is larger than {} bytes", limits.max_control_image_bytes));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("not an s3:// URI and not valid base64 ({e})"))?;
+    if bytes.len() > limits.max_control_image_bytes {
+        return Err(format!("inline image is larger than {} bytes", limits.max_control_image_bytes));
+    }
+    let kind = if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        InlineImageKind::Png
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        InlineImageKind::Jpeg
+    } else {
+        return Err("inline image is neither PNG nor JPEG".to_owned());
+    };
+    Ok(ControlImageSource::Inline { bytes, kind })
+}
+
+/// A name from a worker library: no paths, no URLs.
+fn check_library_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > 128 {
+        return Err("must be at most 128 characters".to_owned());
+    }
+    if name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err("must be a library name (letters, digits, '.', '_', '-'), not a path or URL".to_owned());
+    }
+    Ok(())
+}
+
+fn in_range(value: f32, lo: f32, hi: f32) -> bool {
+    value.is_finite() && (lo..=hi).contains(&value)
+}
+
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn check(&mut self, ok: bool, field: impl Into<String>, message: impl Into<String>) {
+        if !ok {
+            self.0.push(FieldError { field: field.into(), message: message.into() });
+        }
+    }
+    fn result(&mut self, field: impl Into<String>, result: Result<(), String>) {
+        if let Err(message) = result {
+            self.0.push(FieldError { field: field.into(), message });
+        }
+    }
+}
+
+impl JobSpec {
+    /// Checks every field against `limits`; returns every problem, not just the first.
+    pub fn validate(self, limits: &Limits) -> Result<ValidJob, ValidationErrors> {
+        let mut c = Collector(Vec::new());
+        c.check(
+            self.v == SPEC_VERSION,
+            "v",
+            format!("unsupported version {} (this build reads {SPEC_VERSION})", self.v),
+        );
+        if let Some(key) = &self.idempotency_key {
+            c.check(
+                !key.is_empty() && key.len() <= 256 && !key.chars().any(char::is_control),
+                "idempotency_key",
+                "must be 1-256 printable characters",
+            );
+        }
+        c.check(!self.prompt.trim().is_empty(), "prompt", "must not be empty");
+        let max_chars = limits.max_prompt_chars;
+        c.check(self.prompt.chars().count() <= max_chars, "prompt", format!("must be at most {max_chars} characters"));
+        if let Some(negative) = &self.negative_prompt {
+            c.check(
+                negative.chars().count() <= max_chars,
+                "negative_prompt",
+                format!("must be at most {max_chars} characters"),
+            );
+        }
+        c.result("model", check_library_name(&self.model));
+        c.check(ALLOWED_STEPS.contains(&self.steps), "steps", "must be 1, 2, 4 or 8");
+        c.check(in_range(self.guidance, 0.0, 20.0), "guidance", "must be between 0 and 20");
+        for (field, side) in [("width", self.width), ("height", self.height)] {
+            c.check(side % 8 == 0, field, "must be a multiple of 8");
+            c.check(
+                (64..=limits.max_side).contains(&side),
+                field,
+                format!("must be between 64 and {} for this model", limits.max_side),
+            );
+        }
+        let pixels = u64::from(self.width) * u64::from(self.height);
+        c.check(
+            pixels <= limits.max_pixels,
+            "width",
+            format!("width × height = {pixels} pixels exceeds this model's {} pixel limit", limits.max_pixels),
+        );
+        c.check(
+            (1..=limits.max_num_images).contains(&self.num_images),
+            "num_images",
+            format!("must be between 1 and {}", limits.max_num_images),
+        );
+        if let Some(seed) = self.seed {
+            c.check(
+                seed.checked_add(u64::from(self.num_images.saturating_sub(1))).is_some(),
+                "seed",
+                "seed + num_images - 1 must fit in 64 bits",
+            );
+        }
+        c.check(self.loras.len() <= limits.max_loras, "loras", format!("at most {} LoRAs per job", limits.max_loras));
+        for (i, lora) in self.loras.iter().enumerate() {
+            c.result(format!("loras[{i}].name"), check_library_name(&lora.name));
+            c.check(in_range(lora.scale, -4.0, 4.0), format!("loras[{i}].scale"), "must be between -4 and 4");
+            let first = self.loras.iter().position(|other| other.name == lora.name);
+            c.check(first == Some(i), format!("loras[{i}].name"), format!("duplicate LoRA `{}`", lora.name));
+        }
+        if let Some(cn) = &self.controlnet {
+            c.result("controlnet.model", check_library_name(&cn.model));
+            c.result("controlnet.image", parse_control_image(&cn.image, limits).map(drop));
+            c.check(in_range(cn.scale, 0.0, 2.0), "controlnet.scale", "must be between 0 and 2");
+            c.check(in_range(cn.start, 0.0, 1.0), "controlnet.start", "must be between 0 and 1");
+            c.check(in_range(cn.end, 0.0, 1.0), "controlnet.end", "must be between 0 and 1");
+            c.check(cn.start < cn.end, "controlnet.end", "must be greater than controlnet.start");
+        }
+        if let Some(quality) = self.output.quality {
+            c.check((1..=100).contains(&quality), "output.quality", "must be between 1 and 100");
+        }
+        if let Some(tenant) = &self.tenant {
+            c.result("tenant", check_library_name(tenant));
+        }
+        let metadata_len = serde_json::to_vec(&self.metadata).map_or(usize::MAX, |v| v.len());
+        c.check(
+            metadata_len <= limits.max_metadata_bytes,
+            "metadata",
+            format!("is {metadata_len} bytes serialised; at most {} allowed", limits.max_metadata_bytes),
+        );
+        if c.0.is_empty() { Ok(ValidJob { spec: self }) } else { Err(ValidationErrors(c.0)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{ControlNetSpec, LoraRef};
+
+    fn fields(spec: JobSpec) -> Vec<String> {
+        spec.validate(&Limits::default()).unwrap_err().0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn default_job_is_valid() {
+        assert!(JobSpec::new("a lighthouse at dusk").validate(&Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut spec = JobSpec::new(" ");
+        spec.steps = 3;
+        spec.width = 1000 + 1;
+        spec.loras = vec![
+            LoraRef { name: "ok".into(), scale: 1.0 },
+            LoraRef { name: "../etc/passwd".into(), scale: 1.0 },
+            LoraRef { name: "style".into(), scale: 9.0 },
+        ];
+        let errors = spec.validate(&Limits::default()).unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("prompt: must not be empty"), "{text}");
+        assert!(text.contains("steps: must be 1, 2, 4 or 8"), "{text}");
+        assert!(text.contains("width: must be a multiple of 8"), "{text}");
+        assert!(text.contains("loras[1].name: must be a library name"), "{text}");
+        assert!(text.contains("loras[2].scale: must be between -4 and 4"), "{text}");
+        assert_eq!(errors.0.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn small_sizes_stay_allowed_and_area_is_capped() {
+        let mut spec = JobSpec::new("x");
+        (spec.width, spec.height) = (64, 64);
+        assert!(spec.clone().validate(&Limits::default()).is_ok());
+        (spec.width, spec.height) = (2048, 2048);
+        assert!(spec.clone().validate(&Limits::default()).is_ok(), "2048² is 4.19 MP, under 4.2");
+        let tight = Limits { max_pixels: 1024 * 1024, ..Limits::default() };
+        let errors = spec.validate(&tight).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert!(errors.0[0].message.contains("exceeds this model's 1048576 pixel limit"), "{errors}");
+    }
+
+    #[test]
+    fn duplicate_loras_are_rejected() {
+        let mut spec = JobSpec::new("x");
+        spec.loras = vec![LoraRef { name: "a".into(), scale: 1.0 }, LoraRef { name: "a".into(), scale: 0.5 }];
+        assert_eq!(fields(spec), ["loras[1].name"]);
+    }
+
+    #[test]
+    fn control_image_sources() {
+        let limits = Limits { allowed_image_buckets: vec!["controls".into()], ..Limits::default() };
+        assert_eq!(
+            parse_control_image("s3://controls/a/b.png", &limits).unwrap(),
+            ControlImageSource::S3 { bucket: "controls".into(), key: "a/b.png".into() }
+        );
+        assert!(parse_control_image("s3://elsewhere/a.png", &limits).unwrap_err().contains("not an allowed"));
+        let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nrest");
+        assert!(matches!(
+            parse_control_image(&format!("data:image/png;base64,{png}"), &limits),
+            Ok(ControlImageSource::Inline { kind: InlineImageKind::Png, .. })
+        ));
+        let text = base64::engine::general_purpose::STANDARD.encode(b"hello");
+        assert!(parse_control_image(&text, &limits).unwrap_err().contains("neither PNG nor JPEG"));
+        let small = Limits { max_control_image_bytes: 4, ..limits };
+        assert!(parse_control_image(&png, &small).unwrap_err().contains("larger than"));
+    }
+
+    #[test]
+    fn controlnet_window_must_be_ordered() {
+        let mut spec = JobSpec::new("x");
+        spec.controlnet = Some(ControlNetSpec {
+            model: "canny".into(),
+            image: "s3://nowhere/x.png".into(),
+            scale: 0.5,
+            start: 0.8,
+            end: 0.2,
+        });
+        assert_eq!(fields(spec), ["controlnet.image", "controlnet.end"]);
+    }
+
+    #[test]
+    fn metadata_is_capped() {
+        let mut spec = JobSpec::new("x");
+        spec.metadata.insert("blob".into(), serde_json::Value::String("y".repeat(9000)));
+        assert_eq!(fields(spec), ["metadata"]);
+    }
+
+    #[test]
+    fn assign_keeps_client_id_and_seed_and_replaces_tenant() {
+        let mut spec = JobSpec::new("x");
+        let id = Uuid::now_v7();
+        spec.id = Some(id);
+        spec.tenant = Some("mallory".into());
+        let job = spec.validate(&Limits::default()).unwrap().assign("alice", || unreachable!(), || 7);
+        assert_eq!(job.spec().id, Some(id));
+        assert_eq!(job.spec().seed, Some(7));
+        assert_eq!(job.spec().tenant.as_deref(), Some("alice"));
+    }
+}
