@@ -23,6 +23,23 @@ pub struct FleetConfig {
     pub models: BTreeMap<String, ModelConfig>,
     pub worker: WorkerConfig,
     pub limits: LimitsConfig,
+    pub client: ClientConfig,
+}
+
+/// Where the `fleet` CLI sends requests (flags `--server`/`--api-key` and `FLEET_SERVER`/`FLEET_API_KEY` win).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Base URL of the dispatcher.
+    pub server: String,
+    /// API key the CLI sends.
+    pub api_key: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { server: "http://127.0.0.1:8080".into(), api_key: String::new() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +304,7 @@ impl Default for FleetConfig {
             models,
             worker: WorkerConfig::default(),
             limits: LimitsConfig::default(),
+            client: ClientConfig::default(),
         }
     }
 }
@@ -424,6 +442,10 @@ impl FleetConfig {
             self.redis.heartbeat_ttl_secs > self.worker.heartbeat_interval_secs,
             "redis.heartbeat_ttl_secs: must exceed worker.heartbeat_interval_secs".into(),
         );
+        need(
+            has_scheme(&self.client.server, &["http", "https"]),
+            format!("client.server `{}`: must be an http(s) URL", self.client.server),
+        );
         need(self.limits.max_num_images >= 1, "limits.max_num_images: must be at least 1".into());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
@@ -454,6 +476,7 @@ impl FleetConfig {
             key.key = mask_secret(&key.key);
         }
         cfg.s3.secret_access_key = mask_secret(&cfg.s3.secret_access_key);
+        cfg.client.api_key = mask_secret(&cfg.client.api_key);
         cfg
     }
 }

@@ -49,7 +49,10 @@ fn expected_field_errors(job: &JobSpec, limits: &Limits) -> Vec<&'static str> {
         fields.push("guidance");
     }
     for side in [job.width, job.height] {
-        if side % 8 != 0 || side < 64 || side > limits.max_side {
+        if side % 8 != 0 {
+            fields.push("size");
+        }
+        if side < 64 || side > limits.max_side {
             fields.push("size");
         }
     }

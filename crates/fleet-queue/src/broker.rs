@@ -1,0 +1,142 @@
+//! One AMQP connection and channel, re-established with backoff when lost.
+
+use std::time::Duration;
+
+use fleet_core::config::mask_url;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use crate::{QueueError, Topology};
+
+/// How long connecting may take, all retries included, before the caller gets `Unavailable`.
+const CONNECT_BUDGET: Duration = Duration::from_secs(5);
+
+/// A lazily (re)connected broker session with publisher confirms on and the topology declared.
+pub struct Broker {
+    url: String,
+    topology: Topology,
+    session: Mutex<Option<Session>>,
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("url", &mask_url(&self.url)).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker that connects on first use.
+    pub fn new(url: &str, topology: Topology) -> Broker {
+        Broker { url: url.to_owned(), topology, session: Mutex::new(None) }
+    }
+
+    /// Connects now and declares the topology; fails if the broker is unreachable.
+    pub async fn connect(url: &str, topology: Topology) -> Result<Broker, QueueError> {
+        let broker = Broker::new(url, topology);
+        broker.channel().await?;
+        Ok(broker)
+    }
+
+    /// The topology this broker declares.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The URL with its password masked, for messages.
+    pub fn display_url(&self) -> String {
+        mask_url(&self.url)
+    }
+
+    /// A live channel with confirms on, reconnecting (with backoff) if the last one died.
+    pub async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut session = self.session.lock().await;
+        if let Some(s) = session.as_ref() {
+            if s.connection.status().connected() && s.channel.status().connected() {
+                return Ok(s.channel.clone());
+            }
+            tracing::warn!(url = %self.display_url(), "RabbitMQ connection lost; reconnecting");
+        }
+        *session = None;
+        let fresh = self.connect_with_backoff().await?;
+        let channel = fresh.channel.clone();
+        *session = Some(fresh);
+        Ok(channel)
+    }
+
+    /// Forgets the current session so the next call reconnects (after an I/O error on it).
+    pub async fn reset(&self) {
+        if let Some(old) = self.session.lock().await.take() {
+            let _ = old.connection.close(320, "reset after error").await;
+        }
+    }
+
+    async fn connect_with_backoff(&self) -> Result<Session, QueueError> {
+        let deadline = tokio::time::Instant::now() + CONNECT_BUDGET;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.open_session().await {
+                Ok(session) => return Ok(session),
+                Err(err) if tokio::time::Instant::now() + delay >= deadline => return Err(err),
+                Err(err) => {
+                    tracing::debug!(error = %err, ?delay, "RabbitMQ connect failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn open_session(&self) -> Result<Session, QueueError> {
+        let unavailable = |source| QueueError::Unavailable { url: self.display_url(), source };
+        let connect = Connection::connect(&self.url, ConnectionProperties::default());
+        let connection = match tokio::time::timeout(CONNECT_BUDGET, connect).await {
+            Ok(result) => result.map_err(unavailable)?,
+            Err(_) => return Err(unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))),
+        };
+        let channel = connection.create_channel().await.map_err(unavailable)?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        self.topology.declare(&channel).await?;
+        Ok(Session { connection, channel })
+    }
+
+    /// Ready-message and consumer counts of every job queue and the dead-letter queue.
+    pub async fn depths(&self) -> Result<Vec<crate::QueueDepth>, QueueError> {
+        let channel = self.channel().await?;
+        let mut names: Vec<&str> = self.topology.queues.iter().map(|q| q.name.as_str()).collect();
+        names.push(&self.topology.dead_letter_queue);
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            out.push(self.depth_on(&channel, name).await?);
+        }
+        Ok(out)
+    }
+
+    /// Counts of one queue.
+    pub async fn depth(&self, queue: &str) -> Result<crate::QueueDepth, QueueError> {
+        let channel = self.channel().await?;
+        self.depth_on(&channel, queue).await
+    }
+
+    async fn depth_on(&self, channel: &Channel, queue: &str) -> Result<crate::QueueDepth, QueueError> {
+        use lapin::options::QueueDeclareOptions;
+        // A passive declare only reads counts; it fails (and closes the channel) if the queue is missing.
+        let opts = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+        match channel.queue_declare(queue, opts, lapin::types::FieldTable::default()).await {
+            Ok(q) => Ok(crate::QueueDepth {
+                name: queue.to_owned(),
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            }),
+            Err(source) => {
+                self.reset().await;
+                Err(QueueError::Topology { what: format!("queue {queue}"), source })
+            }
+        }
+    }
+}

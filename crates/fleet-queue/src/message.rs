@@ -1,0 +1,96 @@
+//! A job as an AMQP message.
+//!
+//! Body: the job's JSON (`fleet_core::JobSpec`, wire version `v`). Properties: persistent,
+//! `content_type = application/json`, `message_id` = job id, `type` = `fleet.job.v1`.
+//! Headers: [`HEADER_TENANT`], [`HEADER_PRIORITY`], [`HEADER_TRACE_ID`]. A producer in another
+//! language publishes the same thing (see the README); workers re-validate every message.
+
+use fleet_core::{JobSpec, ValidJob};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// Tenant that owns the job (the body's `tenant` wins when both are present).
+pub const HEADER_TENANT: &str = "x-fleet-tenant";
+/// `interactive` or `bulk`.
+pub const HEADER_PRIORITY: &str = "x-fleet-priority";
+/// Trace id that follows the job from HTTP to the worker's logs.
+pub const HEADER_TRACE_ID: &str = "x-fleet-trace-id";
+/// AMQP `type` property of job messages.
+pub const MESSAGE_TYPE: &str = "fleet.job.v1";
+
+/// Body and properties of a job message.
+pub fn encode(job: &ValidJob, trace_id: &str) -> Result<(Vec<u8>, BasicProperties), serde_json::Error> {
+    let spec = job.spec();
+    let body = serde_json::to_vec(spec)?;
+    let mut headers = FieldTable::default();
+    if let Some(tenant) = &spec.tenant {
+        headers.insert(ShortString::from(HEADER_TENANT), AMQPValue::LongString(LongString::from(tenant.as_str())));
+    }
+    headers.insert(ShortString::from(HEADER_PRIORITY), AMQPValue::LongString(LongString::from(spec.priority.as_str())));
+    headers.insert(ShortString::from(HEADER_TRACE_ID), AMQPValue::LongString(LongString::from(trace_id)));
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_type(ShortString::from(MESSAGE_TYPE))
+        .with_headers(headers);
+    if let Some(id) = spec.id {
+        props = props.with_message_id(ShortString::from(id.to_string()));
+    }
+    Ok((body, props))
+}
+
+/// A string header, if present and a string.
+pub fn header_str<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    let value = props.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Reads a job message's body, taking the tenant from the header when the body has none.
+pub fn decode(body: &[u8], props: &BasicProperties) -> Result<JobSpec, fleet_core::ParseError> {
+    let text = std::str::from_utf8(body).map_err(|e| fleet_core::ParseError {
+        field: ".".to_owned(),
+        message: format!("message body is not UTF-8: {e}"),
+        line: 1,
+        column: 1,
+    })?;
+    let mut spec = fleet_core::parse_job(text)?;
+    if spec.tenant.is_none() {
+        spec.tenant = header_str(props, HEADER_TENANT).map(str::to_owned);
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_core::Limits;
+
+    #[test]
+    fn encode_then_decode_is_the_same_job() {
+        let job = JobSpec::new("a cat").validate(&Limits::default()).unwrap().assign("acme", uuid::Uuid::now_v7, || 5);
+        let (body, props) = encode(&job, "trace-1").unwrap();
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(header_str(&props, HEADER_TRACE_ID), Some("trace-1"));
+        assert_eq!(header_str(&props, HEADER_PRIORITY), Some("interactive"));
+        assert_eq!(&decode(&body, &props).unwrap(), job.spec());
+    }
+
+    #[test]
+    fn tenant_header_fills_a_body_without_one() {
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from(HEADER_TENANT), AMQPValue::LongString(LongString::from("py-producer")));
+        let props = BasicProperties::default().with_headers(headers);
+        let spec = decode(br#"{"v":1,"prompt":"from python"}"#, &props).unwrap();
+        assert_eq!(spec.tenant.as_deref(), Some("py-producer"));
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors() {
+        assert!(decode(b"\xff\xfe", &BasicProperties::default()).is_err());
+        assert!(decode(b"{\"prompt\": 1}", &BasicProperties::default()).is_err());
+    }
+}

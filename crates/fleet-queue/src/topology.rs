@@ -1,0 +1,168 @@
+//! Exchanges and queues, named from configuration and declared idempotently.
+//!
+//! Jobs go to a direct exchange with routing key `<model>.<priority>`; each routing key has its own
+//! durable quorum queue `<prefix>.<model>.<priority>`, so interactive work never waits behind a bulk
+//! backlog. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries.
+
+use fleet_core::Priority;
+use fleet_core::config::RabbitMqConfig;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::QueueError;
+
+/// Both priority classes, interactive first: the order workers prefer.
+pub const PRIORITIES: [Priority; 2] = [Priority::Interactive, Priority::Bulk];
+
+/// One job queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobQueue {
+    pub name: String,
+    pub routing_key: String,
+    pub model: String,
+    pub priority: Priority,
+}
+
+/// The whole layout for a set of models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+    pub queues: Vec<JobQueue>,
+}
+
+/// Message counts of one queue, from a passive declare.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    pub name: String,
+    /// Ready messages (not yet delivered to a consumer).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// The routing key of a model and priority.
+pub fn routing_key(model: &str, priority: Priority) -> String {
+    format!("{model}.{}", priority.as_str())
+}
+
+impl Topology {
+    /// Queues for `models` (both priorities each), names from the configuration.
+    pub fn new<'a>(cfg: &RabbitMqConfig, models: impl IntoIterator<Item = &'a str>) -> Topology {
+        let queues = models
+            .into_iter()
+            .flat_map(|model| {
+                PRIORITIES.iter().map(move |&priority| JobQueue {
+                    name: format!("{}.{model}.{}", cfg.queue_prefix, priority.as_str()),
+                    routing_key: routing_key(model, priority),
+                    model: model.to_owned(),
+                    priority,
+                })
+            })
+            .collect();
+        Topology {
+            exchange: cfg.exchange.clone(),
+            dead_letter_exchange: cfg.dead_letter_exchange.clone(),
+            dead_letter_queue: cfg.dead_letter_queue.clone(),
+            delivery_limit: cfg.delivery_limit,
+            queues,
+        }
+    }
+
+    /// The queue a job for `model` at `priority` lands in, if this topology has it.
+    pub fn queue_for(&self, model: &str, priority: Priority) -> Option<&JobQueue> {
+        self.queues.iter().find(|q| q.model == model && q.priority == priority)
+    }
+
+    /// Arguments of every job queue. Changing them for an existing queue makes the broker refuse the
+    /// declare (PRECONDITION_FAILED), so they are part of the deployment contract.
+    pub fn job_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
+        args.insert(ShortString::from("x-dead-letter-exchange"), long_string(&self.dead_letter_exchange));
+        // at-least-once dead-lettering (RabbitMQ ≥ 3.10) keeps a dead-lettered job until the DLQ confirms it;
+        // it requires the reject-publish overflow behaviour.
+        args.insert(ShortString::from("x-dead-letter-strategy"), long_string("at-least-once"));
+        args.insert(ShortString::from("x-overflow"), long_string("reject-publish"));
+        args
+    }
+
+    /// Declares exchanges, queues and bindings. Safe to call from every process at every start.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        let topo = |what: String| move |source| QueueError::Topology { what, source };
+
+        channel
+            .exchange_declare(&self.dead_letter_exchange, ExchangeKind::Fanout, durable_exchange, FieldTable::default())
+            .await
+            .map_err(topo(format!("exchange {}", self.dead_letter_exchange)))?;
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+        channel
+            .queue_declare(&self.dead_letter_queue, durable_queue, dlq_args)
+            .await
+            .map_err(topo(format!("queue {}", self.dead_letter_queue)))?;
+        channel
+            .queue_bind(
+                &self.dead_letter_queue,
+                &self.dead_letter_exchange,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(topo(format!("binding {}", self.dead_letter_queue)))?;
+
+        channel
+            .exchange_declare(&self.exchange, ExchangeKind::Direct, durable_exchange, FieldTable::default())
+            .await
+            .map_err(topo(format!("exchange {}", self.exchange)))?;
+        for queue in &self.queues {
+            channel
+                .queue_declare(&queue.name, durable_queue, self.job_queue_arguments())
+                .await
+                .map_err(topo(format!("queue {}", queue.name)))?;
+            channel
+                .queue_bind(
+                    &queue.name,
+                    &self.exchange,
+                    &queue.routing_key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(topo(format!("binding {} to {}", queue.name, queue.routing_key)))?;
+        }
+        Ok(())
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_per_model_and_priority() {
+        let topo = Topology::new(&RabbitMqConfig::default(), ["tiny", "sdxl-lightning-4step"]);
+        let names: Vec<_> = topo.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "fleet.tiny.interactive",
+                "fleet.tiny.bulk",
+                "fleet.sdxl-lightning-4step.interactive",
+                "fleet.sdxl-lightning-4step.bulk"
+            ]
+        );
+        assert_eq!(topo.queue_for("tiny", Priority::Bulk).map(|q| q.routing_key.as_str()), Some("tiny.bulk"));
+        assert!(topo.queue_for("other", Priority::Bulk).is_none());
+    }
+}
