@@ -1,0 +1,84 @@
+//! Every Redis key and channel name the crate uses, in one place (see the crate README for the table).
+//!
+//! Tenants are restricted by configuration to `[A-Za-z0-9._-]` and never contain `:`, so
+//! `{p}:idem:{tenant}:{key}` stays unambiguous even when the idempotency key itself has colons.
+
+use fleet_core::JobState;
+use uuid::Uuid;
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.to_owned() }
+    }
+
+    /// Hash `rev`, `data` (JobStatus JSON), `tenant`.
+    pub(crate) fn job(&self, id: Uuid) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    /// Prefix of job keys, for the create script to look up the job an idempotency key names.
+    pub(crate) fn job_prefix(&self) -> String {
+        format!("{}:job:", self.prefix)
+    }
+
+    /// Sorted set of all a tenant's job ids, scored by creation time in ms.
+    pub(crate) fn tenant_jobs(&self, tenant: &str) -> String {
+        format!("{}:tenant:{tenant}:jobs", self.prefix)
+    }
+
+    /// Sorted set of a tenant's job ids in one state, scored by creation time in ms.
+    pub(crate) fn tenant_state(&self, tenant: &str, state: JobState) -> String {
+        format!("{}:tenant:{tenant}:jobs:{}", self.prefix, state.as_str())
+    }
+
+    /// Counter of the tenant's jobs that are queued or running.
+    pub(crate) fn in_flight(&self, tenant: &str) -> String {
+        format!("{}:tenant:{tenant}:inflight", self.prefix)
+    }
+
+    /// String: the id of the job first submitted with this idempotency key.
+    pub(crate) fn idem(&self, tenant: &str, key: &str) -> String {
+        format!("{}:idem:{tenant}:{key}", self.prefix)
+    }
+
+    /// Hash of per-model counters (`accepted`, `succeeded`, `failed`, `cancelled`).
+    pub(crate) fn counters(&self, model: &str) -> String {
+        format!("{}:counters:{model}", self.prefix)
+    }
+
+    /// Set of model names that have counters, so `counters()` needs no SCAN.
+    pub(crate) fn models(&self) -> String {
+        format!("{}:models", self.prefix)
+    }
+
+    /// Pub/sub channel of a job's events.
+    pub(crate) fn events(&self, id: Uuid) -> String {
+        format!("{}:events:{id}", self.prefix)
+    }
+
+    /// String flag: the job's owner asked for it to be cancelled.
+    pub(crate) fn cancel(&self, id: Uuid) -> String {
+        format!("{}:cancel:{id}", self.prefix)
+    }
+
+    /// String: a worker's last heartbeat JSON.
+    pub(crate) fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{id}", self.prefix)
+    }
+
+    /// Prefix of worker keys, for the prune script.
+    pub(crate) fn worker_prefix(&self) -> String {
+        format!("{}:worker:", self.prefix)
+    }
+
+    /// Set of worker ids that have sent a heartbeat (expired ones are pruned on read).
+    pub(crate) fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+}

@@ -1,0 +1,21 @@
+//! Job status in Redis for lightning-fleet: the record clients poll, the idempotency keys the
+//! dispatcher checks, the events an SSE stream follows, cancellation flags workers read between
+//! steps, worker heartbeats and per-model counters.
+//!
+//! Everything goes through [`StatusStore`]. Every multi-key write is one Lua script, so the
+//! invariants hold with many dispatchers and workers at once: an idempotency key creates one job,
+//! a job record changes only by compare-and-set along [`fleet_core::JobState`]'s legal
+//! transitions, and a job leaves the in-flight count exactly once. Calls never hang: each gives
+//! up after [`store::CALL_TIMEOUT`] with [`StatusError::Unavailable`].
+//!
+//! The key layout is in the crate's `README.md`.
+
+mod error;
+mod keys;
+mod scripts;
+pub mod store;
+mod types;
+
+pub use error::StatusError;
+pub use store::StatusStore;
+pub use types::{BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, WorkerHeartbeat};

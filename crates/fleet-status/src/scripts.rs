@@ -1,0 +1,138 @@
+//! The Lua scripts behind every multi-key write. Each runs atomically in Redis, which is what makes
+//! "create once per idempotency key" and "write only if nobody wrote since we read" hold under
+//! any number of dispatchers and workers.
+//!
+//! Two scripts build a key from an ARGV prefix (the job an idempotency key points at, worker keys
+//! to prune). That is fine on a single Redis or a replicated primary, not on Redis Cluster.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Create a job record unless its idempotency key (or its id) is already taken.
+///
+/// KEYS: 1 job, 2 tenant jobs zset, 3 tenant state zset, 4 idempotency key, 5 tenant in-flight
+/// counter, 6 model counters hash, 7 models set.
+/// ARGV: 1 status JSON, 2 status TTL, 3 created ms, 4 id, 5 idempotency TTL, 6 has idempotency
+/// key ('1'/'0'), 7 job key prefix, 8 tenant, 9 counts as in flight ('1'/'0'), 10 model,
+/// 11 terminal counter field or ''.
+///
+/// Returns `{'created'}`, `{'existing', data}` or `{'taken'}` (id used by another tenant).
+pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[6] == '1' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then
+    local data = redis.call('HGET', ARGV[7] .. existing, 'data')
+    if data then
+      return {'existing', data}
+    end
+    -- The job the key named has expired, so nothing can be returned for it: this submission
+    -- is new and takes the key over below.
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- The same id again (a client-chosen id resubmitted) is a retry for its own tenant only.
+  if redis.call('HGET', KEYS[1], 'tenant') == ARGV[8] then
+    return {'existing', redis.call('HGET', KEYS[1], 'data')}
+  end
+  return {'taken'}
+end
+redis.call('HSET', KEYS[1], 'rev', '1', 'data', ARGV[1], 'tenant', ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+if ARGV[6] == '1' then
+  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
+end
+if ARGV[9] == '1' then
+  redis.call('INCR', KEYS[5])
+end
+redis.call('HINCRBY', KEYS[6], 'accepted', 1)
+if ARGV[11] ~= '' then
+  redis.call('HINCRBY', KEYS[6], ARGV[11], 1)
+end
+redis.call('SADD', KEYS[7], ARGV[10])
+return {'created'}
+"#,
+    )
+});
+
+/// Compare-and-set a job record, move it between state indexes, keep the counters and publish
+/// the event, all in one step so that events are published in revision order and a terminal
+/// transition is counted exactly once.
+///
+/// KEYS: 1 job, 2 old state zset, 3 new state zset, 4 tenant jobs zset, 5 tenant in-flight
+/// counter, 6 model counters hash.
+/// ARGV: 1 expected rev, 2 new status JSON, 3 status TTL, 4 id, 5 created ms, 6 finishes the job
+/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON.
+///
+/// Returns the new rev, 0 when the rev moved on (someone else wrote), -1 when the job is gone.
+pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if not rev then
+  return -1
+end
+if rev ~= ARGV[1] then
+  return 0
+end
+local next = tonumber(rev) + 1
+redis.call('HSET', KEYS[1], 'rev', string.format('%d', next), 'data', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if KEYS[2] ~= KEYS[3] then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+end
+-- Index TTLs follow their newest record, so an index never expires before a job it lists.
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+if ARGV[6] == '1' then
+  -- Never below zero: a counter lost or rebuilt while jobs ran must not go negative.
+  if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then
+    redis.call('DECR', KEYS[5])
+  end
+  redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+end
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return next
+"#,
+    )
+});
+
+/// Set the cancel flag of a job that exists.
+///
+/// KEYS: 1 job, 2 cancel flag. ARGV: 1 TTL. Returns 1, or 0 when the job does not exist.
+pub(crate) static REQUEST_CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Drop worker ids whose heartbeat key has expired. Checking and removing in one step keeps a
+/// worker that heartbeats right now from being removed from the set.
+///
+/// KEYS: 1 workers set. ARGV: 1 worker key prefix, 2.. ids. Returns how many were removed.
+pub(crate) static PRUNE_WORKERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local removed = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    removed = removed + redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"#,
+    )
+});

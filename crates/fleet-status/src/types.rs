@@ -1,0 +1,98 @@
+//! Values the store hands out: create outcomes, pages, events, heartbeats and counters.
+
+use chrono::{DateTime, Utc};
+use fleet_core::{JobState, JobStatus, Progress};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What [`crate::StatusStore::create`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// The record was written; the job is new.
+    Created,
+    /// The idempotency key (or the job id) was already used by this tenant: this is that job,
+    /// and nothing was written. The caller must not enqueue the job again.
+    Existing(JobStatus),
+}
+
+/// One page of a tenant's jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPage {
+    /// Up to `limit` jobs, newest first.
+    pub jobs: Vec<JobStatus>,
+    /// Pass this back to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A change to one job, as published to subscribers and streamed to clients (e.g. over SSE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The job.
+    pub id: Uuid,
+    /// Revision of the record after this change (1 at creation, +1 per write). Strictly
+    /// increasing per job, so it can serve as an SSE event id and to drop duplicates.
+    pub rev: u64,
+    /// The job's state after the change.
+    pub state: JobState,
+    /// The job's progress after the change.
+    pub progress: Progress,
+    /// The whole status after the change.
+    pub status: JobStatus,
+}
+
+impl JobEvent {
+    /// The event describing `status` at revision `rev`.
+    pub fn new(rev: u64, status: JobStatus) -> Self {
+        JobEvent { id: status.id, rev, state: status.state, progress: status.progress.clone(), status }
+    }
+}
+
+/// The batch a worker is running right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchInfo {
+    /// Jobs in the batch.
+    pub job_ids: Vec<Uuid>,
+    /// Images the batch makes in total.
+    pub images: u32,
+    /// When the batch started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// What a worker reports about itself every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHeartbeat {
+    /// Unique worker id (also part of its Redis key).
+    pub id: String,
+    /// Host name the worker runs on.
+    pub host: String,
+    /// Models the worker serves.
+    pub models: Vec<String>,
+    /// Device it generates on (`cuda:0`, `cpu`, …).
+    pub device: String,
+    /// The batch in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_batch: Option<BatchInfo>,
+    /// Jobs finished successfully since the worker started.
+    pub jobs_done: u64,
+    /// Images stored since the worker started.
+    pub images_done: u64,
+    /// Jobs that failed since the worker started.
+    pub jobs_failed: u64,
+    /// When the worker process started.
+    pub started_at: DateTime<Utc>,
+    /// When this heartbeat was sent.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Per-model job counts since the counters were last reset (they are never expired).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounters {
+    /// Jobs created.
+    pub accepted: u64,
+    /// Jobs that reached `succeeded`.
+    pub succeeded: u64,
+    /// Jobs that reached `failed`.
+    pub failed: u64,
+    /// Jobs that reached `cancelled`.
+    pub cancelled: u64,
+}
