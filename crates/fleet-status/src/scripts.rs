@@ -136,3 +136,27 @@ return removed
 "#,
     )
 });
+
+/// Recompute a tenant's in-flight counter from its `queued` and `running` indexes, dropping
+/// index entries whose record has expired.
+///
+/// KEYS: 1 in-flight counter, 2 queued zset, 3 running zset. ARGV: 1 job key prefix.
+/// Returns the new count.
+pub(crate) static RECOUNT_IN_FLIGHT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for _, index in ipairs({KEYS[2], KEYS[3]}) do
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+      n = n + 1
+    else
+      redis.call('ZREM', index, id)
+    end
+  end
+end
+redis.call('SET', KEYS[1], n)
+return n
+"#,
+    )
+});

@@ -203,6 +203,7 @@ impl StatusStore {
                 CasWrite::Written => return Ok(next),
                 CasWrite::Missing => return Err(StatusError::NotFound(id)),
                 CasWrite::Stale => {
+                    tracing::debug!(job = %id, attempt, "job record changed under us; retrying update");
                     // Someone else wrote first. Back off a little (more each time, with jitter) so
                     // a crowd of writers does not keep colliding in lock step.
                     if attempt >= 2 {
@@ -212,6 +213,7 @@ impl StatusStore {
                 }
             }
         }
+        tracing::warn!(job = %id, attempts = MAX_CAS_ATTEMPTS, "giving up on a contended job update");
         Err(StatusError::Conflict(id))
     }
 
@@ -348,6 +350,24 @@ impl StatusStore {
         let n: Option<i64> = self.call(&key, async move { query.query_async(&mut con).await }).await?;
         // A negative value can only come from outside this crate; it means "none in flight".
         Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// Recomputes the tenant's in-flight count from its queued and running jobs and stores it.
+    ///
+    /// The count is kept exact by the create and update scripts; this repairs it after something
+    /// outside them (a record of a job stuck queued or running expired, keys were lost or edited).
+    /// It reads every queued and running id of the tenant in one script, so run it as an
+    /// occasional admin task, not per request.
+    pub async fn recount_in_flight(&self, tenant: &str) -> Result<u64, StatusError> {
+        let key = self.keys.in_flight(tenant);
+        let mut invocation = scripts::RECOUNT_IN_FLIGHT.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(self.keys.tenant_state(tenant, JobState::Queued))
+            .key(self.keys.tenant_state(tenant, JobState::Running))
+            .arg(self.keys.job_prefix());
+        let mut con = self.conn.clone();
+        self.call(&key, async move { invocation.invoke_async(&mut con).await }).await
     }
 
     /// Records a worker's heartbeat; it counts as alive for the heartbeat TTL.
