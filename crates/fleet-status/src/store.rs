@@ -117,6 +117,8 @@ impl StatusStore {
     ///
     /// A job id that already exists is treated the same way for its own tenant (a client retrying
     /// with its own id) and refused with [`StatusError::Conflict`] for any other tenant.
+    ///
+    /// Call it before publishing the job; if the publish then fails, call [`Self::discard`].
     pub async fn create(
         &self,
         status: &JobStatus,
@@ -157,6 +159,31 @@ impl StatusStore {
                 message: format!("create script replied {other:?}"),
             }),
         }
+    }
+
+    /// Undoes [`Self::create`] for a job that never reached the queue (the publish failed), so the
+    /// client's retry with the same idempotency key creates it afresh instead of getting back a
+    /// job that will never run, and the tenant's in-flight count is not left one too high.
+    ///
+    /// Pass the status and key given to `create`. Only a record nobody has written since its
+    /// creation is removed; returns `false` (and changes nothing) if the job is gone or has moved
+    /// on — e.g. a worker already started it because the publish did go through after all.
+    pub async fn discard(&self, status: &JobStatus, idempotency_key: Option<&str>) -> Result<bool, StatusError> {
+        let job_key = self.keys.job(status.id);
+        let mut invocation = scripts::DISCARD.prepare_invoke();
+        invocation
+            .key(&job_key)
+            .key(self.keys.tenant_jobs(&status.tenant))
+            .key(self.keys.tenant_state(&status.tenant, status.state))
+            .key(self.keys.idem(&status.tenant, idempotency_key.unwrap_or("")))
+            .key(self.keys.in_flight(&status.tenant))
+            .key(self.keys.counters(&status.model))
+            .arg(status.id.to_string())
+            .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .arg(if status.state.is_terminal() { "0" } else { "1" });
+        let mut con = self.conn.clone();
+        let discarded: i64 = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
+        Ok(discarded == 1)
     }
 
     /// The job's current status, or `None` if there is no such job (or it expired).

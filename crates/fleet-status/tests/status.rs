@@ -560,3 +560,26 @@ async fn in_flight_can_be_recounted() {
     assert_eq!(fx.store.recount_in_flight("nobody").await.unwrap(), 0);
     fx.cleanup().await;
 }
+
+#[tokio::test]
+async fn discard_undoes_an_unpublished_create_only() {
+    let fx = Fixture::new().await;
+    let lost = queued("alice");
+    assert_eq!(fx.store.create(&lost, Some("k")).await.unwrap(), CreateOutcome::Created);
+    assert!(fx.store.discard(&lost, Some("k")).await.unwrap());
+    assert_eq!(fx.store.get(lost.id).await.unwrap(), None);
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 0);
+    assert!(fx.store.list("alice", None, None, 10).await.unwrap().jobs.is_empty());
+    assert_eq!(fx.store.counters().await.unwrap()["tiny"].accepted, 0);
+    assert!(!fx.store.discard(&lost, Some("k")).await.unwrap(), "a second discard finds nothing");
+
+    // The client's retry with the same key now creates the job.
+    let retry = queued("alice");
+    assert_eq!(fx.store.create(&retry, Some("k")).await.unwrap(), CreateOutcome::Created);
+    // Once a worker has touched it, it is kept.
+    fx.store.update(retry.id, |s| s.start("w1", Utc::now())).await.unwrap();
+    assert!(!fx.store.discard(&retry, Some("k")).await.unwrap());
+    assert_eq!(fx.store.get(retry.id).await.unwrap().unwrap().state, JobState::Running);
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 1);
+    fx.cleanup().await;
+}
