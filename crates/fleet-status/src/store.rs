@@ -8,8 +8,8 @@ use fleet_core::config::{RedisConfig, mask_url};
 use fleet_core::status::IllegalTransition;
 use fleet_core::{JobState, JobStatus, Progress};
 use futures::{Stream, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::RedisResult;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -78,13 +78,14 @@ impl StatusStore {
             .set_number_of_retries(1)
             .set_factor(100)
             .set_max_delay(500);
-        let conn = match tokio::time::timeout(CALL_TIMEOUT, ConnectionManager::new_with_config(client.clone(), manager_cfg))
-            .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(StatusError::timed_out(&url, CALL_TIMEOUT)),
-        };
+        let conn =
+            match tokio::time::timeout(CALL_TIMEOUT, ConnectionManager::new_with_config(client.clone(), manager_cfg))
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => return Err(StatusError::timed_out(&url, CALL_TIMEOUT)),
+            };
         let store = StatusStore {
             conn,
             client,
@@ -148,16 +149,12 @@ impl StatusStore {
             .arg(&status.model)
             .arg(terminal_field);
         let mut con = self.conn.clone();
-        let reply: Vec<String> =
-            self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
+        let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
             [tag] if tag == "created" => Ok(CreateOutcome::Created),
             [tag] if tag == "taken" => Err(StatusError::Conflict(status.id)),
             [tag, data] if tag == "existing" => Ok(CreateOutcome::Existing(from_json(&job_key, data)?)),
-            other => Err(StatusError::Corrupt {
-                key: job_key,
-                message: format!("create script replied {other:?}"),
-            }),
+            other => Err(StatusError::Corrupt { key: job_key, message: format!("create script replied {other:?}") }),
         }
     }
 

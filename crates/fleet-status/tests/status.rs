@@ -54,7 +54,13 @@ impl Fixture {
     }
 
     async fn raw_record(&mut self, id: Uuid) -> (String, String) {
-        redis::cmd("HMGET").arg(self.key(&format!("job:{id}"))).arg("rev").arg("data").query_async(&mut self.raw).await.unwrap()
+        redis::cmd("HMGET")
+            .arg(self.key(&format!("job:{id}")))
+            .arg("rev")
+            .arg("data")
+            .query_async(&mut self.raw)
+            .await
+            .unwrap()
     }
 
     async fn cleanup(mut self) {
@@ -113,7 +119,12 @@ async fn create_and_get_round_trip_with_ttls() {
     assert!((24 * 3600 - 5..=24 * 3600).contains(&ttl), "idem ttl {ttl}");
 
     // Updates refresh the record's TTL.
-    let _: () = redis::cmd("EXPIRE").arg(fx.key(&format!("job:{}", status.id))).arg(100).query_async(&mut fx.raw).await.unwrap();
+    let _: () = redis::cmd("EXPIRE")
+        .arg(fx.key(&format!("job:{}", status.id)))
+        .arg(100)
+        .query_async(&mut fx.raw)
+        .await
+        .unwrap();
     fx.store.update(status.id, |s| s.start("w1", Utc::now())).await.unwrap();
     assert!(fx.ttl(&format!("job:{}", status.id)).await > week - 5);
     fx.cleanup().await;
@@ -398,7 +409,8 @@ async fn heartbeats_are_listed_while_alive_and_expire() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // w-b's key has expired now; it must not be listed, and its id must be pruned from the set.
     assert_eq!(fx.store.workers().await.unwrap(), [hb("w-a")]);
-    let members: HashSet<String> = redis::cmd("SMEMBERS").arg(fx.key("workers")).query_async(&mut fx.raw).await.unwrap();
+    let members: HashSet<String> =
+        redis::cmd("SMEMBERS").arg(fx.key("workers")).query_async(&mut fx.raw).await.unwrap();
     assert!(!members.contains("w-b"), "{members:?}");
     fx.cleanup().await;
 }
