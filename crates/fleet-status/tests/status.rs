@@ -157,7 +157,7 @@ async fn idempotency_keys_are_per_tenant() {
     fx.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_starts_exactly_one_wins() {
     let fx = Fixture::new().await;
     let status = queued("alice");
@@ -187,7 +187,7 @@ async fn concurrent_starts_exactly_one_wins() {
     fx.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_progress_writers_all_land() {
     // Writers that do not conflict logically must all succeed through CAS retries.
     let mut fx = Fixture::new().await;
