@@ -64,10 +64,8 @@ impl StatusError {
 
     /// An `Unavailable` error for a call that got no answer within `limit`.
     pub(crate) fn timed_out(url: &str, limit: std::time::Duration) -> StatusError {
-        let io = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {:.1}s", limit.as_secs_f64()),
-        );
+        let io =
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {:.1}s", limit.as_secs_f64()));
         StatusError::Unavailable { url: url.to_owned(), source: RedisError::from(io) }
     }
 

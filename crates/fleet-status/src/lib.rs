@@ -10,6 +10,8 @@
 //!
 //! The key layout is in the crate's `README.md`.
 
+#![warn(missing_docs)]
+
 mod error;
 mod keys;
 mod scripts;

@@ -136,3 +136,58 @@ return removed
 "#,
     )
 });
+
+/// Recompute a tenant's in-flight counter from its `queued` and `running` indexes, dropping
+/// index entries whose record has expired.
+///
+/// KEYS: 1 in-flight counter, 2 queued zset, 3 running zset. ARGV: 1 job key prefix.
+/// Returns the new count.
+pub(crate) static RECOUNT_IN_FLIGHT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for _, index in ipairs({KEYS[2], KEYS[3]}) do
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+      n = n + 1
+    else
+      redis.call('ZREM', index, id)
+    end
+  end
+end
+redis.call('SET', KEYS[1], n)
+return n
+"#,
+    )
+});
+
+/// Undo a create whose job never reached the queue: delete the record if nothing has written to
+/// it since (rev 1), with its index entries, its idempotency key (if it still names this job),
+/// its in-flight count and its `accepted` count.
+///
+/// KEYS: 1 job, 2 tenant jobs zset, 3 tenant state zset, 4 idempotency key, 5 tenant in-flight
+/// counter, 6 model counters hash.
+/// ARGV: 1 id, 2 has idempotency key ('1'/'0'), 3 counted as in flight ('1'/'0').
+/// Returns 1 if discarded, 0 if the job is gone or has moved on.
+pub(crate) static DISCARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'rev') ~= '1' then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[2] == '1' and redis.call('GET', KEYS[4]) == ARGV[1] then
+  redis.call('DEL', KEYS[4])
+end
+if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then
+  redis.call('DECR', KEYS[5])
+end
+if tonumber(redis.call('HGET', KEYS[6], 'accepted') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[6], 'accepted', -1)
+end
+return 1
+"#,
+    )
+});

@@ -8,8 +8,8 @@ use fleet_core::config::{RedisConfig, mask_url};
 use fleet_core::status::IllegalTransition;
 use fleet_core::{JobState, JobStatus, Progress};
 use futures::{Stream, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::RedisResult;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -78,13 +78,14 @@ impl StatusStore {
             .set_number_of_retries(1)
             .set_factor(100)
             .set_max_delay(500);
-        let conn = match tokio::time::timeout(CALL_TIMEOUT, ConnectionManager::new_with_config(client.clone(), manager_cfg))
-            .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(StatusError::timed_out(&url, CALL_TIMEOUT)),
-        };
+        let conn =
+            match tokio::time::timeout(CALL_TIMEOUT, ConnectionManager::new_with_config(client.clone(), manager_cfg))
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => return Err(StatusError::timed_out(&url, CALL_TIMEOUT)),
+            };
         let store = StatusStore {
             conn,
             client,
@@ -117,6 +118,8 @@ impl StatusStore {
     ///
     /// A job id that already exists is treated the same way for its own tenant (a client retrying
     /// with its own id) and refused with [`StatusError::Conflict`] for any other tenant.
+    ///
+    /// Call it before publishing the job; if the publish then fails, call [`Self::discard`].
     pub async fn create(
         &self,
         status: &JobStatus,
@@ -146,17 +149,38 @@ impl StatusStore {
             .arg(&status.model)
             .arg(terminal_field);
         let mut con = self.conn.clone();
-        let reply: Vec<String> =
-            self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
+        let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
             [tag] if tag == "created" => Ok(CreateOutcome::Created),
             [tag] if tag == "taken" => Err(StatusError::Conflict(status.id)),
             [tag, data] if tag == "existing" => Ok(CreateOutcome::Existing(from_json(&job_key, data)?)),
-            other => Err(StatusError::Corrupt {
-                key: job_key,
-                message: format!("create script replied {other:?}"),
-            }),
+            other => Err(StatusError::Corrupt { key: job_key, message: format!("create script replied {other:?}") }),
         }
+    }
+
+    /// Undoes [`Self::create`] for a job that never reached the queue (the publish failed), so the
+    /// client's retry with the same idempotency key creates it afresh instead of getting back a
+    /// job that will never run, and the tenant's in-flight count is not left one too high.
+    ///
+    /// Pass the status and key given to `create`. Only a record nobody has written since its
+    /// creation is removed; returns `false` (and changes nothing) if the job is gone or has moved
+    /// on — e.g. a worker already started it because the publish did go through after all.
+    pub async fn discard(&self, status: &JobStatus, idempotency_key: Option<&str>) -> Result<bool, StatusError> {
+        let job_key = self.keys.job(status.id);
+        let mut invocation = scripts::DISCARD.prepare_invoke();
+        invocation
+            .key(&job_key)
+            .key(self.keys.tenant_jobs(&status.tenant))
+            .key(self.keys.tenant_state(&status.tenant, status.state))
+            .key(self.keys.idem(&status.tenant, idempotency_key.unwrap_or("")))
+            .key(self.keys.in_flight(&status.tenant))
+            .key(self.keys.counters(&status.model))
+            .arg(status.id.to_string())
+            .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .arg(if status.state.is_terminal() { "0" } else { "1" });
+        let mut con = self.conn.clone();
+        let discarded: i64 = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
+        Ok(discarded == 1)
     }
 
     /// The job's current status, or `None` if there is no such job (or it expired).
@@ -203,6 +227,7 @@ impl StatusStore {
                 CasWrite::Written => return Ok(next),
                 CasWrite::Missing => return Err(StatusError::NotFound(id)),
                 CasWrite::Stale => {
+                    tracing::debug!(job = %id, attempt, "job record changed under us; retrying update");
                     // Someone else wrote first. Back off a little (more each time, with jitter) so
                     // a crowd of writers does not keep colliding in lock step.
                     if attempt >= 2 {
@@ -212,6 +237,7 @@ impl StatusStore {
                 }
             }
         }
+        tracing::warn!(job = %id, attempts = MAX_CAS_ATTEMPTS, "giving up on a contended job update");
         Err(StatusError::Conflict(id))
     }
 
@@ -348,6 +374,24 @@ impl StatusStore {
         let n: Option<i64> = self.call(&key, async move { query.query_async(&mut con).await }).await?;
         // A negative value can only come from outside this crate; it means "none in flight".
         Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// Recomputes the tenant's in-flight count from its queued and running jobs and stores it.
+    ///
+    /// The count is kept exact by the create and update scripts; this repairs it after something
+    /// outside them (a record of a job stuck queued or running expired, keys were lost or edited).
+    /// It reads every queued and running id of the tenant in one script, so run it as an
+    /// occasional admin task, not per request.
+    pub async fn recount_in_flight(&self, tenant: &str) -> Result<u64, StatusError> {
+        let key = self.keys.in_flight(tenant);
+        let mut invocation = scripts::RECOUNT_IN_FLIGHT.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(self.keys.tenant_state(tenant, JobState::Queued))
+            .key(self.keys.tenant_state(tenant, JobState::Running))
+            .arg(self.keys.job_prefix());
+        let mut con = self.conn.clone();
+        self.call(&key, async move { invocation.invoke_async(&mut con).await }).await
     }
 
     /// Records a worker's heartbeat; it counts as alive for the heartbeat TTL.

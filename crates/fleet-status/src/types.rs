@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// What [`crate::StatusStore::create`] did.
+// Made once per submitted job and matched at once; boxing the status would only cost an
+// allocation and make matching clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
     /// The record was written; the job is new.

@@ -54,7 +54,13 @@ impl Fixture {
     }
 
     async fn raw_record(&mut self, id: Uuid) -> (String, String) {
-        redis::cmd("HMGET").arg(self.key(&format!("job:{id}"))).arg("rev").arg("data").query_async(&mut self.raw).await.unwrap()
+        redis::cmd("HMGET")
+            .arg(self.key(&format!("job:{id}")))
+            .arg("rev")
+            .arg("data")
+            .query_async(&mut self.raw)
+            .await
+            .unwrap()
     }
 
     async fn cleanup(mut self) {
@@ -113,7 +119,12 @@ async fn create_and_get_round_trip_with_ttls() {
     assert!((24 * 3600 - 5..=24 * 3600).contains(&ttl), "idem ttl {ttl}");
 
     // Updates refresh the record's TTL.
-    let _: () = redis::cmd("EXPIRE").arg(fx.key(&format!("job:{}", status.id))).arg(100).query_async(&mut fx.raw).await.unwrap();
+    let _: () = redis::cmd("EXPIRE")
+        .arg(fx.key(&format!("job:{}", status.id)))
+        .arg(100)
+        .query_async(&mut fx.raw)
+        .await
+        .unwrap();
     fx.store.update(status.id, |s| s.start("w1", Utc::now())).await.unwrap();
     assert!(fx.ttl(&format!("job:{}", status.id)).await > week - 5);
     fx.cleanup().await;
@@ -146,7 +157,7 @@ async fn idempotency_keys_are_per_tenant() {
     fx.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_starts_exactly_one_wins() {
     let fx = Fixture::new().await;
     let status = queued("alice");
@@ -176,7 +187,7 @@ async fn concurrent_starts_exactly_one_wins() {
     fx.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_progress_writers_all_land() {
     // Writers that do not conflict logically must all succeed through CAS retries.
     let mut fx = Fixture::new().await;
@@ -248,7 +259,7 @@ async fn list_pages_newest_first_with_filter_and_tenant_isolation() {
 
     // Expected order: newest first, ties by id descending.
     let mut expected = jobs.clone();
-    expected.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    expected.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
     let expected: Vec<Uuid> = expected.iter().map(|s| s.id).collect();
 
     let mut seen = Vec::new();
@@ -372,7 +383,7 @@ async fn cancel_flag() {
 
 #[tokio::test]
 async fn heartbeats_are_listed_while_alive_and_expire() {
-    let cfg = RedisConfig { heartbeat_ttl_secs: 1, ..config() };
+    let cfg = RedisConfig { heartbeat_ttl_secs: 2, ..config() };
     let mut fx = Fixture::with(cfg).await;
     let now = Utc::now();
     let batch_job = Uuid::now_v7();
@@ -395,10 +406,11 @@ async fn heartbeats_are_listed_while_alive_and_expire() {
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     fx.store.heartbeat(&hb("w-a")).await.unwrap(); // w-a is still alive, w-b went quiet
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     // w-b's key has expired now; it must not be listed, and its id must be pruned from the set.
     assert_eq!(fx.store.workers().await.unwrap(), [hb("w-a")]);
-    let members: HashSet<String> = redis::cmd("SMEMBERS").arg(fx.key("workers")).query_async(&mut fx.raw).await.unwrap();
+    let members: HashSet<String> =
+        redis::cmd("SMEMBERS").arg(fx.key("workers")).query_async(&mut fx.raw).await.unwrap();
     assert!(!members.contains("w-b"), "{members:?}");
     fx.cleanup().await;
 }
@@ -452,6 +464,7 @@ async fn dead_redis_is_unavailable_promptly_with_masked_url() {
     assert!(matches!(err, StatusError::Unavailable { .. }), "{err}");
     assert_eq!(err.code(), ErrorCode::StatusUnavailable);
     assert!(err.to_string().starts_with("Redis at redis://127.0.0.1:1/0 is unavailable: "), "{err}");
+    eprintln!("dead port: {err}");
 
     let cfg = RedisConfig { url: "redis://fleet:hunter2@127.0.0.1:1/0".into(), ..config() };
     let err = StatusStore::connect(&cfg).await.unwrap_err();
@@ -475,17 +488,15 @@ async fn silent_redis_times_out_instead_of_hanging() {
     let cfg = RedisConfig { url: format!("redis://127.0.0.1:{port}/0"), ..config() };
     let err = StatusStore::connect(&cfg).await.unwrap_err();
     assert!(matches!(err, StatusError::Unavailable { .. }), "{err}");
+    eprintln!("silent server: {err} after {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
     hold.abort();
 }
 
-#[tokio::test]
-async fn store_whose_redis_goes_away_fails_promptly() {
-    // Put a TCP proxy we control between the store and Redis, then cut it.
+/// Forwards connections on `listener` to Redis until aborted (which drops every connection).
+fn spawn_proxy(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
     let target = redis::Client::open(redis_url()).unwrap().get_connection_info().addr.to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let proxy = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((mut inbound, _)) = listener.accept().await {
             let target = target.clone();
@@ -495,13 +506,20 @@ async fn store_whose_redis_goes_away_fails_promptly() {
                 }
             });
         }
-    });
+    })
+}
+
+#[tokio::test]
+async fn store_whose_redis_goes_away_fails_promptly_and_reconnects() {
+    // Put a TCP proxy we control between the store and Redis, then cut it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = spawn_proxy(listener);
     let mut url = redis_url();
     let authority_start = url.find("://").unwrap() + 3;
     let path_start = url[authority_start..].find('/').map_or(url.len(), |i| i + authority_start);
-    url.replace_range(authority_start..path_start, &format!("127.0.0.1:{port}"));
-    let cfg = RedisConfig { url, ..config() };
-    let fx = Fixture::with(cfg).await;
+    url.replace_range(authority_start..path_start, &addr.to_string());
+    let fx = Fixture::with(RedisConfig { url, ..config() }).await;
     let status = queued("alice");
     created(&fx.store, &status).await;
 
@@ -510,8 +528,70 @@ async fn store_whose_redis_goes_away_fails_promptly() {
     let started = Instant::now();
     let err = fx.store.get(status.id).await.unwrap_err();
     assert!(matches!(err, StatusError::Unavailable { .. }), "{err}");
+    assert_eq!(err.code(), ErrorCode::StatusUnavailable);
+    eprintln!("connection cut: {err} after {:?}", started.elapsed());
     let err = fx.store.ping().await.unwrap_err();
     assert!(matches!(err, StatusError::Unavailable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    // Redis is back: the same store reconnects by itself.
+    let proxy = spawn_proxy(tokio::net::TcpListener::bind(addr).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fx.store.get(status.id).await {
+            Ok(found) => {
+                assert_eq!(found, Some(status.clone()));
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, StatusError::Unavailable { .. }), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("store did not reconnect: {e}"),
+        }
+    }
+    proxy.abort();
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn in_flight_can_be_recounted() {
+    let mut fx = Fixture::new().await;
+    let jobs: Vec<_> = (0..4).map(|_| queued("alice")).collect();
+    for job in &jobs {
+        created(&fx.store, job).await;
+    }
+    fx.store.update(jobs[0].id, |s| s.start("w1", Utc::now())).await.unwrap();
+    fx.store.update(jobs[1].id, |s| s.start("w1", Utc::now())).await.unwrap();
+    fx.store.update(jobs[1].id, |s| s.succeed(vec![], Utc::now())).await.unwrap();
+    // The record of a queued job expires, and the counter drifts.
+    let _: () = redis::cmd("DEL").arg(fx.key(&format!("job:{}", jobs[3].id))).query_async(&mut fx.raw).await.unwrap();
+    let _: () = redis::cmd("SET").arg(fx.key("tenant:alice:inflight")).arg(99).query_async(&mut fx.raw).await.unwrap();
+    assert_eq!(fx.store.recount_in_flight("alice").await.unwrap(), 2); // jobs[0] running, jobs[2] queued
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 2);
+    assert_eq!(fx.store.recount_in_flight("nobody").await.unwrap(), 0);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn discard_undoes_an_unpublished_create_only() {
+    let fx = Fixture::new().await;
+    let lost = queued("alice");
+    assert_eq!(fx.store.create(&lost, Some("k")).await.unwrap(), CreateOutcome::Created);
+    assert!(fx.store.discard(&lost, Some("k")).await.unwrap());
+    assert_eq!(fx.store.get(lost.id).await.unwrap(), None);
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 0);
+    assert!(fx.store.list("alice", None, None, 10).await.unwrap().jobs.is_empty());
+    assert_eq!(fx.store.counters().await.unwrap()["tiny"].accepted, 0);
+    assert!(!fx.store.discard(&lost, Some("k")).await.unwrap(), "a second discard finds nothing");
+
+    // The client's retry with the same key now creates the job.
+    let retry = queued("alice");
+    assert_eq!(fx.store.create(&retry, Some("k")).await.unwrap(), CreateOutcome::Created);
+    // Once a worker has touched it, it is kept.
+    fx.store.update(retry.id, |s| s.start("w1", Utc::now())).await.unwrap();
+    assert!(!fx.store.discard(&retry, Some("k")).await.unwrap());
+    assert_eq!(fx.store.get(retry.id).await.unwrap().unwrap().state, JobState::Running);
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 1);
     fx.cleanup().await;
 }
