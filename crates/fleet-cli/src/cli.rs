@@ -32,6 +32,111 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the effective configuration (all layers applied), secrets masked.
     Config(ConfigArgs),
+    /// Run the HTTP API (dispatcher) until SIGINT/SIGTERM.
+    Dispatcher,
+    /// Submit jobs to the dispatcher (from flags or a JSONL file); `--wait` follows them to the end.
+    Submit(SubmitArgs),
+    /// Show one job's status.
+    Status(JobArgs),
+    /// Follow a job until it finishes, with a progress bar; exit 0 only if it succeeded.
+    Wait(JobArgs),
+    /// Cancel a job: a queued job never runs, a running one stops at its next step.
+    Cancel(JobArgs),
+    /// List your jobs, newest first.
+    Jobs(JobsArgs),
+    /// Queue depths and counters (admin key).
+    Queues(ServerArgs),
+    /// Live workers from their heartbeats (admin key).
+    Workers(ServerArgs),
+}
+
+/// Where the dispatcher is and which key to use (flags > environment > `client.*` configuration).
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Dispatcher URL.
+    #[arg(long, env = "FLEET_SERVER")]
+    pub server: Option<String>,
+    /// API key.
+    #[arg(long, env = "FLEET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The generation flags shared by `fleet submit` and `fleet generate`.
+#[derive(Debug, Args, Clone)]
+pub struct GenerationArgs {
+    /// Prompt (repeatable: one job per prompt).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+    /// Model name (as configured on the workers).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// 1, 2, 4 or 8.
+    #[arg(long)]
+    pub steps: Option<u32>,
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub num_images: Option<u32>,
+    /// LoRA from the workers' library, `name` or `name:scale` (repeatable).
+    #[arg(long = "lora", value_name = "NAME[:SCALE]")]
+    pub loras: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// Submit the jobs of a JSONL file instead (flags above fill fields the lines leave out).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// `interactive` or `bulk`.
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// png, jpeg or webp.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Idempotency key (one job only).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the jobs until they finish.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Job id.
+    pub id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state (queued, running, succeeded, failed, cancelled).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// How many (1–100).
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Continue from a previous page's cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +159,14 @@ pub enum ConfigFormat {
 }
 
 impl Cli {
+    /// An API client: flags and environment first, then the configuration's `client` section.
+    pub fn client(&self, args: &ServerArgs) -> anyhow::Result<crate::client::ApiClient> {
+        let config = self.load_config()?;
+        let server = args.server.clone().unwrap_or(config.client.server);
+        let key = args.api_key.clone().unwrap_or(config.client.api_key);
+        crate::client::ApiClient::new(&server, &key)
+    }
+
     /// The effective configuration: defaults < file < environment < `--set`.
     pub fn load_config(&self) -> anyhow::Result<FleetConfig> {
         let sources = ConfigSources::from_process(self.config.clone(), self.overrides.clone());

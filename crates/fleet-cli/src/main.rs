@@ -1,6 +1,7 @@
 //! `fleet`: the lightning-fleet command line.
 
 mod cli;
+mod client;
 mod cmd;
 
 use std::process::ExitCode;
@@ -15,6 +16,14 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => cmd::validate::run(&cli, args),
         Command::Config(args) => cmd::config::run(&cli, args),
+        Command::Dispatcher => cmd::dispatcher::run(&cli),
+        Command::Submit(args) => cmd::submit::run(&cli, args),
+        Command::Status(args) => cmd::jobs::status(&cli, args),
+        Command::Wait(args) => cmd::jobs::wait(&cli, args),
+        Command::Cancel(args) => cmd::jobs::cancel(&cli, args),
+        Command::Jobs(args) => cmd::jobs::list(&cli, args),
+        Command::Queues(args) => cmd::jobs::queues(&cli, args),
+        Command::Workers(args) => cmd::jobs::workers(&cli, args),
     };
     match result {
         Ok(code) => code,

@@ -75,3 +75,68 @@ fn config_rejects_invalid_values_with_the_key_name() {
     assert_eq!(code, 2);
     assert!(stderr.contains("http.listen"), "{stderr}");
 }
+
+/// A dispatcher on a free port with isolated queue and key names, for the client commands.
+fn start_dispatcher() -> (String, tokio::runtime::Runtime) {
+    use fleet_core::config::{ApiKeyConfig, FleetConfig, ModelConfig};
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut cfg = FleetConfig::default();
+    cfg.rabbitmq.exchange = format!("cli-{tag}.jobs");
+    cfg.rabbitmq.queue_prefix = format!("cli-{tag}");
+    cfg.rabbitmq.dead_letter_exchange = format!("cli-{tag}.dlx");
+    cfg.rabbitmq.dead_letter_queue = format!("cli-{tag}.dead");
+    cfg.redis.key_prefix = format!("cli-{tag}");
+    cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
+    cfg.http.api_keys = vec![ApiKeyConfig { key: "cli-test-key".into(), tenant: "cli".into(), admin: true }];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let base = runtime.block_on(async {
+        let app = fleet_dispatcher::App::connect(cfg).await.expect("dispatcher connects (scripts/services.sh)");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(fleet_dispatcher::serve(app, listener, tokio_util::sync::CancellationToken::new()));
+        base
+    });
+    (base, runtime)
+}
+
+#[test]
+fn submit_status_jobs_and_cancel_through_the_api() {
+    let (base, _runtime) = start_dispatcher();
+    let client = |args: &[&str]| {
+        let mut cmd = fleet();
+        cmd.args(args).env("FLEET_SERVER", &base).env("FLEET_API_KEY", "cli-test-key");
+        run(&mut cmd)
+    };
+    let (code, stdout, stderr) =
+        client(&["submit", "--prompt", "a cli cat", "--model", "tiny", "--width", "64", "--height", "64"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let id = stdout.split_whitespace().next().unwrap().to_owned();
+    assert!(stdout.contains("queued"), "{stdout}");
+
+    let (code, stdout, _) = client(&["status", &id]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(&id) && stdout.contains("queued"), "{stdout}");
+    let (code, stdout, _) = client(&["jobs", "--json"]);
+    assert_eq!(code, 0);
+    let page: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(page["jobs"][0]["id"], id.as_str());
+    let (code, stdout, _) = client(&["cancel", &id]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("cancelled"), "{stdout}");
+    let (code, stdout, _) = client(&["wait", &id]);
+    assert_eq!(code, 1, "wait exits 1 for a job that did not succeed: {stdout}");
+    let (code, stdout, _) = client(&["queues"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(".tiny.interactive"), "{stdout}");
+
+    let (code, _, stderr) = client(&["submit", "--prompt", "", "--steps", "3", "--model", "tiny"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid_spec") && stderr.contains("[0].steps: must be 1, 2, 4 or 8"), "{stderr}");
+}
+
+#[test]
+fn client_commands_without_a_key_say_how_to_give_one() {
+    let (code, _, stderr) = run(fleet().args(["status", "x"]).env_remove("FLEET_API_KEY"));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no API key"), "{stderr}");
+}

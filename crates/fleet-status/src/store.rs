@@ -322,7 +322,7 @@ impl StatusStore {
     pub async fn events(
         &self,
         id: Uuid,
-    ) -> Result<impl Stream<Item = Result<JobEvent, StatusError>> + Send + 'static, StatusError> {
+    ) -> Result<impl Stream<Item = Result<JobEvent, StatusError>> + Send + use<>, StatusError> {
         let channel = self.keys.events(id);
         let client = self.client.clone();
         let mut pubsub = self.call(&channel, async move { client.get_async_pubsub().await }).await?;

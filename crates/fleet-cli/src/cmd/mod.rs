@@ -1,4 +1,7 @@
-//! One module per subcommand.
+//! One module per subcommand (the job-reading commands share `jobs`).
 
 pub mod config;
+pub mod dispatcher;
+pub mod jobs;
+pub mod submit;
 pub mod validate;

@@ -1,0 +1,44 @@
+//! The dispatcher's shared state: configuration, keys and the service clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::FleetConfig;
+use fleet_queue::{Broker, Publisher, Topology};
+use fleet_status::StatusStore;
+
+use crate::auth::ApiKeys;
+use crate::metrics::Metrics;
+use crate::server::DispatcherError;
+use crate::submit::DepthCache;
+
+/// Cheap to clone; handed to every request.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub config: Arc<FleetConfig>,
+    pub keys: Arc<ApiKeys>,
+    pub status: Arc<StatusStore>,
+    pub broker: Arc<Broker>,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub depths: Arc<DepthCache>,
+}
+
+impl App {
+    /// Connects to Redis and RabbitMQ (declaring the topology) or says which one is missing.
+    pub async fn connect(config: FleetConfig) -> Result<App, DispatcherError> {
+        let status = StatusStore::connect(&config.redis).await.map_err(DispatcherError::Status)?;
+        let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
+        let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await.map_err(DispatcherError::Queue)?);
+        let publisher = Publisher::new(broker.clone(), Duration::from_secs(config.rabbitmq.publish_timeout_secs));
+        Ok(App {
+            keys: Arc::new(ApiKeys::new(&config.http.api_keys)),
+            config: Arc::new(config),
+            status: Arc::new(status),
+            broker,
+            publisher: Arc::new(publisher),
+            metrics: Arc::new(Metrics::default()),
+            depths: Arc::new(DepthCache::default()),
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! The one place where failures become HTTP responses.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fleet_core::{ErrorCode, FieldError, ValidationErrors};
+use serde::Serialize;
+
+/// An error as the API returns it: `{"error": {"code", "message", "retryable", "fields"}}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+    /// Field errors of an `invalid_spec`, with their paths.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+    /// Seconds after which a retry may succeed (sent as `Retry-After`).
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a ApiError,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            retryable: code.retryable(),
+            fields: Vec::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// Field errors, each path prefixed (e.g. `jobs[3].`) when the request held several jobs.
+    pub fn invalid(prefix: &str, errors: Vec<FieldError>) -> ApiError {
+        let fields: Vec<FieldError> = errors
+            .into_iter()
+            .map(|e| FieldError { field: format!("{prefix}{}", e.field), message: e.message })
+            .collect();
+        let summary = fields.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        ApiError { fields, ..ApiError::new(ErrorCode::InvalidSpec, format!("invalid job: {summary}")) }
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> ApiError {
+        ApiError::invalid("", errors.0)
+    }
+}
+
+impl From<fleet_core::ParseError> for ApiError {
+    fn from(err: fleet_core::ParseError) -> ApiError {
+        ApiError::invalid("", vec![FieldError { field: err.field, message: err.message }])
+    }
+}
+
+impl From<fleet_queue::QueueError> for ApiError {
+    fn from(err: fleet_queue::QueueError) -> ApiError {
+        let api = ApiError::new(err.code(), err.to_string());
+        if api.retryable { api.with_retry_after(5) } else { api }
+    }
+}
+
+impl From<fleet_status::StatusError> for ApiError {
+    fn from(err: fleet_status::StatusError) -> ApiError {
+        let api = ApiError::new(err.code(), err.to_string());
+        if api.retryable { api.with_retry_after(5) } else { api }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = %self.code, message = %self.message, "request failed");
+        }
+        let retry_after = self.retry_after_secs;
+        let mut response = (status, Json(Body { error: &self })).into_response();
+        if let Some(secs) = retry_after {
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,180 @@
+//! `/v1/jobs`: submit, read, list, cancel, follow.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use fleet_core::{ErrorCode, JobState, JobStatus};
+use futures::{Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::submit::{accept, validate_for};
+
+/// The trace id of a request: the caller's `x-trace-id`, the trace part of a W3C `traceparent`, or a new one.
+fn trace_id(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = header("x-trace-id").filter(|v| !v.is_empty() && v.len() <= 128) {
+        return id.to_owned();
+    }
+    if let Some(trace) = header("traceparent").and_then(|tp| tp.split('-').nth(1)).filter(|t| t.len() == 32) {
+        return trace.to_owned();
+    }
+    Uuid::new_v4().simple().to_string()
+}
+
+#[derive(Serialize)]
+struct BatchItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<JobStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ApiError>,
+}
+
+/// `POST /v1/jobs`: one job object, or an array of them. Every job is validated before any is accepted.
+pub async fn submit(
+    State(app): State<App>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let trace = trace_id(&headers);
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(ErrorCode::InvalidSpec, "body is not UTF-8"))?;
+    if text.trim_start().starts_with('[') {
+        return submit_batch(app, caller, text, &trace).await;
+    }
+    let spec = fleet_core::parse_job(text)?;
+    let job = validate_for(&app, &caller, spec, "").inspect_err(|e| app.metrics.rejected(e.code))?;
+    let accepted = accept(&app, job, &trace).await.inspect_err(|e| app.metrics.rejected(e.code))?;
+    let code = if accepted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((code, [("x-trace-id", trace)], Json(accepted.status)).into_response())
+}
+
+async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Result<Response, ApiError> {
+    let values: Vec<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| ApiError::new(ErrorCode::InvalidSpec, format!("body: {e}")))?;
+    let max = app.config.http.max_jobs_per_request;
+    if values.is_empty() || values.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::InvalidSpec,
+            format!("a job array holds 1 to {max} jobs, not {}", values.len()),
+        ));
+    }
+    let mut jobs = Vec::with_capacity(values.len());
+    let mut fields = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        let prefix = format!("[{i}].");
+        let parsed = fleet_core::parse_job(&value.to_string()).map_err(ApiError::from);
+        match parsed.and_then(|spec| validate_for(&app, &caller, spec, &prefix)) {
+            Ok(job) => jobs.push(job),
+            Err(err) if err.fields.is_empty() => return Err(err),
+            Err(err) => fields.extend(err.fields.into_iter().map(|mut f| {
+                if !f.field.starts_with('[') {
+                    f.field = format!("{prefix}{}", f.field);
+                }
+                f
+            })),
+        }
+    }
+    if !fields.is_empty() {
+        app.metrics.rejected(ErrorCode::InvalidSpec);
+        return Err(ApiError::invalid("", fields));
+    }
+    let mut items = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match accept(&app, job, trace).await {
+            Ok(accepted) => items.push(BatchItem { status: Some(accepted.status), error: None }),
+            Err(err) => {
+                app.metrics.rejected(err.code);
+                items.push(BatchItem { status: None, error: Some(err) });
+            }
+        }
+    }
+    Ok((StatusCode::ACCEPTED, [("x-trace-id", trace.to_owned())], Json(serde_json::json!({ "jobs": items })))
+        .into_response())
+}
+
+/// A job the caller may see: their own, or any for an admin. Others' jobs are "not found", not "forbidden".
+async fn visible_job(app: &App, caller: &Caller, id: &str) -> Result<JobStatus, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::not_found(format!("job `{id}`")))?;
+    match app.status.get(id).await? {
+        Some(status) if caller.admin || status.tenant == caller.tenant => Ok(status),
+        _ => Err(ApiError::not_found(format!("job {id}"))),
+    }
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn get_one(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    Ok(Json(visible_job(&app, &caller, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    state: Option<JobState>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/jobs?state=&cursor=&limit=`: the caller's jobs, newest first.
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    let page = app.status.list(&caller.tenant, q.state, q.cursor.as_deref(), limit).await?;
+    Ok(Json(serde_json::json!({ "jobs": page.jobs, "next_cursor": page.next_cursor })))
+}
+
+/// `DELETE /v1/jobs/{id}`: a queued job never runs; a running one stops at its next step.
+pub async fn cancel(State(app): State<App>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let status = visible_job(&app, &caller, &id).await?;
+    if status.state.is_terminal() {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("job {} is already {}", status.id, status.state)));
+    }
+    // The flag first: a worker that picks the job up in the meantime still sees it.
+    app.status.request_cancel(status.id).await?;
+    let updated = if status.state == JobState::Queued {
+        match app.status.update(status.id, |s| s.cancel(Utc::now())).await {
+            Ok(s) => s,
+            // it started meanwhile: the worker honours the flag at its next step
+            Err(fleet_status::StatusError::Illegal(_)) => app.status.get(status.id).await?.unwrap_or(status),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        status
+    };
+    Ok((StatusCode::ACCEPTED, Json(updated)).into_response())
+}
+
+/// `GET /v1/jobs/{id}/events`: server-sent events, one per status change, ending with the final state.
+pub async fn events(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let status = visible_job(&app, &caller, &id).await?;
+    let stream = app.status.events(status.id).await?;
+    let events = stream.map(|item| {
+        Ok(match item {
+            Ok(event) => Event::default()
+                .event(event.state.as_str())
+                .json_data(&event)
+                .unwrap_or_else(|_| Event::default().event("error").data("unserialisable event")),
+            Err(err) => Event::default().event("error").data(err.to_string()),
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

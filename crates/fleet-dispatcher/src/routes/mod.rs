@@ -1,0 +1,28 @@
+//! The router: which path goes to which handler.
+
+pub mod jobs;
+pub mod ops;
+
+use axum::Router;
+use axum::routing::get;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::App;
+
+/// Every route of the API, with the body-size limit applied.
+pub fn router(app: App) -> Router {
+    let max_body = app.config.http.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/v1/jobs/{id}", get(jobs::get_one).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/queues", get(ops::queues))
+        .route("/v1/workers", get(ops::workers))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .with_state(app)
+}

@@ -1,0 +1,52 @@
+//! Operational endpoints: health, readiness, queues, workers, metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fleet_core::ErrorCode;
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: Redis and RabbitMQ both answer right now.
+pub async fn readyz(State(app): State<App>) -> Response {
+    let redis = app.status.ping().await.err().map(|e| e.to_string());
+    let rabbitmq = app.broker.channel().await.err().map(|e| e.to_string());
+    let body = serde_json::json!({
+        "redis": redis.clone().unwrap_or_else(|| "ok".into()),
+        "rabbitmq": rabbitmq.clone().unwrap_or_else(|| "ok".into()),
+    });
+    let code = if redis.is_none() && rabbitmq.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+/// `GET /v1/queues` (admin): depth and consumers of every queue, with per-model counters.
+pub async fn queues(State(app): State<App>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let depths = app.broker.depths().await?;
+    let counters = app.status.counters().await?;
+    Ok(Json(serde_json::json!({ "queues": depths, "counters": counters })))
+}
+
+/// `GET /v1/workers` (admin): live workers from their heartbeats.
+pub async fn workers(State(app): State<App>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(serde_json::json!({ "workers": app.status.workers().await? })))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(app): State<App>) -> Response {
+    let depths = app.broker.depths().await.unwrap_or_default();
+    ([("content-type", "text/plain; version=0.0.4")], app.metrics.render(&depths)).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

@@ -1,0 +1,36 @@
+//! Running the HTTP server until shutdown.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+
+/// Why the dispatcher could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    #[error("{0}")]
+    Status(fleet_status::StatusError),
+    #[error("{0}")]
+    Queue(fleet_queue::QueueError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), DispatcherError> {
+    let router = crate::routes::router(app).layer(tower_http::trace::TraceLayer::new_for_http());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(DispatcherError::Serve)
+}
+
+/// Binds the configured address.
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DispatcherError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| DispatcherError::Bind { addr: addr.to_owned(), source })
+}

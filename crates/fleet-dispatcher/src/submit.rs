@@ -1,0 +1,125 @@
+//! Accepting a job: validate → admit → record status → publish with confirm.
+//!
+//! The status record is written before the publish so that a worker never runs a job the API
+//! cannot show, and a job whose publish was not confirmed is discarded again rather than left
+//! looking queued.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleet_core::validate::new_job_id;
+use fleet_core::{ErrorCode, JobError, JobSpec, JobStatus, ValidJob};
+use fleet_status::CreateOutcome;
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// How long a queue depth read from the broker is trusted.
+const DEPTH_TTL: Duration = Duration::from_secs(1);
+
+/// Queue depths, refreshed at most once per [`DEPTH_TTL`] so admission costs no broker round trip per job.
+#[derive(Debug, Default)]
+pub struct DepthCache {
+    entries: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl DepthCache {
+    async fn depth(&self, app: &App, queue: &str) -> Result<u32, ApiError> {
+        if let Ok(entries) = self.entries.lock() {
+            if let Some((at, n)) = entries.get(queue) {
+                if at.elapsed() < DEPTH_TTL {
+                    return Ok(*n);
+                }
+            }
+        }
+        let depth = app.broker.depth(queue).await?.messages;
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(queue.to_owned(), (Instant::now(), depth));
+        }
+        Ok(depth)
+    }
+}
+
+/// What became of one submitted job.
+#[derive(Debug)]
+pub struct Accepted {
+    pub status: JobStatus,
+    /// False when an idempotency key matched an existing job.
+    pub created: bool,
+}
+
+/// A seed for jobs that bring none. Kept below 2^53 so JSON clients (JavaScript) read it exactly.
+fn draw_seed() -> u64 {
+    rand::random::<u64>() >> 11
+}
+
+/// Validates a parsed job for `caller`: limits of its model, then id, seed and tenant assigned.
+pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &str) -> Result<ValidJob, ApiError> {
+    let limits = app.config.limits_for(&spec.model);
+    let job = spec.validate(&limits).map_err(|e| ApiError::invalid(field_prefix, e.0))?;
+    Ok(job.assign(&caller.tenant, new_job_id, draw_seed))
+}
+
+/// Admits, records and publishes one validated job.
+pub async fn accept(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepted, ApiError> {
+    let started = Instant::now();
+    let spec = job.spec();
+    let tenant = spec.tenant.clone().unwrap_or_default();
+    let Some(queue) = app.broker.topology().queue_for(&spec.model, spec.priority).map(|q| q.name.clone()) else {
+        return Err(ApiError::new(
+            ErrorCode::ModelUnavailable,
+            format!("model `{}` is not served by this fleet (configured: {})", spec.model, model_list(app)),
+        ));
+    };
+    let in_flight = app.status.in_flight(&tenant).await?;
+    if in_flight >= app.config.http.max_in_flight_per_tenant {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "tenant `{tenant}` has {in_flight} jobs queued or running (limit {})",
+                app.config.http.max_in_flight_per_tenant
+            ),
+        )
+        .with_retry_after(10));
+    }
+    let depth = app.depths.depth(app, &queue).await?;
+    if u64::from(depth) >= app.config.rabbitmq.max_queue_depth {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "queue `{queue}` holds {depth} jobs (limit {}); try again later",
+                app.config.rabbitmq.max_queue_depth
+            ),
+        )
+        .with_retry_after(30));
+    }
+
+    let Some(status) = JobStatus::queued(&job, Utc::now()) else {
+        return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
+    };
+    match app.status.create(&status, spec.idempotency_key.as_deref()).await? {
+        CreateOutcome::Existing(existing) => return Ok(Accepted { status: existing, created: false }),
+        CreateOutcome::Created => {}
+    }
+    if let Err(err) = app.publisher.publish(&job, trace_id).await {
+        // Not accepted: undo the record and the idempotency key so a retry with the same key creates the job
+        // afresh. If an unconfirmed message did reach a queue after all, the worker finds no record and
+        // treats it like a job published straight onto the queue.
+        if let Err(undo) = app.status.discard(&status, spec.idempotency_key.as_deref()).await {
+            tracing::error!(job = %status.id, error = %undo, "could not discard the record of an unpublished job");
+            let error = JobError::new(err.code(), format!("not queued: {err}"));
+            let _ = app.status.update(status.id, |s| s.fail(error.clone(), Utc::now())).await;
+        }
+        return Err(err.into());
+    }
+    app.metrics.accepted(&spec.model, spec.priority, started.elapsed().as_secs_f64());
+    tracing::info!(job = %status.id, tenant = %tenant, model = %spec.model, trace_id, "job accepted");
+    Ok(Accepted { status, created: true })
+}
+
+fn model_list(app: &App) -> String {
+    app.config.models.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,366 @@
+//! The dispatcher over HTTP, against the real RabbitMQ and Redis that `scripts/services.sh` starts.
+
+use std::time::Duration;
+
+use fleet_core::config::{ApiKeyConfig, FleetConfig, ModelConfig};
+use fleet_core::{JobState, JobStatus, Progress};
+use fleet_dispatcher::App;
+use futures::StreamExt as _;
+use lapin::options::BasicGetOptions;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const ALICE: &str = "alice-key-0001";
+const BOB: &str = "bob-key-0002";
+const ADMIN: &str = "admin-key-0003";
+
+/// A configuration whose queue and key names no other test uses.
+fn isolated_config() -> FleetConfig {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut cfg = FleetConfig::default();
+    if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {
+        cfg.rabbitmq.url = url;
+    }
+    if let Ok(url) = std::env::var("FLEET_TEST_REDIS_URL") {
+        cfg.redis.url = url;
+    }
+    cfg.rabbitmq.exchange = format!("t-{tag}.jobs");
+    cfg.rabbitmq.queue_prefix = format!("t-{tag}");
+    cfg.rabbitmq.dead_letter_exchange = format!("t-{tag}.dlx");
+    cfg.rabbitmq.dead_letter_queue = format!("t-{tag}.dead");
+    cfg.redis.key_prefix = format!("t-{tag}");
+    cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.http.api_keys = vec![
+        ApiKeyConfig { key: ALICE.into(), tenant: "alice".into(), admin: false },
+        ApiKeyConfig { key: BOB.into(), tenant: "bob".into(), admin: false },
+        ApiKeyConfig { key: ADMIN.into(), tenant: "ops".into(), admin: true },
+    ];
+    cfg
+}
+
+struct Server {
+    base: String,
+    app: App,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(cfg: FleetConfig) -> Server {
+        let app = App::connect(cfg).await.expect("dispatcher connects to Redis and RabbitMQ");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(fleet_dispatcher::serve(app.clone(), listener, stop.clone()).map(|r| r.unwrap()));
+        Server { base, app, stop, task, http: reqwest::Client::new() }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn submit(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, "/v1/jobs", Some(key), Some(body)).await
+    }
+
+    /// Takes one message from a job queue, as a worker would, and acks it.
+    async fn take(&self, queue_suffix: &str) -> Option<fleet_core::JobSpec> {
+        let channel = self.app.broker.channel().await.unwrap();
+        let queue =
+            self.app.broker.topology().queues.iter().find(|q| q.name.ends_with(queue_suffix)).unwrap().name.clone();
+        let msg = channel.basic_get(&queue, BasicGetOptions { no_ack: true }).await.unwrap()?;
+        Some(fleet_queue::message::decode(&msg.delivery.data, &msg.delivery.properties).unwrap())
+    }
+}
+
+use futures::FutureExt as _;
+
+#[tokio::test]
+async fn a_submitted_job_is_recorded_then_confirmed_onto_its_queue() {
+    let server = Server::start(isolated_config()).await;
+    let (code, body) = server
+        .submit(ALICE, json!({"prompt": "a cat", "model": "tiny", "width": 64, "height": 64, "priority": "bulk", "tenant": "mallory"}))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let status: JobStatus = serde_json::from_value(body).unwrap();
+    assert_eq!((status.state, status.tenant.as_str()), (JobState::Queued, "alice"));
+
+    let (code, body) = server.call(reqwest::Method::GET, &format!("/v1/jobs/{}", status.id), Some(ALICE), None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["state"], "queued");
+
+    let queued = server.take(".tiny.bulk").await.expect("the job is on the bulk queue");
+    assert_eq!(queued.id, Some(status.id));
+    assert_eq!(queued.tenant.as_deref(), Some("alice"), "tenant comes from the key, not the body");
+    assert!(queued.seed.is_some(), "the dispatcher draws and records a seed");
+    assert!(server.take(".tiny.interactive").await.is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_jobs_get_every_field_error_and_nothing_is_queued() {
+    let server = Server::start(isolated_config()).await;
+    let (code, body) = server.submit(ALICE, json!({"prompt": "", "steps": 3, "model": "tiny", "width": 65})).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_spec");
+    let fields: Vec<&str> =
+        body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["prompt", "steps", "width"]);
+
+    let (code, body) = server
+        .submit(ALICE, json!([{"prompt": "ok", "model": "tiny"}, {"prompt": "x", "model": "tiny", "stepz": 4}]))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "[1].stepz");
+    assert!(server.take(".tiny.interactive").await.is_none(), "a rejected batch queues nothing");
+
+    let (code, body) = server.submit(ALICE, json!({"prompt": "x", "model": "no-such-model"})).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "model_unavailable");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_is_accepted_job_by_job() {
+    let server = Server::start(isolated_config()).await;
+    let jobs: Vec<Value> = (0..3).map(|i| json!({"prompt": format!("cat {i}"), "model": "tiny"})).collect();
+    let (code, body) = server.submit(ALICE, Value::Array(jobs)).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 3);
+    for _ in 0..3 {
+        assert!(server.take(".tiny.interactive").await.is_some());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gives_the_same_job() {
+    let server = Server::start(isolated_config()).await;
+    let job = json!({"prompt": "once", "model": "tiny", "idempotency_key": "row-17"});
+    let (c1, first) = server.submit(ALICE, job.clone()).await;
+    let (c2, second) = server.submit(ALICE, job.clone()).await;
+    assert_eq!((c1, c2), (StatusCode::ACCEPTED, StatusCode::OK));
+    assert_eq!(first["id"], second["id"]);
+    assert!(server.take(".tiny.interactive").await.is_some());
+    assert!(server.take(".tiny.interactive").await.is_none(), "published once");
+    let (_, other_tenant) = server.submit(BOB, job).await;
+    assert_ne!(other_tenant["id"], first["id"], "keys are per tenant");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_and_tenants_are_enforced_on_every_endpoint() {
+    let server = Server::start(isolated_config()).await;
+    let (_, job) = server.submit(ALICE, json!({"prompt": "mine", "model": "tiny"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    use reqwest::Method as M;
+    let job_paths = [
+        (M::GET, format!("/v1/jobs/{id}")),
+        (M::DELETE, format!("/v1/jobs/{id}")),
+        (M::GET, format!("/v1/jobs/{id}/events")),
+    ];
+    for (method, path) in
+        job_paths.iter().cloned().chain([(M::GET, "/v1/jobs".to_owned()), (M::POST, "/v1/jobs".to_owned())])
+    {
+        let (code, body) = server.call(method.clone(), &path, None, None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path} without key: {body}");
+        let (code, _) = server.call(method.clone(), &path, Some("wrong-key-123"), None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path} with a wrong key");
+    }
+    for (method, path) in job_paths {
+        let (code, body) = server.call(method.clone(), &path, Some(BOB), None).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{method} {path} as another tenant: {body}");
+    }
+    let (_, listed) = server.call(M::GET, "/v1/jobs", Some(BOB), None).await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 0);
+    let (_, listed) = server.call(M::GET, "/v1/jobs", Some(ALICE), None).await;
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    for path in ["/v1/queues", "/v1/workers"] {
+        let (code, _) = server.call(M::GET, path, Some(ALICE), None).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path} needs admin");
+        let (code, body) = server.call(M::GET, path, Some(ADMIN), None).await;
+        assert_eq!(code, StatusCode::OK, "{path}: {body}");
+    }
+    let (code, _) = server.call(M::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None).await;
+    assert_eq!(code, StatusCode::OK, "admins see every tenant's jobs");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_before_run_and_twice() {
+    let server = Server::start(isolated_config()).await;
+    let (_, job) = server.submit(ALICE, json!({"prompt": "never", "model": "tiny"})).await;
+    let id = job["id"].as_str().unwrap();
+    let (code, body) = server.call(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["state"], "cancelled");
+    assert!(server.app.status.is_cancel_requested(id.parse().unwrap()).await.unwrap(), "workers see the flag");
+    let (code, body) = server.call(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn events_stream_follows_the_job_to_its_end_in_order() {
+    let server = Server::start(isolated_config()).await;
+    let (_, job) = server.submit(ALICE, json!({"prompt": "watched", "model": "tiny", "steps": 2})).await;
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let resp = server.http.get(format!("{}/v1/jobs/{id}/events", server.base)).bearer_auth(ALICE).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+
+    let status = server.app.status.clone();
+    let worker = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status.update(id, |s| s.start("worker-1", chrono::Utc::now())).await.unwrap();
+        for step in 1..=2 {
+            status.set_progress(id, Progress { step, steps: 2, images_done: 0, images_total: 1 }).await.unwrap();
+        }
+        status.update(id, |s| s.succeed(vec![], chrono::Utc::now())).await.unwrap();
+    });
+    let mut body = String::new();
+    let mut stream = resp.bytes_stream();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(chunk) = stream.next().await {
+            body.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    });
+    read.await.expect("the stream ends after the final state");
+    worker.await.unwrap();
+    let kinds: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(kinds, ["queued", "running", "running", "running", "succeeded"], "{body}");
+    let steps: Vec<u64> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["progress"]["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 0, 1, 2, 2]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let mut cfg = isolated_config();
+    cfg.rabbitmq.max_queue_depth = 2;
+    let server = Server::start(cfg).await;
+    for i in 0..2 {
+        let (code, body) = server.submit(ALICE, json!({"prompt": format!("fill {i}"), "model": "tiny"})).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the depth cache
+    let resp = server
+        .http
+        .post(format!("{}/v1/jobs", server.base))
+        .bearer_auth(ALICE)
+        .json(&json!({"prompt": "one too many", "model": "tiny"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["retryable"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_in_flight_survive_a_dispatcher_restart() {
+    let cfg = isolated_config();
+    let server = Server::start(cfg.clone()).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, job) = server.submit(ALICE, json!({"prompt": format!("survivor {i}"), "model": "tiny"})).await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    server.stop().await;
+    let server = Server::start(cfg).await;
+    for id in &ids {
+        let (code, body) = server.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+        assert_eq!((code, body["state"].as_str()), (StatusCode::OK, Some("queued")));
+    }
+    let mut on_queue = Vec::new();
+    while let Some(job) = server.take(".tiny.interactive").await {
+        on_queue.push(job.id.unwrap().to_string());
+    }
+    assert_eq!(on_queue, ids, "every accepted job is still queued, in order");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_and_metrics() {
+    let server = Server::start(isolated_config()).await;
+    let (code, body) = server.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    server.submit(ALICE, json!({"prompt": "counted", "model": "tiny"})).await;
+    let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("fleet_jobs_accepted_total{model=\"tiny\",priority=\"interactive\"} 1"), "{text}");
+    assert!(text.contains(".tiny.interactive\"} 1"), "{text}");
+    server.stop().await;
+}
+
+/// A private Redis we can kill: the dispatcher must answer 503 and publish nothing without its status record.
+#[tokio::test]
+async fn redis_down_means_503_and_nothing_published() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH");
+    let mut cfg = isolated_config();
+    cfg.redis.url = format!("redis://127.0.0.1:{port}/0");
+    let mut server = None;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            server = Some(Server::start(cfg.clone()).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server = server.expect("private redis started");
+    let (code, _) = server.submit(ALICE, json!({"prompt": "before", "model": "tiny"})).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    assert!(server.take(".tiny.interactive").await.is_some());
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let (code, body) = server.submit(ALICE, json!({"prompt": "after", "model": "tiny"})).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "status_unavailable");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Redis"), "{body}");
+    assert!(server.take(".tiny.interactive").await.is_none(), "no job without its status record");
+    let (code, _) = server.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    server.stop().await;
+}
