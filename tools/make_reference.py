@@ -32,7 +32,8 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "crates/fleet-engine/tests/fixtures"
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+OUT = Path(ARGS[0]) if ARGS else ROOT / "crates/fleet-engine/tests/fixtures"
 MODEL = OUT / "tiny-sdxl"
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -231,5 +232,53 @@ def main():
     print(f"wrote {OUT} ({total / 1e6:.1f} MB)")
 
 
+# Real SDXL-base component configs (stabilityai/stable-diffusion-xl-base-1.0, */config.json).
+SDXL_UNET = dict(
+    act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], center_input_sample=False,
+    class_embed_type=None, class_embeddings_concat=False, conv_in_kernel=3, conv_out_kernel=3,
+    cross_attention_dim=2048, cross_attention_norm=None,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], downsample_padding=1,
+    dual_cross_attention=False, encoder_hid_dim=None, encoder_hid_dim_type=None, flip_sin_to_cos=True, freq_shift=0,
+    in_channels=4, layers_per_block=2, mid_block_only_cross_attention=None, mid_block_scale_factor=1,
+    mid_block_type="UNetMidBlock2DCrossAttn", norm_eps=1e-05, norm_num_groups=32, num_attention_heads=None,
+    num_class_embeds=None, only_cross_attention=False, out_channels=4, projection_class_embeddings_input_dim=2816,
+    resnet_out_scale_factor=1.0, resnet_skip_time_act=False, resnet_time_scale_shift="default", sample_size=128,
+    time_cond_proj_dim=None, time_embedding_act_fn=None, time_embedding_dim=None, time_embedding_type="positional",
+    timestep_post_act=None, transformer_layers_per_block=[1, 2, 10],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], upcast_attention=None,
+    use_linear_projection=True)
+SDXL_VAE = dict(act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                force_upcast=True, in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+                out_channels=3, sample_size=1024, scaling_factor=0.13025, up_block_types=["UpDecoderBlock2D"] * 4)
+SDXL_TE1 = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, eos_token_id=2,
+                bos_token_id=0, pad_token_id=1, layer_norm_eps=1e-05)
+SDXL_TE2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                max_position_embeddings=77, hidden_act="gelu", projection_dim=1280, eos_token_id=2,
+                bos_token_id=0, pad_token_id=1, layer_norm_eps=1e-05)
+
+
+def sdxl_layout():
+    """Checkpoint keys and shapes of the real SDXL-base components (built on the meta
+    device: no memory, no download), with their configs as diffusers/transformers write them."""
+    out = {}
+    with torch.device("meta"):
+        comps = {
+            "unet": UNet2DConditionModel(**SDXL_UNET),
+            "vae": AutoencoderKL(**SDXL_VAE),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**SDXL_TE1)),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TE2)),
+        }
+    for name, m in comps.items():
+        cfg = dict(m.config) if name in ("unet", "vae") else m.config.to_dict()
+        out[name] = {"config": json.loads(json.dumps(cfg, default=str)),
+                     "keys": {k: list(v.shape) for k, v in m.state_dict().items()}}
+    (OUT / "sdxl_layout.json").write_text(json.dumps(out, separators=(",", ":")))
+    print("wrote", OUT / "sdxl_layout.json")
+
+
 if __name__ == "__main__":
-    main()
+    if "--sdxl-layout-only" not in sys.argv:
+        main()
+    sdxl_layout()

@@ -1,6 +1,7 @@
 //! Integration tests of fleet-engine: the tiny built-in model, bad input, and (module
 //! `parity`) agreement with diffusers on committed fixtures.
 
+mod layout;
 mod parity;
 
 use candle_core::{DType, Device, Tensor};
@@ -191,3 +192,56 @@ fn model_source_parsing() {
     assert!(matches!("./models/sdxl".parse::<ModelSource>().unwrap(), ModelSource::Dir(_)));
 }
 
+
+fn fixture_model() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sdxl")
+}
+
+#[test]
+fn unet_override_file_and_shape_errors_name_the_tensor() {
+    let model = ModelSource::Dir(fixture_model());
+    let unet_file = fixture_model().join("unet/diffusion_pytorch_model.safetensors");
+    // A Lightning-style override: a full UNet file replacing the folder's weights.
+    let mut tensors = candle_core::safetensors::load(&unet_file, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("my_unet.safetensors");
+    let scaled: std::collections::HashMap<String, Tensor> =
+        tensors.iter().map(|(k, v)| (k.clone(), if k == "conv_out.bias" { (v + 1.0).unwrap() } else { v.clone() })).collect();
+    candle_core::safetensors::save(&scaled, &good).unwrap();
+    let opts = LoadOptions { unet_override: Some(good), prediction_type: Some(PredictionType::Sample), ..Default::default() };
+    let p = Pipeline::load_with(&model, &Device::Cpu, DType::F32, &opts).unwrap();
+    assert_eq!(p.scheduler.prediction_type, PredictionType::Sample);
+    let base = Pipeline::load(&model, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(base.scheduler.prediction_type, PredictionType::Epsilon);
+    let r = GenerateRequest { width: 64, height: 64, steps: 1, ..GenerateRequest::new("x") };
+    let a = p.generate_tensor(&r, &mut |_| {}).unwrap();
+    let b = base.generate_tensor(&GenerateRequest { prediction_type: Some(PredictionType::Sample), ..r }, &mut |_| {}).unwrap();
+    assert!(max_abs_diff(&a.latents, &b.latents) > 0.5, "the override weights are used");
+
+    // Wrong shape: the error names the component and the tensor.
+    tensors.insert("conv_in.weight".into(), Tensor::zeros((32, 4, 1, 1), DType::F32, &Device::Cpu).unwrap());
+    let bad = dir.path().join("bad_unet.safetensors");
+    candle_core::safetensors::save(&tensors, &bad).unwrap();
+    let opts = LoadOptions { unet_override: Some(bad), ..Default::default() };
+    let err = Pipeline::load_with(&model, &Device::Cpu, DType::F32, &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, EngineError::Weights { .. }), "{msg}");
+    assert!(msg.contains("unet") && msg.contains("conv_in.weight"), "{msg}");
+    // Missing tensor (a VAE file given as UNet).
+    let opts = LoadOptions { unet_override: Some(fixture_model().join("vae/diffusion_pytorch_model.safetensors")), ..Default::default() };
+    let msg = Pipeline::load_with(&model, &Device::Cpu, DType::F32, &opts).unwrap_err().to_string();
+    assert!(msg.contains("unet") && msg.contains("cannot find tensor"), "{msg}");
+}
+
+#[test]
+fn fp16_variant_is_preferred_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), b"x").unwrap();
+    std::fs::write(dir.path().join("model.fp16.safetensors"), b"x").unwrap();
+    let f = fleet_engine::files::component_weights(dir.path(), "model", true, "text_encoder").unwrap();
+    assert!(f[0].ends_with("model.fp16.safetensors"));
+    let f = fleet_engine::files::component_weights(dir.path(), "model", false, "text_encoder").unwrap();
+    assert!(f[0].ends_with("model.safetensors"));
+    let e = fleet_engine::files::component_weights(dir.path(), "diffusion_pytorch_model", false, "unet").unwrap_err();
+    assert!(e.to_string().contains("unet"), "{e}");
+}
