@@ -1,7 +1,9 @@
 //! Integration tests of fleet-engine: the tiny built-in model, bad input, and (module
 //! `parity`) agreement with diffusers on committed fixtures.
 
+#[path = "engine/layout.rs"]
 mod layout;
+#[path = "engine/parity.rs"]
 mod parity;
 
 use candle_core::{DType, Device, Tensor};
