@@ -159,6 +159,26 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     (0..n).map(|i| out.with_file_name(format!("{stem}_{i}.{ext}"))).collect()
 }
 
+/// Write the images of one call next to `out` (see [`output_paths`]), in `out`'s format,
+/// each with its own parameters embedded. Returns the paths written.
+pub fn save_images(
+    out: &Path,
+    images: &[RgbImage],
+    req: &GenerateRequest,
+    model: &str,
+    prediction_type: &str,
+    quality: u8,
+) -> Result<Vec<PathBuf>> {
+    let format = ImageFormat::from_path(out)?;
+    let paths = output_paths(out, images.len());
+    for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
+        let params = GenerationParams::for_image(req, i, model, prediction_type);
+        let bytes = encode_image(img, format, quality, Some(&params))?;
+        std::fs::write(path, bytes).map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
+    }
+    Ok(paths)
+}
+
 // ---------- PNG ----------
 
 fn crc32(data: &[u8]) -> u32 {

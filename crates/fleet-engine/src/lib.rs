@@ -25,12 +25,12 @@ pub mod unet;
 mod util;
 pub mod vae;
 
-pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths};
+pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths, save_images};
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use pipeline::{
     GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds, RandomPreset,
-    TensorOutput, Timings, default_dtype, parse_device,
+    TensorOutput, Timings, default_dtype, parse_device, read_latents,
 };
 pub use scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 pub use util::OneOrMany;

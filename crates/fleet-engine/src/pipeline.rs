@@ -254,15 +254,32 @@ impl Pipeline {
                 Self::from_files(&files, device, dtype)?
             }
             ModelSource::Hub(id) => {
-                let bare_lightning = opts.unet_override.as_ref().filter(|u| !u.exists() && u.components().count() == 1).and_then(|u| u.to_str());
-                let mut files = crate::files::from_hub(id, prefer_fp16, bare_lightning)?;
-                if let Some(u) = &opts.unet_override
-                    && bare_lightning.is_none() {
-                        files.unet_weights = vec![u.clone()];
-                    }
+                // For ByteDance/SDXL-Lightning a bare file name picks that repository's UNet file.
+                let lightning_file = if id == crate::files::LIGHTNING_REPO {
+                    opts.unet_override
+                        .as_ref()
+                        .filter(|u| !u.exists() && u.components().count() == 1)
+                        .and_then(|u| u.to_str())
+                } else {
+                    None
+                };
+                let mut files = crate::files::from_hub(id, prefer_fp16, lightning_file)?;
+                if let (Some(u), None) = (&opts.unet_override, lightning_file) {
+                    files.unet_weights = vec![u.clone()];
+                }
                 Self::from_files(&files, device, dtype)?
             }
         };
+        // The 1-step Lightning UNet (`..._x0.safetensors`) predicts x0.
+        let x0_unet = opts
+            .unet_override
+            .as_ref()
+            .and_then(|u| u.file_name())
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with("_x0.safetensors"));
+        if x0_unet {
+            p.scheduler.prediction_type = PredictionType::Sample;
+        }
         if let Some(pt) = opts.prediction_type {
             p.scheduler.prediction_type = pt;
         }
@@ -564,6 +581,36 @@ impl Pipeline {
             timings: out.timings,
         })
     }
+}
+
+/// Read `--latents FILE`: a safetensors file with one float tensor `latents`
+/// [batch, 4, H/8, W/8] of unit-variance noise (converted to f32).
+pub fn read_latents(path: &Path) -> Result<Tensor> {
+    if !path.is_file() {
+        return Err(EngineError::MissingFile {
+            component: "latents".into(),
+            path: path.to_path_buf(),
+            hint: String::new(),
+        });
+    }
+    let mut ts = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| EngineError::Config {
+        component: "latents".into(),
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let t = ts.remove("latents").ok_or_else(|| EngineError::Config {
+        component: "latents".into(),
+        path: path.to_path_buf(),
+        message: "no tensor named `latents`".into(),
+    })?;
+    if t.rank() != 4 {
+        return Err(EngineError::Shape {
+            name: "latents".into(),
+            expected: "[batch, 4, H/8, W/8]".into(),
+            got: format!("{:?}", t.dims()),
+        });
+    }
+    t.to_dtype(DType::F32).ctx("latents")
 }
 
 /// Which random model [`Pipeline::random`] builds.

@@ -231,7 +231,7 @@ impl ClipTokenizer {
     fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {
         let cleaned: String = text
             .chars()
-            .filter(|c| !(c.is_control() && !c.is_whitespace()) && *c != '\u{FFFD}')
+            .filter(|c| (c.is_whitespace() || !c.is_control()) && *c != '\u{FFFD}')
             .collect::<String>()
             .split_whitespace()
             .collect::<Vec<_>>()

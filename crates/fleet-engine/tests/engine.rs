@@ -247,3 +247,23 @@ fn fp16_variant_is_preferred_when_asked() {
     let e = fleet_engine::files::component_weights(dir.path(), "diffusion_pytorch_model", false, "unet").unwrap_err();
     assert!(e.to_string().contains("unet"), "{e}");
 }
+
+#[test]
+fn latents_file_and_saving_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let noise = Tensor::randn(0f32, 1f32, (2, 4, 8, 8), &Device::Cpu).unwrap();
+    let f = dir.path().join("lat.safetensors");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), noise.clone())]), &f).unwrap();
+    let lat = fleet_engine::read_latents(&f).unwrap();
+    assert_eq!(max_abs_diff(&lat, &noise), 0.0);
+    assert!(fleet_engine::read_latents(&dir.path().join("none.safetensors")).is_err());
+    let p = tiny();
+    let r = GenerateRequest { num_images: 2, latents: Some(lat), ..req("a cat") };
+    let out = p.generate(&r, &mut |_| {}).unwrap();
+    let paths = fleet_engine::save_images(&dir.path().join("out.png"), &out.images, &r, "tiny", "epsilon", 90).unwrap();
+    assert_eq!(paths, vec![dir.path().join("out_0.png"), dir.path().join("out_1.png")]);
+    let bytes = std::fs::read(&paths[1]).unwrap();
+    let text = fleet_engine::encode::png_text_chunks(&bytes);
+    assert!(text.iter().any(|(k, v)| k == "parameters" && v.contains("Seed: 12")), "{text:?}");
+    assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), out.images[1]);
+}
