@@ -1,0 +1,136 @@
+//! CPU benchmark: seconds per image, split into text encoding / denoising / VAE decode, and
+//! peak resident memory, for the tiny model and a medium SDXL-shaped random model.
+//!
+//! ```text
+//! cargo bench -p fleet-engine --bench engine                  # tiny + random-medium
+//! cargo bench -p fleet-engine --bench engine -- --model DIR --size 1024 --steps 4 --runs 2
+//! ```
+//! Each model runs in its own child process so its peak RSS (VmHWM) is its own.
+
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use fleet_engine::{GenerateRequest, ModelSource, Pipeline};
+
+struct Args {
+    only: Option<String>,
+    models: Vec<(String, usize)>,
+    steps: usize,
+    runs: usize,
+    batch: usize,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        only: None,
+        models: vec![("tiny".into(), 256), ("random-medium".into(), 512)],
+        steps: 4,
+        runs: 3,
+        batch: 1,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut size: Option<usize> = None;
+    let mut custom: Option<String> = None;
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--only" => a.only = Some(v),
+            "--model" => custom = Some(v),
+            "--size" => size = v.parse().ok(),
+            "--steps" => a.steps = v.parse().unwrap_or(4),
+            "--runs" => a.runs = v.parse().unwrap_or(3),
+            "--batch" => a.batch = v.parse().unwrap_or(1),
+            _ => {
+                i += 1; // `cargo bench` passes `--bench`
+                continue;
+            }
+        }
+        i += 2;
+    }
+    if let Some(m) = custom {
+        a.models = vec![(m, size.unwrap_or(1024))];
+    } else if let Some(s) = size {
+        for m in &mut a.models {
+            m.1 = s;
+        }
+    }
+    a
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn run_one(model: &str, size: usize, a: &Args) {
+    let src: ModelSource = model.parse().expect("model");
+    let t = std::time::Instant::now();
+    let pipe = Pipeline::load(&src, &Device::Cpu, DType::F32).expect("load");
+    let load = t.elapsed();
+    let req = GenerateRequest {
+        prompts: vec!["a photograph of an astronaut riding a horse".into()],
+        num_images: a.batch,
+        width: size,
+        height: size,
+        steps: a.steps,
+        ..GenerateRequest::default()
+    };
+    pipe.generate(&GenerateRequest { steps: 1, ..req.clone() }, &mut |_| {}).expect("warm-up");
+    let (mut te, mut dn, mut vd) = (0.0, 0.0, 0.0);
+    for _ in 0..a.runs {
+        let out = pipe.generate(&req, &mut |_| {}).expect("generate");
+        te += secs(out.timings.text_encode);
+        dn += secs(out.timings.denoise);
+        vd += secs(out.timings.vae_decode);
+    }
+    let per = (a.runs * a.batch) as f64;
+    println!(
+        "{model:>14} {size:>5}x{size:<5} steps {} batch {}: {:.3} s/image = text {:.3} + denoise {:.3} + vae {:.3}; load {:.2} s; peak RSS {:.0} MiB",
+        a.steps,
+        a.batch,
+        (te + dn + vd) / per,
+        te / per,
+        dn / per,
+        vd / per,
+        secs(load),
+        peak_rss_mib()
+    );
+}
+
+fn main() {
+    let a = parse();
+    if let Some(only) = &a.only {
+        let size = a.models.iter().find(|m| &m.0 == only).map(|m| m.1).unwrap_or(1024);
+        run_one(only, size, &a);
+        return;
+    }
+    println!(
+        "fleet-engine CPU benchmark ({} threads), f32, guidance 0, {} timed runs after a warm-up",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        a.runs
+    );
+    let exe = std::env::current_exe().expect("exe");
+    for (m, size) in &a.models {
+        let status = std::process::Command::new(&exe)
+            .args(["--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
+            .args(["--runs", &a.runs.to_string(), "--batch", &a.batch.to_string()])
+            .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") { vec!["--model", m.as_str()] } else { vec![] })
+            .status()
+            .expect("spawn");
+        if !status.success() {
+            eprintln!("{m}: failed ({status})");
+        }
+    }
+}

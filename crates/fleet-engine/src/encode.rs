@@ -1,0 +1,416 @@
+//! PNG / JPEG / WebP encoding with the generation parameters embedded.
+//!
+//! * PNG: a `tEXt` chunk `parameters` in the AUTOMATIC1111 / ComfyUI-readable style
+//!   (`iTXt` when the text is not Latin-1), plus an `iTXt` chunk `fleet_request` holding the
+//!   JSON of the full request and this image's seed.
+//! * JPEG: two `COM` segments (the `parameters` text, then the JSON).
+//! * WebP (lossless; `quality` is ignored): extended format with an `EXIF` chunk whose
+//!   `UserComment` is the `parameters` text (as A1111 writes it) and an `XMP ` chunk with the JSON.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::pipeline::GenerateRequest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    WebP,
+}
+
+impl ImageFormat {
+    /// From a file extension (`png`, `jpg`/`jpeg`, `webp`, any case).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match ext.as_str() {
+            "png" => Ok(Self::Png),
+            "jpg" | "jpeg" => Ok(Self::Jpeg),
+            "webp" => Ok(Self::WebP),
+            _ => Err(EngineError::InvalidRequest(format!(
+                "unsupported output format for {} (use .png, .jpg or .webp)",
+                path.display()
+            ))),
+        }
+    }
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpg",
+            Self::WebP => "webp",
+        }
+    }
+}
+
+/// Everything about how one image was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationParams {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: usize,
+    pub height: usize,
+    /// This image's seed.
+    pub seed: u64,
+    pub model: String,
+    pub prediction_type: String,
+    pub sampler: String,
+    /// Index of the image in its request.
+    pub index: usize,
+    /// The whole request as given.
+    pub request: GenerateRequest,
+}
+
+impl GenerationParams {
+    /// Parameters of image `index` of `req` (prompt-major order).
+    pub fn for_image(req: &GenerateRequest, index: usize, model: &str, prediction_type: &str) -> Self {
+        let n = req.num_images.max(1);
+        Self {
+            prompt: req.prompts.get(index / n).cloned().unwrap_or_default(),
+            negative_prompt: req.negative_prompt.clone().filter(|s| !s.is_empty()),
+            steps: req.steps,
+            guidance: req.guidance,
+            width: req.width,
+            height: req.height,
+            seed: req.seed.wrapping_add(index as u64),
+            model: model.to_string(),
+            prediction_type: prediction_type.to_string(),
+            sampler: "Euler (trailing)".into(),
+            index,
+            request: req.clone(),
+        }
+    }
+
+    /// The A1111-style `parameters` text.
+    pub fn a1111_text(&self) -> String {
+        let mut s = self.prompt.clone();
+        if let Some(n) = &self.negative_prompt {
+            s.push_str(&format!("\nNegative prompt: {n}"));
+        }
+        s.push_str(&format!(
+            "\nSteps: {}, Sampler: Euler, Schedule type: SGM Uniform, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Prediction type: {}, Version: fleet-engine {}",
+            self.steps,
+            self.guidance,
+            self.seed,
+            self.width,
+            self.height,
+            self.model,
+            self.prediction_type,
+            env!("CARGO_PKG_VERSION")
+        ));
+        s
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+fn enc_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Image(e.to_string())
+}
+
+/// Encode `img` in `format` (`quality` 1–100 for JPEG) with `params` embedded.
+pub fn encode_image(img: &RgbImage, format: ImageFormat, quality: u8, params: Option<&GenerationParams>) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let (w, h) = img.dimensions();
+    match format {
+        ImageFormat::Png => {
+            image::codecs::png::PngEncoder::new(&mut buf)
+                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                .map_err(enc_err)?;
+            if let Some(p) = params {
+                buf = png_insert_text(&buf, &[("parameters", &p.a1111_text()), ("fleet_request", &p.json())])?;
+            }
+        }
+        ImageFormat::Jpeg => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut buf), quality.clamp(1, 100))
+                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                .map_err(enc_err)?;
+            if let Some(p) = params {
+                buf = jpeg_insert_comments(&buf, &[&p.a1111_text(), &p.json()])?;
+            }
+        }
+        ImageFormat::WebP => {
+            image::codecs::webp::WebPEncoder::new_lossless(&mut buf)
+                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                .map_err(enc_err)?;
+            if let Some(p) = params {
+                buf = webp_add_metadata(&buf, w, h, &p.a1111_text(), &p.json())?;
+            }
+        }
+    }
+    Ok(buf)
+}
+
+/// Output file names: one image → `out` itself; several → `<stem>_<i>.<ext>` beside it.
+pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    (0..n).map(|i| out.with_file_name(format!("{stem}_{i}.{ext}"))).collect()
+}
+
+/// Write the images of one call next to `out` (see [`output_paths`]), in `out`'s format,
+/// each with its own parameters embedded. Returns the paths written.
+pub fn save_images(
+    out: &Path,
+    images: &[RgbImage],
+    req: &GenerateRequest,
+    model: &str,
+    prediction_type: &str,
+    quality: u8,
+) -> Result<Vec<PathBuf>> {
+    let format = ImageFormat::from_path(out)?;
+    let paths = output_paths(out, images.len());
+    for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
+        let params = GenerationParams::for_image(req, i, model, prediction_type);
+        let bytes = encode_image(img, format, quality, Some(&params))?;
+        std::fs::write(path, bytes).map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
+    }
+    Ok(paths)
+}
+
+// ---------- PNG ----------
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(data.len() + 12);
+    c.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    c.extend_from_slice(kind);
+    c.extend_from_slice(data);
+    let mut crc_in = kind.to_vec();
+    crc_in.extend_from_slice(data);
+    c.extend_from_slice(&crc32(&crc_in).to_be_bytes());
+    c
+}
+
+fn png_insert_text(png: &[u8], texts: &[(&str, &str)]) -> Result<Vec<u8>> {
+    const SIG: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    if png.len() < 33 || png[..8] != SIG || &png[12..16] != b"IHDR" {
+        return Err(EngineError::Image("not a PNG stream".into()));
+    }
+    let ihdr_end = 8 + 12 + u32::from_be_bytes([png[8], png[9], png[10], png[11]]) as usize;
+    let mut out = png[..ihdr_end].to_vec();
+    for (key, text) in texts {
+        let latin1 = text.chars().all(|c| (c as u32) < 256 && c != '\0');
+        if latin1 {
+            let mut d = key.as_bytes().to_vec();
+            d.push(0);
+            d.extend(text.chars().map(|c| c as u8));
+            out.extend(png_chunk(b"tEXt", &d));
+        } else {
+            let mut d = key.as_bytes().to_vec();
+            d.extend_from_slice(&[0, 0, 0, 0, 0]); // null, no compression, method, empty lang, empty translated key
+            d.extend_from_slice(text.as_bytes());
+            out.extend(png_chunk(b"iTXt", &d));
+        }
+    }
+    out.extend_from_slice(&png[ihdr_end..]);
+    Ok(out)
+}
+
+/// Read back `tEXt` / `iTXt` chunks of a PNG (keyword → text).
+pub fn png_text_chunks(png: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pos = 8;
+    while pos + 12 <= png.len() {
+        let len = u32::from_be_bytes([png[pos], png[pos + 1], png[pos + 2], png[pos + 3]]) as usize;
+        let kind = &png[pos + 4..pos + 8];
+        let Some(data) = png.get(pos + 8..pos + 8 + len) else { break };
+        if (kind == b"tEXt" || kind == b"iTXt")
+            && let Some(z) = data.iter().position(|&b| b == 0) {
+                let key = String::from_utf8_lossy(&data[..z]).to_string();
+                let text = if kind == b"tEXt" {
+                    data[z + 1..].iter().map(|&b| b as char).collect()
+                } else {
+                    // skip compression flag, method, then language and translated keyword
+                    let rest = &data[(z + 3).min(data.len())..];
+                    let mut parts = rest.splitn(3, |&b| b == 0);
+                    let _lang = parts.next();
+                    let _tk = parts.next();
+                    String::from_utf8_lossy(parts.next().unwrap_or(&[])).to_string()
+                };
+                out.push((key, text));
+            }
+        pos += 12 + len;
+    }
+    out
+}
+
+// ---------- JPEG ----------
+
+fn jpeg_insert_comments(jpg: &[u8], comments: &[&str]) -> Result<Vec<u8>> {
+    if jpg.len() < 4 || jpg[0] != 0xFF || jpg[1] != 0xD8 {
+        return Err(EngineError::Image("not a JPEG stream".into()));
+    }
+    let mut out = jpg[..2].to_vec();
+    for c in comments {
+        let bytes = c.as_bytes();
+        let bytes = &bytes[..bytes.len().min(65533)];
+        out.extend_from_slice(&[0xFF, 0xFE]);
+        out.extend_from_slice(&((bytes.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out.extend_from_slice(&jpg[2..]);
+    Ok(out)
+}
+
+// ---------- WebP ----------
+
+fn riff_chunk(fourcc: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut c = fourcc.to_vec();
+    c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    c.extend_from_slice(data);
+    if data.len() % 2 == 1 {
+        c.push(0);
+    }
+    c
+}
+
+/// Big-endian TIFF with IFD0 → Exif IFD → UserComment ("UNICODE\0" + UTF-16BE), as piexif writes it.
+fn exif_user_comment(text: &str) -> Vec<u8> {
+    let mut comment = b"UNICODE\0".to_vec();
+    for u in text.encode_utf16() {
+        comment.extend_from_slice(&u.to_be_bytes());
+    }
+    let mut t = b"MM\0\x2A".to_vec();
+    t.extend_from_slice(&8u32.to_be_bytes());
+    // IFD0 at 8: 1 entry (ExifIFD pointer), next IFD 0.
+    let exif_ifd = 8 + 2 + 12 + 4;
+    t.extend_from_slice(&1u16.to_be_bytes());
+    t.extend_from_slice(&0x8769u16.to_be_bytes());
+    t.extend_from_slice(&4u16.to_be_bytes()); // LONG
+    t.extend_from_slice(&1u32.to_be_bytes());
+    t.extend_from_slice(&(exif_ifd as u32).to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes());
+    // Exif IFD: 1 entry UserComment (UNDEFINED), data after it.
+    let data_off = exif_ifd + 2 + 12 + 4;
+    t.extend_from_slice(&1u16.to_be_bytes());
+    t.extend_from_slice(&0x9286u16.to_be_bytes());
+    t.extend_from_slice(&7u16.to_be_bytes());
+    t.extend_from_slice(&(comment.len() as u32).to_be_bytes());
+    t.extend_from_slice(&(data_off as u32).to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes());
+    t.extend_from_slice(&comment);
+    t
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn webp_add_metadata(webp: &[u8], w: u32, h: u32, params: &str, json: &str) -> Result<Vec<u8>> {
+    if webp.len() < 20 || &webp[..4] != b"RIFF" || &webp[8..12] != b"WEBP" {
+        return Err(EngineError::Image("not a WebP stream".into()));
+    }
+    let first = &webp[12..16];
+    if first == b"VP8X" {
+        return Err(EngineError::Image("WebP already in extended format".into()));
+    }
+    let image_chunks = &webp[12..];
+    let mut vp8x = vec![0u8; 10];
+    vp8x[0] = 0x08 | 0x04; // EXIF + XMP
+    let (cw, ch) = (w - 1, h - 1);
+    vp8x[4..7].copy_from_slice(&cw.to_le_bytes()[..3]);
+    vp8x[7..10].copy_from_slice(&ch.to_le_bytes()[..3]);
+    let xmp = format!(
+        "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description xmlns:dc=\"http://purl.org/dc/elements/1.1/\" xmlns:fleet=\"https://github.com/lightning-fleet/lightning-fleet/ns/1.0/\"><dc:description>{}</dc:description><fleet:request>{}</fleet:request></rdf:Description></rdf:RDF></x:xmpmeta>",
+        xml_escape(params),
+        xml_escape(json)
+    );
+    let mut body = b"WEBP".to_vec();
+    body.extend(riff_chunk(b"VP8X", &vp8x));
+    body.extend_from_slice(image_chunks);
+    body.extend(riff_chunk(b"EXIF", &exif_user_comment(params)));
+    body.extend(riff_chunk(b"XMP ", xmp.as_bytes()));
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend(body);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> GenerationParams {
+        let req = GenerateRequest {
+            prompts: vec!["a cat".into(), "ünïcode dog ✓".into()],
+            negative_prompt: Some("blurry".into()),
+            num_images: 2,
+            seed: 7,
+            ..GenerateRequest::default()
+        };
+        GenerationParams::for_image(&req, 3, "tiny", "epsilon")
+    }
+
+    fn img() -> RgbImage {
+        RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 16) as u8, (y * 32) as u8, 7]))
+    }
+
+    #[test]
+    fn crc_known_value() {
+        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+    }
+
+    #[test]
+    fn png_roundtrip_with_text() {
+        let p = params();
+        assert_eq!(p.seed, 10);
+        assert_eq!(p.prompt, "ünïcode dog ✓");
+        let bytes = encode_image(&img(), ImageFormat::Png, 90, Some(&p)).unwrap();
+        let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(decoded, img());
+        let chunks = png_text_chunks(&bytes);
+        let params_text = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
+        assert!(params_text.starts_with("ünïcode dog ✓\nNegative prompt: blurry\nSteps: 4, Sampler: Euler"));
+        assert!(params_text.contains("Seed: 10, Size: 1024x1024"));
+        let json = &chunks.iter().find(|(k, _)| k == "fleet_request").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["seed"], 10);
+        assert_eq!(v["request"]["prompts"][0], "a cat");
+    }
+
+    #[test]
+    fn jpeg_and_webp_decode_with_metadata() {
+        let p = params();
+        let j = encode_image(&img(), ImageFormat::Jpeg, 90, Some(&p)).unwrap();
+        assert_eq!(image::load_from_memory(&j).unwrap().to_rgb8().dimensions(), (16, 8));
+        assert!(j.windows(11).any(|w| w == b"Seed: 10, S"));
+        let w = encode_image(&img(), ImageFormat::WebP, 90, Some(&p)).unwrap();
+        let d = image::load_from_memory(&w).unwrap().to_rgb8();
+        assert_eq!(d, img());
+        assert!(w.windows(4).any(|x| x == b"EXIF"));
+        assert!(w.windows(10).any(|x| x == b"fleet:requ"));
+    }
+
+    #[test]
+    fn output_names() {
+        assert_eq!(output_paths(Path::new("/x/out.png"), 1), vec![PathBuf::from("/x/out.png")]);
+        assert_eq!(
+            output_paths(Path::new("/x/out.png"), 2),
+            vec![PathBuf::from("/x/out_0.png"), PathBuf::from("/x/out_1.png")]
+        );
+        assert!(ImageFormat::from_path(Path::new("a.gif")).is_err());
+        assert_eq!(ImageFormat::from_path(Path::new("a.JPG")).unwrap(), ImageFormat::Jpeg);
+    }
+}

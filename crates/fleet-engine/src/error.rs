@@ -1,0 +1,97 @@
+//! Typed errors of the engine.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running the engine.
+///
+/// No engine entry point panics on bad input: each failure mode is one of these variants,
+/// naming the component, file or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A component folder or file of a diffusers-layout model is absent.
+    #[error("missing {component}: {path} does not exist{hint}")]
+    MissingFile {
+        component: String,
+        path: PathBuf,
+        hint: String,
+    },
+    /// A JSON config could not be read or parsed.
+    #[error("invalid config for {component} ({path}): {message}")]
+    Config {
+        component: String,
+        path: PathBuf,
+        message: String,
+    },
+    /// The config asks for something this engine does not implement.
+    #[error("unsupported {component} config: {message}")]
+    Unsupported { component: String, message: String },
+    /// A weight tensor is missing or has the wrong shape (candle names the tensor).
+    #[error("weights of {component}: {source}")]
+    Weights {
+        component: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    /// A tensor given by the caller has the wrong shape.
+    #[error("shape mismatch for {name}: expected {expected}, got {got}")]
+    Shape {
+        name: String,
+        expected: String,
+        got: String,
+    },
+    /// A generation request is invalid (size, steps, batch...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The tokenizer files are invalid.
+    #[error("tokenizer {component}: {message}")]
+    Tokenizer { component: String, message: String },
+    /// A model could not be fetched from the Hugging Face Hub (or its cache).
+    #[error("cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and pass a local diffusers-layout folder with --model DIR (or use --model tiny)")]
+    Hub {
+        repo: String,
+        missing: String,
+        message: String,
+    },
+    /// The requested device is not available in this build.
+    #[error("device {0}")]
+    Device(String),
+    /// Image encoding failed.
+    #[error("image encoding: {0}")]
+    Image(String),
+    /// Any other tensor error during computation.
+    #[error("{context}: {source}")]
+    Candle {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Attach a context string to candle results.
+pub(crate) trait CandleContext<T> {
+    fn ctx(self, context: &str) -> Result<T>;
+    fn weights(self, component: &str) -> Result<T>;
+}
+
+impl<T> CandleContext<T> for candle_core::Result<T> {
+    fn ctx(self, context: &str) -> Result<T> {
+        self.map_err(|source| EngineError::Candle {
+            context: context.to_string(),
+            source,
+        })
+    }
+    fn weights(self, component: &str) -> Result<T> {
+        self.map_err(|source| EngineError::Weights {
+            component: component.to_string(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,39 @@
+//! # fleet-engine
+//!
+//! An SDXL / SDXL-Lightning text-to-image engine on candle, checked against diffusers.
+//!
+//! ```no_run
+//! use fleet_engine::{GenerateRequest, ModelSource, Pipeline};
+//! let device = candle_core::Device::Cpu;
+//! let pipe = Pipeline::load(&ModelSource::Tiny, &device, candle_core::DType::F32)?;
+//! let req = GenerateRequest { width: 64, height: 64, ..GenerateRequest::new("a cat") };
+//! let out = pipe.generate(&req, &mut |p| eprintln!("step {}/{}", p.step, p.total))?;
+//! assert_eq!(out.images.len(), 1);
+//! # Ok::<(), fleet_engine::EngineError>(())
+//! ```
+
+pub mod clip;
+pub mod encode;
+pub mod error;
+pub mod files;
+pub mod pipeline;
+pub mod random;
+pub mod rng;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet;
+mod util;
+pub mod vae;
+
+pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths, save_images};
+pub use error::{EngineError, Result};
+pub use files::ModelFiles;
+pub use pipeline::{
+    GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds, RandomPreset,
+    TensorOutput, Timings, default_dtype, parse_device, read_latents,
+};
+pub use scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
+pub use util::OneOrMany;
+
+/// Re-exports for callers that build tensors (e.g. `--latents`).
+pub use candle_core;

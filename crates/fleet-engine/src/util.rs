@@ -1,0 +1,49 @@
+//! Small helpers shared by the loaders.
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+use crate::error::{EngineError, Result};
+
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, component: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EngineError::MissingFile {
+                component: component.to_string(),
+                path: path.to_path_buf(),
+                hint: String::new(),
+            }
+        } else {
+            EngineError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|e| EngineError::Config {
+        component: component.to_string(),
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// A config value that diffusers allows either as one integer or as one per block.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl OneOrMany {
+    pub fn expand(&self, n: usize, what: &str) -> Result<Vec<usize>> {
+        match self {
+            Self::One(v) => Ok(vec![*v; n]),
+            Self::Many(v) if v.len() == n => Ok(v.clone()),
+            Self::Many(v) => Err(EngineError::Unsupported {
+                component: "unet".into(),
+                message: format!("{what} has {} entries for {n} blocks", v.len()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! VAE decoder: candle's `AutoEncoderKL` configured from diffusers' `vae/config.json`.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use serde::Deserialize;
+
+use crate::error::{CandleContext, EngineError, Result};
+
+/// The fields of diffusers' `AutoencoderKL` config this engine reads.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct VaeConfig {
+    #[serde(default = "d3")]
+    pub in_channels: usize,
+    #[serde(default = "d3")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d1")]
+    pub layers_per_block: usize,
+    #[serde(default = "d4")]
+    pub latent_channels: usize,
+    #[serde(default = "d32")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_scale")]
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    /// The stock SDXL VAE overflows in f16 (`true`); the fp16-fix VAE does not (`false`).
+    #[serde(default)]
+    pub force_upcast: bool,
+    #[serde(default = "dtrue")]
+    pub use_quant_conv: bool,
+    #[serde(default = "dtrue")]
+    pub use_post_quant_conv: bool,
+    #[serde(default)]
+    pub mid_block_add_attention: Option<bool>,
+}
+fn d3() -> usize {
+    3
+}
+fn d1() -> usize {
+    1
+}
+fn d4() -> usize {
+    4
+}
+fn d32() -> usize {
+    32
+}
+fn d_scale() -> f64 {
+    0.18215
+}
+fn dtrue() -> bool {
+    true
+}
+
+impl VaeConfig {
+    /// `stabilityai/stable-diffusion-xl-base-1.0/vae/config.json` (scaling 0.13025).
+    pub fn sdxl() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.13025,
+            shift_factor: None,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: None,
+        }
+    }
+    /// Built-in tiny VAE: 4 blocks (8× upsampling like SDXL), 8 groups.
+    pub fn tiny() -> Self {
+        Self {
+            block_out_channels: vec![16, 16, 32, 32],
+            layers_per_block: 1,
+            norm_num_groups: 8,
+            force_upcast: false,
+            ..Self::sdxl()
+        }
+    }
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        crate::util::read_json(path, "vae")
+    }
+    /// Spatial down-sampling factor between images and latents (8 for SDXL).
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len().saturating_sub(1))
+    }
+}
+
+#[derive(Debug)]
+pub struct Vae {
+    model: AutoEncoderKL,
+    pub config: VaeConfig,
+    pub dtype: DType,
+}
+
+impl Vae {
+    pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+        let g = cfg.norm_num_groups;
+        if cfg.block_out_channels.is_empty() || g == 0 || cfg.block_out_channels.iter().any(|c| c % g != 0) {
+            return Err(EngineError::Unsupported {
+                component: "vae".into(),
+                message: format!("block_out_channels {:?} with norm_num_groups {g}", cfg.block_out_channels),
+            });
+        }
+        if cfg.mid_block_add_attention == Some(false) {
+            return Err(EngineError::Unsupported {
+                component: "vae".into(),
+                message: "mid_block_add_attention = false".into(),
+            });
+        }
+        let kl = AutoEncoderKLConfig {
+            block_out_channels: cfg.block_out_channels.clone(),
+            layers_per_block: cfg.layers_per_block,
+            latent_channels: cfg.latent_channels,
+            norm_num_groups: g,
+            use_quant_conv: cfg.use_quant_conv,
+            use_post_quant_conv: cfg.use_post_quant_conv,
+        };
+        let dtype = vb.dtype();
+        let model = AutoEncoderKL::new(vb, cfg.in_channels, cfg.out_channels, kl).weights("vae")?;
+        Ok(Self {
+            model,
+            config: cfg.clone(),
+            dtype,
+        })
+    }
+
+    /// Decode scaled latents [B, C, h, w] (as the sampler produces them) into images in
+    /// [0, 1], f32, [B, 3, h·f, w·f].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let dims = latents.dims();
+        if dims.len() != 4 || dims[1] != self.config.latent_channels {
+            return Err(EngineError::Shape {
+                name: "vae latents".into(),
+                expected: format!("[B, {}, h, w]", self.config.latent_channels),
+                got: format!("{dims:?}"),
+            });
+        }
+        let run = || -> candle_core::Result<Tensor> {
+            let mut z = (latents.to_dtype(DType::F32)? / self.config.scaling_factor)?;
+            if let Some(s) = self.config.shift_factor {
+                z = (z + s)?;
+            }
+            // One image at a time: candle 0.11's VAE attention block gives wrong results for
+            // batches > 1 (its batched matmul on non-contiguous single-head q/k/v), and slicing
+            // also bounds the peak memory of large decodes.
+            let z = z.to_dtype(self.dtype)?;
+            let mut outs = Vec::with_capacity(z.dim(0)?);
+            for i in 0..z.dim(0)? {
+                outs.push(self.model.decode(&z.narrow(0, i, 1)?)?.to_dtype(DType::F32)?);
+            }
+            let x = Tensor::cat(&outs, 0)?;
+            ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)
+        };
+        run().ctx("vae decode")
+    }
+}

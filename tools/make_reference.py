@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Make the diffusers parity fixtures of crates/fleet-engine (run by hand, not in CI).
+
+Builds a SMALL random-weight SDXL-architecture pipeline in diffusers (two CLIP text
+encoders, a text_time UNet, an 8x VAE) with the real CLIP vocabulary, saves it in the
+diffusers layout (weights stored as float16; every weight is exactly representable in f16,
+so the float32 run below is reproduced exactly by loading them), and records diffusers'
+outputs into tests/fixtures/reference.safetensors + reference.json.
+
+    python3 -m venv /work/.venv-ref
+    /work/.venv-ref/bin/pip install torch diffusers transformers safetensors numpy
+    /work/.venv-ref/bin/pip install --no-deps open_clip_torch   # only for its BPE file
+    /work/.venv-ref/bin/python tools/make_reference.py [OUT_DIR]
+
+The vocabulary: vocab.json/merges.txt are taken from a local folder given by $CLIP_TOKENIZER_DIR,
+else derived from open_clip's `bpe_simple_vocab_16e6.txt.gz` (the original OpenAI CLIP BPE
+file, from which the Hub's openai/clip-vit-large-patch14 vocab.json and merges.txt are made).
+"""
+
+import gzip
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+OUT = Path(ARGS[0]) if ARGS else ROOT / "crates/fleet-engine/tests/fixtures"
+MODEL = OUT / "tiny-sdxl"
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def clip_vocab(dst: Path):
+    src = os.environ.get("CLIP_TOKENIZER_DIR")
+    if src:
+        shutil.copy(Path(src) / "vocab.json", dst / "vocab.json")
+        shutil.copy(Path(src) / "merges.txt", dst / "merges.txt")
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        sys.exit("need open_clip_torch (pip install --no-deps open_clip_torch) or CLIP_TOKENIZER_DIR")
+    bpe = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = merges[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (dst / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}, ensure_ascii=False))
+    (dst / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+
+
+def perturb_(module, gen):
+    """Random weights everywhere (norm scales and biases too, so loading bugs show), then
+    round to float16 precision so the saved f16 weights reproduce this model exactly."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            elif p.ndim == 1:  # norm weights
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif "embedding" in name and p.ndim == 2:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+            p.copy_(p.half().float())
+
+
+def to_f16_files(folder: Path):
+    for f in folder.rglob("*.safetensors"):
+        t = load_file(f)
+        save_file({k: (v.half() if v.is_floating_point() else v) for k, v in t.items()}, f, metadata={"format": "pt"})
+
+
+def main():
+    if MODEL.exists():
+        shutil.rmtree(MODEL)
+    MODEL.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(20240221)
+
+    tokdir = OUT / "_vocab"
+    tokdir.mkdir(exist_ok=True)
+    clip_vocab(tokdir)
+    tokenizer = CLIPTokenizer(str(tokdir / "vocab.json"), str(tokdir / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77)
+    tokenizer_2 = CLIPTokenizer(str(tokdir / "vocab.json"), str(tokdir / "merges.txt"), pad_token="!", model_max_length=77)
+
+    c1 = CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=37, num_hidden_layers=3,
+                        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                        projection_dim=16, bos_token_id=49406, eos_token_id=2, pad_token_id=1)
+    c2 = CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+                        projection_dim=16, bos_token_id=49406, eos_token_id=2, pad_token_id=1)
+    text_encoder = CLIPTextModel(c1).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(c2).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 32, 64), layers_per_block=1, transformer_layers_per_block=(1, 2, 1),
+        attention_head_dim=(2, 2, 4), cross_attention_dim=32, norm_num_groups=8, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8,
+    ).eval()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, scaling_factor=0.13025, force_upcast=False, sample_size=64,
+    ).eval()
+    for m in (text_encoder, text_encoder_2, unet, vae):
+        perturb_(m, gen)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="trailing",
+                                       prediction_type="epsilon", interpolation_type="linear")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(MODEL, safe_serialization=True)
+    to_f16_files(MODEL)
+    # Ship the tokenizers the way the SDXL repositories do: vocab.json + merges.txt (recent
+    # transformers would only write tokenizer.json).
+    for t in ("tokenizer", "tokenizer_2"):
+        (MODEL / t / "tokenizer.json").unlink(missing_ok=True)
+        shutil.copy(tokdir / "vocab.json", MODEL / t / "vocab.json")
+        shutil.copy(tokdir / "merges.txt", MODEL / t / "merges.txt")
+    shutil.rmtree(tokdir)
+
+    ref = {}
+    meta = {"tokenizer": {}, "cases": {}}
+
+    # Tokenizers and encoders.
+    long_prompt = ", ".join(["a very detailed photograph of a small orange cat sitting on a wooden table"] * 6)
+    prompts = ["a photo of a cat", "A Photo, of: 2 CATS!! don't stop-believing 12345", long_prompt, ""]
+    meta["tokenizer"]["prompts"] = prompts
+    with torch.no_grad():
+        for key, tok, enc in (("te1", tokenizer, text_encoder), ("te2", tokenizer_2, text_encoder_2)):
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+            ref[f"{key}.ids"] = ids.to(torch.int64)
+            out = enc(ids, output_hidden_states=True)
+            ref[f"{key}.penultimate"] = out.hidden_states[-2].float()
+            if key == "te2":
+                ref["te2.text_embeds"] = out.text_embeds.float()
+
+        # UNet alone (with ControlNet-style residuals in a second call).
+        sample = torch.randn((2, 4, 6, 10), generator=gen)
+        ctx = torch.randn((2, 77, 32), generator=gen)
+        text_embeds = torch.randn((2, 16), generator=gen)
+        time_ids = torch.tensor([[48.0, 80.0, 0.0, 0.0, 48.0, 80.0], [64.0, 64.0, 4.0, 8.0, 32.0, 96.0]])
+        cond = {"text_embeds": text_embeds, "time_ids": time_ids}
+        ref["unet.sample"], ref["unet.ctx"], ref["unet.text_embeds"], ref["unet.time_ids"] = sample, ctx, text_embeds, time_ids
+        ref["unet.out_t999"] = unet(sample, 999.0, ctx, added_cond_kwargs=cond).sample
+        ref["unet.out_t249"] = unet(sample, 249.0, ctx, added_cond_kwargs=cond).sample
+        # down residual shapes: conv_in, per block: resnets (+ downsampler)
+        shapes = [(32, 6, 10), (32, 6, 10), (32, 3, 5), (32, 3, 5), (32, 2, 3), (64, 2, 3)]
+        downs = tuple(0.5 * torch.randn((2, *s), generator=gen) for s in shapes)
+        mid = 0.5 * torch.randn((2, 64, 2, 3), generator=gen)
+        for i, d in enumerate(downs):
+            ref[f"unet.control_down.{i}"] = d
+        ref["unet.control_mid"] = mid
+        ref["unet.out_control"] = unet(sample, 499.0, ctx, added_cond_kwargs=cond,
+                                       down_block_additional_residuals=downs, mid_block_additional_residual=mid).sample
+
+        # VAE decode.
+        z = torch.randn((1, 4, 5, 7), generator=gen)
+        ref["vae.latents"] = z
+        ref["vae.image"] = (vae.decode(z / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+
+        # Scheduler tables.
+        for n in (1, 2, 4, 8):
+            s = EulerDiscreteScheduler.from_config(scheduler.config)
+            s.set_timesteps(n)
+            ref[f"sched.{n}.timesteps"] = s.timesteps.double()
+            ref[f"sched.{n}.sigmas"] = s.sigmas.double()
+            ref[f"sched.{n}.init_noise_sigma"] = torch.tensor([float(s.init_noise_sigma)], dtype=torch.float64)
+
+    # Full pipeline runs with explicit unit-variance latents.
+    cases = {
+        "base": dict(prompt=["a photo of a cat"], steps=4, guidance=0.0, width=64, height=64),
+        "sample_1step": dict(prompt=["a photo of a cat"], steps=1, guidance=0.0, width=64, height=64, prediction_type="sample"),
+        "non_square": dict(prompt=["a red car on a road"], steps=4, guidance=0.0, width=72, height=48),
+        "batch2": dict(prompt=["a photo of a cat", "a red car on a road"], steps=2, guidance=0.0, width=64, height=64),
+        "cfg_negative": dict(prompt=["a photo of a cat"], steps=4, guidance=5.0, width=64, height=64, negative_prompt="blurry, low quality"),
+        "cfg_zero_negative": dict(prompt=["a photo of a cat"], steps=2, guidance=3.0, width=64, height=64),
+        "long_prompt": dict(prompt=[long_prompt], steps=2, guidance=0.0, width=64, height=64),
+        "steps8": dict(prompt=["a photo of a cat"], steps=8, guidance=0.0, width=64, height=64),
+    }
+    for name, c in cases.items():
+        b = len(c["prompt"])
+        lat = torch.randn((b, 4, c["height"] // 8, c["width"] // 8), generator=gen)
+        p = pipe
+        if "prediction_type" in c:
+            p = StableDiffusionXLPipeline(**{**pipe.components, "scheduler": EulerDiscreteScheduler.from_config(
+                scheduler.config, prediction_type=c["prediction_type"])}, force_zeros_for_empty_prompt=True, add_watermarker=False)
+            p.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            out = p(prompt=c["prompt"], negative_prompt=c.get("negative_prompt"), num_inference_steps=c["steps"],
+                    guidance_scale=c["guidance"], width=c["width"], height=c["height"], latents=lat.clone(),
+                    output_type="np")
+        ref[f"case.{name}.latents"] = lat
+        ref[f"case.{name}.image"] = torch.from_numpy(np.ascontiguousarray(out.images)).permute(0, 3, 1, 2).float().contiguous()
+        meta["cases"][name] = c
+
+    save_file({k: v.contiguous() for k, v in ref.items()}, OUT / "reference.safetensors")
+    import diffusers, transformers
+
+    meta["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+    (OUT / "reference.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    print(f"wrote {OUT} ({total / 1e6:.1f} MB)")
+
+
+# Real SDXL-base component configs (stabilityai/stable-diffusion-xl-base-1.0, */config.json).
+SDXL_UNET = dict(
+    act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], center_input_sample=False,
+    class_embed_type=None, class_embeddings_concat=False, conv_in_kernel=3, conv_out_kernel=3,
+    cross_attention_dim=2048, cross_attention_norm=None,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], downsample_padding=1,
+    dual_cross_attention=False, encoder_hid_dim=None, encoder_hid_dim_type=None, flip_sin_to_cos=True, freq_shift=0,
+    in_channels=4, layers_per_block=2, mid_block_only_cross_attention=None, mid_block_scale_factor=1,
+    mid_block_type="UNetMidBlock2DCrossAttn", norm_eps=1e-05, norm_num_groups=32, num_attention_heads=None,
+    num_class_embeds=None, only_cross_attention=False, out_channels=4, projection_class_embeddings_input_dim=2816,
+    resnet_out_scale_factor=1.0, resnet_skip_time_act=False, resnet_time_scale_shift="default", sample_size=128,
+    time_cond_proj_dim=None, time_embedding_act_fn=None, time_embedding_dim=None, time_embedding_type="positional",
+    timestep_post_act=None, transformer_layers_per_block=[1, 2, 10],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], upcast_attention=None,
+    use_linear_projection=True)
+SDXL_VAE = dict(act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                force_upcast=True, in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+                out_channels=3, sample_size=1024, scaling_factor=0.13025, up_block_types=["UpDecoderBlock2D"] * 4)
+SDXL_TE1 = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, eos_token_id=2,
+                bos_token_id=0, pad_token_id=1, layer_norm_eps=1e-05)
+SDXL_TE2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                max_position_embeddings=77, hidden_act="gelu", projection_dim=1280, eos_token_id=2,
+                bos_token_id=0, pad_token_id=1, layer_norm_eps=1e-05)
+
+
+def sdxl_layout():
+    """Checkpoint keys and shapes of the real SDXL-base components (built on the meta
+    device: no memory, no download), with their configs as diffusers/transformers write them."""
+    out = {}
+    with torch.device("meta"):
+        comps = {
+            "unet": UNet2DConditionModel(**SDXL_UNET),
+            "vae": AutoencoderKL(**SDXL_VAE),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**SDXL_TE1)),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TE2)),
+        }
+    for name, m in comps.items():
+        cfg = dict(m.config) if name in ("unet", "vae") else m.config.to_dict()
+        out[name] = {"config": json.loads(json.dumps(cfg, default=str)),
+                     "keys": {k: list(v.shape) for k, v in m.state_dict().items()}}
+    (OUT / "sdxl_layout.json").write_text(json.dumps(out, separators=(",", ":")))
+    print("wrote", OUT / "sdxl_layout.json")
+
+
+if __name__ == "__main__":
+    if "--sdxl-layout-only" not in sys.argv:
+        main()
+    sdxl_layout()
