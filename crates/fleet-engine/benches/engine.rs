@@ -126,7 +126,11 @@ fn main() {
         let status = std::process::Command::new(&exe)
             .args(["--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
             .args(["--runs", &a.runs.to_string(), "--batch", &a.batch.to_string()])
-            .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") { vec!["--model", m.as_str()] } else { vec![] })
+            .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") {
+                vec!["--model", m.as_str()]
+            } else {
+                vec![]
+            })
             .status()
             .expect("spawn");
         if !status.success() {

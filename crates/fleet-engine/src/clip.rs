@@ -108,12 +108,7 @@ impl ClipTextConfig {
     }
 
     fn validate(&self, component: &str) -> Result<()> {
-        let bad = |m: String| {
-            Err(EngineError::Unsupported {
-                component: component.into(),
-                message: m,
-            })
-        };
+        let bad = |m: String| Err(EngineError::Unsupported { component: component.into(), message: m });
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} not divisible by num_attention_heads {}",
@@ -151,10 +146,7 @@ impl Attention {
         let k = shape(self.k.forward(x)?)?;
         let v = shape(self.v.forward(x)?)?;
         let dtype = q.dtype();
-        let w = q
-            .to_dtype(DType::F32)?
-            .matmul(&k.to_dtype(DType::F32)?.t()?)?
-            .broadcast_add(mask)?;
+        let w = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?.broadcast_add(mask)?;
         let w = candle_nn::ops::softmax_last_dim(&w)?.to_dtype(dtype)?;
         let o = w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.o.forward(&o)
@@ -175,11 +167,7 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
         let m = self.fc1.forward(&self.ln2.forward(&h)?)?;
-        let m = if self.quick_gelu {
-            (&m * candle_nn::ops::sigmoid(&(&m * 1.702)?)?)?
-        } else {
-            m.gelu_erf()?
-        };
+        let m = if self.quick_gelu { (&m * candle_nn::ops::sigmoid(&(&m * 1.702)?)?)? } else { m.gelu_erf()? };
         &h + self.fc2.forward(&m)?
     }
 }
@@ -221,9 +209,8 @@ impl ClipTextModel {
             };
             let emb = tm.pp("embeddings");
             let token_embedding = embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?;
-            let position_embedding = emb
-                .pp("position_embedding")
-                .get((cfg.max_position_embeddings, cfg.hidden_size), "weight")?;
+            let position_embedding =
+                emb.pp("position_embedding").get((cfg.max_position_embeddings, cfg.hidden_size), "weight")?;
             let h = cfg.hidden_size;
             let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
             for i in 0..cfg.num_hidden_layers {
@@ -304,13 +291,10 @@ impl ClipTextModel {
             let dev = self.device();
             let flat: Vec<u32> = ids.iter().flatten().copied().collect();
             let ids_t = Tensor::from_vec(flat, (b, t), dev)?;
-            let mut x = self
-                .token_embedding
-                .forward(&ids_t)?
-                .broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
+            let mut x =
+                self.token_embedding.forward(&ids_t)?.broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
+            let mask: Vec<f32> =
+                (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
             let mask = Tensor::from_vec(mask, (1, 1, t, t), dev)?;
             let n = self.layers.len();
             let mut penultimate = None;
@@ -330,11 +314,7 @@ impl ClipTextModel {
                 Some(p) => Some(p.forward(&pooled)?),
                 None => None,
             };
-            Ok(ClipOutput {
-                penultimate: penultimate.unwrap_or(x),
-                pooled,
-                text_embeds,
-            })
+            Ok(ClipOutput { penultimate: penultimate.unwrap_or(x), pooled, text_embeds })
         };
         run().ctx(&format!("{} forward", self.component))
     }

@@ -78,7 +78,7 @@ impl GenerationParams {
             guidance: req.guidance,
             width: req.width,
             height: req.height,
-            seed: req.seed.wrapping_add(index as u64),
+            seed: req.seeds().get(index).copied().unwrap_or_else(|| req.seed.wrapping_add(index as u64)),
             model: model.to_string(),
             prediction_type: prediction_type.to_string(),
             sampler: "Euler (trailing)".into(),
@@ -117,7 +117,12 @@ fn enc_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Encode `img` in `format` (`quality` 1–100 for JPEG) with `params` embedded.
-pub fn encode_image(img: &RgbImage, format: ImageFormat, quality: u8, params: Option<&GenerationParams>) -> Result<Vec<u8>> {
+pub fn encode_image(
+    img: &RgbImage,
+    format: ImageFormat,
+    quality: u8,
+    params: Option<&GenerationParams>,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     let (w, h) = img.dimensions();
     match format {
@@ -237,20 +242,21 @@ pub fn png_text_chunks(png: &[u8]) -> Vec<(String, String)> {
         let kind = &png[pos + 4..pos + 8];
         let Some(data) = png.get(pos + 8..pos + 8 + len) else { break };
         if (kind == b"tEXt" || kind == b"iTXt")
-            && let Some(z) = data.iter().position(|&b| b == 0) {
-                let key = String::from_utf8_lossy(&data[..z]).to_string();
-                let text = if kind == b"tEXt" {
-                    data[z + 1..].iter().map(|&b| b as char).collect()
-                } else {
-                    // skip compression flag, method, then language and translated keyword
-                    let rest = &data[(z + 3).min(data.len())..];
-                    let mut parts = rest.splitn(3, |&b| b == 0);
-                    let _lang = parts.next();
-                    let _tk = parts.next();
-                    String::from_utf8_lossy(parts.next().unwrap_or(&[])).to_string()
-                };
-                out.push((key, text));
-            }
+            && let Some(z) = data.iter().position(|&b| b == 0)
+        {
+            let key = String::from_utf8_lossy(&data[..z]).to_string();
+            let text = if kind == b"tEXt" {
+                data[z + 1..].iter().map(|&b| b as char).collect()
+            } else {
+                // skip compression flag, method, then language and translated keyword
+                let rest = &data[(z + 3).min(data.len())..];
+                let mut parts = rest.splitn(3, |&b| b == 0);
+                let _lang = parts.next();
+                let _tk = parts.next();
+                String::from_utf8_lossy(parts.next().unwrap_or(&[])).to_string()
+            };
+            out.push((key, text));
+        }
         pos += 12 + len;
     }
     out

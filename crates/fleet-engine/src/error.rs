@@ -10,18 +10,10 @@ use std::path::PathBuf;
 pub enum EngineError {
     /// A component folder or file of a diffusers-layout model is absent.
     #[error("missing {component}: {path} does not exist{hint}")]
-    MissingFile {
-        component: String,
-        path: PathBuf,
-        hint: String,
-    },
+    MissingFile { component: String, path: PathBuf, hint: String },
     /// A JSON config could not be read or parsed.
     #[error("invalid config for {component} ({path}): {message}")]
-    Config {
-        component: String,
-        path: PathBuf,
-        message: String,
-    },
+    Config { component: String, path: PathBuf, message: String },
     /// The config asks for something this engine does not implement.
     #[error("unsupported {component} config: {message}")]
     Unsupported { component: String, message: String },
@@ -34,11 +26,7 @@ pub enum EngineError {
     },
     /// A tensor given by the caller has the wrong shape.
     #[error("shape mismatch for {name}: expected {expected}, got {got}")]
-    Shape {
-        name: String,
-        expected: String,
-        got: String,
-    },
+    Shape { name: String, expected: String, got: String },
     /// A generation request is invalid (size, steps, batch...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -46,12 +34,10 @@ pub enum EngineError {
     #[error("tokenizer {component}: {message}")]
     Tokenizer { component: String, message: String },
     /// A model could not be fetched from the Hugging Face Hub (or its cache).
-    #[error("cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and pass a local diffusers-layout folder with --model DIR (or use --model tiny)")]
-    Hub {
-        repo: String,
-        missing: String,
-        message: String,
-    },
+    #[error(
+        "cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and pass a local diffusers-layout folder with --model DIR (or use --model tiny)"
+    )]
+    Hub { repo: String, missing: String, message: String },
     /// The requested device is not available in this build.
     #[error("device {0}")]
     Device(String),
@@ -83,15 +69,9 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn ctx(self, context: &str) -> Result<T> {
-        self.map_err(|source| EngineError::Candle {
-            context: context.to_string(),
-            source,
-        })
+        self.map_err(|source| EngineError::Candle { context: context.to_string(), source })
     }
     fn weights(self, component: &str) -> Result<T> {
-        self.map_err(|source| EngineError::Weights {
-            component: component.to_string(),
-            source,
-        })
+        self.map_err(|source| EngineError::Weights { component: component.to_string(), source })
     }
 }

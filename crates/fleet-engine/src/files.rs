@@ -23,11 +23,7 @@ pub struct ModelFiles {
 }
 
 fn missing(component: &str, path: PathBuf, hint: &str) -> EngineError {
-    EngineError::MissingFile {
-        component: component.to_string(),
-        path,
-        hint: hint.to_string(),
-    }
+    EngineError::MissingFile { component: component.to_string(), path, hint: hint.to_string() }
 }
 
 /// Weight files of a component folder: `{stem}[.fp16].safetensors` or a sharded
@@ -64,19 +60,11 @@ pub fn component_weights(dir: &Path, stem: &str, prefer_fp16: bool, component: &
             return Ok(files);
         }
     }
-    Err(missing(
-        component,
-        dir.join(format!("{stem}.safetensors")),
-        " (nor an .fp16 variant or a sharded index)",
-    ))
+    Err(missing(component, dir.join(format!("{stem}.safetensors")), " (nor an .fp16 variant or a sharded index)"))
 }
 
 fn existing(path: PathBuf, component: &str) -> Result<PathBuf> {
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(missing(component, path, ""))
-    }
+    if path.exists() { Ok(path) } else { Err(missing(component, path, "")) }
 }
 
 impl ModelFiles {
@@ -103,7 +91,12 @@ impl ModelFiles {
             text_encoder_config: existing(dir.join("text_encoder/config.json"), "text_encoder")?,
             text_encoder_weights: component_weights(&dir.join("text_encoder"), "model", prefer_fp16, "text_encoder")?,
             text_encoder_2_config: existing(dir.join("text_encoder_2/config.json"), "text_encoder_2")?,
-            text_encoder_2_weights: component_weights(&dir.join("text_encoder_2"), "model", prefer_fp16, "text_encoder_2")?,
+            text_encoder_2_weights: component_weights(
+                &dir.join("text_encoder_2"),
+                "model",
+                prefer_fp16,
+                "text_encoder_2",
+            )?,
             tokenizer_dir: existing(dir.join("tokenizer"), "tokenizer")?,
             tokenizer_2_dir: existing(dir.join("tokenizer_2"), "tokenizer_2")?,
             scheduler_config: sched.is_file().then_some(sched),
@@ -190,11 +183,7 @@ pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) 
                 first_error.unwrap_or_else(|| "no network client".into())
             )
         };
-        return Err(EngineError::Hub {
-            repo: repo_id.to_string(),
-            missing: missing.join(", "),
-            message: reason,
-        });
+        return Err(EngineError::Hub { repo: repo_id.to_string(), missing: missing.join(", "), message: reason });
     }
     let some = |p: Option<PathBuf>| p.unwrap_or_default();
     let mut tok_dirs = tok_dirs.into_iter().map(some);

@@ -40,10 +40,8 @@ impl std::str::FromStr for ModelSource {
             "random-medium" => Self::RandomMedium,
             _ => {
                 let p = Path::new(s);
-                let looks_like_hub = s.matches('/').count() == 1
-                    && !s.starts_with('.')
-                    && !s.starts_with('/')
-                    && !p.exists();
+                let looks_like_hub =
+                    s.matches('/').count() == 1 && !s.starts_with('.') && !s.starts_with('/') && !p.exists();
                 if looks_like_hub { Self::Hub(s.to_string()) } else { Self::Dir(p.to_path_buf()) }
             }
         })
@@ -79,6 +77,10 @@ pub struct GenerateRequest {
     pub height: usize,
     /// Image `i` (prompt-major order) uses seed `seed + i`.
     pub seed: u64,
+    /// Explicit per-image seeds (output order), overriding `seed + i`: a worker batching several
+    /// jobs gives each image the seed its own job would give it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<u64>>,
     pub num_images: usize,
     /// Overrides the model's prediction type for this request.
     #[serde(default)]
@@ -98,6 +100,7 @@ impl Default for GenerateRequest {
             width: 1024,
             height: 1024,
             seed: 0,
+            seeds: None,
             num_images: 1,
             prediction_type: None,
             latents: None,
@@ -107,10 +110,7 @@ impl Default for GenerateRequest {
 
 impl GenerateRequest {
     pub fn new(prompt: impl Into<String>) -> Self {
-        Self {
-            prompts: vec![prompt.into()],
-            ..Self::default()
-        }
+        Self { prompts: vec![prompt.into()], ..Self::default() }
     }
     /// Total number of images.
     pub fn batch_size(&self) -> usize {
@@ -118,7 +118,10 @@ impl GenerateRequest {
     }
     /// Seeds of each image, in output order.
     pub fn seeds(&self) -> Vec<u64> {
-        (0..self.batch_size() as u64).map(|i| self.seed.wrapping_add(i)).collect()
+        match &self.seeds {
+            Some(seeds) => seeds.clone(),
+            None => (0..self.batch_size() as u64).map(|i| self.seed.wrapping_add(i)).collect(),
+        }
     }
 }
 
@@ -200,12 +203,18 @@ pub fn default_dtype(device: &Device) -> DType {
 
 /// Parse `cpu`, `cuda`, `cuda:N` or `metal` into a device (GPU ones need the cargo feature).
 pub fn parse_device(name: &str) -> Result<Device> {
-    let err = |e: candle_core::Error| EngineError::Device(format!("{name}: {e} (was the engine built with the matching cargo feature?)"));
+    let err = |e: candle_core::Error| {
+        EngineError::Device(format!("{name}: {e} (was the engine built with the matching cargo feature?)"))
+    };
     match name {
         "cpu" => Ok(Device::Cpu),
         "metal" => Device::new_metal(0).map_err(err),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ord = n.strip_prefix("cuda:").map(|o| o.parse::<usize>()).transpose().map_err(|_| EngineError::Device(format!("bad device {name:?}")))?;
+            let ord = n
+                .strip_prefix("cuda:")
+                .map(|o| o.parse::<usize>())
+                .transpose()
+                .map_err(|_| EngineError::Device(format!("bad device {name:?}")))?;
             Device::new_cuda(ord.unwrap_or(0)).map_err(err)
         }
         other => Err(EngineError::Device(format!("unknown device {other:?} (cpu, cuda, cuda:N, metal)"))),
@@ -216,11 +225,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 fn mmap_vb(files: &[PathBuf], dtype: DType, device: &Device, component: &str) -> Result<VarBuilder<'static>> {
     for f in files {
         if !f.is_file() {
-            return Err(EngineError::MissingFile {
-                component: component.into(),
-                path: f.clone(),
-                hint: String::new(),
-            });
+            return Err(EngineError::MissingFile { component: component.into(), path: f.clone(), hint: String::new() });
         }
     }
     // SAFETY: the files are memory-mapped read-only; like every safetensors loader we rely on
@@ -299,8 +304,18 @@ impl Pipeline {
         let tokenizer_2 = ClipTokenizer::from_dir(&files.tokenizer_2_dir, "tokenizer_2")?;
         let c1: ClipTextConfig = crate::util::read_json(&files.text_encoder_config, "text_encoder")?;
         let c2: ClipTextConfig = crate::util::read_json(&files.text_encoder_2_config, "text_encoder_2")?;
-        let text_encoder = ClipTextModel::new(mmap_vb(&files.text_encoder_weights, dtype, device, "text_encoder")?, &c1, false, "text_encoder")?;
-        let text_encoder_2 = ClipTextModel::new(mmap_vb(&files.text_encoder_2_weights, dtype, device, "text_encoder_2")?, &c2, true, "text_encoder_2")?;
+        let text_encoder = ClipTextModel::new(
+            mmap_vb(&files.text_encoder_weights, dtype, device, "text_encoder")?,
+            &c1,
+            false,
+            "text_encoder",
+        )?;
+        let text_encoder_2 = ClipTextModel::new(
+            mmap_vb(&files.text_encoder_2_weights, dtype, device, "text_encoder_2")?,
+            &c2,
+            true,
+            "text_encoder_2",
+        )?;
         let ucfg = UNetConfig::from_file(&files.unet_config)?;
         let unet = UNet2DConditionModel::new(mmap_vb(&files.unet_weights, dtype, device, "unet")?, &ucfg)?;
         let vcfg = VaeConfig::from_file(&files.vae_config)?;
@@ -392,10 +407,9 @@ impl Pipeline {
                 got: self.unet.cross_attention_dim().to_string(),
             });
         }
-        if let (Some(p), Some(d)) = (
-            self.unet.config.projection_class_embeddings_input_dim,
-            self.unet.config.addition_time_embed_dim,
-        ) {
+        if let (Some(p), Some(d)) =
+            (self.unet.config.projection_class_embeddings_input_dim, self.unet.config.addition_time_embed_dim)
+        {
             let want = self.text_encoder_2.config.projection_dim + 6 * d;
             if p != want {
                 return Err(EngineError::Shape {
@@ -444,17 +458,28 @@ impl Pipeline {
         if req.num_images == 0 {
             return bad("num_images must be at least 1".into());
         }
+        if let Some(seeds) = &req.seeds {
+            if seeds.len() != req.batch_size() {
+                return bad(format!("{} seeds given for {} images", seeds.len(), req.batch_size()));
+            }
+        }
         if req.batch_size() > 256 {
             return bad(format!("{} images in one call is too many (at most 256)", req.batch_size()));
         }
         if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f) {
-            return bad(format!("unsupported size {}x{}: width and height must be positive multiples of {f}", req.width, req.height));
+            return bad(format!(
+                "unsupported size {}x{}: width and height must be positive multiples of {f}",
+                req.width, req.height
+            ));
         }
         if req.width > 8192 || req.height > 8192 {
             return bad(format!("unsupported size {}x{}: at most 8192 per side", req.width, req.height));
         }
         if req.steps == 0 || req.steps > self.scheduler.num_train_timesteps {
-            return bad(format!("steps must be between 1 and {}, got {}", self.scheduler.num_train_timesteps, req.steps));
+            return bad(format!(
+                "steps must be between 1 and {}, got {}",
+                self.scheduler.num_train_timesteps, req.steps
+            ));
         }
         if !req.guidance.is_finite() || req.guidance < 0.0 {
             return bad(format!("guidance must be a finite number >= 0, got {}", req.guidance));
@@ -480,9 +505,7 @@ impl Pipeline {
         for s in req.seeds() {
             data.extend(SplitMix64::new(s).normals(c * h * w));
         }
-        Tensor::from_vec(data, (b, c, h, w), &Device::Cpu)
-            .and_then(|t| t.to_device(&self.device))
-            .ctx("initial noise")
+        Tensor::from_vec(data, (b, c, h, w), &Device::Cpu).and_then(|t| t.to_device(&self.device)).ctx("initial noise")
     }
 
     /// Generate images as a float tensor (what the parity tests compare).
@@ -490,7 +513,11 @@ impl Pipeline {
         self.validate(req)?;
         let b = req.batch_size();
         let cfg_on = req.guidance > 1.0;
-        let sched = EulerDiscrete::new(&self.scheduler, req.steps, req.prediction_type.or(Some(self.scheduler.prediction_type)))?;
+        let sched = EulerDiscrete::new(
+            &self.scheduler,
+            req.steps,
+            req.prediction_type.or(Some(self.scheduler.prediction_type)),
+        )?;
         let noise = self.initial_noise(req)?;
 
         // Text encoding.
@@ -503,11 +530,17 @@ impl Pipeline {
                 return Ok(t.clone());
             }
             let mut dims = t.dims().to_vec();
-            let rows: Vec<Tensor> = (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)?.repeat(&{
-                let mut r = vec![1usize; t.rank()];
-                r[0] = n;
-                r
-            }[..])).collect::<candle_core::Result<_>>()?;
+            let rows: Vec<Tensor> = (0..t.dim(0)?)
+                .map(|i| {
+                    t.narrow(0, i, 1)?.repeat(
+                        &{
+                            let mut r = vec![1usize; t.rank()];
+                            r[0] = n;
+                            r
+                        }[..],
+                    )
+                })
+                .collect::<candle_core::Result<_>>()?;
             dims[0] *= n;
             Tensor::cat(&rows, 0)
         };
@@ -520,10 +553,7 @@ impl Pipeline {
                 let neg = self.encode_prompts(&vec![neg_text; req.prompts.len()])?;
                 (repeat(&neg.embeds).ctx("repeat")?, repeat(&neg.pooled).ctx("repeat")?)
             };
-            (
-                Tensor::cat(&[&ne, &embeds], 0).ctx("cfg batch")?,
-                Tensor::cat(&[&np, &pooled], 0).ctx("cfg batch")?,
-            )
+            (Tensor::cat(&[&ne, &embeds], 0).ctx("cfg batch")?, Tensor::cat(&[&np, &pooled], 0).ctx("cfg batch")?)
         } else {
             (embeds, pooled)
         };
@@ -552,12 +582,7 @@ impl Pipeline {
             };
             latents = sched.step(i, &out, &latents).ctx("scheduler step")?;
             self.device.synchronize().ctx("sync")?;
-            progress(Progress {
-                step: i + 1,
-                total,
-                timestep: t,
-                elapsed: t1.elapsed(),
-            });
+            progress(Progress { step: i + 1, total, timestep: t, elapsed: t1.elapsed() });
         }
         let denoise = t1.elapsed();
 
@@ -575,11 +600,7 @@ impl Pipeline {
     /// Generate RGB images.
     pub fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
         let out = self.generate_tensor(req, progress)?;
-        Ok(GenerateOutput {
-            images: tensor_to_images(&out.images)?,
-            seeds: out.seeds,
-            timings: out.timings,
-        })
+        Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
     }
 }
 

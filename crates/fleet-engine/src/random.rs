@@ -27,7 +27,8 @@ impl SimpleBackend for RandomBackend {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let n = s.elem_count();
         let dims = s.dims().to_vec();
-        let fan_in = if dims.len() >= 2 { dims[1..].iter().product::<usize>() } else { dims.first().copied().unwrap_or(1) };
+        let fan_in =
+            if dims.len() >= 2 { dims[1..].iter().product::<usize>() } else { dims.first().copied().unwrap_or(1) };
         let mut rng = SplitMix64::new(self.seed ^ fnv1a64(name));
         let data: Vec<f32> = match h {
             Init::Const(v) => vec![v as f32; n],

@@ -23,6 +23,17 @@ pub enum PredictionType {
     VPrediction,
 }
 
+impl PredictionType {
+    /// The name diffusers' `scheduler_config.json` uses.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Epsilon => "epsilon",
+            Self::Sample => "sample",
+            Self::VPrediction => "v_prediction",
+        }
+    }
+}
+
 impl std::str::FromStr for PredictionType {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Self> {
@@ -110,9 +121,7 @@ impl EulerDiscrete {
     pub fn new(cfg: &SchedulerConfig, steps: usize, prediction: Option<PredictionType>) -> Result<Self> {
         let t = cfg.num_train_timesteps;
         if steps == 0 || steps > t {
-            return Err(EngineError::InvalidRequest(format!(
-                "steps must be between 1 and {t}, got {steps}"
-            )));
+            return Err(EngineError::InvalidRequest(format!("steps must be between 1 and {t}, got {steps}")));
         }
         // diffusers computes betas and ᾱ in float32; do the same so sigmas agree to the last bit.
         let betas: Vec<f32> = match cfg.beta_schedule.as_str() {
@@ -137,18 +146,12 @@ impl EulerDiscrete {
             })
             .collect();
         let ratio = t as f64 / steps as f64;
-        let timesteps: Vec<f64> = (0..steps)
-            .map(|i| (t as f64 - i as f64 * ratio).round() - 1.0)
-            .collect();
+        let timesteps: Vec<f64> = (0..steps).map(|i| (t as f64 - i as f64 * ratio).round() - 1.0).collect();
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&ts| interp(ts, &all_sigmas)).collect();
         sigmas.push(0.0);
         // diffusers stores sigmas as float32.
         let sigmas = sigmas.into_iter().map(|s| s as f32 as f64).collect();
-        Ok(Self {
-            timesteps,
-            sigmas,
-            prediction_type: prediction.unwrap_or(cfg.prediction_type),
-        })
+        Ok(Self { timesteps, sigmas, prediction_type: prediction.unwrap_or(cfg.prediction_type) })
     }
 
     /// Scale applied to unit-variance noise to get the initial latents (σ_max for trailing).
@@ -192,11 +195,7 @@ fn linspace(a: f32, b: f32, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| {
             // torch.linspace fills the second half from the end for symmetry.
-            if i < n / 2 {
-                a + step * i as f32
-            } else {
-                b - step * (n - 1 - i) as f32
-            }
+            if i < n / 2 { a + step * i as f32 } else { b - step * (n - 1 - i) as f32 }
         })
         .collect()
 }
@@ -243,10 +242,7 @@ mod tests {
         close(&s, &[14.6147, 4.0817, 1.6129, 0.6932, 0.0]);
         let (t, s) = table(8);
         assert_eq!(t, vec![999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0]);
-        close(
-            &s,
-            &[14.6147, 7.2974, 4.0817, 2.4925, 1.6129, 1.0690, 0.6932, 0.3977, 0.0],
-        );
+        close(&s, &[14.6147, 7.2974, 4.0817, 2.4925, 1.6129, 1.0690, 0.6932, 0.3977, 0.0]);
     }
 
     #[test]

@@ -34,10 +34,7 @@ pub struct ClipTokenizer {
 
 /// GPT-2 / CLIP reversible byte → unicode mapping, in CLIP's vocabulary order.
 pub fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -47,30 +44,27 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    bs.into_iter()
-        .zip(cs)
-        .map(|(b, c)| (b as u8, char::from_u32(c).unwrap_or('?')))
-        .collect()
+    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).unwrap_or('?'))).collect()
 }
 
 fn tok_err(component: &str, message: impl Into<String>) -> EngineError {
-    EngineError::Tokenizer {
-        component: component.to_string(),
-        message: message.into(),
-    }
+    EngineError::Tokenizer { component: component.to_string(), message: message.into() }
 }
 
 impl ClipTokenizer {
     /// Build from in-memory `vocab.json` and `merges.txt` contents.
-    pub fn from_strings(vocab_json: &str, merges: &str, pad_token: &str, max_len: usize, component: &str) -> Result<Self> {
-        let encoder: HashMap<String, u32> = serde_json::from_str(vocab_json)
-            .map_err(|e| tok_err(component, format!("vocab.json: {e}")))?;
+    pub fn from_strings(
+        vocab_json: &str,
+        merges: &str,
+        pad_token: &str,
+        max_len: usize,
+        component: &str,
+    ) -> Result<Self> {
+        let encoder: HashMap<String, u32> =
+            serde_json::from_str(vocab_json).map_err(|e| tok_err(component, format!("vocab.json: {e}")))?;
         let mut ranks = HashMap::new();
         // transformers reads at most 49152 - 256 - 2 merges after the "#version" header.
-        for line in merges
-            .lines()
-            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
-            .take(49152 - 256 - 2)
+        for line in merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).take(49152 - 256 - 2)
         {
             let mut it = line.split(' ');
             match (it.next(), it.next()) {
@@ -82,10 +76,7 @@ impl ClipTokenizer {
             }
         }
         let get = |t: &str| {
-            encoder
-                .get(t)
-                .copied()
-                .ok_or_else(|| tok_err(component, format!("token {t:?} not in vocab.json")))
+            encoder.get(t).copied().ok_or_else(|| tok_err(component, format!("token {t:?} not in vocab.json")))
         };
         let bos_id = get(BOS_TOKEN)?;
         let eos_id = get(EOS_TOKEN)?;
@@ -147,9 +138,10 @@ impl ClipTokenizer {
                     _ => {}
                 }
                 if let Some(m) = v.get("model_max_length").and_then(|m| m.as_u64())
-                    && m <= 4096 {
-                        max_len = m as usize;
-                    }
+                    && m <= 4096
+                {
+                    max_len = m as usize;
+                }
             }
         }
         Self::from_strings(&vocab, &merges, &pad, max_len, component)
@@ -157,9 +149,10 @@ impl ClipTokenizer {
 
     fn bpe(&self, token: &str) -> Vec<String> {
         if let Ok(c) = self.cache.lock()
-            && let Some(v) = c.get(token) {
-                return v.clone();
-            }
+            && let Some(v) = c.get(token)
+        {
+            return v.clone();
+        }
         let chars: Vec<char> = token.chars().collect();
         let mut word: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
         if let Some(last) = word.last_mut() {
@@ -169,9 +162,10 @@ impl ClipTokenizer {
             let mut best: Option<(usize, usize)> = None; // (rank, index)
             for i in 0..word.len() - 1 {
                 if let Some(&r) = self.ranks.get(&(word[i].clone(), word[i + 1].clone()))
-                    && best.is_none_or(|(br, _)| r < br) {
-                        best = Some((r, i));
-                    }
+                    && best.is_none_or(|(br, _)| r < br)
+                {
+                    best = Some((r, i));
+                }
             }
             let Some((_, bi)) = best else { break };
             let (first, second) = (word[bi].clone(), word[bi + 1].clone());
@@ -189,9 +183,10 @@ impl ClipTokenizer {
             word = merged;
         }
         if let Ok(mut c) = self.cache.lock()
-            && c.len() < 100_000 {
-                c.insert(token.to_string(), word.clone());
-            }
+            && c.len() < 100_000
+        {
+            c.insert(token.to_string(), word.clone());
+        }
         word
     }
 
@@ -269,9 +264,26 @@ pub fn tiny_vocab() -> (String, String) {
     let mut vocab: Vec<String> = base.iter().map(|c| c.to_string()).collect();
     vocab.extend(base.iter().map(|c| format!("{c}</w>")));
     let pairs = [
-        ("t", "h"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "n"), ("th", "e</w>"), ("a", "t</w>"),
-        ("i", "s</w>"), ("a", "r"), ("l", "e"), ("o", "u"), ("s", "t"), ("an", "d</w>"), ("o", "f</w>"),
-        ("in", "g</w>"), ("e", "d</w>"), ("c", "a"), ("o", "r</w>"), ("e", "n"), ("ca", "t</w>"),
+        ("t", "h"),
+        ("i", "n"),
+        ("e", "r"),
+        ("a", "n"),
+        ("o", "n"),
+        ("th", "e</w>"),
+        ("a", "t</w>"),
+        ("i", "s</w>"),
+        ("a", "r"),
+        ("l", "e"),
+        ("o", "u"),
+        ("s", "t"),
+        ("an", "d</w>"),
+        ("o", "f</w>"),
+        ("in", "g</w>"),
+        ("e", "d</w>"),
+        ("c", "a"),
+        ("o", "r</w>"),
+        ("e", "n"),
+        ("ca", "t</w>"),
     ];
     let mut merges = String::from("#version: 0.2\n");
     for (a, b) in pairs {
@@ -280,11 +292,8 @@ pub fn tiny_vocab() -> (String, String) {
     }
     vocab.push(BOS_TOKEN.into());
     vocab.push(EOS_TOKEN.into());
-    let map: serde_json::Map<String, serde_json::Value> = vocab
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, serde_json::Value::from(i as u64)))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        vocab.into_iter().enumerate().map(|(i, t)| (t, serde_json::Value::from(i as u64))).collect();
     (serde_json::Value::Object(map).to_string(), merges)
 }
 

@@ -165,33 +165,21 @@ impl UNetConfig {
 }
 
 fn unsupported(message: impl Into<String>) -> EngineError {
-    EngineError::Unsupported {
-        component: "unet".into(),
-        message: message.into(),
-    }
+    EngineError::Unsupported { component: "unet".into(), message: message.into() }
 }
 
 /// Sinusoidal timestep embedding (diffusers `get_timestep_embedding`), computed in f32.
 pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> candle_core::Result<Tensor> {
     let half = dim / 2;
     let dev = t.device();
-    let exponent: Vec<f32> = (0..half)
-        .map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32)
-        .collect();
+    let exponent: Vec<f32> =
+        (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
     let freqs = Tensor::from_vec(exponent, (1, half), dev)?;
     let t = t.to_dtype(DType::F32)?.unsqueeze(1)?;
     let args = t.broadcast_mul(&freqs)?;
     let (sin, cos) = (args.sin()?, args.cos()?);
-    let emb = if flip_sin_to_cos {
-        Tensor::cat(&[cos, sin], D::Minus1)?
-    } else {
-        Tensor::cat(&[sin, cos], D::Minus1)?
-    };
-    if dim % 2 == 1 {
-        emb.pad_with_zeros(D::Minus1, 0, 1)
-    } else {
-        Ok(emb)
-    }
+    let emb = if flip_sin_to_cos { Tensor::cat(&[cos, sin], D::Minus1)? } else { Tensor::cat(&[sin, cos], D::Minus1)? };
+    if dim % 2 == 1 { emb.pad_with_zeros(D::Minus1, 0, 1) } else { Ok(emb) }
 }
 
 #[derive(Debug)]
@@ -213,11 +201,7 @@ impl TimestepEmbedding {
 }
 
 fn conv(vb: VarBuilder, i: usize, o: usize, k: usize, stride: usize) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
+    let cfg = Conv2dConfig { padding: k / 2, stride, ..Default::default() };
     candle_nn::conv2d(i, o, k, cfg, vb)
 }
 
@@ -341,7 +325,15 @@ struct Transformer2D {
 
 impl Transformer2D {
     #[allow(clippy::too_many_arguments)]
-    fn new(vb: VarBuilder, c: usize, ctx_dim: usize, heads: usize, depth: usize, groups: usize, linear: bool) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        c: usize,
+        ctx_dim: usize,
+        heads: usize,
+        depth: usize,
+        groups: usize,
+        linear: bool,
+    ) -> candle_core::Result<Self> {
         let proj = |name: &str| -> candle_core::Result<Proj> {
             if linear {
                 Ok(Proj::Linear(candle_nn::linear(c, c, vb.pp(name))?))
@@ -429,7 +421,9 @@ impl UNet2DConditionModel {
     pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
         let n = cfg.block_out_channels.len();
         if n == 0 || cfg.down_block_types.len() != n || cfg.up_block_types.len() != n {
-            return Err(unsupported("block_out_channels, down_block_types and up_block_types must have the same non-zero length"));
+            return Err(unsupported(
+                "block_out_channels, down_block_types and up_block_types must have the same non-zero length",
+            ));
         }
         if let Some(t) = &cfg.class_embed_type {
             return Err(unsupported(format!("class_embed_type {t:?}")));
@@ -445,9 +439,10 @@ impl UNet2DConditionModel {
             Some(o) => return Err(unsupported(format!("addition_embed_type {o:?}"))),
         }
         if let Some(m) = cfg.mid_block_type.as_deref()
-            && m != "UNetMidBlock2DCrossAttn" {
-                return Err(unsupported(format!("mid_block_type {m:?}")));
-            }
+            && m != "UNetMidBlock2DCrossAttn"
+        {
+            return Err(unsupported(format!("mid_block_type {m:?}")));
+        }
         let layers = cfg.layers_per_block.expand(n, "layers_per_block")?;
         let tl = cfg.transformer_layers_per_block.expand(n, "transformer_layers_per_block")?;
         let heads = match (&cfg.num_attention_heads, &cfg.attention_head_dim) {
@@ -493,10 +488,19 @@ impl UNet2DConditionModel {
                     let ic = if j == 0 { in_c } else { out_c };
                     resnets.push(Resnet::new(bvb.pp("resnets").pp(j.to_string()), ic, out_c, temb, g, eps)?);
                     if cross {
-                        attentions.push(Transformer2D::new(bvb.pp("attentions").pp(j.to_string()), out_c, ctx, heads[i], tl[i], g, lin)?);
+                        attentions.push(Transformer2D::new(
+                            bvb.pp("attentions").pp(j.to_string()),
+                            out_c,
+                            ctx,
+                            heads[i],
+                            tl[i],
+                            g,
+                            lin,
+                        )?);
                     }
                 }
-                let sampler = if i + 1 < n { Some(conv(bvb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2)?) } else { None };
+                let sampler =
+                    if i + 1 < n { Some(conv(bvb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2)?) } else { None };
                 down.push(Block { resnets, attentions, sampler });
             }
             let cl = *cfg.block_out_channels.last().unwrap_or(&c0);
@@ -528,10 +532,19 @@ impl UNet2DConditionModel {
                     let rin = if j == 0 { prev_out } else { out_c };
                     resnets.push(Resnet::new(bvb.pp("resnets").pp(j.to_string()), rin + skip, out_c, temb, g, eps)?);
                     if cross {
-                        attentions.push(Transformer2D::new(bvb.pp("attentions").pp(j.to_string()), out_c, ctx, rh[i], rtl[i], g, lin)?);
+                        attentions.push(Transformer2D::new(
+                            bvb.pp("attentions").pp(j.to_string()),
+                            out_c,
+                            ctx,
+                            rh[i],
+                            rtl[i],
+                            g,
+                            lin,
+                        )?);
                     }
                 }
-                let sampler = if i + 1 < n { Some(conv(bvb.pp("upsamplers.0.conv"), out_c, out_c, 3, 1)?) } else { None };
+                let sampler =
+                    if i + 1 < n { Some(conv(bvb.pp("upsamplers.0.conv"), out_c, out_c, 3, 1)?) } else { None };
                 up.push(Block { resnets, attentions, sampler });
             }
             Ok(Self {
@@ -602,8 +615,7 @@ impl UNet2DConditionModel {
                 });
             }
         }
-        self.forward_inner(sample, timestep, encoder_hidden_states, added, control)
-            .ctx("unet forward")
+        self.forward_inner(sample, timestep, encoder_hidden_states, added, control).ctx("unet forward")
     }
 
     fn forward_inner(
@@ -624,7 +636,8 @@ impl UNet2DConditionModel {
         if let (Some(add), Some(cond)) = (&self.add_embedding, added) {
             let d = self.config.addition_time_embed_dim.unwrap_or(256);
             let ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
-            let time_embeds = timestep_embedding(&ids, d, self.config.flip_sin_to_cos, self.config.freq_shift)?.reshape((b, ()))?;
+            let time_embeds =
+                timestep_embedding(&ids, d, self.config.flip_sin_to_cos, self.config.freq_shift)?.reshape((b, ()))?;
             let add_in = Tensor::cat(&[cond.text_embeds.to_dtype(DType::F32)?, time_embeds], 1)?.to_dtype(dtype)?;
             emb = (emb + add.forward(&add_in)?)?;
         }

@@ -8,16 +8,9 @@ use crate::error::{EngineError, Result};
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, component: &str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            EngineError::MissingFile {
-                component: component.to_string(),
-                path: path.to_path_buf(),
-                hint: String::new(),
-            }
+            EngineError::MissingFile { component: component.to_string(), path: path.to_path_buf(), hint: String::new() }
         } else {
-            EngineError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            }
+            EngineError::Io { path: path.to_path_buf(), source: e }
         }
     })?;
     serde_json::from_str(&text).map_err(|e| EngineError::Config {

@@ -123,11 +123,7 @@ impl Vae {
         };
         let dtype = vb.dtype();
         let model = AutoEncoderKL::new(vb, cfg.in_channels, cfg.out_channels, kl).weights("vae")?;
-        Ok(Self {
-            model,
-            config: cfg.clone(),
-            dtype,
-        })
+        Ok(Self { model, config: cfg.clone(), dtype })
     }
 
     /// Decode scaled latents [B, C, h, w] (as the sampler produces them) into images in

@@ -16,13 +16,7 @@ fn tiny() -> &'static Pipeline {
 }
 
 fn req(prompt: &str) -> GenerateRequest {
-    GenerateRequest {
-        width: 64,
-        height: 64,
-        steps: 2,
-        seed: 11,
-        ..GenerateRequest::new(prompt)
-    }
+    GenerateRequest { width: 64, height: 64, steps: 2, seed: 11, ..GenerateRequest::new(prompt) }
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -52,11 +46,7 @@ fn tiny_generates_deterministic_images() {
 #[test]
 fn batches_equal_single_runs_with_seed_plus_i() {
     let p = tiny();
-    let batch = GenerateRequest {
-        prompts: vec!["a red cat".into(), "a blue dog".into()],
-        num_images: 2,
-        ..req("")
-    };
+    let batch = GenerateRequest { prompts: vec!["a red cat".into(), "a blue dog".into()], num_images: 2, ..req("") };
     let out = p.generate_tensor(&batch, &mut |_| {}).unwrap();
     assert_eq!(out.images.dims(), &[4, 3, 64, 64]);
     assert_eq!(out.seeds, vec![11, 12, 13, 14]);
@@ -87,7 +77,10 @@ fn guidance_and_negative_prompt_change_the_result() {
     assert_eq!(max_abs_diff(&plain.images, &g1.images), 0.0);
     // empty negative prompt = zero embeddings = same as None
     let empty = p
-        .generate_tensor(&GenerateRequest { guidance: 5.0, negative_prompt: Some(String::new()), ..req("a red cat") }, &mut |_| {})
+        .generate_tensor(
+            &GenerateRequest { guidance: 5.0, negative_prompt: Some(String::new()), ..req("a red cat") },
+            &mut |_| {},
+        )
         .unwrap();
     assert_eq!(max_abs_diff(&cfg.images, &empty.images), 0.0);
 }
@@ -108,7 +101,9 @@ fn user_latents_non_square_and_sample_prediction() {
     assert_eq!(out.images.dims(), &[1, 3, 40, 72]);
     let again = p.generate_tensor(&r, &mut |_| {}).unwrap();
     assert_eq!(max_abs_diff(&out.images, &again.images), 0.0);
-    let eps = p.generate_tensor(&GenerateRequest { prediction_type: Some(PredictionType::Epsilon), ..r.clone() }, &mut |_| {}).unwrap();
+    let eps = p
+        .generate_tensor(&GenerateRequest { prediction_type: Some(PredictionType::Epsilon), ..r.clone() }, &mut |_| {})
+        .unwrap();
     assert!(max_abs_diff(&out.latents, &eps.latents) > 1e-3);
 }
 
@@ -129,7 +124,8 @@ fn bad_requests_are_errors_not_panics() {
             other => panic!("expected InvalidRequest, got {other:?}"),
         }
     }
-    let wrong = GenerateRequest { latents: Some(Tensor::zeros((1, 4, 7, 8), DType::F32, &Device::Cpu).unwrap()), ..req("x") };
+    let wrong =
+        GenerateRequest { latents: Some(Tensor::zeros((1, 4, 7, 8), DType::F32, &Device::Cpu).unwrap()), ..req("x") };
     match p.generate(&wrong, &mut |_| {}) {
         Err(EngineError::Shape { name, .. }) => assert_eq!(name, "latents"),
         other => panic!("expected Shape, got {other:?}"),
@@ -151,10 +147,7 @@ fn missing_model_folder_and_components_are_named() {
         Err(e @ EngineError::MissingFile { .. }) => assert!(e.to_string().contains("unet"), "{e}"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        Pipeline::load(&ModelSource::Tiny, &Device::Cpu, DType::BF16),
-        Err(EngineError::Device(_))
-    ));
+    assert!(matches!(Pipeline::load(&ModelSource::Tiny, &Device::Cpu, DType::BF16), Err(EngineError::Device(_))));
 }
 
 #[test]
@@ -194,7 +187,6 @@ fn model_source_parsing() {
     assert!(matches!("./models/sdxl".parse::<ModelSource>().unwrap(), ModelSource::Dir(_)));
 }
 
-
 fn fixture_model() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sdxl")
 }
@@ -207,17 +199,22 @@ fn unet_override_file_and_shape_errors_name_the_tensor() {
     let mut tensors = candle_core::safetensors::load(&unet_file, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("my_unet.safetensors");
-    let scaled: std::collections::HashMap<String, Tensor> =
-        tensors.iter().map(|(k, v)| (k.clone(), if k == "conv_out.bias" { (v + 1.0).unwrap() } else { v.clone() })).collect();
+    let scaled: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), if k == "conv_out.bias" { (v + 1.0).unwrap() } else { v.clone() }))
+        .collect();
     candle_core::safetensors::save(&scaled, &good).unwrap();
-    let opts = LoadOptions { unet_override: Some(good), prediction_type: Some(PredictionType::Sample), ..Default::default() };
+    let opts =
+        LoadOptions { unet_override: Some(good), prediction_type: Some(PredictionType::Sample), ..Default::default() };
     let p = Pipeline::load_with(&model, &Device::Cpu, DType::F32, &opts).unwrap();
     assert_eq!(p.scheduler.prediction_type, PredictionType::Sample);
     let base = Pipeline::load(&model, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(base.scheduler.prediction_type, PredictionType::Epsilon);
     let r = GenerateRequest { width: 64, height: 64, steps: 1, ..GenerateRequest::new("x") };
     let a = p.generate_tensor(&r, &mut |_| {}).unwrap();
-    let b = base.generate_tensor(&GenerateRequest { prediction_type: Some(PredictionType::Sample), ..r }, &mut |_| {}).unwrap();
+    let b = base
+        .generate_tensor(&GenerateRequest { prediction_type: Some(PredictionType::Sample), ..r }, &mut |_| {})
+        .unwrap();
     assert!(max_abs_diff(&a.latents, &b.latents) > 0.5, "the override weights are used");
 
     // Wrong shape: the error names the component and the tensor.
@@ -230,7 +227,10 @@ fn unet_override_file_and_shape_errors_name_the_tensor() {
     assert!(matches!(err, EngineError::Weights { .. }), "{msg}");
     assert!(msg.contains("unet") && msg.contains("conv_in.weight"), "{msg}");
     // Missing tensor (a VAE file given as UNet).
-    let opts = LoadOptions { unet_override: Some(fixture_model().join("vae/diffusion_pytorch_model.safetensors")), ..Default::default() };
+    let opts = LoadOptions {
+        unet_override: Some(fixture_model().join("vae/diffusion_pytorch_model.safetensors")),
+        ..Default::default()
+    };
     let msg = Pipeline::load_with(&model, &Device::Cpu, DType::F32, &opts).unwrap_err().to_string();
     assert!(msg.contains("unet") && msg.contains("cannot find tensor"), "{msg}");
 }
@@ -253,7 +253,8 @@ fn latents_file_and_saving_images() {
     let dir = tempfile::tempdir().unwrap();
     let noise = Tensor::randn(0f32, 1f32, (2, 4, 8, 8), &Device::Cpu).unwrap();
     let f = dir.path().join("lat.safetensors");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), noise.clone())]), &f).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), noise.clone())]), &f)
+        .unwrap();
     let lat = fleet_engine::read_latents(&f).unwrap();
     assert_eq!(max_abs_diff(&lat, &noise), 0.0);
     assert!(fleet_engine::read_latents(&dir.path().join("none.safetensors")).is_err());

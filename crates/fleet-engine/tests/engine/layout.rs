@@ -54,8 +54,18 @@ fn check<T>(component: &str, build: impl FnOnce(VarBuilder<'static>, &serde_json
         .filter(|(k, s)| expected.get(*k).is_some_and(|e| e != *s))
         .map(|(k, s)| format!("{k}: {s:?} vs {:?}", expected[k]))
         .collect();
-    assert!(missing.is_empty(), "{component}: {} checkpoint keys never loaded, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    assert!(extra.is_empty(), "{component}: {} requested keys not in the checkpoint, e.g. {:?}", extra.len(), &extra[..extra.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{component}: {} checkpoint keys never loaded, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        extra.is_empty(),
+        "{component}: {} requested keys not in the checkpoint, e.g. {:?}",
+        extra.len(),
+        &extra[..extra.len().min(5)]
+    );
     assert!(wrong.is_empty(), "{component}: shape mismatches {:?}", &wrong[..wrong.len().min(5)]);
     model
 }
@@ -91,12 +101,18 @@ fn sdxl_text_encoders_layout_and_config() {
         ClipTextModel::new(vb, &c, false, "text_encoder").unwrap()
     });
     assert_eq!(te1.config.hidden_act, "quick_gelu");
-    assert_eq!(serde_json::to_value(&te1.config).unwrap(), serde_json::to_value(ClipTextConfig::sdxl_encoder1()).unwrap());
+    assert_eq!(
+        serde_json::to_value(&te1.config).unwrap(),
+        serde_json::to_value(ClipTextConfig::sdxl_encoder1()).unwrap()
+    );
     let te2 = check("text_encoder_2", |vb, cfg| {
         let c: ClipTextConfig = serde_json::from_value(cfg.clone()).unwrap();
         ClipTextModel::new(vb, &c, true, "text_encoder_2").unwrap()
     });
     assert_eq!(te2.config.hidden_act, "gelu");
-    assert_eq!(serde_json::to_value(&te2.config).unwrap(), serde_json::to_value(ClipTextConfig::sdxl_encoder2()).unwrap());
+    assert_eq!(
+        serde_json::to_value(&te2.config).unwrap(),
+        serde_json::to_value(ClipTextConfig::sdxl_encoder2()).unwrap()
+    );
     assert_eq!(te1.config.hidden_size + te2.config.hidden_size, 2048);
 }
