@@ -289,8 +289,9 @@ impl Default for FleetConfig {
         models.insert(
             crate::job::DEFAULT_MODEL.to_owned(),
             ModelConfig {
-                source: "stabilityai/stable-diffusion-xl-base-1.0".into(),
-                unet: Some("ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors".into()),
+                // SDXL base + ByteDance's 4-step UNet + the fp16-fix VAE (fleet-engine resolves this hub id).
+                source: "ByteDance/SDXL-Lightning".into(),
+                unet: Some("sdxl_lightning_4step_unet.safetensors".into()),
                 ..ModelConfig::default()
             },
         );

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod submit;
