@@ -97,6 +97,10 @@ pub struct S3Config {
     pub secret_access_key: String,
     /// Lifetime of presigned GET URLs, in seconds.
     pub presign_ttl_secs: u64,
+    /// Store images in this directory instead of S3, for single-machine use (the other `s3.*` keys
+    /// are then ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +228,7 @@ impl Default for S3Config {
             access_key_id: String::new(),
             secret_access_key: String::new(),
             presign_ttl_secs: 3600,
+            local_dir: None,
         }
     }
 }

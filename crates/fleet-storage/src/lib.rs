@@ -1,0 +1,301 @@
+//! Result image storage for lightning-fleet.
+//!
+//! Workers upload each generated image once, under a key that depends only on the job and the
+//! image's index ([`object_key`]), so a redelivered job overwrites instead of duplicating. The
+//! dispatcher hands clients presigned GET URLs ([`ImageStore::presign_get`]).
+//!
+//! [`ImageStore`] is either an S3-compatible bucket ([`S3Store`]: AWS, MinIO, SeaweedFS) or a
+//! plain directory ([`LocalStore`], for single-machine use) behind the same methods. Every call
+//! is bounded in time and fails with a typed [`StorageError`]; [`StorageError::is_transient`]
+//! tells the caller whether a retry with backoff can help.
+//!
+//! Key layout, metadata names, multipart and credentials are described in the crate's `README.md`.
+
+#![warn(missing_docs)]
+
+mod error;
+mod key;
+pub mod local;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use fleet_core::config::S3Config;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use error::{BoxError, StorageError};
+pub use key::{object_key, validate_key};
+pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
+
+/// Names of the object metadata the stores write (S3 sends them as `x-amz-meta-<name>`; the local
+/// store keeps them in the sidecar's `metadata`).
+pub mod meta_names {
+    /// Seed the image was generated with (decimal).
+    pub const SEED: &str = "seed";
+    /// Model name the job used.
+    pub const MODEL: &str = "model";
+    /// Job id (hyphenated UUID).
+    pub const JOB_ID: &str = "job-id";
+    /// Index of the image within its job (decimal).
+    pub const INDEX: &str = "index";
+    /// Lower-case hex SHA-256 of the stored bytes, computed by `put`.
+    pub const SHA256: &str = "sha256";
+}
+
+/// What the worker knows about an image when it stores it; written as object metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Seed the image was made with.
+    pub seed: u64,
+    /// Model name from the job.
+    pub model: String,
+    /// The job the image belongs to.
+    pub job_id: Uuid,
+    /// Index of the image within the job.
+    pub index: u32,
+}
+
+impl ObjectMeta {
+    /// The metadata map stored with an object, including the body's `sha256`.
+    ///
+    /// Values are percent-encoded outside printable ASCII (and `%` itself) because S3 carries
+    /// metadata in HTTP headers; [`decode_meta_value`] undoes it.
+    pub fn to_metadata(&self, sha256: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (meta_names::SEED.to_owned(), self.seed.to_string()),
+            (meta_names::MODEL.to_owned(), encode_meta_value(&self.model)),
+            (meta_names::JOB_ID.to_owned(), self.job_id.hyphenated().to_string()),
+            (meta_names::INDEX.to_owned(), self.index.to_string()),
+            (meta_names::SHA256.to_owned(), sha256.to_owned()),
+        ])
+    }
+
+    /// Reads the fields back from a stored object's (decoded) metadata; `None` if any is missing
+    /// or malformed (e.g. an object some other tool wrote).
+    pub fn from_metadata(metadata: &BTreeMap<String, String>) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            seed: metadata.get(meta_names::SEED)?.parse().ok()?,
+            model: metadata.get(meta_names::MODEL)?.clone(),
+            job_id: metadata.get(meta_names::JOB_ID)?.parse().ok()?,
+            index: metadata.get(meta_names::INDEX)?.parse().ok()?,
+        })
+    }
+}
+
+/// What `put` stored: the key, and the values a job result records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The object key.
+    pub key: String,
+    /// Lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// An object read back by `get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The object's bytes.
+    pub body: Vec<u8>,
+    /// Its content type (`application/octet-stream` if the store has none).
+    pub content_type: String,
+    /// Its metadata, names lower-case, values decoded (see [`meta_names`]).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl StoredObject {
+    /// The SHA-256 recorded at upload, if any.
+    pub fn sha256(&self) -> Option<&str> {
+        self.metadata.get(meta_names::SHA256).map(String::as_str)
+    }
+
+    /// The typed metadata, if the object was written by this crate.
+    pub fn meta(&self) -> Option<ObjectMeta> {
+        ObjectMeta::from_metadata(&self.metadata)
+    }
+}
+
+/// Where result images go: an S3-compatible bucket or a local directory, same methods.
+///
+/// An enum rather than a trait object so calls stay plain `async fn`s without boxing.
+#[derive(Debug)]
+pub enum ImageStore {
+    /// An S3-compatible bucket.
+    S3(S3Store),
+    /// A directory on this machine.
+    Local(LocalStore),
+}
+
+impl ImageStore {
+    /// The store `cfg` describes: a [`LocalStore`] when `local_dir` is set, otherwise an
+    /// [`S3Store`] with the default timeouts and multipart settings ([`S3Options::default`]).
+    ///
+    /// Nothing is contacted here; call [`ImageStore::check`] for readiness.
+    pub async fn from_config(cfg: &S3Config) -> Result<ImageStore, StorageError> {
+        match &cfg.local_dir {
+            Some(dir) => Ok(ImageStore::Local(LocalStore::new(dir).await?)),
+            None => Ok(ImageStore::S3(S3Store::new(cfg, S3Options::default()).await?)),
+        }
+    }
+
+    /// Stores `body` under `key`, replacing any object there (so storing a redelivered job's
+    /// image again is harmless), with `content_type` and `meta` plus the body's SHA-256 as
+    /// metadata. Readers never see a partly written object.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        meta: &ObjectMeta,
+    ) -> Result<Stored, StorageError> {
+        match self {
+            ImageStore::S3(s) => s.put(key, body, content_type, meta).await,
+            ImageStore::Local(l) => l.put(key, body, content_type, meta).await,
+        }
+    }
+
+    /// The object at `key`, or `None` if there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<StoredObject>, StorageError> {
+        match self {
+            ImageStore::S3(s) => s.get(key).await,
+            ImageStore::Local(l) => l.get(key).await,
+        }
+    }
+
+    /// Whether an object exists at `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self {
+            ImageStore::S3(s) => s.exists(key).await,
+            ImageStore::Local(l) => l.exists(key).await,
+        }
+    }
+
+    /// A URL that fetches `key` without credentials for `ttl`: a presigned S3 GET URL, or a
+    /// `file://` URL for the local store (which has no expiry). Does not check that the object
+    /// exists. `ttl` above 7 days is an error (S3's limit for SigV4 presigning).
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, StorageError> {
+        match self {
+            ImageStore::S3(s) => s.presign_get(key, ttl).await.map(Some),
+            ImageStore::Local(l) => l.presign_get(key, ttl).await,
+        }
+    }
+
+    /// Readiness: the bucket answers (HeadBucket), or the directory is writable.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        match self {
+            ImageStore::S3(s) => s.check().await,
+            ImageStore::Local(l) => l.check().await,
+        }
+    }
+
+    /// Every key starting with `prefix` (a plain string prefix, as in S3), sorted. For tests and
+    /// operations; it reads the whole listing into memory.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        match self {
+            ImageStore::S3(s) => s.list(prefix).await,
+            ImageStore::Local(l) => l.list(prefix).await,
+        }
+    }
+
+    /// Removes the object at `key`; removing a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self {
+            ImageStore::S3(s) => s.delete(key).await,
+            ImageStore::Local(l) => l.delete(key).await,
+        }
+    }
+}
+
+impl fmt::Display for ImageStore {
+    /// A one-line description for logs (no credentials).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageStore::S3(s) => write!(f, "S3 bucket `{}` at {}", s.bucket(), s.endpoint()),
+            ImageStore::Local(l) => write!(f, "directory {}", l.root().display()),
+        }
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// Percent-encodes `%` and everything outside printable ASCII, so the value survives as an HTTP
+/// header.
+pub fn encode_meta_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Undoes [`encode_meta_value`]; a value that is not valid encoding is returned unchanged.
+pub fn decode_meta_value(value: &str) -> String {
+    if !value.contains('%') {
+        return value.to_owned();
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                None => return value.to_owned(),
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_empty_input() {
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn meta_values_round_trip() {
+        for v in ["sdxl-lightning", "50% off", "modèle ü", "", "%zz"] {
+            let enc = encode_meta_value(v);
+            assert!(enc.bytes().all(|b| (0x20..0x7f).contains(&b)), "{enc}");
+            assert_eq!(decode_meta_value(&enc), v);
+        }
+        assert_eq!(decode_meta_value("bad %z"), "bad %z");
+    }
+
+    #[test]
+    fn object_meta_round_trips_through_metadata() {
+        let meta = ObjectMeta { seed: u64::MAX, model: "tiny".into(), job_id: Uuid::now_v7(), index: 3 };
+        let map = meta.to_metadata("ab");
+        assert_eq!(map[meta_names::SHA256], "ab");
+        assert_eq!(ObjectMeta::from_metadata(&map), Some(meta));
+    }
+}
