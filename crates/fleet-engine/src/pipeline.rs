@@ -644,3 +644,28 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<image::RgbImage>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Pipeline>();
+        assert_send_sync::<GenerateRequest>();
+        assert_send_sync::<GenerateOutput>();
+    }
+
+    #[test]
+    fn seeds_are_seed_plus_index_in_prompt_major_order() {
+        let r = GenerateRequest {
+            prompts: vec!["a".into(), "b".into()],
+            num_images: 3,
+            seed: u64::MAX - 1,
+            ..GenerateRequest::default()
+        };
+        assert_eq!(r.batch_size(), 6);
+        assert_eq!(r.seeds(), vec![u64::MAX - 1, u64::MAX, 0, 1, 2, 3]);
+    }
+}
