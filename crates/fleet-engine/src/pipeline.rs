@@ -237,9 +237,9 @@ impl Pipeline {
     }
 
     pub fn load_with(source: &ModelSource, device: &Device, dtype: DType, opts: &LoadOptions) -> Result<Self> {
-        if device.is_cpu() && dtype != DType::F32 {
+        if device.is_cpu() && !matches!(dtype, DType::F32 | DType::F16) {
             return Err(EngineError::Device(format!(
-                "{dtype:?} is not supported on the CPU (its conv kernels need f32); use f32 or a GPU device"
+                "{dtype:?} is not supported on the CPU (candle has no CPU {dtype:?} convolution); use f32 or a GPU device"
             )));
         }
         let prefer_fp16 = opts.prefer_fp16_variant.unwrap_or(dtype == DType::F16);
