@@ -66,9 +66,11 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
@@ -91,13 +93,21 @@ fn run_one(model: &str, size: usize, a: &Args) {
         steps: a.steps,
         ..GenerateRequest::default()
     };
-    pipe.generate(&GenerateRequest { steps: 1, ..req.clone() }, &mut |_| {}).expect("warm-up");
+    pipe.generate(
+        &GenerateRequest {
+            steps: 1,
+            ..req.clone()
+        },
+        &mut |_| {},
+    )
+    .expect("warm-up");
     let (mut te, mut dn, mut vd) = (0.0, 0.0, 0.0);
     for _ in 0..a.runs {
         let out = pipe.generate(&req, &mut |_| {}).expect("generate");
         if let Some(path) = &a.save {
             let pt = pipe.scheduler.prediction_type.to_string();
-            fleet_engine::save_images(path.as_ref(), &out.images, &req, &pipe.model_name, &pt, 90).expect("save");
+            fleet_engine::save_images(path.as_ref(), &out.images, &req, &pipe.model_name, &pt, 90)
+                .expect("save");
         }
         te += secs(out.timings.text_encode);
         dn += secs(out.timings.denoise);
@@ -120,21 +130,46 @@ fn run_one(model: &str, size: usize, a: &Args) {
 fn main() {
     let a = parse();
     if let Some(only) = &a.only {
-        let size = a.models.iter().find(|m| &m.0 == only).map(|m| m.1).unwrap_or(1024);
+        let size = a
+            .models
+            .iter()
+            .find(|m| &m.0 == only)
+            .map(|m| m.1)
+            .unwrap_or(1024);
         run_one(only, size, &a);
         return;
     }
     println!(
         "fleet-engine CPU benchmark ({} threads), f32, guidance 0, {} timed runs after a warm-up",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         a.runs
     );
     let exe = std::env::current_exe().expect("exe");
     for (m, size) in &a.models {
         let status = std::process::Command::new(&exe)
-            .args(["--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--runs", &a.runs.to_string(), "--batch", &a.batch.to_string()])
-            .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") { vec!["--model", m.as_str()] } else { vec![] })
+            .args([
+                "--only",
+                m,
+                "--size",
+                &size.to_string(),
+                "--steps",
+                &a.steps.to_string(),
+            ])
+            .args([
+                "--runs",
+                &a.runs.to_string(),
+                "--batch",
+                &a.batch.to_string(),
+            ])
+            .args(
+                if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") {
+                    vec!["--model", m.as_str()]
+                } else {
+                    vec![]
+                },
+            )
             .status()
             .expect("spawn");
         if !status.success() {

@@ -4,7 +4,9 @@
 //! `text_projection.weight`).
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear, linear_no_bias};
+use candle_nn::{
+    Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear, linear_no_bias,
+};
 use serde::Deserialize;
 
 use crate::error::{CandleContext, EngineError, Result};
@@ -114,7 +116,9 @@ impl ClipTextConfig {
                 message: m,
             })
         };
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -145,7 +149,9 @@ impl Attention {
         let hd = c / self.heads;
         let scale = (hd as f64).powf(-0.5);
         let shape = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, n, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = shape((self.q.forward(x)? * scale)?)?;
         let k = shape(self.k.forward(x)?)?;
@@ -208,7 +214,12 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     /// `vb` is the checkpoint root (it holds `text_model.*` and `text_projection.*`).
-    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig, with_projection: bool, component: &str) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &ClipTextConfig,
+        with_projection: bool,
+        component: &str,
+    ) -> Result<Self> {
         cfg.validate(component)?;
         let build = || -> candle_core::Result<Self> {
             // transformers ≤ 4 saves `text_model.*`; transformers 5 saves CLIPTextModel without it.
@@ -220,7 +231,8 @@ impl ClipTextModel {
                 vb.clone()
             };
             let emb = tm.pp("embeddings");
-            let token_embedding = embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?;
+            let token_embedding =
+                embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?;
             let position_embedding = emb
                 .pp("position_embedding")
                 .get((cfg.max_position_embeddings, cfg.hidden_size), "weight")?;
@@ -246,7 +258,11 @@ impl ClipTextModel {
             }
             let final_ln = layer_norm(h, cfg.layer_norm_eps, tm.pp("final_layer_norm"))?;
             let projection = if with_projection {
-                Some(linear_no_bias(h, cfg.projection_dim, vb.pp("text_projection"))?)
+                Some(linear_no_bias(
+                    h,
+                    cfg.projection_dim,
+                    vb.pp("text_projection"),
+                )?)
             } else {
                 None
             };
@@ -275,14 +291,28 @@ impl ClipTextModel {
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<ClipOutput> {
         let b = ids.len();
         let t = ids.first().map(|v| v.len()).unwrap_or(0);
-        if b == 0 || t == 0 || t > self.config.max_position_embeddings || ids.iter().any(|v| v.len() != t) {
+        if b == 0
+            || t == 0
+            || t > self.config.max_position_embeddings
+            || ids.iter().any(|v| v.len() != t)
+        {
             return Err(EngineError::Shape {
                 name: format!("{} input_ids", self.component),
-                expected: format!("[B>0, 1..={}] with equal rows", self.config.max_position_embeddings),
-                got: format!("{b} rows of lengths {:?}", ids.iter().map(|v| v.len()).collect::<Vec<_>>()),
+                expected: format!(
+                    "[B>0, 1..={}] with equal rows",
+                    self.config.max_position_embeddings
+                ),
+                got: format!(
+                    "{b} rows of lengths {:?}",
+                    ids.iter().map(|v| v.len()).collect::<Vec<_>>()
+                ),
             });
         }
-        if let Some(bad) = ids.iter().flatten().find(|&&i| i as usize >= self.config.vocab_size) {
+        if let Some(bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= self.config.vocab_size)
+        {
             return Err(EngineError::InvalidRequest(format!(
                 "{}: token id {bad} outside the vocabulary ({})",
                 self.component, self.config.vocab_size
@@ -296,7 +326,9 @@ impl ClipTextModel {
                     let max = row.iter().max().copied().unwrap_or(0);
                     row.iter().position(|&i| i == max).unwrap_or(0)
                 } else {
-                    row.iter().position(|&i| i == self.config.eos_token_id).unwrap_or(t - 1)
+                    row.iter()
+                        .position(|&i| i == self.config.eos_token_id)
+                        .unwrap_or(t - 1)
                 }
             })
             .collect();

@@ -27,7 +27,11 @@ pub enum ImageFormat {
 impl ImageFormat {
     /// From a file extension (`png`, `jpg`/`jpeg`, `webp`, any case).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         match ext.as_str() {
             "png" => Ok(Self::Png),
             "jpg" | "jpeg" => Ok(Self::Jpeg),
@@ -69,7 +73,12 @@ pub struct GenerationParams {
 
 impl GenerationParams {
     /// Parameters of image `index` of `req` (prompt-major order).
-    pub fn for_image(req: &GenerateRequest, index: usize, model: &str, prediction_type: &str) -> Self {
+    pub fn for_image(
+        req: &GenerateRequest,
+        index: usize,
+        model: &str,
+        prediction_type: &str,
+    ) -> Self {
         let n = req.num_images.max(1);
         Self {
             prompt: req.prompts.get(index / n).cloned().unwrap_or_default(),
@@ -117,7 +126,12 @@ fn enc_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Encode `img` in `format` (`quality` 1–100 for JPEG) with `params` embedded.
-pub fn encode_image(img: &RgbImage, format: ImageFormat, quality: u8, params: Option<&GenerationParams>) -> Result<Vec<u8>> {
+pub fn encode_image(
+    img: &RgbImage,
+    format: ImageFormat,
+    quality: u8,
+    params: Option<&GenerationParams>,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     let (w, h) = img.dimensions();
     match format {
@@ -126,13 +140,22 @@ pub fn encode_image(img: &RgbImage, format: ImageFormat, quality: u8, params: Op
                 .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
                 .map_err(enc_err)?;
             if let Some(p) = params {
-                buf = png_insert_text(&buf, &[("parameters", &p.a1111_text()), ("fleet_request", &p.json())])?;
+                buf = png_insert_text(
+                    &buf,
+                    &[
+                        ("parameters", &p.a1111_text()),
+                        ("fleet_request", &p.json()),
+                    ],
+                )?;
             }
         }
         ImageFormat::Jpeg => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut buf), quality.clamp(1, 100))
-                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
-                .map_err(enc_err)?;
+            image::codecs::jpeg::JpegEncoder::new_with_quality(
+                Cursor::new(&mut buf),
+                quality.clamp(1, 100),
+            )
+            .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+            .map_err(enc_err)?;
             if let Some(p) = params {
                 buf = jpeg_insert_comments(&buf, &[&p.a1111_text(), &p.json()])?;
             }
@@ -156,7 +179,9 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     }
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
     let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
-    (0..n).map(|i| out.with_file_name(format!("{stem}_{i}.{ext}"))).collect()
+    (0..n)
+        .map(|i| out.with_file_name(format!("{stem}_{i}.{ext}")))
+        .collect()
 }
 
 /// Write the images of one call next to `out` (see [`output_paths`]), in `out`'s format,
@@ -174,7 +199,10 @@ pub fn save_images(
     for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
         let params = GenerationParams::for_image(req, i, model, prediction_type);
         let bytes = encode_image(img, format, quality, Some(&params))?;
-        std::fs::write(path, bytes).map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
+        std::fs::write(path, bytes).map_err(|e| EngineError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
     }
     Ok(paths)
 }
@@ -186,7 +214,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -235,22 +267,25 @@ pub fn png_text_chunks(png: &[u8]) -> Vec<(String, String)> {
     while pos + 12 <= png.len() {
         let len = u32::from_be_bytes([png[pos], png[pos + 1], png[pos + 2], png[pos + 3]]) as usize;
         let kind = &png[pos + 4..pos + 8];
-        let Some(data) = png.get(pos + 8..pos + 8 + len) else { break };
+        let Some(data) = png.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
         if (kind == b"tEXt" || kind == b"iTXt")
-            && let Some(z) = data.iter().position(|&b| b == 0) {
-                let key = String::from_utf8_lossy(&data[..z]).to_string();
-                let text = if kind == b"tEXt" {
-                    data[z + 1..].iter().map(|&b| b as char).collect()
-                } else {
-                    // skip compression flag, method, then language and translated keyword
-                    let rest = &data[(z + 3).min(data.len())..];
-                    let mut parts = rest.splitn(3, |&b| b == 0);
-                    let _lang = parts.next();
-                    let _tk = parts.next();
-                    String::from_utf8_lossy(parts.next().unwrap_or(&[])).to_string()
-                };
-                out.push((key, text));
-            }
+            && let Some(z) = data.iter().position(|&b| b == 0)
+        {
+            let key = String::from_utf8_lossy(&data[..z]).to_string();
+            let text = if kind == b"tEXt" {
+                data[z + 1..].iter().map(|&b| b as char).collect()
+            } else {
+                // skip compression flag, method, then language and translated keyword
+                let rest = &data[(z + 3).min(data.len())..];
+                let mut parts = rest.splitn(3, |&b| b == 0);
+                let _lang = parts.next();
+                let _tk = parts.next();
+                String::from_utf8_lossy(parts.next().unwrap_or(&[])).to_string()
+            };
+            out.push((key, text));
+        }
         pos += 12 + len;
     }
     out
@@ -315,7 +350,10 @@ fn exif_user_comment(text: &str) -> Vec<u8> {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn webp_add_metadata(webp: &[u8], w: u32, h: u32, params: &str, json: &str) -> Result<Vec<u8>> {
@@ -364,7 +402,9 @@ mod tests {
     }
 
     fn img() -> RgbImage {
-        RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 16) as u8, (y * 32) as u8, 7]))
+        RgbImage::from_fn(16, 8, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 32) as u8, 7])
+        })
     }
 
     #[test]
@@ -382,7 +422,10 @@ mod tests {
         assert_eq!(decoded, img());
         let chunks = png_text_chunks(&bytes);
         let params_text = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
-        assert!(params_text.starts_with("ünïcode dog ✓\nNegative prompt: blurry\nSteps: 4, Sampler: Euler"));
+        assert!(
+            params_text
+                .starts_with("ünïcode dog ✓\nNegative prompt: blurry\nSteps: 4, Sampler: Euler")
+        );
         assert!(params_text.contains("Seed: 10, Size: 1024x1024"));
         let json = &chunks.iter().find(|(k, _)| k == "fleet_request").unwrap().1;
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -394,7 +437,10 @@ mod tests {
     fn jpeg_and_webp_decode_with_metadata() {
         let p = params();
         let j = encode_image(&img(), ImageFormat::Jpeg, 90, Some(&p)).unwrap();
-        assert_eq!(image::load_from_memory(&j).unwrap().to_rgb8().dimensions(), (16, 8));
+        assert_eq!(
+            image::load_from_memory(&j).unwrap().to_rgb8().dimensions(),
+            (16, 8)
+        );
         assert!(j.windows(11).any(|w| w == b"Seed: 10, S"));
         let w = encode_image(&img(), ImageFormat::WebP, 90, Some(&p)).unwrap();
         let d = image::load_from_memory(&w).unwrap().to_rgb8();
@@ -405,12 +451,18 @@ mod tests {
 
     #[test]
     fn output_names() {
-        assert_eq!(output_paths(Path::new("/x/out.png"), 1), vec![PathBuf::from("/x/out.png")]);
+        assert_eq!(
+            output_paths(Path::new("/x/out.png"), 1),
+            vec![PathBuf::from("/x/out.png")]
+        );
         assert_eq!(
             output_paths(Path::new("/x/out.png"), 2),
             vec![PathBuf::from("/x/out_0.png"), PathBuf::from("/x/out_1.png")]
         );
         assert!(ImageFormat::from_path(Path::new("a.gif")).is_err());
-        assert_eq!(ImageFormat::from_path(Path::new("a.JPG")).unwrap(), ImageFormat::Jpeg);
+        assert_eq!(
+            ImageFormat::from_path(Path::new("a.JPG")).unwrap(),
+            ImageFormat::Jpeg
+        );
     }
 }

@@ -46,7 +46,9 @@ pub enum EngineError {
     #[error("tokenizer {component}: {message}")]
     Tokenizer { component: String, message: String },
     /// A model could not be fetched from the Hugging Face Hub (or its cache).
-    #[error("cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and pass a local diffusers-layout folder with --model DIR (or use --model tiny)")]
+    #[error(
+        "cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and pass a local diffusers-layout folder with --model DIR (or use --model tiny)"
+    )]
     Hub {
         repo: String,
         missing: String,

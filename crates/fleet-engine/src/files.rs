@@ -32,8 +32,17 @@ fn missing(component: &str, path: PathBuf, hint: &str) -> EngineError {
 
 /// Weight files of a component folder: `{stem}[.fp16].safetensors` or a sharded
 /// `{stem}[.fp16].safetensors.index.json`; the fp16 variant first when `prefer_fp16`.
-pub fn component_weights(dir: &Path, stem: &str, prefer_fp16: bool, component: &str) -> Result<Vec<PathBuf>> {
-    let variants: [&str; 2] = if prefer_fp16 { [".fp16", ""] } else { ["", ".fp16"] };
+pub fn component_weights(
+    dir: &Path,
+    stem: &str,
+    prefer_fp16: bool,
+    component: &str,
+) -> Result<Vec<PathBuf>> {
+    let variants: [&str; 2] = if prefer_fp16 {
+        [".fp16", ""]
+    } else {
+        ["", ".fp16"]
+    };
     for v in variants {
         let single = dir.join(format!("{stem}{v}.safetensors"));
         if single.is_file() {
@@ -97,13 +106,36 @@ impl ModelFiles {
             name: dir.display().to_string(),
             model_index: Some(model_index),
             unet_config: existing(dir.join("unet/config.json"), "unet")?,
-            unet_weights: component_weights(&dir.join("unet"), "diffusion_pytorch_model", prefer_fp16, "unet")?,
+            unet_weights: component_weights(
+                &dir.join("unet"),
+                "diffusion_pytorch_model",
+                prefer_fp16,
+                "unet",
+            )?,
             vae_config: existing(dir.join("vae/config.json"), "vae")?,
-            vae_weights: component_weights(&dir.join("vae"), "diffusion_pytorch_model", prefer_fp16, "vae")?,
+            vae_weights: component_weights(
+                &dir.join("vae"),
+                "diffusion_pytorch_model",
+                prefer_fp16,
+                "vae",
+            )?,
             text_encoder_config: existing(dir.join("text_encoder/config.json"), "text_encoder")?,
-            text_encoder_weights: component_weights(&dir.join("text_encoder"), "model", prefer_fp16, "text_encoder")?,
-            text_encoder_2_config: existing(dir.join("text_encoder_2/config.json"), "text_encoder_2")?,
-            text_encoder_2_weights: component_weights(&dir.join("text_encoder_2"), "model", prefer_fp16, "text_encoder_2")?,
+            text_encoder_weights: component_weights(
+                &dir.join("text_encoder"),
+                "model",
+                prefer_fp16,
+                "text_encoder",
+            )?,
+            text_encoder_2_config: existing(
+                dir.join("text_encoder_2/config.json"),
+                "text_encoder_2",
+            )?,
+            text_encoder_2_weights: component_weights(
+                &dir.join("text_encoder_2"),
+                "model",
+                prefer_fp16,
+                "text_encoder_2",
+            )?,
             tokenizer_dir: existing(dir.join("tokenizer"), "tokenizer")?,
             tokenizer_2_dir: existing(dir.join("tokenizer_2"), "tokenizer_2")?,
             scheduler_config: sched.is_file().then_some(sched),
@@ -124,12 +156,22 @@ pub const DEFAULT_LIGHTNING_UNET: &str = "sdxl_lightning_4step_unet.safetensors"
 /// VAE; any other id is read as a diffusers-layout repository. Every missing file is listed
 /// in one error.
 #[cfg(feature = "hub")]
-pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) -> Result<ModelFiles> {
+pub fn from_hub(
+    repo_id: &str,
+    prefer_fp16: bool,
+    lightning_unet: Option<&str>,
+) -> Result<ModelFiles> {
     use hf_hub::{Cache, api::sync::ApiBuilder};
 
-    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .map(|v| v != "0" && !v.is_empty())
+        .unwrap_or(false);
     let cache = Cache::from_env();
-    let api = if offline { None } else { ApiBuilder::from_env().with_progress(false).build().ok() };
+    let api = if offline {
+        None
+    } else {
+        ApiBuilder::from_env().with_progress(false).build().ok()
+    };
     let mut missing: Vec<String> = Vec::new();
     let mut first_error: Option<String> = None;
     let mut get = |repo: &str, file: &str| -> Option<PathBuf> {
@@ -153,14 +195,26 @@ pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) 
     let model_index = get(base, "model_index.json");
     let unet_config = get(base, "unet/config.json");
     let unet_weights = if lightning {
-        get(LIGHTNING_REPO, lightning_unet.unwrap_or(DEFAULT_LIGHTNING_UNET))
+        get(
+            LIGHTNING_REPO,
+            lightning_unet.unwrap_or(DEFAULT_LIGHTNING_UNET),
+        )
     } else {
-        get(base, &format!("unet/diffusion_pytorch_model{v}.safetensors"))
+        get(
+            base,
+            &format!("unet/diffusion_pytorch_model{v}.safetensors"),
+        )
     };
     let (vae_config, vae_weights) = if lightning {
-        (get(FP16_FIX_VAE_REPO, "config.json"), get(FP16_FIX_VAE_REPO, "diffusion_pytorch_model.safetensors"))
+        (
+            get(FP16_FIX_VAE_REPO, "config.json"),
+            get(FP16_FIX_VAE_REPO, "diffusion_pytorch_model.safetensors"),
+        )
     } else {
-        (get(base, "vae/config.json"), get(base, &format!("vae/diffusion_pytorch_model{v}.safetensors")))
+        (
+            get(base, "vae/config.json"),
+            get(base, &format!("vae/diffusion_pytorch_model{v}.safetensors")),
+        )
     };
     let te1c = get(base, "text_encoder/config.json");
     let te1w = get(base, &format!("text_encoder/model{v}.safetensors"));
@@ -171,12 +225,26 @@ pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) 
         let vocab = get(base, &format!("{t}/vocab.json"));
         let _ = get(base, &format!("{t}/merges.txt"));
         // Optional files: only used when present.
-        let _ = cache.model(base.to_string()).get(&format!("{t}/tokenizer_config.json")).or_else(|| {
-            api.as_ref().and_then(|a| a.model(base.to_string()).get(&format!("{t}/tokenizer_config.json")).ok())
-        });
-        let _ = cache.model(base.to_string()).get(&format!("{t}/special_tokens_map.json")).or_else(|| {
-            api.as_ref().and_then(|a| a.model(base.to_string()).get(&format!("{t}/special_tokens_map.json")).ok())
-        });
+        let _ = cache
+            .model(base.to_string())
+            .get(&format!("{t}/tokenizer_config.json"))
+            .or_else(|| {
+                api.as_ref().and_then(|a| {
+                    a.model(base.to_string())
+                        .get(&format!("{t}/tokenizer_config.json"))
+                        .ok()
+                })
+            });
+        let _ = cache
+            .model(base.to_string())
+            .get(&format!("{t}/special_tokens_map.json"))
+            .or_else(|| {
+                api.as_ref().and_then(|a| {
+                    a.model(base.to_string())
+                        .get(&format!("{t}/special_tokens_map.json"))
+                        .ok()
+                })
+            });
         tok_dirs.push(vocab.and_then(|p| p.parent().map(Path::to_path_buf)));
     }
     let sched = get(base, "scheduler/scheduler_config.json");
@@ -216,7 +284,11 @@ pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) 
 }
 
 #[cfg(not(feature = "hub"))]
-pub fn from_hub(repo_id: &str, _prefer_fp16: bool, _lightning_unet: Option<&str>) -> Result<ModelFiles> {
+pub fn from_hub(
+    repo_id: &str,
+    _prefer_fp16: bool,
+    _lightning_unet: Option<&str>,
+) -> Result<ModelFiles> {
     Err(EngineError::Hub {
         repo: repo_id.to_string(),
         missing: "all files".into(),

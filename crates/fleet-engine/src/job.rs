@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::encode::{ImageFormat, save_images};
 use crate::error::{EngineError, Result};
 use crate::files::DEFAULT_HUB_MODEL;
-use crate::pipeline::{GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, Timings, default_dtype, parse_device, read_latents};
+use crate::pipeline::{
+    GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, Timings, default_dtype,
+    parse_device, read_latents,
+};
 use crate::scheduler::PredictionType;
 
 /// `fleet generate --prompt TEXT [--prompt TEXT ...] [--negative-prompt TEXT]
@@ -86,7 +89,9 @@ impl GenerateCommand {
     /// Load the model, generate, write the images (`out`, or `<stem>_<i>.<ext>` for several).
     pub fn run(&self, progress: &mut dyn FnMut(Progress)) -> Result<GenerateReport> {
         if self.prompts.is_empty() {
-            return Err(EngineError::InvalidRequest("at least one --prompt is required".into()));
+            return Err(EngineError::InvalidRequest(
+                "at least one --prompt is required".into(),
+            ));
         }
         ImageFormat::from_path(&self.out)?; // fail before loading a model
         let req = self.request()?;
@@ -101,8 +106,18 @@ impl GenerateCommand {
         let pipe = Pipeline::load_with(&source, &device, default_dtype(&device), &opts)?;
         let load_seconds = t.elapsed().as_secs_f64();
         let out = pipe.generate(&req, progress)?;
-        let pt = req.prediction_type.unwrap_or(pipe.scheduler.prediction_type).to_string();
-        let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, self.quality)?;
+        let pt = req
+            .prediction_type
+            .unwrap_or(pipe.scheduler.prediction_type)
+            .to_string();
+        let paths = save_images(
+            &self.out,
+            &out.images,
+            &req,
+            &pipe.model_name,
+            &pt,
+            self.quality,
+        )?;
         Ok(GenerateReport {
             paths,
             seeds: out.seeds,

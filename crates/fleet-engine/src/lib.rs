@@ -31,8 +31,8 @@ pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use job::{GenerateCommand, GenerateReport};
 pub use pipeline::{
-    GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds, RandomPreset,
-    TensorOutput, Timings, default_dtype, parse_device, read_latents,
+    GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds,
+    RandomPreset, TensorOutput, Timings, default_dtype, parse_device, read_latents,
 };
 pub use scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 pub use util::OneOrMany;

@@ -44,7 +44,11 @@ impl std::str::FromStr for ModelSource {
                     && !s.starts_with('.')
                     && !s.starts_with('/')
                     && !p.exists();
-                if looks_like_hub { Self::Hub(s.to_string()) } else { Self::Dir(p.to_path_buf()) }
+                if looks_like_hub {
+                    Self::Hub(s.to_string())
+                } else {
+                    Self::Dir(p.to_path_buf())
+                }
             }
         })
     }
@@ -118,7 +122,9 @@ impl GenerateRequest {
     }
     /// Seeds of each image, in output order.
     pub fn seeds(&self) -> Vec<u64> {
-        (0..self.batch_size() as u64).map(|i| self.seed.wrapping_add(i)).collect()
+        (0..self.batch_size() as u64)
+            .map(|i| self.seed.wrapping_add(i))
+            .collect()
     }
 }
 
@@ -195,25 +201,44 @@ pub const TINY_SEED: u64 = 0x5D1_71A7;
 
 /// The default dtype of a device: f32 on CPU, f16 on GPUs.
 pub fn default_dtype(device: &Device) -> DType {
-    if device.is_cpu() { DType::F32 } else { DType::F16 }
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    }
 }
 
 /// Parse `cpu`, `cuda`, `cuda:N` or `metal` into a device (GPU ones need the cargo feature).
 pub fn parse_device(name: &str) -> Result<Device> {
-    let err = |e: candle_core::Error| EngineError::Device(format!("{name}: {e} (was the engine built with the matching cargo feature?)"));
+    let err = |e: candle_core::Error| {
+        EngineError::Device(format!(
+            "{name}: {e} (was the engine built with the matching cargo feature?)"
+        ))
+    };
     match name {
         "cpu" => Ok(Device::Cpu),
         "metal" => Device::new_metal(0).map_err(err),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ord = n.strip_prefix("cuda:").map(|o| o.parse::<usize>()).transpose().map_err(|_| EngineError::Device(format!("bad device {name:?}")))?;
+            let ord = n
+                .strip_prefix("cuda:")
+                .map(|o| o.parse::<usize>())
+                .transpose()
+                .map_err(|_| EngineError::Device(format!("bad device {name:?}")))?;
             Device::new_cuda(ord.unwrap_or(0)).map_err(err)
         }
-        other => Err(EngineError::Device(format!("unknown device {other:?} (cpu, cuda, cuda:N, metal)"))),
+        other => Err(EngineError::Device(format!(
+            "unknown device {other:?} (cpu, cuda, cuda:N, metal)"
+        ))),
     }
 }
 
 #[allow(unsafe_code)]
-fn mmap_vb(files: &[PathBuf], dtype: DType, device: &Device, component: &str) -> Result<VarBuilder<'static>> {
+fn mmap_vb(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+    component: &str,
+) -> Result<VarBuilder<'static>> {
     for f in files {
         if !f.is_file() {
             return Err(EngineError::MissingFile {
@@ -236,7 +261,12 @@ impl Pipeline {
         Self::load_with(source, device, dtype, &LoadOptions::default())
     }
 
-    pub fn load_with(source: &ModelSource, device: &Device, dtype: DType, opts: &LoadOptions) -> Result<Self> {
+    pub fn load_with(
+        source: &ModelSource,
+        device: &Device,
+        dtype: DType,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         if device.is_cpu() && !matches!(dtype, DType::F32 | DType::F16) {
             return Err(EngineError::Device(format!(
                 "{dtype:?} is not supported on the CPU (candle has no CPU {dtype:?} convolution); use f32 or a GPU device"
@@ -291,21 +321,49 @@ impl Pipeline {
         let mut force_zeros = true;
         if let Some(mi) = &files.model_index {
             let v: serde_json::Value = crate::util::read_json(mi, "model_index")?;
-            if let Some(b) = v.get("force_zeros_for_empty_prompt").and_then(|b| b.as_bool()) {
+            if let Some(b) = v
+                .get("force_zeros_for_empty_prompt")
+                .and_then(|b| b.as_bool())
+            {
                 force_zeros = b;
             }
         }
         let tokenizer = ClipTokenizer::from_dir(&files.tokenizer_dir, "tokenizer")?;
         let tokenizer_2 = ClipTokenizer::from_dir(&files.tokenizer_2_dir, "tokenizer_2")?;
-        let c1: ClipTextConfig = crate::util::read_json(&files.text_encoder_config, "text_encoder")?;
-        let c2: ClipTextConfig = crate::util::read_json(&files.text_encoder_2_config, "text_encoder_2")?;
-        let text_encoder = ClipTextModel::new(mmap_vb(&files.text_encoder_weights, dtype, device, "text_encoder")?, &c1, false, "text_encoder")?;
-        let text_encoder_2 = ClipTextModel::new(mmap_vb(&files.text_encoder_2_weights, dtype, device, "text_encoder_2")?, &c2, true, "text_encoder_2")?;
+        let c1: ClipTextConfig =
+            crate::util::read_json(&files.text_encoder_config, "text_encoder")?;
+        let c2: ClipTextConfig =
+            crate::util::read_json(&files.text_encoder_2_config, "text_encoder_2")?;
+        let text_encoder = ClipTextModel::new(
+            mmap_vb(&files.text_encoder_weights, dtype, device, "text_encoder")?,
+            &c1,
+            false,
+            "text_encoder",
+        )?;
+        let text_encoder_2 = ClipTextModel::new(
+            mmap_vb(
+                &files.text_encoder_2_weights,
+                dtype,
+                device,
+                "text_encoder_2",
+            )?,
+            &c2,
+            true,
+            "text_encoder_2",
+        )?;
         let ucfg = UNetConfig::from_file(&files.unet_config)?;
-        let unet = UNet2DConditionModel::new(mmap_vb(&files.unet_weights, dtype, device, "unet")?, &ucfg)?;
+        let unet =
+            UNet2DConditionModel::new(mmap_vb(&files.unet_weights, dtype, device, "unet")?, &ucfg)?;
         let vcfg = VaeConfig::from_file(&files.vae_config)?;
-        let vae_dtype = if dtype == DType::F16 && vcfg.force_upcast { DType::F32 } else { dtype };
-        let vae = Vae::new(mmap_vb(&files.vae_weights, vae_dtype, device, "vae")?, &vcfg)?;
+        let vae_dtype = if dtype == DType::F16 && vcfg.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
+        let vae = Vae::new(
+            mmap_vb(&files.vae_weights, vae_dtype, device, "vae")?,
+            &vcfg,
+        )?;
         let scheduler = match &files.scheduler_config {
             Some(p) => SchedulerConfig::from_file(p)?,
             None => SchedulerConfig::default(),
@@ -365,7 +423,8 @@ impl Pipeline {
                 (c1, c2, u, vc, "random-medium")
             }
         };
-        let rvb = |k: u64| crate::random::random_var_builder(TINY_SEED.wrapping_add(k), dtype, device);
+        let rvb =
+            |k: u64| crate::random::random_var_builder(TINY_SEED.wrapping_add(k), dtype, device);
         let p = Self {
             text_encoder: ClipTextModel::new(rvb(1), &c1, false, "text_encoder")?,
             text_encoder_2: ClipTextModel::new(rvb(2), &c2, true, "text_encoder_2")?,
@@ -400,7 +459,9 @@ impl Pipeline {
             if p != want {
                 return Err(EngineError::Shape {
                     name: "unet projection_class_embeddings_input_dim".into(),
-                    expected: format!("{want} (text_encoder_2 projection_dim + 6 × addition_time_embed_dim)"),
+                    expected: format!(
+                        "{want} (text_encoder_2 projection_dim + 6 × addition_time_embed_dim)"
+                    ),
                     got: p.to_string(),
                 });
             }
@@ -427,7 +488,8 @@ impl Pipeline {
         let ids2: Vec<Vec<u32>> = prompts.iter().map(|p| self.tokenizer_2.encode(p)).collect();
         let o1 = self.text_encoder.forward(&ids1)?;
         let o2 = self.text_encoder_2.forward(&ids2)?;
-        let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate], 2).ctx("concat prompt embeddings")?;
+        let embeds =
+            Tensor::cat(&[&o1.penultimate, &o2.penultimate], 2).ctx("concat prompt embeddings")?;
         let pooled = o2.text_embeds.ok_or_else(|| EngineError::Unsupported {
             component: "text_encoder_2".into(),
             message: "no text_projection".into(),
@@ -445,19 +507,38 @@ impl Pipeline {
             return bad("num_images must be at least 1".into());
         }
         if req.batch_size() > 256 {
-            return bad(format!("{} images in one call is too many (at most 256)", req.batch_size()));
+            return bad(format!(
+                "{} images in one call is too many (at most 256)",
+                req.batch_size()
+            ));
         }
-        if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f) {
-            return bad(format!("unsupported size {}x{}: width and height must be positive multiples of {f}", req.width, req.height));
+        if req.width == 0
+            || req.height == 0
+            || !req.width.is_multiple_of(f)
+            || !req.height.is_multiple_of(f)
+        {
+            return bad(format!(
+                "unsupported size {}x{}: width and height must be positive multiples of {f}",
+                req.width, req.height
+            ));
         }
         if req.width > 8192 || req.height > 8192 {
-            return bad(format!("unsupported size {}x{}: at most 8192 per side", req.width, req.height));
+            return bad(format!(
+                "unsupported size {}x{}: at most 8192 per side",
+                req.width, req.height
+            ));
         }
         if req.steps == 0 || req.steps > self.scheduler.num_train_timesteps {
-            return bad(format!("steps must be between 1 and {}, got {}", self.scheduler.num_train_timesteps, req.steps));
+            return bad(format!(
+                "steps must be between 1 and {}, got {}",
+                self.scheduler.num_train_timesteps, req.steps
+            ));
         }
         if !req.guidance.is_finite() || req.guidance < 0.0 {
-            return bad(format!("guidance must be a finite number >= 0, got {}", req.guidance));
+            return bad(format!(
+                "guidance must be a finite number >= 0, got {}",
+                req.guidance
+            ));
         }
         Ok(())
     }
@@ -474,7 +555,10 @@ impl Pipeline {
                     got: format!("{:?}", l.dims()),
                 });
             }
-            return l.to_dtype(DType::F32).and_then(|l| l.to_device(&self.device)).ctx("user latents");
+            return l
+                .to_dtype(DType::F32)
+                .and_then(|l| l.to_device(&self.device))
+                .ctx("user latents");
         }
         let mut data = Vec::with_capacity(b * c * h * w);
         for s in req.seeds() {
@@ -486,11 +570,19 @@ impl Pipeline {
     }
 
     /// Generate images as a float tensor (what the parity tests compare).
-    pub fn generate_tensor(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<TensorOutput> {
+    pub fn generate_tensor(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<TensorOutput> {
         self.validate(req)?;
         let b = req.batch_size();
         let cfg_on = req.guidance > 1.0;
-        let sched = EulerDiscrete::new(&self.scheduler, req.steps, req.prediction_type.or(Some(self.scheduler.prediction_type)))?;
+        let sched = EulerDiscrete::new(
+            &self.scheduler,
+            req.steps,
+            req.prediction_type.or(Some(self.scheduler.prediction_type)),
+        )?;
         let noise = self.initial_noise(req)?;
 
         // Text encoding.
@@ -503,22 +595,37 @@ impl Pipeline {
                 return Ok(t.clone());
             }
             let mut dims = t.dims().to_vec();
-            let rows: Vec<Tensor> = (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)?.repeat(&{
-                let mut r = vec![1usize; t.rank()];
-                r[0] = n;
-                r
-            }[..])).collect::<candle_core::Result<_>>()?;
+            let rows: Vec<Tensor> = (0..t.dim(0)?)
+                .map(|i| {
+                    t.narrow(0, i, 1)?.repeat(
+                        &{
+                            let mut r = vec![1usize; t.rank()];
+                            r[0] = n;
+                            r
+                        }[..],
+                    )
+                })
+                .collect::<candle_core::Result<_>>()?;
             dims[0] *= n;
             Tensor::cat(&rows, 0)
         };
-        let (embeds, pooled) = (repeat(&pos.embeds).ctx("repeat")?, repeat(&pos.pooled).ctx("repeat")?);
+        let (embeds, pooled) = (
+            repeat(&pos.embeds).ctx("repeat")?,
+            repeat(&pos.pooled).ctx("repeat")?,
+        );
         let (embeds, pooled) = if cfg_on {
             let neg_text = req.negative_prompt.clone().unwrap_or_default();
             let (ne, np) = if neg_text.is_empty() && self.force_zeros_for_empty_prompt {
-                (embeds.zeros_like().ctx("zeros")?, pooled.zeros_like().ctx("zeros")?)
+                (
+                    embeds.zeros_like().ctx("zeros")?,
+                    pooled.zeros_like().ctx("zeros")?,
+                )
             } else {
                 let neg = self.encode_prompts(&vec![neg_text; req.prompts.len()])?;
-                (repeat(&neg.embeds).ctx("repeat")?, repeat(&neg.pooled).ctx("repeat")?)
+                (
+                    repeat(&neg.embeds).ctx("repeat")?,
+                    repeat(&neg.pooled).ctx("repeat")?,
+                )
             };
             (
                 Tensor::cat(&[&ne, &embeds], 0).ctx("cfg batch")?,
@@ -535,17 +642,28 @@ impl Pipeline {
         let t1 = Instant::now();
         let ub = if cfg_on { 2 * b } else { b };
         let (h, w) = (req.height as f32, req.width as f32);
-        let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device).ctx("time ids")?;
-        let added = AddedCond { text_embeds: pooled, time_ids };
+        let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device)
+            .ctx("time ids")?;
+        let added = AddedCond {
+            text_embeds: pooled,
+            time_ids,
+        };
         let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
         let total = sched.timesteps.len();
         for (i, &t) in sched.timesteps.iter().enumerate() {
-            let x = if cfg_on { Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")? } else { latents.clone() };
+            let x = if cfg_on {
+                Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")?
+            } else {
+                latents.clone()
+            };
             let x = (x * sched.input_scale(i)).ctx("scale input")?;
             let out = self.unet.forward(&x, t, &embeds, Some(&added), None)?;
             let out = out.to_dtype(DType::F32).ctx("unet output")?;
             let out = if cfg_on {
-                let (u, c) = (out.narrow(0, 0, b).ctx("cfg")?, out.narrow(0, b, b).ctx("cfg")?);
+                let (u, c) = (
+                    out.narrow(0, 0, b).ctx("cfg")?,
+                    out.narrow(0, b, b).ctx("cfg")?,
+                );
                 (&u + ((c - &u).ctx("cfg")? * req.guidance).ctx("cfg")?).ctx("cfg")?
             } else {
                 out
@@ -562,18 +680,30 @@ impl Pipeline {
         let denoise = t1.elapsed();
 
         let t2 = Instant::now();
-        let images = self.vae.decode(&latents)?.to_device(&Device::Cpu).ctx("images to cpu")?;
+        let images = self
+            .vae
+            .decode(&latents)?
+            .to_device(&Device::Cpu)
+            .ctx("images to cpu")?;
         let vae_decode = t2.elapsed();
         Ok(TensorOutput {
             images,
             latents: latents.to_device(&Device::Cpu).ctx("latents to cpu")?,
             seeds: req.seeds(),
-            timings: Timings { text_encode, denoise, vae_decode },
+            timings: Timings {
+                text_encode,
+                denoise,
+                vae_decode,
+            },
         })
     }
 
     /// Generate RGB images.
-    pub fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<GenerateOutput> {
         let out = self.generate_tensor(req, progress)?;
         Ok(GenerateOutput {
             images: tensor_to_images(&out.images)?,
@@ -593,11 +723,12 @@ pub fn read_latents(path: &Path) -> Result<Tensor> {
             hint: String::new(),
         });
     }
-    let mut ts = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| EngineError::Config {
-        component: "latents".into(),
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let mut ts =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| EngineError::Config {
+            component: "latents".into(),
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let t = ts.remove("latents").ok_or_else(|| EngineError::Config {
         component: "latents".into(),
         path: path.to_path_buf(),
@@ -630,17 +761,27 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<image::RgbImage>> {
             got: format!("{:?}", t.dims()),
         });
     }
-    let data = ((t.to_dtype(DType::F32).ctx("images")?.clamp(0f32, 1f32).ctx("images")? * 255.0).ctx("images")?)
-        .round()
-        .and_then(|x| x.permute((0, 2, 3, 1)))
-        .and_then(|x| x.flatten_all())
-        .and_then(|x| x.to_vec1::<f32>())
-        .ctx("images")?;
+    let data = ((t
+        .to_dtype(DType::F32)
+        .ctx("images")?
+        .clamp(0f32, 1f32)
+        .ctx("images")?
+        * 255.0)
+        .ctx("images")?)
+    .round()
+    .and_then(|x| x.permute((0, 2, 3, 1)))
+    .and_then(|x| x.flatten_all())
+    .and_then(|x| x.to_vec1::<f32>())
+    .ctx("images")?;
     let per = h * w * 3;
     (0..b)
         .map(|i| {
-            let px: Vec<u8> = data[i * per..(i + 1) * per].iter().map(|&v| v as u8).collect();
-            image::RgbImage::from_raw(w as u32, h as u32, px).ok_or_else(|| EngineError::Image("buffer size".into()))
+            let px: Vec<u8> = data[i * per..(i + 1) * per]
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            image::RgbImage::from_raw(w as u32, h as u32, px)
+                .ok_or_else(|| EngineError::Image("buffer size".into()))
         })
         .collect()
 }

@@ -24,17 +24,35 @@ pub fn fnv1a64(s: &str) -> u64 {
 }
 
 impl SimpleBackend for RandomBackend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let n = s.elem_count();
         let dims = s.dims().to_vec();
-        let fan_in = if dims.len() >= 2 { dims[1..].iter().product::<usize>() } else { dims.first().copied().unwrap_or(1) };
+        let fan_in = if dims.len() >= 2 {
+            dims[1..].iter().product::<usize>()
+        } else {
+            dims.first().copied().unwrap_or(1)
+        };
         let mut rng = SplitMix64::new(self.seed ^ fnv1a64(name));
         let data: Vec<f32> = match h {
             Init::Const(v) => vec![v as f32; n],
             Init::Randn { mean, stdev } => {
                 // Embeddings: keep them at a scale similar to trained CLIP (≈0.02 · 10).
-                let stdev = if name.ends_with("embedding.weight") { 0.2 } else { stdev };
-                rng.normals(n).into_iter().map(|x| (mean + stdev * x as f64) as f32).collect()
+                let stdev = if name.ends_with("embedding.weight") {
+                    0.2
+                } else {
+                    stdev
+                };
+                rng.normals(n)
+                    .into_iter()
+                    .map(|x| (mean + stdev * x as f64) as f32)
+                    .collect()
             }
             Init::Uniform { lo, up } => (0..n)
                 .map(|_| {
@@ -44,13 +62,23 @@ impl SimpleBackend for RandomBackend {
                 .collect(),
             Init::Kaiming { .. } => {
                 let std = 1.0 / (fan_in.max(1) as f64).sqrt();
-                rng.normals(n).into_iter().map(|x| (std * x as f64) as f32).collect()
+                rng.normals(n)
+                    .into_iter()
+                    .map(|x| (std * x as f64) as f32)
+                    .collect()
             }
         };
-        Tensor::from_vec(data, s, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)
+        Tensor::from_vec(data, s, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("random backend cannot create {name} without a shape")
     }
 

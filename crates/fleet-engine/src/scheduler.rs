@@ -107,7 +107,11 @@ pub struct EulerDiscrete {
 }
 
 impl EulerDiscrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize, prediction: Option<PredictionType>) -> Result<Self> {
+    pub fn new(
+        cfg: &SchedulerConfig,
+        steps: usize,
+        prediction: Option<PredictionType>,
+    ) -> Result<Self> {
         let t = cfg.num_train_timesteps;
         if steps == 0 || steps > t {
             return Err(EngineError::InvalidRequest(format!(
@@ -140,7 +144,10 @@ impl EulerDiscrete {
         let timesteps: Vec<f64> = (0..steps)
             .map(|i| (t as f64 - i as f64 * ratio).round() - 1.0)
             .collect();
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&ts| interp(ts, &all_sigmas)).collect();
+        let mut sigmas: Vec<f64> = timesteps
+            .iter()
+            .map(|&ts| interp(ts, &all_sigmas))
+            .collect();
         sigmas.push(0.0);
         // diffusers stores sigmas as float32.
         let sigmas = sigmas.into_iter().map(|s| s as f32 as f64).collect();
@@ -242,10 +249,15 @@ mod tests {
         assert_eq!(t, vec![999.0, 749.0, 499.0, 249.0]);
         close(&s, &[14.6147, 4.0817, 1.6129, 0.6932, 0.0]);
         let (t, s) = table(8);
-        assert_eq!(t, vec![999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0]);
+        assert_eq!(
+            t,
+            vec![999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0]
+        );
         close(
             &s,
-            &[14.6147, 7.2974, 4.0817, 2.4925, 1.6129, 1.0690, 0.6932, 0.3977, 0.0],
+            &[
+                14.6147, 7.2974, 4.0817, 2.4925, 1.6129, 1.0690, 0.6932, 0.3977, 0.0,
+            ],
         );
     }
 
@@ -275,12 +287,21 @@ mod tests {
             for k in 0..2 {
                 let xv = [2.0f64, -1.0][k];
                 let ov = [0.5f64, 0.25][k];
-                let x0 = if p == PredictionType::Epsilon { xv - sg * ov } else { ov };
+                let x0 = if p == PredictionType::Epsilon {
+                    xv - sg * ov
+                } else {
+                    ov
+                };
                 let want = xv + (xv - x0) / sg * (sn - sg);
-                assert!((got[k] as f64 - want).abs() < 1e-4, "{p:?}: {got:?} vs {want}");
+                assert!(
+                    (got[k] as f64 - want).abs() < 1e-4,
+                    "{p:?}: {got:?} vs {want}"
+                );
             }
             // Last step of a 1-step sample schedule lands exactly on x0.
-            let s1 = EulerDiscrete::new(&SchedulerConfig::default(), 1, Some(PredictionType::Sample)).unwrap();
+            let s1 =
+                EulerDiscrete::new(&SchedulerConfig::default(), 1, Some(PredictionType::Sample))
+                    .unwrap();
             let last: Vec<f32> = s1.step(0, &out, &x).unwrap().to_vec1().unwrap();
             assert!((last[0] - 0.5).abs() < 1e-6 && (last[1] - 0.25).abs() < 1e-6);
         }

@@ -62,7 +62,13 @@ fn tok_err(component: &str, message: impl Into<String>) -> EngineError {
 
 impl ClipTokenizer {
     /// Build from in-memory `vocab.json` and `merges.txt` contents.
-    pub fn from_strings(vocab_json: &str, merges: &str, pad_token: &str, max_len: usize, component: &str) -> Result<Self> {
+    pub fn from_strings(
+        vocab_json: &str,
+        merges: &str,
+        pad_token: &str,
+        max_len: usize,
+        component: &str,
+    ) -> Result<Self> {
         let encoder: HashMap<String, u32> = serde_json::from_str(vocab_json)
             .map_err(|e| tok_err(component, format!("vocab.json: {e}")))?;
         let mut ranks = HashMap::new();
@@ -132,11 +138,12 @@ impl ClipTokenizer {
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let p = dir.join(name);
             if let Ok(text) = std::fs::read_to_string(&p) {
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Config {
-                    component: component.to_string(),
-                    path: p.clone(),
-                    message: e.to_string(),
-                })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| EngineError::Config {
+                        component: component.to_string(),
+                        path: p.clone(),
+                        message: e.to_string(),
+                    })?;
                 match v.get("pad_token") {
                     Some(serde_json::Value::String(s)) => pad = s.clone(),
                     Some(serde_json::Value::Object(o)) => {
@@ -147,9 +154,10 @@ impl ClipTokenizer {
                     _ => {}
                 }
                 if let Some(m) = v.get("model_max_length").and_then(|m| m.as_u64())
-                    && m <= 4096 {
-                        max_len = m as usize;
-                    }
+                    && m <= 4096
+                {
+                    max_len = m as usize;
+                }
             }
         }
         Self::from_strings(&vocab, &merges, &pad, max_len, component)
@@ -157,9 +165,10 @@ impl ClipTokenizer {
 
     fn bpe(&self, token: &str) -> Vec<String> {
         if let Ok(c) = self.cache.lock()
-            && let Some(v) = c.get(token) {
-                return v.clone();
-            }
+            && let Some(v) = c.get(token)
+        {
+            return v.clone();
+        }
         let chars: Vec<char> = token.chars().collect();
         let mut word: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
         if let Some(last) = word.last_mut() {
@@ -169,9 +178,10 @@ impl ClipTokenizer {
             let mut best: Option<(usize, usize)> = None; // (rank, index)
             for i in 0..word.len() - 1 {
                 if let Some(&r) = self.ranks.get(&(word[i].clone(), word[i + 1].clone()))
-                    && best.is_none_or(|(br, _)| r < br) {
-                        best = Some((r, i));
-                    }
+                    && best.is_none_or(|(br, _)| r < br)
+                {
+                    best = Some((r, i));
+                }
             }
             let Some((_, bi)) = best else { break };
             let (first, second) = (word[bi].clone(), word[bi + 1].clone());
@@ -189,9 +199,10 @@ impl ClipTokenizer {
             word = merged;
         }
         if let Ok(mut c) = self.cache.lock()
-            && c.len() < 100_000 {
-                c.insert(token.to_string(), word.clone());
-            }
+            && c.len() < 100_000
+        {
+            c.insert(token.to_string(), word.clone());
+        }
         word
     }
 
@@ -201,8 +212,10 @@ impl ClipTokenizer {
     /// token, e.g. tokenizer 2's `!`) are split out of the raw text first and map to their own
     /// ids, so `"!!"` is two pad ids for tokenizer 2 but one merged token for tokenizer 1.
     pub fn encode_raw(&self, text: &str) -> Vec<u32> {
-        let mut specials: Vec<(&str, u32)> = vec![(BOS_TOKEN, self.bos_id), (EOS_TOKEN, self.eos_id)];
-        if self.pad_token != BOS_TOKEN && self.pad_token != EOS_TOKEN && !self.pad_token.is_empty() {
+        let mut specials: Vec<(&str, u32)> =
+            vec![(BOS_TOKEN, self.bos_id), (EOS_TOKEN, self.eos_id)];
+        if self.pad_token != BOS_TOKEN && self.pad_token != EOS_TOKEN && !self.pad_token.is_empty()
+        {
             specials.push((self.pad_token.as_str(), self.pad_id));
         }
         let mut ids = Vec::new();
@@ -238,7 +251,11 @@ impl ClipTokenizer {
             .join(" ")
             .to_lowercase();
         for m in self.pat.find_iter(&cleaned) {
-            let piece: String = m.as_str().bytes().map(|b| self.byte_encoder[b as usize]).collect();
+            let piece: String = m
+                .as_str()
+                .bytes()
+                .map(|b| self.byte_encoder[b as usize])
+                .collect();
             for t in self.bpe(&piece) {
                 // Unknown symbols map to <|endoftext|> (CLIP's unk token).
                 ids.push(self.encoder.get(&t).copied().unwrap_or(self.eos_id));
@@ -269,9 +286,26 @@ pub fn tiny_vocab() -> (String, String) {
     let mut vocab: Vec<String> = base.iter().map(|c| c.to_string()).collect();
     vocab.extend(base.iter().map(|c| format!("{c}</w>")));
     let pairs = [
-        ("t", "h"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "n"), ("th", "e</w>"), ("a", "t</w>"),
-        ("i", "s</w>"), ("a", "r"), ("l", "e"), ("o", "u"), ("s", "t"), ("an", "d</w>"), ("o", "f</w>"),
-        ("in", "g</w>"), ("e", "d</w>"), ("c", "a"), ("o", "r</w>"), ("e", "n"), ("ca", "t</w>"),
+        ("t", "h"),
+        ("i", "n"),
+        ("e", "r"),
+        ("a", "n"),
+        ("o", "n"),
+        ("th", "e</w>"),
+        ("a", "t</w>"),
+        ("i", "s</w>"),
+        ("a", "r"),
+        ("l", "e"),
+        ("o", "u"),
+        ("s", "t"),
+        ("an", "d</w>"),
+        ("o", "f</w>"),
+        ("in", "g</w>"),
+        ("e", "d</w>"),
+        ("c", "a"),
+        ("o", "r</w>"),
+        ("e", "n"),
+        ("ca", "t</w>"),
     ];
     let mut merges = String::from("#version: 0.2\n");
     for (a, b) in pairs {

@@ -98,8 +98,16 @@ impl UNetConfig {
             out_channels: 4,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: vec!["DownBlock2D".into(), "CrossAttnDownBlock2D".into(), "CrossAttnDownBlock2D".into()],
-            up_block_types: vec!["CrossAttnUpBlock2D".into(), "CrossAttnUpBlock2D".into(), "UpBlock2D".into()],
+            down_block_types: vec![
+                "DownBlock2D".into(),
+                "CrossAttnDownBlock2D".into(),
+                "CrossAttnDownBlock2D".into(),
+            ],
+            up_block_types: vec![
+                "CrossAttnUpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+                "UpBlock2D".into(),
+            ],
             mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
             block_out_channels: vec![320, 640, 1280],
             layers_per_block: OneOrMany::One(2),
@@ -158,7 +166,9 @@ impl UNetConfig {
 
     /// Number of down-block residuals a ControlNet must supply (9 for SDXL).
     pub fn num_down_residuals(&self) -> Result<usize> {
-        let layers = self.layers_per_block.expand(self.block_out_channels.len(), "layers_per_block")?;
+        let layers = self
+            .layers_per_block
+            .expand(self.block_out_channels.len(), "layers_per_block")?;
         let n = self.block_out_channels.len();
         Ok(1 + layers.iter().sum::<usize>() + n - 1)
     }
@@ -172,7 +182,12 @@ fn unsupported(message: impl Into<String>) -> EngineError {
 }
 
 /// Sinusoidal timestep embedding (diffusers `get_timestep_embedding`), computed in f32.
-pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> candle_core::Result<Tensor> {
+pub fn timestep_embedding(
+    t: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+) -> candle_core::Result<Tensor> {
     let half = dim / 2;
     let dev = t.device();
     let exponent: Vec<f32> = (0..half)
@@ -212,7 +227,13 @@ impl TimestepEmbedding {
     }
 }
 
-fn conv(vb: VarBuilder, i: usize, o: usize, k: usize, stride: usize) -> candle_core::Result<Conv2d> {
+fn conv(
+    vb: VarBuilder,
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+) -> candle_core::Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding: k / 2,
         stride,
@@ -232,19 +253,34 @@ struct Resnet {
 }
 
 impl Resnet {
-    fn new(vb: VarBuilder, i: usize, o: usize, temb: usize, groups: usize, eps: f64) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        i: usize,
+        o: usize,
+        temb: usize,
+        groups: usize,
+        eps: f64,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: candle_nn::group_norm(groups, i, eps, vb.pp("norm1"))?,
             conv1: conv(vb.pp("conv1"), i, o, 3, 1)?,
             time_emb_proj: candle_nn::linear(temb, o, vb.pp("time_emb_proj"))?,
             norm2: candle_nn::group_norm(groups, o, eps, vb.pp("norm2"))?,
             conv2: conv(vb.pp("conv2"), o, o, 3, 1)?,
-            shortcut: if i != o { Some(conv(vb.pp("conv_shortcut"), i, o, 1, 1)?) } else { None },
+            shortcut: if i != o {
+                Some(conv(vb.pp("conv_shortcut"), i, o, 1, 1)?)
+            } else {
+                None
+            },
         })
     }
     fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+        let t = self
+            .time_emb_proj
+            .forward(&temb.silu()?)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
         let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
         match &self.shortcut {
@@ -278,13 +314,31 @@ impl Attention {
         let (b, n, c) = x.dims3()?;
         let m = ctx.dim(1)?;
         let hd = c / self.heads;
-        let q = self.to_q.forward(x)?.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = self.to_k.forward(ctx)?.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = self.to_v.forward(ctx)?.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = self
+            .to_q
+            .forward(x)?
+            .reshape((b, n, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self
+            .to_k
+            .forward(ctx)?
+            .reshape((b, m, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = self
+            .to_v
+            .forward(ctx)?
+            .reshape((b, m, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let dtype = q.dtype();
         let scale = 1.0 / (hd as f64).sqrt();
         // Scores and softmax in f32 (diffusers' SDPA accumulates in f32 too).
-        let w = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? * scale)?;
+        let w = (q
+            .to_dtype(DType::F32)?
+            .matmul(&k.to_dtype(DType::F32)?.t()?)?
+            * scale)?;
         let w = candle_nn::ops::softmax_last_dim(&w)?.to_dtype(dtype)?;
         let o = w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.to_out.forward(&o)
@@ -341,7 +395,15 @@ struct Transformer2D {
 
 impl Transformer2D {
     #[allow(clippy::too_many_arguments)]
-    fn new(vb: VarBuilder, c: usize, ctx_dim: usize, heads: usize, depth: usize, groups: usize, linear: bool) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        c: usize,
+        ctx_dim: usize,
+        heads: usize,
+        depth: usize,
+        groups: usize,
+        linear: bool,
+    ) -> candle_core::Result<Self> {
         let proj = |name: &str| -> candle_core::Result<Proj> {
             if linear {
                 Ok(Proj::Linear(candle_nn::linear(c, c, vb.pp(name))?))
@@ -351,7 +413,12 @@ impl Transformer2D {
         };
         let mut blocks = Vec::with_capacity(depth);
         for j in 0..depth {
-            blocks.push(BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(j.to_string()), c, ctx_dim, heads)?);
+            blocks.push(BasicTransformerBlock::new(
+                vb.pp("transformer_blocks").pp(j.to_string()),
+                c,
+                ctx_dim,
+                heads,
+            )?);
         }
         Ok(Self {
             norm: candle_nn::group_norm(groups, c, 1e-6, vb.pp("norm"))?,
@@ -364,7 +431,9 @@ impl Transformer2D {
         let (b, c, h, w) = x.dims4()?;
         let residual = x;
         let x = self.norm.forward(x)?;
-        let to_seq = |t: Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+        let to_seq = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
+        };
         let mut x = match &self.proj_in {
             Proj::Linear(l) => l.forward(&to_seq(x)?)?,
             Proj::Conv(cv) => to_seq(cv.forward(&x)?)?,
@@ -373,8 +442,15 @@ impl Transformer2D {
             x = blk.forward(&x, ctx)?;
         }
         let x = match &self.proj_out {
-            Proj::Linear(l) => l.forward(&x)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?,
-            Proj::Conv(cv) => cv.forward(&x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?)?,
+            Proj::Linear(l) => l
+                .forward(&x)?
+                .reshape((b, h, w, c))?
+                .permute((0, 3, 1, 2))?,
+            Proj::Conv(cv) => cv.forward(
+                &x.reshape((b, h, w, c))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?,
+            )?,
         };
         x + residual
     }
@@ -429,7 +505,9 @@ impl UNet2DConditionModel {
     pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
         let n = cfg.block_out_channels.len();
         if n == 0 || cfg.down_block_types.len() != n || cfg.up_block_types.len() != n {
-            return Err(unsupported("block_out_channels, down_block_types and up_block_types must have the same non-zero length"));
+            return Err(unsupported(
+                "block_out_channels, down_block_types and up_block_types must have the same non-zero length",
+            ));
         }
         if let Some(t) = &cfg.class_embed_type {
             return Err(unsupported(format!("class_embed_type {t:?}")));
@@ -437,19 +515,27 @@ impl UNet2DConditionModel {
         if cfg.time_cond_proj_dim.is_some() || cfg.encoder_hid_dim.is_some() {
             return Err(unsupported("time_cond_proj_dim / encoder_hid_dim"));
         }
-        if cfg.act_fn != "silu" || cfg.resnet_time_scale_shift != "default" || cfg.center_input_sample {
-            return Err(unsupported("only act_fn=silu, resnet_time_scale_shift=default, center_input_sample=false"));
+        if cfg.act_fn != "silu"
+            || cfg.resnet_time_scale_shift != "default"
+            || cfg.center_input_sample
+        {
+            return Err(unsupported(
+                "only act_fn=silu, resnet_time_scale_shift=default, center_input_sample=false",
+            ));
         }
         match cfg.addition_embed_type.as_deref() {
             None | Some("text_time") => {}
             Some(o) => return Err(unsupported(format!("addition_embed_type {o:?}"))),
         }
         if let Some(m) = cfg.mid_block_type.as_deref()
-            && m != "UNetMidBlock2DCrossAttn" {
-                return Err(unsupported(format!("mid_block_type {m:?}")));
-            }
+            && m != "UNetMidBlock2DCrossAttn"
+        {
+            return Err(unsupported(format!("mid_block_type {m:?}")));
+        }
         let layers = cfg.layers_per_block.expand(n, "layers_per_block")?;
-        let tl = cfg.transformer_layers_per_block.expand(n, "transformer_layers_per_block")?;
+        let tl = cfg
+            .transformer_layers_per_block
+            .expand(n, "transformer_layers_per_block")?;
         let heads = match (&cfg.num_attention_heads, &cfg.attention_head_dim) {
             // diffusers quirk: `attention_head_dim` in SDXL configs is the number of heads.
             (Some(h), _) | (None, Some(h)) => h.expand(n, "num_attention_heads")?,
@@ -463,10 +549,15 @@ impl UNet2DConditionModel {
         let g = cfg.norm_num_groups;
         for (i, &c) in cfg.block_out_channels.iter().enumerate() {
             if g == 0 || c % g != 0 {
-                return Err(unsupported(format!("block_out_channels[{i}]={c} not divisible by norm_num_groups={g}")));
+                return Err(unsupported(format!(
+                    "block_out_channels[{i}]={c} not divisible by norm_num_groups={g}"
+                )));
             }
             if heads[i] == 0 || c % heads[i] != 0 {
-                return Err(unsupported(format!("block_out_channels[{i}]={c} not divisible by {} heads", heads[i])));
+                return Err(unsupported(format!(
+                    "block_out_channels[{i}]={c} not divisible by {} heads",
+                    heads[i]
+                )));
             }
         }
         let c0 = cfg.block_out_channels[0];
@@ -476,8 +567,13 @@ impl UNet2DConditionModel {
         let build = || -> candle_core::Result<Self> {
             let conv_in = conv(vb.pp("conv_in"), cfg.in_channels, c0, 3, 1)?;
             let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c0, temb)?;
-            let add_embedding = match (&cfg.addition_embed_type, cfg.projection_class_embeddings_input_dim) {
-                (Some(_), Some(p)) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), p, temb)?),
+            let add_embedding = match (
+                &cfg.addition_embed_type,
+                cfg.projection_class_embeddings_input_dim,
+            ) {
+                (Some(_), Some(p)) => {
+                    Some(TimestepEmbedding::new(vb.pp("add_embedding"), p, temb)?)
+                }
                 _ => None,
             };
             let mut down = Vec::new();
@@ -491,19 +587,50 @@ impl UNet2DConditionModel {
                 let mut attentions = Vec::new();
                 for j in 0..layers[i] {
                     let ic = if j == 0 { in_c } else { out_c };
-                    resnets.push(Resnet::new(bvb.pp("resnets").pp(j.to_string()), ic, out_c, temb, g, eps)?);
+                    resnets.push(Resnet::new(
+                        bvb.pp("resnets").pp(j.to_string()),
+                        ic,
+                        out_c,
+                        temb,
+                        g,
+                        eps,
+                    )?);
                     if cross {
-                        attentions.push(Transformer2D::new(bvb.pp("attentions").pp(j.to_string()), out_c, ctx, heads[i], tl[i], g, lin)?);
+                        attentions.push(Transformer2D::new(
+                            bvb.pp("attentions").pp(j.to_string()),
+                            out_c,
+                            ctx,
+                            heads[i],
+                            tl[i],
+                            g,
+                            lin,
+                        )?);
                     }
                 }
-                let sampler = if i + 1 < n { Some(conv(bvb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2)?) } else { None };
-                down.push(Block { resnets, attentions, sampler });
+                let sampler = if i + 1 < n {
+                    Some(conv(bvb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2)?)
+                } else {
+                    None
+                };
+                down.push(Block {
+                    resnets,
+                    attentions,
+                    sampler,
+                });
             }
             let cl = *cfg.block_out_channels.last().unwrap_or(&c0);
             let mvb = vb.pp("mid_block");
             let mid = MidBlock {
                 resnet0: Resnet::new(mvb.pp("resnets.0"), cl, cl, temb, g, eps)?,
-                attention: Some(Transformer2D::new(mvb.pp("attentions.0"), cl, ctx, heads[n - 1], tl[n - 1], g, lin)?),
+                attention: Some(Transformer2D::new(
+                    mvb.pp("attentions.0"),
+                    cl,
+                    ctx,
+                    heads[n - 1],
+                    tl[n - 1],
+                    g,
+                    lin,
+                )?),
                 resnet1: Resnet::new(mvb.pp("resnets.1"), cl, cl, temb, g, eps)?,
             };
             let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
@@ -526,13 +653,36 @@ impl UNet2DConditionModel {
                 for j in 0..num {
                     let skip = if j == num - 1 { in_c } else { out_c };
                     let rin = if j == 0 { prev_out } else { out_c };
-                    resnets.push(Resnet::new(bvb.pp("resnets").pp(j.to_string()), rin + skip, out_c, temb, g, eps)?);
+                    resnets.push(Resnet::new(
+                        bvb.pp("resnets").pp(j.to_string()),
+                        rin + skip,
+                        out_c,
+                        temb,
+                        g,
+                        eps,
+                    )?);
                     if cross {
-                        attentions.push(Transformer2D::new(bvb.pp("attentions").pp(j.to_string()), out_c, ctx, rh[i], rtl[i], g, lin)?);
+                        attentions.push(Transformer2D::new(
+                            bvb.pp("attentions").pp(j.to_string()),
+                            out_c,
+                            ctx,
+                            rh[i],
+                            rtl[i],
+                            g,
+                            lin,
+                        )?);
                     }
                 }
-                let sampler = if i + 1 < n { Some(conv(bvb.pp("upsamplers.0.conv"), out_c, out_c, 3, 1)?) } else { None };
-                up.push(Block { resnets, attentions, sampler });
+                let sampler = if i + 1 < n {
+                    Some(conv(bvb.pp("upsamplers.0.conv"), out_c, out_c, 3, 1)?)
+                } else {
+                    None
+                };
+                up.push(Block {
+                    resnets,
+                    attentions,
+                    sampler,
+                });
             }
             Ok(Self {
                 conv_in,
@@ -619,13 +769,18 @@ impl UNet2DConditionModel {
         let dtype = self.dtype;
         let c0 = self.config.block_out_channels[0];
         let t = Tensor::from_vec(vec![timestep as f32; b], b, dev)?;
-        let t_emb = timestep_embedding(&t, c0, self.config.flip_sin_to_cos, self.config.freq_shift)?.to_dtype(dtype)?;
+        let t_emb =
+            timestep_embedding(&t, c0, self.config.flip_sin_to_cos, self.config.freq_shift)?
+                .to_dtype(dtype)?;
         let mut emb = self.time_embedding.forward(&t_emb)?;
         if let (Some(add), Some(cond)) = (&self.add_embedding, added) {
             let d = self.config.addition_time_embed_dim.unwrap_or(256);
             let ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
-            let time_embeds = timestep_embedding(&ids, d, self.config.flip_sin_to_cos, self.config.freq_shift)?.reshape((b, ()))?;
-            let add_in = Tensor::cat(&[cond.text_embeds.to_dtype(DType::F32)?, time_embeds], 1)?.to_dtype(dtype)?;
+            let time_embeds =
+                timestep_embedding(&ids, d, self.config.flip_sin_to_cos, self.config.freq_shift)?
+                    .reshape((b, ()))?;
+            let add_in = Tensor::cat(&[cond.text_embeds.to_dtype(DType::F32)?, time_embeds], 1)?
+                .to_dtype(dtype)?;
             emb = (emb + add.forward(&add_in)?)?;
         }
         let ctx = ctx.to_dtype(dtype)?;
@@ -659,7 +814,9 @@ impl UNet2DConditionModel {
         }
         for blk in &self.up {
             for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = res.pop().ok_or_else(|| candle_core::Error::Msg("unet: skip stack underflow".into()))?;
+                let skip = res
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("unet: skip stack underflow".into()))?;
                 x = Tensor::cat(&[&x, &skip], 1)?;
                 x = r.forward(&x, &emb)?;
                 if let Some(a) = blk.attentions.get(j) {

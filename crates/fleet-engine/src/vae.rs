@@ -101,10 +101,16 @@ pub struct Vae {
 impl Vae {
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let g = cfg.norm_num_groups;
-        if cfg.block_out_channels.is_empty() || g == 0 || cfg.block_out_channels.iter().any(|c| c % g != 0) {
+        if cfg.block_out_channels.is_empty()
+            || g == 0
+            || cfg.block_out_channels.iter().any(|c| c % g != 0)
+        {
             return Err(EngineError::Unsupported {
                 component: "vae".into(),
-                message: format!("block_out_channels {:?} with norm_num_groups {g}", cfg.block_out_channels),
+                message: format!(
+                    "block_out_channels {:?} with norm_num_groups {g}",
+                    cfg.block_out_channels
+                ),
             });
         }
         if cfg.mid_block_add_attention == Some(false) {
@@ -152,7 +158,11 @@ impl Vae {
             let z = z.to_dtype(self.dtype)?;
             let mut outs = Vec::with_capacity(z.dim(0)?);
             for i in 0..z.dim(0)? {
-                outs.push(self.model.decode(&z.narrow(0, i, 1)?)?.to_dtype(DType::F32)?);
+                outs.push(
+                    self.model
+                        .decode(&z.narrow(0, i, 1)?)?
+                        .to_dtype(DType::F32)?,
+                );
             }
             let x = Tensor::cat(&outs, 0)?;
             ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)

@@ -22,11 +22,26 @@ struct Recorder {
 }
 
 impl SimpleBackend for Recorder {
-    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.seen.lock().unwrap().insert(name.to_string(), s.dims().to_vec());
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), s.dims().to_vec());
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("unchecked get of {name}")
     }
     fn contains_tensor(&self, name: &str) -> bool {
@@ -35,15 +50,22 @@ impl SimpleBackend for Recorder {
 }
 
 fn layout() -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl_layout.json");
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl_layout.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("sdxl_layout.json")).unwrap()
 }
 
-fn check<T>(component: &str, build: impl FnOnce(VarBuilder<'static>, &serde_json::Value) -> T) -> T {
+fn check<T>(
+    component: &str,
+    build: impl FnOnce(VarBuilder<'static>, &serde_json::Value) -> T,
+) -> T {
     let l = layout();
     let expected: Keys = serde_json::from_value(l[component]["keys"].clone()).unwrap();
     assert!(expected.len() > 100, "{component}: too few reference keys");
-    let rec = Recorder { expected: Arc::new(expected.clone()), seen: Arc::new(Mutex::new(Keys::new())) };
+    let rec = Recorder {
+        expected: Arc::new(expected.clone()),
+        seen: Arc::new(Mutex::new(Keys::new())),
+    };
     let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
     let model = build(vb, &l[component]["config"]);
     let seen = rec.seen.lock().unwrap().clone();
@@ -54,19 +76,38 @@ fn check<T>(component: &str, build: impl FnOnce(VarBuilder<'static>, &serde_json
         .filter(|(k, s)| expected.get(*k).is_some_and(|e| e != *s))
         .map(|(k, s)| format!("{k}: {s:?} vs {:?}", expected[k]))
         .collect();
-    assert!(missing.is_empty(), "{component}: {} checkpoint keys never loaded, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    assert!(extra.is_empty(), "{component}: {} requested keys not in the checkpoint, e.g. {:?}", extra.len(), &extra[..extra.len().min(5)]);
-    assert!(wrong.is_empty(), "{component}: shape mismatches {:?}", &wrong[..wrong.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{component}: {} checkpoint keys never loaded, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        extra.is_empty(),
+        "{component}: {} requested keys not in the checkpoint, e.g. {:?}",
+        extra.len(),
+        &extra[..extra.len().min(5)]
+    );
+    assert!(
+        wrong.is_empty(),
+        "{component}: shape mismatches {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
     model
 }
 
 #[test]
 fn sdxl_unet_layout_and_config() {
     let unet = check("unet", |vb, cfg| {
-        let c: UNetConfig = serde_json::from_value(cfg.clone()).expect("real SDXL unet config parses");
+        let c: UNetConfig =
+            serde_json::from_value(cfg.clone()).expect("real SDXL unet config parses");
         UNet2DConditionModel::new(vb, &c).unwrap()
     });
-    assert_eq!(unet.config.num_down_residuals().unwrap(), 9, "SDXL has 9 ControlNet down residuals");
+    assert_eq!(
+        unet.config.num_down_residuals().unwrap(),
+        9,
+        "SDXL has 9 ControlNet down residuals"
+    );
     // the preset in code equals the real config
     let preset = serde_json::to_value(UNetConfig::sdxl_base()).unwrap();
     let parsed = serde_json::to_value(&unet.config).unwrap();
@@ -76,7 +117,8 @@ fn sdxl_unet_layout_and_config() {
 #[test]
 fn sdxl_vae_layout_and_config() {
     let vae = check("vae", |vb, cfg| {
-        let c: VaeConfig = serde_json::from_value(cfg.clone()).expect("real SDXL vae config parses");
+        let c: VaeConfig =
+            serde_json::from_value(cfg.clone()).expect("real SDXL vae config parses");
         Vae::new(vb, &c).unwrap()
     });
     assert_eq!(vae.config.scaling_factor, 0.13025);
@@ -91,12 +133,18 @@ fn sdxl_text_encoders_layout_and_config() {
         ClipTextModel::new(vb, &c, false, "text_encoder").unwrap()
     });
     assert_eq!(te1.config.hidden_act, "quick_gelu");
-    assert_eq!(serde_json::to_value(&te1.config).unwrap(), serde_json::to_value(ClipTextConfig::sdxl_encoder1()).unwrap());
+    assert_eq!(
+        serde_json::to_value(&te1.config).unwrap(),
+        serde_json::to_value(ClipTextConfig::sdxl_encoder1()).unwrap()
+    );
     let te2 = check("text_encoder_2", |vb, cfg| {
         let c: ClipTextConfig = serde_json::from_value(cfg.clone()).unwrap();
         ClipTextModel::new(vb, &c, true, "text_encoder_2").unwrap()
     });
     assert_eq!(te2.config.hidden_act, "gelu");
-    assert_eq!(serde_json::to_value(&te2.config).unwrap(), serde_json::to_value(ClipTextConfig::sdxl_encoder2()).unwrap());
+    assert_eq!(
+        serde_json::to_value(&te2.config).unwrap(),
+        serde_json::to_value(ClipTextConfig::sdxl_encoder2()).unwrap()
+    );
     assert_eq!(te1.config.hidden_size + te2.config.hidden_size, 2048);
 }

@@ -26,20 +26,28 @@ fn reference() -> &'static HashMap<String, Tensor> {
 fn meta() -> &'static serde_json::Value {
     static M: OnceLock<serde_json::Value> = OnceLock::new();
     M.get_or_init(|| {
-        let text = std::fs::read_to_string(fixtures().join("reference.json")).expect("reference.json");
+        let text =
+            std::fs::read_to_string(fixtures().join("reference.json")).expect("reference.json");
         serde_json::from_str(&text).expect("reference.json parses")
     })
 }
 
 fn r(name: &str) -> Tensor {
-    reference().get(name).unwrap_or_else(|| panic!("reference tensor {name} missing")).clone()
+    reference()
+        .get(name)
+        .unwrap_or_else(|| panic!("reference tensor {name} missing"))
+        .clone()
 }
 
 fn pipe() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| {
-        Pipeline::load(&ModelSource::Dir(fixtures().join("tiny-sdxl")), &Device::Cpu, DType::F32)
-            .expect("fixture model loads")
+        Pipeline::load(
+            &ModelSource::Dir(fixtures().join("tiny-sdxl")),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .expect("fixture model loads")
     })
 }
 
@@ -51,7 +59,15 @@ fn diff(got: &Tensor, want: &Tensor) -> (f32, f32, f32) {
     let d = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap();
     let max = d.max(0).unwrap().to_scalar::<f32>().unwrap();
     let mean = d.mean(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (max, mean, scale)
 }
 
@@ -59,17 +75,26 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
     let (max, mean, scale) = diff(got, want);
     eprintln!("{what}: max abs diff {max:.3e}, mean {mean:.3e}, ref scale {scale:.3e}");
     assert!(scale > 0.0, "{what}: reference is all zeros");
-    assert!(max <= rel * scale.max(1.0), "{what}: max abs diff {max} > {} (mean {mean})", rel * scale.max(1.0));
+    assert!(
+        max <= rel * scale.max(1.0),
+        "{what}: max abs diff {max} > {} (mean {mean})",
+        rel * scale.max(1.0)
+    );
 }
 
 fn ids_of(name: &str) -> Vec<Vec<u32>> {
     let t = r(name).to_dtype(DType::I64).unwrap();
-    t.to_vec2::<i64>().unwrap().into_iter().map(|row| row.into_iter().map(|i| i as u32).collect()).collect()
+    t.to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|row| row.into_iter().map(|i| i as u32).collect())
+        .collect()
 }
 
 #[test]
 fn parity_tokenizer_ids() {
-    let prompts: Vec<String> = serde_json::from_value(meta()["tokenizer"]["prompts"].clone()).unwrap();
+    let prompts: Vec<String> =
+        serde_json::from_value(meta()["tokenizer"]["prompts"].clone()).unwrap();
     assert!(prompts.len() >= 4);
     let p = pipe();
     for (key, tok) in [("te1.ids", &p.tokenizer), ("te2.ids", &p.tokenizer_2)] {
@@ -88,27 +113,85 @@ fn parity_tokenizer_ids() {
 fn parity_text_encoders() {
     let p = pipe();
     let o1 = p.text_encoder.forward(&ids_of("te1.ids")).unwrap();
-    assert_close("text_encoder hidden_states[-2]", &o1.penultimate, &r("te1.penultimate"), 1e-4);
+    assert_close(
+        "text_encoder hidden_states[-2]",
+        &o1.penultimate,
+        &r("te1.penultimate"),
+        1e-4,
+    );
     let o2 = p.text_encoder_2.forward(&ids_of("te2.ids")).unwrap();
-    assert_close("text_encoder_2 hidden_states[-2]", &o2.penultimate, &r("te2.penultimate"), 1e-4);
-    assert_close("text_encoder_2 text_embeds", o2.text_embeds.as_ref().unwrap(), &r("te2.text_embeds"), 1e-4);
+    assert_close(
+        "text_encoder_2 hidden_states[-2]",
+        &o2.penultimate,
+        &r("te2.penultimate"),
+        1e-4,
+    );
+    assert_close(
+        "text_encoder_2 text_embeds",
+        o2.text_embeds.as_ref().unwrap(),
+        &r("te2.text_embeds"),
+        1e-4,
+    );
 }
 
 #[test]
 fn parity_unet() {
     let p = pipe();
-    let added = AddedCond { text_embeds: r("unet.text_embeds"), time_ids: r("unet.time_ids") };
+    let added = AddedCond {
+        text_embeds: r("unet.text_embeds"),
+        time_ids: r("unet.time_ids"),
+    };
     for t in [999.0, 249.0] {
-        let out = p.unet.forward(&r("unet.sample"), t, &r("unet.ctx"), Some(&added), None).unwrap();
-        assert_close(&format!("unet t={t}"), &out, &r(&format!("unet.out_t{t}")), 1e-4);
+        let out = p
+            .unet
+            .forward(&r("unet.sample"), t, &r("unet.ctx"), Some(&added), None)
+            .unwrap();
+        assert_close(
+            &format!("unet t={t}"),
+            &out,
+            &r(&format!("unet.out_t{t}")),
+            1e-4,
+        );
     }
-    let down: Vec<Tensor> = (0..6).map(|i| r(&format!("unet.control_down.{i}"))).collect();
-    let control = ControlResiduals { down, mid: r("unet.control_mid") };
-    let out = p.unet.forward(&r("unet.sample"), 499.0, &r("unet.ctx"), Some(&added), Some(&control)).unwrap();
-    assert_close("unet with control residuals", &out, &r("unet.out_control"), 1e-4);
+    let down: Vec<Tensor> = (0..6)
+        .map(|i| r(&format!("unet.control_down.{i}")))
+        .collect();
+    let control = ControlResiduals {
+        down,
+        mid: r("unet.control_mid"),
+    };
+    let out = p
+        .unet
+        .forward(
+            &r("unet.sample"),
+            499.0,
+            &r("unet.ctx"),
+            Some(&added),
+            Some(&control),
+        )
+        .unwrap();
+    assert_close(
+        "unet with control residuals",
+        &out,
+        &r("unet.out_control"),
+        1e-4,
+    );
     // wrong number of residuals is an error, not a panic
-    let bad = ControlResiduals { down: vec![], mid: r("unet.control_mid") };
-    assert!(p.unet.forward(&r("unet.sample"), 499.0, &r("unet.ctx"), Some(&added), Some(&bad)).is_err());
+    let bad = ControlResiduals {
+        down: vec![],
+        mid: r("unet.control_mid"),
+    };
+    assert!(
+        p.unet
+            .forward(
+                &r("unet.sample"),
+                499.0,
+                &r("unet.ctx"),
+                Some(&added),
+                Some(&bad)
+            )
+            .is_err()
+    );
 }
 
 #[test]
@@ -120,7 +203,11 @@ fn parity_scheduler_tables() {
         assert_eq!(s.timesteps, t, "timesteps for {n} steps");
         assert_eq!(s.sigmas.len(), sg.len());
         for (a, b) in s.sigmas.iter().zip(&sg) {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "sigmas for {n} steps: {:?} vs {sg:?}", s.sigmas);
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "sigmas for {n} steps: {:?} vs {sg:?}",
+                s.sigmas
+            );
         }
         let init: Vec<f64> = r(&format!("sched.{n}.init_noise_sigma")).to_vec1().unwrap();
         assert!((s.init_noise_sigma() - init[0]).abs() < 1e-5);
@@ -145,17 +232,29 @@ fn run_case(name: &str) {
         height: c["height"].as_u64().unwrap() as usize,
         seed: 0,
         num_images: 1,
-        prediction_type: c["prediction_type"].as_str().map(|s| s.parse::<PredictionType>().unwrap()),
+        prediction_type: c["prediction_type"]
+            .as_str()
+            .map(|s| s.parse::<PredictionType>().unwrap()),
         latents: Some(r(&format!("case.{name}.latents"))),
     };
     let out = pipe().generate_tensor(&req, &mut |_| {}).unwrap();
     let want = r(&format!("case.{name}.image"));
     let (max, mean, _) = diff(&out.images, &want);
     eprintln!("case {name}: image max abs diff {max:.3e}, mean {mean:.3e} (1/255 = 3.9e-3)");
-    assert!(mean < 0.1 / 255.0, "case {name}: mean abs diff {mean} not well under 1/255");
+    assert!(
+        mean < 0.1 / 255.0,
+        "case {name}: mean abs diff {mean} not well under 1/255"
+    );
     assert!(max < 2.0 / 255.0, "case {name}: max abs diff {max}");
     // the picture is not flat
-    let std = want.flatten_all().unwrap().var(0).unwrap().to_scalar::<f32>().unwrap().sqrt();
+    let std = want
+        .flatten_all()
+        .unwrap()
+        .var(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt();
     assert!(std > 0.01, "case {name}: reference image is flat");
 }
 
@@ -197,7 +296,12 @@ fn parity_image_8_steps() {
 /// f32 scheduler state) without a GPU.
 #[test]
 fn parity_f16_pipeline_close_to_f32_reference() {
-    let p16 = Pipeline::load(&ModelSource::Dir(fixtures().join("tiny-sdxl")), &Device::Cpu, DType::F16).unwrap();
+    let p16 = Pipeline::load(
+        &ModelSource::Dir(fixtures().join("tiny-sdxl")),
+        &Device::Cpu,
+        DType::F16,
+    )
+    .unwrap();
     assert_eq!(p16.unet.dtype(), DType::F16);
     for name in ["base", "cfg_negative"] {
         let c = &meta()["cases"][name];
