@@ -20,6 +20,7 @@ struct Args {
     runs: usize,
     batch: usize,
     save: Option<String>,
+    warmup: bool,
 }
 
 fn parse() -> Args {
@@ -30,6 +31,7 @@ fn parse() -> Args {
         runs: 3,
         batch: 1,
         save: None,
+        warmup: true,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut size: Option<usize> = None;
@@ -45,6 +47,7 @@ fn parse() -> Args {
             "--runs" => a.runs = v.parse().unwrap_or(3),
             "--batch" => a.batch = v.parse().unwrap_or(1),
             "--save" => a.save = Some(v),
+            "--warmup" => a.warmup = v != "0",
             _ => {
                 i += 1; // `cargo bench` passes `--bench`
                 continue;

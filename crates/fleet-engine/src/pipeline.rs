@@ -23,6 +23,9 @@ pub enum ModelSource {
     Tiny,
     /// A mid-sized random SDXL-shaped model, for benchmarks (`random-medium`).
     RandomMedium,
+    /// Random weights in the full SDXL-base shapes (`random-sdxl`, ~14 GB in f32), for
+    /// benchmarks without a download.
+    RandomSdxl,
     /// A local diffusers-layout folder.
     Dir(PathBuf),
     /// A Hugging Face Hub repository id.
@@ -38,6 +41,7 @@ impl std::str::FromStr for ModelSource {
         Ok(match s {
             "tiny" => Self::Tiny,
             "random-medium" => Self::RandomMedium,
+            "random-sdxl" => Self::RandomSdxl,
             _ => {
                 let p = Path::new(s);
                 let looks_like_hub = s.matches('/').count() == 1
@@ -276,6 +280,7 @@ impl Pipeline {
         let mut p = match source {
             ModelSource::Tiny => Self::random(RandomPreset::Tiny, device, dtype)?,
             ModelSource::RandomMedium => Self::random(RandomPreset::Medium, device, dtype)?,
+            ModelSource::RandomSdxl => Self::random(RandomPreset::Sdxl, device, dtype)?,
             ModelSource::Dir(dir) => {
                 let mut files = ModelFiles::from_dir(dir, prefer_fp16)?;
                 if let Some(u) = &opts.unet_override {
@@ -421,6 +426,21 @@ impl Pipeline {
                     ..VaeConfig::sdxl()
                 };
                 (c1, c2, u, vc, "random-medium")
+            }
+            RandomPreset::Sdxl => {
+                let c1 = ClipTextConfig {
+                    vocab_size: v,
+                    ..ClipTextConfig::sdxl_encoder1()
+                };
+                let c2 = ClipTextConfig {
+                    vocab_size: v,
+                    ..ClipTextConfig::sdxl_encoder2()
+                };
+                let vc = VaeConfig {
+                    force_upcast: false,
+                    ..VaeConfig::sdxl()
+                };
+                (c1, c2, UNetConfig::sdxl_base(), vc, "random-sdxl")
             }
         };
         let rvb =
@@ -749,6 +769,8 @@ pub fn read_latents(path: &Path) -> Result<Tensor> {
 pub enum RandomPreset {
     Tiny,
     Medium,
+    /// SDXL-base shapes (the vocabulary is the tiny one).
+    Sdxl,
 }
 
 /// [B, 3, H, W] f32 in [0, 1] → RGB images (`round(x·255)`, as diffusers' `numpy_to_pil`).
