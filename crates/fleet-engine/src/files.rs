@@ -92,6 +92,16 @@ impl ModelFiles {
     /// Resolve a diffusers-layout folder (`model_index.json`, `unet/`, `vae/`,
     /// `text_encoder/`, `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`, `scheduler/`).
     pub fn from_dir(dir: &Path, prefer_fp16: bool) -> Result<Self> {
+        Self::from_dir_with_unet(dir, prefer_fp16, None)
+    }
+
+    /// Like [`ModelFiles::from_dir`], with the UNet weights taken from `unet_weights` when
+    /// given (then the folder's own UNet weights need not exist; `unet/config.json` must).
+    pub fn from_dir_with_unet(
+        dir: &Path,
+        prefer_fp16: bool,
+        unet_weights: Option<&Path>,
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(missing(
                 "model folder",
@@ -106,12 +116,15 @@ impl ModelFiles {
             name: dir.display().to_string(),
             model_index: Some(model_index),
             unet_config: existing(dir.join("unet/config.json"), "unet")?,
-            unet_weights: component_weights(
-                &dir.join("unet"),
-                "diffusion_pytorch_model",
-                prefer_fp16,
-                "unet",
-            )?,
+            unet_weights: match unet_weights {
+                Some(u) => vec![u.to_path_buf()],
+                None => component_weights(
+                    &dir.join("unet"),
+                    "diffusion_pytorch_model",
+                    prefer_fp16,
+                    "unet",
+                )?,
+            },
             vae_config: existing(dir.join("vae/config.json"), "vae")?,
             vae_weights: component_weights(
                 &dir.join("vae"),

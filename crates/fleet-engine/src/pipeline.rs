@@ -282,10 +282,11 @@ impl Pipeline {
             ModelSource::RandomMedium => Self::random(RandomPreset::Medium, device, dtype)?,
             ModelSource::RandomSdxl => Self::random(RandomPreset::Sdxl, device, dtype)?,
             ModelSource::Dir(dir) => {
-                let mut files = ModelFiles::from_dir(dir, prefer_fp16)?;
-                if let Some(u) = &opts.unet_override {
-                    files.unet_weights = vec![u.clone()];
-                }
+                let files = ModelFiles::from_dir_with_unet(
+                    dir,
+                    prefer_fp16,
+                    opts.unet_override.as_deref(),
+                )?;
                 Self::from_files(&files, device, dtype)?
             }
             ModelSource::Hub(id) => {

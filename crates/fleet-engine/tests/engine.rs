@@ -642,3 +642,50 @@ fn generate_command_writes_files() {
         Err(EngineError::Device(_))
     ));
 }
+
+#[test]
+fn base_folder_without_unet_weights_loads_with_a_unet_file() {
+    // SDXL base downloaded without its UNet weights + a Lightning UNet file.
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixture_model();
+    for entry in [
+        "model_index.json",
+        "scheduler",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "vae",
+        "unet",
+    ] {
+        let src = m.join(entry);
+        let dst = dir.path().join(entry);
+        if src.is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+            for f in std::fs::read_dir(&src).unwrap() {
+                let f = f.unwrap().path();
+                if !f.ends_with("diffusion_pytorch_model.safetensors") || entry != "unet" {
+                    std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+                }
+            }
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+    let src = ModelSource::Dir(dir.path().to_path_buf());
+    match Pipeline::load(&src, &Device::Cpu, DType::F32) {
+        Err(e @ EngineError::MissingFile { .. }) => assert!(e.to_string().contains("unet"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let opts = LoadOptions {
+        unet_override: Some(m.join("unet/diffusion_pytorch_model.safetensors")),
+        ..Default::default()
+    };
+    let p = Pipeline::load_with(&src, &Device::Cpu, DType::F32, &opts).unwrap();
+    let r = GenerateRequest {
+        width: 64,
+        height: 64,
+        ..GenerateRequest::new("a cat")
+    };
+    assert_eq!(p.generate(&r, &mut |_| {}).unwrap().images.len(), 1);
+}
