@@ -615,19 +615,11 @@ impl Pipeline {
             if n == 1 {
                 return Ok(t.clone());
             }
-            let mut dims = t.dims().to_vec();
+            let mut reps = vec![1usize; t.rank()];
+            reps[0] = n;
             let rows: Vec<Tensor> = (0..t.dim(0)?)
-                .map(|i| {
-                    t.narrow(0, i, 1)?.repeat(
-                        &{
-                            let mut r = vec![1usize; t.rank()];
-                            r[0] = n;
-                            r
-                        }[..],
-                    )
-                })
+                .map(|i| t.narrow(0, i, 1)?.repeat(&reps[..]))
                 .collect::<candle_core::Result<_>>()?;
-            dims[0] *= n;
             Tensor::cat(&rows, 0)
         };
         let (embeds, pooled) = (
@@ -655,7 +647,7 @@ impl Pipeline {
         } else {
             (embeds, pooled)
         };
-        // Force the lazy work to finish before stopping the clock.
+        // GPU kernels run asynchronously: wait for them before reading the clock.
         self.device.synchronize().ctx("sync")?;
         let text_encode = t0.elapsed();
 
