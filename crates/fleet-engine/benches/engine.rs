@@ -6,6 +6,7 @@
 //! cargo bench -p fleet-engine --bench engine -- --model DIR --size 1024 --steps 4 --runs 2
 //! ```
 //! Each model runs in its own child process so its peak RSS (VmHWM) is its own.
+//! `--only tiny --save out.png` also writes the images.
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ struct Args {
     steps: usize,
     runs: usize,
     batch: usize,
+    save: Option<String>,
+    warmup: bool,
 }
 
 fn parse() -> Args {
@@ -27,6 +30,8 @@ fn parse() -> Args {
         steps: 4,
         runs: 3,
         batch: 1,
+        save: None,
+        warmup: true,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut size: Option<usize> = None;
@@ -41,6 +46,8 @@ fn parse() -> Args {
             "--steps" => a.steps = v.parse().unwrap_or(4),
             "--runs" => a.runs = v.parse().unwrap_or(3),
             "--batch" => a.batch = v.parse().unwrap_or(1),
+            "--save" => a.save = Some(v),
+            "--warmup" => a.warmup = v != "0",
             _ => {
                 i += 1; // `cargo bench` passes `--bench`
                 continue;
@@ -91,6 +98,10 @@ fn run_one(model: &str, size: usize, a: &Args) {
     let (mut te, mut dn, mut vd) = (0.0, 0.0, 0.0);
     for _ in 0..a.runs {
         let out = pipe.generate(&req, &mut |_| {}).expect("generate");
+        if let Some(path) = &a.save {
+            let pt = pipe.scheduler.prediction_type.to_string();
+            fleet_engine::save_images(path.as_ref(), &out.images, &req, &pipe.model_name, &pt, 90).expect("save");
+        }
         te += secs(out.timings.text_encode);
         dn += secs(out.timings.denoise);
         vd += secs(out.timings.vae_decode);

@@ -258,7 +258,7 @@ impl ClipTextModel {
         self.position_embedding.device()
     }
 
-    /// Run the encoder on `ids` ([B][T] token ids, T ≤ max_position_embeddings).
+    /// Run the encoder on `ids` (`B` rows of `T` token ids, `T ≤ max_position_embeddings`).
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<ClipOutput> {
         let b = ids.len();
         let t = ids.first().map(|v| v.len()).unwrap_or(0);

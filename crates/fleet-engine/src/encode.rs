@@ -240,7 +240,9 @@ pub fn png_text_chunks(png: &[u8]) -> Vec<(String, String)> {
     while pos + 12 <= png.len() {
         let len = u32::from_be_bytes([png[pos], png[pos + 1], png[pos + 2], png[pos + 3]]) as usize;
         let kind = &png[pos + 4..pos + 8];
-        let Some(data) = png.get(pos + 8..pos + 8 + len) else { break };
+        let Some(data) = png.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
         if (kind == b"tEXt" || kind == b"iTXt")
             && let Some(z) = data.iter().position(|&b| b == 0)
         {

@@ -71,6 +71,12 @@ impl ModelFiles {
     /// Resolve a diffusers-layout folder (`model_index.json`, `unet/`, `vae/`,
     /// `text_encoder/`, `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`, `scheduler/`).
     pub fn from_dir(dir: &Path, prefer_fp16: bool) -> Result<Self> {
+        Self::from_dir_with_unet(dir, prefer_fp16, None)
+    }
+
+    /// Like [`ModelFiles::from_dir`], with the UNet weights taken from `unet_weights` when
+    /// given (then the folder's own UNet weights need not exist; `unet/config.json` must).
+    pub fn from_dir_with_unet(dir: &Path, prefer_fp16: bool, unet_weights: Option<&Path>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(missing(
                 "model folder",
@@ -85,7 +91,10 @@ impl ModelFiles {
             name: dir.display().to_string(),
             model_index: Some(model_index),
             unet_config: existing(dir.join("unet/config.json"), "unet")?,
-            unet_weights: component_weights(&dir.join("unet"), "diffusion_pytorch_model", prefer_fp16, "unet")?,
+            unet_weights: match unet_weights {
+                Some(u) => vec![u.to_path_buf()],
+                None => component_weights(&dir.join("unet"), "diffusion_pytorch_model", prefer_fp16, "unet")?,
+            },
             vae_config: existing(dir.join("vae/config.json"), "vae")?,
             vae_weights: component_weights(&dir.join("vae"), "diffusion_pytorch_model", prefer_fp16, "vae")?,
             text_encoder_config: existing(dir.join("text_encoder/config.json"), "text_encoder")?,
@@ -123,22 +132,33 @@ pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) 
     let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
     let cache = Cache::from_env();
     let api = if offline { None } else { ApiBuilder::from_env().with_progress(false).build().ok() };
-    let mut missing: Vec<String> = Vec::new();
-    let mut first_error: Option<String> = None;
-    let mut get = |repo: &str, file: &str| -> Option<PathBuf> {
+    let missing = std::cell::RefCell::new(Vec::<String>::new());
+    let first_error = std::cell::RefCell::new(None::<String>);
+    // After a transport failure (no network) stop trying: one clear error, no long waits.
+    let network_down = std::cell::Cell::new(false);
+    let fetch = |repo: &str, file: &str| -> Option<PathBuf> {
         if let Some(p) = cache.model(repo.to_string()).get(file) {
             return Some(p);
         }
-        if let Some(api) = &api {
-            match api.model(repo.to_string()).get(file) {
-                Ok(p) => return Some(p),
-                Err(e) => {
-                    first_error.get_or_insert_with(|| e.to_string());
+        let api = api.as_ref().filter(|_| !network_down.get())?;
+        match api.model(repo.to_string()).get(file) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let msg = e.to_string();
+                if !msg.contains("status code") {
+                    network_down.set(true);
                 }
+                first_error.borrow_mut().get_or_insert(msg);
+                None
             }
         }
-        missing.push(format!("{repo}/{file}"));
-        None
+    };
+    let get = |repo: &str, file: &str| -> Option<PathBuf> {
+        let p = fetch(repo, file);
+        if p.is_none() {
+            missing.borrow_mut().push(format!("{repo}/{file}"));
+        }
+        p
     };
     let lightning = repo_id == LIGHTNING_REPO;
     let base = if lightning { SDXL_BASE_REPO } else { repo_id };
@@ -164,23 +184,22 @@ pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) 
         let vocab = get(base, &format!("{t}/vocab.json"));
         let _ = get(base, &format!("{t}/merges.txt"));
         // Optional files: only used when present.
-        let _ = cache.model(base.to_string()).get(&format!("{t}/tokenizer_config.json")).or_else(|| {
-            api.as_ref().and_then(|a| a.model(base.to_string()).get(&format!("{t}/tokenizer_config.json")).ok())
-        });
-        let _ = cache.model(base.to_string()).get(&format!("{t}/special_tokens_map.json")).or_else(|| {
-            api.as_ref().and_then(|a| a.model(base.to_string()).get(&format!("{t}/special_tokens_map.json")).ok())
-        });
+        let _ = fetch(base, &format!("{t}/tokenizer_config.json"));
+        let _ = fetch(base, &format!("{t}/special_tokens_map.json"));
         tok_dirs.push(vocab.and_then(|p| p.parent().map(Path::to_path_buf)));
     }
     let sched = get(base, "scheduler/scheduler_config.json");
+    let missing = missing.into_inner();
+    let first_error = first_error.into_inner();
     if !missing.is_empty() {
         let reason = if offline {
             "HF_HUB_OFFLINE is set and they are not in the Hugging Face cache".to_string()
         } else {
             format!(
-                "they are not in the Hugging Face cache ({}) and downloading failed: {}",
+                "they are not in the Hugging Face cache ({}) and downloading failed: {}{}",
                 cache.path().display(),
-                first_error.unwrap_or_else(|| "no network client".into())
+                first_error.unwrap_or_else(|| "no network client".into()),
+                if Path::new(repo_id).exists() { "" } else { " (there is no local folder of that name either)" }
             )
         };
         return Err(EngineError::Hub { repo: repo_id.to_string(), missing: missing.join(", "), message: reason });

@@ -16,6 +16,7 @@ pub mod clip;
 pub mod encode;
 pub mod error;
 pub mod files;
+pub mod job;
 pub mod pipeline;
 pub mod random;
 pub mod rng;
@@ -28,6 +29,7 @@ pub mod vae;
 pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths, save_images};
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
+pub use job::{GenerateCommand, GenerateReport};
 pub use pipeline::{
     GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds, RandomPreset,
     TensorOutput, Timings, default_dtype, parse_device, read_latents,

@@ -23,6 +23,9 @@ pub enum ModelSource {
     Tiny,
     /// A mid-sized random SDXL-shaped model, for benchmarks (`random-medium`).
     RandomMedium,
+    /// Random weights in the full SDXL-base shapes (`random-sdxl`, ~14 GB in f32), for
+    /// benchmarks without a download.
+    RandomSdxl,
     /// A local diffusers-layout folder.
     Dir(PathBuf),
     /// A Hugging Face Hub repository id.
@@ -38,6 +41,7 @@ impl std::str::FromStr for ModelSource {
         Ok(match s {
             "tiny" => Self::Tiny,
             "random-medium" => Self::RandomMedium,
+            "random-sdxl" => Self::RandomSdxl,
             _ => {
                 let p = Path::new(s);
                 let looks_like_hub =
@@ -242,20 +246,18 @@ impl Pipeline {
     }
 
     pub fn load_with(source: &ModelSource, device: &Device, dtype: DType, opts: &LoadOptions) -> Result<Self> {
-        if device.is_cpu() && dtype != DType::F32 {
+        if device.is_cpu() && !matches!(dtype, DType::F32 | DType::F16) {
             return Err(EngineError::Device(format!(
-                "{dtype:?} is not supported on the CPU (its conv kernels need f32); use f32 or a GPU device"
+                "{dtype:?} is not supported on the CPU (candle has no CPU {dtype:?} convolution); use f32 or a GPU device"
             )));
         }
         let prefer_fp16 = opts.prefer_fp16_variant.unwrap_or(dtype == DType::F16);
         let mut p = match source {
             ModelSource::Tiny => Self::random(RandomPreset::Tiny, device, dtype)?,
             ModelSource::RandomMedium => Self::random(RandomPreset::Medium, device, dtype)?,
+            ModelSource::RandomSdxl => Self::random(RandomPreset::Sdxl, device, dtype)?,
             ModelSource::Dir(dir) => {
-                let mut files = ModelFiles::from_dir(dir, prefer_fp16)?;
-                if let Some(u) = &opts.unet_override {
-                    files.unet_weights = vec![u.clone()];
-                }
+                let files = ModelFiles::from_dir_with_unet(dir, prefer_fp16, opts.unet_override.as_deref())?;
                 Self::from_files(&files, device, dtype)?
             }
             ModelSource::Hub(id) => {
@@ -378,6 +380,12 @@ impl Pipeline {
                     ..VaeConfig::sdxl()
                 };
                 (c1, c2, u, vc, "random-medium")
+            }
+            RandomPreset::Sdxl => {
+                let c1 = ClipTextConfig { vocab_size: v, ..ClipTextConfig::sdxl_encoder1() };
+                let c2 = ClipTextConfig { vocab_size: v, ..ClipTextConfig::sdxl_encoder2() };
+                let vc = VaeConfig { force_upcast: false, ..VaeConfig::sdxl() };
+                (c1, c2, UNetConfig::sdxl_base(), vc, "random-sdxl")
             }
         };
         let rvb = |k: u64| crate::random::random_var_builder(TINY_SEED.wrapping_add(k), dtype, device);
@@ -529,19 +537,10 @@ impl Pipeline {
             if n == 1 {
                 return Ok(t.clone());
             }
-            let mut dims = t.dims().to_vec();
-            let rows: Vec<Tensor> = (0..t.dim(0)?)
-                .map(|i| {
-                    t.narrow(0, i, 1)?.repeat(
-                        &{
-                            let mut r = vec![1usize; t.rank()];
-                            r[0] = n;
-                            r
-                        }[..],
-                    )
-                })
-                .collect::<candle_core::Result<_>>()?;
-            dims[0] *= n;
+            let mut reps = vec![1usize; t.rank()];
+            reps[0] = n;
+            let rows: Vec<Tensor> =
+                (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)?.repeat(&reps[..])).collect::<candle_core::Result<_>>()?;
             Tensor::cat(&rows, 0)
         };
         let (embeds, pooled) = (repeat(&pos.embeds).ctx("repeat")?, repeat(&pos.pooled).ctx("repeat")?);
@@ -557,7 +556,7 @@ impl Pipeline {
         } else {
             (embeds, pooled)
         };
-        // Force the lazy work to finish before stopping the clock.
+        // GPU kernels run asynchronously: wait for them before reading the clock.
         self.device.synchronize().ctx("sync")?;
         let text_encode = t0.elapsed();
 
@@ -639,6 +638,8 @@ pub fn read_latents(path: &Path) -> Result<Tensor> {
 pub enum RandomPreset {
     Tiny,
     Medium,
+    /// SDXL-base shapes (the vocabulary is the tiny one).
+    Sdxl,
 }
 
 /// [B, 3, H, W] f32 in [0, 1] → RGB images (`round(x·255)`, as diffusers' `numpy_to_pil`).
@@ -664,4 +665,29 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<image::RgbImage>> {
             image::RgbImage::from_raw(w as u32, h as u32, px).ok_or_else(|| EngineError::Image("buffer size".into()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Pipeline>();
+        assert_send_sync::<GenerateRequest>();
+        assert_send_sync::<GenerateOutput>();
+    }
+
+    #[test]
+    fn seeds_are_seed_plus_index_in_prompt_major_order() {
+        let r = GenerateRequest {
+            prompts: vec!["a".into(), "b".into()],
+            num_images: 3,
+            seed: u64::MAX - 1,
+            ..GenerateRequest::default()
+        };
+        assert_eq!(r.batch_size(), 6);
+        assert_eq!(r.seeds(), vec![u64::MAX - 1, u64::MAX, 0, 1, 2, 3]);
+    }
 }

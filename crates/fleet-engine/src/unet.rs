@@ -267,8 +267,9 @@ impl Attention {
         let v = self.to_v.forward(ctx)?.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
         let dtype = q.dtype();
         let scale = 1.0 / (hd as f64).sqrt();
-        // Scores and softmax in f32 (diffusers' SDPA accumulates in f32 too).
-        let w = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? * scale)?;
+        // q·kᵀ in the model dtype (tensor cores on GPUs; the matmul accumulates in f32), the
+        // softmax in f32, as diffusers' SDPA does.
+        let w = (q * scale)?.matmul(&k.t()?)?.to_dtype(DType::F32)?;
         let w = candle_nn::ops::softmax_last_dim(&w)?.to_dtype(dtype)?;
         let o = w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.to_out.forward(&o)

@@ -150,22 +150,100 @@ fn missing_model_folder_and_components_are_named() {
     assert!(matches!(Pipeline::load(&ModelSource::Tiny, &Device::Cpu, DType::BF16), Err(EngineError::Device(_))));
 }
 
+/// Lay out `files` (repo path → source file) as the Hugging Face cache does for `repo`.
+fn fake_hub_repo(home: &std::path::Path, repo: &str, files: &[(&str, std::path::PathBuf)]) {
+    let dir = home.join("hub").join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(dir.join("refs")).unwrap();
+    std::fs::write(dir.join("refs/main"), "0123456789abcdef").unwrap();
+    for (name, src) in files {
+        let dst = dir.join("snapshots/0123456789abcdef").join(name);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, dst).unwrap();
+    }
+}
+
 #[test]
-fn offline_hub_gives_one_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    unsafe_env(dir.path());
-    let err = Pipeline::load_with(
-        &"ByteDance/SDXL-Lightning".parse().unwrap(),
-        &Device::Cpu,
-        DType::F32,
-        &LoadOptions::default(),
-    )
-    .unwrap_err();
+fn hub_ids_resolve_through_the_cache_and_offline_gives_one_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    unsafe_env(home.path());
+    let lightning: ModelSource = "ByteDance/SDXL-Lightning".parse().unwrap();
+    let err = Pipeline::load_with(&lightning, &Device::Cpu, DType::F32, &LoadOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, EngineError::Hub { .. }), "{msg}");
     assert!(msg.contains("sdxl_lightning_4step_unet.safetensors"), "{msg}");
     assert!(msg.contains("stabilityai/stable-diffusion-xl-base-1.0/text_encoder_2/model.safetensors"), "{msg}");
+    assert!(msg.contains("madebyollin/sdxl-vae-fp16-fix/diffusion_pytorch_model.safetensors"), "{msg}");
     assert!(msg.contains("--model DIR"), "{msg}");
+
+    // Fill a Hugging Face cache with the fixture model under the real repository names: the
+    // default recipe (SDXL base + Lightning UNet file + fp16-fix VAE) then loads offline.
+    let m = fixture_model();
+    let mut base = vec![
+        ("model_index.json", m.join("model_index.json")),
+        ("scheduler/scheduler_config.json", m.join("scheduler/scheduler_config.json")),
+        ("unet/config.json", m.join("unet/config.json")),
+    ];
+    for c in ["text_encoder", "text_encoder_2"] {
+        base.push((
+            if c == "text_encoder" { "text_encoder/config.json" } else { "text_encoder_2/config.json" },
+            m.join(c).join("config.json"),
+        ));
+        base.push((
+            if c == "text_encoder" { "text_encoder/model.safetensors" } else { "text_encoder_2/model.safetensors" },
+            m.join(c).join("model.safetensors"),
+        ));
+    }
+    for (t, names) in [
+        ("tokenizer", ["tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json"]),
+        ("tokenizer_2", ["tokenizer_2/vocab.json", "tokenizer_2/merges.txt", "tokenizer_2/tokenizer_config.json"]),
+    ] {
+        for n in names {
+            base.push((n, m.join(t).join(n.rsplit('/').next().unwrap())));
+        }
+    }
+    fake_hub_repo(home.path(), "stabilityai/stable-diffusion-xl-base-1.0", &base);
+    fake_hub_repo(
+        home.path(),
+        "ByteDance/SDXL-Lightning",
+        &[
+            ("sdxl_lightning_4step_unet.safetensors", m.join("unet/diffusion_pytorch_model.safetensors")),
+            ("sdxl_lightning_1step_unet_x0.safetensors", m.join("unet/diffusion_pytorch_model.safetensors")),
+        ],
+    );
+    fake_hub_repo(
+        home.path(),
+        "madebyollin/sdxl-vae-fp16-fix",
+        &[
+            ("config.json", m.join("vae/config.json")),
+            ("diffusion_pytorch_model.safetensors", m.join("vae/diffusion_pytorch_model.safetensors")),
+        ],
+    );
+    let p = Pipeline::load(&lightning, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(p.model_name, "ByteDance/SDXL-Lightning");
+    assert_eq!(p.scheduler.prediction_type, PredictionType::Epsilon);
+    assert_eq!(p.tokenizer_2.pad_id, 0);
+    let out = p
+        .generate(&GenerateRequest { width: 64, height: 64, steps: 4, ..GenerateRequest::new("a cat") }, &mut |_| {})
+        .unwrap();
+    assert_eq!(out.images[0].dimensions(), (64, 64));
+    // `--unet` with a bare file name picks that Lightning file; `_x0` means sample prediction.
+    let opts =
+        LoadOptions { unet_override: Some("sdxl_lightning_1step_unet_x0.safetensors".into()), ..Default::default() };
+    let p1 = Pipeline::load_with(&lightning, &Device::Cpu, DType::F32, &opts).unwrap();
+    assert_eq!(p1.scheduler.prediction_type, PredictionType::Sample);
+    // A plain diffusers-layout repository id.
+    let all: Vec<(&str, std::path::PathBuf)> = base
+        .iter()
+        .cloned()
+        .chain([
+            ("unet/diffusion_pytorch_model.safetensors", m.join("unet/diffusion_pytorch_model.safetensors")),
+            ("vae/config.json", m.join("vae/config.json")),
+            ("vae/diffusion_pytorch_model.safetensors", m.join("vae/diffusion_pytorch_model.safetensors")),
+        ])
+        .collect();
+    fake_hub_repo(home.path(), "someone/tiny-sdxl", &all);
+    let p2 = Pipeline::load(&"someone/tiny-sdxl".parse().unwrap(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(p2.unet.config.block_out_channels, vec![32, 32, 64]);
 }
 
 #[allow(unsafe_code)]
@@ -267,4 +345,64 @@ fn latents_file_and_saving_images() {
     let text = fleet_engine::encode::png_text_chunks(&bytes);
     assert!(text.iter().any(|(k, v)| k == "parameters" && v.contains("Seed: 12")), "{text:?}");
     assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), out.images[1]);
+}
+
+#[test]
+fn generate_command_writes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = fleet_engine::GenerateCommand {
+        prompts: vec!["a cat".into(), "a dog".into()],
+        model: "tiny".into(),
+        width: 64,
+        height: 48,
+        seed: 5,
+        out: dir.path().join("pic.jpg"),
+        ..Default::default()
+    };
+    let mut n = 0;
+    let rep = cmd.run(&mut |_| n += 1).unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(rep.seeds, vec![5, 6]);
+    assert_eq!(rep.paths, vec![dir.path().join("pic_0.jpg"), dir.path().join("pic_1.jpg")]);
+    for p in &rep.paths {
+        assert_eq!(image::open(p).unwrap().to_rgb8().dimensions(), (64, 48));
+    }
+    let bad = fleet_engine::GenerateCommand { out: dir.path().join("pic.gif"), ..cmd.clone() };
+    assert!(matches!(bad.run(&mut |_| {}), Err(EngineError::InvalidRequest(_))));
+    let bad_dev = fleet_engine::GenerateCommand { device: "tpu".into(), ..cmd };
+    assert!(matches!(bad_dev.run(&mut |_| {}), Err(EngineError::Device(_))));
+}
+
+#[test]
+fn base_folder_without_unet_weights_loads_with_a_unet_file() {
+    // SDXL base downloaded without its UNet weights + a Lightning UNet file.
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixture_model();
+    for entry in
+        ["model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "unet"]
+    {
+        let src = m.join(entry);
+        let dst = dir.path().join(entry);
+        if src.is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+            for f in std::fs::read_dir(&src).unwrap() {
+                let f = f.unwrap().path();
+                if !f.ends_with("diffusion_pytorch_model.safetensors") || entry != "unet" {
+                    std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+                }
+            }
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+    let src = ModelSource::Dir(dir.path().to_path_buf());
+    match Pipeline::load(&src, &Device::Cpu, DType::F32) {
+        Err(e @ EngineError::MissingFile { .. }) => assert!(e.to_string().contains("unet"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let opts =
+        LoadOptions { unet_override: Some(m.join("unet/diffusion_pytorch_model.safetensors")), ..Default::default() };
+    let p = Pipeline::load_with(&src, &Device::Cpu, DType::F32, &opts).unwrap();
+    let r = GenerateRequest { width: 64, height: 64, ..GenerateRequest::new("a cat") };
+    assert_eq!(p.generate(&r, &mut |_| {}).unwrap().images.len(), 1);
 }

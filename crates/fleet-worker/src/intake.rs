@@ -1,0 +1,132 @@
+//! Deliveries → jobs waiting for a batch, each holding the one acker of its message.
+
+use std::time::Instant;
+
+use fleet_core::validate::new_job_id;
+use fleet_core::{FleetConfig, JobSpec, ValidJob};
+use lapin::acker::Acker;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
+
+use crate::batching::Waiting;
+
+/// Tenant of a job published straight onto the queue with neither a body `tenant` nor a header.
+pub const ANONYMOUS_TENANT: &str = "anonymous";
+
+/// A validated job waiting in this worker, with the means to settle its message exactly once.
+#[derive(Debug)]
+pub struct Pending {
+    pub job: ValidJob,
+    pub arrived: Instant,
+    pub trace_id: String,
+    /// Earlier deliveries of this message (`x-delivery-count`, set by quorum queues).
+    pub delivery_count: u32,
+    acker: Option<Acker>,
+}
+
+impl Waiting for Pending {
+    fn spec(&self) -> &JobSpec {
+        self.job.spec()
+    }
+    fn arrived(&self) -> Instant {
+        self.arrived
+    }
+}
+
+/// A message that is not a valid job: it is rejected (to the dead-letter queue), never retried.
+#[derive(Debug)]
+pub struct Refused {
+    pub id: Option<uuid::Uuid>,
+    pub tenant: Option<String>,
+    pub model: Option<String>,
+    pub reason: String,
+    pub acker: Acker,
+}
+
+/// Reads and validates a delivery. Ids and seeds missing from directly-published jobs are filled
+/// in here, as the dispatcher would have.
+pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Refused> {
+    let trace_id = fleet_queue::message::header_str(&delivery.properties, fleet_queue::message::HEADER_TRACE_ID)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let delivery_count = delivery_count(&delivery);
+    let spec = match fleet_queue::message::decode(&delivery.data, &delivery.properties) {
+        Ok(spec) => spec,
+        Err(err) => {
+            return Err(Refused {
+                id: None,
+                tenant: None,
+                model: None,
+                reason: format!("unreadable job: {err}"),
+                acker: delivery.acker,
+            });
+        }
+    };
+    let (id, tenant, model) = (spec.id, spec.tenant.clone(), Some(spec.model.clone()));
+    let limits = config.limits_for(&spec.model);
+    match spec.validate(&limits) {
+        Ok(job) => {
+            let tenant = job.spec().tenant.clone().unwrap_or_else(|| ANONYMOUS_TENANT.to_owned());
+            let job = job.assign(&tenant, new_job_id, || rand::random::<u64>() >> 11);
+            Ok(Pending { job, arrived: Instant::now(), trace_id, delivery_count, acker: Some(delivery.acker) })
+        }
+        Err(errors) => {
+            Err(Refused { id, tenant, model, reason: format!("invalid job: {errors}"), acker: delivery.acker })
+        }
+    }
+}
+
+fn delivery_count(delivery: &Delivery) -> u32 {
+    let headers = delivery.properties.headers().as_ref();
+    match headers.and_then(|h| h.inner().get("x-delivery-count")) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl Pending {
+    pub fn id(&self) -> uuid::Uuid {
+        self.job.spec().id.unwrap_or_default()
+    }
+
+    /// The effect is durable: remove the message from the queue.
+    pub async fn ack(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            if let Err(err) = acker.ack(BasicAckOptions::default()).await {
+                // The broker will redeliver; the job's keys and status are idempotent, so that is safe.
+                tracing::warn!(job = %self.id(), error = %err, "ack failed; the job may run again");
+            }
+        }
+    }
+
+    /// Give the message back for another worker (transient failure, shutdown).
+    pub async fn requeue(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            if let Err(err) = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await {
+                tracing::warn!(job = %self.id(), error = %err, "nack failed; the broker redelivers when the channel closes");
+            }
+        }
+    }
+
+    /// Send the message to the dead-letter queue.
+    pub async fn dead_letter(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+
+    /// Whether the message is still unsettled.
+    pub fn is_open(&self) -> bool {
+        self.acker.is_some()
+    }
+}
+
+impl Refused {
+    pub async fn dead_letter(self) {
+        let _ = self.acker.reject(BasicRejectOptions { requeue: false }).await;
+    }
+}

@@ -1,0 +1,19 @@
+//! The lightning-fleet worker: keeps its models warm, pulls jobs from RabbitMQ, runs them in
+//! compatible batches through fleet-engine, uploads the images and records status — acking a
+//! message only once its effect (images in storage, status in Redis) is durable.
+//!
+//! - [`batching`]: the batching policy, a pure function;
+//! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
+//! - [`models`]: the loaded pipelines;
+//! - [`runner`]: running one batch end to end;
+//! - [`heartbeat`]: liveness and counters in Redis;
+//! - [`worker`]: the consume loop and graceful shutdown.
+
+pub mod batching;
+pub mod heartbeat;
+pub mod intake;
+pub mod models;
+pub mod runner;
+pub mod worker;
+
+pub use worker::{Worker, WorkerError, WorkerOptions};

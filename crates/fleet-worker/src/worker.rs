@@ -1,0 +1,233 @@
+//! The consume loop: deliveries in, batches out, graceful drain on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleet_core::{ErrorCode, FleetConfig, JobError};
+use fleet_queue::{Broker, QueueError, Topology};
+use fleet_status::{BatchInfo, StatusError, StatusStore};
+use fleet_storage::ImageStore;
+use futures::StreamExt as _;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::batching::{BatchPolicy, next_batch};
+use crate::heartbeat::Liveness;
+use crate::intake::{Pending, Refused, receive};
+use crate::models::{ModelError, Models};
+use crate::runner::{RunContext, Stats, run_batch};
+
+/// How often the loop looks for a batch to run while deliveries are quiet.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Why a worker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error(transparent)]
+    Storage(#[from] fleet_storage::StorageError),
+    #[error("RabbitMQ consumer failed: {0}")]
+    Consume(lapin::Error),
+    #[error("model loading thread failed: {0}")]
+    Join(String),
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Models to serve (names from `[models]`).
+    pub models: Vec<String>,
+    /// Worker id in heartbeats and status records (default: host name + random suffix).
+    pub id: Option<String>,
+}
+
+/// A running worker's parts.
+pub struct Worker {
+    ctx: Arc<RunContext>,
+    broker: Arc<Broker>,
+    liveness: Arc<Liveness>,
+    policy: BatchPolicy,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.ctx.worker_id).finish_non_exhaustive()
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl Worker {
+    /// Loads the models (once), connects to Redis, S3 and RabbitMQ and declares the topology.
+    pub async fn start(config: FleetConfig, options: WorkerOptions) -> Result<Worker, WorkerError> {
+        let config = Arc::new(config);
+        let names = options.models.clone();
+        let load_cfg = config.clone();
+        let models = tokio::task::spawn_blocking(move || Models::load(&load_cfg, &names))
+            .await
+            .map_err(|e| WorkerError::Join(e.to_string()))??;
+        let status = Arc::new(StatusStore::connect(&config.redis).await?);
+        let store = Arc::new(ImageStore::from_config(&config.s3).await?);
+        let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
+        let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await?);
+        let host = host_name();
+        let id = options.id.unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let stats = Arc::new(Stats::default());
+        let liveness = Arc::new(Liveness {
+            id: id.clone(),
+            host,
+            models: models.names(),
+            device: models.device_name.clone(),
+            started_at: Utc::now(),
+            stats: stats.clone(),
+            current_batch: std::sync::Mutex::new(None),
+        });
+        let policy = BatchPolicy {
+            max_images: config.worker.max_batch_images,
+            max_pixel_steps: config.worker.max_batch_pixel_steps,
+            deadline: Duration::from_millis(config.worker.batch_deadline_ms),
+        };
+        let ctx = Arc::new(RunContext { worker_id: id, config, status, store, models: Arc::new(models), stats });
+        Ok(Worker { ctx, broker, liveness, policy })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Consumes until `shutdown` is cancelled, then finishes the running batch, hands every
+    /// waiting job back to the queue and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let beat_stop = CancellationToken::new();
+        let beat = tokio::spawn(crate::heartbeat::run(
+            self.ctx.status.clone(),
+            self.liveness.clone(),
+            Duration::from_secs(self.ctx.config.worker.heartbeat_interval_secs),
+            beat_stop.clone(),
+        ));
+        let result = self.consume(shutdown).await;
+        beat_stop.cancel();
+        let _ = beat.await;
+        result
+    }
+
+    async fn consume(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let channel = self.broker.channel().await?;
+        // Prefetch bounds how many messages wait here: enough to fill a batch and start the next.
+        let prefetch = u16::try_from(self.policy.max_images.saturating_mul(2)).unwrap_or(u16::MAX);
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(WorkerError::Consume)?;
+        let mut streams = Vec::new();
+        for model in self.ctx.models.names() {
+            for priority in fleet_queue::topology::PRIORITIES {
+                let Some(queue) = self.broker.topology().queue_for(&model, priority) else { continue };
+                let tag = format!("{}:{}", self.ctx.worker_id, queue.name);
+                let consumer = channel
+                    .basic_consume(&queue.name, &tag, BasicConsumeOptions::default(), FieldTable::default())
+                    .await
+                    .map_err(WorkerError::Consume)?;
+                streams.push(consumer);
+            }
+        }
+        let mut deliveries = futures::stream::select_all(streams);
+        let mut waiting: Vec<Pending> = Vec::new();
+        tracing::info!(worker = %self.ctx.worker_id, models = ?self.ctx.models.names(), "worker consuming");
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                delivery = deliveries.next() => match delivery {
+                    Some(Ok(delivery)) => match receive(delivery, &self.ctx.config) {
+                        Ok(pending) => waiting.push(pending),
+                        Err(refused) => self.refuse(refused).await,
+                    },
+                    Some(Err(e)) => {
+                        hand_back(&mut waiting).await;
+                        return Err(WorkerError::Consume(e));
+                    }
+                    None => {
+                        hand_back(&mut waiting).await;
+                        return Err(WorkerError::Consume(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)));
+                    }
+                },
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), false) {
+                let batch = take(&mut waiting, indices);
+                self.run_one(batch, &shutdown).await;
+            }
+        }
+        tracing::info!(worker = %self.ctx.worker_id, waiting = waiting.len(), "shutting down: handing waiting jobs back");
+        hand_back(&mut waiting).await;
+        let _ = channel.close(200, "worker shutting down").await;
+        Ok(())
+    }
+
+    /// Runs a batch; on shutdown it gets `worker.drain_timeout_secs` to finish, then its unsettled
+    /// messages go back to the queue when the channel closes.
+    async fn run_one(&self, batch: Vec<Pending>, shutdown: &CancellationToken) {
+        let info = BatchInfo {
+            job_ids: batch.iter().map(Pending::id).collect(),
+            images: batch.iter().map(|p| p.job.spec().num_images).sum(),
+            started_at: Utc::now(),
+        };
+        let started = Instant::now();
+        self.liveness.set_batch(Some(info.clone()));
+        let ctx = self.ctx.clone();
+        let drain = Duration::from_secs(self.ctx.config.worker.drain_timeout_secs);
+        let work = run_batch(&ctx, batch);
+        tokio::pin!(work);
+        tokio::select! {
+            _ = &mut work => {}
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(jobs = ?info.job_ids, "drain deadline passed; abandoning the batch (its messages are redelivered)");
+            }
+        }
+        self.liveness.set_batch(None);
+        tracing::info!(
+            jobs = info.job_ids.len(),
+            images = info.images,
+            seconds = started.elapsed().as_secs_f64(),
+            "batch done"
+        );
+    }
+
+    /// A message that is not a valid job: record why (when it names a job) and dead-letter it.
+    async fn refuse(&self, refused: Refused) {
+        tracing::warn!(reason = %refused.reason, "refusing message");
+        if let Some(id) = refused.id {
+            let error = JobError::new(ErrorCode::InvalidSpec, refused.reason.clone());
+            let _ = self
+                .ctx
+                .status
+                .update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) })
+                .await;
+        }
+        refused.dead_letter().await;
+    }
+}
+
+fn take(waiting: &mut Vec<Pending>, mut indices: Vec<usize>) -> Vec<Pending> {
+    indices.sort_unstable_by(|a, b| b.cmp(a));
+    let mut batch: Vec<Pending> = indices.into_iter().map(|i| waiting.swap_remove(i)).collect();
+    batch.sort_by_key(|p| p.arrived);
+    batch
+}
+
+async fn hand_back(waiting: &mut Vec<Pending>) {
+    for mut job in waiting.drain(..) {
+        job.requeue().await;
+    }
+}

@@ -1,0 +1,258 @@
+//! The whole fleet: HTTP dispatcher → RabbitMQ → tiny-model workers → SeaweedFS, status in Redis.
+
+use std::time::{Duration, Instant};
+
+use fleet_core::{FleetConfig, JobStatus};
+use fleet_e2e::{E2E_KEY, fleet_binary, isolated_config};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Fleet {
+    base: String,
+    http: reqwest::Client,
+    stops: Vec<CancellationToken>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    config: FleetConfig,
+}
+
+impl Fleet {
+    async fn start(config: FleetConfig, workers: usize) -> Fleet {
+        let mut fleet = Fleet { base: String::new(), http: reqwest::Client::new(), stops: vec![], tasks: vec![], config };
+        let app = fleet_dispatcher::App::connect(fleet.config.clone()).await.expect("dispatcher connects");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        fleet.base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        fleet.tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move { fleet_dispatcher::serve(app, listener, stop).await.unwrap() }
+        }));
+        fleet.stops.push(stop);
+        for _ in 0..workers {
+            fleet.add_worker().await;
+        }
+        fleet
+    }
+
+    async fn add_worker(&mut self) {
+        let options = fleet_worker::WorkerOptions { models: vec!["tiny".into()], id: None };
+        let worker = fleet_worker::Worker::start(self.config.clone(), options).await.expect("worker starts");
+        let stop = CancellationToken::new();
+        self.tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move { worker.run(stop).await.unwrap() }
+        }));
+        self.stops.push(stop);
+    }
+
+    async fn stop(self) {
+        for s in &self.stops {
+            s.cancel();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn submit(&self, job: Value) -> JobStatus {
+        let resp = self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(E2E_KEY).json(&job).send().await.unwrap();
+        assert!(resp.status().is_success(), "submit: {}", resp.text().await.unwrap_or_default());
+        resp.json().await.unwrap()
+    }
+
+    async fn status(&self, id: uuid::Uuid) -> JobStatus {
+        let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
+        resp.json().await.unwrap()
+    }
+
+    async fn cancel(&self, id: uuid::Uuid) {
+        self.http.delete(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
+    }
+
+    /// Polls until every job is final, or panics after `limit`.
+    async fn wait_all(&self, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
+        let started = Instant::now();
+        loop {
+            let mut all = Vec::new();
+            for id in ids {
+                all.push(self.status(*id).await);
+            }
+            if all.iter().all(|s| s.state.is_terminal()) {
+                return all;
+            }
+            let pending: Vec<_> = all.iter().filter(|s| !s.state.is_terminal()).map(|s| (s.id, s.state)).collect();
+            assert!(started.elapsed() < limit, "jobs not final after {limit:?}: {pending:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn tiny_job(i: usize) -> Value {
+    json!({"prompt": format!("tiny test image {i}"), "model": "tiny", "width": 64, "height": 64 + 8 * (i % 2),
+           "steps": 2, "seed": 1000 + i as u64 * 7, "num_images": 1 + (i % 3), "priority": if i % 4 == 0 { "bulk" } else { "interactive" }})
+}
+
+/// Every job succeeds, every image is in S3 with the right size, format and parameters, and its
+/// pixels equal what the engine gives for the same job on its own (what `fleet generate` runs).
+async fn check_results(config: &FleetConfig, statuses: &[JobStatus], jobs: &[Value]) {
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let cpu = fleet_engine::candle_core::Device::Cpu;
+    let engine = fleet_engine::Pipeline::load(&fleet_engine::ModelSource::Tiny, &cpu, fleet_engine::candle_core::DType::F32).unwrap();
+    for (status, job) in statuses.iter().zip(jobs) {
+        assert_eq!(status.state, fleet_core::JobState::Succeeded, "{status:?}");
+        let spec = fleet_core::parse_job(&job.to_string()).unwrap();
+        assert_eq!(status.result.len() as u32, spec.num_images);
+        assert!(status.attempts >= 1 && status.worker.is_some() && status.finished_at.is_some());
+        let expected = engine.generate(&fleet_worker::runner::job_request(&spec), &mut |_| {}).unwrap().images;
+        for (i, r) in status.result.iter().enumerate() {
+            assert_eq!(r.seed, spec.seed.unwrap() + i as u64);
+            let object = store.get(&r.key).await.unwrap().expect("object stored");
+            assert_eq!(object.body.len() as u64, r.bytes);
+            assert!(String::from_utf8_lossy(&object.body).contains(&spec.prompt), "parameters embedded in the PNG");
+            let decoded = image::load_from_memory_with_format(&object.body, image::ImageFormat::Png).unwrap().to_rgb8();
+            assert_eq!((decoded.width(), decoded.height()), (spec.width, spec.height));
+            assert!(decoded == expected[i], "job {} image {i}: pixels differ from a direct engine run", status.id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_flow_through_one_then_two_workers_and_match_direct_generation() {
+    let config = isolated_config();
+    let mut fleet = Fleet::start(config.clone(), 1).await;
+    let n = std::env::var("FLEET_E2E_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(24usize);
+    let jobs: Vec<Value> = (0..n).map(tiny_job).collect();
+    let mut ids = Vec::new();
+    for job in &jobs[..n / 2] {
+        ids.push(fleet.submit(job.clone()).await.id);
+    }
+    let first = fleet.wait_all(&ids, Duration::from_secs(240)).await;
+    check_results(&config, &first, &jobs[..n / 2]).await;
+    fleet.add_worker().await;
+    let mut more = Vec::new();
+    for job in &jobs[n / 2..] {
+        more.push(fleet.submit(job.clone()).await.id);
+    }
+    let second = fleet.wait_all(&more, Duration::from_secs(240)).await;
+    check_results(&config, &second, &jobs[n / 2..]).await;
+    let workers: std::collections::BTreeSet<_> = second.iter().filter_map(|s| s.worker.clone()).collect();
+    eprintln!("second half served by {} worker(s)", workers.len());
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_queued_job_stops_it_and_not_its_neighbours() {
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 0).await;
+    let a = fleet.submit(tiny_job(1)).await.id;
+    let b = fleet.submit(tiny_job(2)).await.id;
+    let c = fleet.submit(tiny_job(3)).await.id;
+    fleet.cancel(b).await;
+    let mut fleet = fleet;
+    fleet.add_worker().await;
+    let statuses = fleet.wait_all(&[a, b, c], Duration::from_secs(120)).await;
+    let states: Vec<_> = statuses.iter().map(|s| s.state).collect();
+    use fleet_core::JobState::*;
+    assert_eq!(states, [Succeeded, Cancelled, Succeeded]);
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let keys = store.list(&format!("{}/e2e/{b}/", config.s3.prefix)).await.unwrap();
+    assert!(keys.is_empty(), "a cancelled job stores nothing: {keys:?}");
+    fleet.stop().await;
+}
+
+/// A worker process killed with SIGKILL mid-run: another worker completes every job, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
+    let bin = fleet_binary();
+    assert!(bin.exists(), "{} missing: run the whole workspace's tests (scripts/test.sh) so cargo builds it", bin.display());
+    let mut config = isolated_config();
+    config.worker.max_batch_images = 2;
+    let dir = std::env::temp_dir().join(format!("fleet-e2e-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("fleet.toml");
+    let mut file_config = config.clone();
+    file_config.http.listen = "127.0.0.1:0".into();
+    std::fs::write(&config_file, toml_of(&file_config)).unwrap();
+
+    let mut fleet = Fleet::start(config.clone(), 0).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let mut job = tiny_job(i);
+        job["width"] = json!(256);
+        job["height"] = json!(256);
+        job["steps"] = json!(8);
+        ids.push(fleet.submit(job).await.id);
+    }
+    let spawn = || {
+        std::process::Command::new(&bin)
+            .args(["--config", config_file.to_str().unwrap(), "worker", "--model", "tiny"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start fleet worker")
+    };
+    let mut victim = spawn();
+    // Kill it once it is working on something.
+    let started = Instant::now();
+    loop {
+        let statuses: Vec<JobStatus> = futures::future::join_all(ids.iter().map(|id| fleet.status(*id))).await;
+        if statuses.iter().any(|s| s.state == fleet_core::JobState::Running) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the worker process never started a job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
+    fleet.add_worker().await;
+    let statuses = fleet.wait_all(&ids, Duration::from_secs(300)).await;
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    for s in &statuses {
+        assert_eq!(s.state, fleet_core::JobState::Succeeded, "{s:?}");
+        let keys = store.list(&format!("{}/e2e/{}/", config.s3.prefix, s.id)).await.unwrap();
+        assert_eq!(keys.len() as u32, s.progress.images_total, "exactly one result set for {}: {keys:?}", s.id);
+    }
+    let retried = statuses.iter().filter(|s| s.attempts > 1).count();
+    eprintln!("{retried} job(s) were taken over after the kill");
+    fleet.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIGTERM: the worker stops taking work, finishes or hands back its batch and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_cleanly() {
+    let bin = fleet_binary();
+    assert!(bin.exists(), "{} missing: run scripts/test.sh", bin.display());
+    let config = isolated_config();
+    let dir = std::env::temp_dir().join(format!("fleet-e2e-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("fleet.toml");
+    std::fs::write(&config_file, toml_of(&config)).unwrap();
+    let fleet = Fleet::start(config.clone(), 0).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(fleet.submit(tiny_job(i)).await.id);
+    }
+    let mut worker = std::process::Command::new(&bin)
+        .args(["--config", config_file.to_str().unwrap(), "worker", "--model", "tiny"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = worker.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let exit = tokio::task::spawn_blocking(move || worker.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "worker exit after SIGTERM: {exit:?}");
+    // Whatever it did not finish is back on the queue: another worker completes everything.
+    let mut fleet = fleet;
+    fleet.add_worker().await;
+    let statuses = fleet.wait_all(&ids, Duration::from_secs(240)).await;
+    assert!(statuses.iter().all(|s| s.state == fleet_core::JobState::Succeeded));
+    fleet.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn toml_of(config: &FleetConfig) -> String {
+    toml::to_string(config).expect("configuration serialises to TOML")
+}
