@@ -317,6 +317,11 @@ async fn local_store_same_behaviour() {
         store.get(&keys[0]).await.unwrap().unwrap().body
     );
 
+    // Listing never leaves the root.
+    for outside in ["/", "/etc/", "../", "images/../../", "./images/"] {
+        assert!(store.list(outside).await.unwrap().is_empty(), "{outside}");
+    }
+
     // Names the store keeps for itself are refused as keys.
     for reserved in ["images/a/.hidden.png", "images/a/0.png.json"] {
         let err = store.put(reserved, vec![1], "image/png", &meta(Uuid::now_v7(), 0)).await.unwrap_err();
