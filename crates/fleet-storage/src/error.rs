@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use fleet_core::ErrorCode;
 
 /// A boxed error from the S3 client, kept as the `source` of [`StorageError::Unavailable`].
@@ -129,6 +129,23 @@ impl StorageError {
     }
 }
 
+/// `outer: cause: root cause`, from the `Display` of each error in the chain (the SDK's own
+/// `DisplayErrorContext` appends a `Debug` dump, too noisy for logs and job errors).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        // Some layers repeat their cause's text; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 fn target(bucket: &str, key: Option<&str>) -> String {
     match key {
         Some(key) => format!("`{key}` in bucket `{bucket}`"),
@@ -173,7 +190,7 @@ impl Ctx {
         };
         match &err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                let detail = DisplayErrorContext(&err).to_string();
+                let detail = error_chain(&err);
                 Failure::Error(unavailable(detail, Box::new(err)))
             }
             SdkError::ConstructionFailure(_) => {
@@ -184,7 +201,7 @@ impl Ctx {
                     op,
                     key,
                     status: None,
-                    detail: DisplayErrorContext(&err).to_string(),
+                    detail: error_chain(&err),
                 })
             }
             SdkError::ServiceError(service) => {
@@ -220,7 +237,7 @@ impl Ctx {
             }
             _ => {
                 // `SdkError` is non-exhaustive; an unknown kind is safest treated as transient.
-                let detail = DisplayErrorContext(&err).to_string();
+                let detail = error_chain(&err);
                 Failure::Error(unavailable(detail, Box::new(err)))
             }
         }

@@ -164,7 +164,9 @@ impl LocalStore {
                 Some(i) => (&prefix[..i], root.join(&prefix[..i])),
                 None => ("", root.clone()),
             };
-            if dir_part.split('/').any(|s| s == ".." || s.starts_with('.')) && !dir_part.is_empty() {
+            // No valid key lies under an absolute, empty, `.`/`..` or hidden segment; refusing
+            // them here also keeps the walk inside the root (`root.join("/etc")` is `/etc`).
+            if !dir_part.is_empty() && dir_part.split('/').any(|s| s.is_empty() || s.starts_with('.')) {
                 return Ok(Vec::new());
             }
             let mut keys = Vec::new();

@@ -317,6 +317,11 @@ async fn local_store_same_behaviour() {
         store.get(&keys[0]).await.unwrap().unwrap().body
     );
 
+    // Listing never leaves the root.
+    for outside in ["/", "/etc/", "../", "images/../../", "./images/"] {
+        assert!(store.list(outside).await.unwrap().is_empty(), "{outside}");
+    }
+
     // Names the store keeps for itself are refused as keys.
     for reserved in ["images/a/.hidden.png", "images/a/0.png.json"] {
         let err = store.put(reserved, vec![1], "image/png", &meta(Uuid::now_v7(), 0)).await.unwrap_err();
@@ -395,4 +400,22 @@ async fn local_store_check_fails_on_unusable_directory() {
     assert!(matches!(err, StorageError::Io { .. }), "{err}");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
     assert_eq!(err.code(), ErrorCode::StorageUnavailable);
+}
+
+#[tokio::test]
+async fn local_dir_from_fleet_config_selects_the_local_store() {
+    use fleet_core::config::{ConfigSources, FleetConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let sources = ConfigSources {
+        overrides: vec![format!("s3.local_dir={}", dir.path().join("imgs").display())],
+        ..ConfigSources::default()
+    };
+    let cfg = FleetConfig::load(&sources).unwrap();
+    assert_eq!(cfg.s3.local_dir.as_deref(), Some(dir.path().join("imgs").as_path()));
+    let store = ImageStore::from_config(&cfg.s3).await.unwrap();
+    assert!(matches!(store, ImageStore::Local(_)), "{store}");
+    store.check().await.unwrap();
+    assert!(dir.path().join("imgs").is_dir());
+    // Without it, the default configuration is an S3 store.
+    assert!(FleetConfig::default().s3.local_dir.is_none());
 }
