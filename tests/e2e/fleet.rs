@@ -17,7 +17,8 @@ struct Fleet {
 
 impl Fleet {
     async fn start(config: FleetConfig, workers: usize) -> Fleet {
-        let mut fleet = Fleet { base: String::new(), http: reqwest::Client::new(), stops: vec![], tasks: vec![], config };
+        let mut fleet =
+            Fleet { base: String::new(), http: reqwest::Client::new(), stops: vec![], tasks: vec![], config };
         let app = fleet_dispatcher::App::connect(fleet.config.clone()).await.expect("dispatcher connects");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         fleet.base = format!("http://{}", listener.local_addr().unwrap());
@@ -37,10 +38,14 @@ impl Fleet {
         let options = fleet_worker::WorkerOptions { models: vec!["tiny".into()], id: None };
         let worker = fleet_worker::Worker::start(self.config.clone(), options).await.expect("worker starts");
         let stop = CancellationToken::new();
-        self.tasks.push(tokio::spawn({
+        // Worker::run is driven on its own thread (as `fleet worker` drives it with block_on);
+        // its I/O still runs on this test's runtime.
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::spawn({
             let stop = stop.clone();
-            async move { worker.run(stop).await.unwrap() }
-        }));
+            move || handle.block_on(worker.run(stop)).unwrap()
+        });
+        self.tasks.push(tokio::task::spawn_blocking(move || thread.join().unwrap()));
         self.stops.push(stop);
     }
 
@@ -54,7 +59,8 @@ impl Fleet {
     }
 
     async fn submit(&self, job: Value) -> JobStatus {
-        let resp = self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(E2E_KEY).json(&job).send().await.unwrap();
+        let resp =
+            self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(E2E_KEY).json(&job).send().await.unwrap();
         assert!(resp.status().is_success(), "submit: {}", resp.text().await.unwrap_or_default());
         resp.json().await.unwrap()
     }
@@ -96,7 +102,9 @@ fn tiny_job(i: usize) -> Value {
 async fn check_results(config: &FleetConfig, statuses: &[JobStatus], jobs: &[Value]) {
     let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
     let cpu = fleet_engine::candle_core::Device::Cpu;
-    let engine = fleet_engine::Pipeline::load(&fleet_engine::ModelSource::Tiny, &cpu, fleet_engine::candle_core::DType::F32).unwrap();
+    let engine =
+        fleet_engine::Pipeline::load(&fleet_engine::ModelSource::Tiny, &cpu, fleet_engine::candle_core::DType::F32)
+            .unwrap();
     for (status, job) in statuses.iter().zip(jobs) {
         assert_eq!(status.state, fleet_core::JobState::Succeeded, "{status:?}");
         let spec = fleet_core::parse_job(&job.to_string()).unwrap();
@@ -163,7 +171,11 @@ async fn cancelling_a_queued_job_stops_it_and_not_its_neighbours() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     let bin = fleet_binary();
-    assert!(bin.exists(), "{} missing: run the whole workspace's tests (scripts/test.sh) so cargo builds it", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run the whole workspace's tests (scripts/test.sh) so cargo builds it",
+        bin.display()
+    );
     let mut config = isolated_config();
     config.worker.max_batch_images = 2;
     let dir = std::env::temp_dir().join(format!("fleet-e2e-{}", uuid::Uuid::now_v7().simple()));

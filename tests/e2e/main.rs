@@ -2,3 +2,4 @@
 //! `scripts/services.sh` starts (the README's test command runs it first).
 
 mod connectivity;
+mod fleet;

@@ -52,3 +52,40 @@ pub fn s3_client() -> aws_sdk_s3::Client {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
+
+/// A fleet configuration pointing at the test services, with queue and key names no other test uses
+/// and the tiny model only. Images go to the test bucket under a unique prefix.
+pub fn isolated_config() -> fleet_core::FleetConfig {
+    use fleet_core::config::{ApiKeyConfig, ModelConfig};
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut cfg = fleet_core::FleetConfig::default();
+    cfg.rabbitmq.url = amqp_url();
+    cfg.redis.url = redis_url();
+    cfg.rabbitmq.exchange = format!("e2e-{tag}.jobs");
+    cfg.rabbitmq.queue_prefix = format!("e2e-{tag}");
+    cfg.rabbitmq.dead_letter_exchange = format!("e2e-{tag}.dlx");
+    cfg.rabbitmq.dead_letter_queue = format!("e2e-{tag}.dead");
+    cfg.redis.key_prefix = format!("e2e-{tag}");
+    cfg.s3.endpoint = s3_endpoint();
+    cfg.s3.bucket = s3_bucket();
+    cfg.s3.prefix = format!("e2e-{tag}");
+    cfg.s3.access_key_id = var("FLEET_TEST_S3_ACCESS_KEY", "fleet-test-access");
+    cfg.s3.secret_access_key = var("FLEET_TEST_S3_SECRET_KEY", "fleet-test-secret");
+    cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
+    cfg.http.api_keys = vec![ApiKeyConfig { key: E2E_KEY.into(), tenant: "e2e".into(), admin: true }];
+    cfg.worker.batch_deadline_ms = 20;
+    cfg.worker.heartbeat_interval_secs = 1;
+    cfg.redis.heartbeat_ttl_secs = 5;
+    cfg
+}
+
+/// The API key of [`isolated_config`].
+pub const E2E_KEY: &str = "e2e-test-key-0001";
+
+/// The `fleet` binary of this build (cargo builds it for `cargo test --workspace`).
+pub fn fleet_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/e2e-<hash> → target/debug/fleet
+    let dir = exe.parent().and_then(|deps| deps.parent()).map(std::path::Path::to_path_buf).unwrap_or_default();
+    dir.join("fleet")
+}

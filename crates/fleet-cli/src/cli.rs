@@ -32,8 +32,12 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the effective configuration (all layers applied), secrets masked.
     Config(ConfigArgs),
+    /// Generate images on this machine with the engine (no fleet needed).
+    Generate(GenerateArgs),
     /// Run the HTTP API (dispatcher) until SIGINT/SIGTERM.
     Dispatcher,
+    /// Run a worker: pull jobs for the given models, generate, upload, report status.
+    Worker(WorkerArgs),
     /// Submit jobs to the dispatcher (from flags or a JSONL file); `--wait` follows them to the end.
     Submit(SubmitArgs),
     /// Show one job's status.
@@ -91,6 +95,40 @@ pub struct GenerationArgs {
     /// LoRA from the workers' library, `name` or `name:scale` (repeatable).
     #[arg(long = "lora", value_name = "NAME[:SCALE]")]
     pub loras: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// Replacement UNet weights (e.g. sdxl_lightning_4step_unet.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub unet: Option<PathBuf>,
+    /// safetensors file with a float32 `latents` tensor [batch, 4, H/8, W/8] of unit-variance noise.
+    #[arg(long, value_name = "FILE")]
+    pub latents: Option<PathBuf>,
+    /// Override the scheduler's prediction type: epsilon or sample (the 1-step x0 UNet).
+    #[arg(long)]
+    pub prediction_type: Option<String>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// JPEG quality.
+    #[arg(long, default_value_t = 90)]
+    pub quality: u8,
+    /// Output image (.png, .jpg, .webp); several images become `<stem>_<i>.<ext>`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Model to serve (repeatable; names from the configuration's [models]). Default: every configured model.
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// Worker id in heartbeats and status records.
+    #[arg(long)]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]

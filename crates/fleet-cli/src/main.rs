@@ -16,7 +16,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => cmd::validate::run(&cli, args),
         Command::Config(args) => cmd::config::run(&cli, args),
+        Command::Generate(args) => cmd::generate::run(&cli, args),
         Command::Dispatcher => cmd::dispatcher::run(&cli),
+        Command::Worker(args) => cmd::worker::run(&cli, args),
         Command::Submit(args) => cmd::submit::run(&cli, args),
         Command::Status(args) => cmd::jobs::status(&cli, args),
         Command::Wait(args) => cmd::jobs::wait(&cli, args),

@@ -123,36 +123,6 @@ pub fn job_request(spec: &fleet_core::JobSpec) -> GenerateRequest {
     }
 }
 
-/// The engine request of a batch: one prompt per image, each with its own seed, so every image
-/// gets the noise `fleet generate` would give it (image i of a job uses seed + i).
-pub fn engine_request(jobs: &[&fleet_core::JobSpec]) -> GenerateRequest {
-    if let [one] = jobs {
-        return job_request(one);
-    }
-    let first = jobs[0];
-    let mut prompts = Vec::new();
-    let mut seeds = Vec::new();
-    for spec in jobs {
-        for i in 0..spec.num_images {
-            prompts.push(spec.prompt.clone());
-            seeds.push(spec.seed.unwrap_or_default().wrapping_add(u64::from(i)));
-        }
-    }
-    GenerateRequest {
-        prompts,
-        negative_prompt: first.negative_prompt.clone(),
-        steps: first.steps as usize,
-        guidance: f64::from(first.guidance),
-        width: first.width as usize,
-        height: first.height as usize,
-        seed: seeds[0],
-        seeds: Some(seeds),
-        num_images: 1,
-        prediction_type: None,
-        latents: None,
-    }
-}
-
 /// Reasons a job cannot run on this worker at all, before any compute.
 fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> {
     if models.get(&spec.model).is_none() {
@@ -187,21 +157,22 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
     if runnable.is_empty() {
         return;
     }
+    if runnable.len() > 1 {
+        // A batch shares its model, size and steps, but each job gets its own forward pass: a
+        // forward over several jobs differs from a single run by float rounding (≈1e-4 on CPU),
+        // which flips some 8-bit pixels, and a job must give the same pixels as `fleet generate`.
+        for job in runnable {
+            Box::pin(generate_and_finish(ctx, vec![job])).await;
+        }
+        return;
+    }
     let model = runnable[0].job.spec().model.clone();
     let Some(pipeline) = ctx.models.get(&model) else { return };
-    let specs: Vec<&fleet_core::JobSpec> = runnable.iter().map(|j| j.job.spec()).collect();
-    let request = engine_request(&specs);
-    match generate(ctx, pipeline.clone(), request.clone(), &runnable).await {
+    let request = job_request(runnable[0].job.spec());
+    match generate(ctx, pipeline.clone(), request, &runnable).await {
         Ok(images) => finish(ctx, runnable, images, &model, &pipeline).await,
-        Err(err) if runnable.len() > 1 => {
-            // One bad job must not fail its neighbours: run each alone (this also splits an OOM batch).
-            tracing::warn!(error = %err, jobs = runnable.len(), "batch failed; rerunning its jobs one by one");
-            for job in runnable {
-                Box::pin(generate_and_finish(ctx, vec![job])).await;
-            }
-        }
         Err(err) => {
-            let mut job = runnable.into_iter().next().expect("one job");
+            let Some(mut job) = runnable.into_iter().next() else { return };
             let outcome = match classify(&err) {
                 Some(code) if code.retryable() && job.delivery_count < ctx.config.rabbitmq.delivery_limit => {
                     Outcome::Requeue(err.to_string())

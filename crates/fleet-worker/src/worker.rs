@@ -129,17 +129,23 @@ impl Worker {
         // Prefetch bounds how many messages wait here: enough to fill a batch and start the next.
         let prefetch = u16::try_from(self.policy.max_images.saturating_mul(2)).unwrap_or(u16::MAX);
         channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(WorkerError::Consume)?;
+        let queues: Vec<String> = self
+            .ctx
+            .models
+            .names()
+            .iter()
+            .flat_map(|model| {
+                fleet_queue::topology::PRIORITIES
+                    .iter()
+                    .filter_map(|&p| self.broker.topology().queue_for(model, p).map(|q| q.name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let mut streams = Vec::new();
-        for model in self.ctx.models.names() {
-            for priority in fleet_queue::topology::PRIORITIES {
-                let Some(queue) = self.broker.topology().queue_for(&model, priority) else { continue };
-                let tag = format!("{}:{}", self.ctx.worker_id, queue.name);
-                let consumer = channel
-                    .basic_consume(&queue.name, &tag, BasicConsumeOptions::default(), FieldTable::default())
-                    .await
-                    .map_err(WorkerError::Consume)?;
-                streams.push(consumer);
-            }
+        for queue in queues {
+            let tag = format!("{}:{queue}", self.ctx.worker_id);
+            let consumer = consume_queue(channel.clone(), queue, tag).await?;
+            streams.push(consumer);
         }
         let mut deliveries = futures::stream::select_all(streams);
         let mut waiting: Vec<Pending> = Vec::new();
@@ -217,6 +223,14 @@ impl Worker {
         }
         refused.dead_letter().await;
     }
+}
+
+/// Starts a consumer; owned arguments keep the future `Send` for callers that spawn the worker.
+async fn consume_queue(channel: lapin::Channel, queue: String, tag: String) -> Result<lapin::Consumer, WorkerError> {
+    channel
+        .basic_consume(&queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(WorkerError::Consume)
 }
 
 fn take(waiting: &mut Vec<Pending>, mut indices: Vec<usize>) -> Vec<Pending> {

@@ -24,7 +24,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn cancel_on_signal(token: CancellationToken) {
+pub async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod dispatcher;
+pub mod generate;
 pub mod jobs;
 pub mod submit;
 pub mod validate;
+pub mod worker;
