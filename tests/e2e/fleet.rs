@@ -142,6 +142,14 @@ async fn jobs_flow_through_one_then_two_workers_and_match_direct_generation() {
     }
     let second = fleet.wait_all(&more, Duration::from_secs(240)).await;
     check_results(&config, &second, &jobs[n / 2..]).await;
+    // The images endpoint redirects to a presigned URL serving the stored bytes.
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let r = &second[0].result[0];
+    let url = format!("{}/v1/jobs/{}/images/0", fleet.base, second[0].id);
+    let via_api = fleet.http.get(&url).bearer_auth(E2E_KEY).send().await.unwrap();
+    assert!(via_api.status().is_success(), "{}", via_api.status());
+    let stored = store.get(&r.key).await.unwrap().unwrap().body;
+    assert_eq!(via_api.bytes().await.unwrap().as_ref(), stored.as_slice());
     let workers: std::collections::BTreeSet<_> = second.iter().filter_map(|s| s.worker.clone()).collect();
     eprintln!("second half served by {} worker(s)", workers.len());
     fleet.stop().await;

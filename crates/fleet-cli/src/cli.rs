@@ -48,6 +48,8 @@ pub enum Command {
     Cancel(JobArgs),
     /// List your jobs, newest first.
     Jobs(JobsArgs),
+    /// Download a finished job's images into a directory (`<DIR>/<job id>_<n>.<ext>`).
+    Download(DownloadArgs),
     /// Queue depths and counters (admin key).
     Queues(ServerArgs),
     /// Live workers from their heartbeats (admin key).
@@ -158,6 +160,17 @@ pub struct SubmitArgs {
 pub struct JobArgs {
     /// Job id.
     pub id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Job id.
+    pub id: String,
+    /// Directory to write into (created if missing).
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
     #[command(flatten)]
     pub server: ServerArgs,
 }

@@ -37,6 +37,19 @@ impl ApiClient {
         bail!("{method} {path}: HTTP {}: {}", status.as_u16(), describe_error(&value))
     }
 
+    /// The bytes behind an API path (following the redirect to storage).
+    pub async fn bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let resp =
+            self.http.get(&url).bearer_auth(&self.key).send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!("GET {path}: HTTP {}: {}", status.as_u16(), describe_error(&value));
+        }
+        Ok(resp.bytes().await.with_context(|| format!("reading {path}"))?.to_vec())
+    }
+
     /// Follows `/v1/jobs/{id}/events`, calling `on_event` with each event's JSON until the stream ends.
     pub async fn follow(&self, id: &str, mut on_event: impl FnMut(&str, &Value)) -> anyhow::Result<()> {
         let url = format!("{}/v1/jobs/{id}/events", self.base);

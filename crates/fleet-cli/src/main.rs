@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Wait(args) => cmd::jobs::wait(&cli, args),
         Command::Cancel(args) => cmd::jobs::cancel(&cli, args),
         Command::Jobs(args) => cmd::jobs::list(&cli, args),
+        Command::Download(args) => cmd::jobs::download(&cli, args),
         Command::Queues(args) => cmd::jobs::queues(&cli, args),
         Command::Workers(args) => cmd::jobs::workers(&cli, args),
     };

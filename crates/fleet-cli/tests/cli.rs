@@ -140,3 +140,48 @@ fn client_commands_without_a_key_say_how_to_give_one() {
     assert_eq!(code, 2);
     assert!(stderr.contains("no API key"), "{stderr}");
 }
+
+#[test]
+fn generate_with_the_tiny_model_writes_numbered_images_with_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cat.png");
+    let (code, stdout, stderr) = run(fleet()
+        .args([
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "a cli cat",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+        ])
+        .arg(&out));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for i in 0..2 {
+        let path = dir.path().join(format!("cat_{i}.png"));
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("a cli cat") && text.contains(&format!("Seed: {}", 5 + i)), "{}", path.display());
+    }
+}
+
+#[test]
+fn generate_offline_from_the_hub_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(fleet()
+        .args(["generate", "--prompt", "x", "--out", "x.png"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", dir.path()));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--model DIR"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -22,6 +22,8 @@ pub struct App {
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub depths: Arc<DepthCache>,
+    /// Where workers store images; the images endpoint redirects to (or streams from) it.
+    pub store: Arc<fleet_storage::ImageStore>,
 }
 
 impl App {
@@ -30,6 +32,7 @@ impl App {
         let status = StatusStore::connect(&config.redis).await.map_err(DispatcherError::Status)?;
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await.map_err(DispatcherError::Queue)?);
+        let store = fleet_storage::ImageStore::from_config(&config.s3).await.map_err(DispatcherError::Storage)?;
         let publisher = Publisher::new(broker.clone(), Duration::from_secs(config.rabbitmq.publish_timeout_secs));
         Ok(App {
             keys: Arc::new(ApiKeys::new(&config.http.api_keys)),
@@ -39,6 +42,7 @@ impl App {
             publisher: Arc::new(publisher),
             metrics: Arc::new(Metrics::default()),
             depths: Arc::new(DepthCache::default()),
+            store: Arc::new(store),
         })
     }
 }

@@ -82,6 +82,13 @@ impl From<fleet_status::StatusError> for ApiError {
     }
 }
 
+impl From<fleet_storage::StorageError> for ApiError {
+    fn from(err: fleet_storage::StorageError) -> ApiError {
+        let api = ApiError::new(err.code(), err.to_string());
+        if api.retryable { api.with_retry_after(5) } else { api }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

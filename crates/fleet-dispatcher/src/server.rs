@@ -11,6 +11,8 @@ pub enum DispatcherError {
     Status(fleet_status::StatusError),
     #[error("{0}")]
     Queue(fleet_queue::QueueError),
+    #[error("{0}")]
+    Storage(fleet_storage::StorageError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]

@@ -388,7 +388,7 @@ async fn every_documented_operation_is_served() {
         if path.ends_with("/events") {
             continue; // a stream; covered by its own test
         }
-        let path = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
+        let path = path.replace("{id}", &uuid::Uuid::now_v7().to_string()).replace("{n}", "0");
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (code, body) =
             server.call(method.clone(), &path, Some(ADMIN), Some(json!({"prompt": "doc", "model": "tiny"}))).await;

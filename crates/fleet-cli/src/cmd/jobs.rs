@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::cli::{Cli, JobArgs, JobsArgs, ServerArgs};
+use crate::cli::{Cli, DownloadArgs, JobArgs, JobsArgs, ServerArgs};
 use crate::client::ApiClient;
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
@@ -167,6 +167,27 @@ pub fn workers(cli: &Cli, args: &ServerArgs) -> anyhow::Result<ExitCode> {
                     w["last_seen"].as_str().unwrap_or("?")
                 );
             }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn download(cli: &Cli, args: &DownloadArgs) -> anyhow::Result<ExitCode> {
+    let client = cli.client(&args.server)?;
+    block_on(async {
+        let job = client.call(Method::GET, &format!("/v1/jobs/{}", args.id), None).await?;
+        let results = job["result"].as_array().cloned().unwrap_or_default();
+        if results.is_empty() {
+            anyhow::bail!("job {} has no images (state {})", args.id, job["state"].as_str().unwrap_or("?"));
+        }
+        std::fs::create_dir_all(&args.out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.out.display()))?;
+        for r in results {
+            let n = r["index"].as_u64().unwrap_or(0);
+            let ext = r["key"].as_str().and_then(|k| k.rsplit('.').next()).unwrap_or("png");
+            let bytes = client.bytes(&format!("/v1/jobs/{}/images/{n}", args.id)).await?;
+            let path = args.out.join(format!("{}_{n}.{ext}", args.id));
+            std::fs::write(&path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            println!("{}", path.display());
         }
         Ok(ExitCode::SUCCESS)
     })

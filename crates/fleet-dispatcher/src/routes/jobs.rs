@@ -178,3 +178,24 @@ pub async fn events(
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
+
+/// `GET /v1/jobs/{id}/images/{n}`: a redirect to a presigned S3 URL, or the bytes from a local store.
+pub async fn image(
+    State(app): State<App>,
+    caller: Caller,
+    Path((id, n)): Path<(String, u32)>,
+) -> Result<Response, ApiError> {
+    let status = visible_job(&app, &caller, &id).await?;
+    let Some(result) = status.result.iter().find(|r| r.index == n) else {
+        return Err(ApiError::not_found(format!("image {n} of job {} (state {})", status.id, status.state)));
+    };
+    if let fleet_storage::ImageStore::S3(_) = app.store.as_ref() {
+        let ttl = std::time::Duration::from_secs(app.config.s3.presign_ttl_secs);
+        if let Some(url) = app.store.presign_get(&result.key, ttl).await? {
+            return Ok(axum::response::Redirect::temporary(&url).into_response());
+        }
+    }
+    let object =
+        app.store.get(&result.key).await?.ok_or_else(|| ApiError::not_found(format!("object {}", result.key)))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, object.content_type)], object.body).into_response())
+}

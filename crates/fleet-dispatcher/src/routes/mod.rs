@@ -16,6 +16,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get_one).delete(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/jobs/{id}/images/{n}", get(jobs::image))
         .route("/v1/queues", get(ops::queues))
         .route("/v1/workers", get(ops::workers))
         .route("/healthz", get(ops::healthz))
