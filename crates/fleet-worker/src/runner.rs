@@ -60,7 +60,11 @@ pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
     let mut runnable = Vec::with_capacity(batch.len());
     for mut job in batch {
         match begin(ctx, &job).await {
-            Ok(true) => runnable.push(job),
+            Ok(true) => {
+                // The trace id came from the dispatcher (HTTP → AMQP header); it ties these logs to the request.
+                tracing::info!(job = %job.id(), trace_id = %job.trace_id, attempt = job.delivery_count + 1, "job started");
+                runnable.push(job)
+            }
             Ok(false) => job.ack().await,
             Err(reason) => {
                 tracing::warn!(job = %job.id(), %reason, "cannot start job; handing it back");
@@ -327,6 +331,7 @@ fn engine_format(format: fleet_core::ImageFormat) -> fleet_engine::ImageFormat {
 /// Writes the outcome to the status record and settles the message accordingly.
 async fn settle(ctx: &RunContext, job: &mut Pending, outcome: Outcome) {
     let id = job.id();
+    tracing::debug!(job = %id, trace_id = %job.trace_id, "settling");
     match outcome {
         Outcome::Settled => job.ack().await,
         Outcome::Fail(error) => {
