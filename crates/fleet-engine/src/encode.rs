@@ -78,7 +78,7 @@ impl GenerationParams {
             guidance: req.guidance,
             width: req.width,
             height: req.height,
-            seed: req.seeds().get(index).copied().unwrap_or_else(|| req.seed.wrapping_add(index as u64)),
+            seed: req.seed.wrapping_add(index as u64),
             model: model.to_string(),
             prediction_type: prediction_type.to_string(),
             sampler: "Euler (trailing)".into(),

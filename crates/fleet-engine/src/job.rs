@@ -79,7 +79,6 @@ impl GenerateCommand {
             width: self.width,
             height: self.height,
             seed: self.seed,
-            seeds: None,
             num_images: self.num_images,
             prediction_type: self.prediction_type,
             latents: self.latents.as_deref().map(read_latents).transpose()?,

@@ -81,10 +81,6 @@ pub struct GenerateRequest {
     pub height: usize,
     /// Image `i` (prompt-major order) uses seed `seed + i`.
     pub seed: u64,
-    /// Explicit per-image seeds (output order), overriding `seed + i`: a worker batching several
-    /// jobs gives each image the seed its own job would give it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seeds: Option<Vec<u64>>,
     pub num_images: usize,
     /// Overrides the model's prediction type for this request.
     #[serde(default)]
@@ -104,7 +100,6 @@ impl Default for GenerateRequest {
             width: 1024,
             height: 1024,
             seed: 0,
-            seeds: None,
             num_images: 1,
             prediction_type: None,
             latents: None,
@@ -122,10 +117,7 @@ impl GenerateRequest {
     }
     /// Seeds of each image, in output order.
     pub fn seeds(&self) -> Vec<u64> {
-        match &self.seeds {
-            Some(seeds) => seeds.clone(),
-            None => (0..self.batch_size() as u64).map(|i| self.seed.wrapping_add(i)).collect(),
-        }
+        (0..self.batch_size() as u64).map(|i| self.seed.wrapping_add(i)).collect()
     }
 }
 
@@ -465,11 +457,6 @@ impl Pipeline {
         }
         if req.num_images == 0 {
             return bad("num_images must be at least 1".into());
-        }
-        if let Some(seeds) = &req.seeds {
-            if seeds.len() != req.batch_size() {
-                return bad(format!("{} seeds given for {} images", seeds.len(), req.batch_size()));
-            }
         }
         if req.batch_size() > 256 {
             return bad(format!("{} images in one call is too many (at most 256)", req.batch_size()));

@@ -120,7 +120,6 @@ pub fn job_request(spec: &fleet_core::JobSpec) -> GenerateRequest {
         width: spec.width as usize,
         height: spec.height as usize,
         seed: spec.seed.unwrap_or_default(),
-        seeds: None,
         num_images: spec.num_images as usize,
         prediction_type: None,
         latents: None,

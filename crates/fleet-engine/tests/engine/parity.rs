@@ -144,7 +144,6 @@ fn run_case(name: &str) {
         width: c["width"].as_u64().unwrap() as usize,
         height: c["height"].as_u64().unwrap() as usize,
         seed: 0,
-        seeds: None,
         num_images: 1,
         prediction_type: c["prediction_type"].as_str().map(|s| s.parse::<PredictionType>().unwrap()),
         latents: Some(r(&format!("case.{name}.latents"))),
