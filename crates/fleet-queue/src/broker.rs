@@ -9,8 +9,12 @@ use tokio::sync::Mutex;
 
 use crate::{QueueError, Topology};
 
-/// How long connecting may take, all retries included, before the caller gets `Unavailable`.
-const CONNECT_BUDGET: Duration = Duration::from_secs(5);
+/// How long a reconnect on the request path may take, all retries included, before the caller gets
+/// `Unavailable`: a request should fail fast rather than hang on a dead broker.
+const RECONNECT_BUDGET: Duration = Duration::from_secs(5);
+/// How long the first connect at start-up may take. A busy 2-core machine (or a broker still booting)
+/// can need well over 5 s for the AMQP handshake plus quorum-queue declarations.
+const STARTUP_BUDGET: Duration = Duration::from_secs(30);
 
 /// A lazily (re)connected broker session with publisher confirms on and the topology declared.
 pub struct Broker {
@@ -39,7 +43,8 @@ impl Broker {
     /// Connects now and declares the topology; fails if the broker is unreachable.
     pub async fn connect(url: &str, topology: Topology) -> Result<Broker, QueueError> {
         let broker = Broker::new(url, topology);
-        broker.channel().await?;
+        let session = broker.connect_with_backoff(STARTUP_BUDGET).await?;
+        *broker.session.lock().await = Some(session);
         Ok(broker)
     }
 
@@ -63,7 +68,7 @@ impl Broker {
             tracing::warn!(url = %self.display_url(), "RabbitMQ connection lost; reconnecting");
         }
         *session = None;
-        let fresh = self.connect_with_backoff().await?;
+        let fresh = self.connect_with_backoff(RECONNECT_BUDGET).await?;
         let channel = fresh.channel.clone();
         *session = Some(fresh);
         Ok(channel)
@@ -76,11 +81,11 @@ impl Broker {
         }
     }
 
-    async fn connect_with_backoff(&self) -> Result<Session, QueueError> {
-        let deadline = tokio::time::Instant::now() + CONNECT_BUDGET;
+    async fn connect_with_backoff(&self, budget: Duration) -> Result<Session, QueueError> {
+        let deadline = tokio::time::Instant::now() + budget;
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.open_session().await {
+            match self.open_session(deadline).await {
                 Ok(session) => return Ok(session),
                 Err(err) if tokio::time::Instant::now() + delay >= deadline => return Err(err),
                 Err(err) => {
@@ -92,10 +97,10 @@ impl Broker {
         }
     }
 
-    async fn open_session(&self) -> Result<Session, QueueError> {
+    async fn open_session(&self, deadline: tokio::time::Instant) -> Result<Session, QueueError> {
         let unavailable = |source| QueueError::Unavailable { url: self.display_url(), source };
         let connect = Connection::connect(&self.url, ConnectionProperties::default());
-        let connection = match tokio::time::timeout(CONNECT_BUDGET, connect).await {
+        let connection = match tokio::time::timeout_at(deadline, connect).await {
             Ok(result) => result.map_err(unavailable)?,
             Err(_) => return Err(unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))),
         };
