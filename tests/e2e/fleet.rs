@@ -3,96 +3,11 @@
 use std::time::{Duration, Instant};
 
 use fleet_core::{FleetConfig, JobStatus};
+use fleet_e2e::fleet::Fleet;
 use fleet_e2e::{E2E_KEY, fleet_binary, isolated_config};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-struct Fleet {
-    base: String,
-    http: reqwest::Client,
-    stops: Vec<CancellationToken>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    config: FleetConfig,
-}
-
-impl Fleet {
-    async fn start(config: FleetConfig, workers: usize) -> Fleet {
-        let mut fleet =
-            Fleet { base: String::new(), http: reqwest::Client::new(), stops: vec![], tasks: vec![], config };
-        let app = fleet_dispatcher::App::connect(fleet.config.clone()).await.expect("dispatcher connects");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        fleet.base = format!("http://{}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        fleet.tasks.push(tokio::spawn({
-            let stop = stop.clone();
-            async move { fleet_dispatcher::serve(app, listener, stop).await.unwrap() }
-        }));
-        fleet.stops.push(stop);
-        for _ in 0..workers {
-            fleet.add_worker().await;
-        }
-        fleet
-    }
-
-    async fn add_worker(&mut self) {
-        let options = fleet_worker::WorkerOptions { models: vec!["tiny".into()], id: None };
-        let worker = fleet_worker::Worker::start(self.config.clone(), options).await.expect("worker starts");
-        let stop = CancellationToken::new();
-        // Worker::run is driven on its own thread (as `fleet worker` drives it with block_on);
-        // its I/O still runs on this test's runtime.
-        let handle = tokio::runtime::Handle::current();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || handle.block_on(worker.run(stop)).unwrap()
-        });
-        self.tasks.push(tokio::task::spawn_blocking(move || thread.join().unwrap()));
-        self.stops.push(stop);
-    }
-
-    async fn stop(self) {
-        for s in &self.stops {
-            s.cancel();
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
-
-    async fn submit(&self, job: Value) -> JobStatus {
-        let resp =
-            self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(E2E_KEY).json(&job).send().await.unwrap();
-        assert!(resp.status().is_success(), "submit: {}", resp.text().await.unwrap_or_default());
-        resp.json().await.unwrap()
-    }
-
-    async fn status(&self, id: uuid::Uuid) -> JobStatus {
-        let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
-        resp.json().await.unwrap()
-    }
-
-    async fn cancel(&self, id: uuid::Uuid) {
-        self.http.delete(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
-    }
-
-    /// Polls until every job is final, or panics after `limit`.
-    async fn wait_all(&self, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
-        let started = Instant::now();
-        loop {
-            let mut all = Vec::new();
-            for id in ids {
-                all.push(self.status(*id).await);
-            }
-            if all.iter().all(|s| s.state.is_terminal()) {
-                return all;
-            }
-            let pending: Vec<_> = all.iter().filter(|s| !s.state.is_terminal()).map(|s| (s.id, s.state)).collect();
-            assert!(started.elapsed() < limit, "jobs not final after {limit:?}: {pending:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-fn tiny_job(i: usize) -> Value {
+pub(crate) fn tiny_job(i: usize) -> Value {
     json!({"prompt": format!("tiny test image {i}"), "model": "tiny", "width": 64, "height": 64 + 8 * (i % 2),
            "steps": 2, "seed": 1000 + i as u64 * 7, "num_images": 1 + (i % 3), "priority": if i % 4 == 0 { "bulk" } else { "interactive" }})
 }
@@ -127,7 +42,7 @@ async fn check_results(config: &FleetConfig, statuses: &[JobStatus], jobs: &[Val
 async fn jobs_flow_through_one_then_two_workers_and_match_direct_generation() {
     let config = isolated_config();
     let mut fleet = Fleet::start(config.clone(), 1).await;
-    let n = std::env::var("FLEET_E2E_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(24usize);
+    let n = std::env::var("FLEET_E2E_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(50usize);
     let jobs: Vec<Value> = (0..n).map(tiny_job).collect();
     let mut ids = Vec::new();
     for job in &jobs[..n / 2] {
@@ -135,6 +50,10 @@ async fn jobs_flow_through_one_then_two_workers_and_match_direct_generation() {
     }
     let first = fleet.wait_all(&ids, Duration::from_secs(240)).await;
     check_results(&config, &first, &jobs[..n / 2]).await;
+    let images: usize = first.iter().map(|s| s.result.len()).sum();
+    let metrics = fleet.worker_metrics(0).await;
+    assert!(metrics.contains(&format!("fleet_worker_jobs_total{{outcome=\"succeeded\"}} {}\n", n / 2)), "{metrics}");
+    assert!(metrics.contains(&format!("fleet_worker_images_total {images}\n")), "{metrics}");
     fleet.add_worker().await;
     let mut more = Vec::new();
     for job in &jobs[n / 2..] {

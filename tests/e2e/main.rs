@@ -3,3 +3,4 @@
 
 mod connectivity;
 mod fleet;
+mod outages;

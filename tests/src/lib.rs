@@ -5,6 +5,9 @@
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
+pub mod fleet;
+pub mod link;
+
 fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -73,7 +76,11 @@ pub fn isolated_config() -> fleet_core::FleetConfig {
     cfg.s3.secret_access_key = var("FLEET_TEST_S3_SECRET_KEY", "fleet-test-secret");
     cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
     cfg.http.api_keys = vec![ApiKeyConfig { key: E2E_KEY.into(), tenant: "e2e".into(), admin: true }];
+    // The tests poll job status in tight loops from one tenant; the rate limit has its own test.
+    cfg.http.max_requests_per_sec_per_tenant = 0;
     cfg.worker.batch_deadline_ms = 20;
+    // Several workers run on one machine; each takes a free port for its metrics.
+    cfg.worker.metrics_listen = "127.0.0.1:0".into();
     cfg.worker.heartbeat_interval_secs = 1;
     cfg.redis.heartbeat_ttl_secs = 5;
     cfg

@@ -114,6 +114,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Jobs a tenant may have queued or running before new ones get 429.
     pub max_in_flight_per_tenant: u64,
+    /// Authenticated requests a tenant may make per second, across all dispatchers, before 429
+    /// (0: no limit).
+    pub max_requests_per_sec_per_tenant: u32,
     /// Most jobs in one `POST /v1/jobs` array.
     pub max_jobs_per_request: usize,
 }
@@ -171,6 +174,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval_secs: u64,
     /// Seconds a stopping worker waits for its batch to finish before giving jobs back.
     pub drain_timeout_secs: u64,
+    /// Address of the worker's Prometheus `/metrics` and `/healthz` (empty: not served).
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +245,7 @@ impl Default for HttpConfig {
             api_keys: Vec::new(),
             max_body_bytes: 12 * 1024 * 1024,
             max_in_flight_per_tenant: 10_000,
+            max_requests_per_sec_per_tenant: 100,
             max_jobs_per_request: 1000,
         }
     }
@@ -270,6 +276,7 @@ impl Default for WorkerConfig {
             batch_deadline_ms: 50,
             heartbeat_interval_secs: 5,
             drain_timeout_secs: 120,
+            metrics_listen: "127.0.0.1:9464".into(),
         }
     }
 }

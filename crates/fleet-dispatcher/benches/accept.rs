@@ -25,6 +25,7 @@ fn config() -> FleetConfig {
     cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
     cfg.http.api_keys = vec![ApiKeyConfig { key: KEY.into(), tenant: "bench".into(), admin: true }];
     cfg.http.max_in_flight_per_tenant = u64::MAX;
+    cfg.http.max_requests_per_sec_per_tenant = 0;
     cfg.rabbitmq.max_queue_depth = u64::MAX;
     cfg
 }

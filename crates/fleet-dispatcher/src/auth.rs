@@ -49,7 +49,32 @@ impl FromRequestParts<App> for Caller {
         let key = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(|| {
             ApiError::new(ErrorCode::Unauthorized, "missing API key: send `Authorization: Bearer <key>`")
         })?;
-        app.keys.lookup(key.trim()).cloned().ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown API key"))
+        let caller = app
+            .keys
+            .lookup(key.trim())
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown API key"))?;
+        enforce_rate_limit(app, &caller.tenant).await?;
+        Ok(caller)
+    }
+}
+
+/// Counts the request against the tenant's per-second limit (`http.max_requests_per_sec_per_tenant`).
+async fn enforce_rate_limit(app: &App, tenant: &str) -> Result<(), ApiError> {
+    let per_second = app.config.http.max_requests_per_sec_per_tenant;
+    if per_second == 0 {
+        return Ok(());
+    }
+    match app.status.count_request(tenant, per_second).await? {
+        fleet_status::RateVerdict::Allowed => Ok(()),
+        fleet_status::RateVerdict::Limited { retry_after } => {
+            app.metrics.rejected(ErrorCode::RateLimited);
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("tenant `{tenant}` is over its limit of {per_second} requests per second"),
+            )
+            .with_retry_after(retry_after.as_secs().max(1)))
+        }
     }
 }
 

@@ -68,26 +68,26 @@ impl From<fleet_core::ParseError> for ApiError {
     }
 }
 
-impl From<fleet_queue::QueueError> for ApiError {
-    fn from(err: fleet_queue::QueueError) -> ApiError {
-        let api = ApiError::new(err.code(), err.to_string());
+impl ApiError {
+    /// A backing service's error: its own code and message; retryable ones suggest a retry in 5 s.
+    fn from_service(code: ErrorCode, message: String) -> ApiError {
+        let api = ApiError::new(code, message);
         if api.retryable { api.with_retry_after(5) } else { api }
     }
 }
 
-impl From<fleet_status::StatusError> for ApiError {
-    fn from(err: fleet_status::StatusError) -> ApiError {
-        let api = ApiError::new(err.code(), err.to_string());
-        if api.retryable { api.with_retry_after(5) } else { api }
-    }
+/// Errors of the service crates, which each know their `ErrorCode`.
+macro_rules! from_service_error {
+    ($($error:ty),+) => {$(
+        impl From<$error> for ApiError {
+            fn from(err: $error) -> ApiError {
+                ApiError::from_service(err.code(), err.to_string())
+            }
+        }
+    )+};
 }
 
-impl From<fleet_storage::StorageError> for ApiError {
-    fn from(err: fleet_storage::StorageError) -> ApiError {
-        let api = ApiError::new(err.code(), err.to_string());
-        if api.retryable { api.with_retry_after(5) } else { api }
-    }
-}
+from_service_error!(fleet_queue::QueueError, fleet_status::StatusError, fleet_storage::StorageError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -19,17 +19,26 @@ pub enum DispatcherError {
     Serve(std::io::Error),
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves the API on `listener` (and watches the dead-letter queue) until `shutdown` is cancelled,
+/// then finishes in-flight requests.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DispatcherError> {
+    let watcher = tokio::spawn(crate::dead_letters::watch(app.clone(), shutdown.clone()));
     let router = crate::routes::router(app).layer(tower_http::trace::TraceLayer::new_for_http());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        })
         .await
-        .map_err(DispatcherError::Serve)
+        .map_err(DispatcherError::Serve);
+    // The server can also stop on its own (an I/O error); the watcher must not outlive it.
+    shutdown.cancel();
+    let _ = watcher.await;
+    served
 }
 
 /// Binds the configured address.

@@ -397,3 +397,72 @@ async fn every_documented_operation_is_served() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_request_rate_gets_429_and_others_do_not() {
+    let mut cfg = isolated_config();
+    cfg.http.max_requests_per_sec_per_tenant = 5;
+    let server = Server::start(cfg).await;
+    let calls = (0..12).map(|_| server.http.get(format!("{}/v1/jobs", server.base)).bearer_auth(ALICE).send());
+    let responses = futures::future::join_all(calls).await;
+    let mut limited = 0;
+    for resp in responses {
+        let resp = resp.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(resp.headers()["retry-after"], "1");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("alice"), "{body}");
+            limited += 1;
+        } else {
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+    }
+    // 12 requests span at most two one-second windows of 5 each.
+    assert!(limited >= 2, "only {limited} of 12 requests were limited");
+    let (code, _) = server.call(reqwest::Method::GET, "/v1/jobs", Some(BOB), None).await;
+    assert_eq!(code, StatusCode::OK, "another tenant is not limited by alice's traffic");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, _) = server.call(reqwest::Method::GET, "/v1/jobs", Some(ALICE), None).await;
+    assert_eq!(code, StatusCode::OK, "the next window admits alice again");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_crashing_workers_ends_failed_as_dead_lettered() {
+    let mut cfg = isolated_config();
+    cfg.rabbitmq.delivery_limit = 1;
+    let server = Server::start(cfg).await;
+    let (code, body) = server.submit(ALICE, json!({"prompt": "poison", "model": "tiny"})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    // A crash loop: every "worker" takes the job and gives it back unfinished.
+    let channel = server.app.broker.channel().await.unwrap();
+    let queue = server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+    let mut deliveries = 0;
+    while let Some(msg) = channel.basic_get(&queue, BasicGetOptions { no_ack: false }).await.unwrap() {
+        deliveries += 1;
+        assert!(deliveries <= 5, "the broker keeps redelivering the job");
+        let requeue = lapin::options::BasicNackOptions { requeue: true, ..Default::default() };
+        msg.delivery.nack(requeue).await.unwrap();
+    }
+    assert_eq!(deliveries, 2, "delivery_limit 1: the second return dead-letters it");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (code, body) = server.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+        assert_eq!(code, StatusCode::OK);
+        if body["state"] == "failed" {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job was never marked failed: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["error"]["code"], "dead_lettered", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("delivery limit"), "{body}");
+    // Operators still find the job in the dead-letter queue.
+    let dlq = server.app.broker.depth(&server.app.broker.topology().dead_letter_queue).await.unwrap();
+    assert_eq!(dlq.messages, 1);
+    server.stop().await;
+}

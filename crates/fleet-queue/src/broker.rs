@@ -9,12 +9,14 @@ use tokio::sync::Mutex;
 
 use crate::{QueueError, Topology};
 
-/// How long a reconnect on the request path may take, all retries included, before the caller gets
-/// `Unavailable`: a request should fail fast rather than hang on a dead broker.
-const RECONNECT_BUDGET: Duration = Duration::from_secs(5);
-/// How long the first connect at start-up may take. A busy 2-core machine (or a broker still booting)
-/// can need well over 5 s for the AMQP handshake plus quorum-queue declarations.
-const STARTUP_BUDGET: Duration = Duration::from_secs(30);
+/// How long to keep retrying a refused or failed connection before the caller gets `Unavailable`.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+/// Longest one AMQP connection handshake may take on the request path: a request
+/// should fail fast rather than hang on a dead broker.
+const RECONNECT_HANDSHAKE: Duration = Duration::from_secs(5);
+/// Longest the first handshake at start-up may take. A busy 2-core machine (or a broker still
+/// booting) can need well over 5 s for it.
+const STARTUP_HANDSHAKE: Duration = Duration::from_secs(30);
 
 /// A lazily (re)connected broker session with publisher confirms on and the topology declared.
 pub struct Broker {
@@ -43,7 +45,7 @@ impl Broker {
     /// Connects now and declares the topology; fails if the broker is unreachable.
     pub async fn connect(url: &str, topology: Topology) -> Result<Broker, QueueError> {
         let broker = Broker::new(url, topology);
-        let session = broker.connect_with_backoff(STARTUP_BUDGET).await?;
+        let session = broker.connect_with_backoff(STARTUP_HANDSHAKE).await?;
         *broker.session.lock().await = Some(session);
         Ok(broker)
     }
@@ -68,7 +70,7 @@ impl Broker {
             tracing::warn!(url = %self.display_url(), "RabbitMQ connection lost; reconnecting");
         }
         *session = None;
-        let fresh = self.connect_with_backoff(RECONNECT_BUDGET).await?;
+        let fresh = self.connect_with_backoff(RECONNECT_HANDSHAKE).await?;
         let channel = fresh.channel.clone();
         *session = Some(fresh);
         Ok(channel)
@@ -81,11 +83,11 @@ impl Broker {
         }
     }
 
-    async fn connect_with_backoff(&self, budget: Duration) -> Result<Session, QueueError> {
-        let deadline = tokio::time::Instant::now() + budget;
+    async fn connect_with_backoff(&self, handshake: Duration) -> Result<Session, QueueError> {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.open_session(deadline).await {
+            match self.open_session(handshake).await {
                 Ok(session) => return Ok(session),
                 Err(err) if tokio::time::Instant::now() + delay >= deadline => return Err(err),
                 Err(err) => {
@@ -97,10 +99,10 @@ impl Broker {
         }
     }
 
-    async fn open_session(&self, deadline: tokio::time::Instant) -> Result<Session, QueueError> {
+    async fn open_session(&self, handshake: Duration) -> Result<Session, QueueError> {
         let unavailable = |source| QueueError::Unavailable { url: self.display_url(), source };
         let connect = Connection::connect(&self.url, ConnectionProperties::default());
-        let connection = match tokio::time::timeout_at(deadline, connect).await {
+        let connection = match tokio::time::timeout(handshake, connect).await {
             Ok(result) => result.map_err(unavailable)?,
             Err(_) => return Err(unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))),
         };

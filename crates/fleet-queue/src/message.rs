@@ -49,6 +49,50 @@ pub fn header_str<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a str>
     }
 }
 
+/// Why and from where RabbitMQ dead-lettered a message (its newest `x-death` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    /// `delivery_limit`, `rejected`, `expired` or `maxlen`.
+    pub reason: String,
+    /// The queue it died in.
+    pub queue: String,
+    /// How often it died there for this reason.
+    pub count: i64,
+}
+
+/// The newest `x-death` entry, if the message was dead-lettered.
+pub fn death(props: &BasicProperties) -> Option<Death> {
+    let AMQPValue::FieldArray(entries) = props.headers().as_ref()?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(newest) = entries.as_slice().first()? else {
+        return None;
+    };
+    let text = |name: &str| match newest.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => String::new(),
+    };
+    let count = match newest.inner().get("count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    Some(Death { reason: text("reason"), queue: text("queue"), count })
+}
+
+/// The job id a message carries: its `message_id`, else the body's `id`.
+pub fn job_id(body: &[u8], props: &BasicProperties) -> Option<uuid::Uuid> {
+    if let Some(id) = props.message_id().as_ref().and_then(|m| m.as_str().parse().ok()) {
+        return Some(id);
+    }
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<uuid::Uuid>,
+    }
+    serde_json::from_slice::<IdOnly>(body).ok()?.id
+}
+
 /// Reads a job message's body, taking the tenant from the header when the body has none.
 pub fn decode(body: &[u8], props: &BasicProperties) -> Result<JobSpec, fleet_core::ParseError> {
     let text = std::str::from_utf8(body).map_err(|e| fleet_core::ParseError {
@@ -92,5 +136,29 @@ mod tests {
     fn garbage_bodies_are_errors() {
         assert!(decode(b"\xff\xfe", &BasicProperties::default()).is_err());
         assert!(decode(b"{\"prompt\": 1}", &BasicProperties::default()).is_err());
+    }
+
+    #[test]
+    fn death_and_job_id_are_read_from_a_dead_lettered_message() {
+        use lapin::types::FieldArray;
+        let mut entry = FieldTable::default();
+        entry.insert(ShortString::from("reason"), AMQPValue::LongString(LongString::from("delivery_limit")));
+        entry.insert(ShortString::from("queue"), AMQPValue::LongString(LongString::from("fleet.tiny.bulk")));
+        entry.insert(ShortString::from("count"), AMQPValue::LongLongInt(1));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("x-death"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(entry)])),
+        );
+        let props = BasicProperties::default().with_headers(headers);
+        let dead = death(&props).unwrap();
+        assert_eq!((dead.reason.as_str(), dead.queue.as_str(), dead.count), ("delivery_limit", "fleet.tiny.bulk", 1));
+        assert_eq!(death(&BasicProperties::default()), None);
+
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(job_id(format!(r#"{{"id":"{id}","prompt":"x"}}"#).as_bytes(), &props), Some(id));
+        let with_message_id = props.with_message_id(ShortString::from(id.to_string()));
+        assert_eq!(job_id(b"not json", &with_message_id), Some(id));
+        assert_eq!(job_id(b"not json", &BasicProperties::default()), None);
     }
 }

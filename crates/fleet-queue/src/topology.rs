@@ -2,7 +2,9 @@
 //!
 //! Jobs go to a direct exchange with routing key `<model>.<priority>`; each routing key has its own
 //! durable quorum queue `<prefix>.<model>.<priority>`, so interactive work never waits behind a bulk
-//! backlog. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries.
+//! backlog. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries:
+//! the fanout dead-letter exchange copies it to the dead-letter queue (kept for operators) and to
+//! `<dead-letter queue>.watch` (consumed by dispatchers, which mark the job failed).
 
 use fleet_core::Priority;
 use fleet_core::config::RabbitMqConfig;
@@ -30,6 +32,9 @@ pub struct Topology {
     pub exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Second queue on the dead-letter exchange, consumed by dispatchers to mark dead-lettered
+    /// jobs failed; the dead-letter queue itself keeps every message for operators.
+    pub dead_letter_watch_queue: String,
     pub delivery_limit: u32,
     pub queues: Vec<JobQueue>,
 }
@@ -66,6 +71,7 @@ impl Topology {
             exchange: cfg.exchange.clone(),
             dead_letter_exchange: cfg.dead_letter_exchange.clone(),
             dead_letter_queue: cfg.dead_letter_queue.clone(),
+            dead_letter_watch_queue: format!("{}.watch", cfg.dead_letter_queue),
             delivery_limit: cfg.delivery_limit,
             queues,
         }
@@ -100,22 +106,15 @@ impl Topology {
             .exchange_declare(&self.dead_letter_exchange, ExchangeKind::Fanout, durable_exchange, FieldTable::default())
             .await
             .map_err(topo(format!("exchange {}", self.dead_letter_exchange)))?;
-        let mut dlq_args = FieldTable::default();
-        dlq_args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
-        channel
-            .queue_declare(&self.dead_letter_queue, durable_queue, dlq_args)
-            .await
-            .map_err(topo(format!("queue {}", self.dead_letter_queue)))?;
-        channel
-            .queue_bind(
-                &self.dead_letter_queue,
-                &self.dead_letter_exchange,
-                "",
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(topo(format!("binding {}", self.dead_letter_queue)))?;
+        for queue in [&self.dead_letter_queue, &self.dead_letter_watch_queue] {
+            let mut args = FieldTable::default();
+            args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+            channel.queue_declare(queue, durable_queue, args).await.map_err(topo(format!("queue {queue}")))?;
+            channel
+                .queue_bind(queue, &self.dead_letter_exchange, "", QueueBindOptions::default(), FieldTable::default())
+                .await
+                .map_err(topo(format!("binding {queue}")))?;
+        }
 
         channel
             .exchange_declare(&self.exchange, ExchangeKind::Direct, durable_exchange, FieldTable::default())

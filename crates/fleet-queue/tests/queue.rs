@@ -41,7 +41,12 @@ fn job(model: &str, priority: Priority) -> ValidJob {
 async fn cleanup(broker: &Broker) {
     let Ok(channel) = broker.channel().await else { return };
     let topo = broker.topology();
-    for q in topo.queues.iter().map(|q| q.name.as_str()).chain([topo.dead_letter_queue.as_str()]) {
+    for q in topo
+        .queues
+        .iter()
+        .map(|q| q.name.as_str())
+        .chain([topo.dead_letter_queue.as_str(), topo.dead_letter_watch_queue.as_str()])
+    {
         let _ = channel.queue_delete(q, QueueDeleteOptions::default()).await;
     }
     for ex in [&topo.exchange, &topo.dead_letter_exchange] {

@@ -67,6 +67,11 @@ impl Keys {
         format!("{}:cancel:{id}", self.prefix)
     }
 
+    /// Integer: the tenant's requests in one wall-clock second (fixed-window rate limit).
+    pub(crate) fn rate(&self, tenant: &str, epoch_second: u64) -> String {
+        format!("{}:rate:{tenant}:{epoch_second}", self.prefix)
+    }
+
     /// String: a worker's last heartbeat JSON.
     pub(crate) fn worker(&self, id: &str) -> String {
         format!("{}:worker:{id}", self.prefix)

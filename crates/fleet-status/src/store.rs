@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::StatusError;
 use crate::keys::Keys;
 use crate::scripts;
-use crate::types::{CreateOutcome, JobEvent, JobPage, QueueCounters, WorkerHeartbeat};
+use crate::types::{CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, WorkerHeartbeat};
 
 /// Longest a single connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -392,6 +392,26 @@ impl StatusStore {
             .arg(self.keys.job_prefix());
         let mut con = self.conn.clone();
         self.call(&key, async move { invocation.invoke_async(&mut con).await }).await
+    }
+
+    /// Counts one request of the tenant against `per_second` requests per wall-clock second.
+    ///
+    /// A fixed window in Redis, so the limit holds across every dispatcher replica; a burst
+    /// straddling a second boundary can reach twice the limit, which is the usual price of a
+    /// one-round-trip limiter. The counter of a second expires two seconds later.
+    pub async fn count_request(&self, tenant: &str, per_second: u32) -> Result<RateVerdict, StatusError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let key = self.keys.rate(tenant, now.as_secs());
+        let mut pipe = redis::pipe();
+        pipe.atomic().incr(&key, 1u64).expire(&key, 2).ignore();
+        let mut con = self.conn.clone();
+        let (count,): (u64,) = self.call(&key, async move { pipe.query_async(&mut con).await }).await?;
+        if count <= u64::from(per_second) {
+            return Ok(RateVerdict::Allowed);
+        }
+        // The window ends at the next whole second; round up so clients never retry early.
+        let retry_after_ms = 1000 - u64::from(now.subsec_millis());
+        Ok(RateVerdict::Limited { retry_after: Duration::from_millis(retry_after_ms) })
     }
 
     /// Records a worker's heartbeat; it counts as alive for the heartbeat TTL.

@@ -99,3 +99,15 @@ pub struct QueueCounters {
     /// Jobs that reached `cancelled`.
     pub cancelled: u64,
 }
+
+/// Whether a request fits the tenant's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Within the limit.
+    Allowed,
+    /// Over the limit.
+    Limited {
+        /// When the current window ends.
+        retry_after: std::time::Duration,
+    },
+}

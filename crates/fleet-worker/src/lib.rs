@@ -12,6 +12,7 @@
 pub mod batching;
 pub mod heartbeat;
 pub mod intake;
+pub mod metrics;
 pub mod models;
 pub mod runner;
 pub mod worker;

@@ -18,6 +18,7 @@ use fleet_storage::{ImageStore, ObjectMeta};
 use image::RgbImage;
 
 use crate::intake::Pending;
+use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
 use crate::models::Models;
 
 /// How long transient storage/status failures are retried before the job is handed back.
@@ -36,12 +37,45 @@ pub struct RunContext {
 }
 
 /// Counters reported in heartbeats.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub jobs_done: AtomicU64,
     pub jobs_failed: AtomicU64,
     pub images_done: AtomicU64,
+    /// Jobs handed back to the queue for a later attempt.
+    pub jobs_requeued: AtomicU64,
     pub batches: AtomicU64,
+    /// Time spent in batches, in microseconds.
+    pub batch_micros: AtomicU64,
+    /// Jobs received and waiting for a batch.
+    pub waiting: AtomicU64,
+    pub model_load_micros: AtomicU64,
+    /// Failed jobs by error code name.
+    pub failures_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub batch_images: Histogram,
+    pub queue_wait: Histogram,
+    pub step_seconds: Histogram,
+    pub upload_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            jobs_done: AtomicU64::default(),
+            jobs_failed: AtomicU64::default(),
+            images_done: AtomicU64::default(),
+            jobs_requeued: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            batch_micros: AtomicU64::default(),
+            waiting: AtomicU64::default(),
+            model_load_micros: AtomicU64::default(),
+            failures_by_code: std::sync::Mutex::default(),
+            batch_images: Histogram::new(BATCH_BUCKETS),
+            queue_wait: Histogram::new(SECONDS_BUCKETS),
+            step_seconds: Histogram::new(SECONDS_BUCKETS),
+            upload_seconds: Histogram::new(SECONDS_BUCKETS),
+        }
+    }
 }
 
 /// Why a job cannot be completed by this attempt.
@@ -57,6 +91,7 @@ enum Outcome {
 /// Runs a batch; every message in it is settled (acked, requeued or dead-lettered) on return.
 pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
     ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.batch_images.observe(batch.iter().map(|p| f64::from(p.job.spec().num_images)).sum());
     let mut runnable = Vec::with_capacity(batch.len());
     for mut job in batch {
         match begin(ctx, &job).await {
@@ -95,7 +130,10 @@ async fn begin(ctx: &RunContext, job: &Pending) -> Result<bool, String> {
         s.start(&worker, Utc::now())
     };
     match retry(|| ctx.status.update(id, start)).await {
-        Ok(_) => Ok(true),
+        Ok(status) => {
+            ctx.stats.queue_wait.observe((Utc::now() - status.created_at).as_seconds_f64());
+            Ok(true)
+        }
         Err(StatusError::Illegal(_)) => Ok(false),
         Err(StatusError::NotFound(_)) => {
             // Published straight onto the queue (or its record expired): create the record, then start.
@@ -209,8 +247,12 @@ async fn generate(
     jobs: &[Pending],
 ) -> Result<Vec<RgbImage>, EngineError> {
     let (tx, mut rx) = tokio::sync::watch::channel((0usize, request.steps));
+    let stats = ctx.stats.clone();
     let work = tokio::task::spawn_blocking(move || {
+        let mut last = std::time::Duration::ZERO;
         pipeline.generate(&request, &mut |p| {
+            stats.step_seconds.observe_duration(p.elapsed.saturating_sub(last));
+            last = p.elapsed;
             // A closed receiver only means progress is no longer wanted.
             let _ = tx.send((p.step, p.total));
         })
@@ -291,10 +333,12 @@ async fn store_job(
         let key = fleet_storage::object_key(&ctx.config.s3.prefix, &tenant, id, index, spec.output.format);
         let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
         let content_type = spec.output.format.content_type();
+        let upload_started = Instant::now();
         let stored = match retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta)).await {
             Ok(stored) => stored,
             Err(e) => return Outcome::Requeue(format!("storage: {e}")),
         };
+        ctx.stats.upload_seconds.observe_duration(upload_started.elapsed());
         results.push(ImageResult {
             index,
             key: stored.key,
@@ -336,6 +380,9 @@ async fn settle(ctx: &RunContext, job: &mut Pending, outcome: Outcome) {
         Outcome::Fail(error) => {
             tracing::warn!(job = %id, code = %error.code, message = %error.message, "job failed");
             ctx.stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut failures) = ctx.stats.failures_by_code.lock() {
+                *failures.entry(error.code.name()).or_default() += 1;
+            }
             match retry(|| ctx.status.update(id, |s| s.fail(error.clone(), Utc::now()))).await {
                 Ok(_) | Err(StatusError::Illegal(_)) => job.ack().await,
                 Err(e) => {
@@ -346,6 +393,7 @@ async fn settle(ctx: &RunContext, job: &mut Pending, outcome: Outcome) {
         }
         Outcome::Requeue(reason) => {
             tracing::warn!(job = %id, %reason, "handing the job back for a later attempt");
+            ctx.stats.jobs_requeued.fetch_add(1, Ordering::Relaxed);
             let _ = ctx
                 .status
                 .update(id, |s| if s.state == JobState::Running { s.requeue(Utc::now()) } else { Ok(()) })

@@ -37,6 +37,8 @@ pub enum WorkerError {
     Consume(lapin::Error),
     #[error("model loading thread failed: {0}")]
     Join(String),
+    #[error("cannot serve worker metrics on {addr} (worker.metrics_listen; empty turns it off): {source}")]
+    MetricsBind { addr: String, source: std::io::Error },
 }
 
 /// How a worker runs.
@@ -54,6 +56,7 @@ pub struct Worker {
     broker: Arc<Broker>,
     liveness: Arc<Liveness>,
     policy: BatchPolicy,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -76,16 +79,20 @@ impl Worker {
         let config = Arc::new(config);
         let names = options.models.clone();
         let load_cfg = config.clone();
+        let load_started = Instant::now();
         let models = tokio::task::spawn_blocking(move || Models::load(&load_cfg, &names))
             .await
             .map_err(|e| WorkerError::Join(e.to_string()))??;
+        let load_micros = u64::try_from(load_started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let status = Arc::new(StatusStore::connect(&config.redis).await?);
         let store = Arc::new(ImageStore::from_config(&config.s3).await?);
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await?);
+        let metrics = crate::metrics::bind(&config.worker.metrics_listen).await?;
         let host = host_name();
         let id = options.id.unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let stats = Arc::new(Stats::default());
+        stats.model_load_micros.store(load_micros, std::sync::atomic::Ordering::Relaxed);
         let liveness = Arc::new(Liveness {
             id: id.clone(),
             host,
@@ -101,17 +108,26 @@ impl Worker {
             deadline: Duration::from_millis(config.worker.batch_deadline_ms),
         };
         let ctx = Arc::new(RunContext { worker_id: id, config, status, store, models: Arc::new(models), stats });
-        Ok(Worker { ctx, broker, liveness, policy })
+        Ok(Worker { ctx, broker, liveness, policy, metrics })
     }
 
     pub fn id(&self) -> &str {
         &self.ctx.worker_id
     }
 
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Consumes until `shutdown` is cancelled, then finishes the running batch, hands every
     /// waiting job back to the queue and returns.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let beat_stop = CancellationToken::new();
+        let metrics = self
+            .metrics
+            .take()
+            .map(|listener| tokio::spawn(crate::metrics::serve(listener, self.liveness.clone(), beat_stop.clone())));
         let beat = tokio::spawn(crate::heartbeat::run(
             self.ctx.status.clone(),
             self.liveness.clone(),
@@ -121,6 +137,9 @@ impl Worker {
         let result = self.consume(shutdown).await;
         beat_stop.cancel();
         let _ = beat.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         result
     }
 
@@ -172,8 +191,10 @@ impl Worker {
             }
             if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), false) {
                 let batch = take(&mut waiting, indices);
+                self.ctx.stats.waiting.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.run_one(batch, &shutdown).await;
             }
+            self.ctx.stats.waiting.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::info!(worker = %self.ctx.worker_id, waiting = waiting.len(), "shutting down: handing waiting jobs back");
         hand_back(&mut waiting).await;
@@ -191,6 +212,7 @@ impl Worker {
         };
         let started = Instant::now();
         self.liveness.set_batch(Some(info.clone()));
+        let _micros = BatchTimer { stats: &self.ctx.stats, started };
         let ctx = self.ctx.clone();
         let drain = Duration::from_secs(self.ctx.config.worker.drain_timeout_secs);
         let work = run_batch(&ctx, batch);
@@ -243,5 +265,18 @@ fn take(waiting: &mut Vec<Pending>, mut indices: Vec<usize>) -> Vec<Pending> {
 async fn hand_back(waiting: &mut Vec<Pending>) {
     for mut job in waiting.drain(..) {
         job.requeue().await;
+    }
+}
+
+/// Adds a batch's duration to the stats when the batch ends, however it ends.
+struct BatchTimer<'a> {
+    stats: &'a Stats,
+    started: Instant,
+}
+
+impl Drop for BatchTimer<'_> {
+    fn drop(&mut self) {
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.batch_micros.fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
     }
 }

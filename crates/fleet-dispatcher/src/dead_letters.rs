@@ -1,0 +1,97 @@
+//! Marks dead-lettered jobs failed, so a job that keeps killing workers ends as `failed` with code
+//! `dead_lettered` instead of sitting `queued`/`running` forever.
+//!
+//! RabbitMQ copies every dead-lettered message to the watch queue (see `fleet_queue::topology`);
+//! every dispatcher consumes it (competing consumers). A message is acked only after its job's
+//! record is final, so a Redis outage delays the marking but loses nothing. The dead-letter queue
+//! proper keeps its copy for operators.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use fleet_core::{ErrorCode, JobError};
+use fleet_queue::message::{Death, death, job_id};
+use fleet_status::StatusError;
+use futures::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+
+/// Wait before consuming again after the broker went away or Redis refused a write.
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Consumes the watch queue until `shutdown`, reconnecting when the broker goes away.
+pub async fn watch(app: App, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = consume(&app) => {
+                if let Err(message) = result {
+                    tracing::warn!(error = %message, "dead-letter watch stopped; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY_DELAY) => {}
+        }
+    }
+}
+
+async fn consume(app: &App) -> Result<(), String> {
+    let queue = app.broker.topology().dead_letter_watch_queue.clone();
+    let channel = app.broker.channel().await.map_err(|e| e.to_string())?;
+    channel.basic_qos(16, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+    let tag = format!("dispatcher-dead-letters-{}", uuid::Uuid::now_v7().simple());
+    let mut consumer = channel
+        .basic_consume(&queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(|e| format!("cannot consume {queue}: {e}"))?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery.map_err(|e| format!("consuming {queue}: {e}"))?;
+        match mark_failed(app, &delivery).await {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?,
+            Err(e) => {
+                // Keep the message for a later try, and give Redis time to come back.
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                return Err(format!("cannot record a dead-lettered job: {e}"));
+            }
+        }
+    }
+    Err(format!("the broker closed the consumer of {queue}"))
+}
+
+/// Records the job behind a dead-lettered message as failed, unless it already ended.
+async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> {
+    let Some(id) = job_id(&delivery.data, &delivery.properties) else {
+        tracing::warn!("a dead-lettered message names no job; left in the dead-letter queue for operators");
+        return Ok(());
+    };
+    let error = JobError::new(ErrorCode::DeadLettered, explain(death(&delivery.properties).as_ref()));
+    let update =
+        app.status.update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) });
+    match update.await {
+        Ok(status) => {
+            tracing::warn!(job = %id, state = status.state.as_str(), reason = %error.message, "job dead-lettered");
+            Ok(())
+        }
+        // Its record expired or was never written (a job published straight to RabbitMQ).
+        Err(StatusError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn explain(death: Option<&Death>) -> String {
+    match death {
+        Some(d) if d.reason == "delivery_limit" => format!(
+            "the job was delivered to workers more often than the delivery limit without finishing \
+             (every worker that took it stopped or crashed); it is kept in the dead-letter queue (from {})",
+            d.queue
+        ),
+        Some(d) => format!("RabbitMQ dead-lettered the job from {} ({})", d.queue, d.reason),
+        None => "RabbitMQ dead-lettered the job".to_owned(),
+    }
+}

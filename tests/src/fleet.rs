@@ -1,0 +1,124 @@
+//! A whole fleet in one process for tests and benchmarks: the HTTP dispatcher and tiny-model
+//! workers against the real RabbitMQ, Redis and S3.
+
+use std::time::{Duration, Instant};
+
+use fleet_core::{FleetConfig, JobStatus};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::E2E_KEY;
+
+/// A dispatcher on a free port plus in-process workers, all on one configuration.
+pub struct Fleet {
+    /// Base URL of the dispatcher.
+    pub base: String,
+    pub http: reqwest::Client,
+    stops: Vec<CancellationToken>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each worker's metrics address, in start order.
+    metrics: Vec<std::net::SocketAddr>,
+    pub config: FleetConfig,
+}
+
+impl Fleet {
+    pub async fn start(config: FleetConfig, workers: usize) -> Fleet {
+        let mut fleet = Fleet {
+            base: String::new(),
+            http: reqwest::Client::new(),
+            stops: vec![],
+            tasks: vec![],
+            metrics: vec![],
+            config,
+        };
+        let app = fleet_dispatcher::App::connect(fleet.config.clone()).await.expect("dispatcher connects");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        fleet.base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        fleet.tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move { fleet_dispatcher::serve(app, listener, stop).await.unwrap() }
+        }));
+        fleet.stops.push(stop);
+        for _ in 0..workers {
+            fleet.add_worker().await;
+        }
+        fleet
+    }
+
+    pub async fn add_worker(&mut self) {
+        let options = fleet_worker::WorkerOptions { models: vec!["tiny".into()], id: None };
+        let worker = fleet_worker::Worker::start(self.config.clone(), options).await.expect("worker starts");
+        self.metrics.push(worker.metrics_addr().expect("the test config serves worker metrics"));
+        let stop = CancellationToken::new();
+        // Worker::run is driven on its own thread (as `fleet worker` drives it with block_on);
+        // its I/O still runs on this test's runtime.
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || handle.block_on(worker.run(stop)).unwrap()
+        });
+        self.tasks.push(tokio::task::spawn_blocking(move || thread.join().unwrap()));
+        self.stops.push(stop);
+    }
+
+    /// A worker's Prometheus exposition.
+    pub async fn worker_metrics(&self, worker: usize) -> String {
+        let resp = self.http.get(format!("http://{}/metrics", self.metrics[worker])).send().await.unwrap();
+        assert!(resp.status().is_success());
+        resp.text().await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        for s in &self.stops {
+            s.cancel();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub async fn submit(&self, job: Value) -> JobStatus {
+        let resp =
+            self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(E2E_KEY).json(&job).send().await.unwrap();
+        assert!(resp.status().is_success(), "submit: {}", resp.text().await.unwrap_or_default());
+        resp.json().await.unwrap()
+    }
+
+    /// The job's status; retries for a while when the API answers with an error (a test may have
+    /// just brought Redis back, and the first call after that can still fail).
+    pub async fn status(&self, id: uuid::Uuid) -> JobStatus {
+        let started = Instant::now();
+        loop {
+            let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
+            let code = resp.status();
+            if code.is_success() {
+                return resp.json().await.unwrap();
+            }
+            let body = resp.text().await.unwrap_or_default();
+            assert!(started.elapsed() < Duration::from_secs(30), "GET /v1/jobs/{id}: {code} {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn cancel(&self, id: uuid::Uuid) {
+        self.http.delete(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
+    }
+
+    /// Polls until every job is final, or panics after `limit`.
+    pub async fn wait_all(&self, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
+        let started = Instant::now();
+        loop {
+            let mut all = Vec::new();
+            for id in ids {
+                all.push(self.status(*id).await);
+            }
+            if all.iter().all(|s| s.state.is_terminal()) {
+                return all;
+            }
+            let pending: Vec<_> = all.iter().filter(|s| !s.state.is_terminal()).map(|s| (s.id, s.state)).collect();
+            assert!(started.elapsed() < limit, "jobs not final after {limit:?}: {pending:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
