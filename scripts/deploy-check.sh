@@ -65,7 +65,7 @@ fleet_bin
 export PATH="$tools/venv/bin:$PATH" HELM
 
 log "hadolint: deploy/Dockerfile deploy/Dockerfile.cuda"
-hadolint deploy/Dockerfile deploy/Dockerfile.cuda
+hadolint --no-color deploy/Dockerfile deploy/Dockerfile.cuda
 
 log "docker-compose config: docker-compose.yml (default and cpu profile)"
 docker-compose -f docker-compose.yml config -q

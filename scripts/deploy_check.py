@@ -606,7 +606,8 @@ class CheckersCatchBreakage(unittest.TestCase):
     def test_password_in_configmap(self):
         def leak(docs):
             cm = of_kind(docs, "ConfigMap")[0]
-            cm["data"]["fleet.toml"] += '\n[rabbitmq]\nurl = "amqps://fleet:s3cr3t-amqp@rabbitmq.acme.internal:5671/fleet"\n'
+            leaked = '[rabbitmq]\nurl = "amqps://fleet:s3cr3t-amqp@rabbitmq.acme.internal:5671/fleet"\n'
+            cm["data"]["fleet.toml"] = cm["data"]["fleet.toml"].replace("[rabbitmq]\n", leaked)
         self.assertTrue(secret_in_configmap_problems(self.broken(leak)))
 
     def test_unknown_key_is_refused_by_the_binary(self):
