@@ -276,6 +276,8 @@ def keda_problems(docs, effective) -> list[str]:
     prefix = any_cfg["rabbitmq"]["queue_prefix"]
     all_queues = {f"{prefix}.{m}.{p}" for m in any_cfg["models"] for p in ("interactive", "bulk")}
     all_queues.add(any_cfg["rabbitmq"]["dead_letter_queue"])
+    # names around the real ones, so that a regex without anchors or with an unescaped dot shows
+    all_queues |= {f"{q}.x" for q in all_queues} | {f"x{q}" for q in all_queues} | {q.replace(".", "x") for q in all_queues}
     for dep in deployments(docs, "worker"):
         name = dep["metadata"]["name"]
         if "replicas" in dep["spec"] and name not in scaled:
@@ -568,12 +570,12 @@ class CheckersCatchBreakage(unittest.TestCase):
         mutate(docs)
         return docs
 
-    def worker(self, docs, i=0):
-        return deployments(docs, "worker")[i]
+    def worker(self, docs, pool="h100-4step"):
+        return next(d for d in deployments(docs, "worker") if d["metadata"]["labels"]["lightning-fleet/pool"] == pool)
 
     def test_gpu_limit_removed(self):
         def drop(docs):
-            del main_container(self.worker(docs))["resources"]["limits"][GPU]
+            main_container(self.worker(docs))["resources"]["limits"].pop(GPU, None)
         self.assertTrue(gpu_problems(self.broken(drop)))
 
     def test_amqp_protocol(self):
@@ -588,7 +590,8 @@ class CheckersCatchBreakage(unittest.TestCase):
 
     def test_grace_shorter_than_drain(self):
         def short(docs):
-            self.worker(docs, 2)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 200
+            # a100-8step drains for 300 s (its workerConfig) and sleeps 10 s in preStop
+            self.worker(docs, "a100-8step")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 300
         self.assertTrue(grace_problems(self.broken(short), self.effective))
 
     def test_key_missing_from_configmap(self):
@@ -618,7 +621,7 @@ class CheckersCatchBreakage(unittest.TestCase):
             effective_configs(self.broken(typo))
 
     def test_unserved_model(self):
-        docs = self.broken(lambda d: d.remove(self.worker(d, 1)))
+        docs = self.broken(lambda d: d.remove(self.worker(d, "l4-2step")))
         self.assertTrue(pool_problems(docs, self.effective))
 
     def test_worker_metrics_open_to_all_ports(self):
