@@ -399,6 +399,9 @@ def metrics_problems(docs) -> list[str]:
         ports = {p["name"]: p["containerPort"] for p in main_container(dep).get("ports", [])}
         if ports.get("metrics") != port:
             problems.append(f"{dep['metadata']['name']}: metrics port {ports.get('metrics')} != {port}")
+        probe = main_container(dep).get("livenessProbe", {}).get("httpGet")
+        if probe and probe.get("port") not in ("metrics", port):
+            problems.append(f"{dep['metadata']['name']}: liveness probe on port {probe.get('port')}, not the metrics port")
     for sm in of_kind(docs, "ServiceMonitor"):
         eps = {(e["port"], e.get("path")) for e in sm["spec"]["endpoints"]}
         if eps != {("http", "/metrics"), ("metrics", "/metrics")}:
