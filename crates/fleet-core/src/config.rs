@@ -358,7 +358,10 @@ impl ConfigSources {
 impl FleetConfig {
     /// Loads defaults < file < `FLEET__SECTION__KEY` variables < overrides, then validates.
     pub fn load(sources: &ConfigSources) -> Result<FleetConfig, ConfigError> {
-        let defaults = config::Config::try_from(&FleetConfig::default())?;
+        // The built-in models count only when no layer names a model: a deployment's `[models]`
+        // replaces them rather than adding to them (else its dispatcher would accept `tiny` jobs
+        // that none of its workers serve).
+        let defaults = config::Config::try_from(&FleetConfig { models: BTreeMap::new(), ..FleetConfig::default() })?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(file) = &sources.file {
             builder = builder.add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
@@ -377,6 +380,9 @@ impl FleetConfig {
             builder = builder.set_override(key.trim(), value.trim())?;
         }
         let mut cfg: FleetConfig = builder.build()?.try_deserialize()?;
+        if cfg.models.is_empty() {
+            cfg.models = FleetConfig::default().models;
+        }
         if let Some(keys) = sources.env.get("FLEET_API_KEYS") {
             cfg.http.api_keys.extend(parse_api_keys(keys)?);
         }

@@ -324,3 +324,20 @@ fn example_config_file_loads_and_masks_secrets() {
         assert!(key.key.ends_with("***"));
     }
 }
+
+#[test]
+fn a_models_table_replaces_the_built_in_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, "[models.sdxl-lightning-2step]\nsource = \"ByteDance/SDXL-Lightning\"\n").unwrap();
+    let cfg = FleetConfig::from_file(&file).unwrap();
+    assert_eq!(cfg.models.keys().map(String::as_str).collect::<Vec<_>>(), ["sdxl-lightning-2step"]);
+    let from_env = FleetConfig::load(&ConfigSources {
+        env: env(&[("FLEET__MODELS__ONLY__SOURCE", "tiny")]),
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert_eq!(from_env.models.keys().map(String::as_str).collect::<Vec<_>>(), ["only"]);
+    let builtin = FleetConfig::load(&ConfigSources::default()).unwrap();
+    assert_eq!(builtin.models, FleetConfig::default().models, "no [models]: the built-in ones");
+}
