@@ -179,6 +179,7 @@ impl Worker {
                         Err(refused) => self.refuse(refused).await,
                     },
                     Some(Err(e)) => {
+                        warn_if_ack_timeout(&e);
                         hand_back(&mut waiting).await;
                         return Err(WorkerError::Consume(e));
                     }
@@ -244,6 +245,19 @@ impl Worker {
                 .await;
         }
         refused.dead_letter().await;
+    }
+}
+
+/// RabbitMQ closes the channel of a consumer that held a message longer than its
+/// `consumer_timeout`; the jobs are then redelivered and the batch's work is lost. Say so plainly.
+fn warn_if_ack_timeout(error: &lapin::Error) {
+    let text = error.to_string();
+    if text.contains("acknowledgement timed out") || text.contains("consumer_timeout") {
+        tracing::error!(
+            error = %text,
+            "RabbitMQ's consumer_timeout expired before a batch finished; raise consumer_timeout on the broker \
+             above the longest batch, or lower worker.max_batch_images"
+        );
     }
 }
 
