@@ -7,16 +7,16 @@ use fleet_e2e::{E2E_KEY, fleet_binary, isolated_config};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-struct Fleet {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Fleet {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
     stops: Vec<CancellationToken>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    config: FleetConfig,
+    pub(crate) config: FleetConfig,
 }
 
 impl Fleet {
-    async fn start(config: FleetConfig, workers: usize) -> Fleet {
+    pub(crate) async fn start(config: FleetConfig, workers: usize) -> Fleet {
         let mut fleet =
             Fleet { base: String::new(), http: reqwest::Client::new(), stops: vec![], tasks: vec![], config };
         let app = fleet_dispatcher::App::connect(fleet.config.clone()).await.expect("dispatcher connects");
@@ -34,7 +34,7 @@ impl Fleet {
         fleet
     }
 
-    async fn add_worker(&mut self) {
+    pub(crate) async fn add_worker(&mut self) {
         let options = fleet_worker::WorkerOptions { models: vec!["tiny".into()], id: None };
         let worker = fleet_worker::Worker::start(self.config.clone(), options).await.expect("worker starts");
         let stop = CancellationToken::new();
@@ -49,7 +49,7 @@ impl Fleet {
         self.stops.push(stop);
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for s in &self.stops {
             s.cancel();
         }
@@ -58,14 +58,14 @@ impl Fleet {
         }
     }
 
-    async fn submit(&self, job: Value) -> JobStatus {
+    pub(crate) async fn submit(&self, job: Value) -> JobStatus {
         let resp =
             self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(E2E_KEY).json(&job).send().await.unwrap();
         assert!(resp.status().is_success(), "submit: {}", resp.text().await.unwrap_or_default());
         resp.json().await.unwrap()
     }
 
-    async fn status(&self, id: uuid::Uuid) -> JobStatus {
+    pub(crate) async fn status(&self, id: uuid::Uuid) -> JobStatus {
         let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
         resp.json().await.unwrap()
     }
@@ -75,7 +75,7 @@ impl Fleet {
     }
 
     /// Polls until every job is final, or panics after `limit`.
-    async fn wait_all(&self, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
+    pub(crate) async fn wait_all(&self, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
         let started = Instant::now();
         loop {
             let mut all = Vec::new();
