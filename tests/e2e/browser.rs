@@ -42,6 +42,10 @@ impl Browser {
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             format!("--window-size={width},{height}"), "--hide-scrollbars",
         ]});
+        // A headless window is at least 500 px wide: a phone's width needs device emulation.
+        if width < 500 {
+            options["mobileEmulation"] = json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}});
+        }
         if let Ok(binary) = std::env::var("FLEET_TEST_CHROMIUM") {
             options["binary"] = json!(binary);
         }

@@ -89,7 +89,7 @@ async fn console_submits_a_prompt_follows_it_live_and_shows_and_opens_the_image(
         )
         .await;
     let seen: Vec<String> = serde_json::from_value(browser.eval("return window.seen").await).unwrap();
-    let states: Vec<&str> = seen.iter().filter_map(|s| s.split(' ').next()).collect();
+    let states: Vec<&str> = seen.iter().filter_map(|s| s.split(' ').next()).filter(|s| !s.is_empty()).collect();
     assert_eq!(states.first(), Some(&"queued"), "{seen:?}");
     assert!(seen.iter().any(|s| s.starts_with("running step")), "live steps were shown: {seen:?}");
     assert_eq!(browser.eval("return document.getElementById('job-progress').value").await, json!(1));

@@ -1,6 +1,6 @@
 // The console shell: signing in and out, the pages behind `#/…` routes, and error display.
 
-import { call, session } from "./api.js";
+import { session } from "./api.js";
 import { setupSubmit, loadLibrary, forgetLibrary } from "./submit.js";
 import { setupJobs, showJobs } from "./jobs.js";
 import { setupJob, showJob, leaveJob } from "./job.js";
@@ -76,8 +76,9 @@ async function route() {
 /** Checks the key against the API before keeping it, and learns its tenant and whether it is an admin key. */
 async function signIn(key) {
   session.set(key);
+  forgetLibrary();
   try {
-    const library = await call("GET", "/v1/library");
+    const library = await loadLibrary();
     $("tenant").textContent = `tenant ${library.tenant}`;
     admin = library.admin;
   } catch (err) {

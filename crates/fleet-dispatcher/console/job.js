@@ -91,6 +91,18 @@ function render(status, onError) {
   renderImages(status).catch(onError);
 }
 
+/** Empties the page, so that nothing of the job shown before (maybe another tenant's) stays. */
+function clear() {
+  shownImages = "";
+  $("job-title").textContent = "Job";
+  for (const id of ["job-state", "job-step", "job-error", "job-copied"]) $(id).textContent = "";
+  $("job-progress").value = 0;
+  $("job-cancel").hidden = true;
+  $("job-images").replaceChildren();
+  $("job-params").replaceChildren();
+  $("job-command").value = "";
+}
+
 function terminal(status) {
   return ["succeeded", "failed", "cancelled"].includes(status.state);
 }
@@ -104,11 +116,11 @@ export function leaveJob() {
 /** Shows job `id` and follows it until it is final; the stream is re-opened if it drops early. */
 export async function showJob(id, onError) {
   leaveJob();
-  shownImages = "";
-  $("job-images").replaceChildren();
+  clear();
   const controller = new AbortController();
   following = controller;
   let status = await call("GET", `/v1/jobs/${id}`);
+  if (controller.signal.aborted) return; // another page was opened meanwhile
   render(status, onError);
   while (!terminal(status) && !controller.signal.aborted) {
     try {
@@ -120,10 +132,12 @@ export async function showJob(id, onError) {
       if (err.name === "AbortError") return;
       onError(err);
     }
-    if (controller.signal.aborted) return;
+    if (controller.signal.aborted || terminal(status)) return;
+    // the stream ended early (a proxy's timeout, a dispatcher restart): catch up, then listen again
+    await new Promise((r) => setTimeout(r, 1000));
     status = await call("GET", `/v1/jobs/${id}`);
+    if (controller.signal.aborted) return;
     render(status, onError);
-    if (!terminal(status)) await new Promise((r) => setTimeout(r, 1000));
   }
 }
 

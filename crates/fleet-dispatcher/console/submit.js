@@ -11,14 +11,16 @@ function options(select, values) {
   select.replaceChildren(...values.map((v) => new Option(v, v)));
 }
 
-/** Fills the model list and the LoRA/ControlNet suggestions from `GET /v1/library` (once a session). */
+/** Fills the model list and the LoRA/ControlNet suggestions from `GET /v1/library` (once a
+ * session) and returns it: it also names the caller's tenant and whether the key is an admin's. */
 export async function loadLibrary() {
-  if (library) return;
+  if (library) return library;
   library = await call("GET", "/v1/library");
   options($("model"), library.models.map((m) => m.name));
   $("lora-names").replaceChildren(...library.loras.map((n) => new Option(n)));
   $("controlnet-names").replaceChildren(...library.controlnets.map((n) => new Option(n)));
   showModelLimits();
+  return library;
 }
 
 export function forgetLibrary() {
@@ -38,10 +40,10 @@ function addLora() {
   const k = ++loraCount;
   const row = document.createElement("li");
   row.innerHTML = `
-    <label for="lora-name-${k}">LoRA name</label>
-    <input id="lora-name-${k}" class="lora-name" list="lora-names" required>
-    <label for="lora-scale-${k}">Scale</label>
-    <input id="lora-scale-${k}" class="lora-scale" type="number" min="-4" max="4" step="0.05" value="1">
+    <div class="grow"><label for="lora-name-${k}">LoRA name</label>
+      <input id="lora-name-${k}" class="lora-name" list="lora-names" required></div>
+    <div class="scale"><label for="lora-scale-${k}">Scale</label>
+      <input id="lora-scale-${k}" class="lora-scale" type="number" min="-4" max="4" step="0.05" value="1"></div>
     <button type="button" class="remove">Remove</button>`;
   row.querySelector(".remove").addEventListener("click", () => {
     row.remove();

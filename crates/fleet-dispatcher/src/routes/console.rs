@@ -21,8 +21,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 /// Scripts and styles only from here; images also from the presigned S3 URLs (another origin) and
-/// blob URLs (images from a local store); API calls only to this origin.
-const CSP: &str = "default-src 'self'; img-src 'self' blob: http: https:; connect-src 'self'; \
+/// blob URLs (images from a local store) and the empty data: favicon; API calls only to this origin.
+const CSP: &str = "default-src 'self'; img-src 'self' blob: data: http: https:; connect-src 'self'; \
                    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 fn asset(name: &str) -> Response {
