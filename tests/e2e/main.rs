@@ -1,6 +1,8 @@
 //! End-to-end tests: one binary, one module per area. They need the services that
 //! `scripts/services.sh` starts (the README's test command runs it first).
 
+mod browser;
 mod connectivity;
+mod console;
 mod fleet;
 mod outages;

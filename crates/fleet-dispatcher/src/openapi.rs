@@ -67,6 +67,33 @@ const OPS: &[Op] = &[
     },
     Op {
         method: "get",
+        path: "/v1/jobs/{id}/images/{n}",
+        summary: "Image n of a finished job: 307 to a presigned S3 URL, or the bytes when images are in a local directory",
+        auth: true,
+        request: None,
+        ok: ("200", None),
+        params: &[("id", "path", "job id"), ("n", "path", "image index, 0-based")],
+    },
+    Op {
+        method: "get",
+        path: "/v1/jobs/{id}/images/{n}/url",
+        summary: "The presigned URL of image n as JSON (null when images are in a local directory), for browsers",
+        auth: true,
+        request: None,
+        ok: ("200", Some("ImageUrl")),
+        params: &[("id", "path", "job id"), ("n", "path", "image index, 0-based")],
+    },
+    Op {
+        method: "get",
+        path: "/v1/library",
+        summary: "What the caller can ask for: tenant, models with size limits, LoRA and ControlNet names",
+        auth: true,
+        request: None,
+        ok: ("200", Some("Library")),
+        params: &[],
+    },
+    Op {
+        method: "get",
         path: "/v1/queues",
         summary: "Queue depths and per-model counters (admin)",
         auth: true,
@@ -157,6 +184,21 @@ pub fn document() -> Value {
     schemas.insert(
         "JobPage".into(),
         json!({"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobStatus"}}, "next_cursor": {"type": ["string", "null"]}}}),
+    );
+    schemas.insert(
+        "ImageUrl".into(),
+        json!({"type": "object", "required": ["url"], "properties": {"url": {"type": ["string", "null"]}, "expires_in_secs": {"type": ["integer", "null"]}}}),
+    );
+    let names = json!({"type": "array", "items": {"type": "string"}});
+    schemas.insert(
+        "Library".into(),
+        json!({"type": "object", "required": ["tenant", "admin", "models", "loras", "controlnets"], "properties": {
+            "tenant": {"type": "string"},
+            "admin": {"type": "boolean"},
+            "models": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "max_side": {"type": "integer"}, "max_pixels": {"type": "integer"}}}},
+            "loras": names,
+            "controlnets": names
+        }}),
     );
     let codes: Vec<&str> = fleet_core::ErrorCode::ALL.iter().map(|c| c.name()).collect();
     schemas.insert(

@@ -182,10 +182,12 @@ async fn keys_and_tenants_are_enforced_on_every_endpoint() {
         (M::GET, format!("/v1/jobs/{id}")),
         (M::DELETE, format!("/v1/jobs/{id}")),
         (M::GET, format!("/v1/jobs/{id}/events")),
+        (M::GET, format!("/v1/jobs/{id}/images/0")),
+        (M::GET, format!("/v1/jobs/{id}/images/0/url")),
     ];
-    for (method, path) in
-        job_paths.iter().cloned().chain([(M::GET, "/v1/jobs".to_owned()), (M::POST, "/v1/jobs".to_owned())])
-    {
+    let others =
+        [(M::GET, "/v1/jobs".to_owned()), (M::POST, "/v1/jobs".to_owned()), (M::GET, "/v1/library".to_owned())];
+    for (method, path) in job_paths.iter().cloned().chain(others) {
         let (code, body) = server.call(method.clone(), &path, None, None).await;
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path} without key: {body}");
         let (code, _) = server.call(method.clone(), &path, Some("wrong-key-123"), None).await;
@@ -207,6 +209,64 @@ async fn keys_and_tenants_are_enforced_on_every_endpoint() {
     }
     let (code, _) = server.call(M::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None).await;
     assert_eq!(code, StatusCode::OK, "admins see every tenant's jobs");
+    server.stop().await;
+}
+
+/// The library names the caller and what it may ask for: models with limits, LoRAs, ControlNets.
+#[tokio::test]
+async fn the_library_describes_the_caller_and_its_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ink.safetensors"), b"").unwrap();
+    std::fs::create_dir(dir.path().join("canny")).unwrap();
+    let mut cfg = isolated_config();
+    cfg.library.lora_dir = dir.path().to_owned();
+    cfg.library.controlnet_dir = dir.path().to_owned();
+    let server = Server::start(cfg).await;
+    let (code, library) = server.call(reqwest::Method::GET, "/v1/library", Some(ALICE), None).await;
+    assert_eq!(code, StatusCode::OK, "{library}");
+    assert_eq!(
+        library,
+        json!({"tenant": "alice", "admin": false, "models": [{"name": "tiny", "max_side": 2048, "max_pixels": 4_200_000}],
+               "loras": ["ink"], "controlnets": ["canny"]})
+    );
+    let (_, library) = server.call(reqwest::Method::GET, "/v1/library", Some(ADMIN), None).await;
+    assert_eq!(library["admin"], true);
+    server.stop().await;
+}
+
+/// The console's files are in the binary and served under `/ui` with their types and a strict
+/// policy; every file a page or module names is there (a file added to the console but not to
+/// the table of served files fails here).
+#[tokio::test]
+async fn the_console_is_served_from_the_binary() {
+    let server = Server::start(isolated_config()).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let get = |path: &str| http.get(format!("{}{path}", server.base)).send();
+    let root = get("/ui").await.unwrap();
+    assert_eq!((root.status(), root.headers()["location"].to_str().unwrap()), (StatusCode::PERMANENT_REDIRECT, "/ui/"));
+    let mut pending = vec![("/ui/".to_owned(), "text/html")];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((path, kind)) = pending.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let resp = get(&path).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let headers = resp.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind), "{path}: {headers:?}");
+        assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+        let text = resp.text().await.unwrap();
+        // what the file refers to: src="x.js", href="x.css", from "./x.js"
+        for part in text.split(['"', '\'']).filter(|p| p.ends_with(".js") || p.ends_with(".css")) {
+            let name = part.trim_start_matches("./");
+            if !name.contains('/') && !name.contains(' ') {
+                let kind = if name.ends_with(".js") { "text/javascript" } else { "text/css" };
+                pending.push((format!("/ui/{name}"), kind));
+            }
+        }
+    }
+    assert!(seen.len() >= 8, "the page and its modules: {seen:?}");
+    assert_eq!(get("/ui/missing.js").await.unwrap().status(), StatusCode::NOT_FOUND);
     server.stop().await;
 }
 

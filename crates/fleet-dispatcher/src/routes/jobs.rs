@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use fleet_core::{ErrorCode, JobState, JobStatus};
+use fleet_core::{ErrorCode, ImageResult, JobState, JobStatus};
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -179,23 +179,48 @@ pub async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// Image `n` of a job the caller may see.
+async fn stored_image(app: &App, caller: &Caller, id: &str, n: u32) -> Result<ImageResult, ApiError> {
+    let status = visible_job(app, caller, id).await?;
+    let found = status.result.iter().find(|r| r.index == n).cloned();
+    found.ok_or_else(|| ApiError::not_found(format!("image {n} of job {} (state {})", status.id, status.state)))
+}
+
+/// A presigned URL of a stored image; `None` when images are in a local directory, whose
+/// `file://` URLs mean nothing to a client on another machine.
+async fn presigned(app: &App, image: &ImageResult) -> Result<Option<String>, ApiError> {
+    if let fleet_storage::ImageStore::S3(_) = app.store.as_ref() {
+        let ttl = std::time::Duration::from_secs(app.config.s3.presign_ttl_secs);
+        return Ok(app.store.presign_get(&image.key, ttl).await?);
+    }
+    Ok(None)
+}
+
 /// `GET /v1/jobs/{id}/images/{n}`: a redirect to a presigned S3 URL, or the bytes from a local store.
 pub async fn image(
     State(app): State<App>,
     caller: Caller,
     Path((id, n)): Path<(String, u32)>,
 ) -> Result<Response, ApiError> {
-    let status = visible_job(&app, &caller, &id).await?;
-    let Some(result) = status.result.iter().find(|r| r.index == n) else {
-        return Err(ApiError::not_found(format!("image {n} of job {} (state {})", status.id, status.state)));
-    };
-    if let fleet_storage::ImageStore::S3(_) = app.store.as_ref() {
-        let ttl = std::time::Duration::from_secs(app.config.s3.presign_ttl_secs);
-        if let Some(url) = app.store.presign_get(&result.key, ttl).await? {
-            return Ok(axum::response::Redirect::temporary(&url).into_response());
-        }
+    let image = stored_image(&app, &caller, &id, n).await?;
+    if let Some(url) = presigned(&app, &image).await? {
+        return Ok(axum::response::Redirect::temporary(&url).into_response());
     }
     let object =
-        app.store.get(&result.key).await?.ok_or_else(|| ApiError::not_found(format!("object {}", result.key)))?;
+        app.store.get(&image.key).await?.ok_or_else(|| ApiError::not_found(format!("object {}", image.key)))?;
     Ok(([(axum::http::header::CONTENT_TYPE, object.content_type)], object.body).into_response())
+}
+
+/// `GET /v1/jobs/{id}/images/{n}/url`: the presigned URL as JSON, for clients that cannot follow the
+/// redirect above with their key (a browser's `fetch` drops it, or needs CORS, at the S3 origin).
+/// `url` is null when images are in a local directory: fetch the bytes from the redirect endpoint.
+pub async fn image_url(
+    State(app): State<App>,
+    caller: Caller,
+    Path((id, n)): Path<(String, u32)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let image = stored_image(&app, &caller, &id, n).await?;
+    let url = presigned(&app, &image).await?;
+    let expires_in_secs = url.as_ref().map(|_| app.config.s3.presign_ttl_secs);
+    Ok(Json(serde_json::json!({ "url": url, "expires_in_secs": expires_in_secs })))
 }

@@ -1,6 +1,8 @@
 //! The router: which path goes to which handler.
 
+pub mod console;
 pub mod jobs;
+pub mod library;
 pub mod ops;
 
 use axum::Router;
@@ -17,12 +19,17 @@ pub fn router(app: App) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_one).delete(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/images/{n}", get(jobs::image))
+        .route("/v1/jobs/{id}/images/{n}/url", get(jobs::image_url))
+        .route("/v1/library", get(library::library))
         .route("/v1/queues", get(ops::queues))
         .route("/v1/workers", get(ops::workers))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/ui", get(console::root))
+        .route("/ui/", get(console::index))
+        .route("/ui/{file}", get(console::file))
         .fallback(ops::not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(max_body))

@@ -1,0 +1,163 @@
+// One job: live progress from its event stream, its images as soon as they exist, its parameters,
+// the equivalent `fleet submit` command and a cancel button.
+
+import { call, followEvents, imageUrl } from "./api.js";
+import { fleetCommand, recorded } from "./command.js";
+
+const $ = (id) => document.getElementById(id);
+let following = null; // AbortController of the stream being read
+let shownImages = "";
+
+function stepText(status) {
+  const p = status.progress;
+  if (status.state === "running") return `step ${p.step}/${p.steps} · image ${Math.min(p.images_done + 1, p.images_total)}/${p.images_total}`;
+  if (status.state === "succeeded") return `${p.images_done}/${p.images_total} images`;
+  return "";
+}
+
+function fraction(status) {
+  const p = status.progress;
+  if (status.state === "succeeded") return 1;
+  if (!p.steps || !p.images_total) return 0;
+  return Math.min(1, (p.images_done * p.steps + p.step) / (p.images_total * p.steps));
+}
+
+function param(list, name, value) {
+  if (value === undefined || value === null || value === "") return;
+  const dt = document.createElement("dt");
+  dt.textContent = name;
+  const dd = document.createElement("dd");
+  dd.textContent = value;
+  list.append(dt, dd);
+}
+
+function renderParams(status) {
+  const about = recorded(status);
+  const list = $("job-params");
+  list.replaceChildren();
+  param(list, "Prompt", about.prompt || "(not recorded: submitted outside the console)");
+  param(list, "Negative prompt", about.negative_prompt);
+  param(list, "Model", status.model);
+  param(list, "Steps", status.progress.steps);
+  const first = (status.result || [])[0];
+  param(list, "Size", first ? `${first.width}×${first.height}` : about.width && `${about.width}×${about.height}`);
+  param(list, "Seeds", (status.result || []).map((r) => r.seed).join(", ") || about.seed);
+  param(list, "Guidance", about.guidance);
+  param(list, "LoRAs", (about.loras || []).map((l) => `${l.name} × ${l.scale}`).join(", "));
+  if (about.controlnet) param(list, "ControlNet", `${about.controlnet.model} × ${about.controlnet.scale} (${about.controlnet.start}–${about.controlnet.end})`);
+  param(list, "Priority", status.priority);
+  param(list, "Worker", status.worker);
+  param(list, "Attempts", status.attempts);
+  param(list, "Created", new Date(status.created_at).toLocaleString());
+  if (status.finished_at) param(list, "Finished", new Date(status.finished_at).toLocaleString());
+  param(list, "Job id", status.id);
+  $("job-command").value = fleetCommand(status) || "(no prompt recorded for this job)";
+}
+
+async function renderImages(status) {
+  const results = status.result || [];
+  const key = status.id + ":" + results.map((r) => r.index).join(",");
+  if (key === shownImages) return;
+  shownImages = key;
+  const items = await Promise.all(results.map(async (r) => {
+    const url = await imageUrl(status.id, r.index);
+    const item = document.createElement("li");
+    item.innerHTML = `<figure><img><figcaption><span></span> <a target="_blank" rel="noopener"></a></figcaption></figure>`;
+    const img = item.querySelector("img");
+    img.src = url;
+    img.alt = `Image ${r.index + 1}: ${recorded(status).prompt || "generated image"} (seed ${r.seed})`;
+    img.width = r.width;
+    img.height = r.height;
+    item.querySelector("span").textContent = `seed ${r.seed} · ${r.width}×${r.height} · ${r.format}`;
+    const open = item.querySelector("a");
+    open.href = url;
+    open.textContent = `Open image ${r.index + 1}`;
+    return item;
+  }));
+  $("job-images").replaceChildren(...items);
+}
+
+function render(status, onError) {
+  $("job-title").textContent = `Job ${status.id.slice(0, 8)}…`;
+  const state = $("job-state");
+  state.textContent = status.state;
+  state.className = `state state-${status.state}`;
+  $("job-step").textContent = stepText(status);
+  $("job-progress").value = fraction(status);
+  $("job-error").textContent = status.error && status.state !== "cancelled" ? `${status.error.code}: ${status.error.message}` : "";
+  $("job-cancel").hidden = status.state !== "queued" && status.state !== "running";
+  $("job-cancel").dataset.id = status.id;
+  renderParams(status);
+  renderImages(status).catch(onError);
+}
+
+/** Empties the page, so that nothing of the job shown before (maybe another tenant's) stays. */
+function clear() {
+  shownImages = "";
+  $("job-title").textContent = "Job";
+  for (const id of ["job-state", "job-step", "job-error", "job-copied"]) $(id).textContent = "";
+  $("job-progress").value = 0;
+  $("job-cancel").hidden = true;
+  $("job-images").replaceChildren();
+  $("job-params").replaceChildren();
+  $("job-command").value = "";
+}
+
+function terminal(status) {
+  return ["succeeded", "failed", "cancelled"].includes(status.state);
+}
+
+/** Stops following the job shown (when the page is left). */
+export function leaveJob() {
+  if (following) following.abort();
+  following = null;
+}
+
+/** Shows job `id` and follows it until it is final; the stream is re-opened if it drops early. */
+export async function showJob(id, onError) {
+  leaveJob();
+  clear();
+  const controller = new AbortController();
+  following = controller;
+  let status = await call("GET", `/v1/jobs/${id}`);
+  if (controller.signal.aborted) return; // another page was opened meanwhile
+  render(status, onError);
+  while (!terminal(status) && !controller.signal.aborted) {
+    try {
+      await followEvents(id, (event) => {
+        status = event.status;
+        render(status, onError);
+      }, controller.signal);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      onError(err);
+    }
+    if (controller.signal.aborted || terminal(status)) return;
+    // the stream ended early (a proxy's timeout, a dispatcher restart): catch up, then listen again
+    await new Promise((r) => setTimeout(r, 1000));
+    status = await call("GET", `/v1/jobs/${id}`);
+    if (controller.signal.aborted) return;
+    render(status, onError);
+  }
+}
+
+export function setupJob(onError) {
+  $("job-copy").addEventListener("click", async () => {
+    const text = $("job-command").value;
+    try {
+      await navigator.clipboard.writeText(text);
+      $("job-copied").textContent = "Copied.";
+    } catch {
+      // no clipboard permission (plain http): select it so Ctrl+C works
+      $("job-command").select();
+      $("job-copied").textContent = "Selected: press Ctrl+C to copy.";
+    }
+  });
+  $("job-cancel").addEventListener("click", async () => {
+    try {
+      render(await call("DELETE", `/v1/jobs/${$("job-cancel").dataset.id}`), onError);
+    } catch (err) {
+      onError(err);
+    }
+  });
+}
