@@ -195,3 +195,44 @@ async fn sigterm_drains_cleanly() {
 fn toml_of(config: &FleetConfig) -> String {
     toml::to_string(config).expect("configuration serialises to TOML")
 }
+
+/// A message that is not a job (not even JSON), published straight onto a job queue: the worker
+/// dead-letters it with the broker's reason `rejected` and goes on serving real jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_is_not_a_job_is_dead_lettered_and_the_worker_keeps_going() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions};
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 1).await;
+    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
+    let broker = fleet_queue::Broker::connect(&config.rabbitmq.url, topology).await.unwrap();
+    let channel = broker.channel().await.unwrap();
+    let routing = fleet_queue::topology::routing_key("tiny", fleet_core::Priority::Interactive);
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let confirm = channel
+        .basic_publish(&config.rabbitmq.exchange, &routing, BasicPublishOptions::default(), b"{not json", props)
+        .await
+        .unwrap();
+    confirm.await.unwrap();
+
+    let started = Instant::now();
+    let dead = loop {
+        if let Some(msg) =
+            channel.basic_get(&config.rabbitmq.dead_letter_queue, BasicGetOptions { no_ack: true }).await.unwrap()
+        {
+            break msg.delivery;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the malformed message never reached the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.data, b"{not json");
+    let death = fleet_queue::message::death(&dead.properties).expect("x-death header");
+    assert_eq!(death.reason, "rejected");
+
+    let ok = fleet.submit(tiny_job(1)).await.id;
+    let statuses = fleet.wait_all(&[ok], Duration::from_secs(60)).await;
+    assert_eq!(statuses[0].state, fleet_core::JobState::Succeeded, "the worker kept serving: {:?}", statuses[0]);
+    fleet.stop().await;
+}
