@@ -6,6 +6,7 @@ use std::time::Duration;
 use fleet_core::JobState;
 use fleet_e2e::isolated_config;
 use fleet_e2e::link::Link;
+use fleet_e2e::redis_server::PrivateRedis;
 
 use fleet_e2e::fleet::Fleet;
 
@@ -73,6 +74,34 @@ async fn jobs_survive_redis_going_away_mid_run() {
     for s in &statuses {
         assert_eq!(s.state, JobState::Succeeded, "{s:?}");
         assert_eq!(s.result.len() as u32, s.progress.images_total, "{s:?}");
+    }
+    fleet.stop().await;
+}
+
+/// Redis stopped and started again (append-only file on, as recommended) while a worker runs:
+/// the dispatcher and the worker reconnect by themselves and every job finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_survive_a_redis_restart() {
+    let mut redis = PrivateRedis::start();
+    let mut config = isolated_config();
+    config.redis.url = redis.url();
+    let fleet = Fleet::start(config.clone(), 1).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(fleet.submit(tiny_job(i)).await.id);
+    }
+    loop {
+        let states = futures::future::join_all(ids.iter().map(|id| fleet.status(*id))).await;
+        if states.iter().any(|s| s.state != JobState::Queued) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| redis.restart(Duration::from_secs(2)));
+
+    let statuses = fleet.wait_all(&ids, Duration::from_secs(180)).await;
+    for s in &statuses {
+        assert_eq!(s.state, JobState::Succeeded, "{s:?}");
     }
     fleet.stop().await;
 }

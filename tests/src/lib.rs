@@ -7,6 +7,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
 pub mod fleet;
 pub mod link;
+pub mod redis_server;
 
 fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
