@@ -59,13 +59,7 @@ async fn jobs_survive_redis_going_away_mid_run() {
     }
     // Cut while the worker is busy, so progress and result writes hit the outage. The API cannot
     // answer during it (its records are in Redis too), so the test waits it out without polling.
-    loop {
-        let running = futures::future::join_all(ids.iter().map(|id| fleet.status(*id))).await;
-        if running.iter().any(|s| s.state != JobState::Queued) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_started(&fleet, &ids).await;
     link.cut();
     tokio::time::sleep(OUTAGE).await;
     link.restore();
@@ -90,13 +84,7 @@ async fn jobs_survive_a_redis_restart() {
     for i in 0..6 {
         ids.push(fleet.submit(tiny_job(i)).await.id);
     }
-    loop {
-        let states = futures::future::join_all(ids.iter().map(|id| fleet.status(*id))).await;
-        if states.iter().any(|s| s.state != JobState::Queued) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_started(&fleet, &ids).await;
     tokio::task::block_in_place(|| redis.restart(Duration::from_secs(2)));
 
     let statuses = fleet.wait_all(&ids, Duration::from_secs(180)).await;
@@ -104,4 +92,15 @@ async fn jobs_survive_a_redis_restart() {
         assert_eq!(s.state, JobState::Succeeded, "{s:?}");
     }
     fleet.stop().await;
+}
+
+/// Waits until the worker has taken up at least one of the jobs.
+async fn until_one_started(fleet: &Fleet, ids: &[uuid::Uuid]) {
+    loop {
+        let states = futures::future::join_all(ids.iter().map(|id| fleet.status(*id))).await;
+        if states.iter().any(|s| s.state != JobState::Queued) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
