@@ -157,6 +157,14 @@ impl Models {
         resolve_lora(name, Some(&self.lora_dir)).map_err(|_| ModelError::UnknownLora(name.to_owned()))
     }
 
+    /// Whether a LoRA name can be served, without touching the network (a Lightning LoRA not in
+    /// the library is fetched later, off the async runtime, by [`Models::with_loras`]).
+    pub fn has_lora(&self, name: &str) -> bool {
+        is_library_name(name)
+            && (self.lora_dir.join(format!("{name}.safetensors")).is_file()
+                || fleet_engine::lora::LIGHTNING_LORAS.contains(&name))
+    }
+
     /// The folder of a ControlNet name (`<controlnet_dir>/NAME/config.json`).
     pub fn controlnet_dir(&self, name: &str) -> Result<PathBuf, ModelError> {
         let dir = self.controlnet_dir.join(name);
@@ -261,7 +269,9 @@ mod tests {
         assert_eq!(models.cached_lora_pipelines(), 1);
         assert!(matches!(models.with_loras("tiny", &style(0.5)).unwrap().1, CacheOutcome::Miss { .. }));
         // Unknown names and paths are not in the library.
+        assert!(models.has_lora("style") && models.has_lora("sdxl_lightning_4step_lora"));
         for bad in ["absent", "../style", "/etc/passwd"] {
+            assert!(!models.has_lora(bad));
             let e = models.with_loras("tiny", &[LoraRef { name: bad.into(), scale: 1.0 }]).unwrap_err();
             assert!(matches!(e, ModelError::UnknownLora(_)), "{bad}: {e}");
         }

@@ -137,8 +137,8 @@ fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> 
         ));
     }
     for lora in &spec.loras {
-        if let Err(e) = models.lora_file(&lora.name) {
-            return Some(JobError::new(ErrorCode::UnknownLora, e.to_string()));
+        if !models.has_lora(&lora.name) {
+            return Some(JobError::new(ErrorCode::UnknownLora, ModelError::UnknownLora(lora.name.clone()).to_string()));
         }
     }
     if let Some(cn) = &spec.controlnet
