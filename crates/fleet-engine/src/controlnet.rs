@@ -224,7 +224,13 @@ impl ControlNetModel {
         cond: &Tensor,
         scale: f64,
     ) -> Result<ControlResiduals> {
-        self.enc.check_inputs(sample, encoder_hidden_states, added, "controlnet")?;
+        let emb = self.embed_condition(cond, sample)?;
+        self.forward_embedded(sample, timestep, encoder_hidden_states, added, &emb, scale)
+    }
+
+    /// `controlnet_cond_embedding(cond)`: it depends on the image only, so a pipeline computes it
+    /// once per request. `sample` gives the batch and latent size it must fit.
+    pub fn embed_condition(&self, cond: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = sample.dims4().ctx("controlnet sample")?;
         let f = 1 << (self.config.conditioning_embedding_out_channels.len() - 1);
         let want = [b, self.config.conditioning_channels, h * f, w * f];
@@ -235,15 +241,32 @@ impl ControlNetModel {
                 got: format!("{:?}", cond.dims()),
             });
         }
-        let run = || -> candle_core::Result<ControlResiduals> {
-            let dtype = self.enc.dtype;
-            let emb = self.enc.embed(timestep, b, added, sample.device())?;
-            let ctx = encoder_hidden_states.to_dtype(dtype)?;
-            let mut cond = cond.to_dtype(dtype)?;
+        let run = || -> candle_core::Result<Tensor> {
+            let mut cond = cond.to_dtype(self.enc.dtype)?;
             if self.config.controlnet_conditioning_channel_order == "bgr" {
                 cond = cond.flip(&[1])?;
             }
-            let x = (self.enc.conv_in(sample)? + self.cond_embedding.forward(&cond)?)?;
+            self.cond_embedding.forward(&cond)
+        };
+        run().ctx("controlnet conditioning embedding")
+    }
+
+    /// [`ControlNetModel::forward`] with the conditioning embedding already computed.
+    pub fn forward_embedded(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
+        cond_emb: &Tensor,
+        scale: f64,
+    ) -> Result<ControlResiduals> {
+        self.enc.check_inputs(sample, encoder_hidden_states, added, "controlnet")?;
+        let run = || -> candle_core::Result<ControlResiduals> {
+            let dtype = self.enc.dtype;
+            let emb = self.enc.embed(timestep, sample.dim(0)?, added, sample.device())?;
+            let ctx = encoder_hidden_states.to_dtype(dtype)?;
+            let x = (self.enc.conv_in(sample)? + cond_emb)?;
             let (x, res) = self.enc.down(x, &emb, &ctx)?;
             let x = self.enc.mid(&x, &emb, &ctx)?;
             let down = res

@@ -439,9 +439,10 @@ impl Update {
                 &self.down.dims()[1..]
             );
         }
-        let up = self.up.to_device(dev)?.reshape((out, rank))?;
+        // Scale the small `up` factor rather than the full-size product.
+        let up = (self.up.to_device(dev)?.reshape((out, rank))? * self.factor)?;
         let down = self.down.to_device(dev)?.reshape((rank, inner))?;
-        (up.matmul(&down)? * self.factor)?.reshape(shape)
+        up.matmul(&down)?.reshape(shape)
     }
 }
 

@@ -623,8 +623,8 @@ impl Pipeline {
     ) -> Result<Option<ControlResiduals>> {
         let mut sum: Option<ControlResiduals> = None;
         // diffusers runs inactive ControlNets with scale 0; skipping them adds the same zeros.
-        for (c, image) in controls.iter().filter(|(c, _)| controlled(i, n, c.start, c.end)) {
-            let r = c.model.forward(x, t, embeds, Some(added), image, c.scale)?;
+        for (c, cond_emb) in controls.iter().filter(|(c, _)| controlled(i, n, c.start, c.end)) {
+            let r = c.model.forward_embedded(x, t, embeds, Some(added), cond_emb, c.scale)?;
             sum = Some(match sum {
                 None => r,
                 Some(s) => {
@@ -708,16 +708,19 @@ impl Pipeline {
         let (h, w) = (req.height as f32, req.width as f32);
         let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device).ctx("time ids")?;
         let added = AddedCond { text_embeds: pooled, time_ids };
-        // Control images repeated to the UNet batch (both CFG halves get the image, as diffusers).
+        let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
+        // Control images repeated to the UNet batch (both CFG halves get the image, as diffusers)
+        // and through each ControlNet's conditioning embedding once: it does not change per step.
+        let model_input_shape = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { Ok(latents.clone()) };
+        let model_input_shape = model_input_shape.ctx("cfg input")?;
         let controls = req
             .controls
             .iter()
             .map(|c| {
                 let img = c.image.to_device(&self.device).and_then(|i| i.repeat((ub, 1, 1, 1))).ctx("control image")?;
-                Ok((c.clone(), img))
+                Ok((c.clone(), c.model.embed_condition(&img, &model_input_shape)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
         let total = sched.timesteps.len();
         for (i, &t) in sched.timesteps.iter().enumerate() {
             let x = if cfg_on { Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")? } else { latents.clone() };
