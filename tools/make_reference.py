@@ -11,6 +11,8 @@ outputs into tests/fixtures/reference.safetensors + reference.json.
     /work/.venv-ref/bin/pip install torch diffusers transformers safetensors numpy
     /work/.venv-ref/bin/pip install --no-deps open_clip_torch   # only for its BPE file
     /work/.venv-ref/bin/python tools/make_reference.py [OUT_DIR]
+    /work/.venv-ref/bin/python tools/make_reference.py --extras-only   # LoRA + ControlNet fixtures only
+                                                       # (needs peft too)
 
 The vocabulary: vocab.json/merges.txt are taken from a local folder given by $CLIP_TOKENIZER_DIR,
 else derived from open_clip's `bpe_simple_vocab_16e6.txt.gz` (the original OpenAI CLIP BPE
@@ -270,15 +272,283 @@ def sdxl_layout():
             "text_encoder": CLIPTextModel(CLIPTextConfig(**SDXL_TE1)),
             "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TE2)),
         }
+    from diffusers import ControlNetModel
+
+    with torch.device("meta"):
+        comps["controlnet"] = ControlNetModel.from_unet(comps["unet"], load_weights_from_unet=False)
     for name, m in comps.items():
-        cfg = dict(m.config) if name in ("unet", "vae") else m.config.to_dict()
+        cfg = dict(m.config) if name in ("unet", "vae", "controlnet") else m.config.to_dict()
         out[name] = {"config": json.loads(json.dumps(cfg, default=str)),
                      "keys": {k: list(v.shape) for k, v in m.state_dict().items()}}
     (OUT / "sdxl_layout.json").write_text(json.dumps(out, separators=(",", ":")))
     print("wrote", OUT / "sdxl_layout.json")
 
 
+# ---------------------------------------------------------------------------------------------
+# LoRA and ControlNet fixtures (on top of the tiny-sdxl pipeline saved by main()).
+
+EXTRA = OUT / "extras"
+LORA_SCALES = {"kohya": 0.8, "kohya_sgm": 1.3, "peft": 0.7}
+
+
+def load_tiny():
+    from diffusers import StableDiffusionXLPipeline as P
+
+    pipe = P.from_pretrained(MODEL, torch_dtype=torch.float32, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def r16(t):
+    return t.half().float()
+
+
+def lora_targets(model):
+    """Every Linear / Conv2d of a model by module name (what a LoRA can target)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+def sgm_name(name, layers, up_types):
+    """diffusers UNet module name -> SGM (original SD / sd-scripts) name, dotted."""
+    resnet = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+              "conv_shortcut": "skip_connection"}
+    fixed = {"conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.linear_1": "time_embed.0",
+             "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+             "add_embedding.linear_2": "label_emb.0.2"}
+    if name in fixed:
+        return fixed[name]
+    p = name.split(".")
+    per = layers + 1
+    if p[0] == "down_blocks":
+        b = int(p[1])
+        if p[2] == "downsamplers":
+            return f"input_blocks.{(b + 1) * per}.0.op"
+        i = 1 + b * per + int(p[3])
+        return f"input_blocks.{i}.0.{resnet[p[4]]}" if p[2] == "resnets" else f"input_blocks.{i}.1." + ".".join(p[4:])
+    if p[0] == "mid_block":
+        if p[1] == "resnets":
+            return f"middle_block.{0 if p[2] == '0' else 2}.{resnet[p[3]]}"
+        return "middle_block.1." + ".".join(p[3:])
+    if p[0] == "up_blocks":
+        b = int(p[1])
+        if p[2] == "upsamplers":
+            return f"output_blocks.{b * per + layers}.{2 if up_types[b].startswith('CrossAttn') else 1}.conv"
+        i = b * per + int(p[3])
+        return f"output_blocks.{i}.0.{resnet[p[4]]}" if p[2] == "resnets" else f"output_blocks.{i}.1." + ".".join(p[4:])
+    raise ValueError(name)
+
+
+def random_kohya(pipe, gen, sgm=False, with_te=True, skip=()):
+    """A random kohya LoRA over every Linear/Conv2d of the UNet (and text encoders): ranks 2 and
+    4, alphas 4, 3 and rank/2 (different from the rank), 3x3 convs as LoCon does."""
+    sd = {}
+    layers = pipe.unet.config.layers_per_block
+    comps = [("unet", pipe.unet)] + ([("te1", pipe.text_encoder), ("te2", pipe.text_encoder_2)] if with_te else [])
+    for k, (comp, model) in enumerate(comps):
+        for j, (name, m) in enumerate(sorted(lora_targets(model).items())):
+            if name in skip:
+                continue
+            mod = sgm_name(name, layers, pipe.unet.config.up_block_types) if (sgm and comp == "unet") else name
+            key = f"lora_{comp}_" + mod.replace(".", "_")
+            rank = 2 if (j + k) % 3 == 0 else 4
+            if isinstance(m, torch.nn.Linear):
+                down = torch.randn((rank, m.in_features), generator=gen) / m.in_features**0.5
+                up = torch.randn((m.out_features, rank), generator=gen) * 0.3
+            else:
+                kh, kw = m.kernel_size
+                down = torch.randn((rank, m.in_channels, kh, kw), generator=gen) / (m.in_channels * kh * kw) ** 0.5
+                up = torch.randn((m.out_channels, rank, 1, 1), generator=gen) * 0.3
+            sd[key + ".lora_down.weight"] = down.half()  # kohya files are usually f16
+            sd[key + ".lora_up.weight"] = up.half()
+            # sd-scripts writes an alpha for every module. diffusers 0.42 loses the alphas of
+            # attention projections (their converted alpha names match no module) and gives
+            # them the most common alpha instead; keeping those at the most common value (4)
+            # makes diffusers' result the kohya semantics that this fixture checks.
+            attn = name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "out_proj") \
+                or name.endswith("to_out.0")
+            alpha = 4.0 if attn or j % 3 == 2 else (float(rank) / 2 if j % 3 == 0 else 3.0)
+            sd[key + ".alpha"] = torch.tensor(alpha)
+    return sd
+
+
+def lora_modules_applied(model):
+    return sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A) > 0)
+
+
+def run_case(pipe, c, lat, **extra):
+    with torch.no_grad():
+        out = pipe(prompt=c["prompt"], negative_prompt=c.get("negative_prompt"), num_inference_steps=c["steps"],
+                   guidance_scale=c["guidance"], width=c["width"], height=c["height"], latents=lat.clone(),
+                   output_type="np", **extra)
+    return torch.from_numpy(np.ascontiguousarray(out.images)).permute(0, 3, 1, 2).float().contiguous()
+
+
+def kohya_fixture(name, sgm, gen, ref, meta, lat, case):
+    """Write a kohya LoRA, fuse it in diffusers, record the image. Modules that diffusers'
+    conversion does not apply are left out of the file (the fixture shows what diffusers does)."""
+    path = EXTRA / f"lora_{name}.safetensors"
+    skip = set()
+    for _ in range(3):
+        pipe = load_tiny()
+        wanted = sorted(lora_targets(pipe.unet))
+        state = random_kohya(pipe, torch.Generator().manual_seed(7 if not sgm else 8), sgm=sgm, skip=skip)
+        save_file(state, path)
+        pipe.load_lora_weights(str(path), adapter_name=name)
+        applied = {"unet": lora_modules_applied(pipe.unet), "te1": lora_modules_applied(pipe.text_encoder),
+                   "te2": lora_modules_applied(pipe.text_encoder_2)}
+        missing = [n for n in wanted if n not in applied["unet"] and n not in skip]
+        if not missing:
+            break
+        print(f"{name}: diffusers does not apply {missing}; leaving them out")
+        skip |= set(missing)
+    pipe.fuse_lora(lora_scale=LORA_SCALES[name])
+    ref[f"lora.{name}.image"] = run_case(pipe, case, lat)
+    meta["loras"][name] = {"file": path.name, "scale": LORA_SCALES[name], "skipped_by_diffusers": sorted(skip),
+                           "modules": {k: len(v) for k, v in applied.items()}}
+
+
+def peft_fixture(gen, ref, meta, lat, case):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from diffusers import StableDiffusionXLPipeline as P
+
+    pipe = load_tiny()
+    cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+                                     "ff.net.2", "conv1", "conv2", "time_emb_proj"],
+                     rank_pattern={"proj_in": 2}, alpha_pattern={"to_k": 2})
+    pipe.unet.add_adapter(cfg)
+    with torch.no_grad():
+        for n, p in pipe.unet.named_parameters():
+            if "lora_" in n:
+                p.copy_(r16(torch.randn(p.shape, generator=gen) / (p.shape[1] if "lora_A" in n else 3.0) ** 0.5))
+    state = {k: v.half() for k, v in get_peft_model_state_dict(pipe.unet).items()}
+    P.save_lora_weights(EXTRA, unet_lora_layers=state, unet_lora_adapter_metadata=cfg.to_dict(),
+                        weight_name="lora_peft.safetensors")
+    pipe = load_tiny()
+    pipe.load_lora_weights(str(EXTRA / "lora_peft.safetensors"), adapter_name="peft")
+    pipe.fuse_lora(lora_scale=LORA_SCALES["peft"])
+    ref["lora.peft.image"] = run_case(pipe, case, lat)
+    meta["loras"]["peft"] = {"file": "lora_peft.safetensors", "scale": LORA_SCALES["peft"],
+                             "modules": {"unet": len(lora_modules_applied(pipe.unet))}}
+
+
+def control_png(w, h, seed):
+    """A deterministic control map: a few filled rectangles and a circle (edge-like shapes)."""
+    from PIL import Image, ImageDraw
+
+    g = torch.Generator().manual_seed(seed)
+    img = Image.new("RGB", (w, h), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = int(torch.randint(0, w - 8, (1,), generator=g)), int(torch.randint(0, h - 8, (1,), generator=g))
+        x1, y1 = x0 + int(torch.randint(6, w // 2, (1,), generator=g)), y0 + int(torch.randint(6, h // 2, (1,), generator=g))
+        col = tuple(int(v) for v in torch.randint(64, 256, (3,), generator=g))
+        d.rectangle([x0, y0, x1, y1], outline=col, width=2)
+    d.ellipse([w // 4, h // 4, 3 * w // 4, 3 * h // 4], outline=(255, 255, 255), width=1)
+    return img
+
+
+def controlnet_fixture(gen, ref, meta, lat_of):
+    from diffusers import ControlNetModel, MultiControlNetModel, StableDiffusionXLControlNetPipeline
+
+    base = load_tiny()
+    cn = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(4, 8, 8, 16)).eval()
+    with torch.no_grad():
+        for n, p in cn.named_parameters():
+            if n.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")):
+                # Zero convs perturbed so the control has a visible effect; the conditioning
+                # embedding gets random weights too (it is only partly zero-initialised).
+                fan_in = int(np.prod(p.shape[1:])) if p.ndim > 1 else 1
+                std = 0.1 if p.ndim == 1 else (0.5 if "controlnet_" in n and "cond_embedding" not in n else 1.0) / fan_in**0.5
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+            p.copy_(r16(p))
+    cdir = EXTRA / "tiny-controlnet"
+    if cdir.exists():
+        shutil.rmtree(cdir)
+    cn.save_pretrained(cdir, safe_serialization=True)
+    to_f16_files(cdir)
+    cn = ControlNetModel.from_pretrained(cdir, torch_dtype=torch.float32).eval()
+    comps = {k: v for k, v in base.components.items() if k in ("vae", "text_encoder", "text_encoder_2", "tokenizer",
+                                                                "tokenizer_2", "unet", "scheduler")}
+
+    def pipe_with(controlnet):
+        p = StableDiffusionXLControlNetPipeline(**comps, controlnet=controlnet, force_zeros_for_empty_prompt=True,
+                                                add_watermarker=False)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    images = {}
+    for key, (w, h, seed) in {"a": (64, 64, 1), "b": (64, 64, 2), "c": (72, 48, 3)}.items():
+        img = control_png(w, h, seed)
+        img.save(EXTRA / f"control_{key}.png")
+        images[key] = img
+
+    # The ControlNet alone, with explicit inputs.
+    with torch.no_grad():
+        sample = torch.randn((2, 4, 8, 8), generator=gen)
+        ctx = torch.randn((2, 77, 32), generator=gen)
+        text_embeds = torch.randn((2, 16), generator=gen)
+        time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0], [64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])
+        cond = torch.from_numpy(np.asarray(images["a"], dtype=np.float32) / 255.0).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+        downs, mid = cn(sample, 499.0, ctx, controlnet_cond=cond, conditioning_scale=0.6,
+                        added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}, return_dict=False)
+        ref.update({"cn.sample": sample, "cn.ctx": ctx, "cn.text_embeds": text_embeds, "cn.time_ids": time_ids,
+                    "cn.cond": cond, "cn.mid": mid})
+        for i, d in enumerate(downs):
+            ref[f"cn.down.{i}"] = d
+
+    cases = {
+        "cn_base": dict(prompt=["a photo of a cat"], steps=4, guidance=0.0, width=64, height=64,
+                        images=["a"], scale=[0.7], start=[0.0], end=[1.0]),
+        "cn_window": dict(prompt=["a red car on a road"], steps=4, guidance=0.0, width=72, height=48,
+                          images=["c"], scale=[1.0], start=[0.25], end=[0.75]),
+        "cn_cfg": dict(prompt=["a photo of a cat"], steps=2, guidance=3.0, width=64, height=64,
+                       negative_prompt="blurry", images=["a"], scale=[0.5], start=[0.0], end=[1.0]),
+        "cn_multi": dict(prompt=["a photo of a cat"], steps=2, guidance=0.0, width=64, height=64,
+                         images=["a", "b"], scale=[0.5, 0.8], start=[0.0, 0.5], end=[1.0, 1.0]),
+    }
+    for name, c in cases.items():
+        lat = lat_of(c)
+        multi = len(c["images"]) > 1
+        p = pipe_with(MultiControlNetModel([cn, cn]) if multi else cn)
+        imgs = [images[k] for k in c["images"]]
+        one = lambda v: v if multi else v[0]  # noqa: E731
+        ref[f"case.{name}.latents"] = lat
+        ref[f"case.{name}.image"] = run_case(p, c, lat, image=one(imgs), controlnet_conditioning_scale=one(c["scale"]),
+                                             control_guidance_start=one(c["start"]), control_guidance_end=one(c["end"]))
+        meta["cases"][name] = c
+
+
+def extras():
+    """LoRA and ControlNet fixtures into tests/fixtures/extras (+ extras.safetensors/json)."""
+    EXTRA.mkdir(exist_ok=True)
+    gen = torch.Generator().manual_seed(20240515)
+    ref, meta = {}, {"loras": {}, "cases": {}}
+    case = dict(prompt=["a photo of a cat"], steps=4, guidance=0.0, width=64, height=64)
+    lat = torch.randn((1, 4, 8, 8), generator=gen)
+    ref["lora.latents"] = lat
+    meta["lora_case"] = case
+    base = load_tiny()
+    ref["lora.base.image"] = run_case(base, case, lat)
+    kohya_fixture("kohya", False, gen, ref, meta, lat, case)
+    kohya_fixture("kohya_sgm", True, gen, ref, meta, lat, case)
+    peft_fixture(gen, ref, meta, lat, case)
+    controlnet_fixture(gen, ref, meta, lambda c: torch.randn((len(c["prompt"]), 4, c["height"] // 8, c["width"] // 8),
+                                                            generator=gen))
+    save_file({k: v.contiguous() for k, v in ref.items()}, EXTRA / "reference.safetensors")
+    import diffusers, peft, transformers
+
+    meta["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                        "transformers": transformers.__version__, "peft": peft.__version__}
+    (EXTRA / "reference.json").write_text(json.dumps(meta, indent=1))
+    total = sum(f.stat().st_size for f in EXTRA.rglob("*") if f.is_file())
+    print(f"wrote {EXTRA} ({total / 1e6:.2f} MB)")
+
+
 if __name__ == "__main__":
-    if "--sdxl-layout-only" not in sys.argv:
+    if "--sdxl-layout-only" not in sys.argv and "--extras-only" not in sys.argv:
         main()
+    if "--sdxl-layout-only" not in sys.argv:
+        extras()
     sdxl_layout()

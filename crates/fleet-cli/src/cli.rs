@@ -94,8 +94,9 @@ pub struct GenerationArgs {
     pub seed: Option<u64>,
     #[arg(long)]
     pub num_images: Option<u32>,
-    /// LoRA from the workers' library, `name` or `name:scale` (repeatable).
-    #[arg(long = "lora", value_name = "NAME[:SCALE]")]
+    /// LoRA, `NAME[:SCALE]` (scale default 1.0, repeatable): a name from the workers' library;
+    /// for `fleet generate` also a `.safetensors` file (names resolve in `library.lora_dir`).
+    #[arg(long = "lora", value_name = "FILE_OR_NAME[:SCALE]")]
     pub loras: Vec<String>,
 }
 
@@ -121,6 +122,28 @@ pub struct GenerateArgs {
     /// Output image (.png, .jpg, .webp); several images become `<stem>_<i>.<ext>`.
     #[arg(long)]
     pub out: PathBuf,
+    /// Fuse LoRAs whose entries match no module of the model (default: an error listing them).
+    #[arg(long)]
+    pub lora_allow_unmatched: bool,
+    /// ControlNet: a diffusers-layout folder (config.json + diffusion_pytorch_model.safetensors).
+    #[arg(long, value_name = "DIR", requires = "control_image")]
+    pub controlnet: Option<PathBuf>,
+    /// Conditioning image (PNG/JPEG/WebP), resized to the output size (Lanczos3).
+    #[arg(long, value_name = "FILE", requires = "controlnet")]
+    pub control_image: Option<PathBuf>,
+    /// ControlNet conditioning scale.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub control_scale: f64,
+    /// Fraction of the steps at which control starts.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub control_start: f64,
+    /// Fraction of the steps at which control ends.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub control_end: f64,
+    /// `none` (the image is a control map) or `canny` (edges of a photo, thresholds 100/200;
+    /// `canny:LOW:HIGH` sets them).
+    #[arg(long, value_name = "none|canny", default_value = "none")]
+    pub control_preprocess: String,
 }
 
 #[derive(Debug, Args)]

@@ -185,3 +185,27 @@ fn generate_offline_from_the_hub_is_one_clear_error() {
     assert!(stderr.contains("--model DIR"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn generate_with_a_lora_file_and_a_controlnet() {
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet-engine/tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cn.png");
+    let lora = format!("{}:0.5", fx.join("extras/lora_kohya.safetensors").display());
+    let base = |extra: &[&str]| {
+        let mut c = fleet();
+        c.args(["generate", "--model"]).arg(fx.join("tiny-sdxl"));
+        c.args(["--prompt", "a cat", "--width", "64", "--height", "64", "--steps", "2", "--lora", &lora]);
+        c.arg("--controlnet").arg(fx.join("extras/tiny-controlnet"));
+        c.arg("--control-image").arg(fx.join("extras/control_a.png"));
+        c.args(extra).arg("--out").arg(&out);
+        c
+    };
+    let (code, stdout, stderr) =
+        run(&mut base(&["--control-scale", "0.5", "--control-end", "0.5", "--control-preprocess", "canny"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(std::fs::read(&out).unwrap().starts_with(b"\x89PNG"));
+    let (code, _, stderr) = run(&mut base(&["--control-preprocess", "sobel"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("expected none, canny"), "{stderr}");
+}

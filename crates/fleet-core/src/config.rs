@@ -142,6 +142,9 @@ pub struct LibraryConfig {
     pub lora_dir: PathBuf,
     /// Directory of ControlNet models (diffusers layout), one folder per name.
     pub controlnet_dir: PathBuf,
+    /// Pipelines with LoRAs fused in that a worker keeps (each a full copy of the model);
+    /// jobs with the same model and LoRA set (with scales) reuse one and pay the fuse once.
+    pub lora_cache_pipelines: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +260,7 @@ impl Default for LibraryConfig {
             model_dir: PathBuf::from("models"),
             lora_dir: PathBuf::from("models/loras"),
             controlnet_dir: PathBuf::from("models/controlnet"),
+            lora_cache_pipelines: 2,
         }
     }
 }

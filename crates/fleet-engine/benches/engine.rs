@@ -7,6 +7,11 @@
 //! ```
 //! Each model runs in its own child process so its peak RSS (VmHWM) is its own.
 //! `--only tiny --save out.png` also writes the images.
+//!
+//! `-- --lora` benchmarks LoRA fusing (parse + fuse of SDXL-UNet-shaped kohya LoRAs of rank 8,
+//! 32 and 64 — rank 64 over every Linear/Conv is the 394 MB shape of the SDXL-Lightning LoRAs —
+//! and a pipeline load with vs without a LoRA, i.e. a worker's cache miss vs hit);
+//! `-- --controlnet` the ControlNet overhead per denoising step.
 
 use std::time::Duration;
 
@@ -21,6 +26,14 @@ struct Args {
     batch: usize,
     save: Option<String>,
     warmup: bool,
+    mode: Mode,
+}
+
+#[derive(PartialEq)]
+enum Mode {
+    Images,
+    Lora,
+    ControlNet,
 }
 
 fn parse() -> Args {
@@ -32,6 +45,7 @@ fn parse() -> Args {
         batch: 1,
         save: None,
         warmup: true,
+        mode: Mode::Images,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut size: Option<usize> = None;
@@ -48,6 +62,16 @@ fn parse() -> Args {
             "--batch" => a.batch = v.parse().unwrap_or(1),
             "--save" => a.save = Some(v),
             "--warmup" => a.warmup = v != "0",
+            "--lora" => {
+                a.mode = Mode::Lora;
+                i += 1;
+                continue;
+            }
+            "--controlnet" => {
+                a.mode = Mode::ControlNet;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1; // `cargo bench` passes `--bench`
                 continue;
@@ -122,6 +146,11 @@ fn run_one(model: &str, size: usize, a: &Args) {
 
 fn main() {
     let a = parse();
+    match a.mode {
+        Mode::Lora => return extras::lora_bench(),
+        Mode::ControlNet => return extras::controlnet_bench(&a.models, a.steps, a.runs),
+        Mode::Images => {}
+    }
     if let Some(only) = &a.only {
         let size = a.models.iter().find(|m| &m.0 == only).map(|m| m.1).unwrap_or(1024);
         run_one(only, size, &a);
@@ -149,3 +178,6 @@ fn main() {
         }
     }
 }
+
+#[path = "engine/extras.rs"]
+mod extras;

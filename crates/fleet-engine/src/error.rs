@@ -51,6 +51,17 @@ pub enum EngineError {
         #[source]
         source: candle_core::Error,
     },
+    /// A LoRA file is unreadable, of an unsupported format, or inconsistent (e.g. rank mismatch).
+    #[error("LoRA `{name}`: {message}")]
+    Lora { name: String, message: String },
+    /// LoRA entries matched no module of the model (a LoRA for another architecture?).
+    #[error(
+        "{count} LoRA entr(y/ies) match no module of this model (a LoRA for another architecture?): {keys}; pass --lora-allow-unmatched (LoadOptions::allow_unmatched_lora) to ignore them"
+    )]
+    LoraUnmatched { count: usize, keys: String },
+    /// A ControlNet model or its conditioning image is unusable with this request or model.
+    #[error("ControlNet {name}: {message}")]
+    ControlNet { name: String, message: String },
     #[error("io error on {path}: {source}")]
     Io {
         path: PathBuf,

@@ -231,3 +231,36 @@ pub fn from_hub(repo_id: &str, _prefer_fp16: bool, _lightning_unet: Option<&str>
         message: "this build has no `hub` feature".into(),
     })
 }
+
+/// One file of a Hub repository (cache first, then a download unless `HF_HUB_OFFLINE` is set),
+/// e.g. a Lightning LoRA.
+#[cfg(feature = "hub")]
+pub fn hub_file(repo_id: &str, file: &str) -> Result<PathBuf> {
+    use hf_hub::{Cache, api::sync::ApiBuilder};
+
+    if let Some(p) = Cache::from_env().model(repo_id.to_string()).get(file) {
+        return Ok(p);
+    }
+    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
+    let message = if offline {
+        "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache".to_string()
+    } else {
+        match ApiBuilder::from_env().with_progress(false).build() {
+            Ok(api) => match api.model(repo_id.to_string()).get(file) {
+                Ok(p) => return Ok(p),
+                Err(e) => format!("downloading failed: {e}"),
+            },
+            Err(e) => format!("no Hub client: {e}"),
+        }
+    };
+    Err(EngineError::Hub { repo: repo_id.to_string(), missing: file.to_string(), message })
+}
+
+#[cfg(not(feature = "hub"))]
+pub fn hub_file(repo_id: &str, file: &str) -> Result<PathBuf> {
+    Err(EngineError::Hub {
+        repo: repo_id.to_string(),
+        missing: file.to_string(),
+        message: "this build has no `hub` feature".into(),
+    })
+}

@@ -4,18 +4,25 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control_image::{ControlPreprocess, control_image_tensor};
+use crate::controlnet::ControlNetModel;
 use crate::encode::{ImageFormat, save_images};
 use crate::error::{EngineError, Result};
 use crate::files::DEFAULT_HUB_MODEL;
+use crate::lora::{LoraSpec, resolve_lora};
 use crate::pipeline::{
-    GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, Timings, default_dtype, parse_device, read_latents,
+    ControlInput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, Timings, default_dtype, parse_device,
+    read_latents,
 };
 use crate::scheduler::PredictionType;
 
 /// `fleet generate --prompt TEXT [--prompt TEXT ...] [--negative-prompt TEXT]
 /// [--model tiny|DIR|HUB_ID] [--unet FILE] [--steps N] [--guidance F] [--width W]
 /// [--height H] [--seed S] [--num-images N] [--latents FILE]
-/// [--prediction-type epsilon|sample] [--device cpu|cuda|metal] --out PATH`
+/// [--prediction-type epsilon|sample] [--device cpu|cuda|metal]
+/// [--lora FILE_OR_NAME[:SCALE] ...] [--lora-allow-unmatched]
+/// [--controlnet DIR --control-image FILE [--control-scale F] [--control-start F]
+/// [--control-end F] [--control-preprocess none|canny]] --out PATH`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateCommand {
     pub prompts: Vec<String>,
@@ -35,6 +42,20 @@ pub struct GenerateCommand {
     pub out: PathBuf,
     /// JPEG quality (1–100).
     pub quality: u8,
+    /// `FILE_OR_NAME[:SCALE]` (scale default 1.0), fused in order.
+    pub loras: Vec<String>,
+    /// Where LoRA names (not files) are looked up: `<dir>/NAME.safetensors`.
+    pub lora_dir: Option<PathBuf>,
+    /// Accept LoRA entries that match no module.
+    pub allow_unmatched_lora: bool,
+    /// A diffusers-layout ControlNet folder.
+    pub controlnet: Option<PathBuf>,
+    /// The conditioning image (PNG/JPEG/WebP), resized to the output size.
+    pub control_image: Option<PathBuf>,
+    pub control_scale: f64,
+    pub control_start: f64,
+    pub control_end: f64,
+    pub control_preprocess: ControlPreprocess,
 }
 
 impl Default for GenerateCommand {
@@ -55,6 +76,15 @@ impl Default for GenerateCommand {
             device: "cpu".into(),
             out: PathBuf::from("out.png"),
             quality: 90,
+            loras: Vec::new(),
+            lora_dir: None,
+            allow_unmatched_lora: false,
+            controlnet: None,
+            control_image: None,
+            control_scale: 1.0,
+            control_start: 0.0,
+            control_end: 1.0,
+            control_preprocess: ControlPreprocess::None,
         }
     }
 }
@@ -82,7 +112,39 @@ impl GenerateCommand {
             num_images: self.num_images,
             prediction_type: self.prediction_type,
             latents: self.latents.as_deref().map(read_latents).transpose()?,
+            controls: Vec::new(),
         })
+    }
+
+    /// The `--lora` flags as files with scales.
+    pub fn lora_specs(&self) -> Result<Vec<LoraSpec>> {
+        self.loras
+            .iter()
+            .map(|l| {
+                let (name, scale) = LoraSpec::parse(l)?;
+                Ok(LoraSpec { path: resolve_lora(&name, self.lora_dir.as_deref())?, scale })
+            })
+            .collect()
+    }
+
+    /// Check the ControlNet flags and read the control image (before loading any model).
+    fn control_bytes(&self) -> Result<Option<Vec<u8>>> {
+        match (&self.controlnet, &self.control_image) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(EngineError::InvalidRequest("--controlnet needs --control-image FILE".into())),
+            (None, Some(_)) => Err(EngineError::InvalidRequest("--control-image needs --controlnet DIR".into())),
+            (Some(_), Some(img)) => std::fs::read(img).map(Some).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    EngineError::MissingFile {
+                        component: "control image".into(),
+                        path: img.clone(),
+                        hint: String::new(),
+                    }
+                } else {
+                    EngineError::Io { path: img.clone(), source: e }
+                }
+            }),
+        }
     }
 
     /// Load the model, generate, write the images (`out`, or `<stem>_<i>.<ext>` for several).
@@ -91,16 +153,35 @@ impl GenerateCommand {
             return Err(EngineError::InvalidRequest("at least one --prompt is required".into()));
         }
         ImageFormat::from_path(&self.out)?; // fail before loading a model
-        let req = self.request()?;
+        let mut req = self.request()?;
+        let control_bytes = self.control_bytes()?;
+        // Decode the control image before loading: a bad file fails fast.
+        let control_image = control_bytes
+            .map(|b| control_image_tensor(&b, self.width, self.height, self.control_preprocess))
+            .transpose()?;
         let device = parse_device(&self.device)?;
+        let dtype = default_dtype(&device);
         let source: ModelSource = self.model.parse()?;
         let opts = LoadOptions {
             unet_override: self.unet.clone(),
             prediction_type: self.prediction_type,
             prefer_fp16_variant: None,
+            loras: self.lora_specs()?,
+            allow_unmatched_lora: self.allow_unmatched_lora,
         };
         let t = std::time::Instant::now();
-        let pipe = Pipeline::load_with(&source, &device, default_dtype(&device), &opts)?;
+        let pipe = Pipeline::load_with(&source, &device, dtype, &opts)?;
+        if let (Some(dir), Some(image)) = (&self.controlnet, control_image) {
+            let model = std::sync::Arc::new(ControlNetModel::load(dir, &device, dtype)?);
+            model.check_fits(&pipe.unet.config)?;
+            req.controls.push(ControlInput {
+                model,
+                image,
+                scale: self.control_scale,
+                start: self.control_start,
+                end: self.control_end,
+            });
+        }
         let load_seconds = t.elapsed().as_secs_f64();
         let out = pipe.generate(&req, progress)?;
         let pt = req.prediction_type.unwrap_or(pipe.scheduler.prediction_type).to_string();

@@ -12,11 +12,15 @@
 //! # Ok::<(), fleet_engine::EngineError>(())
 //! ```
 
+pub mod canny;
 pub mod clip;
+pub mod control_image;
+pub mod controlnet;
 pub mod encode;
 pub mod error;
 pub mod files;
 pub mod job;
+pub mod lora;
 pub mod pipeline;
 pub mod random;
 pub mod rng;
@@ -26,13 +30,16 @@ pub mod unet;
 mod util;
 pub mod vae;
 
+pub use control_image::{ControlPreprocess, control_image_tensor};
+pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths, save_images};
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use job::{GenerateCommand, GenerateReport};
+pub use lora::{LoraFile, LoraSpec, resolve_lora};
 pub use pipeline::{
-    GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds, RandomPreset,
-    TensorOutput, Timings, default_dtype, parse_device, read_latents,
+    ControlInput, GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds,
+    RandomPreset, TensorOutput, Timings, default_dtype, parse_device, read_latents,
 };
 pub use scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 pub use util::OneOrMany;

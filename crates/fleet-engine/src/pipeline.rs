@@ -3,17 +3,22 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::clip::{ClipTextConfig, ClipTextModel};
+use crate::controlnet::{ControlNetModel, controlled};
 use crate::error::{CandleContext, EngineError, Result};
 use crate::files::ModelFiles;
+use crate::lora::{Component, LoraFile, LoraSet, LoraSpec};
 use crate::rng::SplitMix64;
 use crate::scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 use crate::tokenizer::{ClipTokenizer, EOS_TOKEN, tiny_vocab};
-use crate::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+use crate::unet::{AddedCond, ControlResiduals, UNet2DConditionModel, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
 
 /// Where the model comes from.
@@ -63,6 +68,29 @@ pub struct LoadOptions {
     pub prediction_type: Option<PredictionType>,
     /// Prefer `*.fp16.safetensors` files (default: when dtype is f16).
     pub prefer_fp16_variant: Option<bool>,
+    /// LoRAs fused into the weights while the model is built (UNet and text encoders).
+    pub loras: Vec<LoraSpec>,
+    /// Accept LoRA entries that match no module of the model (default: an error listing them).
+    pub allow_unmatched_lora: bool,
+}
+
+/// One ControlNet applied to a request (several are summed, like diffusers' `MultiControlNetModel`).
+#[derive(Debug, Clone)]
+pub struct ControlInput {
+    pub model: Arc<ControlNetModel>,
+    /// [1, 3, H, W] f32 in [0, 1] at the request's size (see [`crate::control_image`]).
+    pub image: Tensor,
+    /// `controlnet_conditioning_scale`.
+    pub scale: f64,
+    /// `control_guidance_start` / `control_guidance_end`, fractions of the steps.
+    pub start: f64,
+    pub end: f64,
+}
+
+impl ControlInput {
+    pub fn new(model: Arc<ControlNetModel>, image: Tensor) -> Self {
+        Self { model, image, scale: 1.0, start: 0.0, end: 1.0 }
+    }
 }
 
 /// One generation job.
@@ -88,6 +116,9 @@ pub struct GenerateRequest {
     /// Unit-variance initial noise [B, C, H/8, W/8] (f32); multiplied by the initial sigma.
     #[serde(skip)]
     pub latents: Option<Tensor>,
+    /// ControlNets with their conditioning images.
+    #[serde(skip)]
+    pub controls: Vec<ControlInput>,
 }
 
 impl Default for GenerateRequest {
@@ -103,6 +134,7 @@ impl Default for GenerateRequest {
             num_images: 1,
             prediction_type: None,
             latents: None,
+            controls: Vec::new(),
         }
     }
 }
@@ -187,6 +219,10 @@ pub struct Pipeline {
     pub device: Device,
     pub dtype: DType,
     pub model_name: String,
+    /// The LoRAs fused into this pipeline (file stem, scale), in load order.
+    pub loras: Vec<(String, f64)>,
+    /// LoRA entries that matched no module (only with `allow_unmatched_lora`).
+    pub lora_unmatched: Vec<String>,
 }
 
 /// Seed of the built-in tiny model's weights.
@@ -218,7 +254,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 #[allow(unsafe_code)]
-fn mmap_vb(files: &[PathBuf], dtype: DType, device: &Device, component: &str) -> Result<VarBuilder<'static>> {
+fn mmap_backend(files: &[PathBuf], component: &str) -> Result<Box<dyn SimpleBackend>> {
     for f in files {
         if !f.is_file() {
             return Err(EngineError::MissingFile { component: component.into(), path: f.clone(), hint: String::new() });
@@ -226,7 +262,52 @@ fn mmap_vb(files: &[PathBuf], dtype: DType, device: &Device, component: &str) ->
     }
     // SAFETY: the files are memory-mapped read-only; like every safetensors loader we rely on
     // them not being modified while the pipeline lives.
-    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.weights(component)
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }.weights(component)?;
+    Ok(Box::new(st))
+}
+
+pub(crate) fn mmap_vb(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+    component: &str,
+) -> Result<VarBuilder<'static>> {
+    Ok(VarBuilder::from_backend(mmap_backend(files, component)?, dtype, device.clone()))
+}
+
+/// The LoRAs of a load, parsed and resolved against the UNet config.
+struct Fuse {
+    set: Option<LoraSet>,
+    names: Vec<(String, f64)>,
+}
+
+impl Fuse {
+    fn new(specs: &[LoraSpec], unet: &UNetConfig) -> Result<Self> {
+        if specs.is_empty() {
+            return Ok(Self { set: None, names: Vec::new() });
+        }
+        let files = specs.iter().map(|s| Ok((LoraFile::load(&s.path)?, s.scale))).collect::<Result<Vec<_>>>()?;
+        let names = files.iter().map(|(f, s)| (f.name.clone(), *s)).collect();
+        Ok(Self { set: Some(LoraSet::new(&files, unet)?), names })
+    }
+
+    /// A component's `VarBuilder`, adding the LoRA updates as tensors are fetched.
+    fn vb(&self, base: Box<dyn SimpleBackend>, c: Component, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        let backend = match &self.set {
+            Some(set) => set.backend(c, base),
+            None => base,
+        };
+        VarBuilder::from_backend(backend, dtype, device.clone())
+    }
+
+    /// After the build: unmatched entries are an error unless allowed.
+    fn finish(&self, p: &mut Pipeline, allow_unmatched: bool) -> Result<()> {
+        if let Some(set) = &self.set {
+            p.lora_unmatched = set.check_unmatched(allow_unmatched)?;
+        }
+        p.loras = self.names.clone();
+        Ok(())
+    }
 }
 
 impl Pipeline {
@@ -245,12 +326,12 @@ impl Pipeline {
         }
         let prefer_fp16 = opts.prefer_fp16_variant.unwrap_or(dtype == DType::F16);
         let mut p = match source {
-            ModelSource::Tiny => Self::random(RandomPreset::Tiny, device, dtype)?,
-            ModelSource::RandomMedium => Self::random(RandomPreset::Medium, device, dtype)?,
-            ModelSource::RandomSdxl => Self::random(RandomPreset::Sdxl, device, dtype)?,
+            ModelSource::Tiny => Self::random_with(RandomPreset::Tiny, device, dtype, opts)?,
+            ModelSource::RandomMedium => Self::random_with(RandomPreset::Medium, device, dtype, opts)?,
+            ModelSource::RandomSdxl => Self::random_with(RandomPreset::Sdxl, device, dtype, opts)?,
             ModelSource::Dir(dir) => {
                 let files = ModelFiles::from_dir_with_unet(dir, prefer_fp16, opts.unet_override.as_deref())?;
-                Self::from_files(&files, device, dtype)?
+                Self::from_files_with(&files, device, dtype, opts)?
             }
             ModelSource::Hub(id) => {
                 // For ByteDance/SDXL-Lightning a bare file name picks that repository's UNet file.
@@ -266,7 +347,7 @@ impl Pipeline {
                 if let (Some(u), None) = (&opts.unet_override, lightning_file) {
                     files.unet_weights = vec![u.clone()];
                 }
-                Self::from_files(&files, device, dtype)?
+                Self::from_files_with(&files, device, dtype, opts)?
             }
         };
         // The 1-step Lightning UNet (`..._x0.safetensors`) predicts x0.
@@ -287,6 +368,13 @@ impl Pipeline {
 
     /// Build from resolved files.
     pub fn from_files(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        Self::from_files_with(files, device, dtype, &LoadOptions::default())
+    }
+
+    /// [`Pipeline::from_files`] with LoRAs from `opts` fused in.
+    pub fn from_files_with(files: &ModelFiles, device: &Device, dtype: DType, opts: &LoadOptions) -> Result<Self> {
+        let ucfg = UNetConfig::from_file(&files.unet_config)?;
+        let fuse = Fuse::new(&opts.loras, &ucfg)?;
         let mut force_zeros = true;
         if let Some(mi) = &files.model_index {
             let v: serde_json::Value = crate::util::read_json(mi, "model_index")?;
@@ -298,20 +386,14 @@ impl Pipeline {
         let tokenizer_2 = ClipTokenizer::from_dir(&files.tokenizer_2_dir, "tokenizer_2")?;
         let c1: ClipTextConfig = crate::util::read_json(&files.text_encoder_config, "text_encoder")?;
         let c2: ClipTextConfig = crate::util::read_json(&files.text_encoder_2_config, "text_encoder_2")?;
-        let text_encoder = ClipTextModel::new(
-            mmap_vb(&files.text_encoder_weights, dtype, device, "text_encoder")?,
-            &c1,
-            false,
-            "text_encoder",
-        )?;
-        let text_encoder_2 = ClipTextModel::new(
-            mmap_vb(&files.text_encoder_2_weights, dtype, device, "text_encoder_2")?,
-            &c2,
-            true,
-            "text_encoder_2",
-        )?;
-        let ucfg = UNetConfig::from_file(&files.unet_config)?;
-        let unet = UNet2DConditionModel::new(mmap_vb(&files.unet_weights, dtype, device, "unet")?, &ucfg)?;
+        let te1 = mmap_backend(&files.text_encoder_weights, "text_encoder")?;
+        let text_encoder =
+            ClipTextModel::new(fuse.vb(te1, Component::TextEncoder, dtype, device), &c1, false, "text_encoder")?;
+        let te2 = mmap_backend(&files.text_encoder_2_weights, "text_encoder_2")?;
+        let text_encoder_2 =
+            ClipTextModel::new(fuse.vb(te2, Component::TextEncoder2, dtype, device), &c2, true, "text_encoder_2")?;
+        let unet_backend = mmap_backend(&files.unet_weights, "unet")?;
+        let unet = UNet2DConditionModel::new(fuse.vb(unet_backend, Component::Unet, dtype, device), &ucfg)?;
         let vcfg = VaeConfig::from_file(&files.vae_config)?;
         let vae_dtype = if dtype == DType::F16 && vcfg.force_upcast { DType::F32 } else { dtype };
         let vae = Vae::new(mmap_vb(&files.vae_weights, vae_dtype, device, "vae")?, &vcfg)?;
@@ -319,7 +401,7 @@ impl Pipeline {
             Some(p) => SchedulerConfig::from_file(p)?,
             None => SchedulerConfig::default(),
         };
-        let p = Self {
+        let mut p = Self {
             tokenizer,
             tokenizer_2,
             text_encoder,
@@ -331,13 +413,21 @@ impl Pipeline {
             device: device.clone(),
             dtype,
             model_name: files.name.clone(),
+            loras: Vec::new(),
+            lora_unmatched: Vec::new(),
         };
         p.check_consistency()?;
+        fuse.finish(&mut p, opts.allow_unmatched_lora)?;
         Ok(p)
     }
 
     /// A deterministic random-weight model built in code.
     pub fn random(preset: RandomPreset, device: &Device, dtype: DType) -> Result<Self> {
+        Self::random_with(preset, device, dtype, &LoadOptions::default())
+    }
+
+    /// [`Pipeline::random`] with LoRAs from `opts` fused in.
+    pub fn random_with(preset: RandomPreset, device: &Device, dtype: DType, opts: &LoadOptions) -> Result<Self> {
         let (vocab, merges) = tiny_vocab();
         let tokenizer = ClipTokenizer::from_strings(&vocab, &merges, EOS_TOKEN, 77, "tokenizer")?;
         let tokenizer_2 = ClipTokenizer::from_strings(&vocab, &merges, "!", 77, "tokenizer_2")?;
@@ -380,12 +470,25 @@ impl Pipeline {
                 (c1, c2, UNetConfig::sdxl_base(), vc, "random-sdxl")
             }
         };
-        let rvb = |k: u64| crate::random::random_var_builder(TINY_SEED.wrapping_add(k), dtype, device);
-        let p = Self {
-            text_encoder: ClipTextModel::new(rvb(1), &c1, false, "text_encoder")?,
-            text_encoder_2: ClipTextModel::new(rvb(2), &c2, true, "text_encoder_2")?,
-            unet: UNet2DConditionModel::new(rvb(3), &ucfg)?,
-            vae: Vae::new(rvb(4), &vcfg)?,
+        let fuse = Fuse::new(&opts.loras, &ucfg)?;
+        let rb = |k: u64| -> Box<dyn SimpleBackend> {
+            Box::new(crate::random::RandomBackend { seed: TINY_SEED.wrapping_add(k) })
+        };
+        let mut p = Self {
+            text_encoder: ClipTextModel::new(
+                fuse.vb(rb(1), Component::TextEncoder, dtype, device),
+                &c1,
+                false,
+                "text_encoder",
+            )?,
+            text_encoder_2: ClipTextModel::new(
+                fuse.vb(rb(2), Component::TextEncoder2, dtype, device),
+                &c2,
+                true,
+                "text_encoder_2",
+            )?,
+            unet: UNet2DConditionModel::new(fuse.vb(rb(3), Component::Unet, dtype, device), &ucfg)?,
+            vae: Vae::new(VarBuilder::from_backend(rb(4), dtype, device.clone()), &vcfg)?,
             tokenizer,
             tokenizer_2,
             scheduler: SchedulerConfig::default(),
@@ -393,8 +496,11 @@ impl Pipeline {
             device: device.clone(),
             dtype,
             model_name: name.into(),
+            loras: Vec::new(),
+            lora_unmatched: Vec::new(),
         };
         p.check_consistency()?;
+        fuse.finish(&mut p, opts.allow_unmatched_lora)?;
         Ok(p)
     }
 
@@ -479,7 +585,56 @@ impl Pipeline {
         if !req.guidance.is_finite() || req.guidance < 0.0 {
             return bad(format!("guidance must be a finite number >= 0, got {}", req.guidance));
         }
+        for c in &req.controls {
+            let name = &c.model.name;
+            if !c.scale.is_finite() {
+                return bad(format!("ControlNet {name}: scale must be finite, got {}", c.scale));
+            }
+            if !(0.0..=1.0).contains(&c.start) || !(0.0..=1.0).contains(&c.end) || c.start >= c.end {
+                return bad(format!(
+                    "ControlNet {name}: start {} and end {} must satisfy 0 <= start < end <= 1",
+                    c.start, c.end
+                ));
+            }
+            let want = [1, 3, req.height, req.width];
+            if c.image.dims() != want {
+                return Err(EngineError::Shape {
+                    name: format!("ControlNet {name} image"),
+                    expected: format!("{want:?} (the output size; see control_image_tensor)"),
+                    got: format!("{:?}", c.image.dims()),
+                });
+            }
+            c.model.check_fits(&self.unet.config)?;
+        }
         Ok(())
+    }
+
+    /// Summed residuals of the ControlNets active at step `i` of `n` (`None` when none is).
+    #[allow(clippy::too_many_arguments)]
+    fn control_residuals(
+        &self,
+        controls: &[(ControlInput, Tensor)],
+        i: usize,
+        n: usize,
+        x: &Tensor,
+        t: f64,
+        embeds: &Tensor,
+        added: &AddedCond,
+    ) -> Result<Option<ControlResiduals>> {
+        let mut sum: Option<ControlResiduals> = None;
+        // diffusers runs inactive ControlNets with scale 0; skipping them adds the same zeros.
+        for (c, cond_emb) in controls.iter().filter(|(c, _)| controlled(i, n, c.start, c.end)) {
+            let r = c.model.forward_embedded(x, t, embeds, Some(added), cond_emb, c.scale)?;
+            sum = Some(match sum {
+                None => r,
+                Some(s) => {
+                    let add = |a: &Tensor, b: &Tensor| (a + b).ctx("sum control residuals");
+                    let down = s.down.iter().zip(&r.down).map(|(a, b)| add(a, b)).collect::<Result<Vec<_>>>()?;
+                    ControlResiduals { down, mid: add(&s.mid, &r.mid)? }
+                }
+            });
+        }
+        Ok(sum)
     }
 
     /// Initial unit-variance noise of a request: the user's latents or the documented RNG.
@@ -554,11 +709,24 @@ impl Pipeline {
         let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device).ctx("time ids")?;
         let added = AddedCond { text_embeds: pooled, time_ids };
         let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
+        // Control images repeated to the UNet batch (both CFG halves get the image, as diffusers)
+        // and through each ControlNet's conditioning embedding once: it does not change per step.
+        let model_input_shape = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { Ok(latents.clone()) };
+        let model_input_shape = model_input_shape.ctx("cfg input")?;
+        let controls = req
+            .controls
+            .iter()
+            .map(|c| {
+                let img = c.image.to_device(&self.device).and_then(|i| i.repeat((ub, 1, 1, 1))).ctx("control image")?;
+                Ok((c.clone(), c.model.embed_condition(&img, &model_input_shape)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let total = sched.timesteps.len();
         for (i, &t) in sched.timesteps.iter().enumerate() {
             let x = if cfg_on { Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")? } else { latents.clone() };
             let x = (x * sched.input_scale(i)).ctx("scale input")?;
-            let out = self.unet.forward(&x, t, &embeds, Some(&added), None)?;
+            let control = self.control_residuals(&controls, i, total, &x, t, &embeds, &added)?;
+            let out = self.unet.forward(&x, t, &embeds, Some(&added), control.as_ref())?;
             let out = out.to_dtype(DType::F32).ctx("unet output")?;
             let out = if cfg_on {
                 let (u, c) = (out.narrow(0, 0, b).ctx("cfg")?, out.narrow(0, b, b).ctx("cfg")?);

@@ -6,7 +6,7 @@
 //! SDXL base UNet and the SDXL-Lightning UNet files load directly. Group norms use the
 //! config's `norm_num_groups` everywhere (candle's stock blocks hard-code 32).
 
-use candle_core::{D, DType, Module, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -25,6 +25,8 @@ pub struct UNetConfig {
     #[serde(default)]
     pub freq_shift: f64,
     pub down_block_types: Vec<String>,
+    /// Absent from ControlNet configs (no up blocks).
+    #[serde(default)]
     pub up_block_types: Vec<String>,
     #[serde(default)]
     pub mid_block_type: Option<String>,
@@ -404,27 +406,33 @@ pub struct AddedCond {
     pub time_ids: Tensor,
 }
 
+/// What the UNet and a ControlNet share: the time/text_time embeddings, `conv_in`, the down
+/// blocks and the mid block (a ControlNet is a copy of them, diffusers `ControlNetModel`).
 #[derive(Debug)]
-pub struct UNet2DConditionModel {
+pub(crate) struct Encoder {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
     add_embedding: Option<TimestepEmbedding>,
     down: Vec<Block>,
     mid: MidBlock,
-    up: Vec<Block>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
-    pub config: UNetConfig,
-    dtype: DType,
+    pub(crate) config: UNetConfig,
+    pub(crate) dtype: DType,
 }
 
-impl UNet2DConditionModel {
-    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+/// Per-block settings derived (and checked) from a config.
+struct Layout {
+    n: usize,
+    layers: Vec<usize>,
+    tl: Vec<usize>,
+    heads: Vec<usize>,
+    ctx: usize,
+}
+
+impl Layout {
+    fn new(cfg: &UNetConfig) -> Result<Self> {
         let n = cfg.block_out_channels.len();
-        if n == 0 || cfg.down_block_types.len() != n || cfg.up_block_types.len() != n {
-            return Err(unsupported(
-                "block_out_channels, down_block_types and up_block_types must have the same non-zero length",
-            ));
+        if n == 0 || cfg.down_block_types.len() != n {
+            return Err(unsupported("block_out_channels and down_block_types must have the same non-zero length"));
         }
         if let Some(t) = &cfg.class_embed_type {
             return Err(unsupported(format!("class_embed_type {t:?}")));
@@ -455,7 +463,6 @@ impl UNet2DConditionModel {
         if ctx_dims.iter().any(|&d| d != ctx_dims[0]) {
             return Err(unsupported("per-block cross_attention_dim"));
         }
-        let ctx = ctx_dims[0];
         let g = cfg.norm_num_groups;
         for (i, &c) in cfg.block_out_channels.iter().enumerate() {
             if g == 0 || c % g != 0 {
@@ -465,57 +472,196 @@ impl UNet2DConditionModel {
                 return Err(unsupported(format!("block_out_channels[{i}]={c} not divisible by {} heads", heads[i])));
             }
         }
+        Ok(Self { n, layers, tl, heads, ctx: ctx_dims[0] })
+    }
+}
+
+impl Encoder {
+    fn new(vb: &VarBuilder, cfg: &UNetConfig, l: &Layout) -> candle_core::Result<Self> {
+        let (n, g, eps, lin) = (l.n, cfg.norm_num_groups, cfg.norm_eps, cfg.use_linear_projection);
         let c0 = cfg.block_out_channels[0];
         let temb = c0 * 4;
-        let eps = cfg.norm_eps;
-        let lin = cfg.use_linear_projection;
-        let build = || -> candle_core::Result<Self> {
-            let conv_in = conv(vb.pp("conv_in"), cfg.in_channels, c0, 3, 1)?;
-            let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c0, temb)?;
-            let add_embedding = match (&cfg.addition_embed_type, cfg.projection_class_embeddings_input_dim) {
-                (Some(_), Some(p)) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), p, temb)?),
-                _ => None,
-            };
-            let mut down = Vec::new();
-            let mut out_c = c0;
-            for i in 0..n {
-                let in_c = out_c;
-                out_c = cfg.block_out_channels[i];
-                let bvb = vb.pp("down_blocks").pp(i.to_string());
-                let cross = cfg.down_block_types[i].starts_with("CrossAttn");
-                let mut resnets = Vec::new();
-                let mut attentions = Vec::new();
-                for j in 0..layers[i] {
-                    let ic = if j == 0 { in_c } else { out_c };
-                    resnets.push(Resnet::new(bvb.pp("resnets").pp(j.to_string()), ic, out_c, temb, g, eps)?);
-                    if cross {
-                        attentions.push(Transformer2D::new(
-                            bvb.pp("attentions").pp(j.to_string()),
-                            out_c,
-                            ctx,
-                            heads[i],
-                            tl[i],
-                            g,
-                            lin,
-                        )?);
-                    }
+        let conv_in = conv(vb.pp("conv_in"), cfg.in_channels, c0, 3, 1)?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c0, temb)?;
+        let add_embedding = match (&cfg.addition_embed_type, cfg.projection_class_embeddings_input_dim) {
+            (Some(_), Some(p)) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), p, temb)?),
+            _ => None,
+        };
+        let mut down = Vec::new();
+        let mut out_c = c0;
+        for i in 0..n {
+            let in_c = out_c;
+            out_c = cfg.block_out_channels[i];
+            let bvb = vb.pp("down_blocks").pp(i.to_string());
+            let cross = cfg.down_block_types[i].starts_with("CrossAttn");
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..l.layers[i] {
+                let ic = if j == 0 { in_c } else { out_c };
+                resnets.push(Resnet::new(bvb.pp("resnets").pp(j.to_string()), ic, out_c, temb, g, eps)?);
+                if cross {
+                    attentions.push(Transformer2D::new(
+                        bvb.pp("attentions").pp(j.to_string()),
+                        out_c,
+                        l.ctx,
+                        l.heads[i],
+                        l.tl[i],
+                        g,
+                        lin,
+                    )?);
                 }
-                let sampler =
-                    if i + 1 < n { Some(conv(bvb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2)?) } else { None };
-                down.push(Block { resnets, attentions, sampler });
             }
-            let cl = *cfg.block_out_channels.last().unwrap_or(&c0);
-            let mvb = vb.pp("mid_block");
-            let mid = MidBlock {
-                resnet0: Resnet::new(mvb.pp("resnets.0"), cl, cl, temb, g, eps)?,
-                attention: Some(Transformer2D::new(mvb.pp("attentions.0"), cl, ctx, heads[n - 1], tl[n - 1], g, lin)?),
-                resnet1: Resnet::new(mvb.pp("resnets.1"), cl, cl, temb, g, eps)?,
-            };
+            let sampler = if i + 1 < n { Some(conv(bvb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2)?) } else { None };
+            down.push(Block { resnets, attentions, sampler });
+        }
+        let cl = *cfg.block_out_channels.last().unwrap_or(&c0);
+        let mvb = vb.pp("mid_block");
+        let mid = MidBlock {
+            resnet0: Resnet::new(mvb.pp("resnets.0"), cl, cl, temb, g, eps)?,
+            attention: Some(Transformer2D::new(
+                mvb.pp("attentions.0"),
+                cl,
+                l.ctx,
+                l.heads[n - 1],
+                l.tl[n - 1],
+                g,
+                lin,
+            )?),
+            resnet1: Resnet::new(mvb.pp("resnets.1"), cl, cl, temb, g, eps)?,
+        };
+        Ok(Self { conv_in, time_embedding, add_embedding, down, mid, config: cfg.clone(), dtype: vb.dtype() })
+    }
+
+    /// Timestep (+ text_time) embedding of a batch of `b`.
+    pub(crate) fn embed(
+        &self,
+        timestep: f64,
+        b: usize,
+        added: Option<&AddedCond>,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let c0 = self.config.block_out_channels[0];
+        let t = Tensor::from_vec(vec![timestep as f32; b], b, dev)?;
+        let t_emb =
+            timestep_embedding(&t, c0, self.config.flip_sin_to_cos, self.config.freq_shift)?.to_dtype(self.dtype)?;
+        let mut emb = self.time_embedding.forward(&t_emb)?;
+        if let (Some(add), Some(cond)) = (&self.add_embedding, added) {
+            let d = self.config.addition_time_embed_dim.unwrap_or(256);
+            let ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
+            let time_embeds =
+                timestep_embedding(&ids, d, self.config.flip_sin_to_cos, self.config.freq_shift)?.reshape((b, ()))?;
+            let add_in =
+                Tensor::cat(&[cond.text_embeds.to_dtype(DType::F32)?, time_embeds], 1)?.to_dtype(self.dtype)?;
+            emb = (emb + add.forward(&add_in)?)?;
+        }
+        Ok(emb)
+    }
+
+    pub(crate) fn conv_in(&self, sample: &Tensor) -> candle_core::Result<Tensor> {
+        self.conv_in.forward(&sample.to_dtype(self.dtype)?)
+    }
+
+    /// Down blocks from the `conv_in` output `x`: the final hidden state and every residual
+    /// (conv_in output first, then each resnet/attention and downsampler output).
+    pub(crate) fn down(&self, mut x: Tensor, emb: &Tensor, ctx: &Tensor) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let mut res = vec![x.clone()];
+        for blk in &self.down {
+            for (j, r) in blk.resnets.iter().enumerate() {
+                x = r.forward(&x, emb)?;
+                if let Some(a) = blk.attentions.get(j) {
+                    x = a.forward(&x, ctx)?;
+                }
+                res.push(x.clone());
+            }
+            if let Some(s) = &blk.sampler {
+                x = s.forward(&x)?;
+                res.push(x.clone());
+            }
+        }
+        Ok((x, res))
+    }
+
+    pub(crate) fn mid(&self, x: &Tensor, emb: &Tensor, ctx: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.mid.resnet0.forward(x, emb)?;
+        if let Some(a) = &self.mid.attention {
+            x = a.forward(&x, ctx)?;
+        }
+        self.mid.resnet1.forward(&x, emb)
+    }
+
+    pub(crate) fn check_inputs(
+        &self,
+        sample: &Tensor,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
+        what: &str,
+    ) -> Result<()> {
+        let dims = sample.dims();
+        if dims.len() != 4 || dims[1] != self.config.in_channels {
+            return Err(EngineError::Shape {
+                name: format!("{what} sample"),
+                expected: format!("[B, {}, h, w]", self.config.in_channels),
+                got: format!("{dims:?}"),
+            });
+        }
+        let b = dims[0];
+        let ctx = cross_attention_dim(&self.config);
+        let ctx_dims = encoder_hidden_states.dims();
+        if ctx_dims.len() != 3 || ctx_dims[0] != b || ctx_dims[2] != ctx {
+            return Err(EngineError::Shape {
+                name: format!("{what} encoder_hidden_states"),
+                expected: format!("[{b}, T, {ctx}]"),
+                got: format!("{ctx_dims:?}"),
+            });
+        }
+        if self.add_embedding.is_some() && added.is_none() {
+            return Err(EngineError::InvalidRequest(format!(
+                "this {what} uses text_time conditioning: pooled text embeddings and time ids are required"
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn cross_attention_dim(cfg: &UNetConfig) -> usize {
+    match &cfg.cross_attention_dim {
+        OneOrMany::One(d) => *d,
+        OneOrMany::Many(v) => v.first().copied().unwrap_or(0),
+    }
+}
+
+/// Build a config-checked [`Encoder`] (shared with the ControlNet).
+pub(crate) fn build_encoder(vb: &VarBuilder, cfg: &UNetConfig, component: &str) -> Result<Encoder> {
+    let l = Layout::new(cfg)?;
+    Encoder::new(vb, cfg, &l).weights(component)
+}
+
+#[derive(Debug)]
+pub struct UNet2DConditionModel {
+    enc: Encoder,
+    up: Vec<Block>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    pub config: UNetConfig,
+    dtype: DType,
+}
+
+impl UNet2DConditionModel {
+    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+        let l = Layout::new(cfg)?;
+        if cfg.up_block_types.len() != l.n {
+            return Err(unsupported("block_out_channels and up_block_types must have the same length"));
+        }
+        let (n, g, eps, lin) = (l.n, cfg.norm_num_groups, cfg.norm_eps, cfg.use_linear_projection);
+        let c0 = cfg.block_out_channels[0];
+        let temb = c0 * 4;
+        let build = || -> candle_core::Result<Self> {
+            let enc = Encoder::new(&vb, cfg, &l)?;
             let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
             let (rl, rtl, rh): (Vec<usize>, Vec<usize>, Vec<usize>) = (
-                layers.iter().rev().copied().collect(),
-                tl.iter().rev().copied().collect(),
-                heads.iter().rev().copied().collect(),
+                l.layers.iter().rev().copied().collect(),
+                l.tl.iter().rev().copied().collect(),
+                l.heads.iter().rev().copied().collect(),
             );
             let mut up = Vec::new();
             let mut out_c = rev[0];
@@ -536,7 +682,7 @@ impl UNet2DConditionModel {
                         attentions.push(Transformer2D::new(
                             bvb.pp("attentions").pp(j.to_string()),
                             out_c,
-                            ctx,
+                            l.ctx,
                             rh[i],
                             rtl[i],
                             g,
@@ -549,11 +695,7 @@ impl UNet2DConditionModel {
                 up.push(Block { resnets, attentions, sampler });
             }
             Ok(Self {
-                conv_in,
-                time_embedding,
-                add_embedding,
-                down,
-                mid,
+                enc,
                 up,
                 norm_out: candle_nn::group_norm(g, c0, eps, vb.pp("conv_norm_out"))?,
                 conv_out: conv(vb.pp("conv_out"), c0, cfg.out_channels, 3, 1)?,
@@ -569,10 +711,7 @@ impl UNet2DConditionModel {
     }
 
     pub fn cross_attention_dim(&self) -> usize {
-        match &self.config.cross_attention_dim {
-            OneOrMany::One(d) => *d,
-            OneOrMany::Many(v) => v[0],
-        }
+        cross_attention_dim(&self.config)
     }
 
     /// Predict for `sample` [B, in, h, w] at `timestep` with `encoder_hidden_states` [B, T, ctx].
@@ -584,28 +723,7 @@ impl UNet2DConditionModel {
         added: Option<&AddedCond>,
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
-        let dims = sample.dims();
-        if dims.len() != 4 || dims[1] != self.config.in_channels {
-            return Err(EngineError::Shape {
-                name: "unet sample".into(),
-                expected: format!("[B, {}, h, w]", self.config.in_channels),
-                got: format!("{dims:?}"),
-            });
-        }
-        let b = dims[0];
-        let ctx_dims = encoder_hidden_states.dims();
-        if ctx_dims.len() != 3 || ctx_dims[0] != b || ctx_dims[2] != self.cross_attention_dim() {
-            return Err(EngineError::Shape {
-                name: "unet encoder_hidden_states".into(),
-                expected: format!("[{b}, T, {}]", self.cross_attention_dim()),
-                got: format!("{ctx_dims:?}"),
-            });
-        }
-        if self.add_embedding.is_some() && added.is_none() {
-            return Err(EngineError::InvalidRequest(
-                "this UNet uses text_time conditioning: pooled text embeddings and time ids are required".into(),
-            ));
-        }
+        self.enc.check_inputs(sample, encoder_hidden_states, added, "unet")?;
         if let Some(c) = control {
             let want = self.config.num_down_residuals()?;
             if c.down.len() != want {
@@ -627,47 +745,16 @@ impl UNet2DConditionModel {
         added: Option<&AddedCond>,
         control: Option<&ControlResiduals>,
     ) -> candle_core::Result<Tensor> {
-        let b = sample.dim(0)?;
-        let dev = sample.device();
         let dtype = self.dtype;
-        let c0 = self.config.block_out_channels[0];
-        let t = Tensor::from_vec(vec![timestep as f32; b], b, dev)?;
-        let t_emb = timestep_embedding(&t, c0, self.config.flip_sin_to_cos, self.config.freq_shift)?.to_dtype(dtype)?;
-        let mut emb = self.time_embedding.forward(&t_emb)?;
-        if let (Some(add), Some(cond)) = (&self.add_embedding, added) {
-            let d = self.config.addition_time_embed_dim.unwrap_or(256);
-            let ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
-            let time_embeds =
-                timestep_embedding(&ids, d, self.config.flip_sin_to_cos, self.config.freq_shift)?.reshape((b, ()))?;
-            let add_in = Tensor::cat(&[cond.text_embeds.to_dtype(DType::F32)?, time_embeds], 1)?.to_dtype(dtype)?;
-            emb = (emb + add.forward(&add_in)?)?;
-        }
+        let emb = self.enc.embed(timestep, sample.dim(0)?, added, sample.device())?;
         let ctx = ctx.to_dtype(dtype)?;
-        let mut x = self.conv_in.forward(&sample.to_dtype(dtype)?)?;
-        let mut res = vec![x.clone()];
-        for blk in &self.down {
-            for (j, r) in blk.resnets.iter().enumerate() {
-                x = r.forward(&x, &emb)?;
-                if let Some(a) = blk.attentions.get(j) {
-                    x = a.forward(&x, &ctx)?;
-                }
-                res.push(x.clone());
-            }
-            if let Some(s) = &blk.sampler {
-                x = s.forward(&x)?;
-                res.push(x.clone());
-            }
-        }
+        let (x, mut res) = self.enc.down(self.enc.conv_in(sample)?, &emb, &ctx)?;
         if let Some(c) = control {
             for (r, extra) in res.iter_mut().zip(&c.down) {
                 *r = (&*r + extra.to_dtype(dtype)?)?;
             }
         }
-        x = self.mid.resnet0.forward(&x, &emb)?;
-        if let Some(a) = &self.mid.attention {
-            x = a.forward(&x, &ctx)?;
-        }
-        x = self.mid.resnet1.forward(&x, &emb)?;
+        let mut x = self.enc.mid(&x, &emb, &ctx)?;
         if let Some(c) = control {
             x = (x + c.mid.to_dtype(dtype)?)?;
         }

@@ -1,6 +1,8 @@
 //! Integration tests of fleet-engine: the tiny built-in model, bad input, and (module
 //! `parity`) agreement with diffusers on committed fixtures.
 
+#[path = "engine/extras.rs"]
+mod extras;
 #[path = "engine/layout.rs"]
 mod layout;
 #[path = "engine/parity.rs"]

@@ -1,15 +1,31 @@
-//! The pipelines this worker serves, loaded once at start.
+//! The pipelines this worker serves: base models loaded once at start, pipelines with a LoRA set
+//! fused in built on demand and kept in a small LRU cache, ControlNets loaded on first use.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_core::FleetConfig;
-use fleet_engine::{LoadOptions, ModelSource, Pipeline, PredictionType};
+use fleet_core::{FleetConfig, LoraRef};
+use fleet_engine::candle_core::{DType, Device};
+use fleet_engine::lora::{LoraSpec, is_library_name, resolve_lora};
+use fleet_engine::{ControlNetModel, LoadOptions, ModelSource, Pipeline, PredictionType};
+
+/// A LoRA set as a cache key: names with the exact bits of their scales, in job order (fusing
+/// order changes float rounding, so `[a, b]` and `[b, a]` are different pipelines).
+pub type LoraKey = Vec<(String, u32)>;
 
 /// Loaded pipelines by the model name jobs use.
 pub struct Models {
     pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// How each model was loaded, to rebuild it with LoRAs.
+    sources: BTreeMap<String, (ModelSource, LoadOptions)>,
+    fused: Mutex<LruCache<(String, LoraKey), Arc<Pipeline>>>,
+    controlnets: Mutex<BTreeMap<String, Arc<ControlNetModel>>>,
+    lora_dir: PathBuf,
+    controlnet_dir: PathBuf,
+    device: Device,
+    dtype: DType,
     /// Time each model took to load.
     pub load_times: BTreeMap<String, Duration>,
     pub device_name: String,
@@ -28,6 +44,55 @@ pub enum ModelError {
     NotConfigured(String),
     #[error("model `{name}`: {source}")]
     Engine { name: String, source: fleet_engine::EngineError },
+    #[error("LoRA `{0}` is not in this worker's library")]
+    UnknownLora(String),
+    #[error("ControlNet `{0}` is not in this worker's library")]
+    UnknownControlNet(String),
+}
+
+/// Where fused pipelines come from: a hit or a fuse, with the time it took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheOutcome {
+    Base,
+    Hit,
+    Miss { seconds: f64 },
+}
+
+/// A least-recently-used map bounded by entry count (entries are whole pipelines, all of
+/// similar size, so the count bounds the memory).
+#[derive(Debug)]
+pub struct LruCache<K, V> {
+    capacity: usize,
+    entries: Vec<(K, V)>,
+}
+
+impl<K: PartialEq, V: Clone> LruCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, entries: Vec::new() }
+    }
+    pub fn get(&mut self, k: &K) -> Option<V> {
+        let i = self.entries.iter().position(|(key, _)| key == k)?;
+        let e = self.entries.remove(i);
+        let v = e.1.clone();
+        self.entries.push(e);
+        Some(v)
+    }
+    pub fn insert(&mut self, k: K, v: V) {
+        self.entries.retain(|(key, _)| key != &k);
+        if self.capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            self.entries.remove(0);
+        }
+        self.entries.push((k, v));
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl Models {
@@ -40,6 +105,7 @@ impl Models {
         let device = fleet_engine::parse_device(&config.worker.device).map_err(engine_err("(device)"))?;
         let dtype = fleet_engine::default_dtype(&device);
         let mut pipelines = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         let mut load_times = BTreeMap::new();
         for name in names {
             let model = config.models.get(name).ok_or_else(|| ModelError::NotConfigured(name.clone()))?;
@@ -58,8 +124,20 @@ impl Models {
             load_times.insert(name.clone(), started.elapsed());
             tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "model loaded");
             pipelines.insert(name.clone(), Arc::new(pipeline));
+            sources.insert(name.clone(), (source, opts));
         }
-        Ok(Models { pipelines, load_times, device_name: config.worker.device.clone() })
+        Ok(Models {
+            pipelines,
+            sources,
+            fused: Mutex::new(LruCache::new(config.library.lora_cache_pipelines)),
+            controlnets: Mutex::new(BTreeMap::new()),
+            lora_dir: config.library.lora_dir.clone(),
+            controlnet_dir: config.library.controlnet_dir.clone(),
+            device,
+            dtype,
+            load_times,
+            device_name: config.worker.device.clone(),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
@@ -68,5 +146,150 @@ impl Models {
 
     pub fn names(&self) -> Vec<String> {
         self.pipelines.keys().cloned().collect()
+    }
+
+    /// The library file of a LoRA name (`<lora_dir>/NAME.safetensors`, or a Lightning LoRA
+    /// from the Hub). Names are library names only, never paths.
+    pub fn lora_file(&self, name: &str) -> Result<PathBuf, ModelError> {
+        if !is_library_name(name) {
+            return Err(ModelError::UnknownLora(name.to_owned()));
+        }
+        resolve_lora(name, Some(&self.lora_dir)).map_err(|_| ModelError::UnknownLora(name.to_owned()))
+    }
+
+    /// Whether a LoRA name can be served, without touching the network (a Lightning LoRA not in
+    /// the library is fetched later, off the async runtime, by [`Models::with_loras`]).
+    pub fn has_lora(&self, name: &str) -> bool {
+        is_library_name(name)
+            && (self.lora_dir.join(format!("{name}.safetensors")).is_file()
+                || fleet_engine::lora::LIGHTNING_LORAS.contains(&name))
+    }
+
+    /// The folder of a ControlNet name (`<controlnet_dir>/NAME/config.json`).
+    pub fn controlnet_dir(&self, name: &str) -> Result<PathBuf, ModelError> {
+        let dir = self.controlnet_dir.join(name);
+        if is_library_name(name) && dir.join("config.json").is_file() {
+            Ok(dir)
+        } else {
+            Err(ModelError::UnknownControlNet(name.to_owned()))
+        }
+    }
+
+    /// The pipeline of `model` with `loras` fused in (blocking on a miss: it builds the model).
+    pub fn with_loras(&self, model: &str, loras: &[LoraRef]) -> Result<(Arc<Pipeline>, CacheOutcome), ModelError> {
+        let base = self.get(model).ok_or_else(|| ModelError::NotConfigured(model.to_owned()))?;
+        if loras.is_empty() {
+            return Ok((base, CacheOutcome::Base));
+        }
+        let key: LoraKey = loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect();
+        let cache_key = (model.to_owned(), key);
+        if let Some(p) = self.fused.lock().ok().and_then(|mut c| c.get(&cache_key)) {
+            return Ok((p, CacheOutcome::Hit));
+        }
+        let (source, opts) = self.sources.get(model).ok_or_else(|| ModelError::NotConfigured(model.to_owned()))?;
+        let specs = loras
+            .iter()
+            .map(|l| Ok(LoraSpec { path: self.lora_file(&l.name)?, scale: f64::from(l.scale) }))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let opts = LoadOptions { loras: specs, ..opts.clone() };
+        let started = Instant::now();
+        let pipeline = Pipeline::load_with(source, &self.device, self.dtype, &opts)
+            .map_err(|source| ModelError::Engine { name: model.to_owned(), source })?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(model, loras = ?cache_key.1, seconds, "LoRA set fused");
+        let pipeline = Arc::new(pipeline);
+        if let Ok(mut c) = self.fused.lock() {
+            c.insert(cache_key, pipeline.clone());
+        }
+        Ok((pipeline, CacheOutcome::Miss { seconds }))
+    }
+
+    /// A ControlNet by library name, loaded on first use.
+    pub fn controlnet(&self, name: &str) -> Result<Arc<ControlNetModel>, ModelError> {
+        if let Some(c) = self.controlnets.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(c);
+        }
+        let dir = self.controlnet_dir(name)?;
+        let model = ControlNetModel::load(&dir, &self.device, self.dtype)
+            .map_err(|source| ModelError::Engine { name: format!("controlnet {name}"), source })?;
+        let model = Arc::new(model.named(name));
+        if let Ok(mut m) = self.controlnets.lock() {
+            m.insert(name.to_owned(), model.clone());
+        }
+        Ok(model)
+    }
+
+    /// Fused pipelines held now.
+    pub fn cached_lora_pipelines(&self) -> usize {
+        self.fused.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use fleet_engine::candle_core::Tensor;
+
+    /// A config serving `tiny` with a LoRA library holding `style` (one attention projection).
+    fn setup(dir: &std::path::Path) -> FleetConfig {
+        let key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+        let t = |s: (usize, usize)| Tensor::ones(s, DType::F32, &Device::Cpu).unwrap();
+        let tensors = std::collections::HashMap::from([
+            (format!("{key}.lora_down.weight"), t((2, 32))),
+            (format!("{key}.lora_up.weight"), t((32, 2))),
+        ]);
+        fleet_engine::candle_core::safetensors::save(&tensors, dir.join("style.safetensors")).unwrap();
+        let mut config = FleetConfig::default();
+        config.models.clear();
+        config.models.insert("tiny".into(), fleet_core::config::ModelConfig::default());
+        config.library.lora_dir = dir.to_path_buf();
+        config.library.controlnet_dir = dir.join("controlnet");
+        config.library.lora_cache_pipelines = 1;
+        config
+    }
+
+    #[test]
+    fn fused_pipelines_are_cached_by_model_and_lora_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = Models::load(&setup(dir.path()), &["tiny".to_string()]).unwrap();
+        let style = |scale: f32| vec![LoraRef { name: "style".into(), scale }];
+        let (base, o) = models.with_loras("tiny", &[]).unwrap();
+        assert_eq!(o, CacheOutcome::Base);
+        let (a, o) = models.with_loras("tiny", &style(0.5)).unwrap();
+        assert!(matches!(o, CacheOutcome::Miss { .. }));
+        assert!(!Arc::ptr_eq(&a, &base));
+        assert_eq!(a.loras, vec![("style".to_string(), 0.5)]);
+        let (b, o) = models.with_loras("tiny", &style(0.5)).unwrap();
+        assert_eq!(o, CacheOutcome::Hit);
+        assert!(Arc::ptr_eq(&a, &b));
+        // Another scale is another pipeline; with room for one, it evicts the first.
+        let (_, o) = models.with_loras("tiny", &style(0.75)).unwrap();
+        assert!(matches!(o, CacheOutcome::Miss { .. }));
+        assert_eq!(models.cached_lora_pipelines(), 1);
+        assert!(matches!(models.with_loras("tiny", &style(0.5)).unwrap().1, CacheOutcome::Miss { .. }));
+        // Unknown names and paths are not in the library.
+        assert!(models.has_lora("style") && models.has_lora("sdxl_lightning_4step_lora"));
+        for bad in ["absent", "../style", "/etc/passwd"] {
+            assert!(!models.has_lora(bad));
+            let e = models.with_loras("tiny", &[LoraRef { name: bad.into(), scale: 1.0 }]).unwrap_err();
+            assert!(matches!(e, ModelError::UnknownLora(_)), "{bad}: {e}");
+        }
+        assert!(matches!(models.controlnet("canny").unwrap_err(), ModelError::UnknownControlNet(_)));
+        assert!(matches!(models.controlnet_dir("../x").unwrap_err(), ModelError::UnknownControlNet(_)));
+    }
+
+    #[test]
+    fn lru_keeps_the_most_recently_used() {
+        let mut c = LruCache::new(2);
+        c.insert("a", 1);
+        c.insert("b", 2);
+        assert_eq!(c.get(&"a"), Some(1)); // a is now newest
+        c.insert("c", 3); // evicts b
+        assert_eq!(c.get(&"b"), None);
+        assert_eq!((c.get(&"a"), c.get(&"c"), c.len()), (Some(1), Some(3), 2));
+        let mut none = LruCache::new(0);
+        none.insert("a", 1);
+        assert!(none.is_empty());
     }
 }

@@ -19,7 +19,8 @@ use image::RgbImage;
 
 use crate::intake::Pending;
 use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
-use crate::models::Models;
+use crate::models::{ModelError, Models};
+use fleet_core::validate::ControlImageSource;
 
 /// How long transient storage/status failures are retried before the job is handed back.
 const TRANSIENT_BUDGET: Duration = Duration::from_secs(120);
@@ -161,6 +162,7 @@ pub fn job_request(spec: &fleet_core::JobSpec) -> GenerateRequest {
         num_images: spec.num_images as usize,
         prediction_type: None,
         latents: None,
+        controls: Vec::new(),
     }
 }
 
@@ -172,19 +174,94 @@ fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> 
             format!("this worker does not serve model `{}`", spec.model),
         ));
     }
-    if let Some(lora) = spec.loras.first() {
-        return Some(JobError::new(
-            ErrorCode::UnknownLora,
-            format!("LoRA `{}` is not in this worker's library", lora.name),
-        ));
+    for lora in &spec.loras {
+        if !models.has_lora(&lora.name) {
+            return Some(JobError::new(ErrorCode::UnknownLora, ModelError::UnknownLora(lora.name.clone()).to_string()));
+        }
     }
-    if let Some(cn) = &spec.controlnet {
-        return Some(JobError::new(
-            ErrorCode::UnknownControlnet,
-            format!("ControlNet `{}` is not in this worker's library", cn.model),
-        ));
+    if let Some(cn) = &spec.controlnet
+        && let Err(e) = models.controlnet_dir(&cn.model)
+    {
+        return Some(JobError::new(ErrorCode::UnknownControlnet, e.to_string()));
     }
     None
+}
+
+/// The pipeline (with the job's LoRA set fused in, from the cache or built now) and the
+/// request with its ControlNet, off the async runtime. `Err` is the job's own fault.
+async fn prepare(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result<(Arc<Pipeline>, GenerateRequest), JobError> {
+    let mut request = job_request(spec);
+    let control_bytes = match &spec.controlnet {
+        Some(cn) => Some(control_image_bytes(ctx, &spec.model, &cn.image).await?),
+        None => None,
+    };
+    let models = ctx.models.clone();
+    let spec = spec.clone();
+    let built = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
+        let (pipeline, outcome) = models.with_loras(&spec.model, &spec.loras).map_err(model_job_error)?;
+        tracing::debug!(model = %spec.model, ?outcome, "pipeline for the job's LoRA set");
+        if let (Some(cn), Some(bytes)) = (&spec.controlnet, control_bytes) {
+            let model = models.controlnet(&cn.model).map_err(model_job_error)?;
+            model
+                .check_fits(&pipeline.unet.config)
+                .map_err(|e| JobError::new(ErrorCode::InvalidSpec, e.to_string()))?;
+            let image = fleet_engine::control_image_tensor(
+                &bytes,
+                request.width,
+                request.height,
+                fleet_engine::ControlPreprocess::None,
+            )
+            .map_err(|e| JobError::new(ErrorCode::InvalidSpec, format!("controlnet.image: {e}")))?;
+            request.controls.push(fleet_engine::ControlInput {
+                model,
+                image,
+                scale: f64::from(cn.scale),
+                start: f64::from(cn.start),
+                end: f64::from(cn.end),
+            });
+        }
+        Ok((pipeline, request))
+    });
+    match built.await {
+        Ok(r) => r,
+        Err(e) => Err(JobError::new(ErrorCode::Internal, format!("pipeline thread: {e}"))),
+    }
+}
+
+fn model_job_error(e: ModelError) -> JobError {
+    match e {
+        ModelError::UnknownLora(_) => JobError::new(ErrorCode::UnknownLora, e.to_string()),
+        ModelError::UnknownControlNet(_) => JobError::new(ErrorCode::UnknownControlnet, e.to_string()),
+        ModelError::NotConfigured(_) => JobError::new(ErrorCode::ModelUnavailable, e.to_string()),
+        // A LoRA that does not fit the model (unmatched keys, rank or shape mismatch, bad file)
+        // is the job's choice of LoRA: invalid for this model.
+        ModelError::Engine { source: EngineError::Lora { .. } | EngineError::LoraUnmatched { .. }, .. }
+        | ModelError::Engine { source: EngineError::ControlNet { .. }, .. } => {
+            JobError::new(ErrorCode::InvalidSpec, e.to_string())
+        }
+        ModelError::Engine { .. } => JobError::new(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+/// The bytes of a job's control image: inline (already checked at intake) or an object of this
+/// worker's bucket.
+async fn control_image_bytes(ctx: &RunContext, model: &str, image: &str) -> Result<Vec<u8>, JobError> {
+    let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("controlnet.image: {m}"));
+    let limits = ctx.config.limits_for(model);
+    match fleet_core::validate::parse_control_image(image, &limits).map_err(invalid)? {
+        ControlImageSource::Inline { bytes, .. } => Ok(bytes),
+        ControlImageSource::S3 { bucket, key } if bucket == ctx.config.s3.bucket => {
+            match retry(|| ctx.store.get(&key)).await {
+                Ok(Some(obj)) => Ok(obj.body),
+                Ok(None) => Err(invalid(format!("s3://{bucket}/{key} does not exist"))),
+                Err(e) => Err(JobError::new(ErrorCode::Internal, format!("control image: {e}"))),
+            }
+        }
+        ControlImageSource::S3 { bucket, .. } => Err(invalid(format!(
+            "this worker reads control images only from its own bucket `{}`, not `{bucket}`",
+            ctx.config.s3.bucket
+        ))),
+    }
 }
 
 async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
@@ -208,8 +285,14 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
         return;
     }
     let model = runnable[0].job.spec().model.clone();
-    let Some(pipeline) = ctx.models.get(&model) else { return };
-    let request = job_request(runnable[0].job.spec());
+    let (pipeline, request) = match prepare(ctx, runnable[0].job.spec()).await {
+        Ok(p) => p,
+        Err(error) => {
+            let Some(mut job) = runnable.into_iter().next() else { return };
+            settle(ctx, &mut job, Outcome::Fail(error)).await;
+            return;
+        }
+    };
     match generate(ctx, pipeline.clone(), request, &runnable).await {
         Ok(images) => finish(ctx, runnable, images, &model, &pipeline).await,
         Err(err) => {

@@ -2,15 +2,16 @@
 
 use std::process::ExitCode;
 
-use fleet_engine::{GenerateCommand, PredictionType};
+use fleet_engine::{ControlPreprocess, GenerateCommand, PredictionType};
 
 use crate::cli::{Cli, GenerateArgs};
 
-pub fn run(_cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let g = &args.generation;
-    if !g.loras.is_empty() {
-        anyhow::bail!("--lora is not supported by the engine yet (LoRA support is tracked separately)");
-    }
+    // LoRA names (not files) resolve in the configured library; the configuration is only read
+    // when a LoRA needs it, so `fleet generate` works without one.
+    let lora_dir = if g.loras.is_empty() { None } else { Some(cli.load_config()?.library.lora_dir) };
+    let control_preprocess: ControlPreprocess = args.control_preprocess.parse()?;
     let prediction_type = match args.prediction_type.as_deref() {
         None => None,
         Some("epsilon") => Some(PredictionType::Epsilon),
@@ -34,6 +35,15 @@ pub fn run(_cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         device: args.device.clone(),
         out: args.out.clone(),
         quality: args.quality,
+        loras: g.loras.clone(),
+        lora_dir,
+        allow_unmatched_lora: args.lora_allow_unmatched,
+        controlnet: args.controlnet.clone(),
+        control_image: args.control_image.clone(),
+        control_scale: args.control_scale,
+        control_start: args.control_start,
+        control_end: args.control_end,
+        control_preprocess,
     };
     let bar = indicatif::ProgressBar::new(command.steps as u64);
     let report = command.run(&mut |p| bar.set_position(p.step as u64))?;

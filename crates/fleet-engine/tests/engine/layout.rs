@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder, var_builder::SimpleBackend};
 use fleet_engine::clip::{ClipTextConfig, ClipTextModel};
+use fleet_engine::controlnet::{ControlNetConfig, ControlNetModel};
 use fleet_engine::unet::{UNet2DConditionModel, UNetConfig};
 use fleet_engine::vae::{Vae, VaeConfig};
 
@@ -115,4 +116,19 @@ fn sdxl_text_encoders_layout_and_config() {
         serde_json::to_value(ClipTextConfig::sdxl_encoder2()).unwrap()
     );
     assert_eq!(te1.config.hidden_size + te2.config.hidden_size, 2048);
+}
+
+#[test]
+fn sdxl_controlnet_layout_and_config() {
+    // `ControlNetModel.from_unet(sdxl_unet)`: the layout of the SDXL canny/depth ControlNets.
+    let cn = check("controlnet", |vb, cfg| {
+        let c: ControlNetConfig = serde_json::from_value(cfg.clone()).expect("SDXL controlnet config parses");
+        ControlNetModel::new(vb, &c, "sdxl").unwrap()
+    });
+    assert_eq!(
+        serde_json::to_value(&cn.config).unwrap(),
+        serde_json::to_value(ControlNetConfig::sdxl()).unwrap(),
+        "the preset equals diffusers' config"
+    );
+    cn.check_fits(&UNetConfig::sdxl_base()).unwrap();
 }
