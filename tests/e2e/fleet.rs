@@ -236,3 +236,34 @@ async fn a_message_that_is_not_a_job_is_dead_lettered_and_the_worker_keeps_going
     assert_eq!(statuses[0].state, fleet_core::JobState::Succeeded, "the worker kept serving: {:?}", statuses[0]);
     fleet.stop().await;
 }
+
+/// A job cancelled while it runs stops at its next denoising step, stores nothing, and the job
+/// queued behind it still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_running_job_stops_it_between_steps_and_not_its_neighbours() {
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 1).await;
+    let long = json!({"prompt": "a long one", "model": "tiny", "width": 512, "height": 512, "steps": 8, "seed": 1});
+    let long = fleet.submit(long).await.id;
+    let after = fleet.submit(tiny_job(3)).await.id;
+    let started = Instant::now();
+    loop {
+        let s = fleet.status(long).await;
+        if s.state == fleet_core::JobState::Running && s.progress.step >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the long job never got going: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet.cancel(long).await;
+    let cancelled = fleet.wait_all(&[long], Duration::from_secs(120)).await.remove(0);
+    assert_eq!(cancelled.state, fleet_core::JobState::Cancelled, "{cancelled:?}");
+    assert!(cancelled.progress.step < 8, "it stopped between steps, not at the end: {cancelled:?}");
+    assert!(cancelled.result.is_empty());
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let keys = store.list(&format!("{}/e2e/{long}/", config.s3.prefix)).await.unwrap();
+    assert!(keys.is_empty(), "a job cancelled mid-run stores nothing: {keys:?}");
+    let neighbour = fleet.wait_all(&[after], Duration::from_secs(120)).await.remove(0);
+    assert_eq!(neighbour.state, fleet_core::JobState::Succeeded, "{neighbour:?}");
+    fleet.stop().await;
+}

@@ -44,6 +44,9 @@ pub enum EngineError {
     /// Image encoding failed.
     #[error("image encoding: {0}")]
     Image(String),
+    /// The caller asked to stop (between two denoising steps).
+    #[error("cancelled between denoising steps")]
+    Cancelled,
     /// Any other tensor error during computation.
     #[error("{context}: {source}")]
     Candle {

@@ -1,5 +1,6 @@
 //! The text-to-image pipeline: load once, generate many times.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -660,6 +661,19 @@ impl Pipeline {
 
     /// Generate images as a float tensor (what the parity tests compare).
     pub fn generate_tensor(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<TensorOutput> {
+        self.generate_tensor_until(req, &mut |p| {
+            progress(p);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Like [`Self::generate_tensor`], but `progress` may stop the run after any denoising step:
+    /// `Break` ends it with [`EngineError::Cancelled`] (a worker whose job was cancelled mid-run).
+    pub fn generate_tensor_until(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<TensorOutput> {
         self.validate(req)?;
         let b = req.batch_size();
         let cfg_on = req.guidance > 1.0;
@@ -736,7 +750,9 @@ impl Pipeline {
             };
             latents = sched.step(i, &out, &latents).ctx("scheduler step")?;
             self.device.synchronize().ctx("sync")?;
-            progress(Progress { step: i + 1, total, timestep: t, elapsed: t1.elapsed() });
+            if progress(Progress { step: i + 1, total, timestep: t, elapsed: t1.elapsed() }).is_break() {
+                return Err(EngineError::Cancelled);
+            }
         }
         let denoise = t1.elapsed();
 
@@ -754,6 +770,16 @@ impl Pipeline {
     /// Generate RGB images.
     pub fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
         let out = self.generate_tensor(req, progress)?;
+        Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
+    }
+
+    /// Generate RGB images, stoppable between steps (see [`Self::generate_tensor_until`]).
+    pub fn generate_until(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<GenerateOutput> {
+        let out = self.generate_tensor_until(req, progress)?;
         Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
     }
 }

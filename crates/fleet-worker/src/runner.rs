@@ -6,8 +6,9 @@
 //! exactly one result set.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -295,6 +296,17 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
     };
     match generate(ctx, pipeline.clone(), request, &runnable).await {
         Ok(images) => finish(ctx, runnable, images, &model, &pipeline).await,
+        Err(EngineError::Cancelled) => {
+            let Some(mut job) = runnable.into_iter().next() else { return };
+            let id = job.id();
+            tracing::info!(job = %id, "cancelled mid-run");
+            let cancel = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) };
+            let outcome = match retry(|| ctx.status.update(id, cancel)).await {
+                Ok(_) | Err(StatusError::Illegal(_)) => Outcome::Settled,
+                Err(e) => Outcome::Requeue(format!("status: {e}")),
+            };
+            settle(ctx, &mut job, outcome).await;
+        }
         Err(err) => {
             let Some(mut job) = runnable.into_iter().next() else { return };
             let outcome = match classify(&err) {
@@ -331,13 +343,17 @@ async fn generate(
 ) -> Result<Vec<RgbImage>, EngineError> {
     let (tx, mut rx) = tokio::sync::watch::channel((0usize, request.steps));
     let stats = ctx.stats.clone();
+    // Set by the reporter when every job of the pass was cancelled; the engine stops at the next step.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_engine = stop.clone();
     let work = tokio::task::spawn_blocking(move || {
         let mut last = std::time::Duration::ZERO;
-        pipeline.generate(&request, &mut |p| {
+        pipeline.generate_until(&request, &mut |p| {
             stats.step_seconds.observe_duration(p.elapsed.saturating_sub(last));
             last = p.elapsed;
             // A closed receiver only means progress is no longer wanted.
             let _ = tx.send((p.step, p.total));
+            if stop_engine.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })
     });
     let status = ctx.status.clone();
@@ -345,12 +361,19 @@ async fn generate(
     let reporter = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let (step, steps) = *rx.borrow_and_update();
+            let mut cancelled = 0;
             for (id, images_total) in &ids {
                 let progress =
                     Progress { step: step as u32, steps: steps as u32, images_done: 0, images_total: *images_total };
                 if let Err(e) = status.set_progress(*id, progress).await {
                     tracing::debug!(job = %id, error = %e, "progress not recorded");
                 }
+                if status.is_cancel_requested(*id).await.unwrap_or(false) {
+                    cancelled += 1;
+                }
+            }
+            if cancelled == ids.len() {
+                stop.store(true, Ordering::Relaxed);
             }
             tokio::time::sleep(PROGRESS_EVERY).await;
         }
