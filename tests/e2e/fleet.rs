@@ -7,8 +7,9 @@ use fleet_e2e::{E2E_KEY, fleet_binary, isolated_config};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-struct Fleet {
-    base: String,
+/// An in-process dispatcher and workers against the real services (also used by `bulk`).
+pub(crate) struct Fleet {
+    pub(crate) base: String,
     http: reqwest::Client,
     stops: Vec<CancellationToken>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -16,7 +17,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(config: FleetConfig, workers: usize) -> Fleet {
+    pub(crate) async fn start(config: FleetConfig, workers: usize) -> Fleet {
         let mut fleet =
             Fleet { base: String::new(), http: reqwest::Client::new(), stops: vec![], tasks: vec![], config };
         let app = fleet_dispatcher::App::connect(fleet.config.clone()).await.expect("dispatcher connects");
@@ -49,7 +50,7 @@ impl Fleet {
         self.stops.push(stop);
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for s in &self.stops {
             s.cancel();
         }

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, one module per area. They need the services that
 //! `scripts/services.sh` starts (the README's test command runs it first).
 
+mod bulk;
 mod connectivity;
 mod fleet;

@@ -173,10 +173,23 @@ impl S3Store {
         content_type: &str,
         meta: &ObjectMeta,
     ) -> Result<Stored, StorageError> {
+        let sha256 = sha256_hex(&body);
+        self.put_object(key, body, content_type, meta.to_metadata(&sha256)).await
+    }
+
+    /// Stores any object (not only a job's image) with the given metadata; `put` is this plus the
+    /// image metadata. Used for dataset shards and their manifests.
+    pub async fn put_object(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Stored, StorageError> {
         validate_key(key)?;
         let sha256 = sha256_hex(&body);
         let bytes = body.len() as u64;
-        let metadata = meta.to_metadata(&sha256).into_iter().collect();
+        let metadata = metadata.into_iter().collect();
         if bytes > self.options.multipart_threshold {
             self.put_multipart(key, body, content_type, metadata).await?;
         } else {
@@ -191,7 +204,7 @@ impl S3Store {
                 .await
                 .map_err(|e| self.ctx.error("PutObject", Some(key), e))?;
         }
-        tracing::debug!(bucket = %self.ctx.bucket, key, bytes, "stored image");
+        tracing::debug!(bucket = %self.ctx.bucket, key, bytes, "stored object");
         Ok(Stored { key: key.to_owned(), sha256, bytes })
     }
 
