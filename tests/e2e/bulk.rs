@@ -2,7 +2,6 @@
 //! mid-way and resumed, and `--local` giving the same pixels for the same keys.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,20 +12,6 @@ use fleet_e2e::{E2E_KEY, isolated_config, unique};
 use serde_json::json;
 
 use crate::fleet::Fleet;
-
-/// Entries of one tar shard, in order.
-fn tar_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
-    let mut out = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().display().to_string();
-        let mut body = Vec::new();
-        entry.read_to_end(&mut body).unwrap();
-        out.push((name, body));
-    }
-    out
-}
 
 fn published(out: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
     let Ok(dir) = std::fs::read_dir(out) else { return BTreeMap::new() };
@@ -50,7 +35,7 @@ fn read_dataset(out: &Path, n: usize) -> BTreeMap<String, (SampleRecord, Vec<u8>
         .collect();
     tars.sort();
     for tar in tars {
-        let entries = tar_entries(&tar);
+        let entries = fleet_bulk::shard::read_tar(&tar).unwrap();
         let stem = tar.file_stem().unwrap().to_string_lossy().into_owned();
         let manifest = std::fs::read_to_string(out.join(format!("{stem}_manifest.jsonl"))).unwrap();
         let manifest: Vec<SampleRecord> = manifest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -146,3 +146,19 @@ pub fn content_type(extension: &str) -> &'static str {
         _ => "image/png",
     }
 }
+
+/// The entries of a tar shard in order, as (name, bytes): for checks and small tools.
+pub fn read_tar(path: &std::path::Path) -> Result<Vec<(String, Vec<u8>)>, BulkError> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| BulkError::io(path, e))?;
+    let mut archive = tar::Archive::new(file);
+    let mut entries = Vec::new();
+    for entry in archive.entries().map_err(|e| BulkError::io(path, e))? {
+        let mut entry = entry.map_err(|e| BulkError::io(path, e))?;
+        let name = entry.path().map_err(|e| BulkError::io(path, e))?.display().to_string();
+        let mut body = Vec::new();
+        entry.read_to_end(&mut body).map_err(|e| BulkError::io(path, e))?;
+        entries.push((name, body));
+    }
+    Ok(entries)
+}

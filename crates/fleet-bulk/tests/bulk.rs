@@ -2,7 +2,6 @@
 //! into WebDataset shards and image folders, and a resume after the run is dropped mid-way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};
@@ -48,15 +47,7 @@ fn read_shards(dir: &Path) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
         if path.extension().and_then(|e| e.to_str()) != Some("tar") {
             continue;
         }
-        let mut archive = tar::Archive::new(std::fs::File::open(&path).unwrap());
-        let mut files = Vec::new();
-        for file in archive.entries().unwrap() {
-            let mut file = file.unwrap();
-            let name = file.path().unwrap().display().to_string();
-            let mut body = Vec::new();
-            file.read_to_end(&mut body).unwrap();
-            files.push((name, body));
-        }
+        let files = fleet_bulk::shard::read_tar(&path).unwrap();
         shards.insert(path.file_name().unwrap().to_string_lossy().into_owned(), files);
     }
     shards
@@ -226,7 +217,7 @@ async fn local_run_writes_complete_shards_and_a_dropped_run_resumes_without_dupl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
     // Enough samples that the run is still going a second in, when it first looks for the marker.
-    const PROMPTS: u64 = 200;
+    const PROMPTS: u64 = 40;
     let dir = tempfile::tempdir().unwrap();
     let prompts: String = (0..PROMPTS).map(|i| format!("prompt number {i}\n")).collect();
     let input = write(dir.path(), "prompts.txt", &prompts);

@@ -256,9 +256,14 @@ impl S3Store {
     }
 
     async fn upload_parts(&self, key: &str, upload_id: &str, body: &[u8]) -> Result<(), StorageError> {
-        let part_size = usize::try_from(self.options.part_size).unwrap_or(usize::MAX);
-        let parts: Vec<CompletedPart> = futures::stream::iter(body.chunks(part_size).enumerate())
-            .map(|(i, chunk)| async move {
+        let part_size = usize::try_from(self.options.part_size).unwrap_or(usize::MAX).max(1);
+        // Part ranges, not borrowed chunks: a closure taking `&[u8]` makes this future `Send` for
+        // one lifetime only, and then callers cannot `tokio::spawn` anything that uploads.
+        let ranges =
+            (0..body.len().div_ceil(part_size)).map(|i| (i, i * part_size, ((i + 1) * part_size).min(body.len())));
+        let parts: Vec<CompletedPart> = futures::stream::iter(ranges)
+            .map(|(i, start, end)| async move {
+                let chunk = &body[start..end];
                 // Part numbers start at 1; at most 10 000 parts, so this cannot overflow an i32
                 // for any body S3 accepts (S3 rejects the rest).
                 let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
