@@ -48,7 +48,7 @@ fn read_dataset(out: &Path, n: usize) -> BTreeMap<String, (SampleRecord, Vec<u8>
             let json: serde_json::Value = serde_json::from_slice(&files[2].1).unwrap();
             for field in [
                 "key", "prompt", "seed", "model", "loras", "steps", "guidance", "width", "height", "sha256", "worker",
-                "job_id", "timings", "status",
+                "timings", "status",
             ] {
                 assert!(json.get(field).is_some(), "{key}.json lacks `{field}`: {json}");
             }
