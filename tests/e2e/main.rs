@@ -2,6 +2,7 @@
 //! `scripts/services.sh` starts (the README's test command runs it first).
 
 mod browser;
+mod bulk;
 mod connectivity;
 mod console;
 mod fleet;

@@ -54,6 +54,8 @@ pub enum Command {
     Queues(ServerArgs),
     /// Live workers from their heartbeats (admin key).
     Workers(ServerArgs),
+    /// Datasets: a file of prompts into WebDataset shards (run, status, resume, retry-failed, cancel).
+    Bulk(BulkArgs),
 }
 
 /// Where the dispatcher is and which key to use (flags > environment > `client.*` configuration).
@@ -214,6 +216,90 @@ pub struct JobsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BulkArgs {
+    #[command(subcommand)]
+    pub command: BulkCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BulkCommand {
+    /// Start a run: check every row, then generate the dataset (through the fleet, or --local).
+    Run(Box<BulkRunArgs>),
+    /// Where a run stands: done, failed, queued, running, rate, ETA (--watch: live progress bar).
+    Status(BulkStatusArgs),
+    /// Go on after the CLI, a worker or the fleet stopped: only what is missing is made.
+    Resume(BulkRunRef),
+    /// Give failed samples a new attempt and rewrite their shards.
+    RetryFailed(BulkRunRef),
+    /// Stop a run and cancel its unfinished jobs.
+    Cancel(BulkRunRef),
+}
+
+#[derive(Debug, Args)]
+pub struct BulkRunArgs {
+    /// Prompt file: JSONL (`prompt` + job-field overrides, `key`, `metadata`), CSV with a header, or text.
+    pub input: PathBuf,
+    /// Run name (letters, digits, `.`, `_`, `-`); how status, resume and cancel find the run.
+    #[arg(long)]
+    pub name: String,
+    /// Images per prompt, each with its own seed.
+    #[arg(long, default_value_t = 1)]
+    pub seeds_per_prompt: u32,
+    /// Job defaults for every row (`--seed` is the run seed every sample's seed derives from, default 0).
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// png, jpeg or webp.
+    #[arg(long)]
+    pub image_format: Option<String>,
+    /// JPEG quality 1–100.
+    #[arg(long)]
+    pub quality: Option<u8>,
+    /// Samples per shard.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: u32,
+    /// webdataset (tar shards) or files (image folders with metadata.jsonl).
+    #[arg(long, default_value = "webdataset")]
+    pub format: String,
+    /// Output: a directory or s3://bucket/prefix (default: ./NAME).
+    #[arg(long)]
+    pub out: Option<String>,
+    /// Most jobs submitted and not yet finished.
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: usize,
+    /// jsonl, csv or text (default: from the file extension).
+    #[arg(long)]
+    pub input_format: Option<String>,
+    /// Generate on this machine with the engine (no RabbitMQ, Redis or S3); needs a directory --out.
+    #[arg(long)]
+    pub local: bool,
+    /// Record invalid rows as failed samples instead of refusing to start.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BulkRunRef {
+    /// Run name.
+    pub name: String,
+    /// Output location of the run (needed for --local runs, which have no Redis record).
+    #[arg(long)]
+    pub out: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BulkStatusArgs {
+    #[command(flatten)]
+    pub run: BulkRunRef,
+    /// Follow the run with a live progress bar until it ends.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Job file: `.json` (one job), `.jsonl`/`.ndjson` (one job per line), or `-` for stdin.
     pub file: PathBuf,
@@ -235,9 +321,7 @@ pub enum ConfigFormat {
 impl Cli {
     /// An API client: flags and environment first, then the configuration's `client` section.
     pub fn client(&self, args: &ServerArgs) -> anyhow::Result<crate::client::ApiClient> {
-        let config = self.load_config()?;
-        let server = args.server.clone().unwrap_or(config.client.server);
-        let key = args.api_key.clone().unwrap_or(config.client.api_key);
+        let (server, key) = server_and_key(args, &self.load_config()?);
         crate::client::ApiClient::new(&server, &key)
     }
 
@@ -246,4 +330,11 @@ impl Cli {
         let sources = ConfigSources::from_process(self.config.clone(), self.overrides.clone());
         Ok(FleetConfig::load(&sources)?)
     }
+}
+
+/// The dispatcher URL and API key: flags and environment first, then the `client` section.
+pub fn server_and_key(args: &ServerArgs, config: &FleetConfig) -> (String, String) {
+    let server = args.server.clone().unwrap_or_else(|| config.client.server.clone());
+    let key = args.api_key.clone().unwrap_or_else(|| config.client.api_key.clone());
+    (server, key)
 }

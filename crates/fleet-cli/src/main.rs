@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Download(args) => cmd::jobs::download(&cli, args),
         Command::Queues(args) => cmd::jobs::queues(&cli, args),
         Command::Workers(args) => cmd::jobs::workers(&cli, args),
+        Command::Bulk(args) => cmd::bulk::run(&cli, args),
     };
     match result {
         Ok(code) => code,

@@ -173,10 +173,23 @@ impl S3Store {
         content_type: &str,
         meta: &ObjectMeta,
     ) -> Result<Stored, StorageError> {
+        let sha256 = sha256_hex(&body);
+        self.put_object(key, body, content_type, meta.to_metadata(&sha256)).await
+    }
+
+    /// Stores any object (not only a job's image) with the given metadata; `put` is this plus the
+    /// image metadata. Used for dataset shards and their manifests.
+    pub async fn put_object(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Stored, StorageError> {
         validate_key(key)?;
         let sha256 = sha256_hex(&body);
         let bytes = body.len() as u64;
-        let metadata = meta.to_metadata(&sha256).into_iter().collect();
+        let metadata = metadata.into_iter().collect();
         if bytes > self.options.multipart_threshold {
             self.put_multipart(key, body, content_type, metadata).await?;
         } else {
@@ -191,7 +204,7 @@ impl S3Store {
                 .await
                 .map_err(|e| self.ctx.error("PutObject", Some(key), e))?;
         }
-        tracing::debug!(bucket = %self.ctx.bucket, key, bytes, "stored image");
+        tracing::debug!(bucket = %self.ctx.bucket, key, bytes, "stored object");
         Ok(Stored { key: key.to_owned(), sha256, bytes })
     }
 
@@ -243,9 +256,14 @@ impl S3Store {
     }
 
     async fn upload_parts(&self, key: &str, upload_id: &str, body: &[u8]) -> Result<(), StorageError> {
-        let part_size = usize::try_from(self.options.part_size).unwrap_or(usize::MAX);
-        let parts: Vec<CompletedPart> = futures::stream::iter(body.chunks(part_size).enumerate())
-            .map(|(i, chunk)| async move {
+        let part_size = usize::try_from(self.options.part_size).unwrap_or(usize::MAX).max(1);
+        // Part ranges, not borrowed chunks: a closure taking `&[u8]` makes this future `Send` for
+        // one lifetime only, and then callers cannot `tokio::spawn` anything that uploads.
+        let ranges =
+            (0..body.len().div_ceil(part_size)).map(|i| (i, i * part_size, ((i + 1) * part_size).min(body.len())));
+        let parts: Vec<CompletedPart> = futures::stream::iter(ranges)
+            .map(|(i, start, end)| async move {
+                let chunk = &body[start..end];
                 // Part numbers start at 1; at most 10 000 parts, so this cannot overflow an i32
                 // for any body S3 accepts (S3 rejects the rest).
                 let number = i32::try_from(i + 1).unwrap_or(i32::MAX);

@@ -469,7 +469,8 @@ async fn store_job(
     }
 }
 
-fn engine_format(format: fleet_core::ImageFormat) -> fleet_engine::ImageFormat {
+/// The engine's image format for a job's output format.
+pub fn engine_format(format: fleet_core::ImageFormat) -> fleet_engine::ImageFormat {
     match format {
         fleet_core::ImageFormat::Png => fleet_engine::ImageFormat::Png,
         fleet_core::ImageFormat::Jpeg => fleet_engine::ImageFormat::Jpeg,

@@ -1,5 +1,6 @@
 //! One module per subcommand (the job-reading commands share `jobs`).
 
+pub mod bulk;
 pub mod config;
 pub mod dispatcher;
 pub mod generate;

@@ -1,0 +1,228 @@
+//! Making samples through the fleet: job arrays to the dispatcher at `bulk` priority, job states
+//! read from the fleet's Redis, images read from its image store.
+//!
+//! Every job carries the idempotency key `bulk/<run>/<key>`, so submitting a sample again (a
+//! resume after the CLI died) returns the job already made for it instead of a second one. A
+//! sample whose earlier job failed or was cancelled before this invocation gets one new attempt
+//! under a key suffixed with this invocation's tag.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use fleet_core::{ErrorCode, JobState, JobStatus};
+use fleet_status::StatusStore;
+use fleet_storage::ImageStore;
+use uuid::Uuid;
+
+use crate::api::{ApiClient, Submitted};
+use crate::error::BulkError;
+use crate::exec::{Finished, ImageSource};
+use crate::record::SampleRecord;
+use crate::registry::Registry;
+use crate::sample::{Sample, idempotency_key};
+
+/// Job states read concurrently per round trip.
+const READ_CHUNK: usize = 256;
+/// Wait before submitting again what the dispatcher refused as retryable.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A sample the fleet is working on.
+struct Pending {
+    sample: Sample,
+    /// Already a new attempt: its outcome is final whatever it is.
+    fresh: bool,
+}
+
+/// The services a fleet run talks to.
+pub struct FleetServices {
+    pub api: ApiClient,
+    pub status: StatusStore,
+    pub images: ImageStore,
+    pub registry: Registry,
+}
+
+/// Samples in the fleet's hands.
+pub struct FleetExecutor {
+    run: String,
+    services: FleetServices,
+    batch: usize,
+    poll_every: Duration,
+    in_flight: HashMap<Uuid, Pending>,
+    again: VecDeque<(Sample, bool)>,
+    again_at: Instant,
+    started: DateTime<Utc>,
+    attempt: String,
+    running: u64,
+}
+
+impl FleetExecutor {
+    /// An executor for run `run`, submitting `batch` jobs per request.
+    pub fn new(run: &str, services: FleetServices, batch: usize) -> FleetExecutor {
+        let started = Utc::now();
+        FleetExecutor {
+            run: run.to_owned(),
+            services,
+            batch: batch.max(1),
+            poll_every: Duration::from_millis(300),
+            in_flight: HashMap::new(),
+            again: VecDeque::new(),
+            again_at: Instant::now(),
+            started,
+            attempt: format!("a{}", started.timestamp_millis()),
+            running: 0,
+        }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len() + self.again.len()
+    }
+
+    /// (queued, running) as of the last poll.
+    pub fn counts(&self) -> (u64, u64) {
+        let running = self.running.min(self.in_flight.len() as u64);
+        (self.in_flight() as u64 - running, running)
+    }
+
+    /// Submits valid samples.
+    pub async fn submit(&mut self, samples: Vec<Sample>) -> Result<Vec<Finished>, BulkError> {
+        self.submit_batch(samples.into_iter().map(|s| (s, false)).collect()).await
+    }
+
+    async fn submit_batch(&mut self, samples: Vec<(Sample, bool)>) -> Result<Vec<Finished>, BulkError> {
+        let mut finished = Vec::new();
+        let mut specs = Vec::with_capacity(samples.len());
+        let mut sent = Vec::with_capacity(samples.len());
+        for (sample, fresh) in samples {
+            match &sample.job {
+                Ok(spec) => {
+                    let mut spec = spec.clone();
+                    if fresh {
+                        spec.idempotency_key = Some(idempotency_key(&self.run, &sample.key, Some(&self.attempt)));
+                    }
+                    specs.push(spec);
+                    sent.push((sample, fresh));
+                }
+                Err(_) => finished.push(Finished::failed(&sample, ErrorCode::InvalidSpec, "invalid row")),
+            }
+        }
+        if specs.is_empty() {
+            return Ok(finished);
+        }
+        let answers = self.services.api.submit(&specs).await?;
+        let mut added = Vec::new();
+        for ((sample, fresh), answer) in sent.into_iter().zip(answers) {
+            match answer {
+                Submitted::Accepted(status) => {
+                    let id = status.id;
+                    if let Some(done) = self.settle(sample, fresh, &status) {
+                        finished.push(done);
+                    } else if self.in_flight.contains_key(&id) {
+                        added.push(id);
+                    }
+                }
+                Submitted::Refused { retryable: true, .. } => {
+                    self.again.push_back((sample, fresh));
+                    self.again_at = Instant::now() + REFUSED_BACKOFF;
+                }
+                Submitted::Refused { code, message, .. } => finished.push(Finished::failed(&sample, code, message)),
+            }
+        }
+        self.services.registry.add_jobs(&self.run, &added).await?;
+        Ok(finished)
+    }
+
+    /// A final outcome for the sample, or `None` when it is (again) in flight.
+    fn settle(&mut self, sample: Sample, fresh: bool, status: &JobStatus) -> Option<Finished> {
+        if !status.state.is_terminal() {
+            self.in_flight.insert(status.id, Pending { sample, fresh });
+            return None;
+        }
+        let stale = status.finished_at.is_none_or(|at| at < self.started);
+        if status.state != JobState::Succeeded && !fresh && stale {
+            // Failed or cancelled before this invocation (e.g. a run cancelled, then resumed): one new attempt.
+            self.again.push_back((sample, true));
+            return None;
+        }
+        let mut record = SampleRecord::of(&sample);
+        record.apply_status(status);
+        let image = match status.result.first() {
+            Some(image) if status.state == JobState::Succeeded => ImageSource::Store(image.key.clone()),
+            _ => ImageSource::None,
+        };
+        Some(Finished { index: sample.index, record, image })
+    }
+
+    /// Resubmits refused samples when their backoff is over, waits a tick, and reads the state of
+    /// every job in flight.
+    pub async fn poll(&mut self) -> Result<Vec<Finished>, BulkError> {
+        let mut finished = Vec::new();
+        if !self.again.is_empty() && Instant::now() >= self.again_at {
+            let n = self.again.len().min(self.batch);
+            let retry: Vec<_> = self.again.drain(..n).collect();
+            finished.extend(self.submit_batch(retry).await?);
+        }
+        tokio::time::sleep(self.poll_every).await;
+        let ids: Vec<Uuid> = self.in_flight.keys().copied().collect();
+        let mut done = Vec::new();
+        let mut running = 0;
+        for chunk in ids.chunks(READ_CHUNK) {
+            let reads = futures::future::join_all(chunk.iter().map(|id| self.services.status.get(*id))).await;
+            for (id, read) in chunk.iter().zip(reads) {
+                match read {
+                    Ok(Some(status)) if status.state.is_terminal() => done.push(status),
+                    Ok(Some(status)) => running += u64::from(status.state == JobState::Running),
+                    Ok(None) => {
+                        // The record expired or was discarded: the sample needs a new job.
+                        if let Some(p) = self.in_flight.remove(id) {
+                            self.again.push_back((p.sample, true));
+                        }
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "job state not readable; will ask again"),
+                }
+            }
+        }
+        self.running = running;
+        let ids: Vec<Uuid> = done.iter().map(|s| s.id).collect();
+        for status in done {
+            if let Some(p) = self.in_flight.remove(&status.id) {
+                finished.extend(self.settle(p.sample, p.fresh, &status));
+            }
+        }
+        self.services.registry.remove_jobs(&self.run, &ids).await?;
+        Ok(finished)
+    }
+
+    /// An image from the fleet's store (transient failures retried a few times).
+    pub async fn image(&self, key: &str) -> Result<Vec<u8>, BulkError> {
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..5 {
+            match self.services.images.get(key).await {
+                Ok(Some(object)) => return Ok(object.body),
+                Ok(None) => return Err(BulkError::Config(format!("image `{key}` is missing from the image store"))),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(key, error = %e, "image store unavailable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BulkError::Config(format!("image `{key}`: the image store kept failing")))
+    }
+
+    /// Cancels every job in flight.
+    pub async fn cancel(&mut self) -> Result<(), BulkError> {
+        let ids: Vec<Uuid> = self.in_flight.keys().copied().collect();
+        for id in &ids {
+            self.services.api.cancel(*id).await?;
+        }
+        self.in_flight.clear();
+        self.again.clear();
+        self.services.registry.remove_jobs(&self.run, &ids).await
+    }
+}

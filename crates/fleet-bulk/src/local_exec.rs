@@ -1,0 +1,198 @@
+//! Making samples in this process: the engine on one thread, exactly as a worker runs a job
+//! (same request, same encoding), so `--local` gives the fleet's pixels for the same keys.
+//!
+//! Each finished sample is staged as `<out>/_staging/NNNNN/KEY.<ext>` plus `KEY.json` (written
+//! last) until its shard is published, so a resume after a crash regenerates nothing it had.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use fleet_core::{ErrorCode, FleetConfig, JobSpec};
+use fleet_engine::{GenerationParams, Pipeline};
+use fleet_worker::models::Models;
+use fleet_worker::runner::{engine_format, job_request};
+
+use crate::error::BulkError;
+use crate::exec::{Finished, ImageSource};
+use crate::plan::shard_name;
+use crate::record::{SampleRecord, SampleState, SampleTimings};
+use crate::sample::Sample;
+
+/// Name of the staging folder inside the output directory.
+pub const STAGING_DIR: &str = "_staging";
+
+/// The engine thread and its queue.
+pub struct LocalExecutor {
+    tasks: Option<std::sync::mpsc::Sender<Sample>>,
+    results: tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    in_flight: usize,
+    staging: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl LocalExecutor {
+    /// Starts the engine thread; models load on first use (from `config.models`, on `worker.device`).
+    pub fn start(config: FleetConfig, output_dir: &Path) -> LocalExecutor {
+        let staging = output_dir.join(STAGING_DIR);
+        let (tasks, task_rx) = std::sync::mpsc::channel::<Sample>();
+        let (result_tx, results) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = Engine { config, staging: staging.clone(), models: HashMap::new() };
+        let thread_stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut engine = engine;
+            while let Ok(sample) = task_rx.recv() {
+                if thread_stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if result_tx.send(engine.make(sample)).is_err() {
+                    break;
+                }
+            }
+        });
+        LocalExecutor { tasks: Some(tasks), results, in_flight: 0, staging, stop }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Queues samples for the engine thread.
+    pub fn submit(&mut self, samples: Vec<Sample>) -> Result<Vec<Finished>, BulkError> {
+        let Some(tasks) = &self.tasks else { return Err(BulkError::Engine("the run was cancelled".into())) };
+        for sample in samples {
+            tasks.send(sample).map_err(|_| BulkError::Engine("the engine thread stopped".into()))?;
+            self.in_flight += 1;
+        }
+        Ok(Vec::new())
+    }
+
+    /// Waits up to a tick for the next finished sample, then takes all that are ready.
+    pub async fn poll(&mut self) -> Result<Vec<Finished>, BulkError> {
+        let mut finished = Vec::new();
+        match tokio::time::timeout(Duration::from_millis(200), self.results.recv()).await {
+            Ok(Some(first)) => finished.push(first),
+            Ok(None) if self.in_flight > 0 => return Err(BulkError::Engine("the engine thread stopped".into())),
+            _ => {}
+        }
+        while let Ok(more) = self.results.try_recv() {
+            finished.push(more);
+        }
+        self.in_flight -= finished.len().min(self.in_flight);
+        Ok(finished)
+    }
+
+    /// Stops the engine thread after the sample it is on.
+    pub fn cancel(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tasks = None;
+        self.in_flight = 0;
+    }
+
+    /// Removes the staged samples of a published shard.
+    pub fn drop_staging(&self, shard: u64) {
+        let dir = self.staging.join(shard_name(shard));
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "staging not removed");
+            }
+        }
+    }
+}
+
+/// State of the engine thread.
+struct Engine {
+    config: FleetConfig,
+    staging: PathBuf,
+    /// Loaded pipelines, or why a model could not be loaded (every sample of it fails alike).
+    models: HashMap<String, Result<Arc<Pipeline>, String>>,
+}
+
+impl Engine {
+    fn make(&mut self, sample: Sample) -> Finished {
+        let dir = self.staging.join(shard_name(sample.shard));
+        let record_path = dir.join(format!("{}.json", sample.key));
+        if let Some(staged) = read_staged(&record_path, &sample) {
+            return staged;
+        }
+        let Ok(spec) = &sample.job else { return Finished::failed(&sample, ErrorCode::InvalidSpec, "invalid row") };
+        match self.generate(spec, &sample, &dir) {
+            Ok((record, image_path)) => {
+                if let Err(e) = write_record(&record_path, &record) {
+                    return Finished::failed(&sample, ErrorCode::Internal, e.to_string());
+                }
+                Finished { index: sample.index, record, image: ImageSource::File(image_path) }
+            }
+            Err((code, message)) => Finished::failed(&sample, code, message),
+        }
+    }
+
+    fn pipeline(&mut self, model: &str) -> Result<Arc<Pipeline>, String> {
+        let config = &self.config;
+        self.models
+            .entry(model.to_owned())
+            .or_insert_with(|| {
+                let models = Models::load(config, &[model.to_owned()]).map_err(|e| e.to_string())?;
+                models.get(model).ok_or_else(|| format!("model `{model}` did not load"))
+            })
+            .clone()
+    }
+
+    /// Runs the job as a worker would and stages the image.
+    fn generate(
+        &mut self,
+        spec: &JobSpec,
+        sample: &Sample,
+        dir: &Path,
+    ) -> Result<(SampleRecord, PathBuf), (ErrorCode, String)> {
+        let pipeline = self.pipeline(&spec.model).map_err(|e| (ErrorCode::ModelUnavailable, e))?;
+        let request = job_request(spec);
+        let started = Utc::now();
+        let output = pipeline.generate(&request, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let image = output.images.into_iter().next().ok_or((ErrorCode::InvalidOutput, "no image".to_owned()))?;
+        let params = GenerationParams::for_image(&request, 0, &spec.model, pipeline.scheduler.prediction_type.as_str());
+        let quality = spec.output.quality.unwrap_or(90);
+        let bytes = fleet_engine::encode_image(&image, engine_format(spec.output.format), quality, Some(&params))
+            .map_err(|e| (ErrorCode::InvalidOutput, e.to_string()))?;
+        let finished = Utc::now();
+        let mut record = SampleRecord::of(sample);
+        record.status = SampleState::Succeeded;
+        record.sha256 = Some(fleet_storage::sha256_hex(&bytes));
+        record.bytes = Some(bytes.len() as u64);
+        record.worker = Some("local".to_owned());
+        record.timings = SampleTimings {
+            started_at: Some(started),
+            finished_at: Some(finished),
+            run_seconds: Some((finished - started).num_milliseconds() as f64 / 1000.0),
+            ..SampleTimings::default()
+        };
+        let image_path = dir.join(record.image_name());
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&image_path, &bytes))
+            .map_err(|e| (ErrorCode::Internal, format!("{}: {e}", image_path.display())))?;
+        Ok((record, image_path))
+    }
+}
+
+/// A sample staged by an earlier invocation, if its record and image are both there.
+fn read_staged(record_path: &Path, sample: &Sample) -> Option<Finished> {
+    let record: SampleRecord = serde_json::from_slice(&std::fs::read(record_path).ok()?).ok()?;
+    let image = record_path.with_file_name(record.image_name());
+    (record.key == sample.key && image.exists()).then(|| Finished {
+        index: sample.index,
+        record,
+        image: ImageSource::File(image),
+    })
+}
+
+/// The record goes last: once it exists, the staged sample is complete.
+fn write_record(path: &Path, record: &SampleRecord) -> Result<(), BulkError> {
+    let json = serde_json::to_vec(record).map_err(|e| BulkError::json("sample record", e))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json).map_err(|e| BulkError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| BulkError::io(path, e))
+}

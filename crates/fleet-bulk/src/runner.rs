@@ -1,0 +1,327 @@
+//! The run loop: samples read from the input in order, handed to the executor with at most
+//! `max_in_flight` unfinished, collected per shard, and each shard published once all its
+//! samples are final. Shards whose stats already exist are skipped: that is all a resume is.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleet_core::{ErrorCode, FleetConfig};
+
+use crate::error::BulkError;
+use crate::exec::{Executor, Finished};
+use crate::input::{RowResult, read_rows};
+use crate::output::Output;
+use crate::plan::ShardPlan;
+use crate::record::{SampleState, ShardStats};
+use crate::registry::Registry;
+use crate::run::{CANCEL_FILE, PROGRESS_FILE, RUN_FILE, RunConfig, RunFile, RunState, Snapshot};
+use crate::sample::{Sample, SampleFactory, SampleSettings};
+use crate::shard::{ShardWriter, stats_name};
+
+/// How often the snapshot goes to Redis and the cancel marker is looked for.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often the snapshot goes to the output location.
+const OUTPUT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What a run needs besides its record.
+pub struct RunContext {
+    pub output: Output,
+    pub executor: Executor,
+    /// Redis run state (fleet runs).
+    pub registry: Option<Registry>,
+    /// Validation limits per model.
+    pub config: FleetConfig,
+    /// Models samples may use (`None`: the dispatcher decides).
+    pub models: Option<BTreeSet<String>>,
+    /// Called with each progress snapshot (about once a second), e.g. to draw a progress bar.
+    pub on_progress: Option<ProgressHook>,
+}
+
+/// A progress callback.
+pub type ProgressHook = std::sync::Arc<dyn Fn(&Snapshot) + Send + Sync>;
+
+/// The samples of one shard seen so far.
+#[derive(Default)]
+struct Assembly {
+    /// No more samples of this shard will come.
+    closed: bool,
+    seen: u32,
+    /// Already published by an earlier invocation.
+    skip: bool,
+    finished: Vec<Finished>,
+}
+
+/// The sample settings a run's configuration gives.
+pub fn sample_settings(config: &RunConfig, models: Option<BTreeSet<String>>) -> SampleSettings {
+    SampleSettings {
+        run: config.name.clone(),
+        seed: config.seed,
+        seeds_per_prompt: config.seeds_per_prompt,
+        defaults: config.defaults.clone(),
+        plan: ShardPlan { shard_size: config.shard_size },
+        models,
+    }
+}
+
+struct Runner {
+    run: RunFile,
+    ctx: RunContext,
+    rows: Box<dyn Iterator<Item = RowResult> + Send>,
+    factory: SampleFactory,
+    buffer: VecDeque<Sample>,
+    exhausted: bool,
+    shards: BTreeMap<u64, Assembly>,
+    /// Counts of published shards (including those skipped).
+    succeeded: u64,
+    failed: u64,
+    shards_done: u64,
+    /// Samples finished by this invocation, for the rate.
+    finished_here: u64,
+    started: Instant,
+}
+
+/// Runs (or resumes) `run` to its end or until it is cancelled; returns the final record.
+pub async fn execute(mut run: RunFile, ctx: RunContext) -> Result<RunFile, BulkError> {
+    run.state = RunState::Running;
+    run.finished_at = None;
+    let factory = SampleFactory::new(sample_settings(&run.config, ctx.models.clone()), ctx.config.clone());
+    let rows = read_rows(&run.config.input, run.config.input_format)?;
+    let mut runner = Runner {
+        run,
+        ctx,
+        rows,
+        factory,
+        buffer: VecDeque::new(),
+        exhausted: false,
+        shards: BTreeMap::new(),
+        succeeded: 0,
+        failed: 0,
+        shards_done: 0,
+        finished_here: 0,
+        started: Instant::now(),
+    };
+    runner.go().await?;
+    Ok(runner.run)
+}
+
+impl Runner {
+    async fn go(&mut self) -> Result<(), BulkError> {
+        let mut last_progress = Instant::now();
+        let mut last_output_progress = Instant::now();
+        loop {
+            self.fill().await?;
+            if self.ctx.executor.in_flight() > 0 {
+                let finished = self.ctx.executor.poll().await?;
+                self.absorb(finished);
+            }
+            self.publish_complete().await?;
+            if self.exhausted && self.ctx.executor.in_flight() == 0 && self.shards.is_empty() {
+                break;
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                if self.ctx.output.exists(CANCEL_FILE).await? {
+                    return self.stop_cancelled().await;
+                }
+                let to_output = last_output_progress.elapsed() >= OUTPUT_PROGRESS_EVERY;
+                if to_output {
+                    last_output_progress = Instant::now();
+                }
+                self.save_progress(to_output).await?;
+            }
+        }
+        self.run.state = RunState::Finished;
+        self.run.finished_at = Some(Utc::now());
+        self.run.totals.succeeded = self.succeeded;
+        self.run.totals.failed = self.failed;
+        self.run.totals.shards = self.shards_done;
+        self.save_run().await?;
+        self.save_progress(true).await
+    }
+
+    fn next_sample(&mut self) -> Option<Sample> {
+        loop {
+            if let Some(sample) = self.buffer.pop_front() {
+                return Some(sample);
+            }
+            let row = self.rows.next()?;
+            self.buffer.extend(self.factory.samples(row));
+        }
+    }
+
+    /// Hands samples to the executor until it holds `max_in_flight` or the input ends.
+    async fn fill(&mut self) -> Result<(), BulkError> {
+        let limit = self.run.config.max_in_flight.max(1);
+        let mut batch = Vec::new();
+        while !self.exhausted
+            && self.ctx.executor.in_flight() + batch.len() < limit
+            && batch.len() < self.ctx.executor.batch_size()
+        {
+            let Some(sample) = self.next_sample() else {
+                self.exhausted = true;
+                for assembly in self.shards.values_mut() {
+                    assembly.closed = true;
+                }
+                break;
+            };
+            if !self.shards.contains_key(&sample.shard) {
+                self.open_shard(sample.shard).await?;
+            }
+            let Some(assembly) = self.shards.get_mut(&sample.shard) else { continue };
+            assembly.seen += 1;
+            if assembly.skip {
+                continue;
+            }
+            if sample.job.is_err() {
+                // Only reached with --skip-invalid: the row is a failed sample of its shard.
+                let record = crate::record::SampleRecord::of(&sample);
+                assembly.finished.push(Finished { index: sample.index, record, image: crate::exec::ImageSource::None });
+                continue;
+            }
+            batch.push(sample);
+        }
+        if !batch.is_empty() {
+            let finished = self.ctx.executor.submit(batch).await?;
+            self.absorb(finished);
+        }
+        Ok(())
+    }
+
+    /// A new shard starts: the previous ones are closed; one with stats is already done.
+    async fn open_shard(&mut self, shard: u64) -> Result<(), BulkError> {
+        for assembly in self.shards.values_mut() {
+            assembly.closed = true;
+        }
+        let mut assembly = Assembly::default();
+        if let Some(bytes) = self.ctx.output.get(&stats_name(shard)).await? {
+            let stats: ShardStats =
+                serde_json::from_slice(&bytes).map_err(|e| BulkError::json(stats_name(shard), e))?;
+            self.succeeded += stats.succeeded;
+            self.failed += stats.failed;
+            self.shards_done += 1;
+            assembly.skip = true;
+        }
+        self.shards.insert(shard, assembly);
+        Ok(())
+    }
+
+    fn absorb(&mut self, finished: Vec<Finished>) {
+        self.finished_here += finished.len() as u64;
+        for f in finished {
+            if let Some(assembly) = self.shards.get_mut(&f.record.shard) {
+                assembly.finished.push(f);
+            }
+        }
+    }
+
+    /// Publishes every shard whose samples are all final.
+    async fn publish_complete(&mut self) -> Result<(), BulkError> {
+        let complete: Vec<u64> = self
+            .shards
+            .iter()
+            .filter(|(_, a)| a.closed && (a.skip || a.finished.len() as u32 == a.seen))
+            .map(|(shard, _)| *shard)
+            .collect();
+        for shard in complete {
+            let Some(assembly) = self.shards.remove(&shard) else { continue };
+            if assembly.skip {
+                continue;
+            }
+            let stats = self.publish(shard, assembly.finished).await?;
+            self.succeeded += stats.succeeded;
+            self.failed += stats.failed;
+            self.shards_done += 1;
+            tracing::info!(shard, succeeded = stats.succeeded, failed = stats.failed, "shard published");
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, shard: u64, mut finished: Vec<Finished>) -> Result<ShardStats, BulkError> {
+        finished.sort_by_key(|f| f.index);
+        let mut writer = ShardWriter::new(self.run.config.layout, shard, &self.ctx.output)?;
+        let mut records = Vec::with_capacity(finished.len());
+        for f in finished {
+            let mut record = f.record;
+            if record.status == SampleState::Succeeded {
+                match self.ctx.executor.image(&f.image).await {
+                    Ok(bytes) if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&bytes).as_str()) => {
+                        writer.add(&self.ctx.output, &record, bytes).await?;
+                    }
+                    Ok(_) => record.fail(ErrorCode::InvalidOutput, "image bytes do not match the recorded sha256"),
+                    Err(e) => record.fail(ErrorCode::StorageUnavailable, e.to_string()),
+                }
+            }
+            records.push(record);
+        }
+        let stats = writer.finish(&self.ctx.output, &records).await?;
+        self.ctx.executor.shard_written(shard);
+        Ok(stats)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let (mut succeeded, mut failed) = (self.succeeded, self.failed);
+        for f in self.shards.values().flat_map(|a| &a.finished) {
+            match f.record.status {
+                SampleState::Succeeded => succeeded += 1,
+                SampleState::Failed => failed += 1,
+            }
+        }
+        let (queued, running) = self.ctx.executor.counts();
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.finished_here as f64 / elapsed;
+        let total = self.run.input.samples;
+        let remaining = total.saturating_sub(succeeded + failed);
+        Snapshot {
+            state: self.run.state,
+            total,
+            succeeded,
+            failed,
+            queued,
+            running,
+            shards_done: self.shards_done,
+            shards_total: self.run.input.shards,
+            images_per_second: rate,
+            eta_seconds: (rate > 0.0).then(|| remaining as f64 / rate),
+            updated_at: Some(Utc::now()),
+        }
+    }
+
+    // `&mut self` (here and in `save_run`) keeps the run future `Send` without the runner being `Sync`.
+    async fn save_progress(&mut self, to_output: bool) -> Result<(), BulkError> {
+        let snapshot = self.snapshot();
+        if let Some(hook) = &self.ctx.on_progress {
+            hook(&snapshot);
+        }
+        if let Some(registry) = &self.ctx.registry {
+            registry.save_progress(&self.run.config.name, &snapshot).await?;
+        }
+        if to_output {
+            let body = serde_json::to_vec_pretty(&snapshot).map_err(|e| BulkError::json("progress", e))?;
+            self.ctx.output.put(PROGRESS_FILE, body, "application/json").await?;
+        }
+        Ok(())
+    }
+
+    async fn save_run(&mut self) -> Result<(), BulkError> {
+        save_run(&self.run, &self.ctx.output, self.ctx.registry.as_ref()).await
+    }
+
+    async fn stop_cancelled(&mut self) -> Result<(), BulkError> {
+        self.ctx.executor.cancel().await?;
+        self.run.state = RunState::Cancelled;
+        self.run.finished_at = Some(Utc::now());
+        self.save_run().await?;
+        self.save_progress(true).await
+    }
+}
+
+/// Writes `run.json` to the output location and the record to Redis.
+pub async fn save_run(run: &RunFile, output: &Output, registry: Option<&Registry>) -> Result<(), BulkError> {
+    let body = serde_json::to_vec_pretty(run).map_err(|e| BulkError::json(RUN_FILE, e))?;
+    output.put(RUN_FILE, body, "application/json").await?;
+    if let Some(registry) = registry {
+        registry.save_run(run).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! fleet-bulk without services: input reading and row errors with line numbers, `--local` runs
+//! into WebDataset shards and image folders, and a resume after the run is dropped mid-way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};
+use fleet_bulk::{BulkError, InputFormat, Layout, RunConfig, RunState, Session};
+use serde_json::{Value, json};
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tiny_defaults() -> serde_json::Map<String, Value> {
+    json!({"model": "tiny", "width": 64, "height": 64, "steps": 1}).as_object().unwrap().clone()
+}
+
+fn local_run(name: &str, input: PathBuf, out: &Path, shard_size: u32) -> RunConfig {
+    RunConfig {
+        name: name.to_owned(),
+        input_format: InputFormat::from_path(&input),
+        input,
+        out: out.display().to_string(),
+        layout: Layout::WebDataset,
+        shard_size,
+        seeds_per_prompt: 1,
+        seed: 7,
+        defaults: tiny_defaults(),
+        max_in_flight: 4,
+        skip_invalid: false,
+        local: true,
+    }
+}
+
+fn session() -> Session {
+    Session { config: fleet_core::FleetConfig::default(), api: None, on_progress: None }
+}
+
+/// Every entry of every `NNNNN.tar` under `dir`: shard file → [(name, bytes)].
+fn read_shards(dir: &Path) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
+    let mut shards = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("tar") {
+            continue;
+        }
+        let files = fleet_bulk::shard::read_tar(&path).unwrap();
+        shards.insert(path.file_name().unwrap().to_string_lossy().into_owned(), files);
+    }
+    shards
+}
+
+fn manifest(dir: &Path, shard: &str) -> Vec<SampleRecord> {
+    let text = std::fs::read_to_string(dir.join(format!("{shard}_manifest.jsonl"))).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn csv_and_text_inputs_become_rows_with_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(
+        dir.path(),
+        "p.csv",
+        "prompt,steps,loras,seed\n\"a cat, sitting\",2,style:0.5;ink,\n\"multi\nline\",x,,9\n",
+    );
+    let rows: Vec<_> = fleet_bulk::input::read_rows(&csv, InputFormat::Csv).unwrap().collect();
+    let first = rows[0].as_ref().unwrap();
+    assert_eq!(first.line, 2);
+    assert_eq!(first.fields["prompt"], "a cat, sitting");
+    assert_eq!(first.fields["steps"], 2);
+    assert_eq!(first.fields["loras"], json!([{"name": "style", "scale": 0.5}, {"name": "ink"}]));
+    assert!(!first.fields.contains_key("seed"), "empty cells fall back to defaults");
+    let second = rows[1].as_ref().unwrap_err();
+    assert_eq!((second[0].line, second[0].field.as_str()), (3, "steps"));
+
+    let text = write(dir.path(), "p.txt", "a red fox\n\n  # not a comment, a prompt\n");
+    let rows: Vec<_> = fleet_bulk::input::read_rows(&text, InputFormat::Text).unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(rows[1].fields["prompt"], "# not a comment, a prompt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rows_are_reported_with_line_numbers_and_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "bad.jsonl",
+        concat!(
+            "{\"prompt\": \"fine\"}\n",
+            "{\"prompt\": \"broken\"\n",
+            "{\"prompt\": \"x\", \"widht\": 64}\n",
+            "{\"prompt\": \"\"}\n",
+            "# a comment\n",
+            "{\"prompt\": \"y\", \"key\": \"has.dot\", \"num_images\": 2}\n",
+            "{\"prompt\": \"also fine\"}\n",
+        ),
+    );
+    let out = dir.path().join("out");
+    let run = local_run("bad-rows", input.clone(), &out, 10);
+    let scanned = fleet_bulk::check_input(&run, &fleet_core::FleetConfig::default()).unwrap();
+    let found: Vec<(usize, &str)> = scanned.errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(found, [(2, "."), (3, "widht"), (4, "prompt"), (6, "key"), (6, "num_images")], "{:?}", scanned.errors);
+    assert!(scanned.errors[0].message.contains("bad JSON"));
+    assert!(scanned.errors[1].message.contains("unknown field"));
+    assert_eq!((scanned.summary.rows, scanned.summary.invalid_rows, scanned.summary.samples), (6, 4, 6));
+
+    match fleet_bulk::start(run.clone(), &session()).await {
+        Err(BulkError::InvalidRows { rows, total }) => assert_eq!((rows.len(), total), (5, 4)),
+        other => panic!("the run must refuse to start: {other:?}"),
+    }
+    assert!(!out.join("run.json").exists(), "nothing is written for a refused run");
+
+    // --skip-invalid: the invalid rows become failed samples, listed in the stats.
+    let run = RunConfig { skip_invalid: true, ..run };
+    let done = fleet_bulk::start(run, &session()).await.unwrap();
+    assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, 2, 4));
+    let stats: ShardStats = serde_json::from_slice(&std::fs::read(out.join("00000_stats.json")).unwrap()).unwrap();
+    assert_eq!(stats.failed_by_code.get("invalid_spec"), Some(&4));
+    assert_eq!(stats.failures.iter().map(|f| f.line).collect::<Vec<_>>(), [2, 3, 4, 6]);
+    let shards = read_shards(&out);
+    assert_eq!(shards["00000.tar"].len(), 6, "two samples, three files each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_run_writes_complete_shards_and_a_dropped_run_resumes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for i in 0..23 {
+        let row = match i {
+            3 => json!({"prompt": format!("sample {i}"), "key": "custom-key", "metadata": {"source": "test"}}),
+            _ => json!({"prompt": format!("sample {i}")}),
+        };
+        lines.push_str(&format!("{row}\n"));
+    }
+    let input = write(dir.path(), "prompts.jsonl", &lines);
+    let out = dir.path().join("out");
+    let run = local_run("local-resume", input, &out, 5);
+
+    // Drop the run once two shards are published, as a killed CLI would leave it.
+    let task = tokio::spawn({
+        let run = run.clone();
+        async move { fleet_bulk::start(run, &session()).await }
+    });
+    let stats_files = |out: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(out)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.ends_with("_stats.json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while stats_files(&out).len() < 2 {
+        assert!(std::time::Instant::now() < deadline && !task.is_finished(), "no two shards in time");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let before: BTreeMap<String, (Vec<u8>, std::time::SystemTime)> = stats_files(&out)
+        .into_iter()
+        .map(|stats| {
+            let tar = out.join(stats.replace("_stats.json", ".tar"));
+            (stats, (std::fs::read(&tar).unwrap(), std::fs::metadata(&tar).unwrap().modified().unwrap()))
+        })
+        .collect();
+    assert!(before.len() < 5, "the run was dropped before the end");
+
+    let done = fleet_bulk::resume("local-resume", Some(&out.display().to_string()), &session()).await.unwrap();
+    assert_eq!(
+        (done.state, done.totals.succeeded, done.totals.failed, done.totals.shards),
+        (RunState::Finished, 23, 0, 5)
+    );
+    for (stats, (bytes, modified)) in &before {
+        let tar = out.join(stats.replace("_stats.json", ".tar"));
+        assert_eq!(&std::fs::read(&tar).unwrap(), bytes, "{tar:?} rewritten");
+        assert_eq!(&std::fs::metadata(&tar).unwrap().modified().unwrap(), modified);
+    }
+
+    let shards = read_shards(&out);
+    assert_eq!(shards.len(), 5);
+    let mut keys = BTreeSet::new();
+    for (shard, files) in &shards {
+        assert_eq!(files.len() % 3, 0);
+        let stem = shard.trim_end_matches(".tar");
+        let records = manifest(&out, stem);
+        assert_eq!(records.len() * 3, files.len(), "manifest of {shard} lists its samples");
+        for (triple, record) in files.chunks(3).zip(&records) {
+            assert_eq!(triple[0].0, format!("{}.png", record.key));
+            assert_eq!(triple[1], (format!("{}.txt", record.key), record.prompt.clone().into_bytes()));
+            let json: SampleRecord = serde_json::from_slice(&triple[2].1).unwrap();
+            assert_eq!(&json, record);
+            assert_eq!(record.status, SampleState::Succeeded);
+            assert_eq!(record.sha256.as_deref(), Some(fleet_storage::sha256_hex(&triple[0].1).as_str()));
+            assert!(keys.insert(record.key.clone()), "duplicate key {}", record.key);
+        }
+    }
+    assert_eq!(keys.len(), 23);
+    assert!(keys.contains("custom-key") && keys.contains("000000") && keys.contains("000042"));
+    assert!(!out.join("_staging").join("00000").exists(), "staging of published shards is removed");
+
+    // The same run again reproduces every image: keys and seeds depend only on the run settings.
+    let again_out = dir.path().join("again");
+    let again =
+        RunConfig { name: "local-again".into(), out: again_out.display().to_string(), layout: Layout::Files, ..run };
+    fleet_bulk::start(again, &session()).await.unwrap();
+    let metadata = std::fs::read_to_string(again_out.join("00000/metadata.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(metadata.lines().next().unwrap()).unwrap();
+    assert_eq!(first["file_name"], "000000.png");
+    let original = &shards["00000.tar"][0].1;
+    assert_eq!(&std::fs::read(again_out.join("00000/000000.png")).unwrap(), original, "same key, same bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
+    // Enough samples that the run is still going a second in, when it first looks for the marker.
+    const PROMPTS: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts: String = (0..PROMPTS).map(|i| format!("prompt number {i}\n")).collect();
+    let input = write(dir.path(), "prompts.txt", &prompts);
+    let out = dir.path().join("out");
+    let location = out.display().to_string();
+    let run = local_run("local-cancel", input, &out, 4);
+    let task = tokio::spawn(async move { fleet_bulk::start(run, &session()).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !out.join("run.json").exists() {
+        assert!(std::time::Instant::now() < deadline && !task.is_finished(), "the run did not start in time");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(fleet_bulk::cancel("local-cancel", Some(&location), &session()).await.unwrap(), 0);
+    let stopped = task.await.unwrap().unwrap();
+    assert_eq!(stopped.state, RunState::Cancelled);
+    let (record, snapshot) =
+        fleet_bulk::status("local-cancel", Some(&location), &fleet_core::FleetConfig::default()).await.unwrap();
+    assert_eq!((record.state, snapshot.state, snapshot.total), (RunState::Cancelled, RunState::Cancelled, PROMPTS));
+
+    let done = fleet_bulk::resume("local-cancel", Some(&location), &session()).await.unwrap();
+    assert_eq!(
+        (done.state, done.totals.succeeded, done.totals.shards),
+        (RunState::Finished, PROMPTS, PROMPTS.div_ceil(4))
+    );
+    assert!(!out.join("_cancelled").exists());
+}

@@ -1,0 +1,190 @@
+//! `fleet bulk run | status | resume | retry-failed | cancel`: thin wiring around `fleet_bulk`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use fleet_bulk::api::ApiClient;
+use fleet_bulk::{BulkError, InputFormat, Layout, RunConfig, RunFile, RunState, Session, Snapshot};
+use fleet_core::FleetConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::cli::{BulkArgs, BulkCommand, BulkRunArgs, BulkRunRef, Cli, ServerArgs, server_and_key};
+use crate::cmd::submit::generation_fields;
+
+pub fn run(cli: &Cli, args: &BulkArgs) -> anyhow::Result<ExitCode> {
+    let config = cli.load_config()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match &args.command {
+            BulkCommand::Run(a) => start(config, a).await,
+            BulkCommand::Status(a) => status(&config, &a.run, a.watch).await,
+            BulkCommand::Resume(a) => {
+                let session = session(config, &a.server, true, true);
+                finish(fleet_bulk::resume(&a.name, a.out.as_deref(), &session).await, a.server.json)
+            }
+            BulkCommand::RetryFailed(a) => {
+                let session = session(config, &a.server, true, true);
+                let (run, reopened) = fleet_bulk::retry_failed(&a.name, a.out.as_deref(), &session).await?;
+                eprintln!("{reopened} shard(s) with failed samples rewritten");
+                finish(Ok(run), a.server.json)
+            }
+            BulkCommand::Cancel(a) => {
+                let session = session(config, &a.server, true, false);
+                let cancelled = fleet_bulk::cancel(&a.name, a.out.as_deref(), &session).await?;
+                println!("run `{}` cancelled; {cancelled} unfinished job(s) cancelled", a.name);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// The session of a command; the API client only if a key is configured (local runs need none).
+fn session(config: FleetConfig, server: &ServerArgs, want_api: bool, bar: bool) -> Session {
+    let (base, key) = server_and_key(server, &config);
+    let api = if want_api { ApiClient::new(&base, &key).ok() } else { None };
+    let on_progress = (bar && !server.json).then(progress_bar);
+    Session { config, api, on_progress }
+}
+
+fn progress_bar() -> fleet_bulk::runner::ProgressHook {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Arc::new(move |s: &Snapshot| {
+        bar.set_length(s.total);
+        bar.set_position(s.succeeded + s.failed);
+        bar.set_message(summary(s));
+    })
+}
+
+async fn start(config: FleetConfig, args: &BulkRunArgs) -> anyhow::Result<ExitCode> {
+    let g = &args.generation;
+    if !g.prompts.is_empty() || g.num_images.is_some() {
+        bail!("--prompt and --num-images do not apply to bulk runs (prompts come from INPUT; use --seeds-per-prompt)");
+    }
+    let mut defaults = generation_fields(g)?;
+    defaults.remove("seed");
+    if args.image_format.is_some() || args.quality.is_some() {
+        let mut output = serde_json::Map::new();
+        if let Some(format) = &args.image_format {
+            output.insert("format".into(), Value::from(format.as_str()));
+        }
+        if let Some(quality) = args.quality {
+            output.insert("quality".into(), Value::from(quality));
+        }
+        defaults.insert("output".into(), Value::Object(output));
+    }
+    let input = std::path::absolute(&args.input).with_context(|| format!("input {}", args.input.display()))?;
+    let input_format = match &args.input_format {
+        Some(name) => InputFormat::parse(name)?,
+        None => InputFormat::from_path(&input),
+    };
+    let run = RunConfig {
+        name: args.name.clone(),
+        input,
+        input_format,
+        out: args.out.clone().unwrap_or_else(|| args.name.clone()),
+        layout: Layout::parse(&args.format)?,
+        shard_size: args.shard_size,
+        seeds_per_prompt: args.seeds_per_prompt,
+        seed: g.seed.unwrap_or(0),
+        defaults,
+        max_in_flight: args.max_in_flight,
+        skip_invalid: args.skip_invalid,
+        local: args.local,
+    };
+    let session = session(config, &args.server, !args.local, true);
+    match fleet_bulk::start(run, &session).await {
+        Err(BulkError::InvalidRows { rows, total }) => {
+            for row in &rows {
+                eprintln!("{}:{}: {}: {}", args.input.display(), row.line, row.field, row.message);
+            }
+            eprintln!(
+                "{}: {total} invalid row(s); the run did not start (fix them, or pass --skip-invalid to record them as failed samples)",
+                args.input.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+        other => finish(other, args.server.json),
+    }
+}
+
+/// Prints the outcome of a run; exit 0 only if it finished with every sample made.
+fn finish(result: Result<RunFile, BulkError>, json: bool) -> anyhow::Result<ExitCode> {
+    let run = result?;
+    let t = &run.totals;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        println!(
+            "run `{}` {}: {} succeeded, {} failed, {} shard(s) in {}",
+            run.config.name,
+            state_name(run.state),
+            t.succeeded,
+            t.failed,
+            t.shards,
+            run.config.out
+        );
+    }
+    Ok(if run.state == RunState::Finished && t.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn status(config: &FleetConfig, run: &BulkRunRef, watch: bool) -> anyhow::Result<ExitCode> {
+    let (record, snapshot) = fleet_bulk::status(&run.name, run.out.as_deref(), config).await?;
+    if run.server.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"run": record, "progress": snapshot}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !watch {
+        println!("run `{}` ({}): {}", run.name, record.config.out, summary(&snapshot));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = progress_bar();
+    let mut snapshot = snapshot;
+    loop {
+        show(&snapshot);
+        if snapshot.state != RunState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        snapshot = fleet_bulk::status(&run.name, run.out.as_deref(), config).await?.1;
+    }
+    println!("\nrun `{}`: {}", run.name, summary(&snapshot));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_name(state: RunState) -> &'static str {
+    match state {
+        RunState::Running => "running",
+        RunState::Finished => "finished",
+        RunState::Cancelled => "cancelled",
+    }
+}
+
+/// `running: 532/1000 done, 3 failed, 12 running, 40 queued, 413 waiting; shards 0/1; 4.2 img/s, ETA 1m40s`.
+fn summary(s: &Snapshot) -> String {
+    let mut line = format!(
+        "{}: {}/{} done, {} failed, {} running, {} queued, {} waiting; shards {}/{}; {:.1} img/s",
+        state_name(s.state),
+        s.succeeded,
+        s.total,
+        s.failed,
+        s.running,
+        s.queued,
+        s.waiting(),
+        s.shards_done,
+        s.shards_total,
+        s.images_per_second
+    );
+    if let (Some(eta), RunState::Running) = (s.eta_seconds, s.state) {
+        let eta = eta.round() as u64;
+        line.push_str(&format!(", ETA {}m{:02}s", eta / 60, eta % 60));
+    }
+    line
+}
