@@ -64,7 +64,17 @@ pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &st
 }
 
 /// Admits, records and publishes one validated job.
+///
+/// Runs in its own task: a client that goes away mid-request (a killed `fleet bulk`) drops the
+/// handler, and a job must never be left recorded (its idempotency key taken) but not published.
 pub async fn accept(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepted, ApiError> {
+    let (app, trace_id) = (app.clone(), trace_id.to_owned());
+    tokio::spawn(async move { accept_here(&app, job, &trace_id).await })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("accepting the job failed: {e}")))?
+}
+
+async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepted, ApiError> {
     let started = Instant::now();
     let spec = job.spec();
     let tenant = spec.tenant.clone().unwrap_or_default();

@@ -88,25 +88,16 @@ async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Resu
         app.metrics.rejected(ErrorCode::InvalidSpec);
         return Err(ApiError::invalid("", fields));
     }
-    // Accepting runs in its own task: a client that goes away mid-request (a killed `fleet bulk`)
-    // drops this handler, and a job must never be left recorded (and its idempotency key taken)
-    // but not published.
-    let trace_owned = trace.to_owned();
-    let items = tokio::spawn(async move {
-        let mut items = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match accept(&app, job, &trace_owned).await {
-                Ok(accepted) => items.push(BatchItem { status: Some(accepted.status), error: None }),
-                Err(err) => {
-                    app.metrics.rejected(err.code);
-                    items.push(BatchItem { status: None, error: Some(err) });
-                }
+    let mut items = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match accept(&app, job, trace).await {
+            Ok(accepted) => items.push(BatchItem { status: Some(accepted.status), error: None }),
+            Err(err) => {
+                app.metrics.rejected(err.code);
+                items.push(BatchItem { status: None, error: Some(err) });
             }
         }
-        items
-    })
-    .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("accepting the jobs failed: {e}")))?;
+    }
     Ok((StatusCode::ACCEPTED, [("x-trace-id", trace.to_owned())], Json(serde_json::json!({ "jobs": items })))
         .into_response())
 }
