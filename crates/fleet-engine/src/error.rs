@@ -44,6 +44,9 @@ pub enum EngineError {
     /// Image encoding failed.
     #[error("image encoding: {0}")]
     Image(String),
+    /// A stage produced NaN or infinite values (typically f16 overflow), so no image is returned.
+    #[error("{count} non-finite (NaN/Inf) value(s) after {stage}; {hint}")]
+    NonFinite { stage: &'static str, count: usize, hint: &'static str },
     /// The caller asked to stop (between two denoising steps).
     #[error("cancelled between denoising steps")]
     Cancelled,

@@ -756,8 +756,19 @@ impl Pipeline {
         }
         let denoise = t1.elapsed();
 
+        // A NaN image must never reach a caller (or S3): check both stages, naming the guilty one.
+        ensure_finite(
+            &latents,
+            "denoising (UNet)",
+            "the UNet or scheduler diverged (f16 overflow or broken weights); the image was not decoded",
+        )?;
         let t2 = Instant::now();
         let images = self.vae.decode(&latents)?.to_device(&Device::Cpu).ctx("images to cpu")?;
+        ensure_finite(
+            &images,
+            "VAE decode",
+            "the stock SDXL VAE overflows in f16: use the fp16-fix VAE or decode in f32",
+        )?;
         let vae_decode = t2.elapsed();
         Ok(TensorOutput {
             images,
@@ -782,6 +793,13 @@ impl Pipeline {
         let out = self.generate_tensor_until(req, progress)?;
         Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
     }
+}
+
+/// Fails with [`EngineError::NonFinite`] when `t` holds any NaN or infinity.
+pub(crate) fn ensure_finite(t: &Tensor, stage: &'static str, hint: &'static str) -> Result<()> {
+    let values = t.flatten_all().and_then(|v| v.to_dtype(DType::F32)).and_then(|v| v.to_vec1::<f32>()).ctx(stage)?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count == 0 { Ok(()) } else { Err(EngineError::NonFinite { stage, count, hint }) }
 }
 
 /// Read `--latents FILE`: a safetensors file with one float tensor `latents`

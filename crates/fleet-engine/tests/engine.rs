@@ -110,6 +110,29 @@ fn user_latents_non_square_and_sample_prediction() {
 }
 
 #[test]
+fn non_finite_values_are_an_error_not_an_image() {
+    let p = tiny();
+    // One NaN in the user's noise spreads through the UNet's convolutions and attention.
+    let mut values = vec![0.5f32; 4 * 8 * 8];
+    values[17] = f32::NAN;
+    let noise = Tensor::from_vec(values, (1, 4, 8, 8), &Device::Cpu).unwrap();
+    let r = GenerateRequest { latents: Some(noise), ..req("nan") };
+    match p.generate(&r, &mut |_| {}) {
+        Err(EngineError::NonFinite { stage, count, .. }) => {
+            assert_eq!(stage, "denoising (UNet)");
+            assert!(count > 0);
+        }
+        Err(other) => panic!("expected NonFinite, got {other}"),
+        Ok(_) => panic!("a NaN latent produced an image"),
+    }
+    // Infinity is caught the same way, and a finite request still works afterwards.
+    let inf = Tensor::full(f32::INFINITY, (1, 4, 8, 8), &Device::Cpu).unwrap();
+    let err = p.generate(&GenerateRequest { latents: Some(inf), ..req("inf") }, &mut |_| {}).err();
+    assert!(matches!(err, Some(EngineError::NonFinite { .. })), "{err:?}");
+    assert!(p.generate(&req("fine"), &mut |_| {}).is_ok());
+}
+
+#[test]
 fn bad_requests_are_errors_not_panics() {
     let p = tiny();
     let cases = [

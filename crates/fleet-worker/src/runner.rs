@@ -329,7 +329,7 @@ fn classify(err: &EngineError) -> Option<ErrorCode> {
     }
     match err {
         EngineError::InvalidRequest(_) | EngineError::Shape { .. } => Some(ErrorCode::InvalidSpec),
-        EngineError::Image(_) => Some(ErrorCode::InvalidOutput),
+        EngineError::Image(_) | EngineError::NonFinite { .. } => Some(ErrorCode::InvalidOutput),
         _ => None,
     }
 }
