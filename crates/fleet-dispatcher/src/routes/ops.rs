@@ -1,13 +1,14 @@
 //! Operational endpoints: health, readiness, queues, workers, metrics.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleet_core::ErrorCode;
 
 use crate::App;
 use crate::auth::Caller;
+use crate::dead_letter_list::DeadLetterPage;
 use crate::error::ApiError;
 
 /// `GET /healthz`: the process is up.
@@ -39,6 +40,26 @@ pub async fn queues(State(app): State<App>, caller: Caller) -> Result<Json<serde
 pub async fn workers(State(app): State<App>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     Ok(Json(serde_json::json!({ "workers": app.status.workers().await? })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/dead-letters?limit=` (admin): the dead-letter queue's first messages, left in the queue.
+pub async fn dead_letters(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<DeadLetterQuery>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    caller.require_admin()?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let queue = app.broker.topology().dead_letter_queue.clone();
+    let depth = app.broker.depth(&queue).await?.messages;
+    let url = &app.config.rabbitmq.url;
+    let messages = crate::dead_letter_list::peek(url, &app.broker.display_url(), &queue, limit).await?;
+    Ok(Json(DeadLetterPage { queue, depth, messages }))
 }
 
 /// `GET /metrics`: Prometheus text.
