@@ -150,7 +150,11 @@ pub struct BulkRunPage {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(run: &str, field: &'static str, json: &str) -> Result<T, BulkRunsError> {
-    serde_json::from_str(json).map_err(|e| BulkRunsError::Corrupt { run: run.to_owned(), field, message: e.to_string() })
+    serde_json::from_str(json).map_err(|e| BulkRunsError::Corrupt {
+        run: run.to_owned(),
+        field,
+        message: e.to_string(),
+    })
 }
 
 /// The run from its two hash fields; `None` when the record is gone (expired).

@@ -74,7 +74,7 @@ fn death_time(delivery: &Delivery) -> Option<DateTime<Utc>> {
 }
 
 fn describe(delivery: &Delivery) -> DeadLetter {
-    let body: Option<serde_json::Value> = serde_json::from_slice(&delivery.data).ok().filter(|v| v.is_object());
+    let body = serde_json::from_slice::<serde_json::Value>(&delivery.data).ok().filter(serde_json::Value::is_object);
     let field = |name: &str| body.as_ref()?.get(name)?.as_str().map(str::to_owned);
     let header_tenant = header_str(&delivery.properties, HEADER_TENANT).map(str::to_owned);
     let death = death(&delivery.properties);

@@ -546,7 +546,8 @@ async fn dead_letters_are_listed_for_admins_and_stay_in_the_queue() {
     let second = poison(&server, BOB, "poison two").await;
     failed(&server, BOB, &second).await;
     let dlq = server.app.broker.topology().dead_letter_queue.clone();
-    let job_queue = server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+    let job_queue =
+        server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
 
     let (code, body) = server.call(reqwest::Method::GET, "/v1/dead-letters", Some(ALICE), None).await;
     assert_eq!((code, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{body}");

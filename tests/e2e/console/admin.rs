@@ -4,7 +4,7 @@
 use fleet_bulk::api::ApiClient;
 use fleet_bulk::{InputFormat, Layout, RunConfig, RunState, Session};
 use fleet_e2e::fleet::Fleet;
-use fleet_e2e::{E2E_KEY, isolated_config, unique};
+use fleet_e2e::{E2E_KEY, unique};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde_json::{Value, json};
 
@@ -14,7 +14,10 @@ use crate::browser::Browser;
 /// A job the broker dead-letters: submitted with no worker running, then taken and handed back
 /// unfinished (a crash loop) until `delivery_limit` (1) is exceeded.
 async fn dead_lettered_job(fleet: &Fleet) -> uuid::Uuid {
-    let id = fleet.submit(json!({"prompt": "a job that kills workers", "model": "tiny", "width": 64, "height": 64})).await.id;
+    let id = fleet
+        .submit(json!({"prompt": "a job that kills workers", "model": "tiny", "width": 64, "height": 64}))
+        .await
+        .id;
     let connection =
         lapin::Connection::connect(&fleet.config.rabbitmq.url, lapin::ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -111,8 +114,11 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
 
     let dir = tempfile::tempdir().unwrap();
     let name = unique("console-run");
-    let session =
-        Session { config: fleet.config.clone(), api: Some(ApiClient::new(&fleet.base, E2E_KEY).unwrap()), on_progress: None };
+    let session = Session {
+        config: fleet.config.clone(),
+        api: Some(ApiClient::new(&fleet.base, E2E_KEY).unwrap()),
+        on_progress: None,
+    };
     let run = fleet_bulk::start(bulk_run(&name, dir.path()), &session).await.unwrap();
     assert_eq!((run.state, run.totals.succeeded, run.totals.failed, run.totals.shards), (RunState::Finished, 4, 1, 3));
     check_api_reads_the_run(&fleet, &name).await;
@@ -164,12 +170,17 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
     browser.screenshot("console-bulk").await;
     browser.eval(FOLLOW_LINK.replace("TABLE", "bulk-runs").as_str()).await;
     browser
-        .wait_until("the run's page", &format!("return document.getElementById('bulk-run-title').textContent === 'Bulk run {name}'"))
+        .wait_until(
+            "the run's page",
+            &format!("return document.getElementById('bulk-run-title').textContent === 'Bulk run {name}'"),
+        )
         .await;
     assert_eq!(browser.text("#bulk-run-state").await.to_lowercase(), "finished");
     assert_eq!(browser.eval("return document.getElementById('bulk-run-progress').value").await, json!(1));
     let counts = terms(&browser, "bulk-run-counts").await;
-    for (term, value) in [("Succeeded", "4 (80.0 %)"), ("Failed", "1 (20.0 %)"), ("Shards", "3 / 3"), ("Unfinished jobs", "0")] {
+    for (term, value) in
+        [("Succeeded", "4 (80.0 %)"), ("Failed", "1 (20.0 %)"), ("Shards", "3 / 3"), ("Unfinished jobs", "0")]
+    {
         assert_eq!(counts.get(term).map(String::as_str), Some(value), "{counts:?}");
     }
     assert_eq!(counts["Pending"], "0 (queued 0, running 0, not yet submitted 0)");

@@ -91,9 +91,7 @@ async fn console_cancels_a_running_job_and_runs_one_with_a_library_lora() {
     browser.fill("#loras li .lora-scale", "0.75").await;
     browser.click("#submit-form button[type=submit]").await;
     let id = opened_job(&browser).await;
-    browser
-        .wait_until_for("succeeded", &format!("{STATE} === 'succeeded'"), Duration::from_secs(240))
-        .await;
+    browser.wait_until_for("succeeded", &format!("{STATE} === 'succeeded'"), Duration::from_secs(240)).await;
     browser
         .wait_until(
             "the image shown",

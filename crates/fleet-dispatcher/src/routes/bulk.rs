@@ -37,11 +37,17 @@ pub async fn list(
 
 /// Run names as `fleet bulk` allows them (anything else cannot name a run, nor another key).
 fn is_run_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// `GET /v1/bulk/runs/{name}` (admin): one run, with its count of unfinished jobs.
-pub async fn get_one(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> Result<Json<BulkRun>, ApiError> {
+pub async fn get_one(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<BulkRun>, ApiError> {
     caller.require_admin()?;
     let not_found = || ApiError::not_found(format!("bulk run `{name}`"));
     if !is_run_name(&name) {
