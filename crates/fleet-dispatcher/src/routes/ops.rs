@@ -54,12 +54,8 @@ pub async fn dead_letters(
     Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     caller.require_admin()?;
-    let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    let queue = app.broker.topology().dead_letter_queue.clone();
-    let depth = app.broker.depth(&queue).await?.messages;
-    let url = &app.config.rabbitmq.url;
-    let messages = crate::dead_letter_list::peek(url, &app.broker.display_url(), &queue, limit).await?;
-    Ok(Json(DeadLetterPage { queue, depth, messages }))
+    let limit = q.limit.unwrap_or(20).clamp(1, crate::dead_letter_list::WINDOW);
+    Ok(Json(crate::dead_letter_list::look(&app.broker, &app.config.rabbitmq.url, limit).await?))
 }
 
 /// `GET /metrics`: Prometheus text.
