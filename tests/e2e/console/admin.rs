@@ -161,7 +161,7 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
     let cells = browser
         .wait_until(
             "the run's row",
-            "return [...document.querySelectorAll('#bulk-runs tr')].map(r => [...r.cells].map(c => c.textContent))",
+            "const rows = [...document.querySelectorAll('#bulk-runs tr')]; return rows.length && rows.map(r => [...r.cells].map(c => c.textContent))",
         )
         .await;
     let row: Vec<String> = serde_json::from_value(cells[0].clone()).unwrap();

@@ -6,21 +6,17 @@ use std::time::Duration;
 use fleet_core::JobState;
 use fleet_e2e::fleet::Fleet;
 use fleet_e2e::{E2E_KEY, isolated_config};
-use fleet_engine::candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use super::{DESKTOP, show, sign_in, signed_in};
 use crate::browser::Browser;
 
-/// A LoRA for the tiny model (one attention projection of its UNet), as `<dir>/<name>.safetensors`.
-fn tiny_lora(dir: &std::path::Path, name: &str) {
-    let key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
-    let ones = |shape: (usize, usize)| Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap();
-    let tensors = std::collections::HashMap::from([
-        (format!("{key}.lora_down.weight"), ones((2, 32))),
-        (format!("{key}.lora_up.weight"), ones((32, 2))),
-    ]);
-    fleet_engine::candle_core::safetensors::save(&tensors, dir.join(format!("{name}.safetensors"))).unwrap();
+/// A LoRA for the tiny model in the library as `<dir>/<name>.safetensors`: the engine's kohya
+/// fixture (random, UNet and both text encoders; made by `tools/make_reference.py --extras-only`).
+fn library_lora(dir: &std::path::Path, name: &str) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/fleet-engine/tests/fixtures/extras/lora_kohya.safetensors");
+    std::fs::copy(&fixture, dir.join(format!("{name}.safetensors"))).expect("the engine's LoRA fixture");
 }
 
 const STATE: &str = "return document.getElementById('job-state').textContent";
@@ -42,7 +38,7 @@ async fn first_image(fleet: &Fleet, id: uuid::Uuid) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn console_cancels_a_running_job_and_runs_one_with_a_library_lora() {
     let library = tempfile::tempdir().unwrap();
-    tiny_lora(library.path(), "style");
+    library_lora(library.path(), "style");
     let mut config = isolated_config();
     config.library.lora_dir = library.path().to_path_buf();
     let fleet = Fleet::start(config, 1).await;
