@@ -53,7 +53,7 @@ function deadRow(m) {
 function showDeadLetters(dead) {
   $("dead-letters").replaceChildren(...dead.messages.map(deadRow));
   $("dead-summary").textContent = dead.depth
-    ? `${dead.depth} message(s) in ${dead.queue}; the first ${dead.messages.length} shown. Looking leaves them in the queue.`
+    ? `${dead.depth} message(s) in ${dead.queue}; ${dead.messages.length < dead.depth ? `the first ${dead.messages.length}` : "all"} shown. Looking leaves them in the queue.`
     : `${dead.queue} is empty.`;
 }
 
