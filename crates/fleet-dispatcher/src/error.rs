@@ -87,7 +87,12 @@ macro_rules! from_service_error {
     )+};
 }
 
-from_service_error!(fleet_queue::QueueError, fleet_status::StatusError, fleet_storage::StorageError);
+from_service_error!(
+    fleet_queue::QueueError,
+    fleet_status::StatusError,
+    fleet_storage::StorageError,
+    crate::bulk_runs::BulkRunsError
+);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -9,15 +9,8 @@ use serde::Deserialize;
 
 use crate::App;
 use crate::auth::Caller;
-use crate::bulk_runs::{BulkRun, BulkRunPage, BulkRunsError};
+use crate::bulk_runs::{BulkRun, BulkRunPage};
 use crate::error::ApiError;
-
-impl From<BulkRunsError> for ApiError {
-    fn from(err: BulkRunsError) -> ApiError {
-        let api = ApiError::new(err.code(), err.to_string());
-        if api.retryable { api.with_retry_after(5) } else { api }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {

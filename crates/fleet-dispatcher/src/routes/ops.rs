@@ -1,4 +1,4 @@
-//! Operational endpoints: health, readiness, queues, workers, metrics.
+//! Operational endpoints: health, readiness, queues, workers, dead letters, metrics.
 
 use axum::Json;
 use axum::extract::{Query, State};
