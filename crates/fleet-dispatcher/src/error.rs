@@ -102,10 +102,8 @@ impl IntoResponse for ApiError {
         }
         let retry_after = self.retry_after_secs;
         let mut response = (status, Json(Body { error: &self })).into_response();
-        if let Some(secs) = retry_after {
-            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let Some(value) = retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

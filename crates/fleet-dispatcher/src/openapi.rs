@@ -201,10 +201,8 @@ pub fn document() -> Value {
         ("BulkRun", schema_of::<crate::bulk_runs::BulkRun>()),
         ("DeadLetterPage", schema_of::<crate::dead_letter_list::DeadLetterPage>()),
     ] {
-        if let Some(defs) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
-            if let Value::Object(defs) = defs {
-                schemas.extend(defs);
-            }
+        if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
+            schemas.extend(defs);
         }
         schemas.insert(name.to_owned(), schema);
     }
