@@ -4,6 +4,9 @@
 //!
 //! Keys, under the configured `redis.key_prefix`: `<p>:bulk:<run>` (hash: `run`, `progress`) and
 //! `<p>:bulk:<run>:jobs` (set of job ids). Both expire 30 days after the run's last write.
+//! `<p>:bulk_runs` (sorted set: run name, scored by the Unix milliseconds of its record's last
+//! write) indexes the runs, so readers such as the dispatcher's `GET /v1/bulk/runs` list them
+//! without scanning the keyspace; entries older than the keys' lifetime are trimmed on each write.
 
 use fleet_core::config::RedisConfig;
 use redis::AsyncCommands as _;
@@ -48,6 +51,11 @@ impl Registry {
         format!("{}:bulk:{run}", self.prefix)
     }
 
+    /// The index of runs (not `<p>:bulk:…`, where a run could be named like it).
+    pub fn index_key(prefix: &str) -> String {
+        format!("{prefix}:bulk_runs")
+    }
+
     fn jobs_key(&self, run: &str) -> String {
         format!("{}:bulk:{run}:jobs", self.prefix)
     }
@@ -72,10 +80,23 @@ impl Registry {
             .transpose()
     }
 
-    /// Stores the run record.
+    /// Stores the run record, and lists the run in the index.
     pub async fn save_run(&self, run: &RunFile) -> Result<(), BulkError> {
         let json = serde_json::to_string(run).map_err(|e| BulkError::json("run record", e))?;
-        self.set_field(&run.config.name, "run", json).await
+        self.set_field(&run.config.name, "run", json).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let index = Self::index_key(&self.prefix);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .zadd(&index, &run.config.name, now)
+            .ignore()
+            .zrembyscore(&index, "-inf", now - TTL_SECS * 1000)
+            .ignore()
+            .expire(&index, TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// The run record, if Redis knows the run.

@@ -5,6 +5,7 @@ import { setupSubmit, loadLibrary, forgetLibrary } from "./submit.js";
 import { setupJobs, showJobs } from "./jobs.js";
 import { setupJob, showJob, leaveJob } from "./job.js";
 import { showFleet, leaveFleet } from "./fleet.js";
+import { showBulkRuns, showBulkRun, leaveBulk } from "./bulk.js";
 
 const $ = (id) => document.getElementById(id);
 let admin = false;
@@ -34,7 +35,8 @@ function signOut() {
 function showPage(name) {
   for (const page of document.querySelectorAll(".page")) page.hidden = page.id !== "page-" + name;
   for (const link of document.querySelectorAll("#nav a")) {
-    if (link.dataset.page === name) link.setAttribute("aria-current", "page");
+    // a run's page belongs to the "Bulk runs" link, as a job's to none
+    if (link.dataset.page === name || name === link.dataset.page + "-run") link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   // Move focus to the new page's heading so keyboard and screen-reader users land on it.
@@ -45,9 +47,10 @@ function showPage(name) {
 async function route() {
   leaveJob();
   leaveFleet();
+  leaveBulk();
   const signedIn = Boolean(session.key());
   $("nav").hidden = $("who").hidden = !signedIn;
-  $("nav-fleet").hidden = !admin;
+  $("nav-fleet").hidden = $("nav-bulk").hidden = !admin;
   if (!signedIn) {
     showPage("login");
     return;
@@ -64,6 +67,12 @@ async function route() {
     } else if (page === "fleet" && admin) {
       showPage("fleet");
       await showFleet(onError);
+    } else if (page === "bulk" && admin && arg) {
+      showPage("bulk-run");
+      await showBulkRun(decodeURIComponent(arg), onError);
+    } else if (page === "bulk" && admin) {
+      showPage("bulk");
+      await showBulkRuns(onError);
     } else {
       showPage("submit");
       await loadLibrary();

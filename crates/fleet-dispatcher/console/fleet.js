@@ -1,5 +1,6 @@
-// The admin page: queues (with the dead-letter queue), per-model counters and workers, refreshed
-// every few seconds. Rates are differences between two refreshes: the API serves counts only.
+// The admin page: queues (with the dead-letter queue), per-model counters, workers and the first
+// dead-lettered messages, refreshed every few seconds. Rates are differences between two
+// refreshes: the API serves counts only.
 
 import { call } from "./api.js";
 
@@ -32,8 +33,33 @@ function ago(time) {
   return `${seconds} s ago`;
 }
 
+const DEAD_SHOWN = 20;
+
+function deadRow(m) {
+  const tr = row(["", m.tenant || "–", m.model || "–", m.reason || "–", m.queue || "–", m.count ?? "–",
+    m.time ? new Date(m.time).toLocaleString() : "–"]);
+  const first = tr.firstChild;
+  if (m.job_id) {
+    const link = document.createElement("a");
+    link.href = `#/job/${m.job_id}`;
+    link.textContent = m.job_id;
+    first.append(link);
+  } else {
+    first.textContent = `not a job: ${m.body_preview || ""}`;
+  }
+  return tr;
+}
+
+function showDeadLetters(dead) {
+  $("dead-letters").replaceChildren(...dead.messages.map(deadRow));
+  $("dead-summary").textContent = dead.depth
+    ? `${dead.depth} message(s) in ${dead.queue}; ${dead.messages.length < dead.depth ? `the first ${dead.messages.length}` : "all"} shown. Looking leaves them in the queue.`
+    : `${dead.queue} is empty.`;
+}
+
 async function refresh() {
-  const [{ queues, counters }, { workers }] = await Promise.all([call("GET", "/v1/queues"), call("GET", "/v1/workers")]);
+  const [{ queues, counters }, { workers }, dead] = await Promise.all([
+    call("GET", "/v1/queues"), call("GET", "/v1/workers"), call("GET", `/v1/dead-letters?limit=${DEAD_SHOWN}`)]);
   const at = Date.now();
   const seconds = previous && (at - previous.at) / 1000;
   const done = {};
@@ -53,6 +79,7 @@ async function refresh() {
       `${w.jobs_done} / ${w.jobs_failed}`, ago(w.last_seen)]);
   }));
   if (!workers.length) $("workers").append(row(["no live workers", "", "", "", "", "", ""]));
+  showDeadLetters(dead);
   previous = { at, done, queues: Object.fromEntries(queues.map((q) => [q.name, q.messages])) };
 }
 

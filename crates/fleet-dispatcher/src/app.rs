@@ -22,6 +22,8 @@ pub struct App {
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub depths: Arc<DepthCache>,
+    /// Bulk runs as `fleet bulk` records them in Redis.
+    pub bulk_runs: Arc<crate::bulk_runs::BulkRuns>,
     /// Where workers store images; the images endpoint redirects to (or streams from) it.
     pub store: Arc<fleet_storage::ImageStore>,
 }
@@ -30,6 +32,7 @@ impl App {
     /// Connects to Redis and RabbitMQ (declaring the topology) or says which one is missing.
     pub async fn connect(config: FleetConfig) -> Result<App, DispatcherError> {
         let status = StatusStore::connect(&config.redis).await.map_err(DispatcherError::Status)?;
+        let bulk_runs = crate::bulk_runs::BulkRuns::connect(&config.redis).await.map_err(DispatcherError::BulkRuns)?;
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await.map_err(DispatcherError::Queue)?);
         let store = fleet_storage::ImageStore::from_config(&config.s3).await.map_err(DispatcherError::Storage)?;
@@ -43,6 +46,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             depths: Arc::new(DepthCache::default()),
             store: Arc::new(store),
+            bulk_runs: Arc::new(bulk_runs),
         })
     }
 }

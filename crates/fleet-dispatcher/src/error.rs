@@ -87,7 +87,12 @@ macro_rules! from_service_error {
     )+};
 }
 
-from_service_error!(fleet_queue::QueueError, fleet_status::StatusError, fleet_storage::StorageError);
+from_service_error!(
+    fleet_queue::QueueError,
+    fleet_status::StatusError,
+    fleet_storage::StorageError,
+    crate::bulk_runs::BulkRunsError
+);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -97,10 +102,8 @@ impl IntoResponse for ApiError {
         }
         let retry_after = self.retry_after_secs;
         let mut response = (status, Json(Body { error: &self })).into_response();
-        if let Some(secs) = retry_after {
-            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let Some(value) = retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

@@ -7,6 +7,8 @@
 
 pub mod app;
 pub mod auth;
+pub mod bulk_runs;
+pub mod dead_letter_list;
 pub mod dead_letters;
 pub mod error;
 pub mod metrics;

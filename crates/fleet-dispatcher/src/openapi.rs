@@ -112,6 +112,33 @@ const OPS: &[Op] = &[
     },
     Op {
         method: "get",
+        path: "/v1/dead-letters",
+        summary: "The dead-letter queue's first messages (job, tenant, reason, queue, count, time), left in the queue (admin)",
+        auth: true,
+        request: None,
+        ok: ("200", Some("DeadLetterPage")),
+        params: &[("limit", "query", "1-100, default 20")],
+    },
+    Op {
+        method: "get",
+        path: "/v1/bulk/runs",
+        summary: "Bulk runs with their progress, most recently started or resumed first (admin)",
+        auth: true,
+        request: None,
+        ok: ("200", Some("BulkRunPage")),
+        params: &[("limit", "query", "1-200, default 50")],
+    },
+    Op {
+        method: "get",
+        path: "/v1/bulk/runs/{name}",
+        summary: "One bulk run: settings, input, progress, unfinished jobs (admin)",
+        auth: true,
+        request: None,
+        ok: ("200", Some("BulkRun")),
+        params: &[("name", "path", "run name")],
+    },
+    Op {
+        method: "get",
         path: "/healthz",
         summary: "The process is up",
         auth: false,
@@ -167,13 +194,15 @@ fn schema_of<T: schemars::JsonSchema>() -> Value {
 /// The whole document.
 pub fn document() -> Value {
     let mut schemas = serde_json::Map::new();
-    for (name, mut schema) in
-        [("JobSpec", schema_of::<fleet_core::JobSpec>()), ("JobStatus", schema_of::<fleet_core::JobStatus>())]
-    {
-        if let Some(defs) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
-            if let Value::Object(defs) = defs {
-                schemas.extend(defs);
-            }
+    for (name, mut schema) in [
+        ("JobSpec", schema_of::<fleet_core::JobSpec>()),
+        ("JobStatus", schema_of::<fleet_core::JobStatus>()),
+        ("BulkRunPage", schema_of::<crate::bulk_runs::BulkRunPage>()),
+        ("BulkRun", schema_of::<crate::bulk_runs::BulkRun>()),
+        ("DeadLetterPage", schema_of::<crate::dead_letter_list::DeadLetterPage>()),
+    ] {
+        if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
+            schemas.extend(defs);
         }
         schemas.insert(name.to_owned(), schema);
     }

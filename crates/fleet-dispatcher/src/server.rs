@@ -13,6 +13,8 @@ pub enum DispatcherError {
     Queue(fleet_queue::QueueError),
     #[error("{0}")]
     Storage(fleet_storage::StorageError),
+    #[error("{0}")]
+    BulkRuns(crate::bulk_runs::BulkRunsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]

@@ -488,16 +488,11 @@ async fn a_tenant_over_its_request_rate_gets_429_and_others_do_not() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_job_that_keeps_crashing_workers_ends_failed_as_dead_lettered() {
-    let mut cfg = isolated_config();
-    cfg.rabbitmq.delivery_limit = 1;
-    let server = Server::start(cfg).await;
-    let (code, body) = server.submit(ALICE, json!({"prompt": "poison", "model": "tiny"})).await;
+/// Submits a job as `key`, then plays a crash loop (every "worker" takes it and gives it back
+/// unfinished) until the broker dead-letters it; returns its id. Needs `delivery_limit` 1.
+async fn poison(server: &Server, key: &str, prompt: &str) -> String {
+    let (code, body) = server.submit(key, json!({"prompt": prompt, "model": "tiny"})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-
-    // A crash loop: every "worker" takes the job and gives it back unfinished.
     let channel = server.app.broker.channel().await.unwrap();
     let queue = server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
     let mut deliveries = 0;
@@ -508,21 +503,106 @@ async fn a_job_that_keeps_crashing_workers_ends_failed_as_dead_lettered() {
         msg.delivery.nack(requeue).await.unwrap();
     }
     assert_eq!(deliveries, 2, "delivery_limit 1: the second return dead-letters it");
+    body["id"].as_str().unwrap().to_owned()
+}
 
+/// Waits until job `id` is failed (the dead-letter watcher marks it) and returns its status.
+async fn failed(server: &Server, key: &str, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        let (code, body) = server.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+    loop {
+        let (code, body) = server.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), Some(key), None).await;
         assert_eq!(code, StatusCode::OK);
         if body["state"] == "failed" {
-            break body;
+            return body;
         }
         assert!(tokio::time::Instant::now() < deadline, "the job was never marked failed: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_crashing_workers_ends_failed_as_dead_lettered() {
+    let mut cfg = isolated_config();
+    cfg.rabbitmq.delivery_limit = 1;
+    let server = Server::start(cfg).await;
+    let id = poison(&server, ALICE, "poison").await;
+    let body = failed(&server, ALICE, &id).await;
     assert_eq!(body["error"]["code"], "dead_lettered", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("delivery limit"), "{body}");
     // Operators still find the job in the dead-letter queue.
     let dlq = server.app.broker.depth(&server.app.broker.topology().dead_letter_queue).await.unwrap();
     assert_eq!(dlq.messages, 1);
+    server.stop().await;
+}
+
+/// The admin list of dead letters names each job, its tenant and why it died, and looking at it
+/// (however often) leaves every message in the queue, in order, with its body intact.
+#[tokio::test]
+async fn dead_letters_are_listed_for_admins_and_stay_in_the_queue() {
+    let mut cfg = isolated_config();
+    cfg.rabbitmq.delivery_limit = 1;
+    let server = Server::start(cfg).await;
+    let first = poison(&server, ALICE, "poison one").await;
+    let second = poison(&server, BOB, "poison two").await;
+    failed(&server, BOB, &second).await;
+    let dlq = server.app.broker.topology().dead_letter_queue.clone();
+    let job_queue =
+        server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+
+    let (code, body) = server.call(reqwest::Method::GET, "/v1/dead-letters", Some(ALICE), None).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{body}");
+
+    let mut pages = Vec::new();
+    for _ in 0..3 {
+        let (code, body) = server.call(reqwest::Method::GET, "/v1/dead-letters", Some(ADMIN), None).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        pages.push(body);
+    }
+    let page = &pages[0];
+    assert_eq!((page["queue"].as_str(), page["depth"].as_u64()), (Some(dlq.as_str()), Some(2)), "{page}");
+    let messages = page["messages"].as_array().unwrap();
+    let ids: Vec<&str> = messages.iter().map(|m| m["job_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [first.as_str(), second.as_str()], "oldest first");
+    let tenants: Vec<&str> = messages.iter().map(|m| m["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants, ["alice", "bob"]);
+    for m in messages {
+        assert_eq!(m["reason"], "delivery_limit", "{m}");
+        assert_eq!((m["queue"].as_str(), m["count"].as_i64()), (Some(job_queue.as_str()), Some(1)), "{m}");
+        assert_eq!((m["model"].as_str(), m["priority"].as_str()), (Some("tiny"), Some("interactive")), "{m}");
+        let time: chrono::DateTime<chrono::Utc> = m["time"].as_str().unwrap().parse().unwrap();
+        assert!((chrono::Utc::now() - time).num_seconds().abs() < 120, "{m}");
+        assert!(m["body_preview"].is_null(), "{m}");
+    }
+    assert!(pages[1] == pages[0] && pages[2] == pages[0], "looking again shows the same: {pages:?}");
+    let (_, one) = server.call(reqwest::Method::GET, "/v1/dead-letters?limit=1", Some(ADMIN), None).await;
+    assert_eq!(one["messages"].as_array().unwrap().len(), 1, "{one}");
+
+    // Still there, in order, whole: an operator can take them off the queue afterwards.
+    let channel = server.app.broker.channel().await.unwrap();
+    for id in [&first, &second] {
+        let msg = channel.basic_get(&dlq, BasicGetOptions { no_ack: true }).await.unwrap().expect("still queued");
+        let job = fleet_queue::message::decode(&msg.delivery.data, &msg.delivery.properties).unwrap();
+        assert_eq!(job.id.map(|u| u.to_string()).as_deref(), Some(id.as_str()));
+    }
+    let (_, empty) = server.call(reqwest::Method::GET, "/v1/dead-letters", Some(ADMIN), None).await;
+    assert_eq!((empty["depth"].as_u64(), empty["messages"].as_array().map(Vec::len)), (Some(0), Some(0)), "{empty}");
+    server.stop().await;
+}
+
+/// Bulk runs are admin-only; a name that is not a run name, or no run, is 404.
+#[tokio::test]
+async fn bulk_runs_are_admin_only_and_unknown_runs_are_not_found() {
+    let server = Server::start(isolated_config()).await;
+    for path in ["/v1/bulk/runs", "/v1/bulk/runs/cats"] {
+        let (code, body) = server.call(reqwest::Method::GET, path, Some(ALICE), None).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    let (code, body) = server.call(reqwest::Method::GET, "/v1/bulk/runs", Some(ADMIN), None).await;
+    assert_eq!((code, body), (StatusCode::OK, json!({"runs": []})));
+    for name in ["cats", "cats:jobs"] {
+        let (code, body) = server.call(reqwest::Method::GET, &format!("/v1/bulk/runs/{name}"), Some(ADMIN), None).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{name}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(name), "{body}");
+    }
     server.stop().await;
 }

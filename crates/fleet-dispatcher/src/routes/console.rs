@@ -18,6 +18,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("jobs.js", "text/javascript; charset=utf-8", include_str!("../../console/jobs.js")),
     ("job.js", "text/javascript; charset=utf-8", include_str!("../../console/job.js")),
     ("fleet.js", "text/javascript; charset=utf-8", include_str!("../../console/fleet.js")),
+    ("bulk.js", "text/javascript; charset=utf-8", include_str!("../../console/bulk.js")),
 ];
 
 /// Scripts and styles only from here; images also from the presigned S3 URLs (another origin) and

@@ -1,5 +1,6 @@
 //! The router: which path goes to which handler.
 
+pub mod bulk;
 pub mod console;
 pub mod jobs;
 pub mod library;
@@ -23,6 +24,9 @@ pub fn router(app: App) -> Router {
         .route("/v1/library", get(library::library))
         .route("/v1/queues", get(ops::queues))
         .route("/v1/workers", get(ops::workers))
+        .route("/v1/dead-letters", get(ops::dead_letters))
+        .route("/v1/bulk/runs", get(bulk::list))
+        .route("/v1/bulk/runs/{name}", get(bulk::get_one))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -1,13 +1,14 @@
-//! Operational endpoints: health, readiness, queues, workers, metrics.
+//! Operational endpoints: health, readiness, queues, workers, dead letters, metrics.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleet_core::ErrorCode;
 
 use crate::App;
 use crate::auth::Caller;
+use crate::dead_letter_list::DeadLetterPage;
 use crate::error::ApiError;
 
 /// `GET /healthz`: the process is up.
@@ -39,6 +40,22 @@ pub async fn queues(State(app): State<App>, caller: Caller) -> Result<Json<serde
 pub async fn workers(State(app): State<App>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     Ok(Json(serde_json::json!({ "workers": app.status.workers().await? })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/dead-letters?limit=` (admin): the dead-letter queue's first messages, left in the queue.
+pub async fn dead_letters(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<DeadLetterQuery>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    caller.require_admin()?;
+    let limit = q.limit.unwrap_or(20).clamp(1, crate::dead_letter_list::WINDOW);
+    Ok(Json(crate::dead_letter_list::look(&app.broker, &app.config.rabbitmq.url, limit).await?))
 }
 
 /// `GET /metrics`: Prometheus text.

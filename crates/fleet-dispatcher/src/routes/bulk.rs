@@ -1,0 +1,65 @@
+//! `GET /v1/bulk/runs` and `GET /v1/bulk/runs/{name}`: bulk runs and their progress, read-only.
+//!
+//! Admin keys only: a run record (fleet-bulk's `RunFile`) does not say which tenant's key
+//! submitted its jobs, so there is nothing to scope a run to a tenant by.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+
+use crate::App;
+use crate::auth::Caller;
+use crate::bulk_runs::{BulkRun, BulkRunPage};
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/bulk/runs?limit=` (admin): runs, most recently started or resumed first.
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<BulkRunPage>, ApiError> {
+    caller.require_admin()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    Ok(Json(BulkRunPage { runs: app.bulk_runs.list(limit).await? }))
+}
+
+/// Run names as `fleet bulk` allows them (anything else cannot name a run, nor another key).
+fn is_run_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `GET /v1/bulk/runs/{name}` (admin): one run, with its count of unfinished jobs.
+pub async fn get_one(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<BulkRun>, ApiError> {
+    caller.require_admin()?;
+    let not_found = || ApiError::not_found(format!("bulk run `{name}`"));
+    if !is_run_name(&name) {
+        return Err(not_found());
+    }
+    app.bulk_runs.get(&name).await?.map(Json).ok_or_else(not_found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_are_fleet_bulk_names() {
+        for good in ["cats-v1", "a.b_c", "X"] {
+            assert!(is_run_name(good), "{good}");
+        }
+        for bad in ["", "a:jobs", "a b", "a/b", &"x".repeat(65)] {
+            assert!(!is_run_name(bad), "{bad}");
+        }
+    }
+}
