@@ -46,6 +46,15 @@ pub enum BulkError {
     /// The in-process engine failed to load a model.
     #[error("engine: {0}")]
     Engine(String),
+    /// A Parquet manifest could not be written or read.
+    #[error("{what}: {source}")]
+    Parquet {
+        /// Which manifest.
+        what: String,
+        /// What the parquet crate said.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     /// A stored JSON document (run.json, stats) is not what this crate writes.
     #[error("{what}: {source}")]
     Json {

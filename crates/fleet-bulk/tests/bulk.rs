@@ -53,9 +53,13 @@ fn read_shards(dir: &Path) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
     shards
 }
 
+/// A shard's manifest rows; the Parquet manifest (read with the parquet crate) must hold the same.
 fn manifest(dir: &Path, shard: &str) -> Vec<SampleRecord> {
     let text = std::fs::read_to_string(dir.join(format!("{shard}_manifest.jsonl"))).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let records: Vec<SampleRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let parquet = fleet_bulk::manifest::read_manifest(&dir.join(format!("{shard}_manifest.parquet"))).unwrap();
+    assert_eq!(parquet, records, "{shard}: the Parquet manifest holds the JSONL manifest's rows");
+    records
 }
 
 #[test]
@@ -122,6 +126,9 @@ async fn malformed_rows_are_reported_with_line_numbers_and_stop_the_run() {
     assert_eq!(stats.failures.iter().map(|f| f.line).collect::<Vec<_>>(), [2, 3, 4, 6]);
     let shards = read_shards(&out);
     assert_eq!(shards["00000.tar"].len(), 6, "two samples, three files each");
+    let rows = manifest(&out, "00000");
+    let failed: Vec<_> = rows.iter().filter(|r| r.status == SampleState::Failed).map(|r| r.line).collect();
+    assert_eq!((rows.len(), failed), (6, vec![2, 3, 4, 6]), "failed samples are manifest rows too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
