@@ -1,5 +1,6 @@
 //! Making samples in this process: the engine on one thread, exactly as a worker runs a job
-//! (same request, same encoding), so `--local` gives the fleet's pixels for the same keys.
+//! (same request, same LoRA library, same encoding), so `--local` gives the fleet's pixels for the
+//! same keys. ControlNet rows fail here (the control image may live in the fleet's bucket).
 //!
 //! Each finished sample is staged as `<out>/_staging/NNNNN/KEY.<ext>` plus `KEY.json` (written
 //! last) until its shard is published, so a resume after a crash regenerates nothing it had.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, JobSpec};
 use fleet_engine::{GenerationParams, Pipeline};
-use fleet_worker::models::Models;
+use fleet_worker::models::{ModelError, Models};
 use fleet_worker::runner::{engine_format, job_request};
 
 use crate::error::BulkError;
@@ -108,8 +109,9 @@ impl LocalExecutor {
 struct Engine {
     config: FleetConfig,
     staging: PathBuf,
-    /// Loaded pipelines, or why a model could not be loaded (every sample of it fails alike).
-    models: HashMap<String, Result<Arc<Pipeline>, String>>,
+    /// Loaded models (with their fused-LoRA caches), or why a model could not be loaded (every
+    /// sample of it fails alike).
+    models: HashMap<String, Result<Arc<Models>, String>>,
 }
 
 impl Engine {
@@ -131,15 +133,28 @@ impl Engine {
         }
     }
 
-    fn pipeline(&mut self, model: &str) -> Result<Arc<Pipeline>, String> {
+    /// The pipeline of the sample's model with its LoRAs fused in, from the library
+    /// (`library.lora_dir`) exactly as a worker finds them.
+    fn pipeline(&mut self, spec: &JobSpec) -> Result<Arc<Pipeline>, (ErrorCode, String)> {
         let config = &self.config;
-        self.models
-            .entry(model.to_owned())
+        let models = self
+            .models
+            .entry(spec.model.clone())
             .or_insert_with(|| {
-                let models = Models::load(config, &[model.to_owned()]).map_err(|e| e.to_string())?;
-                models.get(model).ok_or_else(|| format!("model `{model}` did not load"))
+                Models::load(config, std::slice::from_ref(&spec.model)).map(Arc::new).map_err(|e| e.to_string())
             })
             .clone()
+            .map_err(|e| (ErrorCode::ModelUnavailable, e))?;
+        if spec.controlnet.is_some() {
+            return Err((
+                ErrorCode::InvalidSpec,
+                "controlnet: not supported by --local runs; run through the fleet".into(),
+            ));
+        }
+        match models.with_loras(&spec.model, &spec.loras) {
+            Ok((pipeline, _)) => Ok(pipeline),
+            Err(e) => Err((model_error_code(&e), e.to_string())),
+        }
     }
 
     /// Runs the job as a worker would and stages the image.
@@ -149,7 +164,7 @@ impl Engine {
         sample: &Sample,
         dir: &Path,
     ) -> Result<(SampleRecord, PathBuf), (ErrorCode, String)> {
-        let pipeline = self.pipeline(&spec.model).map_err(|e| (ErrorCode::ModelUnavailable, e))?;
+        let pipeline = self.pipeline(spec)?;
         let request = job_request(spec);
         let started = Utc::now();
         let output = pipeline.generate(&request, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
@@ -175,6 +190,21 @@ impl Engine {
             .and_then(|()| std::fs::write(&image_path, &bytes))
             .map_err(|e| (ErrorCode::Internal, format!("{}: {e}", image_path.display())))?;
         Ok((record, image_path))
+    }
+}
+
+/// The code a worker reports for the same failure.
+fn model_error_code(e: &ModelError) -> ErrorCode {
+    match e {
+        ModelError::UnknownLora(_) => ErrorCode::UnknownLora,
+        ModelError::UnknownControlNet(_) => ErrorCode::UnknownControlnet,
+        ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
+        // A LoRA file that does not fit the model is the row's choice: invalid for this model.
+        ModelError::Engine {
+            source: fleet_engine::EngineError::Lora { .. } | fleet_engine::EngineError::LoraUnmatched { .. },
+            ..
+        } => ErrorCode::InvalidSpec,
+        ModelError::Engine { .. } => ErrorCode::Internal,
     }
 }
 

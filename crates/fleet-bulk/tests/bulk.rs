@@ -251,3 +251,46 @@ async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
     );
     assert!(!out.join("_cancelled").exists());
 }
+
+/// A LoRA for the built-in `tiny` model: one attention projection, rank 2.
+fn write_tiny_lora(path: &Path) {
+    use fleet_engine::candle_core::{DType, Device, Tensor};
+    let key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+    let ones = |shape: (usize, usize)| Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap();
+    let tensors = std::collections::HashMap::from([
+        (format!("{key}.lora_down.weight"), ones((2, 32))),
+        (format!("{key}.lora_up.weight"), ones((32, 2))),
+    ]);
+    fleet_engine::candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runs_take_loras_from_the_library_and_fail_unknown_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("loras");
+    std::fs::create_dir(&library).unwrap();
+    write_tiny_lora(&library.join("ink.safetensors"));
+    let input = write(
+        dir.path(),
+        "p.jsonl",
+        concat!(
+            "{\"prompt\": \"a cat\", \"seed\": 5}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"ink\", \"scale\": 2.0}]}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"missing\"}]}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {\"model\": \"canny\", \"image\": \"s3://b/c.png\"}}\n",
+        ),
+    );
+    let out = dir.path().join("out");
+    let mut config = fleet_core::FleetConfig::default();
+    config.library.lora_dir = library;
+    config.limits.allowed_image_buckets = vec!["b".into()];
+    let session = Session { config, api: None, on_progress: None };
+    let done = fleet_bulk::start(local_run("local-lora", input, &out, 10), &session).await.unwrap();
+    assert_eq!((done.totals.succeeded, done.totals.failed), (2, 2));
+    let rows = manifest(&out, "00000");
+    let codes: Vec<_> = rows.iter().map(|r| r.error.as_ref().map(|e| e.code.name())).collect();
+    assert_eq!(codes, [None, None, Some("unknown_lora"), Some("invalid_spec")]);
+    assert!(rows[3].error.as_ref().unwrap().message.contains("--local"), "{:?}", rows[3].error);
+    assert_eq!((rows[1].loras.len(), rows[0].seed), (1, rows[1].seed));
+    assert_ne!(rows[0].sha256, rows[1].sha256, "same prompt and seed: the LoRA changed the image");
+}
