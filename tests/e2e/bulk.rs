@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "../../crates/fleet-bulk/tests/support/tiny_lora.rs"]
+mod tiny_lora;
+
 use fleet_bulk::api::ApiClient;
 use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};
 use fleet_bulk::{InputFormat, Layout, RunConfig, RunState, Session};
@@ -247,18 +250,6 @@ async fn a_cancelled_fleet_run_keeps_its_shards_and_a_resume_finishes_it() {
     remove_objects(&config).await;
 }
 
-/// A LoRA tiny enough for the built-in `tiny` model: one attention projection, rank 2.
-fn write_tiny_lora(path: &Path) {
-    use fleet_engine::candle_core::{DType, Device, Tensor};
-    let key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
-    let ones = |shape: (usize, usize)| Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap();
-    let tensors = std::collections::HashMap::from([
-        (format!("{key}.lora_down.weight"), ones((2, 32))),
-        (format!("{key}.lora_up.weight"), ones((32, 2))),
-    ]);
-    fleet_engine::candle_core::safetensors::save(&tensors, path).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_failed_resubmits_exactly_the_failed_samples() {
     const N: usize = 30;
@@ -269,7 +260,7 @@ async fn retry_failed_resubmits_exactly_the_failed_samples() {
     let session = fleet_session(&fleet);
     let dir = tempfile::tempdir().unwrap();
     // Rows 12, 15, …, 27 (shards 1 and 2) ask for a LoRA the library does not have yet.
-    let uses_lora = |i: usize| i >= 10 && i % 3 == 0;
+    let uses_lora = |i: usize| i >= 10 && i.is_multiple_of(3);
     let input = write_prompts(dir.path(), N, |i| {
         if uses_lora(i) { json!({"loras": [{"name": "ink", "scale": 0.5}]}) } else { json!({}) }
     });
@@ -300,7 +291,7 @@ async fn retry_failed_resubmits_exactly_the_failed_samples() {
     let untouched = published(&out)["00000_stats.json"].clone();
 
     // The library gets the LoRA; only the failed samples run again, their shards are rewritten.
-    write_tiny_lora(&library.path().join("ink.safetensors"));
+    tiny_lora::write_tiny_lora(&library.path().join("ink.safetensors"));
     let (done, reopened) = fleet_bulk::retry_failed(&name, None, &session).await.unwrap();
     assert_eq!(reopened, 2, "shards 1 and 2 had failures");
     assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, N as u64, 0));

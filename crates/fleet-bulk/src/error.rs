@@ -31,9 +31,9 @@ pub enum BulkError {
     /// No run of this name (in Redis, or at the given output location).
     #[error("no bulk run `{0}` found (give --out LOCATION for runs made with --local)")]
     RunNotFound(String),
-    /// The output store failed.
+    /// The output store failed (boxed: the storage error is large and rare).
     #[error("output storage: {0}")]
-    Storage(#[from] fleet_storage::StorageError),
+    Storage(Box<fleet_storage::StorageError>),
     /// The fleet's status store (Redis) failed.
     #[error("status store: {0}")]
     Status(#[from] fleet_status::StatusError),
@@ -68,6 +68,12 @@ pub enum BulkError {
 
 fn first_row(rows: &[RowError]) -> String {
     rows.first().map(ToString::to_string).unwrap_or_default()
+}
+
+impl From<fleet_storage::StorageError> for BulkError {
+    fn from(e: fleet_storage::StorageError) -> BulkError {
+        BulkError::Storage(Box::new(e))
+    }
 }
 
 impl BulkError {

@@ -97,10 +97,10 @@ impl LocalExecutor {
     /// Removes the staged samples of a published shard.
     pub fn drop_staging(&self, shard: u64) {
         let dir = self.staging.join(shard_name(shard));
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "staging not removed");
-            }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "staging not removed");
         }
     }
 }
@@ -212,7 +212,7 @@ fn model_error_code(e: &ModelError) -> ErrorCode {
 fn read_staged(record_path: &Path, sample: &Sample) -> Option<Finished> {
     let record: SampleRecord = serde_json::from_slice(&std::fs::read(record_path).ok()?).ok()?;
     let image = record_path.with_file_name(record.image_name());
-    (record.key == sample.key && image.exists()).then(|| Finished {
+    (record.key == sample.key && image.exists()).then_some(Finished {
         index: sample.index,
         record,
         image: ImageSource::File(image),

@@ -4,6 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+#[path = "support/tiny_lora.rs"]
+mod tiny_lora;
+
 use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};
 use fleet_bulk::{BulkError, InputFormat, Layout, RunConfig, RunState, Session};
 use serde_json::{Value, json};
@@ -252,24 +255,12 @@ async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
     assert!(!out.join("_cancelled").exists());
 }
 
-/// A LoRA for the built-in `tiny` model: one attention projection, rank 2.
-fn write_tiny_lora(path: &Path) {
-    use fleet_engine::candle_core::{DType, Device, Tensor};
-    let key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
-    let ones = |shape: (usize, usize)| Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap();
-    let tensors = std::collections::HashMap::from([
-        (format!("{key}.lora_down.weight"), ones((2, 32))),
-        (format!("{key}.lora_up.weight"), ones((32, 2))),
-    ]);
-    fleet_engine::candle_core::safetensors::save(&tensors, path).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_runs_take_loras_from_the_library_and_fail_unknown_ones() {
     let dir = tempfile::tempdir().unwrap();
     let library = dir.path().join("loras");
     std::fs::create_dir(&library).unwrap();
-    write_tiny_lora(&library.join("ink.safetensors"));
+    tiny_lora::write_tiny_lora(&library.join("ink.safetensors"));
     let input = write(
         dir.path(),
         "p.jsonl",
