@@ -6,8 +6,9 @@
 For every NNNNN.tar: each sample has KEY.png|jpg|webp, KEY.txt and KEY.json, keys are unique
 across the dataset, KEY.json has the documented fields and matches the manifest row and the
 image's sha256, and the shard's _stats.json counts agree. With the `webdataset` package installed
-(pip install webdataset) the shards are also loaded through `webdataset.WebDataset`; without it
-only the standard library's `tarfile` is used. Exit 0 when everything holds. Not run in CI.
+(pip install webdataset) the shards are also loaded through `webdataset.WebDataset`; with
+`pyarrow` installed each NNNNN_manifest.parquet is read and compared with the JSONL manifest;
+without them only the standard library is used. Exit 0 when everything holds. Not run in CI.
 """
 
 import argparse
@@ -44,6 +45,34 @@ def read_shard(path):
                 order.append(key)
             samples[key][ext] = tar.extractfile(member).read()
     return order, samples
+
+
+def check_parquet(tars):
+    """Each shard's Parquet manifest holds the JSONL manifest's rows (pyarrow, if installed)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        print("pyarrow not installed: skipped the Parquet manifest check")
+        return
+    rows = 0
+    for path in tars:
+        stem = path[:-len(".tar")]
+        with open(stem + "_manifest.jsonl") as f:
+            manifest = [json.loads(line) for line in f if line.strip()]
+        table = pq.read_table(stem + "_manifest.parquet").to_pylist()
+        if len(table) != len(manifest):
+            fail(f"{stem}_manifest.parquet: {len(table)} rows, the JSONL manifest has {len(manifest)}")
+        for got, row in zip(table, manifest):
+            for field in ["key", "line", "status", "prompt", "seed", "model", "steps", "width", "height",
+                          "sha256", "bytes", "job_id", "worker"]:
+                if got[field] != row.get(field):
+                    fail(f"{stem}_manifest.parquet: {row['key']}.{field} is {got[field]!r}, not {row.get(field)!r}")
+            if [lora["name"] for lora in got["loras"]] != [lora["name"] for lora in row["loras"]]:
+                fail(f"{stem}_manifest.parquet: {row['key']}.loras differ")
+            if json.loads(got["metadata"] or "{}") != row.get("metadata", {}):
+                fail(f"{stem}_manifest.parquet: {row['key']}.metadata differs")
+        rows += len(table)
+    print(f"pyarrow: {rows} Parquet manifest row(s) agree with the JSONL manifests")
 
 
 def check(out, expect):
@@ -89,6 +118,7 @@ def check(out, expect):
     if expect is not None and total != expect:
         fail(f"{total} samples, expected {expect}")
     print(f"tarfile: {len(tars)} shard(s), {total} sample(s), keys unique, JSON complete, manifests agree")
+    check_parquet(tars)
     try:
         import webdataset as wds
     except ImportError:

@@ -1,12 +1,17 @@
 //! `fleet bulk` through the real fleet: 1,000 prompts into WebDataset shards, the run dropped
-//! mid-way and resumed, and `--local` giving the same pixels for the same keys.
+//! mid-way and resumed, and `--local` giving the same pixels for the same keys; a running run
+//! cancelled then resumed; failed samples (an unknown LoRA) retried once the library has it; and a
+//! dataset written to S3, dropped and resumed from there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "../../crates/fleet-bulk/tests/support/tiny_lora.rs"]
+mod tiny_lora;
+
 use fleet_bulk::api::ApiClient;
-use fleet_bulk::record::{SampleRecord, SampleState};
+use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};
 use fleet_bulk::{InputFormat, Layout, RunConfig, RunState, Session};
 use fleet_e2e::{E2E_KEY, isolated_config, unique};
 use serde_json::json;
@@ -25,7 +30,7 @@ fn published(out: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
 }
 
 /// Every shard read back: exactly `n` samples, three files each, unique keys, complete JSON that
-/// equals the manifest row. Returns key → (record, image bytes).
+/// equals the manifest row (in both the JSONL and the Parquet manifest). Returns key → (record, image bytes).
 fn read_dataset(out: &Path, n: usize) -> BTreeMap<String, (SampleRecord, Vec<u8>)> {
     let mut samples = BTreeMap::new();
     let mut tars: Vec<_> = std::fs::read_dir(out)
@@ -39,6 +44,8 @@ fn read_dataset(out: &Path, n: usize) -> BTreeMap<String, (SampleRecord, Vec<u8>
         let stem = tar.file_stem().unwrap().to_string_lossy().into_owned();
         let manifest = std::fs::read_to_string(out.join(format!("{stem}_manifest.jsonl"))).unwrap();
         let manifest: Vec<SampleRecord> = manifest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let parquet = fleet_bulk::manifest::read_manifest(&out.join(format!("{stem}_manifest.parquet"))).unwrap();
+        assert_eq!(parquet, manifest, "{stem}: the Parquet manifest holds the JSONL manifest's rows");
         assert_eq!(entries.len(), manifest.len() * 3, "{stem}: three files per manifest row");
         for (files, row) in entries.chunks(3).zip(&manifest) {
             let key = &row.key;
@@ -146,4 +153,218 @@ async fn a_thousand_prompts_survive_a_dropped_run_and_match_local_generation() {
         assert!(decode(&bytes) == decode(fleet_bytes), "{key}: local pixels differ from the fleet's");
     }
     fleet.stop().await;
+}
+
+/// A session with the fleet's dispatcher.
+fn fleet_session(fleet: &Fleet) -> Session {
+    Session {
+        config: fleet.config.clone(),
+        api: Some(ApiClient::new(&fleet.base, E2E_KEY).unwrap()),
+        on_progress: None,
+    }
+}
+
+/// `n` JSONL rows `{"prompt": "bulk sample i"}`, each with what `extra(i)` adds.
+fn write_prompts(dir: &Path, n: usize, extra: impl Fn(usize) -> serde_json::Value) -> std::path::PathBuf {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let mut row = json!({"prompt": format!("bulk sample {i}")});
+            if let (Some(row), Some(extra)) = (row.as_object_mut(), extra(i).as_object()) {
+                row.extend(extra.clone());
+            }
+            row.to_string()
+        })
+        .collect();
+    let path = dir.join("prompts.jsonl");
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    path
+}
+
+/// Waits until `count()` reaches `want`, failing if the run ends first.
+async fn wait_for<T: std::fmt::Debug>(
+    task: &mut tokio::task::JoinHandle<T>,
+    want: usize,
+    mut count: impl AsyncFnMut() -> usize,
+) {
+    let started = Instant::now();
+    while count().await < want {
+        assert!(!task.is_finished(), "the run ended early: {:?}", task.await);
+        assert!(started.elapsed() < Duration::from_secs(300), "no {want} shard(s) in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Removes every object the test's configuration put under its S3 prefix (images, datasets).
+async fn remove_objects(config: &fleet_core::FleetConfig) {
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    for key in store.list(&format!("{}/", config.s3.prefix)).await.unwrap() {
+        store.delete(&key).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_fleet_run_keeps_its_shards_and_a_resume_finishes_it() {
+    const N: usize = 60;
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 2).await;
+    let session = fleet_session(&fleet);
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_prompts(dir.path(), N, |_| json!({}));
+    let out = dir.path().join("out");
+    let name = unique("bulk-cancel");
+    let run = RunConfig { shard_size: 10, max_in_flight: 20, ..tiny_run(&name, &input, &out, false) };
+    let mut task = tokio::spawn({
+        let session = session.clone();
+        async move { fleet_bulk::start(run, &session).await }
+    });
+    wait_for(&mut task, 1, async || published(&out).len()).await;
+
+    let registry = fleet_bulk::registry::Registry::connect(&config.redis).await.unwrap();
+    let pending = registry.jobs(&name).await.unwrap();
+    let cancelled = fleet_bulk::cancel(&name, None, &session).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), task).await.expect("the run stops").unwrap().unwrap();
+    assert_eq!(stopped.state, RunState::Cancelled);
+    assert!(cancelled > 0, "the run had unfinished jobs to cancel");
+    let states: Vec<_> = fleet.wait_all(&pending, Duration::from_secs(60)).await.into_iter().map(|s| s.state).collect();
+    assert!(states.contains(&fleet_core::JobState::Cancelled), "pending jobs were cancelled: {states:?}");
+    assert!(registry.jobs(&name).await.unwrap().is_empty(), "no job of the run is left recorded as unfinished");
+    let (record, snapshot) = fleet_bulk::status(&name, None, &config).await.unwrap();
+    assert_eq!((record.state, snapshot.state), (RunState::Cancelled, RunState::Cancelled));
+    let on_disk: fleet_bulk::RunFile = serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(on_disk.state, RunState::Cancelled);
+
+    // What was published before the cancel is complete and valid: no sample failed as `cancelled`.
+    let before = published(&out);
+    assert!(before.len() < N / 10, "cancelled before the end");
+    read_dataset(&out, before.len() * 10);
+
+    let done = fleet_bulk::resume(&name, None, &session).await.unwrap();
+    assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, N as u64, 0));
+    for (stats, (bytes, modified)) in &before {
+        let after = &published(&out)[stats];
+        assert!(after.0 == *bytes && after.1 == *modified, "{stats}: a shard finished before the cancel was rewritten");
+    }
+    read_dataset(&out, N);
+    assert!(!out.join("_cancelled").exists(), "the resume removed the cancel marker");
+    fleet.stop().await;
+    remove_objects(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_failed_resubmits_exactly_the_failed_samples() {
+    const N: usize = 30;
+    let library = tempfile::tempdir().unwrap();
+    let mut config = isolated_config();
+    config.library.lora_dir = library.path().to_owned();
+    let fleet = Fleet::start(config.clone(), 2).await;
+    let session = fleet_session(&fleet);
+    let dir = tempfile::tempdir().unwrap();
+    // Rows 12, 15, …, 27 (shards 1 and 2) ask for a LoRA the library does not have yet.
+    let uses_lora = |i: usize| i >= 10 && i.is_multiple_of(3);
+    let input = write_prompts(dir.path(), N, |i| {
+        if uses_lora(i) { json!({"loras": [{"name": "ink", "scale": 0.5}]}) } else { json!({}) }
+    });
+    let out = dir.path().join("out");
+    let name = unique("bulk-retry");
+    let run = RunConfig { shard_size: 10, ..tiny_run(&name, &input, &out, false) };
+    let failing = (0..N).filter(|i| uses_lora(*i)).count() as u64;
+
+    let first = fleet_bulk::start(run, &session).await.unwrap();
+    assert_eq!(
+        (first.state, first.totals.succeeded, first.totals.failed),
+        (RunState::Finished, N as u64 - failing, failing)
+    );
+    let stats = |shard: &str| -> ShardStats {
+        serde_json::from_slice(&std::fs::read(out.join(format!("{shard}_stats.json"))).unwrap()).unwrap()
+    };
+    assert_eq!(stats("00000").failed, 0);
+    assert_eq!(stats("00001").failed_by_code, [("unknown_lora".to_owned(), 3)].into());
+    let mut before = BTreeMap::new();
+    for shard in ["00000", "00001", "00002"] {
+        for line in std::fs::read_to_string(out.join(format!("{shard}_manifest.jsonl"))).unwrap().lines() {
+            let record: SampleRecord = serde_json::from_str(line).unwrap();
+            let expected = if uses_lora(record.line - 1) { SampleState::Failed } else { SampleState::Succeeded };
+            assert_eq!(record.status, expected, "{}", record.key);
+            before.insert(record.key.clone(), record);
+        }
+    }
+    let untouched = published(&out)["00000_stats.json"].clone();
+
+    // The library gets the LoRA; only the failed samples run again, their shards are rewritten.
+    tiny_lora::write_tiny_lora(&library.path().join("ink.safetensors"));
+    let (done, reopened) = fleet_bulk::retry_failed(&name, None, &session).await.unwrap();
+    assert_eq!(reopened, 2, "shards 1 and 2 had failures");
+    assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, N as u64, 0));
+    assert!(published(&out)["00000_stats.json"] == untouched, "a shard without failures was rewritten");
+    let dataset = read_dataset(&out, N);
+    for (key, (record, _)) in &dataset {
+        let old = &before[key];
+        if old.status == SampleState::Failed {
+            assert_ne!(record.job_id, old.job_id, "{key}: a failed sample gets a new job");
+            assert_eq!(record.loras.len(), 1, "{key}");
+        } else {
+            assert_eq!(record.job_id, old.job_id, "{key}: a succeeded sample is not submitted again");
+        }
+    }
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
+    assert_eq!(images.len(), N, "one image per sample: the retry ran exactly the failed ones");
+    fleet.stop().await;
+    remove_objects(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dataset_in_s3_is_resumed_from_s3() {
+    const N: usize = 40;
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 2).await;
+    let session = fleet_session(&fleet);
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_prompts(dir.path(), N, |_| json!({}));
+    let prefix = format!("{}/dataset", config.s3.prefix);
+    let location = format!("s3://{}/{prefix}", config.s3.bucket);
+    let name = unique("bulk-s3");
+    let mut run = RunConfig { shard_size: 10, max_in_flight: 10, ..tiny_run(&name, &input, dir.path(), false) };
+    run.out = location.clone();
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let stats_objects = async || -> BTreeMap<String, Vec<u8>> {
+        let mut found = BTreeMap::new();
+        for key in store.list(&format!("{prefix}/")).await.unwrap().into_iter().filter(|k| k.ends_with("_stats.json")) {
+            found.insert(key.clone(), store.get(&key).await.unwrap().unwrap().body);
+        }
+        found
+    };
+
+    // Dropped (as a killed CLI stops) once a shard is in S3, then resumed from the location alone.
+    let mut task = tokio::spawn({
+        let session = session.clone();
+        async move { fleet_bulk::start(run, &session).await }
+    });
+    wait_for(&mut task, 1, async || stats_objects().await.len()).await;
+    task.abort();
+    let _ = task.await;
+    let before = stats_objects().await;
+    assert!(before.len() < N / 10, "dropped before the end");
+    let (_, snapshot) = fleet_bulk::status(&name, Some(&location), &config).await.unwrap();
+    assert_eq!(snapshot.total, N as u64);
+    let done = fleet_bulk::resume(&name, Some(&location), &session).await.unwrap();
+    assert_eq!((done.state, done.totals.succeeded, done.totals.shards), (RunState::Finished, N as u64, 4));
+    let after = stats_objects().await;
+    for (key, body) in &before {
+        assert_eq!(&after[key], body, "{key}: a shard finished before the drop was rewritten");
+    }
+
+    // Everything is in S3: the shards, manifests and stats read back as a dataset, and run.json.
+    let copy = dir.path().join("copy");
+    for key in store.list(&format!("{prefix}/")).await.unwrap() {
+        let path = copy.join(key.strip_prefix(&format!("{prefix}/")).unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, store.get(&key).await.unwrap().unwrap().body).unwrap();
+    }
+    read_dataset(&copy, N);
+    let record: fleet_bulk::RunFile = serde_json::from_slice(&std::fs::read(copy.join("run.json")).unwrap()).unwrap();
+    assert_eq!((record.state, record.config.out.as_str()), (RunState::Finished, location.as_str()));
+    assert!(copy.join("_progress.json").is_file());
+    fleet.stop().await;
+    remove_objects(&config).await;
 }

@@ -60,13 +60,13 @@ pub async fn start(config: RunConfig, session: &Session) -> Result<RunFile, Bulk
         )));
     }
     let registry = if config.local { None } else { Some(Registry::connect(&session.config.redis).await?) };
-    if let Some(registry) = &registry {
-        if registry.load_run(&config.name).await?.is_some() {
-            return Err(BulkError::Config(format!(
-                "a run named `{}` exists; resume it or pick another --name",
-                config.name
-            )));
-        }
+    if let Some(registry) = &registry
+        && registry.load_run(&config.name).await?.is_some()
+    {
+        return Err(BulkError::Config(format!(
+            "a run named `{}` exists; resume it or pick another --name",
+            config.name
+        )));
     }
     let scanned = check_input(&config, &session.config)?;
     if scanned.summary.invalid_rows > 0 && !config.skip_invalid {

@@ -31,9 +31,9 @@ pub enum BulkError {
     /// No run of this name (in Redis, or at the given output location).
     #[error("no bulk run `{0}` found (give --out LOCATION for runs made with --local)")]
     RunNotFound(String),
-    /// The output store failed.
+    /// The output store failed (boxed: the storage error is large and rare).
     #[error("output storage: {0}")]
-    Storage(#[from] fleet_storage::StorageError),
+    Storage(Box<fleet_storage::StorageError>),
     /// The fleet's status store (Redis) failed.
     #[error("status store: {0}")]
     Status(#[from] fleet_status::StatusError),
@@ -46,6 +46,15 @@ pub enum BulkError {
     /// The in-process engine failed to load a model.
     #[error("engine: {0}")]
     Engine(String),
+    /// A Parquet manifest could not be written or read.
+    #[error("{what}: {source}")]
+    Parquet {
+        /// Which manifest.
+        what: String,
+        /// What the parquet crate said.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     /// A stored JSON document (run.json, stats) is not what this crate writes.
     #[error("{what}: {source}")]
     Json {
@@ -59,6 +68,12 @@ pub enum BulkError {
 
 fn first_row(rows: &[RowError]) -> String {
     rows.first().map(ToString::to_string).unwrap_or_default()
+}
+
+impl From<fleet_storage::StorageError> for BulkError {
+    fn from(e: fleet_storage::StorageError) -> BulkError {
+        BulkError::Storage(Box::new(e))
+    }
 }
 
 impl BulkError {

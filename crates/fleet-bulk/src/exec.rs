@@ -69,6 +69,14 @@ impl Executor {
         }
     }
 
+    /// Whether a sample's job was cancelled from outside since the last call (fleet runs only).
+    pub fn take_saw_cancelled(&mut self) -> bool {
+        match self {
+            Executor::Fleet(f) => f.take_saw_cancelled(),
+            Executor::Local(_) => false,
+        }
+    }
+
     /// Hands samples over; some may be final at once (e.g. existing jobs on a resume).
     pub async fn submit(&mut self, samples: Vec<Sample>) -> Result<Vec<Finished>, BulkError> {
         match self {

@@ -54,6 +54,8 @@ pub struct FleetExecutor {
     started: DateTime<Utc>,
     attempt: String,
     running: u64,
+    /// A job of this run ended `cancelled` since the last [`FleetExecutor::take_saw_cancelled`].
+    saw_cancelled: bool,
 }
 
 impl FleetExecutor {
@@ -71,6 +73,7 @@ impl FleetExecutor {
             started,
             attempt: format!("a{}", started.timestamp_millis()),
             running: 0,
+            saw_cancelled: false,
         }
     }
 
@@ -86,6 +89,12 @@ impl FleetExecutor {
     pub fn counts(&self) -> (u64, u64) {
         let running = self.running.min(self.in_flight.len() as u64);
         (self.in_flight() as u64 - running, running)
+    }
+
+    /// Whether a job ended `cancelled` since the last call: most likely `fleet bulk cancel` at
+    /// work, so the runner looks for its marker before it publishes such a sample as failed.
+    pub fn take_saw_cancelled(&mut self) -> bool {
+        std::mem::take(&mut self.saw_cancelled)
     }
 
     /// Submits valid samples.
@@ -148,6 +157,7 @@ impl FleetExecutor {
             self.again.push_back((sample, true));
             return None;
         }
+        self.saw_cancelled |= status.state == JobState::Cancelled;
         let mut record = SampleRecord::of(&sample);
         record.apply_status(status);
         let image = match status.result.first() {

@@ -5,8 +5,8 @@
 //! - [`scan`]: the check of every row before a run starts;
 //! - [`exec`], [`fleet_exec`], [`local_exec`], [`api`]: making samples through the fleet
 //!   (bounded in flight, 429-aware) or in-process;
-//! - [`shard`], [`record`], [`output`]: WebDataset tars or image folders, manifests, stats, to a
-//!   directory or S3;
+//! - [`shard`], [`record`], [`manifest`], [`output`]: WebDataset tars or image folders, JSONL and
+//!   Parquet manifests, stats, to a directory or S3;
 //! - [`run`], [`registry`], [`runner`], [`control`]: run records, Redis run state, the run loop,
 //!   and the `run | resume | retry-failed | cancel | status` commands.
 
@@ -18,6 +18,7 @@ pub mod exec;
 pub mod fleet_exec;
 pub mod input;
 pub mod local_exec;
+pub mod manifest;
 pub mod output;
 pub mod plan;
 pub mod record;

@@ -1,5 +1,6 @@
 //! Making samples in this process: the engine on one thread, exactly as a worker runs a job
-//! (same request, same encoding), so `--local` gives the fleet's pixels for the same keys.
+//! (same request, same LoRA library, same encoding), so `--local` gives the fleet's pixels for the
+//! same keys. ControlNet rows fail here (the control image may live in the fleet's bucket).
 //!
 //! Each finished sample is staged as `<out>/_staging/NNNNN/KEY.<ext>` plus `KEY.json` (written
 //! last) until its shard is published, so a resume after a crash regenerates nothing it had.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, JobSpec};
 use fleet_engine::{GenerationParams, Pipeline};
-use fleet_worker::models::Models;
+use fleet_worker::models::{ModelError, Models};
 use fleet_worker::runner::{engine_format, job_request};
 
 use crate::error::BulkError;
@@ -96,10 +97,10 @@ impl LocalExecutor {
     /// Removes the staged samples of a published shard.
     pub fn drop_staging(&self, shard: u64) {
         let dir = self.staging.join(shard_name(shard));
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "staging not removed");
-            }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "staging not removed");
         }
     }
 }
@@ -108,8 +109,9 @@ impl LocalExecutor {
 struct Engine {
     config: FleetConfig,
     staging: PathBuf,
-    /// Loaded pipelines, or why a model could not be loaded (every sample of it fails alike).
-    models: HashMap<String, Result<Arc<Pipeline>, String>>,
+    /// Loaded models (with their fused-LoRA caches), or why a model could not be loaded (every
+    /// sample of it fails alike).
+    models: HashMap<String, Result<Arc<Models>, String>>,
 }
 
 impl Engine {
@@ -131,15 +133,28 @@ impl Engine {
         }
     }
 
-    fn pipeline(&mut self, model: &str) -> Result<Arc<Pipeline>, String> {
+    /// The pipeline of the sample's model with its LoRAs fused in, from the library
+    /// (`library.lora_dir`) exactly as a worker finds them.
+    fn pipeline(&mut self, spec: &JobSpec) -> Result<Arc<Pipeline>, (ErrorCode, String)> {
         let config = &self.config;
-        self.models
-            .entry(model.to_owned())
+        let models = self
+            .models
+            .entry(spec.model.clone())
             .or_insert_with(|| {
-                let models = Models::load(config, &[model.to_owned()]).map_err(|e| e.to_string())?;
-                models.get(model).ok_or_else(|| format!("model `{model}` did not load"))
+                Models::load(config, std::slice::from_ref(&spec.model)).map(Arc::new).map_err(|e| e.to_string())
             })
             .clone()
+            .map_err(|e| (ErrorCode::ModelUnavailable, e))?;
+        if spec.controlnet.is_some() {
+            return Err((
+                ErrorCode::InvalidSpec,
+                "controlnet: not supported by --local runs; run through the fleet".into(),
+            ));
+        }
+        match models.with_loras(&spec.model, &spec.loras) {
+            Ok((pipeline, _)) => Ok(pipeline),
+            Err(e) => Err((model_error_code(&e), e.to_string())),
+        }
     }
 
     /// Runs the job as a worker would and stages the image.
@@ -149,7 +164,7 @@ impl Engine {
         sample: &Sample,
         dir: &Path,
     ) -> Result<(SampleRecord, PathBuf), (ErrorCode, String)> {
-        let pipeline = self.pipeline(&spec.model).map_err(|e| (ErrorCode::ModelUnavailable, e))?;
+        let pipeline = self.pipeline(spec)?;
         let request = job_request(spec);
         let started = Utc::now();
         let output = pipeline.generate(&request, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
@@ -178,11 +193,26 @@ impl Engine {
     }
 }
 
+/// The code a worker reports for the same failure.
+fn model_error_code(e: &ModelError) -> ErrorCode {
+    match e {
+        ModelError::UnknownLora(_) => ErrorCode::UnknownLora,
+        ModelError::UnknownControlNet(_) => ErrorCode::UnknownControlnet,
+        ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
+        // A LoRA file that does not fit the model is the row's choice: invalid for this model.
+        ModelError::Engine {
+            source: fleet_engine::EngineError::Lora { .. } | fleet_engine::EngineError::LoraUnmatched { .. },
+            ..
+        } => ErrorCode::InvalidSpec,
+        ModelError::Engine { .. } => ErrorCode::Internal,
+    }
+}
+
 /// A sample staged by an earlier invocation, if its record and image are both there.
 fn read_staged(record_path: &Path, sample: &Sample) -> Option<Finished> {
     let record: SampleRecord = serde_json::from_slice(&std::fs::read(record_path).ok()?).ok()?;
     let image = record_path.with_file_name(record.image_name());
-    (record.key == sample.key && image.exists()).then(|| Finished {
+    (record.key == sample.key && image.exists()).then_some(Finished {
         index: sample.index,
         record,
         image: ImageSource::File(image),

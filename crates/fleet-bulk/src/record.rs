@@ -20,6 +20,16 @@ pub enum SampleState {
     Failed,
 }
 
+impl SampleState {
+    /// The name records use (`succeeded`, `failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SampleState::Succeeded => "succeeded",
+            SampleState::Failed => "failed",
+        }
+    }
+}
+
 /// ControlNet settings of a sample (the control image itself is not repeated).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControlNetRecord {
@@ -44,6 +54,17 @@ pub struct SampleTimings {
     /// Seconds from the start of generation to the stored image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_seconds: Option<f64>,
+}
+
+impl SampleTimings {
+    /// Cuts the timestamps to the microsecond, the Parquet manifest's precision, so `KEY.json`
+    /// and both manifests say the same.
+    pub fn truncate_to_micros(&mut self) {
+        use chrono::SubsecRound as _;
+        for at in [&mut self.submitted_at, &mut self.started_at, &mut self.finished_at].into_iter().flatten() {
+            *at = at.trunc_subsecs(6);
+        }
+    }
 }
 
 /// Why a sample failed.

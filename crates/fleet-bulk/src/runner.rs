@@ -115,6 +115,11 @@ impl Runner {
                 let finished = self.ctx.executor.poll().await?;
                 self.absorb(finished);
             }
+            // `fleet bulk cancel` leaves its marker, then cancels the jobs: a sample whose job
+            // was cancelled is not published as failed while the marker says the run stops.
+            if self.ctx.executor.take_saw_cancelled() && self.ctx.output.exists(CANCEL_FILE).await? {
+                return self.stop_cancelled().await;
+            }
             self.publish_complete().await?;
             if self.exhausted && self.ctx.executor.in_flight() == 0 && self.shards.is_empty() {
                 break;
@@ -243,6 +248,7 @@ impl Runner {
         let mut records = Vec::with_capacity(finished.len());
         for f in finished {
             let mut record = f.record;
+            record.timings.truncate_to_micros();
             if record.status == SampleState::Succeeded {
                 match self.ctx.executor.image(&f.image).await {
                     Ok(bytes) if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&bytes).as_str()) => {

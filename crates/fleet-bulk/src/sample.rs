@@ -141,15 +141,15 @@ impl SampleFactory {
                 None
             }
         };
-        if let (Some(spec), Some(models)) = (&spec, &self.settings.models) {
-            if !models.contains(&spec.model) {
-                let known = models.iter().cloned().collect::<Vec<_>>().join(", ");
-                errors.push(RowError {
-                    line,
-                    field: "model".into(),
-                    message: format!("`{}` is not a configured model ({known})", spec.model),
-                });
-            }
+        if let (Some(spec), Some(models)) = (&spec, &self.settings.models)
+            && !models.contains(&spec.model)
+        {
+            let known = models.iter().cloned().collect::<Vec<_>>().join(", ");
+            errors.push(RowError {
+                line,
+                field: "model".into(),
+                message: format!("`{}` is not a configured model ({known})", spec.model),
+            });
         }
         match spec {
             Some(spec) if errors.is_empty() => Ok((spec, own_key)),

@@ -1,5 +1,5 @@
 //! Writing one finished shard: WebDataset tar (`NNNNN.tar`) or an image folder (`NNNNN/` with a
-//! Hugging Face ImageFolder `metadata.jsonl`), then the manifest, then the stats.
+//! Hugging Face ImageFolder `metadata.jsonl`), then the manifests (JSONL and Parquet), then the stats.
 //!
 //! The stats file goes last: its presence is what marks a shard complete, so a crash part-way
 //! leaves a shard that a resume rewrites.
@@ -41,6 +41,11 @@ pub fn stats_name(shard: u64) -> String {
 /// `NNNNN_manifest.jsonl`.
 pub fn manifest_name(shard: u64) -> String {
     format!("{}_manifest.jsonl", shard_name(shard))
+}
+
+/// `NNNNN_manifest.parquet`.
+pub fn parquet_manifest_name(shard: u64) -> String {
+    format!("{}_manifest.parquet", shard_name(shard))
 }
 
 /// `NNNNN.tar`.
@@ -98,7 +103,7 @@ impl ShardWriter {
         }
     }
 
-    /// Publishes the shard, its manifest (every sample, failed ones too) and last its stats.
+    /// Publishes the shard, its manifests (every sample, failed ones too) and last its stats.
     pub async fn finish(self, output: &Output, records: &[SampleRecord]) -> Result<ShardStats, BulkError> {
         let shard = match self {
             ShardWriter::Tar { shard, builder, .. } => {
@@ -117,6 +122,8 @@ impl ShardWriter {
             manifest.push(b'\n');
         }
         output.put(&manifest_name(shard), manifest, "application/jsonl").await?;
+        let parquet = crate::manifest::write_manifest(records)?;
+        output.put(&parquet_manifest_name(shard), parquet, "application/vnd.apache.parquet").await?;
         let stats = ShardStats::of(shard, records);
         let body = serde_json::to_vec_pretty(&stats).map_err(|e| BulkError::json("stats", e))?;
         output.put(&stats_name(shard), body, "application/json").await?;

@@ -4,6 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+#[path = "support/tiny_lora.rs"]
+mod tiny_lora;
+
 use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};
 use fleet_bulk::{BulkError, InputFormat, Layout, RunConfig, RunState, Session};
 use serde_json::{Value, json};
@@ -53,9 +56,13 @@ fn read_shards(dir: &Path) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
     shards
 }
 
+/// A shard's manifest rows; the Parquet manifest (read with the parquet crate) must hold the same.
 fn manifest(dir: &Path, shard: &str) -> Vec<SampleRecord> {
     let text = std::fs::read_to_string(dir.join(format!("{shard}_manifest.jsonl"))).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let records: Vec<SampleRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let parquet = fleet_bulk::manifest::read_manifest(&dir.join(format!("{shard}_manifest.parquet"))).unwrap();
+    assert_eq!(parquet, records, "{shard}: the Parquet manifest holds the JSONL manifest's rows");
+    records
 }
 
 #[test]
@@ -122,6 +129,9 @@ async fn malformed_rows_are_reported_with_line_numbers_and_stop_the_run() {
     assert_eq!(stats.failures.iter().map(|f| f.line).collect::<Vec<_>>(), [2, 3, 4, 6]);
     let shards = read_shards(&out);
     assert_eq!(shards["00000.tar"].len(), 6, "two samples, three files each");
+    let rows = manifest(&out, "00000");
+    let failed: Vec<_> = rows.iter().filter(|r| r.status == SampleState::Failed).map(|r| r.line).collect();
+    assert_eq!((rows.len(), failed), (6, vec![2, 3, 4, 6]), "failed samples are manifest rows too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,4 +253,35 @@ async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
         (RunState::Finished, PROMPTS, PROMPTS.div_ceil(4))
     );
     assert!(!out.join("_cancelled").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runs_take_loras_from_the_library_and_fail_unknown_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("loras");
+    std::fs::create_dir(&library).unwrap();
+    tiny_lora::write_tiny_lora(&library.join("ink.safetensors"));
+    let input = write(
+        dir.path(),
+        "p.jsonl",
+        concat!(
+            "{\"prompt\": \"a cat\", \"seed\": 5}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"ink\", \"scale\": 2.0}]}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"missing\"}]}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {\"model\": \"canny\", \"image\": \"s3://b/c.png\"}}\n",
+        ),
+    );
+    let out = dir.path().join("out");
+    let mut config = fleet_core::FleetConfig::default();
+    config.library.lora_dir = library;
+    config.limits.allowed_image_buckets = vec!["b".into()];
+    let session = Session { config, api: None, on_progress: None };
+    let done = fleet_bulk::start(local_run("local-lora", input, &out, 10), &session).await.unwrap();
+    assert_eq!((done.totals.succeeded, done.totals.failed), (2, 2));
+    let rows = manifest(&out, "00000");
+    let codes: Vec<_> = rows.iter().map(|r| r.error.as_ref().map(|e| e.code.name())).collect();
+    assert_eq!(codes, [None, None, Some("unknown_lora"), Some("invalid_spec")]);
+    assert!(rows[3].error.as_ref().unwrap().message.contains("--local"), "{:?}", rows[3].error);
+    assert_eq!((rows[1].loras.len(), rows[0].seed), (1, rows[1].seed));
+    assert_ne!(rows[0].sha256, rows[1].sha256, "same prompt and seed: the LoRA changed the image");
 }
