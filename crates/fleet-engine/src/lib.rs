@@ -22,6 +22,7 @@ pub mod files;
 pub mod job;
 pub mod lora;
 pub mod pipeline;
+pub mod prompt_cache;
 pub mod random;
 pub mod rng;
 pub mod scheduler;
