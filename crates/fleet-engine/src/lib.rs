@@ -16,6 +16,7 @@ pub mod canny;
 pub mod clip;
 pub mod control_image;
 pub mod controlnet;
+pub mod conv;
 pub mod encode;
 pub mod error;
 pub mod files;
