@@ -31,6 +31,7 @@ pub mod tokenizer;
 pub mod unet;
 mod util;
 pub mod vae;
+pub mod vae_decoder;
 
 pub use control_image::{ControlPreprocess, control_image_tensor};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
