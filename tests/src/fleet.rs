@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use fleet_core::{FleetConfig, JobStatus};
+use fleet_worker::noop::EngineMode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +48,17 @@ impl Fleet {
     }
 
     pub async fn add_worker(&mut self) {
+        self.add_worker_with(EngineMode::Models).await;
+    }
+
+    /// A worker running the tiny model, or (the overhead benchmark) the no-op engine.
+    pub async fn add_worker_with(&mut self, engine: EngineMode) {
         let options = fleet_worker::WorkerOptions { models: vec!["tiny".into()], id: None };
-        let worker = fleet_worker::Worker::start(self.config.clone(), options).await.expect("worker starts");
+        let worker = match engine {
+            EngineMode::Models => fleet_worker::Worker::start(self.config.clone(), options).await,
+            EngineMode::Noop => fleet_worker::Worker::start_noop_engine(self.config.clone(), options).await,
+        };
+        let worker = worker.expect("worker starts");
         self.metrics.push(worker.metrics_addr().expect("the test config serves worker metrics"));
         let stop = CancellationToken::new();
         // Worker::run is driven on its own thread (as `fleet worker` drives it with block_on);

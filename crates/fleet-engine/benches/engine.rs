@@ -4,8 +4,11 @@
 //! ```text
 //! cargo bench -p fleet-engine --bench engine                  # tiny + random-medium
 //! cargo bench -p fleet-engine --bench engine -- --model DIR --size 1024 --steps 4 --runs 2
+//! cargo bench -p fleet-engine --bench engine -- --size 256 --batch 1,2,4,8   # batching sweep
 //! ```
-//! Each model runs in its own child process so its peak RSS (VmHWM) is its own.
+//! Each model (and batch size) runs in its own child process so its peak RSS (VmHWM) is its own.
+//! Every timed run has a prompt of its own, so the text encoder really runs (the pipeline caches
+//! embeddings of repeated prompts); the line ends with the text time of a repeated prompt.
 //! `--only tiny --save out.png` also writes the images.
 //!
 //! `-- --lora` benchmarks LoRA fusing (parse + fuse of SDXL-UNet-shaped kohya LoRAs of rank 8,
@@ -23,7 +26,7 @@ struct Args {
     models: Vec<(String, usize)>,
     steps: usize,
     runs: usize,
-    batch: usize,
+    batches: Vec<usize>,
     save: Option<String>,
     warmup: bool,
     mode: Mode,
@@ -42,12 +45,19 @@ fn parse() -> Args {
         models: vec![("tiny".into(), 256), ("random-medium".into(), 512)],
         steps: 4,
         runs: 3,
-        batch: 1,
+        batches: vec![1],
         save: None,
         warmup: true,
         mode: Mode::Images,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; without it (under `cargo test`) this is a quick check that
+    // the benchmark still runs: the tiny model, 64×64, 1 step, batches of 1 and 2.
+    if !argv.iter().any(|x| x == "--bench") {
+        a.models = vec![("tiny".into(), 64)];
+        (a.steps, a.runs, a.batches) = (1, 1, vec![1, 2]);
+        return a;
+    }
     let mut size: Option<usize> = None;
     let mut custom: Option<String> = None;
     let mut i = 0;
@@ -59,7 +69,12 @@ fn parse() -> Args {
             "--size" => size = v.parse().ok(),
             "--steps" => a.steps = v.parse().unwrap_or(4),
             "--runs" => a.runs = v.parse().unwrap_or(3),
-            "--batch" => a.batch = v.parse().unwrap_or(1),
+            "--batch" => {
+                a.batches = v.split(',').filter_map(|b| b.parse().ok()).filter(|&b| b > 0).collect();
+                if a.batches.is_empty() {
+                    a.batches = vec![1];
+                }
+            }
             "--save" => a.save = Some(v),
             "--warmup" => a.warmup = v != "0",
             "--lora" => {
@@ -105,22 +120,25 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn run_one(model: &str, size: usize, a: &Args) {
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
     let src: ModelSource = model.parse().expect("model");
     let t = std::time::Instant::now();
     let pipe = Pipeline::load(&src, &Device::Cpu, DType::F32).expect("load");
     let load = t.elapsed();
-    let req = GenerateRequest {
-        prompts: vec!["a photograph of an astronaut riding a horse".into()],
-        num_images: a.batch,
+    let req = |prompt: String| GenerateRequest {
+        prompts: vec![prompt],
+        num_images: batch,
         width: size,
         height: size,
         steps: a.steps,
         ..GenerateRequest::default()
     };
-    pipe.generate(&GenerateRequest { steps: 1, ..req.clone() }, &mut |_| {}).expect("warm-up");
+    pipe.generate(&GenerateRequest { steps: 1, ..req("warm-up".into()) }, &mut |_| {}).expect("warm-up");
     let (mut te, mut dn, mut vd) = (0.0, 0.0, 0.0);
-    for _ in 0..a.runs {
+    for run in 0..a.runs {
+        let req = req(format!("{PROMPT}, take {run}"));
         let out = pipe.generate(&req, &mut |_| {}).expect("generate");
         if let Some(path) = &a.save {
             let pt = pipe.scheduler.prediction_type.to_string();
@@ -130,17 +148,22 @@ fn run_one(model: &str, size: usize, a: &Args) {
         dn += secs(out.timings.denoise);
         vd += secs(out.timings.vae_decode);
     }
-    let per = (a.runs * a.batch) as f64;
+    // The same prompt again: the embedding comes from the pipeline's prompt cache.
+    let t = std::time::Instant::now();
+    pipe.encode_prompts(&[format!("{PROMPT}, take 0")]).expect("encode");
+    let cached = t.elapsed();
+    let per = (a.runs * batch) as f64;
     println!(
-        "{model:>14} {size:>5}x{size:<5} steps {} batch {}: {:.3} s/image = text {:.3} + denoise {:.3} + vae {:.3}; load {:.2} s; peak RSS {:.0} MiB",
+        "{model:>14} {size:>5}x{size:<5} steps {} batch {batch}: {:.3} s/image = text {:.3} + denoise {:.3} + vae {:.3}; load {:.2} s; peak RSS {:.0} MiB; {:.2} images/s; repeated prompt: text {:.6} s",
         a.steps,
-        a.batch,
         (te + dn + vd) / per,
         te / per,
         dn / per,
         vd / per,
         secs(load),
-        peak_rss_mib()
+        peak_rss_mib(),
+        per / (te + dn + vd),
+        secs(cached),
     );
 }
 
@@ -153,7 +176,7 @@ fn main() {
     }
     if let Some(only) = &a.only {
         let size = a.models.iter().find(|m| &m.0 == only).map(|m| m.1).unwrap_or(1024);
-        run_one(only, size, &a);
+        run_one(only, size, a.batches[0], &a);
         return;
     }
     println!(
@@ -162,10 +185,11 @@ fn main() {
         a.runs
     );
     let exe = std::env::current_exe().expect("exe");
-    for (m, size) in &a.models {
+    let mut failed = false;
+    for ((m, size), batch) in a.models.iter().flat_map(|m| a.batches.iter().map(move |b| (m, b))) {
         let status = std::process::Command::new(&exe)
-            .args(["--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--runs", &a.runs.to_string(), "--batch", &a.batch.to_string()])
+            .args(["--bench", "--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
+            .args(["--runs", &a.runs.to_string(), "--batch", &batch.to_string()])
             .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") {
                 vec!["--model", m.as_str()]
             } else {
@@ -175,7 +199,11 @@ fn main() {
             .expect("spawn");
         if !status.success() {
             eprintln!("{m}: failed ({status})");
+            failed = true;
         }
+    }
+    if failed {
+        std::process::exit(1);
     }
 }
 

@@ -16,6 +16,7 @@ use crate::controlnet::{ControlNetModel, controlled};
 use crate::error::{CandleContext, EngineError, Result};
 use crate::files::ModelFiles;
 use crate::lora::{Component, LoraFile, LoraSet, LoraSpec};
+use crate::prompt_cache::{CachedPrompt, PromptCache};
 use crate::rng::SplitMix64;
 use crate::scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 use crate::tokenizer::{ClipTokenizer, EOS_TOKEN, tiny_vocab};
@@ -224,6 +225,8 @@ pub struct Pipeline {
     pub loras: Vec<(String, f64)>,
     /// LoRA entries that matched no module (only with `allow_unmatched_lora`).
     pub lora_unmatched: Vec<String>,
+    /// Embeddings of recently seen prompts ([`crate::prompt_cache`]).
+    pub prompt_cache: PromptCache,
 }
 
 /// Seed of the built-in tiny model's weights.
@@ -416,6 +419,7 @@ impl Pipeline {
             model_name: files.name.clone(),
             loras: Vec::new(),
             lora_unmatched: Vec::new(),
+            prompt_cache: PromptCache::default(),
         };
         p.check_consistency()?;
         fuse.finish(&mut p, opts.allow_unmatched_lora)?;
@@ -499,6 +503,7 @@ impl Pipeline {
             model_name: name.into(),
             loras: Vec::new(),
             lora_unmatched: Vec::new(),
+            prompt_cache: PromptCache::default(),
         };
         p.check_consistency()?;
         fuse.finish(&mut p, opts.allow_unmatched_lora)?;
@@ -543,17 +548,34 @@ impl Pipeline {
     }
 
     /// Encode prompts with both encoders: penultimate states concatenated, pooled from encoder 2.
+    /// Each prompt is encoded on its own and kept in [`Pipeline::prompt_cache`], so a repeated
+    /// prompt costs nothing and its embedding never depends on the rest of the batch.
     pub fn encode_prompts(&self, prompts: &[String]) -> Result<PromptEmbeds> {
-        let ids1: Vec<Vec<u32>> = prompts.iter().map(|p| self.tokenizer.encode(p)).collect();
-        let ids2: Vec<Vec<u32>> = prompts.iter().map(|p| self.tokenizer_2.encode(p)).collect();
-        let o1 = self.text_encoder.forward(&ids1)?;
-        let o2 = self.text_encoder_2.forward(&ids2)?;
+        let rows = prompts
+            .iter()
+            .map(|p| self.prompt_cache.get_or_encode(p, |p| self.encode_one(p)))
+            .collect::<Result<Vec<_>>>()?;
+        if let [one] = rows.as_slice() {
+            return Ok(PromptEmbeds { embeds: one.embeds.clone(), pooled: one.pooled.clone() });
+        }
+        let embeds = rows.iter().map(|r| &r.embeds).collect::<Vec<_>>();
+        let pooled = rows.iter().map(|r| &r.pooled).collect::<Vec<_>>();
+        Ok(PromptEmbeds {
+            embeds: Tensor::cat(&embeds, 0).ctx("prompt embeddings")?,
+            pooled: Tensor::cat(&pooled, 0).ctx("pooled prompt embeddings")?,
+        })
+    }
+
+    /// One prompt through both tokenizers and encoders (batch 1).
+    fn encode_one(&self, prompt: &str) -> Result<CachedPrompt> {
+        let o1 = self.text_encoder.forward(&[self.tokenizer.encode(prompt)])?;
+        let o2 = self.text_encoder_2.forward(&[self.tokenizer_2.encode(prompt)])?;
         let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate], 2).ctx("concat prompt embeddings")?;
         let pooled = o2.text_embeds.ok_or_else(|| EngineError::Unsupported {
             component: "text_encoder_2".into(),
             message: "no text_projection".into(),
         })?;
-        Ok(PromptEmbeds { embeds, pooled })
+        Ok(CachedPrompt { embeds, pooled })
     }
 
     fn validate(&self, req: &GenerateRequest) -> Result<()> {

@@ -7,7 +7,9 @@
 //! config's `norm_num_groups` everywhere (candle's stock blocks hard-code 32).
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+
+use crate::conv::Conv2d;
 use serde::Deserialize;
 
 use crate::error::{CandleContext, EngineError, Result};
@@ -203,8 +205,7 @@ impl TimestepEmbedding {
 }
 
 fn conv(vb: VarBuilder, i: usize, o: usize, k: usize, stride: usize) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig { padding: k / 2, stride, ..Default::default() };
-    candle_nn::conv2d(i, o, k, cfg, vb)
+    Conv2d::new(vb, i, o, k, stride)
 }
 
 #[derive(Debug)]

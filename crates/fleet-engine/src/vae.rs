@@ -1,11 +1,11 @@
-//! VAE decoder: candle's `AutoEncoderKL` configured from diffusers' `vae/config.json`.
+//! VAE decoder configured from diffusers' `vae/config.json` (the network itself: [`crate::vae_decoder`]).
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::Deserialize;
 
 use crate::error::{CandleContext, EngineError, Result};
+use crate::vae_decoder::VaeDecoder;
 
 /// The fields of diffusers' `AutoencoderKL` config this engine reads.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -93,7 +93,7 @@ impl VaeConfig {
 
 #[derive(Debug)]
 pub struct Vae {
-    model: AutoEncoderKL,
+    model: VaeDecoder,
     pub config: VaeConfig,
     pub dtype: DType,
 }
@@ -113,16 +113,18 @@ impl Vae {
                 message: "mid_block_add_attention = false".into(),
             });
         }
-        let kl = AutoEncoderKLConfig {
-            block_out_channels: cfg.block_out_channels.clone(),
-            layers_per_block: cfg.layers_per_block,
-            latent_channels: cfg.latent_channels,
-            norm_num_groups: g,
-            use_quant_conv: cfg.use_quant_conv,
-            use_post_quant_conv: cfg.use_post_quant_conv,
-        };
         let dtype = vb.dtype();
-        let model = AutoEncoderKL::new(vb, cfg.in_channels, cfg.out_channels, kl).weights("vae")?;
+        // Only the decoder is built: the engine never encodes images (its weights stay unread).
+        let model = VaeDecoder::new(
+            vb,
+            &cfg.block_out_channels,
+            cfg.layers_per_block,
+            cfg.latent_channels,
+            cfg.out_channels,
+            g,
+            cfg.use_post_quant_conv,
+        )
+        .weights("vae")?;
         Ok(Self { model, config: cfg.clone(), dtype })
     }
 

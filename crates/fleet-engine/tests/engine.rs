@@ -46,6 +46,25 @@ fn tiny_generates_deterministic_images() {
 }
 
 #[test]
+fn repeated_prompts_are_encoded_once_and_give_the_same_pixels() {
+    // A pipeline of its own: the shared one's cache counts depend on the other tests.
+    let p = Pipeline::load(&ModelSource::Tiny, &Device::Cpu, DType::F32).unwrap();
+    let cold = p.generate_tensor(&req("a lighthouse"), &mut |_| {}).unwrap();
+    assert_eq!(p.prompt_cache.counts(), (0, 1));
+    let warm = p.generate_tensor(&GenerateRequest { seed: 11, ..req("a lighthouse") }, &mut |_| {}).unwrap();
+    assert_eq!(p.prompt_cache.counts(), (1, 1), "the second run is a cache hit");
+    assert_eq!(max_abs_diff(&cold.images, &warm.images), 0.0, "a hit gives exactly the same image");
+    // In a batch, a prompt's embedding is its batch-1 embedding (cached or not), and two prompts
+    // stay distinct.
+    let two = p.encode_prompts(&["a lighthouse".into(), "a harbour".into()]).unwrap();
+    let one = p.encode_prompts(&["a harbour".into()]).unwrap();
+    assert_eq!(p.prompt_cache.counts(), (3, 2), "lighthouse and the second harbour were hits");
+    assert_eq!(max_abs_diff(&two.embeds.narrow(0, 1, 1).unwrap(), &one.embeds), 0.0);
+    assert_eq!(max_abs_diff(&two.pooled.narrow(0, 1, 1).unwrap(), &one.pooled), 0.0);
+    assert!(max_abs_diff(&two.embeds.narrow(0, 0, 1).unwrap(), &one.embeds) > 0.0);
+}
+
+#[test]
 fn batches_equal_single_runs_with_seed_plus_i() {
     let p = tiny();
     let batch = GenerateRequest { prompts: vec!["a red cat".into(), "a blue dog".into()], num_images: 2, ..req("") };

@@ -97,6 +97,13 @@ pub fn next_batch<W: Waiting>(waiting: &[W], policy: &BatchPolicy, now: Instant,
     (force || full || expired).then_some(chosen)
 }
 
+/// When the job that would lead the next batch reaches its deadline (`None`: nothing waits).
+/// The consume loop sleeps until then rather than polling, so a lone job starts on time.
+pub fn leader_deadline<W: Waiting>(waiting: &[W], policy: &BatchPolicy) -> Option<Instant> {
+    let leader = waiting.iter().min_by_key(|w| (rank(w.spec().priority), w.arrived()))?;
+    Some(leader.arrived() + policy.deadline)
+}
+
 fn rank(priority: Priority) -> u8 {
     match priority {
         Priority::Interactive => 0,
@@ -150,6 +157,15 @@ mod tests {
         ];
         let batch = next_batch(&w, &POLICY, t0 + Duration::from_secs(1), false).unwrap();
         assert_eq!(batch, vec![1, 3], "the 128-wide interactive job leads and takes the compatible bulk job");
+    }
+
+    #[test]
+    fn the_leader_is_the_most_urgent_job_not_the_oldest() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(5);
+        let w = [W(job(64, 1, Priority::Bulk), t0), W(job(64, 1, Priority::Interactive), later)];
+        assert_eq!(leader_deadline(&w, &POLICY), Some(later + POLICY.deadline));
+        assert_eq!(leader_deadline::<W>(&[], &POLICY), None);
     }
 
     #[test]

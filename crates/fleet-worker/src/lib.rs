@@ -5,6 +5,7 @@
 //! - [`batching`]: the batching policy, a pure function;
 //! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
 //! - [`models`]: the loaded pipelines;
+//! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
 //! - [`runner`]: running one batch end to end;
 //! - [`heartbeat`]: liveness and counters in Redis;
 //! - [`worker`]: the consume loop and graceful shutdown.
@@ -14,6 +15,7 @@ pub mod heartbeat;
 pub mod intake;
 pub mod metrics;
 pub mod models;
+pub mod noop;
 pub mod runner;
 pub mod worker;
 

@@ -21,6 +21,7 @@ use image::RgbImage;
 use crate::intake::Pending;
 use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
 use crate::models::{ModelError, Models};
+use crate::noop::EngineMode;
 use fleet_core::validate::ControlImageSource;
 
 /// How long transient storage/status failures are retried before the job is handed back.
@@ -36,6 +37,8 @@ pub struct RunContext {
     pub store: Arc<ImageStore>,
     pub models: Arc<Models>,
     pub stats: Arc<Stats>,
+    /// The real pipelines, or the benchmark's no-op ([`crate::noop`]).
+    pub engine: EngineMode,
 }
 
 /// Counters reported in heartbeats.
@@ -346,18 +349,32 @@ async fn generate(
     // Set by the reporter when every job of the pass was cancelled; the engine stops at the next step.
     let stop = Arc::new(AtomicBool::new(false));
     let stop_engine = stop.clone();
+    let engine = ctx.engine;
     let work = tokio::task::spawn_blocking(move || {
+        if engine == EngineMode::Noop {
+            // Every step reported at once, through the same reporter as a real run.
+            for step in 1..=request.steps {
+                let _ = tx.send((step, request.steps));
+            }
+            return Ok(crate::noop::fixed_images(&request));
+        }
         let mut last = std::time::Duration::ZERO;
-        pipeline.generate_until(&request, &mut |p| {
-            stats.step_seconds.observe_duration(p.elapsed.saturating_sub(last));
-            last = p.elapsed;
-            // A closed receiver only means progress is no longer wanted.
-            let _ = tx.send((p.step, p.total));
-            if stop_engine.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        })
+        pipeline
+            .generate_until(&request, &mut |p| {
+                stats.step_seconds.observe_duration(p.elapsed.saturating_sub(last));
+                last = p.elapsed;
+                // A closed receiver only means progress is no longer wanted.
+                let _ = tx.send((p.step, p.total));
+                if stop_engine.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
+            .map(|out| out.images)
     });
     let status = ctx.status.clone();
     let ids: Vec<(uuid::Uuid, u32)> = jobs.iter().map(|j| (j.id(), j.job.spec().num_images)).collect();
+    // Cancelled when the engine is done, so that the reporter's throttling pause never delays the
+    // job's completion (it used to add up to PROGRESS_EVERY to every job).
+    let done = tokio_util::sync::CancellationToken::new();
+    let reporter_done = done.clone();
     let reporter = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let (step, steps) = *rx.borrow_and_update();
@@ -375,13 +392,17 @@ async fn generate(
             if cancelled == ids.len() {
                 stop.store(true, Ordering::Relaxed);
             }
-            tokio::time::sleep(PROGRESS_EVERY).await;
+            tokio::select! {
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+                _ = reporter_done.cancelled() => break,
+            }
         }
     });
     let result = work.await;
+    done.cancel();
     let _ = reporter.await;
     match result {
-        Ok(Ok(out)) => Ok(out.images),
+        Ok(Ok(images)) => Ok(images),
         Ok(Err(e)) => Err(e),
         Err(join) => Err(EngineError::Device(format!("generation thread failed: {join}"))),
     }

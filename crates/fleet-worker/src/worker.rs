@@ -13,10 +13,11 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::batching::{BatchPolicy, next_batch};
+use crate::batching::{BatchPolicy, leader_deadline, next_batch};
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
 use crate::models::{ModelError, Models};
+use crate::noop::{EngineMode, NOOP_DEVICE};
 use crate::runner::{RunContext, Stats, run_batch};
 
 /// How often the loop looks for a batch to run while deliveries are quiet.
@@ -76,6 +77,22 @@ fn host_name() -> String {
 impl Worker {
     /// Loads the models (once), connects to Redis, S3 and RabbitMQ and declares the topology.
     pub async fn start(config: FleetConfig, options: WorkerOptions) -> Result<Worker, WorkerError> {
+        Self::start_with(config, options, EngineMode::Models).await
+    }
+
+    /// A worker whose engine is the no-op of [`crate::noop`]: every job gets fixed grey images
+    /// without any model running. For the overhead benchmark only; nothing in the configuration
+    /// or the `fleet` command can reach this.
+    pub async fn start_noop_engine(config: FleetConfig, options: WorkerOptions) -> Result<Worker, WorkerError> {
+        tracing::warn!("worker engine is the no-op: jobs get fixed grey images (benchmark only)");
+        Self::start_with(config, options, EngineMode::Noop).await
+    }
+
+    async fn start_with(
+        config: FleetConfig,
+        options: WorkerOptions,
+        engine: EngineMode,
+    ) -> Result<Worker, WorkerError> {
         let config = Arc::new(config);
         let names = options.models.clone();
         let load_cfg = config.clone();
@@ -97,7 +114,7 @@ impl Worker {
             id: id.clone(),
             host,
             models: models.names(),
-            device: models.device_name.clone(),
+            device: if engine == EngineMode::Noop { NOOP_DEVICE.to_owned() } else { models.device_name.clone() },
             started_at: Utc::now(),
             stats: stats.clone(),
             current_batch: std::sync::Mutex::new(None),
@@ -107,7 +124,8 @@ impl Worker {
             max_pixel_steps: config.worker.max_batch_pixel_steps,
             deadline: Duration::from_millis(config.worker.batch_deadline_ms),
         };
-        let ctx = Arc::new(RunContext { worker_id: id, config, status, store, models: Arc::new(models), stats });
+        let ctx =
+            Arc::new(RunContext { worker_id: id, config, status, store, models: Arc::new(models), stats, engine });
         Ok(Worker { ctx, broker, liveness, policy, metrics })
     }
 
@@ -188,7 +206,7 @@ impl Worker {
                         return Err(WorkerError::Consume(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)));
                     }
                 },
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep_until(self.next_wake(&waiting)) => {}
             }
             if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), false) {
                 let batch = take(&mut waiting, indices);
@@ -201,6 +219,14 @@ impl Worker {
         hand_back(&mut waiting).await;
         let _ = channel.close(200, "worker shutting down").await;
         Ok(())
+    }
+
+    /// When the loop must look again without a delivery: when the next batch's leader reaches
+    /// its deadline (not up to a tick later), at most one tick from now.
+    fn next_wake(&self, waiting: &[Pending]) -> tokio::time::Instant {
+        let tick = Instant::now() + TICK;
+        let deadline = leader_deadline(waiting, &self.policy).unwrap_or(tick);
+        tokio::time::Instant::from_std(deadline.min(tick))
     }
 
     /// Runs a batch; on shutdown it gets `worker.drain_timeout_secs` to finish, then its unsettled

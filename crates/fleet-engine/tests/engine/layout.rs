@@ -41,8 +41,18 @@ fn layout() -> serde_json::Value {
 }
 
 fn check<T>(component: &str, build: impl FnOnce(VarBuilder<'static>, &serde_json::Value) -> T) -> T {
+    check_keys(component, |_| true, build)
+}
+
+/// [`check`] against the checkpoint keys for which `used` holds (the others may stay unread).
+fn check_keys<T>(
+    component: &str,
+    used: impl Fn(&str) -> bool,
+    build: impl FnOnce(VarBuilder<'static>, &serde_json::Value) -> T,
+) -> T {
     let l = layout();
-    let expected: Keys = serde_json::from_value(l[component]["keys"].clone()).unwrap();
+    let mut expected: Keys = serde_json::from_value(l[component]["keys"].clone()).unwrap();
+    expected.retain(|k, _| used(k));
     assert!(expected.len() > 100, "{component}: too few reference keys");
     let rec = Recorder { expected: Arc::new(expected.clone()), seen: Arc::new(Mutex::new(Keys::new())) };
     let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
@@ -86,7 +96,9 @@ fn sdxl_unet_layout_and_config() {
 
 #[test]
 fn sdxl_vae_layout_and_config() {
-    let vae = check("vae", |vb, cfg| {
+    // The engine only decodes: the encoder's weights are never read.
+    let decoder = |k: &str| !k.starts_with("encoder.") && !k.starts_with("quant_conv.");
+    let vae = check_keys("vae", decoder, |vb, cfg| {
         let c: VaeConfig = serde_json::from_value(cfg.clone()).expect("real SDXL vae config parses");
         Vae::new(vb, &c).unwrap()
     });

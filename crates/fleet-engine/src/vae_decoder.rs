@@ -1,0 +1,135 @@
+//! The VAE decoder (diffusers `AutoencoderKL.decoder` + `post_quant_conv`), built on
+//! [`crate::conv::Conv2d`] so its convolutions — most of the decode's time at full image
+//! resolution — take the fast CPU path like the UNet's. Layer for layer what candle's
+//! `AutoEncoderKL::decode` computes (same weight names and init hints); its attention block is
+//! candle's, at the lowest resolution only.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{GroupNorm, VarBuilder};
+use candle_transformers::models::stable_diffusion::attention::{AttentionBlock, AttentionBlockConfig};
+
+use crate::conv::Conv2d;
+
+/// diffusers' VAE norms and resnets use eps 1e-6.
+const EPS: f64 = 1e-6;
+
+#[derive(Debug)]
+struct Resnet {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl Resnet {
+    fn new(vb: VarBuilder, i: usize, o: usize, groups: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            norm1: candle_nn::group_norm(groups, i, EPS, vb.pp("norm1"))?,
+            conv1: Conv2d::new(vb.pp("conv1"), i, o, 3, 1)?,
+            norm2: candle_nn::group_norm(groups, o, EPS, vb.pp("norm2"))?,
+            conv2: Conv2d::new(vb.pp("conv2"), o, o, 3, 1)?,
+            shortcut: if i != o { Some(Conv2d::new(vb.pp("conv_shortcut"), i, o, 1, 1)?) } else { None },
+        })
+    }
+}
+
+impl Module for Resnet {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        match &self.shortcut {
+            Some(s) => s.forward(x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UpBlock {
+    resnets: Vec<Resnet>,
+    upsampler: Option<Conv2d>,
+}
+
+/// `AutoencoderKL`'s decoder with its `post_quant_conv`.
+#[derive(Debug)]
+pub struct VaeDecoder {
+    post_quant_conv: Option<Conv2d>,
+    conv_in: Conv2d,
+    mid: (Resnet, AttentionBlock, Resnet),
+    up_blocks: Vec<UpBlock>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl VaeDecoder {
+    /// `vb` at the VAE's root (`decoder.*`, `post_quant_conv.*`).
+    pub fn new(
+        vb: VarBuilder,
+        channels: &[usize],
+        layers_per_block: usize,
+        latent_channels: usize,
+        out_channels: usize,
+        groups: usize,
+        use_post_quant_conv: bool,
+    ) -> candle_core::Result<Self> {
+        let post_quant_conv = if use_post_quant_conv {
+            Some(Conv2d::new(vb.pp("post_quant_conv"), latent_channels, latent_channels, 1, 1)?)
+        } else {
+            None
+        };
+        let vb = vb.pp("decoder");
+        let Some(&deepest) = channels.last() else { candle_core::bail!("vae: empty block_out_channels") };
+        let mid = vb.pp("mid_block");
+        let attn_cfg =
+            AttentionBlockConfig { num_head_channels: None, num_groups: groups, rescale_output_factor: 1., eps: EPS };
+        let mid = (
+            Resnet::new(mid.pp("resnets").pp("0"), deepest, deepest, groups)?,
+            AttentionBlock::new(mid.pp("attentions").pp("0"), deepest, attn_cfg)?,
+            Resnet::new(mid.pp("resnets").pp("1"), deepest, deepest, groups)?,
+        );
+        let reversed: Vec<usize> = channels.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(reversed.len());
+        for (index, &o) in reversed.iter().enumerate() {
+            let vb = vb.pp("up_blocks").pp(index.to_string());
+            let mut i = reversed[index.saturating_sub(1)];
+            let mut resnets = Vec::with_capacity(layers_per_block + 1);
+            for j in 0..=layers_per_block {
+                resnets.push(Resnet::new(vb.pp("resnets").pp(j.to_string()), i, o, groups)?);
+                i = o;
+            }
+            let last = index + 1 == reversed.len();
+            let upsampler =
+                if last { None } else { Some(Conv2d::new(vb.pp("upsamplers").pp("0").pp("conv"), o, o, 3, 1)?) };
+            up_blocks.push(UpBlock { resnets, upsampler });
+        }
+        Ok(Self {
+            post_quant_conv,
+            conv_in: Conv2d::new(vb.pp("conv_in"), latent_channels, deepest, 3, 1)?,
+            mid,
+            up_blocks,
+            norm_out: candle_nn::group_norm(groups, channels[0], EPS, vb.pp("conv_norm_out"))?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), channels[0], out_channels, 3, 1)?,
+        })
+    }
+
+    /// Unscaled latents [B, C, h, w] → images in [-1, 1].
+    pub fn decode(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let z = match &self.post_quant_conv {
+            Some(c) => c.forward(z)?,
+            None => z.clone(),
+        };
+        let mut x = self.conv_in.forward(&z)?;
+        x = self.mid.2.forward(&self.mid.1.forward(&self.mid.0.forward(&x)?)?)?;
+        for block in &self.up_blocks {
+            for r in &block.resnets {
+                x = r.forward(&x)?;
+            }
+            if let Some(up) = &block.upsampler {
+                let (_, _, h, w) = x.dims4()?;
+                x = up.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+            }
+        }
+        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+    }
+}
