@@ -1,4 +1,9 @@
 //! The dispatcher over HTTP, against the real RabbitMQ and Redis that `scripts/services.sh` starts.
+//! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `security` (keys
+//! on every route, tenant isolation on every job endpoint).
+
+mod bad_input;
+mod security;
 
 use std::time::Duration;
 
@@ -139,8 +144,9 @@ async fn invalid_jobs_get_every_field_error_and_nothing_is_queued() {
     assert!(server.take(".tiny.interactive").await.is_none(), "a rejected batch queues nothing");
 
     let (code, body) = server.submit(ALICE, json!({"prompt": "x", "model": "no-such-model"})).await;
-    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"]["code"], "model_unavailable");
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "model", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("this fleet serves: tiny"), "{body}");
     server.stop().await;
 }
 

@@ -1,0 +1,167 @@
+//! Bad input over HTTP: each request gets a clear 4xx naming what is wrong, and changes nothing —
+//! no status record, no idempotency key, no message on any queue.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::{ALICE, Server, isolated_config};
+
+/// A file of fleet-core's `tests/fixtures/` (a valid 16×16 PNG, a 100k×100k PNG bomb).
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet-core/tests/fixtures").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Posts raw bytes as a job body.
+async fn post_raw(server: &Server, body: Vec<u8>) -> (StatusCode, Value) {
+    let resp = server
+        .http
+        .post(format!("{}/v1/jobs", server.base))
+        .bearer_auth(ALICE)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Nothing of the tenant's exists: no record, nothing in flight, nothing on either queue.
+async fn assert_nothing_changed(server: &Server, what: &str) {
+    let page = server.app.status.list("alice", None, None, 100).await.unwrap();
+    assert!(page.jobs.is_empty(), "{what}: left records {:?}", page.jobs);
+    assert_eq!(server.app.status.in_flight("alice").await.unwrap(), 0, "{what}");
+    for queue in [".tiny.interactive", ".tiny.bulk"] {
+        assert!(server.take(queue).await.is_none(), "{what}: a message reached {queue}");
+    }
+}
+
+fn control(image: String) -> Value {
+    json!({"prompt": "x", "model": "tiny", "width": 64, "height": 64,
+           "controlnet": {"model": "canny", "image": image}})
+}
+
+/// (what, body, expected status, expected code, a field or message fragment the error must name).
+fn bad_jobs() -> Vec<(&'static str, Value, StatusCode, &'static str, &'static str)> {
+    let bomb = fixture("control-bomb-100000x100000.png");
+    let good = fixture("control-16x16.png");
+    let lora = |name: &str| json!({"prompt": "x", "model": "tiny", "loras": [{"name": name}]});
+    let bad = StatusCode::BAD_REQUEST;
+    vec![
+        ("NUL in the prompt", json!({"prompt": "a\u{0}b", "model": "tiny"}), bad, "invalid_spec", "prompt"),
+        ("escape in the negative prompt", json!({"prompt": "a", "negative_prompt": "\u{1b}[2J", "model": "tiny"}), bad, "invalid_spec", "negative_prompt"),
+        ("width too large", json!({"prompt": "x", "model": "tiny", "width": 4096}), bad, "invalid_spec", "width"),
+        ("height too small", json!({"prompt": "x", "model": "tiny", "height": 32}), bad, "invalid_spec", "height"),
+        ("width negative", json!({"prompt": "x", "model": "tiny", "width": -64}), bad, "invalid_spec", "width"),
+        ("width beyond u32", json!({"prompt": "x", "model": "tiny", "width": 1u64 << 40}), bad, "invalid_spec", "width"),
+        ("num_images 0", json!({"prompt": "x", "model": "tiny", "num_images": 0}), bad, "invalid_spec", "num_images"),
+        ("num_images 17", json!({"prompt": "x", "model": "tiny", "num_images": 17}), bad, "invalid_spec", "num_images"),
+        ("unknown model", json!({"prompt": "x", "model": "no-such-model"}), bad, "invalid_spec", "model"),
+        ("model that is a path", json!({"prompt": "x", "model": "../tiny"}), bad, "invalid_spec", "model"),
+        ("LoRA with a slash", lora("styles/ink"), bad, "invalid_spec", "loras[0].name"),
+        ("LoRA with ..", lora(".."), bad, "invalid_spec", "loras[0].name"),
+        ("LoRA going up", lora("../../etc/passwd"), bad, "invalid_spec", "loras[0].name"),
+        ("LoRA absolute", lora("/etc/passwd"), bad, "invalid_spec", "loras[0].name"),
+        ("LoRA URL", lora("https://example.com/x.safetensors"), bad, "invalid_spec", "loras[0].name"),
+        ("control image bomb", control(b64(&bomb)), bad, "invalid_spec", "100000×100000"),
+        ("control image truncated", control(b64(&good[..good.len() / 2])), bad, "invalid_spec", "not a readable PNG"),
+        ("control image not an image", control(b64(b"%PDF-1.7 hello")), bad, "invalid_spec", "neither PNG nor JPEG"),
+        ("control image URL", control("http://169.254.169.254/latest/meta-data/".into()), bad, "invalid_spec", "controlnet.image"),
+        ("control image file", control("file:///etc/passwd".into()), bad, "invalid_spec", "controlnet.image"),
+        ("control image other bucket", control("s3://someone-else/x.png".into()), bad, "invalid_spec", "not an allowed"),
+        ("ControlNet path", json!({"prompt": "x", "model": "tiny", "controlnet": {"model": "../cn", "image": b64(&good)}}), bad, "invalid_spec", "controlnet.model"),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_job_gets_a_4xx_naming_its_field_and_changes_nothing() {
+    let server = Server::start(isolated_config()).await;
+    for (what, body, status, code, names) in bad_jobs() {
+        let idempotent = json!({"idempotency_key": format!("bad-{what}")});
+        let mut body = body;
+        body.as_object_mut().unwrap().extend(idempotent.as_object().unwrap().clone());
+        let (got, answer) = server.submit(ALICE, body.clone()).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+        assert!(answer.to_string().contains(names), "{what}: the error does not name `{names}`: {answer}");
+        // The same job inside an array is refused as a whole, its path prefixed.
+        let (got, answer) = server.submit(ALICE, json!([{"prompt": "fine", "model": "tiny"}, body])).await;
+        assert_eq!(got, status, "{what} in an array: {answer}");
+        assert!(answer.to_string().contains("[1]."), "{what} in an array: {answer}");
+    }
+    assert_nothing_changed(&server, "bad jobs").await;
+    // No idempotency key was taken: a valid job with one of them is created afresh.
+    let (got, answer) =
+        server.submit(ALICE, json!({"prompt": "x", "model": "tiny", "idempotency_key": "bad-unknown model"})).await;
+    assert_eq!(got, StatusCode::ACCEPTED, "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_a_400_and_change_nothing() {
+    let server = Server::start(isolated_config()).await;
+    let cases: [(&str, &[u8], &str); 7] = [
+        ("cut-off JSON", br#"{"prompt": "x", "model": "#, "EOF"),
+        ("not JSON", b"prompt=x&model=tiny", "expected value"),
+        ("empty body", b"", "EOF"),
+        ("trailing garbage", br#"{"prompt": "x", "model": "tiny"} {"#, "trailing"),
+        ("invalid UTF-8 in a string", b"{\"prompt\": \"caf\xc3\x28\", \"model\": \"tiny\"}", "not UTF-8"),
+        ("a lone surrogate escape", br#"{"prompt": "\ud800", "model": "tiny"}"#, "surrogate"),
+        ("a string where a number goes", br#"{"prompt": "x", "model": "tiny", "steps": "4"}"#, "steps"),
+    ];
+    for (what, body, names) in cases {
+        let (status, answer) = post_raw(&server, body.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_spec", "{what}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(names), "{what}: {answer}");
+    }
+    assert_nothing_changed(&server, "malformed bodies").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversize_body_gets_413_in_the_api_error_format() {
+    let mut cfg = isolated_config();
+    cfg.http.max_body_bytes = 64 * 1024;
+    let server = Server::start(cfg).await;
+    let prompt = "x".repeat(100 * 1024);
+    let (status, answer) = post_raw(&server, json!({"prompt": prompt, "model": "tiny"}).to_string().into_bytes()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["error"]["code"], "payload_too_large", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("65536 bytes"), "{answer}");
+
+    // The same without a Content-Length (chunked): the limit holds while reading.
+    let chunks = futures::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
+    let resp = server
+        .http
+        .post(format!("{}/v1/jobs", server.base))
+        .bearer_auth(ALICE)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_nothing_changed(&server, "oversize bodies").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_array_of_ten_thousand_jobs_is_refused_whole() {
+    let server = Server::start(isolated_config()).await;
+    let jobs: Vec<Value> = (0..10_000).map(|i| json!({"prompt": format!("cat {i}"), "model": "tiny"})).collect();
+    let (status, answer) = server.submit(ALICE, Value::Array(jobs)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_spec");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("1 to 1000 jobs, not 10000"), "{answer}");
+    let (status, answer) = server.submit(ALICE, json!([])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an empty array: {answer}");
+    assert_nothing_changed(&server, "oversize arrays").await;
+    server.stop().await;
+}
