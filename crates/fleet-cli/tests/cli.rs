@@ -1,4 +1,8 @@
-//! The `fleet` binary as users call it.
+//! The `fleet` binary as users call it. Modules: `bad_input` (hostile jobs: a non-zero exit
+//! naming line and field), `secrets` (no secret in output, logs or errors).
+
+mod bad_input;
+mod secrets;
 
 use std::process::Command;
 
