@@ -1,7 +1,9 @@
 //! The `fleet` binary as users call it. Modules: `bad_input` (hostile jobs: a non-zero exit
 //! naming line and field), `secrets` (no secret in output, logs or errors).
 
+#[path = "cli/bad_input.rs"]
 mod bad_input;
+#[path = "cli/secrets.rs"]
 mod secrets;
 
 use std::process::Command;

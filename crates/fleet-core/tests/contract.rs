@@ -8,6 +8,7 @@ use fleet_core::status::{ImageResult, JobError, JobState, JobStatus, Progress};
 use fleet_core::{ControlNetSpec, ErrorCode, FleetConfig, ImageFormat, JobSpec, Limits, LoraRef, OutputSpec, Priority};
 use proptest::prelude::*;
 
+#[path = "contract/hostile.rs"]
 mod hostile;
 
 fn arb_lora() -> impl Strategy<Value = LoraRef> {

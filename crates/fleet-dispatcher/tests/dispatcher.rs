@@ -2,7 +2,9 @@
 //! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `security` (keys
 //! on every route, tenant isolation on every job endpoint).
 
+#[path = "dispatcher/bad_input.rs"]
 mod bad_input;
+#[path = "dispatcher/security.rs"]
 mod security;
 
 use std::time::Duration;

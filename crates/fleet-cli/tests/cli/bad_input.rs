@@ -45,7 +45,7 @@ fn validate_names_each_hostile_line_and_exits_1() {
         ":7: controlnet.image: inline image is not a readable PNG",
         ":8: controlnet.image: inline image is neither PNG nor JPEG",
         ":9: prompt:",
-        ":10: .:",
+        ":10: ?: EOF while parsing an object",
     ] {
         assert!(out.contains(expected), "no `{expected}` in:\n{out}");
     }
