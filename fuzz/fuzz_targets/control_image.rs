@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(w >= 1 && h >= 1 && w <= fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE);
         }
     }
-    let pre = if data.len() % 2 == 0 { ControlPreprocess::None } else { ControlPreprocess::Canny { low: 100.0, high: 200.0 } };
+    let pre = if data.len() % 2 == 0 {
+        ControlPreprocess::None
+    } else {
+        ControlPreprocess::Canny { low: 100.0, high: 200.0 }
+    };
     if let Ok(t) = fleet_engine::control_image_tensor(data, 16, 8, pre) {
         assert_eq!(t.dims(), [1, 3, 8, 16]);
     }

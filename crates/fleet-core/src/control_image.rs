@@ -31,7 +31,8 @@ pub fn check_inline_image(bytes: &[u8], kind: InlineImageKind) -> Result<(u32, u
     let format = format_of(kind);
     let name = format!("{format:?}").to_uppercase();
     let unreadable = |e: image::ImageError| format!("inline image is not a readable {name}: {e}");
-    let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(unreadable)?;
+    let (width, height) =
+        image::ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(unreadable)?;
     let pixels = u64::from(width) * u64::from(height);
     if width > MAX_CONTROL_IMAGE_SIDE || height > MAX_CONTROL_IMAGE_SIDE || pixels > MAX_CONTROL_IMAGE_PIXELS {
         return Err(format!(

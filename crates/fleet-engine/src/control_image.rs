@@ -57,9 +57,11 @@ const MAX_DECODE_ALLOC: u64 = 32 * 1024 * 1024 * 4;
 /// that size is allocated, so a small file declaring a huge image (a decompression bomb) is an
 /// error, not an out-of-memory kill of the worker.
 pub fn decode_control_image(bytes: &[u8]) -> Result<RgbImage> {
-    let unreadable =
-        |e: &dyn std::fmt::Display| EngineError::InvalidRequest(format!("control image is not a readable PNG/JPEG/WebP image: {e}"));
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
+    let unreadable = |e: &dyn std::fmt::Display| {
+        EngineError::InvalidRequest(format!("control image is not a readable PNG/JPEG/WebP image: {e}"))
+    };
+    let mut reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_CONTROL_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_CONTROL_IMAGE_SIDE);

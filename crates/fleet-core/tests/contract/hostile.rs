@@ -57,7 +57,8 @@ fn library_names_that_are_paths_or_urls_are_refused() {
             start: 0.0,
             end: 1.0,
         });
-        let fields: Vec<String> = spec.validate(&Limits::default()).unwrap_err().0.into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> =
+            spec.validate(&Limits::default()).unwrap_err().0.into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["model", "loras[0].name", "controlnet.model"], "{name:?}");
     }
 }

@@ -66,7 +66,10 @@ pub async fn submit(
 fn body_error(app: &App, rejection: &BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         let max = app.config.http.max_body_bytes;
-        return ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than {max} bytes (http.max_body_bytes)"));
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {max} bytes (http.max_body_bytes)"),
+        );
     }
     ApiError::new(ErrorCode::InvalidSpec, format!("could not read the request body: {rejection}"))
 }

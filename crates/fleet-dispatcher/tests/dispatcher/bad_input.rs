@@ -43,57 +43,61 @@ async fn assert_nothing_changed(server: &Server, what: &str) {
     }
 }
 
-fn control(image: String) -> Value {
-    json!({"prompt": "x", "model": "tiny", "width": 64, "height": 64,
-           "controlnet": {"model": "canny", "image": image}})
+/// `{"prompt": "x", "model": "tiny"}` with `fields` set on top.
+fn job(fields: Value) -> Value {
+    let mut job = json!({"prompt": "x", "model": "tiny", "width": 64, "height": 64});
+    job.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    job
 }
 
-/// (what, body, expected status, expected code, a field or message fragment the error must name).
-fn bad_jobs() -> Vec<(&'static str, Value, StatusCode, &'static str, &'static str)> {
+fn control(image: String) -> Value {
+    job(json!({"controlnet": {"model": "canny", "image": image}}))
+}
+
+/// (what, job, a field or message fragment the 400 `invalid_spec` must name).
+fn bad_jobs() -> Vec<(&'static str, Value, &'static str)> {
     let bomb = fixture("control-bomb-100000x100000.png");
     let good = fixture("control-16x16.png");
-    let lora = |name: &str| json!({"prompt": "x", "model": "tiny", "loras": [{"name": name}]});
-    let bad = StatusCode::BAD_REQUEST;
+    let lora = |name: &str| job(json!({"loras": [{"name": name}]}));
     vec![
-        ("NUL in the prompt", json!({"prompt": "a\u{0}b", "model": "tiny"}), bad, "invalid_spec", "prompt"),
-        ("escape in the negative prompt", json!({"prompt": "a", "negative_prompt": "\u{1b}[2J", "model": "tiny"}), bad, "invalid_spec", "negative_prompt"),
-        ("width too large", json!({"prompt": "x", "model": "tiny", "width": 4096}), bad, "invalid_spec", "width"),
-        ("height too small", json!({"prompt": "x", "model": "tiny", "height": 32}), bad, "invalid_spec", "height"),
-        ("width negative", json!({"prompt": "x", "model": "tiny", "width": -64}), bad, "invalid_spec", "width"),
-        ("width beyond u32", json!({"prompt": "x", "model": "tiny", "width": 1u64 << 40}), bad, "invalid_spec", "width"),
-        ("num_images 0", json!({"prompt": "x", "model": "tiny", "num_images": 0}), bad, "invalid_spec", "num_images"),
-        ("num_images 17", json!({"prompt": "x", "model": "tiny", "num_images": 17}), bad, "invalid_spec", "num_images"),
-        ("unknown model", json!({"prompt": "x", "model": "no-such-model"}), bad, "invalid_spec", "model"),
-        ("model that is a path", json!({"prompt": "x", "model": "../tiny"}), bad, "invalid_spec", "model"),
-        ("LoRA with a slash", lora("styles/ink"), bad, "invalid_spec", "loras[0].name"),
-        ("LoRA with ..", lora(".."), bad, "invalid_spec", "loras[0].name"),
-        ("LoRA going up", lora("../../etc/passwd"), bad, "invalid_spec", "loras[0].name"),
-        ("LoRA absolute", lora("/etc/passwd"), bad, "invalid_spec", "loras[0].name"),
-        ("LoRA URL", lora("https://example.com/x.safetensors"), bad, "invalid_spec", "loras[0].name"),
-        ("control image bomb", control(b64(&bomb)), bad, "invalid_spec", "100000×100000"),
-        ("control image truncated", control(b64(&good[..good.len() / 2])), bad, "invalid_spec", "not a readable PNG"),
-        ("control image not an image", control(b64(b"%PDF-1.7 hello")), bad, "invalid_spec", "neither PNG nor JPEG"),
-        ("control image URL", control("http://169.254.169.254/latest/meta-data/".into()), bad, "invalid_spec", "controlnet.image"),
-        ("control image file", control("file:///etc/passwd".into()), bad, "invalid_spec", "controlnet.image"),
-        ("control image other bucket", control("s3://someone-else/x.png".into()), bad, "invalid_spec", "not an allowed"),
-        ("ControlNet path", json!({"prompt": "x", "model": "tiny", "controlnet": {"model": "../cn", "image": b64(&good)}}), bad, "invalid_spec", "controlnet.model"),
+        ("NUL in the prompt", job(json!({"prompt": "a\u{0}b"})), "prompt"),
+        ("escape in the negative prompt", job(json!({"negative_prompt": "\u{1b}[2J"})), "negative_prompt"),
+        ("width too large", job(json!({"width": 4096})), "width"),
+        ("height too small", job(json!({"height": 32})), "height"),
+        ("width negative", job(json!({"width": -64})), "width"),
+        ("width beyond u32", job(json!({"width": 1u64 << 40})), "width"),
+        ("num_images 0", job(json!({"num_images": 0})), "num_images"),
+        ("num_images 17", job(json!({"num_images": 17})), "num_images"),
+        ("unknown model", job(json!({"model": "no-such-model"})), "model"),
+        ("model that is a path", job(json!({"model": "../tiny"})), "model"),
+        ("LoRA with a slash", lora("styles/ink"), "loras[0].name"),
+        ("LoRA with ..", lora(".."), "loras[0].name"),
+        ("LoRA going up", lora("../../etc/passwd"), "loras[0].name"),
+        ("LoRA absolute", lora("/etc/passwd"), "loras[0].name"),
+        ("LoRA URL", lora("https://example.com/x.safetensors"), "loras[0].name"),
+        ("control image bomb", control(b64(&bomb)), "100000×100000"),
+        ("control image truncated", control(b64(&good[..good.len() / 2])), "not a readable PNG"),
+        ("control image not an image", control(b64(b"%PDF-1.7 hello")), "neither PNG nor JPEG"),
+        ("control image URL", control("http://169.254.169.254/latest/meta-data/".into()), "controlnet.image"),
+        ("control image file", control("file:///etc/passwd".into()), "controlnet.image"),
+        ("control image other bucket", control("s3://someone-else/x.png".into()), "not an allowed"),
+        ("ControlNet path", job(json!({"controlnet": {"model": "../cn", "image": b64(&good)}})), "controlnet.model"),
     ]
 }
 
 #[tokio::test]
 async fn every_bad_job_gets_a_4xx_naming_its_field_and_changes_nothing() {
     let server = Server::start(isolated_config()).await;
-    for (what, body, status, code, names) in bad_jobs() {
-        let idempotent = json!({"idempotency_key": format!("bad-{what}")});
+    for (what, body, names) in bad_jobs() {
         let mut body = body;
-        body.as_object_mut().unwrap().extend(idempotent.as_object().unwrap().clone());
-        let (got, answer) = server.submit(ALICE, body.clone()).await;
-        assert_eq!(got, status, "{what}: {answer}");
-        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+        body["idempotency_key"] = json!(format!("bad-{what}"));
+        let (status, answer) = server.submit(ALICE, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_spec", "{what}: {answer}");
         assert!(answer.to_string().contains(names), "{what}: the error does not name `{names}`: {answer}");
         // The same job inside an array is refused as a whole, its path prefixed.
-        let (got, answer) = server.submit(ALICE, json!([{"prompt": "fine", "model": "tiny"}, body])).await;
-        assert_eq!(got, status, "{what} in an array: {answer}");
+        let (status, answer) = server.submit(ALICE, json!([{"prompt": "fine", "model": "tiny"}, body])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what} in an array: {answer}");
         assert!(answer.to_string().contains("[1]."), "{what} in an array: {answer}");
     }
     assert_nothing_changed(&server, "bad jobs").await;
@@ -113,7 +117,11 @@ async fn malformed_bodies_get_a_400_and_change_nothing() {
         ("empty body", b"", "EOF"),
         ("trailing garbage", br#"{"prompt": "x", "model": "tiny"} {"#, "trailing"),
         ("invalid UTF-8 in a string", b"{\"prompt\": \"caf\xc3\x28\", \"model\": \"tiny\"}", "not UTF-8"),
-        ("a lone surrogate escape", br#"{"prompt": "\ud800", "model": "tiny"}"#, "prompt: unexpected end of hex escape"),
+        (
+            "a lone surrogate escape",
+            br#"{"prompt": "\ud800", "model": "tiny"}"#,
+            "prompt: unexpected end of hex escape",
+        ),
         ("a string where a number goes", br#"{"prompt": "x", "model": "tiny", "steps": "4"}"#, "steps"),
     ];
     for (what, body, names) in cases {

@@ -55,7 +55,9 @@ async fn every_operation_but_health_metrics_and_the_document_needs_a_key() {
                 assert_eq!(answer["error"]["code"], "unauthorized", "{method} {path}: {answer}");
             }
         }
-        assert!(!path.starts_with("/v1/") || operations.as_object().unwrap().values().all(|o| o.get("security").is_some()));
+        assert!(
+            !path.starts_with("/v1/") || operations.as_object().unwrap().values().all(|o| o.get("security").is_some())
+        );
     }
     assert!(secured >= 10, "only {secured} secured operations documented");
     let page = server.app.status.list("alice", None, None, 100).await.unwrap();
@@ -150,7 +152,11 @@ async fn another_tenant_cannot_read_list_cancel_follow_or_download_a_job() {
 #[test]
 fn key_lookup_finds_each_configured_key_and_nothing_else() {
     let keys: Vec<fleet_core::config::ApiKeyConfig> = (0..5)
-        .map(|i| fleet_core::config::ApiKeyConfig { key: format!("key-number-{i}"), tenant: format!("t{i}"), admin: false })
+        .map(|i| fleet_core::config::ApiKeyConfig {
+            key: format!("key-number-{i}"),
+            tenant: format!("t{i}"),
+            admin: false,
+        })
         .collect();
     let table = fleet_dispatcher::auth::ApiKeys::new(&keys);
     for k in &keys {

@@ -27,7 +27,10 @@ fn an_image_at_the_side_limit_decodes_and_one_pixel_more_does_not() {
         image::GrayImage::new(w, h).write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
     };
-    assert_eq!(decode_control_image(&png(MAX_CONTROL_IMAGE_SIDE, 2)).unwrap().dimensions(), (MAX_CONTROL_IMAGE_SIDE, 2));
+    assert_eq!(
+        decode_control_image(&png(MAX_CONTROL_IMAGE_SIDE, 2)).unwrap().dimensions(),
+        (MAX_CONTROL_IMAGE_SIDE, 2)
+    );
     assert!(decode_control_image(&png(MAX_CONTROL_IMAGE_SIDE + 1, 2)).is_err());
 }
 
@@ -37,7 +40,8 @@ fn truncated_corrupt_and_foreign_bytes_are_invalid_requests() {
     assert_eq!(decode_control_image(&good).unwrap().dimensions(), (16, 16));
     let mut corrupt = good.clone();
     corrupt[60] ^= 0xff;
-    for bytes in [&good[..good.len() / 2], &good[..30], &corrupt[..], b"", b"RIFF\0\0\0\0WEBPVP8 ", &[0xFF, 0xD8, 0xFF]] {
+    for bytes in [&good[..good.len() / 2], &good[..30], &corrupt[..], b"", b"RIFF\0\0\0\0WEBPVP8 ", &[0xFF, 0xD8, 0xFF]]
+    {
         let e = decode_control_image(bytes).unwrap_err();
         assert!(matches!(e, EngineError::InvalidRequest(_)), "{e}");
     }
