@@ -105,14 +105,15 @@ fn start_dispatcher() -> (String, tokio::runtime::Runtime) {
     (base, runtime)
 }
 
+/// Runs a client command against the dispatcher at `base` with its key.
+fn client(base: &str, args: &[&str]) -> (i32, String, String) {
+    run(fleet().args(args).env("FLEET_SERVER", base).env("FLEET_API_KEY", "cli-test-key"))
+}
+
 #[test]
 fn submit_status_jobs_and_cancel_through_the_api() {
     let (base, _runtime) = start_dispatcher();
-    let client = |args: &[&str]| {
-        let mut cmd = fleet();
-        cmd.args(args).env("FLEET_SERVER", &base).env("FLEET_API_KEY", "cli-test-key");
-        run(&mut cmd)
-    };
+    let client = |args: &[&str]| client(&base, args);
     let (code, stdout, stderr) =
         client(&["submit", "--prompt", "a cli cat", "--model", "tiny", "--width", "64", "--height", "64"]);
     assert_eq!(code, 0, "{stdout}{stderr}");

@@ -3,16 +3,15 @@
 
 use base64::Engine as _;
 
-use super::{fleet, run, start_dispatcher};
+use super::{client, fleet, run, start_dispatcher};
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet-core/tests/fixtures").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+/// fleet-core's fixtures: a valid 16×16 PNG, and a PNG bomb declaring 100,000 × 100,000 pixels.
+const GOOD_PNG: &[u8] = include_bytes!("../../../fleet-core/tests/fixtures/control-16x16.png");
+const BOMB_PNG: &[u8] = include_bytes!("../../../fleet-core/tests/fixtures/control-bomb-100000x100000.png");
 
 #[test]
 fn validate_names_each_hostile_line_and_exits_1() {
-    let good = fixture("control-16x16.png");
+    let good = GOOD_PNG;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let control = |image: String| {
         serde_json::json!({"prompt": "x", "controlnet": {"model": "canny", "image": image}}).to_string()
@@ -23,7 +22,7 @@ fn validate_names_each_hostile_line_and_exits_1() {
         r#"{"prompt": "x", "loras": [{"name": "../../etc/passwd"}]}"#.to_owned(),
         r#"{"prompt": "x", "loras": [{"name": "/abs/path"}]}"#.to_owned(),
         r#"{"prompt": "x", "width": 100000, "num_images": 99}"#.to_owned(),
-        control(b64(&fixture("control-bomb-100000x100000.png"))),
+        control(b64(BOMB_PNG)),
         control(b64(&good[..good.len() / 2])),
         control(b64(b"not an image")),
         r#"{"prompt": "\ud800"}"#.to_owned(),
@@ -62,11 +61,7 @@ fn validate_names_each_hostile_line_and_exits_1() {
 #[test]
 fn submit_of_a_bad_job_exits_non_zero_and_queues_nothing() {
     let (base, _runtime) = start_dispatcher();
-    let client = |args: &[&str]| {
-        let mut cmd = fleet();
-        cmd.args(args).env("FLEET_SERVER", &base).env("FLEET_API_KEY", "cli-test-key");
-        run(&mut cmd)
-    };
+    let client = |args: &[&str]| client(&base, args);
     for args in [
         &["submit", "--prompt", "x", "--model", "no-such-model"][..],
         &["submit", "--prompt", "x", "--model", "tiny", "--lora", "../etc/passwd"],

@@ -6,11 +6,9 @@ use serde_json::{Value, json};
 
 use super::{ALICE, Server, isolated_config};
 
-/// A file of fleet-core's `tests/fixtures/` (a valid 16×16 PNG, a 100k×100k PNG bomb).
-fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet-core/tests/fixtures").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+/// fleet-core's fixtures: a valid 16×16 PNG, and a PNG bomb declaring 100,000 × 100,000 pixels.
+const GOOD_PNG: &[u8] = include_bytes!("../../../fleet-core/tests/fixtures/control-16x16.png");
+const BOMB_PNG: &[u8] = include_bytes!("../../../fleet-core/tests/fixtures/control-bomb-100000x100000.png");
 
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -56,8 +54,7 @@ fn control(image: String) -> Value {
 
 /// (what, job, a field or message fragment the 400 `invalid_spec` must name).
 fn bad_jobs() -> Vec<(&'static str, Value, &'static str)> {
-    let bomb = fixture("control-bomb-100000x100000.png");
-    let good = fixture("control-16x16.png");
+    let (bomb, good) = (BOMB_PNG, GOOD_PNG);
     let lora = |name: &str| job(json!({"loras": [{"name": name}]}));
     vec![
         ("NUL in the prompt", job(json!({"prompt": "a\u{0}b"})), "prompt"),
@@ -75,13 +72,13 @@ fn bad_jobs() -> Vec<(&'static str, Value, &'static str)> {
         ("LoRA going up", lora("../../etc/passwd"), "loras[0].name"),
         ("LoRA absolute", lora("/etc/passwd"), "loras[0].name"),
         ("LoRA URL", lora("https://example.com/x.safetensors"), "loras[0].name"),
-        ("control image bomb", control(b64(&bomb)), "100000×100000"),
+        ("control image bomb", control(b64(bomb)), "100000×100000"),
         ("control image truncated", control(b64(&good[..good.len() / 2])), "not a readable PNG"),
         ("control image not an image", control(b64(b"%PDF-1.7 hello")), "neither PNG nor JPEG"),
         ("control image URL", control("http://169.254.169.254/latest/meta-data/".into()), "controlnet.image"),
         ("control image file", control("file:///etc/passwd".into()), "controlnet.image"),
         ("control image other bucket", control("s3://someone-else/x.png".into()), "not an allowed"),
-        ("ControlNet path", job(json!({"controlnet": {"model": "../cn", "image": b64(&good)}})), "controlnet.model"),
+        ("ControlNet path", job(json!({"controlnet": {"model": "../cn", "image": b64(good)}})), "controlnet.model"),
     ]
 }
 

@@ -6,18 +6,16 @@ use fleet_engine::control_image::{MAX_CONTROL_IMAGE_SIDE, decode_control_image};
 use fleet_engine::{ControlPreprocess, EngineError, control_image_tensor};
 
 /// fleet-core's fixtures: a valid 16×16 PNG and an 18 KB PNG declaring 100,000 × 100,000 pixels.
-fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet-core/tests/fixtures").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+const GOOD_PNG: &[u8] = include_bytes!("../../../fleet-core/tests/fixtures/control-16x16.png");
+const BOMB_PNG: &[u8] = include_bytes!("../../../fleet-core/tests/fixtures/control-bomb-100000x100000.png");
 
 #[test]
 fn a_decompression_bomb_is_refused_from_its_header() {
-    let bomb = fixture("control-bomb-100000x100000.png");
-    let e = decode_control_image(&bomb).unwrap_err();
+    let bomb = BOMB_PNG;
+    let e = decode_control_image(bomb).unwrap_err();
     assert!(matches!(e, EngineError::InvalidRequest(_)), "{e}");
     assert!(e.to_string().contains("limit"), "{e}");
-    assert!(control_image_tensor(&bomb, 64, 64, ControlPreprocess::None).is_err());
+    assert!(control_image_tensor(bomb, 64, 64, ControlPreprocess::None).is_err());
 }
 
 #[test]
@@ -36,9 +34,9 @@ fn an_image_at_the_side_limit_decodes_and_one_pixel_more_does_not() {
 
 #[test]
 fn truncated_corrupt_and_foreign_bytes_are_invalid_requests() {
-    let good = fixture("control-16x16.png");
-    assert_eq!(decode_control_image(&good).unwrap().dimensions(), (16, 16));
-    let mut corrupt = good.clone();
+    let good = GOOD_PNG;
+    assert_eq!(decode_control_image(good).unwrap().dimensions(), (16, 16));
+    let mut corrupt = good.to_vec();
     corrupt[60] ^= 0xff;
     for bytes in [&good[..good.len() / 2], &good[..30], &corrupt[..], b"", b"RIFF\0\0\0\0WEBPVP8 ", &[0xFF, 0xD8, 0xFF]]
     {
