@@ -87,6 +87,12 @@ fn start_dispatcher() -> (String, tokio::runtime::Runtime) {
     use fleet_core::config::{ApiKeyConfig, FleetConfig, ModelConfig};
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let mut cfg = FleetConfig::default();
+    if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {
+        cfg.rabbitmq.url = url;
+    }
+    if let Ok(url) = std::env::var("FLEET_TEST_REDIS_URL") {
+        cfg.redis.url = url;
+    }
     cfg.rabbitmq.exchange = format!("cli-{tag}.jobs");
     cfg.rabbitmq.queue_prefix = format!("cli-{tag}");
     cfg.rabbitmq.dead_letter_exchange = format!("cli-{tag}.dlx");

@@ -104,7 +104,9 @@ fn failing_run(cfg: &FleetConfig, args: &[&str]) -> String {
 
 #[test]
 fn failing_connections_never_show_a_secret() {
-    let amqp_bad = format!("amqp://fleet:{AMQP_PASSWORD}@127.0.0.1:5672/%2f");
+    // The test broker with a user and password it does not know.
+    let broker = good_amqp().rsplit_once('@').map(|(_, host)| host.to_owned()).unwrap_or_default();
+    let amqp_bad = format!("amqp://fleet:{AMQP_PASSWORD}@{broker}");
     let redis_ok = std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
 
     // Redis with a password, nobody listening.
@@ -122,7 +124,8 @@ fn failing_connections_never_show_a_secret() {
     // The real RabbitMQ, refusing a user and password it does not know (retried for 5 s).
     let cfg = config_with_secrets(&amqp_bad, &redis_ok);
     let out = failing_run(&cfg, &["dispatcher"]);
-    assert!(out.contains("amqp://fleet:***@127.0.0.1:5672"), "{out}");
+    assert!(out.contains(&format!("amqp://fleet:***@{broker}")), "{out}");
+    assert!(out.contains("ACCESS_REFUSED"), "the broker answered and refused the login: {out}");
     assert_no_secret("dispatcher, RabbitMQ refusing the login", &out);
 }
 
