@@ -28,6 +28,8 @@ async fn check_results(config: &FleetConfig, statuses: &[JobStatus], jobs: &[Val
         let expected = engine.generate(&fleet_worker::runner::job_request(&spec), &mut |_| {}).unwrap().images;
         for (i, r) in status.result.iter().enumerate() {
             assert_eq!(r.seed, spec.seed.unwrap() + i as u64);
+            let namespace = format!("{}/{}/{}/", config.s3.prefix, status.tenant, status.id);
+            assert!(r.key.starts_with(&namespace), "S3 keys are namespaced by tenant and job: {}", r.key);
             let object = store.get(&r.key).await.unwrap().expect("object stored");
             assert_eq!(object.body.len() as u64, r.bytes);
             assert!(String::from_utf8_lossy(&object.body).contains(&spec.prompt), "parameters embedded in the PNG");

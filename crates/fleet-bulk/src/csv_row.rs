@@ -1,7 +1,6 @@
 //! CSV input: a header naming the columns, cells turned into the JSON the job fields expect.
 
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Read;
 
 use serde_json::{Map, Value};
 
@@ -13,15 +12,15 @@ const INTEGER_COLUMNS: [&str; 5] = ["steps", "width", "height", "seed", "num_ima
 /// Columns holding JSON (objects or arrays).
 const JSON_COLUMNS: [&str; 3] = ["metadata", "controlnet", "output"];
 
-/// Streams the rows of a CSV file.
-pub struct CsvRows {
-    records: csv::StringRecordsIntoIter<BufReader<File>>,
+/// Streams the rows of a CSV file (or any reader).
+pub struct CsvRows<R> {
+    records: csv::StringRecordsIntoIter<R>,
     header: Vec<String>,
 }
 
-impl CsvRows {
+impl<R: Read> CsvRows<R> {
     /// Reads the header; an unreadable one fails the whole input.
-    pub fn new(reader: BufReader<File>) -> Result<CsvRows, BulkError> {
+    pub fn new(reader: R) -> Result<CsvRows<R>, BulkError> {
         let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
         let header = csv
             .headers()
@@ -36,7 +35,7 @@ impl CsvRows {
     }
 }
 
-impl Iterator for CsvRows {
+impl<R: Read> Iterator for CsvRows<R> {
     type Item = RowResult;
 
     fn next(&mut self) -> Option<RowResult> {

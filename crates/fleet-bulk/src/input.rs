@@ -82,10 +82,17 @@ impl RowError {
 /// What reading one row gives: the row, or every problem found in it.
 pub type RowResult = Result<Row, Vec<RowError>>;
 
+/// Rows, one at a time.
+pub type Rows = Box<dyn Iterator<Item = RowResult> + Send>;
+
 /// Opens `path` and streams its rows.
-pub fn read_rows(path: &Path, format: InputFormat) -> Result<Box<dyn Iterator<Item = RowResult> + Send>, BulkError> {
+pub fn read_rows(path: &Path, format: InputFormat) -> Result<Rows, BulkError> {
     let file = File::open(path).map_err(|e| BulkError::io(path, e))?;
-    let reader = BufReader::with_capacity(1 << 16, file);
+    rows_from(BufReader::with_capacity(1 << 16, file), format)
+}
+
+/// Streams the rows of any reader: a file, or bytes in memory (tests, the fuzz target).
+pub fn rows_from<R: BufRead + Send + 'static>(reader: R, format: InputFormat) -> Result<Rows, BulkError> {
     Ok(match format {
         InputFormat::Jsonl => Box::new(LineRows { lines: reader.lines(), line: 0, parse: jsonl_row }),
         InputFormat::Text => Box::new(LineRows { lines: reader.lines(), line: 0, parse: text_row }),
@@ -94,14 +101,14 @@ pub fn read_rows(path: &Path, format: InputFormat) -> Result<Box<dyn Iterator<It
 }
 
 /// Rows of a line-oriented format (JSONL, text).
-struct LineRows {
-    lines: Lines<BufReader<File>>,
+struct LineRows<R> {
+    lines: Lines<R>,
     line: usize,
     /// `None` for lines that hold no row (blank lines, JSONL comments).
     parse: fn(&str, usize) -> Option<RowResult>,
 }
 
-impl Iterator for LineRows {
+impl<R: BufRead> Iterator for LineRows<R> {
     type Item = RowResult;
 
     fn next(&mut self) -> Option<RowResult> {

@@ -1,4 +1,10 @@
-//! The `fleet` binary as users call it.
+//! The `fleet` binary as users call it. Modules: `bad_input` (hostile jobs: a non-zero exit
+//! naming line and field), `secrets` (no secret in output, logs or errors).
+
+#[path = "cli/bad_input.rs"]
+mod bad_input;
+#[path = "cli/secrets.rs"]
+mod secrets;
 
 use std::process::Command;
 
@@ -81,6 +87,12 @@ fn start_dispatcher() -> (String, tokio::runtime::Runtime) {
     use fleet_core::config::{ApiKeyConfig, FleetConfig, ModelConfig};
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let mut cfg = FleetConfig::default();
+    if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {
+        cfg.rabbitmq.url = url;
+    }
+    if let Ok(url) = std::env::var("FLEET_TEST_REDIS_URL") {
+        cfg.redis.url = url;
+    }
     cfg.rabbitmq.exchange = format!("cli-{tag}.jobs");
     cfg.rabbitmq.queue_prefix = format!("cli-{tag}");
     cfg.rabbitmq.dead_letter_exchange = format!("cli-{tag}.dlx");
@@ -99,14 +111,15 @@ fn start_dispatcher() -> (String, tokio::runtime::Runtime) {
     (base, runtime)
 }
 
+/// Runs a client command against the dispatcher at `base` with its key.
+fn client(base: &str, args: &[&str]) -> (i32, String, String) {
+    run(fleet().args(args).env("FLEET_SERVER", base).env("FLEET_API_KEY", "cli-test-key"))
+}
+
 #[test]
 fn submit_status_jobs_and_cancel_through_the_api() {
     let (base, _runtime) = start_dispatcher();
-    let client = |args: &[&str]| {
-        let mut cmd = fleet();
-        cmd.args(args).env("FLEET_SERVER", &base).env("FLEET_API_KEY", "cli-test-key");
-        run(&mut cmd)
-    };
+    let client = |args: &[&str]| client(&base, args);
     let (code, stdout, stderr) =
         client(&["submit", "--prompt", "a cli cat", "--model", "tiny", "--width", "64", "--height", "64"]);
     assert_eq!(code, 0, "{stdout}{stderr}");

@@ -508,13 +508,17 @@ fn has_scheme(url: &str, schemes: &[&str]) -> bool {
     url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty())
 }
 
-/// `amqp://user:secret@host` → `amqp://user:***@host`.
+/// `amqp://user:secret@host` → `amqp://user:***@host`. Also without a scheme (a mistyped URL is
+/// printed in an error), and up to the last `@`, so a password with an unescaped `@` stays hidden.
 pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
     match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
+        Some((user, _)) => format!("{scheme}{user}:***@{host}"),
+        None => format!("{scheme}***@{host}"),
     }
 }
 

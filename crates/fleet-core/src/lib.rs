@@ -6,9 +6,11 @@
 //! - [`status`]: the job status model and its checked transitions;
 //! - [`error_code`]: the table of stable error codes (HTTP status, retryability);
 //! - [`config`]: configuration types, defaults and layered loading;
+//! - [`control_image`]: inline control images decode within size and memory bounds;
 //! - [`schema`]: the JSON Schema published in `docs/job.schema.json`.
 
 pub mod config;
+pub mod control_image;
 pub mod error_code;
 pub mod job;
 pub mod parse;

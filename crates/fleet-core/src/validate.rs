@@ -155,6 +155,7 @@ pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageS
     } else {
         return Err("inline image is neither PNG nor JPEG".to_owned());
     };
+    crate::control_image::check_inline_image(&bytes, kind)?;
     Ok(ControlImageSource::Inline { bytes, kind })
 }
 
@@ -170,6 +171,15 @@ fn check_library_name(name: &str) -> Result<(), String> {
         return Err("must be a library name (letters, digits, '.', '_', '-'), not a path or URL".to_owned());
     }
     Ok(())
+}
+
+/// Prompt text: no NUL or other control characters (tab and line breaks are fine). They mean
+/// nothing to the model and break the PNG text chunks and logs the prompt is written to.
+fn check_text(text: &str) -> Result<(), String> {
+    match text.char_indices().find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+        Some((at, c)) => Err(format!("contains the control character {:?} at byte {at}", c)),
+        None => Ok(()),
+    }
 }
 
 fn in_range(value: f32, lo: f32, hi: f32) -> bool {
@@ -208,6 +218,7 @@ impl JobSpec {
             );
         }
         c.check(!self.prompt.trim().is_empty(), "prompt", "must not be empty");
+        c.result("prompt", check_text(&self.prompt));
         let max_chars = limits.max_prompt_chars;
         c.check(self.prompt.chars().count() <= max_chars, "prompt", format!("must be at most {max_chars} characters"));
         if let Some(negative) = &self.negative_prompt {
@@ -216,6 +227,7 @@ impl JobSpec {
                 "negative_prompt",
                 format!("must be at most {max_chars} characters"),
             );
+            c.result("negative_prompt", check_text(negative));
         }
         c.result("model", check_library_name(&self.model));
         c.check(ALLOWED_STEPS.contains(&self.steps), "steps", "must be 1, 2, 4 or 8");
@@ -331,6 +343,12 @@ mod tests {
         assert_eq!(fields(spec), ["loras[1].name"]);
     }
 
+    fn tiny_png() -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(2, 2).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
     #[test]
     fn control_image_sources() {
         let limits = Limits { allowed_image_buckets: vec!["controls".into()], ..Limits::default() };
@@ -339,7 +357,7 @@ mod tests {
             ControlImageSource::S3 { bucket: "controls".into(), key: "a/b.png".into() }
         );
         assert!(parse_control_image("s3://elsewhere/a.png", &limits).unwrap_err().contains("not an allowed"));
-        let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nrest");
+        let png = base64::engine::general_purpose::STANDARD.encode(tiny_png());
         assert!(matches!(
             parse_control_image(&format!("data:image/png;base64,{png}"), &limits),
             Ok(ControlImageSource::Inline { kind: InlineImageKind::Png, .. })

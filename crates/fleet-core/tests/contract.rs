@@ -8,6 +8,9 @@ use fleet_core::status::{ImageResult, JobError, JobState, JobStatus, Progress};
 use fleet_core::{ControlNetSpec, ErrorCode, FleetConfig, ImageFormat, JobSpec, Limits, LoraRef, OutputSpec, Priority};
 use proptest::prelude::*;
 
+#[path = "contract/hostile.rs"]
+mod hostile;
+
 fn arb_lora() -> impl Strategy<Value = LoraRef> {
     ("[a-z][a-z0-9_-]{0,12}", -6.0f32..6.0).prop_map(|(name, scale)| LoraRef { name, scale })
 }
@@ -40,6 +43,9 @@ fn arb_job() -> impl Strategy<Value = JobSpec> {
 fn expected_field_errors(job: &JobSpec, limits: &Limits) -> Vec<&'static str> {
     let mut fields = Vec::new();
     if job.prompt.trim().is_empty() || job.prompt.chars().count() > limits.max_prompt_chars {
+        fields.push("prompt");
+    }
+    if job.prompt.chars().any(|c| c.is_control() && !"\t\n\r".contains(c)) {
         fields.push("prompt");
     }
     if ![1, 2, 4, 8].contains(&job.steps) {

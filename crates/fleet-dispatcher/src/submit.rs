@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::validate::new_job_id;
-use fleet_core::{ErrorCode, JobError, JobSpec, JobStatus, ValidJob};
+use fleet_core::{ErrorCode, FieldError, JobError, JobSpec, JobStatus, ValidJob};
 use fleet_status::CreateOutcome;
 
 use crate::App;
@@ -57,10 +57,18 @@ fn draw_seed() -> u64 {
 }
 
 /// Validates a parsed job for `caller`: limits of its model, then id, seed and tenant assigned.
+/// A model this fleet does not serve is a field error like any other: no retry can make it valid.
 pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &str) -> Result<ValidJob, ApiError> {
     let limits = app.config.limits_for(&spec.model);
-    let job = spec.validate(&limits).map_err(|e| ApiError::invalid(field_prefix, e.0))?;
-    Ok(job.assign(&caller.tenant, new_job_id, draw_seed))
+    let unknown_model = (!app.config.models.contains_key(&spec.model)).then(|| FieldError {
+        field: "model".to_owned(),
+        message: format!("unknown model `{}`; this fleet serves: {}", spec.model.escape_debug(), model_list(app)),
+    });
+    match spec.validate(&limits) {
+        Ok(job) if unknown_model.is_none() => Ok(job.assign(&caller.tenant, new_job_id, draw_seed)),
+        Ok(_) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().collect())),
+        Err(errors) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().chain(errors.0).collect())),
+    }
 }
 
 /// Admits, records and publishes one validated job.

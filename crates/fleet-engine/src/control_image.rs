@@ -46,11 +46,28 @@ impl std::str::FromStr for ControlPreprocess {
     }
 }
 
-/// Decode a PNG/JPEG/WebP control image.
+/// Largest width or height of a control image this decodes (the same number as the API's
+/// `fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE`, which refuses larger ones at submission).
+pub const MAX_CONTROL_IMAGE_SIDE: u32 = 8192;
+
+/// Most memory the decoder may allocate: RGBA at 32 MP, the API's pixel limit.
+const MAX_DECODE_ALLOC: u64 = 32 * 1024 * 1024 * 4;
+
+/// Decode a PNG/JPEG/WebP control image. The size in its header is checked before anything of
+/// that size is allocated, so a small file declaring a huge image (a decompression bomb) is an
+/// error, not an out-of-memory kill of the worker.
 pub fn decode_control_image(bytes: &[u8]) -> Result<RgbImage> {
-    image::load_from_memory(bytes)
-        .map(|i| i.to_rgb8())
-        .map_err(|e| EngineError::InvalidRequest(format!("control image is not a readable PNG/JPEG/WebP image: {e}")))
+    let unreadable = |e: &dyn std::fmt::Display| {
+        EngineError::InvalidRequest(format!("control image is not a readable PNG/JPEG/WebP image: {e}"))
+    };
+    let mut reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_CONTROL_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_CONTROL_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    reader.decode().map(|i| i.to_rgb8()).map_err(|e| unreadable(&e))
 }
 
 /// Resize (when needed) and preprocess an RGB control image.

@@ -39,7 +39,7 @@ pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths, save
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use job::{GenerateCommand, GenerateReport};
-pub use lora::{LoraFile, LoraSpec, resolve_lora};
+pub use lora::{LoraFile, LoraSpec, resolve_library_lora, resolve_lora};
 pub use pipeline::{
     ControlInput, GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds,
     RandomPreset, TensorOutput, Timings, default_dtype, parse_device, read_latents,

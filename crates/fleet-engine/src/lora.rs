@@ -600,11 +600,19 @@ pub fn is_library_name(name: &str) -> bool {
 
 /// Find a LoRA: an existing file path, else `NAME` → `<library>/NAME.safetensors`, else one of
 /// the [`LIGHTNING_LORAS`] from the `ByteDance/SDXL-Lightning` Hub repository (cache first).
+/// For names from a job (someone else's input) use [`resolve_library_lora`], which never takes a path.
 pub fn resolve_lora(name_or_path: &str, library: Option<&Path>) -> Result<PathBuf> {
     let p = Path::new(name_or_path);
     if p.is_file() {
         return Ok(p.to_path_buf());
     }
+    resolve_library_lora(name_or_path, library)
+}
+
+/// Find a LoRA by library name only: `<library>/NAME.safetensors`, else one of the
+/// [`LIGHTNING_LORAS`]. A name that is a path (or a file in the working directory) is not looked at.
+pub fn resolve_library_lora(name: &str, library: Option<&Path>) -> Result<PathBuf> {
+    let (name_or_path, p) = (name, Path::new(name));
     if !is_library_name(name_or_path) || name_or_path.ends_with(".safetensors") {
         return Err(EngineError::MissingFile {
             component: "lora".into(),

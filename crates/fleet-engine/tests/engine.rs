@@ -3,6 +3,8 @@
 
 #[path = "engine/extras.rs"]
 mod extras;
+#[path = "engine/hostile.rs"]
+mod hostile;
 #[path = "engine/layout.rs"]
 mod layout;
 #[path = "engine/parity.rs"]

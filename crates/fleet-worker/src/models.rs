@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fleet_core::{FleetConfig, LoraRef};
 use fleet_engine::candle_core::{DType, Device};
-use fleet_engine::lora::{LoraSpec, is_library_name, resolve_lora};
+use fleet_engine::lora::{LoraSpec, is_library_name, resolve_library_lora};
 use fleet_engine::{ControlNetModel, LoadOptions, ModelSource, Pipeline, PredictionType};
 
 /// A LoRA set as a cache key: names with the exact bits of their scales, in job order (fusing
@@ -154,7 +154,9 @@ impl Models {
         if !is_library_name(name) {
             return Err(ModelError::UnknownLora(name.to_owned()));
         }
-        resolve_lora(name, Some(&self.lora_dir)).map_err(|_| ModelError::UnknownLora(name.to_owned()))
+        // never `resolve_lora`: a job's name must not reach a file outside the library (one in the
+        // worker's working directory, say)
+        resolve_library_lora(name, Some(&self.lora_dir)).map_err(|_| ModelError::UnknownLora(name.to_owned()))
     }
 
     /// Whether a LoRA name can be served, without touching the network (a Lightning LoRA not in
@@ -270,8 +272,12 @@ mod tests {
         assert!(matches!(models.with_loras("tiny", &style(0.5)).unwrap().1, CacheOutcome::Miss { .. }));
         // Unknown names and paths are not in the library.
         assert!(models.has_lora("style") && models.has_lora("sdxl_lightning_4step_lora"));
-        for bad in ["absent", "../style", "/etc/passwd"] {
+        // `Cargo.toml` is a library-shaped name of a file in the test's working directory: a job
+        // must not get the worker to open it.
+        assert!(std::path::Path::new("Cargo.toml").is_file());
+        for bad in ["absent", "../style", "/etc/passwd", "Cargo.toml"] {
             assert!(!models.has_lora(bad));
+            assert!(matches!(models.lora_file(bad), Err(ModelError::UnknownLora(_))), "{bad}");
             let e = models.with_loras("tiny", &[LoraRef { name: bad.into(), scale: 1.0 }]).unwrap_err();
             assert!(matches!(e, ModelError::UnknownLora(_)), "{bad}: {e}");
         }

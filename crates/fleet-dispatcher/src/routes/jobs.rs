@@ -4,6 +4,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -44,10 +45,13 @@ pub async fn submit(
     State(app): State<App>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let trace = trace_id(&headers);
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(ErrorCode::InvalidSpec, "body is not UTF-8"))?;
+    let body = body.map_err(|e| body_error(&app, &e)).inspect_err(|e| app.metrics.rejected(e.code))?;
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidSpec, format!("body is not UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+    })?;
     if text.trim_start().starts_with('[') {
         return submit_batch(app, caller, text, &trace).await;
     }
@@ -56,6 +60,18 @@ pub async fn submit(
     let accepted = accept(&app, job, &trace).await.inspect_err(|e| app.metrics.rejected(e.code))?;
     let code = if accepted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((code, [("x-trace-id", trace)], Json(accepted.status)).into_response())
+}
+
+/// A body that could not be read: over `http.max_body_bytes`, or broken off.
+fn body_error(app: &App, rejection: &BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let max = app.config.http.max_body_bytes;
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {max} bytes (http.max_body_bytes)"),
+        );
+    }
+    ApiError::new(ErrorCode::InvalidSpec, format!("could not read the request body: {rejection}"))
 }
 
 async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Result<Response, ApiError> {
