@@ -147,6 +147,35 @@ impl ChaosFleet {
         0
     }
 
+    /// Waits until every job queue has one consumer per worker process, as it should once every
+    /// worker has reconnected after the faults; says which queue falls short after `limit`.
+    pub async fn until_every_worker_consumes(&self, limit: Duration) -> Result<(), String> {
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < limit {
+            let expected = self.workers.iter().filter(|w| w.is_running()).count() as u64;
+            let reply = http.get(format!("{}/v1/queues", self.base)).bearer_auth(crate::E2E_KEY).send().await;
+            if let Ok(body) = reply.and_then(reqwest::Response::error_for_status) {
+                let body: serde_json::Value = body.json().await.unwrap_or_default();
+                let short: Vec<String> = body["queues"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|q| !q["name"].as_str().unwrap_or_default().contains(".dead"))
+                    .filter(|q| q["consumers"].as_u64() != Some(expected))
+                    .map(|q| format!("{} has {} consumers, not {expected}", q["name"], q["consumers"]))
+                    .collect();
+                if short.is_empty() {
+                    return Ok(());
+                }
+                last = short.join("; ");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(format!("not every worker consumes again after {limit:?}: {last}"))
+    }
+
     /// Workers that have exited on their own (they should not).
     pub fn exited_workers(&self) -> Vec<String> {
         self.workers.iter().filter(|w| !w.is_running()).map(|w| w.name.clone()).collect()

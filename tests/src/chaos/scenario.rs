@@ -157,6 +157,9 @@ pub async fn run(scenario: Scenario, services: &mut Services, size: RunSize) -> 
     let mut row =
         audit(&name, &submissions, &fleet.status, &fleet.s3_direct, done.saturating_duration_since(faults_end), true)
             .await;
+    if let Err(e) = fleet.until_every_worker_consumes(Duration::from_secs(30)).await {
+        row.problems.push(e);
+    }
     for gone in fleet.exited_workers() {
         row.problems.push(format!("worker {gone} exited by itself (it should reconnect)"));
     }
@@ -168,7 +171,7 @@ pub async fn run(scenario: Scenario, services: &mut Services, size: RunSize) -> 
     }
     eprintln!("[{name}] retried submissions: {:?}; redone deliveries: {}", submissions.retries, row.extra_attempts);
     fleet.stop();
-    if row.problems.is_empty() {
+    if row.problems.is_empty() && std::env::var_os("FLEET_CHAOS_KEEP_LOGS").is_none() {
         fleet.clean_up();
     } else {
         eprintln!("[{name}] problems (logs in {}):\n  {}", fleet.log_dir().display(), row.problems.join("\n  "));
