@@ -14,6 +14,7 @@ use fleet_e2e::chaos::{Row, RunSize, Scenario, Services};
 use fleet_e2e::fleet::Fleet;
 use fleet_e2e::isolated_config;
 use fleet_e2e::link::Link;
+use fleet_e2e::rabbit_server::PrivateRabbit;
 
 use crate::fleet::tiny_job;
 
@@ -88,10 +89,10 @@ async fn chaos_suite_full() {
 /// and serves the next job by itself: it does not exit, and no other worker is needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_reconnects_to_the_broker_by_itself() {
+    let rabbit = tokio::task::block_in_place(PrivateRabbit::start);
+    let link = Link::start(&rabbit.addr()).await.unwrap();
     let mut config = isolated_config();
-    let target = config.rabbitmq.url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
-    let link = Link::start(&target).await.unwrap();
-    config.rabbitmq.url = config.rabbitmq.url.replace(&target, &link.addr().to_string());
+    config.rabbitmq.url = rabbit.url().replace(&rabbit.addr(), &link.addr().to_string());
     let fleet = Fleet::start(config, 1).await;
     let first = fleet.submit(tiny_job(1)).await.id;
     let before = fleet.wait_all(&[first], Duration::from_secs(120)).await.remove(0);
@@ -114,7 +115,9 @@ async fn a_worker_reconnects_to_the_broker_by_itself() {
 /// must then run, not stay queued for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_runs_a_job_whose_dispatcher_died_before_publishing_it() {
-    let config = isolated_config();
+    let rabbit = tokio::task::block_in_place(PrivateRabbit::start);
+    let mut config = isolated_config();
+    config.rabbitmq.url = rabbit.url();
     let fleet = Fleet::start(config.clone(), 1).await;
     let mut job = tiny_job(5);
     job["idempotency_key"] = serde_json::json!("died-before-publish");

@@ -171,10 +171,12 @@ pub async fn run(scenario: Scenario, services: &mut Services, size: RunSize) -> 
     }
     eprintln!("[{name}] retried submissions: {:?}; redone deliveries: {}", submissions.retries, row.extra_attempts);
     fleet.stop();
-    if row.problems.is_empty() && std::env::var_os("FLEET_CHAOS_KEEP_LOGS").is_none() {
-        fleet.clean_up();
-    } else {
+    if !row.problems.is_empty() {
         eprintln!("[{name}] problems (logs in {}):\n  {}", fleet.log_dir().display(), row.problems.join("\n  "));
+    } else if std::env::var_os("FLEET_CHAOS_KEEP_LOGS").is_some() {
+        eprintln!("[{name}] logs in {}", fleet.log_dir().display());
+    } else {
+        fleet.clean_up();
     }
     row
 }
