@@ -37,10 +37,7 @@ async fn suite(size: RunSize, only: &[usize], seed: u64, mixed_faults: usize) {
         rows.push(row);
     }
     let table = format!("{}\n{}", Row::header(), rows.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
-    println!(
-        "\nfault suite: {} jobs per scenario at {}/s, {} workers\n{table}\n",
-        size.jobs, size.rate, size.workers
-    );
+    println!("\nfault suite: {} jobs per scenario at {}/s, {} workers\n{table}\n", size.jobs, size.rate, size.workers);
     if let Ok(path) = std::env::var("FLEET_CHAOS_REPORT") {
         let _ = std::fs::write(path, format!("{table}\n"));
     }
@@ -55,12 +52,8 @@ async fn suite(size: RunSize, only: &[usize], seed: u64, mixed_faults: usize) {
 /// A few jobs per scenario, with the other tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_suite_short() {
-    let size = RunSize {
-        jobs: env("FLEET_CHAOS_CI_JOBS", 20),
-        rate: 10.0,
-        workers: 2,
-        drain_limit: Duration::from_secs(240),
-    };
+    let size =
+        RunSize { jobs: env("FLEET_CHAOS_CI_JOBS", 20), rate: 10.0, workers: 2, drain_limit: Duration::from_secs(240) };
     suite(size, &[], env("FLEET_CHAOS_SEED", 7), 3).await;
 }
 
@@ -122,7 +115,8 @@ async fn a_retry_runs_a_job_whose_dispatcher_died_before_publishing_it() {
     let mut job = tiny_job(5);
     job["idempotency_key"] = serde_json::json!("died-before-publish");
     let spec = fleet_core::parse_job(&job.to_string()).unwrap();
-    let valid = spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id, || 1);
+    let valid =
+        spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id, || 1);
     let record = fleet_core::JobStatus::queued(&valid, chrono::Utc::now()).unwrap();
     let store = fleet_status::StatusStore::connect(&config.redis).await.unwrap();
     store.create(&record, Some("died-before-publish")).await.unwrap();

@@ -143,10 +143,8 @@ async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: 
     let mut spec = job.into_spec();
     spec.id = Some(existing.id);
     let limits = app.config.limits_for(&spec.model);
-    let job = spec
-        .validate(&limits)
-        .map_err(|e| ApiError::invalid("", e.0))?
-        .assign(&existing.tenant, new_job_id, draw_seed);
+    let job =
+        spec.validate(&limits).map_err(|e| ApiError::invalid("", e.0))?.assign(&existing.tenant, new_job_id, draw_seed);
     // On failure the record stays (it is the first request's); the client retries again.
     app.publisher.publish(&job, trace_id).await?;
     tracing::info!(job = %existing.id, trace_id, "retried job was still queued: published again");

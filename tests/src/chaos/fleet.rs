@@ -108,7 +108,11 @@ impl ChaosFleet {
             }
             let alive = self.dispatcher.as_ref().is_some_and(FleetProcess::is_running);
             assert!(alive, "the dispatcher exited at start; see {}", self.dir.display());
-            assert!(started.elapsed() < Duration::from_secs(60), "the dispatcher never got ready: {}", self.dir.display());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the dispatcher never got ready: {}",
+                self.dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -25,8 +25,14 @@ pub enum Fault {
     StallWorker,
 }
 
-pub const FAULTS: [Fault; 6] =
-    [Fault::KillWorker, Fault::RestartRabbit, Fault::RestartRedis, Fault::CutS3, Fault::KillDispatcher, Fault::StallWorker];
+pub const FAULTS: [Fault; 6] = [
+    Fault::KillWorker,
+    Fault::RestartRabbit,
+    Fault::RestartRedis,
+    Fault::CutS3,
+    Fault::KillDispatcher,
+    Fault::StallWorker,
+];
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -93,7 +99,10 @@ impl Fault {
 pub enum Scenario {
     One(Fault),
     /// `faults` faults drawn at random (with this seed) from all six.
-    Mixed { seed: u64, faults: usize },
+    Mixed {
+        seed: u64,
+        faults: usize,
+    },
 }
 
 impl Scenario {
