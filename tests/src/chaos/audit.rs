@@ -160,6 +160,11 @@ pub async fn audit(
             continue;
         };
         row.extra_attempts += u64::from(record.attempts.saturating_sub(1));
+        if let Some(problem) = wrong_bytes(&store, record).await {
+            row.lost += 1;
+            row.problems.push(format!("job {n} ({id}): {problem}"));
+            continue;
+        }
         check_record(&mut row, n, record, objects.get(id));
     }
     // Objects of jobs nobody accepted: work done for a job the client never heard of.
@@ -173,6 +178,31 @@ pub async fn audit(
         }
     }
     row
+}
+
+/// For a succeeded job: whether some stored object differs from what its record says (size or
+/// SHA-256), as it would if a late writer had overwritten it with other pixels.
+async fn wrong_bytes(store: &ImageStore, record: &JobStatus) -> Option<String> {
+    if record.state != JobState::Succeeded {
+        return None;
+    }
+    for r in &record.result {
+        match store.get(&r.key).await {
+            Ok(Some(object)) => {
+                let sha = fleet_storage::sha256_hex(&object.body);
+                if sha != r.sha256 || object.body.len() as u64 != r.bytes {
+                    return Some(format!(
+                        "{} holds {} bytes with SHA-256 {sha}, the record says {r:?}",
+                        r.key,
+                        object.body.len()
+                    ));
+                }
+            }
+            Ok(None) => return None, // reported as a missing object by check_record
+            Err(e) => return Some(format!("{} unreadable: {e}", r.key)),
+        }
+    }
+    None
 }
 
 /// One accepted job: final, with exactly its result objects in S3, or failed with a reason.
