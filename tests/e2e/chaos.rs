@@ -148,3 +148,13 @@ async fn the_load_run_works_on_a_tiny_input() {
     assert_eq!(report.memory.len(), 4, "dispatcher, worker, Redis and RabbitMQ: {:?}", report.memory);
     assert!(report.memory.iter().all(|(_, start, end)| *start > 0 && *end > 0), "{:?}", report.memory);
 }
+
+/// The load run from the e2e binary (the same as the `load` bench, without building the bench
+/// profile): `FLEET_LOAD_RATE`, `FLEET_LOAD_SECS`, `FLEET_LOAD_MAX_JOBS`, `FLEET_LOAD_WORKERS`,
+/// `FLEET_LOAD_CLIENTS`, `FLEET_LOAD_SAMPLE_SECS` as there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes long: a measurement, run by hand (docs/RELIABILITY.md)"]
+async fn load_run() {
+    let report = fleet_e2e::load::run(fleet_e2e::load::LoadSpec::from_env()).await;
+    println!("{}", report.markdown());
+}

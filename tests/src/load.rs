@@ -27,6 +27,24 @@ pub struct LoadSpec {
     pub sample_every: Duration,
 }
 
+impl LoadSpec {
+    /// `FLEET_LOAD_RATE` (jobs/s, 20), `FLEET_LOAD_SECS` (180), `FLEET_LOAD_MAX_JOBS` (10000),
+    /// `FLEET_LOAD_WORKERS` (2), `FLEET_LOAD_CLIENTS` (8), `FLEET_LOAD_SAMPLE_SECS` (10).
+    pub fn from_env() -> LoadSpec {
+        fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+            std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+        }
+        LoadSpec {
+            rate: env("FLEET_LOAD_RATE", 20.0),
+            duration: Duration::from_secs(env("FLEET_LOAD_SECS", 180)),
+            max_jobs: env("FLEET_LOAD_MAX_JOBS", 10_000),
+            workers: env("FLEET_LOAD_WORKERS", 2),
+            clients: env("FLEET_LOAD_CLIENTS", 8),
+            sample_every: Duration::from_secs(env("FLEET_LOAD_SAMPLE_SECS", 10)),
+        }
+    }
+}
+
 /// What a load run measured.
 #[derive(Debug)]
 pub struct LoadReport {
