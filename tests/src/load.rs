@@ -55,8 +55,9 @@ pub struct LoadReport {
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
-    /// (seconds since start, ready messages in the job queues, jobs finished so far).
-    pub depth: Vec<(f64, u64, u64)>,
+    /// (seconds since start, ready messages in the job queues, jobs finished so far, RSS in KiB
+    /// of each process of [`Self::memory`], in that order).
+    pub depth: Vec<(f64, u64, u64, Vec<u64>)>,
     /// (process, RSS KiB at start, RSS KiB at end).
     pub memory: Vec<(String, u64, u64)>,
 }
@@ -100,6 +101,7 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     tokio::time::sleep(Duration::from_secs(2)).await; // let the workers load their model
     let before: Vec<(String, u32, u64)> =
         processes(&fleet, &services).into_iter().map(|(n, p)| (n, p, rss_kib(p).unwrap_or(0))).collect();
+    let rss_now = || before.iter().map(|(_, pid, _)| rss_kib(*pid).unwrap_or(0)).collect::<Vec<u64>>();
     let jobs = spec.max_jobs.min((spec.rate * spec.duration.as_secs_f64()).ceil() as usize);
     let tag = crate::unique("load");
     let started = Instant::now();
@@ -108,7 +110,7 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     let mut depth = Vec::new();
     while !submitter.is_finished() {
         if let Some((d, f)) = sample(&http, &fleet.base).await {
-            depth.push((started.elapsed().as_secs_f64(), d, f));
+            depth.push((started.elapsed().as_secs_f64(), d, f, rss_now()));
         }
         let next = Instant::now() + spec.sample_every;
         while Instant::now() < next && !submitter.is_finished() {
@@ -118,7 +120,7 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     let submissions = submitter.finish().await;
     let elapsed = submissions.accepted_at.iter().max().copied().unwrap_or_default();
     if let Some((d, f)) = sample(&http, &fleet.base).await {
-        depth.push((started.elapsed().as_secs_f64(), d, f));
+        depth.push((started.elapsed().as_secs_f64(), d, f, rss_now()));
     }
     let memory = before.into_iter().map(|(name, pid, start)| (name, start, rss_kib(pid).unwrap_or(0))).collect();
     let mut latencies = submissions.latencies.clone();
@@ -171,9 +173,12 @@ impl LoadReport {
             ms(self.p99),
             ms(self.max)
         );
-        let _ = writeln!(s, "| t (s) | queue depth | jobs finished |\n|---:|---:|---:|");
-        for (t, d, f) in &self.depth {
-            let _ = writeln!(s, "| {t:.0} | {d} | {f} |");
+        let names: Vec<&str> = self.memory.iter().map(|(n, _, _)| n.as_str()).collect();
+        let _ = writeln!(s, "| t (s) | queue depth | jobs finished | RSS MiB: {} |", names.join(" / "));
+        let _ = writeln!(s, "|---:|---:|---:|---|");
+        for (t, d, f, rss) in &self.depth {
+            let mib: Vec<String> = rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
+            let _ = writeln!(s, "| {t:.0} | {d} | {f} | {} |", mib.join(" / "));
         }
         let _ = writeln!(s, "\n| process | RSS at start | RSS at end |\n|---|---:|---:|");
         for (name, start, end) in &self.memory {
