@@ -138,8 +138,17 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
         memory,
     };
     fleet.stop();
+    remove_images(&fleet.s3_direct).await;
     fleet.clean_up();
     report
+}
+
+/// Removes the run's images from the test bucket (its own prefix).
+async fn remove_images(s3: &fleet_core::config::S3Config) {
+    let Ok(store) = fleet_storage::ImageStore::from_config(s3).await else { return };
+    for key in store.list(&format!("{}/", s3.prefix)).await.unwrap_or_default() {
+        let _ = store.delete(&key).await;
+    }
 }
 
 impl LoadReport {

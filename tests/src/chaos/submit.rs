@@ -20,8 +20,8 @@ const SUBMIT_PATIENCE: Duration = Duration::from_secs(300);
 pub fn chaos_job(run: &str, i: usize) -> Value {
     json!({
         "prompt": format!("chaos {i}"), "model": "tiny", "width": 64, "height": 64,
-        "steps": 1 + i % 2, "seed": i as u64, "num_images": 1 + usize::from(i % 5 == 0),
-        "priority": if i % 4 == 0 { "bulk" } else { "interactive" },
+        "steps": 1 + i % 2, "seed": i as u64, "num_images": 1 + usize::from(i.is_multiple_of(5)),
+        "priority": if i.is_multiple_of(4) { "bulk" } else { "interactive" },
         "idempotency_key": format!("{run}-{i}"), "metadata": {"chaos": i},
     })
 }
