@@ -3,6 +3,7 @@
 
 mod browser;
 mod bulk;
+mod chaos;
 mod connectivity;
 mod console;
 mod fleet;

@@ -5,8 +5,12 @@
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
+pub mod chaos;
 pub mod fleet;
 pub mod link;
+pub mod load;
+pub mod process;
+pub mod rabbit_server;
 pub mod redis_server;
 
 fn var(name: &str, default: &str) -> String {

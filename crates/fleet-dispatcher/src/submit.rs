@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::validate::new_job_id;
-use fleet_core::{ErrorCode, FieldError, JobError, JobSpec, JobStatus, ValidJob};
+use fleet_core::{ErrorCode, FieldError, JobError, JobSpec, JobState, JobStatus, ValidJob};
 use fleet_status::CreateOutcome;
 
 use crate::App;
@@ -119,6 +119,13 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
     };
     match app.status.create(&status, spec.idempotency_key.as_deref()).await? {
+        CreateOutcome::Existing(existing)
+            if existing.state == JobState::Queued
+                && existing.attempts == 0
+                && !app.status.is_published(existing.id).await? =>
+        {
+            return publish_again(app, job, existing, trace_id).await;
+        }
         CreateOutcome::Existing(existing) => return Ok(Accepted { status: existing, created: false }),
         CreateOutcome::Created => {}
     }
@@ -133,9 +140,38 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         }
         return Err(err.into());
     }
+    mark_published(app, status.id).await;
     app.metrics.accepted(&spec.model, spec.priority, started.elapsed().as_secs_f64());
     tracing::info!(job = %status.id, tenant = %tenant, model = %spec.model, trace_id, "job accepted");
     Ok(Accepted { status, created: true })
+}
+
+/// Records that the job's message is on its queue. Failing that only costs a second publish if
+/// the client retries with the same key (see [`publish_again`]), so it does not fail the request.
+async fn mark_published(app: &App, id: uuid::Uuid) {
+    if let Err(e) = app.status.mark_published(id).await {
+        tracing::warn!(job = %id, error = %e, "published, but not noted as published");
+    }
+}
+
+/// A retry (same idempotency key) of a job that is recorded as queued, never started and not
+/// noted as published: the first request died with its dispatcher between recording the job and
+/// publishing it (or before noting the publish), leaving a record that perhaps no message stands
+/// for, so the job would stay queued for ever. It is published again under its recorded id. If
+/// the first publish did go through, the worker that gets the second message finds the job
+/// finished (or takes it over, with the same object keys) and nothing is stored twice; the cost
+/// is at most one repeated generation.
+async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: &str) -> Result<Accepted, ApiError> {
+    let mut spec = job.into_spec();
+    spec.id = Some(existing.id);
+    let limits = app.config.limits_for(&spec.model);
+    let job =
+        spec.validate(&limits).map_err(|e| ApiError::invalid("", e.0))?.assign(&existing.tenant, new_job_id, draw_seed);
+    // On failure the record stays (it is the first request's); the client retries again.
+    app.publisher.publish(&job, trace_id).await?;
+    mark_published(app, existing.id).await;
+    tracing::info!(job = %existing.id, trace_id, "retried job was still queued: published again");
+    Ok(Accepted { status: existing, created: false })
 }
 
 fn model_list(app: &App) -> String {

@@ -119,6 +119,21 @@ return 1
     )
 });
 
+/// Note on a job's record that its message was published (confirmed by the broker).
+///
+/// KEYS: 1 job. Returns 1, or 0 when the job does not exist (nothing is written then).
+pub(crate) static MARK_PUBLISHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'published', '1')
+return 1
+"#,
+    )
+});
+
 /// Drop worker ids whose heartbeat key has expired. Checking and removing in one step keeps a
 /// worker that heartbeats right now from being removed from the set.
 ///

@@ -357,6 +357,27 @@ impl StatusStore {
         if set == 1 { Ok(()) } else { Err(StatusError::NotFound(id)) }
     }
 
+    /// Notes that the job's message was published, so that a retry with the same idempotency key
+    /// knows it need not publish again. A job that does not exist is left alone (`NotFound`).
+    pub async fn mark_published(&self, id: Uuid) -> Result<(), StatusError> {
+        let key = self.keys.job(id);
+        let mut invocation = scripts::MARK_PUBLISHED.prepare_invoke();
+        invocation.key(&key);
+        let mut con = self.conn.clone();
+        let set: i64 = self.call(&key, async move { invocation.invoke_async(&mut con).await }).await?;
+        if set == 1 { Ok(()) } else { Err(StatusError::NotFound(id)) }
+    }
+
+    /// Whether [`Self::mark_published`] was called for the job. `false` for a job recorded by a
+    /// dispatcher that died before its publish was confirmed (or a job that does not exist).
+    pub async fn is_published(&self, id: Uuid) -> Result<bool, StatusError> {
+        let key = self.keys.job(id);
+        let mut con = self.conn.clone();
+        let query = redis::cmd("HEXISTS").arg(&key).arg("published").clone();
+        let n: u64 = self.call(&key, async move { query.query_async(&mut con).await }).await?;
+        Ok(n > 0)
+    }
+
     /// Whether cancellation of the job was requested.
     pub async fn is_cancel_requested(&self, id: Uuid) -> Result<bool, StatusError> {
         let key = self.keys.cancel(id);

@@ -382,6 +382,22 @@ async fn cancel_flag() {
 }
 
 #[tokio::test]
+async fn published_mark_needs_a_record_and_survives_updates() {
+    let fx = Fixture::new().await;
+    let status = queued("alice");
+    created(&fx.store, &status).await;
+    assert!(!fx.store.is_published(status.id).await.unwrap());
+    fx.store.mark_published(status.id).await.unwrap();
+    fx.store.update(status.id, |s| s.start("w1", Utc::now())).await.unwrap();
+    assert!(fx.store.is_published(status.id).await.unwrap(), "a status write keeps the mark");
+    assert_eq!(fx.store.get(status.id).await.unwrap().unwrap().state, JobState::Running);
+    let missing = Uuid::now_v7();
+    assert!(matches!(fx.store.mark_published(missing).await, Err(StatusError::NotFound(id)) if id == missing));
+    assert!(fx.store.get(missing).await.unwrap().is_none(), "no record is made up for a missing job");
+    fx.cleanup().await;
+}
+
+#[tokio::test]
 async fn heartbeats_are_listed_while_alive_and_expire() {
     let cfg = RedisConfig { heartbeat_ttl_secs: 2, ..config() };
     let mut fx = Fixture::with(cfg).await;

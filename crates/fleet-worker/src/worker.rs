@@ -22,6 +22,11 @@ use crate::runner::{RunContext, Stats, run_batch};
 
 /// How often the loop looks for a batch to run while deliveries are quiet.
 const TICK: Duration = Duration::from_millis(10);
+/// First and longest wait before consuming again after the broker connection was lost.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// A consumer that lasted this long was healthy: the next loss starts the backoff afresh.
+const RECONNECT_RESET: Duration = Duration::from_secs(30);
 
 /// Why a worker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -152,13 +157,39 @@ impl Worker {
             Duration::from_secs(self.ctx.config.worker.heartbeat_interval_secs),
             beat_stop.clone(),
         ));
-        let result = self.consume(shutdown).await;
+        let result = self.consume_until_shutdown(&shutdown).await;
         beat_stop.cancel();
         let _ = beat.await;
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
         result
+    }
+
+    /// Consumes until `shutdown`, consuming afresh whenever the broker connection is lost (a broker
+    /// restart, a network cut, this process stalled past the AMQP heartbeat). The broker redelivers
+    /// whatever the lost connection held, so nothing is lost; a worker that exited instead would
+    /// leave its models unserved until someone restarted it.
+    async fn consume_until_shutdown(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let mut delay = RECONNECT_MIN;
+        loop {
+            let started = Instant::now();
+            let error = match self.consume(shutdown.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e @ (WorkerError::Consume(_) | WorkerError::Queue(_))) => e,
+                Err(e) => return Err(e),
+            };
+            if started.elapsed() > RECONNECT_RESET {
+                delay = RECONNECT_MIN;
+            }
+            tracing::warn!(error = %error, retry_in = ?delay, "lost the RabbitMQ consumer; consuming again");
+            self.broker.reset().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
+        }
     }
 
     async fn consume(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
