@@ -279,6 +279,8 @@ async fn retry_failed_resubmits_exactly_the_failed_samples() {
     };
     assert_eq!(stats("00000").failed, 0);
     assert_eq!(stats("00001").failed_by_code, [("unknown_lora".to_owned(), 3)].into());
+    let (_, snapshot) = fleet_bulk::status(&name, None, &config).await.unwrap();
+    assert_eq!(snapshot.failed_by_code, [("unknown_lora".to_owned(), failing)].into(), "status counts codes");
     let mut before = BTreeMap::new();
     for shard in ["00000", "00001", "00002"] {
         for line in std::fs::read_to_string(out.join(format!("{shard}_manifest.jsonl"))).unwrap().lines() {

@@ -1,6 +1,7 @@
 //! A run's settings and record: `run.json` in the output location (and a copy in Redis), and the
 //! progress snapshot `fleet bulk status` shows.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -92,6 +93,9 @@ pub struct Snapshot {
     pub total: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// `failed` split by error code (`unknown_lora`, `invalid_spec`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_by_code: BTreeMap<String, u64>,
     /// Submitted, waiting for a worker.
     pub queued: u64,
     /// Being generated.

@@ -75,6 +75,7 @@ struct Runner {
     /// Counts of published shards (including those skipped).
     succeeded: u64,
     failed: u64,
+    failed_by_code: BTreeMap<String, u64>,
     shards_done: u64,
     /// Samples finished by this invocation, for the rate.
     finished_here: u64,
@@ -97,6 +98,7 @@ pub async fn execute(mut run: RunFile, ctx: RunContext) -> Result<RunFile, BulkE
         shards: BTreeMap::new(),
         succeeded: 0,
         failed: 0,
+        failed_by_code: BTreeMap::new(),
         shards_done: 0,
         finished_here: 0,
         started: Instant::now(),
@@ -202,13 +204,21 @@ impl Runner {
         if let Some(bytes) = self.ctx.output.get(&stats_name(shard)).await? {
             let stats: ShardStats =
                 serde_json::from_slice(&bytes).map_err(|e| BulkError::json(stats_name(shard), e))?;
-            self.succeeded += stats.succeeded;
-            self.failed += stats.failed;
-            self.shards_done += 1;
+            self.count_published(&stats);
             assembly.skip = true;
         }
         self.shards.insert(shard, assembly);
         Ok(())
+    }
+
+    /// Adds a published (or earlier finished) shard's counts to the run's.
+    fn count_published(&mut self, stats: &ShardStats) {
+        self.succeeded += stats.succeeded;
+        self.failed += stats.failed;
+        for (code, n) in &stats.failed_by_code {
+            *self.failed_by_code.entry(code.clone()).or_default() += n;
+        }
+        self.shards_done += 1;
     }
 
     fn absorb(&mut self, finished: Vec<Finished>) {
@@ -234,9 +244,7 @@ impl Runner {
                 continue;
             }
             let stats = self.publish(shard, assembly.finished).await?;
-            self.succeeded += stats.succeeded;
-            self.failed += stats.failed;
-            self.shards_done += 1;
+            self.count_published(&stats);
             tracing::info!(shard, succeeded = stats.succeeded, failed = stats.failed, "shard published");
         }
         Ok(())
@@ -267,10 +275,15 @@ impl Runner {
 
     fn snapshot(&self) -> Snapshot {
         let (mut succeeded, mut failed) = (self.succeeded, self.failed);
+        let mut failed_by_code = self.failed_by_code.clone();
         for f in self.shards.values().flat_map(|a| &a.finished) {
             match f.record.status {
                 SampleState::Succeeded => succeeded += 1,
-                SampleState::Failed => failed += 1,
+                SampleState::Failed => {
+                    failed += 1;
+                    let code = f.record.error.as_ref().map_or(ErrorCode::Internal, |e| e.code);
+                    *failed_by_code.entry(code.name().to_owned()).or_default() += 1;
+                }
             }
         }
         let (queued, running) = self.ctx.executor.counts();
@@ -283,6 +296,7 @@ impl Runner {
             total,
             succeeded,
             failed,
+            failed_by_code,
             queued,
             running,
             shards_done: self.shards_done,

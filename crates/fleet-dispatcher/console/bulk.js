@@ -86,6 +86,8 @@ function renderRun(run) {
   counts.replaceChildren();
   param(counts, "Succeeded", `${p.succeeded}${percent(p.succeeded, p.total)}`);
   param(counts, "Failed", `${p.failed}${percent(p.failed, p.total)}`);
+  const codes = Object.entries(p.failed_by_code || {});
+  if (codes.length) param(counts, "Failures by code", codes.map(([code, n]) => `${code} ${n}`).join(", "));
   param(counts, "Pending", `${pending(p)} (queued ${p.queued}, running ${p.running}, not yet submitted ${p.waiting})`);
   param(counts, "Shards", `${p.shards_done} / ${p.shards_total}`);
   if (p.state === "running") {

@@ -8,6 +8,7 @@
 //! `console::bulk_runs_written_by_fleet_bulk_read_back_through_the_api` writes a run with
 //! fleet-bulk's own code and reads it here, so a drift in names or types fails it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -108,6 +109,9 @@ pub struct Progress {
     pub total: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// `failed` split by error code (`unknown_lora`, `invalid_spec`, …); absent when none failed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_by_code: BTreeMap<String, u64>,
     /// Submitted, waiting for a worker.
     pub queued: u64,
     /// Being generated.
@@ -168,6 +172,7 @@ fn assemble(name: &str, record: Option<String>, progress: Option<String>) -> Res
             total: 0,
             succeeded: 0,
             failed: 0,
+            failed_by_code: BTreeMap::new(),
             queued: 0,
             running: 0,
             waiting: 0,

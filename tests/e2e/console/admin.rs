@@ -94,6 +94,7 @@ async fn check_api_reads_the_run(fleet: &Fleet, name: &str) {
     }
     let mut progress = served["progress"].clone();
     assert_eq!(progress["waiting"], json!(snapshot.waiting()));
+    assert_eq!(progress["failed_by_code"], json!({"unknown_lora": 1}), "the LoRA-less row's code");
     progress.as_object_mut().unwrap().remove("waiting");
     same_fields("progress", &progress, &serde_json::to_value(&snapshot).unwrap());
     assert_eq!(served["unfinished_jobs"], json!(0));
@@ -185,6 +186,7 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
         assert_eq!(counts.get(term).map(String::as_str), Some(value), "{counts:?}");
     }
     assert_eq!(counts["Pending"], "0 (queued 0, running 0, not yet submitted 0)");
+    assert_eq!(counts["Failures by code"], "unknown_lora 1", "{counts:?}");
     let params = terms(&browser, "bulk-run-params").await;
     assert_eq!(params["Output"], out);
     assert_eq!(params["Layout"], "WebDataset shards");

@@ -186,5 +186,9 @@ fn summary(s: &Snapshot) -> String {
         let eta = eta.round() as u64;
         line.push_str(&format!(", ETA {}m{:02}s", eta / 60, eta % 60));
     }
+    if !s.failed_by_code.is_empty() {
+        let codes: Vec<String> = s.failed_by_code.iter().map(|(code, n)| format!("{code} {n}")).collect();
+        line.push_str(&format!("; failures: {}", codes.join(", ")));
+    }
     line
 }
