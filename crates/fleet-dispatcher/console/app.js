@@ -6,8 +6,8 @@ import { setupJobs, showJobs } from "./jobs.js";
 import { setupJob, showJob, leaveJob } from "./job.js";
 import { showFleet, leaveFleet } from "./fleet.js";
 import { showBulkRuns, showBulkRun, leaveBulk } from "./bulk.js";
+import { $ } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 let admin = false;
 
 function say(message) {

@@ -2,8 +2,8 @@
 // are steered with `fleet bulk resume | retry-failed | cancel`. Refreshed every few seconds.
 
 import { call } from "./api.js";
+import { $, param } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const EVERY_MS = 5000;
 let timer = null;
 
@@ -54,15 +54,6 @@ async function refreshList() {
   const { runs } = await call("GET", "/v1/bulk/runs");
   $("bulk-runs").replaceChildren(...runs.map(runRow));
   $("bulk-empty").hidden = runs.length > 0;
-}
-
-function param(list, name, value) {
-  if (value === undefined || value === null || value === "") return;
-  const dt = document.createElement("dt");
-  dt.textContent = name;
-  const dd = document.createElement("dd");
-  dd.textContent = value;
-  list.append(dt, dd);
 }
 
 function duration(seconds) {

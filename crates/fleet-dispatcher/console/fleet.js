@@ -3,8 +3,8 @@
 // refreshes: the API serves counts only.
 
 import { call } from "./api.js";
+import { $ } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const EVERY_MS = 5000;
 let timer = null;
 let previous = null; // {at, queues: {name: ready}, done: {model: finished}}

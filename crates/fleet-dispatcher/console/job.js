@@ -3,8 +3,8 @@
 
 import { call, followEvents, imageUrl } from "./api.js";
 import { fleetCommand, recorded } from "./command.js";
+import { $, param } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 let following = null; // AbortController of the stream being read
 let shownImages = "";
 
@@ -20,15 +20,6 @@ function fraction(status) {
   if (status.state === "succeeded") return 1;
   if (!p.steps || !p.images_total) return 0;
   return Math.min(1, (p.images_done * p.steps + p.step) / (p.images_total * p.steps));
-}
-
-function param(list, name, value) {
-  if (value === undefined || value === null || value === "") return;
-  const dt = document.createElement("dt");
-  dt.textContent = name;
-  const dd = document.createElement("dd");
-  dd.textContent = value;
-  list.append(dt, dd);
 }
 
 function renderParams(status) {

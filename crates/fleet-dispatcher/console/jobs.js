@@ -2,8 +2,8 @@
 
 import { call, imageUrl } from "./api.js";
 import { recorded } from "./command.js";
+import { $ } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const PAGE = 12;
 // cursors[i] fetches page i; page 0 has none. Going back pops, so "Newer" needs no API support.
 let cursors = [null];

@@ -2,8 +2,8 @@
 
 import { call, ApiError } from "./api.js";
 import { describe } from "./command.js";
+import { $ } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 let loraCount = 0;
 let library = null;
 

@@ -13,6 +13,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("console.css", "text/css; charset=utf-8", include_str!("../../console/console.css")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../console/app.js")),
     ("api.js", "text/javascript; charset=utf-8", include_str!("../../console/api.js")),
+    ("dom.js", "text/javascript; charset=utf-8", include_str!("../../console/dom.js")),
     ("command.js", "text/javascript; charset=utf-8", include_str!("../../console/command.js")),
     ("submit.js", "text/javascript; charset=utf-8", include_str!("../../console/submit.js")),
     ("jobs.js", "text/javascript; charset=utf-8", include_str!("../../console/jobs.js")),
