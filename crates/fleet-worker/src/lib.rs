@@ -11,6 +11,7 @@
 //! - [`worker`]: the consume loop and graceful shutdown.
 
 pub mod batching;
+pub mod finishing;
 pub mod heartbeat;
 pub mod intake;
 pub mod metrics;

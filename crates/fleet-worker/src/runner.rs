@@ -18,6 +18,7 @@ use fleet_status::{CreateOutcome, StatusError, StatusStore};
 use fleet_storage::{ImageStore, ObjectMeta};
 use image::RgbImage;
 
+use crate::finishing::Finishing;
 use crate::intake::Pending;
 use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
 use crate::models::{ModelError, Models};
@@ -30,6 +31,7 @@ const TRANSIENT_BUDGET: Duration = Duration::from_secs(120);
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Everything a batch needs.
+#[derive(Clone)]
 pub struct RunContext {
     pub worker_id: String,
     pub config: Arc<FleetConfig>,
@@ -39,6 +41,8 @@ pub struct RunContext {
     pub stats: Arc<Stats>,
     /// The real pipelines, or the benchmark's no-op ([`crate::noop`]).
     pub engine: EngineMode,
+    /// Jobs storing their images while the next batch runs.
+    pub finishing: Finishing,
 }
 
 /// Counters reported in heartbeats.
@@ -93,7 +97,8 @@ enum Outcome {
     Requeue(String),
 }
 
-/// Runs a batch; every message in it is settled (acked, requeued or dead-lettered) on return.
+/// Runs a batch; every message in it is settled (acked, requeued or dead-lettered) on return,
+/// except the successfully generated ones, whose storing goes on in [`RunContext::finishing`].
 pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
     ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
     ctx.stats.batch_images.observe(batch.iter().map(|p| f64::from(p.job.spec().num_images)).sum());
@@ -298,7 +303,10 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
         }
     };
     match generate(ctx, pipeline.clone(), request, &runnable).await {
-        Ok(images) => finish(ctx, runnable, images, &model, &pipeline).await,
+        Ok(images) => {
+            let ctx = ctx.clone();
+            ctx.finishing.clone().spawn(async move { finish(&ctx, runnable, images, &model, &pipeline).await }).await;
+        }
         Err(EngineError::Cancelled) => {
             let Some(mut job) = runnable.into_iter().next() else { return };
             let id = job.id();

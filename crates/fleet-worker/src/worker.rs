@@ -14,6 +14,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::batching::{BatchPolicy, leader_deadline, next_batch};
+use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
 use crate::models::{ModelError, Models};
@@ -129,8 +130,16 @@ impl Worker {
             max_pixel_steps: config.worker.max_batch_pixel_steps,
             deadline: Duration::from_millis(config.worker.batch_deadline_ms),
         };
-        let ctx =
-            Arc::new(RunContext { worker_id: id, config, status, store, models: Arc::new(models), stats, engine });
+        let ctx = Arc::new(RunContext {
+            worker_id: id,
+            config,
+            status,
+            store,
+            models: Arc::new(models),
+            stats,
+            engine,
+            finishing: Finishing::default(),
+        });
         Ok(Worker { ctx, broker, liveness, policy, metrics })
     }
 
@@ -230,10 +239,12 @@ impl Worker {
                     Some(Err(e)) => {
                         warn_if_ack_timeout(&e);
                         hand_back(&mut waiting).await;
+                        self.wait_for_finishing().await;
                         return Err(WorkerError::Consume(e));
                     }
                     None => {
                         hand_back(&mut waiting).await;
+                        self.wait_for_finishing().await;
                         return Err(WorkerError::Consume(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)));
                     }
                 },
@@ -248,8 +259,18 @@ impl Worker {
         }
         tracing::info!(worker = %self.ctx.worker_id, waiting = waiting.len(), "shutting down: handing waiting jobs back");
         hand_back(&mut waiting).await;
+        self.wait_for_finishing().await;
         let _ = channel.close(200, "worker shutting down").await;
         Ok(())
+    }
+
+    /// Lets the jobs still storing their images settle on this channel (within the drain time);
+    /// what does not is redelivered when the channel closes, and stored again idempotently.
+    async fn wait_for_finishing(&self) {
+        let drain = Duration::from_secs(self.ctx.config.worker.drain_timeout_secs);
+        if !self.ctx.finishing.wait(drain).await {
+            tracing::warn!("drain deadline passed while jobs were storing their images; they are redelivered");
+        }
     }
 
     /// When the loop must look again without a delivery: when the next batch's leader reaches
