@@ -577,3 +577,16 @@ impl Transient for fleet_storage::StorageError {
         fleet_storage::StorageError::is_transient(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The API admits control images by fleet-core's limits and this worker decodes them with the
+    /// engine's (which cannot see fleet-core): an image the API accepts must not fail here.
+    #[test]
+    fn the_api_and_the_engine_agree_on_the_largest_control_image() {
+        assert_eq!(
+            fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE,
+            fleet_engine::control_image::MAX_CONTROL_IMAGE_SIDE
+        );
+    }
+}
