@@ -14,7 +14,8 @@
 //! `-- --lora` benchmarks LoRA fusing (parse + fuse of SDXL-UNet-shaped kohya LoRAs of rank 8,
 //! 32 and 64 — rank 64 over every Linear/Conv is the 394 MB shape of the SDXL-Lightning LoRAs —
 //! and a pipeline load with vs without a LoRA, i.e. a worker's cache miss vs hit);
-//! `-- --controlnet` the ControlNet overhead per denoising step.
+//! `-- --controlnet` the ControlNet overhead per denoising step; `-- --kernels` the engine's CPU
+//! convolution and GroupNorm against candle's and a plain matmul at the VAE's shapes.
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ enum Mode {
     Images,
     Lora,
     ControlNet,
+    Kernels,
 }
 
 fn parse() -> Args {
@@ -79,6 +81,11 @@ fn parse() -> Args {
             "--warmup" => a.warmup = v != "0",
             "--lora" => {
                 a.mode = Mode::Lora;
+                i += 1;
+                continue;
+            }
+            "--kernels" => {
+                a.mode = Mode::Kernels;
                 i += 1;
                 continue;
             }
@@ -172,6 +179,7 @@ fn main() {
     match a.mode {
         Mode::Lora => return extras::lora_bench(),
         Mode::ControlNet => return extras::controlnet_bench(&a.models, a.steps, a.runs),
+        Mode::Kernels => return kernels::kernels_bench(),
         Mode::Images => {}
     }
     if let Some(only) = &a.only {
@@ -209,3 +217,6 @@ fn main() {
 
 #[path = "engine/extras.rs"]
 mod extras;
+
+#[path = "engine/kernels.rs"]
+mod kernels;

@@ -4,28 +4,33 @@
 //! to NHWC element by element, gathers each patch with per-element index arithmetic and scatters
 //! the result back: on the UNet's convolutions that data movement costs more than the product
 //! itself (a profile of the tiny model showed it well ahead of the gemm kernel). Here the kernel is
-//! flattened once, at load, in (kh, kw, c_in) order; the input is padded once; the k×k shifted
-//! windows are copied row by row (contiguous runs) into one [k·k·c_in, rows·w] matrix; and one
-//! product per block of rows writes the output directly in NCHW order.
+//! flattened once, at load, in (kh, kw, c_in) order with the bias as one more column; one gather
+//! ([`Im2Col`], rows spread over the rayon threads, zero padding written in place) builds the
+//! [k·k·c_in + 1, rows·w] patch matrix whose last row is ones; and one product per block of rows
+//! writes the biased output directly in NCHW order.
 //!
-//! Used for stride-1 convolutions on the CPU. Strided convolutions (the two downsamplers) and
-//! every GPU convolution use candle's (cuDNN or its own kernels).
+//! Used for stride-1 f32 convolutions on the CPU. Strided convolutions (the two downsamplers),
+//! other dtypes and every GPU convolution use candle's (cuDNN or its own kernels).
 
-use candle_core::{Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
 
 /// Elements of one patch matrix (16 MiB of f32): bounds the extra memory of a large convolution.
 const PATCH_ELEMENTS: usize = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub enum Conv2d {
-    /// The kernel flattened to [c_out, k·k·c_in] and the bias [c_out].
     Patches {
+        /// The kernel flattened to [c_out, k·k·c_in], then the bias as one more column (when the
+        /// convolution has one).
         weight: Tensor,
-        bias: Option<Tensor>,
+        has_bias: bool,
         k: usize,
         padding: usize,
         c_out: usize,
+        /// candle's convolution over the same weights, for inputs the gather does not take.
+        fallback: candle_nn::Conv2d,
     },
     Candle(candle_nn::Conv2d),
 }
@@ -49,52 +54,98 @@ impl Conv2d {
         if k != kw {
             candle_core::bail!("conv kernel {k}x{kw}: only square kernels");
         }
-        let weight = w.permute((0, 2, 3, 1))?.reshape((c_out, k * k * c_in))?.contiguous()?;
-        Ok(Self::Patches { weight, bias, k, padding, c_out })
+        let flat = w.permute((0, 2, 3, 1))?.reshape((c_out, k * k * c_in))?;
+        let weight = match &bias {
+            Some(b) => Tensor::cat(&[&flat, &b.reshape((c_out, 1))?], 1)?,
+            None => flat,
+        }
+        .contiguous()?;
+        let fallback = candle_nn::Conv2d::new(w, bias.clone(), Conv2dConfig { padding, ..Default::default() });
+        Ok(Self::Patches { weight, has_bias: bias.is_some(), k, padding, c_out, fallback })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (weight, bias, k, padding, c_out) = match self {
+        let (weight, has_bias, k, padding, c_out, fallback) = match self {
             Self::Candle(c) => return c.forward(x),
-            Self::Patches { weight, bias, k, padding, c_out } => (weight, bias, *k, *padding, *c_out),
+            Self::Patches { weight, has_bias, k, padding, c_out, fallback } => {
+                (weight, *has_bias, *k, *padding, *c_out, fallback)
+            }
         };
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || !crate::util::own_cpu_kernels() {
+            return fallback.forward(x);
+        }
         let (b, c, h, w) = x.dims4()?;
-        let xp = if padding > 0 {
-            x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?
-        } else {
-            x.clone()
-        };
         let (oh, ow) = ((h + 2 * padding + 1).saturating_sub(k), (w + 2 * padding + 1).saturating_sub(k));
-        let rows_per_block = (PATCH_ELEMENTS / (k * k * c * ow).max(1)).clamp(1, oh.max(1));
+        let patch_rows = k * k * c + usize::from(has_bias);
+        let rows_per_block = (PATCH_ELEMENTS / (patch_rows * ow).max(1)).clamp(1, oh.max(1));
+        let x = x.contiguous()?;
         let mut images = Vec::with_capacity(b);
         for i in 0..b {
-            let xi = xp.get(i)?;
+            let xi = x.get(i)?;
             let mut blocks = Vec::with_capacity(oh.div_ceil(rows_per_block));
-            for r0 in (0..oh).step_by(rows_per_block) {
-                let rows = rows_per_block.min(oh - r0);
-                let patches = if k == 1 {
-                    xi.narrow(1, r0, rows)?
-                } else {
-                    let mut taps = Vec::with_capacity(k * k);
-                    for kh in 0..k {
-                        for kw in 0..k {
-                            taps.push(xi.narrow(1, r0 + kh, rows)?.narrow(2, kw, ow)?);
-                        }
-                    }
-                    Tensor::cat(&taps, 0)?
-                };
-                let patches = patches.reshape((k * k * c, rows * ow))?;
+            for first_row in (0..oh).step_by(rows_per_block) {
+                let rows = rows_per_block.min(oh - first_row);
+                let gather = Im2Col { k, padding, first_row, rows, ones_row: has_bias };
+                let patches = xi.apply_op1_no_bwd(&gather)?;
                 blocks.push(weight.matmul(&patches)?.reshape((c_out, rows, ow))?);
             }
-            images.push(Tensor::cat(&blocks, 1)?);
+            images.push(if blocks.len() == 1 { blocks.remove(0) } else { Tensor::cat(&blocks, 1)? });
         }
-        let y = Tensor::stack(&images, 0)?;
-        match bias {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?),
-            None => Ok(y),
+        if b == 1 { images.remove(0).unsqueeze(0) } else { Tensor::stack(&images, 0) }
+    }
+}
+
+/// The patch matrix of output rows `first_row..first_row + rows` of one image [c, h, w]:
+/// row (kh·k + kw)·c + ci holds input channel ci shifted by (kh − padding, kw − padding), zero
+/// outside the image; with `ones_row`, a last row of ones that multiplies the bias column.
+struct Im2Col {
+    k: usize,
+    padding: usize,
+    first_row: usize,
+    rows: usize,
+    ones_row: bool,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("im2col: input is not f32") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("im2col: input is not contiguous")
+        };
+        let x = &data[start..end];
+        let (c, h, w) = layout.shape().dims3()?;
+        let (k, pad) = (self.k, self.padding);
+        let ow = (w + 2 * pad + 1).saturating_sub(k);
+        let row_len = self.rows * ow;
+        let patch_rows = k * k * c + usize::from(self.ones_row);
+        let mut out = vec![0f32; patch_rows * row_len];
+        if row_len > 0 {
+            out.par_chunks_mut(row_len).enumerate().for_each(|(p, dst)| {
+                if p == k * k * c {
+                    dst.fill(1.0);
+                    return;
+                }
+                let (tap, ci) = (p / c, p % c);
+                let (kh, kw) = (tap / k, tap % k);
+                // Output columns whose input column j + kw − pad lies inside the image.
+                let col_lo = pad.saturating_sub(kw).min(ow);
+                let col_hi = (w + pad).saturating_sub(kw).min(ow).max(col_lo);
+                let channel = &x[ci * h * w..(ci + 1) * h * w];
+                for (r, dst) in dst.chunks_exact_mut(ow).enumerate() {
+                    let Some(y) = (self.first_row + r + kh).checked_sub(pad).filter(|&y| y < h) else { continue };
+                    let src = &channel[y * w..(y + 1) * w];
+                    let src_lo = col_lo + kw - pad;
+                    dst[col_lo..col_hi].copy_from_slice(&src[src_lo..src_lo + (col_hi - col_lo)]);
+                }
+            });
         }
+        Ok((CpuStorage::F32(out), Shape::from((patch_rows, row_len))))
     }
 }
 

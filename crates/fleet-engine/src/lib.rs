@@ -22,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod job;
 pub mod lora;
+pub mod norm;
 pub mod pipeline;
 pub mod prompt_cache;
 pub mod random;

@@ -7,7 +7,9 @@
 //! config's `norm_num_groups` everywhere (candle's stock blocks hard-code 32).
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::norm::GroupNorm;
 
 use crate::conv::Conv2d;
 use serde::Deserialize;
@@ -221,19 +223,19 @@ struct Resnet {
 impl Resnet {
     fn new(vb: VarBuilder, i: usize, o: usize, temb: usize, groups: usize, eps: f64) -> candle_core::Result<Self> {
         Ok(Self {
-            norm1: candle_nn::group_norm(groups, i, eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(vb.pp("norm1"), groups, i, eps)?,
             conv1: conv(vb.pp("conv1"), i, o, 3, 1)?,
             time_emb_proj: candle_nn::linear(temb, o, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(groups, o, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(vb.pp("norm2"), groups, o, eps)?,
             conv2: conv(vb.pp("conv2"), o, o, 3, 1)?,
             shortcut: if i != o { Some(conv(vb.pp("conv_shortcut"), i, o, 1, 1)?) } else { None },
         })
     }
     fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
             Some(s) => s.forward(x)? + h,
             None => x + h,
@@ -350,7 +352,7 @@ impl Transformer2D {
             blocks.push(BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(j.to_string()), c, ctx_dim, heads)?);
         }
         Ok(Self {
-            norm: candle_nn::group_norm(groups, c, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(vb.pp("norm"), groups, c, 1e-6)?,
             proj_in: proj("proj_in")?,
             blocks,
             proj_out: proj("proj_out")?,
@@ -698,7 +700,7 @@ impl UNet2DConditionModel {
             Ok(Self {
                 enc,
                 up,
-                norm_out: candle_nn::group_norm(g, c0, eps, vb.pp("conv_norm_out"))?,
+                norm_out: GroupNorm::new(vb.pp("conv_norm_out"), g, c0, eps)?,
                 conv_out: conv(vb.pp("conv_out"), c0, cfg.out_channels, 3, 1)?,
                 config: cfg.clone(),
                 dtype: vb.dtype(),
@@ -778,7 +780,7 @@ impl UNet2DConditionModel {
                 x = s.forward(&x.upsample_nearest2d(th, tw)?)?;
             }
         }
-        let x = self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)?;
+        let x = self.conv_out.forward(&self.norm_out.forward_silu(&x)?)?;
         Ok(x)
     }
 }

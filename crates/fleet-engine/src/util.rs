@@ -40,3 +40,11 @@ impl OneOrMany {
         }
     }
 }
+
+/// Whether the engine's own CPU kernels (fused GroupNorm + SiLU, the im2col convolution) run.
+/// `FLEET_ENGINE_KERNELS=candle` switches them off, so candle's ops compute the same layers: for
+/// A/B measurements in one build and for ruling the kernels out when chasing a numeric problem.
+pub(crate) fn own_cpu_kernels() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("FLEET_ENGINE_KERNELS").map_or(true, |v| v != "candle"))
+}

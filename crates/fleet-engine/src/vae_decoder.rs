@@ -5,10 +5,11 @@
 //! candle's, at the lowest resolution only.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::attention::{AttentionBlock, AttentionBlockConfig};
 
 use crate::conv::Conv2d;
+use crate::norm::GroupNorm;
 
 /// diffusers' VAE norms and resnets use eps 1e-6.
 const EPS: f64 = 1e-6;
@@ -25,9 +26,9 @@ struct Resnet {
 impl Resnet {
     fn new(vb: VarBuilder, i: usize, o: usize, groups: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            norm1: candle_nn::group_norm(groups, i, EPS, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(vb.pp("norm1"), groups, i, EPS)?,
             conv1: Conv2d::new(vb.pp("conv1"), i, o, 3, 1)?,
-            norm2: candle_nn::group_norm(groups, o, EPS, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(vb.pp("norm2"), groups, o, EPS)?,
             conv2: Conv2d::new(vb.pp("conv2"), o, o, 3, 1)?,
             shortcut: if i != o { Some(Conv2d::new(vb.pp("conv_shortcut"), i, o, 1, 1)?) } else { None },
         })
@@ -36,8 +37,8 @@ impl Resnet {
 
 impl Module for Resnet {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
             Some(s) => s.forward(x)? + h,
             None => x + h,
@@ -108,7 +109,7 @@ impl VaeDecoder {
             conv_in: Conv2d::new(vb.pp("conv_in"), latent_channels, deepest, 3, 1)?,
             mid,
             up_blocks,
-            norm_out: candle_nn::group_norm(groups, channels[0], EPS, vb.pp("conv_norm_out"))?,
+            norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, channels[0], EPS)?,
             conv_out: Conv2d::new(vb.pp("conv_out"), channels[0], out_channels, 3, 1)?,
         })
     }
@@ -130,6 +131,6 @@ impl VaeDecoder {
                 x = up.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 }

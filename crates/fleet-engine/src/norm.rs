@@ -1,0 +1,222 @@
+//! GroupNorm, optionally followed by SiLU, in one pass over the activations on the CPU.
+//!
+//! candle 0.11's `GroupNorm` is a chain of tensor ops (sum, broadcast subtract, square, sum,
+//! broadcast divide, reshape, broadcast multiply, broadcast add; then SiLU as another op), each a
+//! pass over the whole activation with its own allocation. At full image resolution in the VAE
+//! decoder and at the UNet's first level these passes cost about as much as the convolutions
+//! around them. Here each (image, group) slice is read twice for its mean and variance and written
+//! once with the affine transform and the SiLU applied, the groups spread over the rayon threads.
+//!
+//! Only contiguous f32 tensors on the CPU take this path; anything else (GPU, f16/bf16) uses
+//! candle's ops, which compute the same thing.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
+
+/// `torch.nn.GroupNorm(groups, channels, eps)` with its `weight` and `bias`.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+    /// candle's GroupNorm over the same weights, for inputs the fused kernel does not take.
+    fallback: candle_nn::GroupNorm,
+}
+
+impl GroupNorm {
+    pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> candle_core::Result<Self> {
+        // The same names and init hints as candle_nn::group_norm (random models stay identical).
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.))?;
+        let fallback = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
+        Ok(Self { weight, bias, groups, eps, fallback })
+    }
+
+    /// GroupNorm followed by SiLU (`F.silu(norm(x))`), the pattern of every SDXL resnet.
+    pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
+        if self.fused(x) {
+            let op = FusedGroupNorm { groups: self.groups, eps: self.eps, silu };
+            return x.apply_op3_no_bwd(&self.weight, &self.bias, &op);
+        }
+        let y = self.fallback.forward(x)?;
+        if silu { y.silu() } else { Ok(y) }
+    }
+
+    fn fused(&self, x: &Tensor) -> bool {
+        crate::util::own_cpu_kernels()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && x.rank() >= 3
+            && x.is_contiguous()
+            && x.dim(1).is_ok_and(|c| c % self.groups == 0)
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, false)
+    }
+}
+
+/// The CPU kernel: x [B, C, …], weight and bias [C].
+struct FusedGroupNorm {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl CustomOp3 for FusedGroupNorm {
+    fn name(&self) -> &'static str {
+        "fused-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x, x_layout, "input")?;
+        let w = contiguous_f32(w, w_layout, "weight")?;
+        let b = contiguous_f32(b, b_layout, "bias")?;
+        let dims = x_layout.dims();
+        let channels = dims[1];
+        let spatial: usize = dims[2..].iter().product();
+        if w.len() != channels || b.len() != channels || channels % self.groups != 0 {
+            candle_core::bail!(
+                "group norm: {channels} channels, {} groups, weight {}, bias {}",
+                self.groups,
+                w.len(),
+                b.len()
+            );
+        }
+        let per_group = channels / self.groups;
+        let group_len = per_group * spatial;
+        let mut out = vec![0f32; x.len()];
+        if group_len > 0 {
+            out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (out, x))| {
+                let first_channel = (index % self.groups) * per_group;
+                let (mean, var) = mean_and_variance(x);
+                let inv_std = 1.0 / (var + self.eps).sqrt();
+                for (c, (out, x)) in out.chunks_mut(spatial).zip(x.chunks(spatial)).enumerate() {
+                    let scale = (inv_std * f64::from(w[first_channel + c])) as f32;
+                    let shift =
+                        (f64::from(b[first_channel + c]) - mean * inv_std * f64::from(w[first_channel + c])) as f32;
+                    if self.silu {
+                        out.iter_mut().zip(x).for_each(|(o, &v)| {
+                            let y = v * scale + shift;
+                            *o = y / (1.0 + (-y).exp());
+                        });
+                    } else {
+                        out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * scale + shift);
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else { candle_core::bail!("group norm: {what} is not f32") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("group norm: {what} is not contiguous"),
+    }
+}
+
+/// Two passes, as torch and candle do (mean, then the mean of squared deviations); f32 partial
+/// sums over 16 lanes (vectorised), added up in f64.
+fn mean_and_variance(x: &[f32]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = lane_sum(x, |v| v) / n;
+    let m = mean as f32;
+    let var = lane_sum(x, |v| (v - m) * (v - m)) / n;
+    (mean, var)
+}
+
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    const LANES: usize = 16;
+    // Each block's lane sums are added in f64, so long rows (a 1024² channel) keep their precision.
+    const BLOCK: usize = 4096;
+    let mut total = 0f64;
+    for block in x.chunks(BLOCK) {
+        let mut acc = [0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a += f(v);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+        total += acc.iter().map(|&a| f64::from(a)).sum::<f64>() + f64::from(tail);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn equals_candles_group_norm_and_silu() {
+        let dev = Device::Cpu;
+        for (b, c, h, w, groups) in [(2, 8, 5, 7, 4), (1, 64, 32, 32, 32), (3, 6, 1, 1, 3), (1, 4, 9, 1, 1)] {
+            // An offset and a scale, so the mean and variance matter.
+            let x = ((Tensor::randn(0f32, 1., (b, c, h, w), &dev).unwrap() * 3.).unwrap() + 5.).unwrap();
+            let weight = Tensor::randn(1f32, 0.5, c, &dev).unwrap();
+            let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+            let reference = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, groups, 1e-6).unwrap();
+            let vb = VarBuilder::from_tensors(
+                [("weight".to_string(), weight), ("bias".to_string(), bias)].into_iter().collect(),
+                DType::F32,
+                &dev,
+            );
+            let ours = GroupNorm::new(vb, groups, c, 1e-6).unwrap();
+            let expected = reference.forward(&x).unwrap();
+            let diff = max_diff(&ours.forward(&x).unwrap(), &expected);
+            assert!(diff < 1e-4, "{b}x{c}x{h}x{w}/{groups}: norm differs by {diff}");
+            let diff = max_diff(&ours.forward_silu(&x).unwrap(), &expected.silu().unwrap());
+            assert!(diff < 1e-4, "{b}x{c}x{h}x{w}/{groups}: norm + silu differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn strided_and_other_dtypes_take_candles_path_with_the_same_result() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 8, 6, 4), &dev).unwrap();
+        let weights = |dtype| {
+            let w = Tensor::randn(1f32, 0.5, 8, &Device::Cpu).unwrap();
+            let b = Tensor::randn(0f32, 0.5, 8, &Device::Cpu).unwrap();
+            VarBuilder::from_tensors(
+                [("weight".to_string(), w), ("bias".to_string(), b)].into_iter().collect(),
+                dtype,
+                &Device::Cpu,
+            )
+        };
+        let vb = weights(DType::F32);
+        let norm = GroupNorm::new(vb.clone(), 2, 8, 1e-5).unwrap();
+        let transposed = x.transpose(2, 3).unwrap();
+        let direct = norm.forward_silu(&transposed.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&norm.forward_silu(&transposed).unwrap(), &direct) < 1e-5);
+        // f64 weights and input: candle's ops; the same values as the fused f32 kernel.
+        let wide = GroupNorm::new(vb.set_dtype(DType::F64), 2, 8, 1e-5).unwrap();
+        let via_candle = wide.forward_silu(&x.to_dtype(DType::F64).unwrap()).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(max_diff(&via_candle, &norm.forward_silu(&x).unwrap()) < 1e-4);
+    }
+}
