@@ -73,7 +73,11 @@ impl Module for Conv2d {
                 (weight, *has_bias, *k, *padding, *c_out, fallback)
             }
         };
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || !crate::util::own_cpu_kernels() {
+        if !x.device().is_cpu()
+            || x.dtype() != DType::F32
+            || weight.dtype() != DType::F32
+            || !crate::util::own_cpu_kernels()
+        {
             return fallback.forward(x);
         }
         let (b, c, h, w) = x.dims4()?;
