@@ -3,8 +3,9 @@
 //!
 //! Every job carries the idempotency key `bulk/<run>/<key>`, so submitting a sample again (a
 //! resume after the CLI died) returns the job already made for it instead of a second one. A
-//! sample whose earlier job failed or was cancelled before this invocation gets one new attempt
-//! under a key suffixed with this invocation's tag.
+//! sample whose earlier job failed before this invocation, or was made by an earlier invocation
+//! and cancelled (whenever the cancel took effect), gets one new attempt under a key suffixed
+//! with this invocation's tag.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -152,7 +153,10 @@ impl FleetExecutor {
             return None;
         }
         let stale = status.finished_at.is_none_or(|at| at < self.started);
-        if status.state != JobState::Succeeded && !fresh && stale {
+        // A job an earlier invocation made and then cancelled: a cancel takes effect when a worker
+        // notices it, which can be after this invocation started (a resume right after a cancel).
+        let cancelled_earlier = status.state == JobState::Cancelled && status.created_at < self.started;
+        if status.state != JobState::Succeeded && !fresh && (stale || cancelled_earlier) {
             // Failed or cancelled before this invocation (e.g. a run cancelled, then resumed): one new attempt.
             self.again.push_back((sample, true));
             return None;
