@@ -16,6 +16,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use crate::util::contiguous_f32;
+
 /// Elements of one patch matrix (16 MiB of f32): bounds the extra memory of a large convolution.
 const PATCH_ELEMENTS: usize = 4 << 20;
 
@@ -118,11 +120,7 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("im2col: input is not f32") };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("im2col: input is not contiguous")
-        };
-        let x = &data[start..end];
+        let x = contiguous_f32(storage, layout, "im2col input")?;
         let (c, h, w) = layout.shape().dims3()?;
         let (k, pad) = (self.k, self.padding);
         let ow = (w + 2 * pad + 1).saturating_sub(k);

@@ -14,6 +14,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::util::contiguous_f32;
+
 /// `torch.nn.GroupNorm(groups, channels, eps)` with its `weight` and `bias`.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -86,9 +88,9 @@ impl CustomOp3 for FusedGroupNorm {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(x, x_layout, "input")?;
-        let w = contiguous_f32(w, w_layout, "weight")?;
-        let b = contiguous_f32(b, b_layout, "bias")?;
+        let x = contiguous_f32(x, x_layout, "group norm input")?;
+        let w = contiguous_f32(w, w_layout, "group norm weight")?;
+        let b = contiguous_f32(b, b_layout, "group norm bias")?;
         let dims = x_layout.dims();
         let channels = dims[1];
         let spatial: usize = dims[2..].iter().product();
@@ -149,14 +151,6 @@ fn affine(out: &mut [f32], x: &[f32], scale: f32, shift: f32, silu: bool) {
         });
     } else {
         out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * scale + shift);
-    }
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { candle_core::bail!("group norm: {what} is not f32") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("group norm: {what} is not contiguous"),
     }
 }
 

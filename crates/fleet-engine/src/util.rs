@@ -1,4 +1,4 @@
-//! Small helpers shared by the loaders.
+//! Small helpers shared across the engine (loaders, the CPU kernels).
 
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -47,4 +47,18 @@ impl OneOrMany {
 pub(crate) fn own_cpu_kernels() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OWN.get_or_init(|| std::env::var("FLEET_ENGINE_KERNELS").map_or(true, |v| v != "candle"))
+}
+
+/// The f32 values of a contiguous CPU tensor, for the engine's custom CPU ops (`what` names the
+/// operand in the error).
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else { candle_core::bail!("{what} is not f32") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} is not contiguous"),
+    }
 }
