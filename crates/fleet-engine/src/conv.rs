@@ -4,21 +4,23 @@
 //! to NHWC element by element, gathers each patch with per-element index arithmetic and scatters
 //! the result back: on the UNet's convolutions that data movement costs more than the product
 //! itself (a profile of the tiny model showed it well ahead of the gemm kernel). Here the kernel is
-//! flattened once, at load, in (kh, kw, c_in) order with the bias as one more column; one gather
-//! ([`Im2Col`], rows spread over the rayon threads, zero padding written in place) builds the
-//! [k·k·c_in + 1, rows·w] patch matrix whose last row is ones; and one product per block of rows
-//! writes the biased output directly in NCHW order.
+//! flattened once, at load, in (kh, kw, c_in) order with the bias as one more column. The output
+//! positions are cut into tiles; for each, a gather builds the [k·k·c_in + 1, tile] patch matrix
+//! (zero padding written in place, last row ones) and one gemm product writes the biased output
+//! straight into the NCHW planes. Few-channel layers (the VAE at full resolution) use small tiles,
+//! one per thread, so the patch matrix never leaves the core's cache; wide layers use large ones
+//! with the product spread over the threads (see [`Plan`]).
 //!
 //! Used for stride-1 f32 convolutions on the CPU. Strided convolutions (the two downsamplers),
 //! other dtypes and every GPU convolution use candle's (cuDNN or its own kernels).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
 use crate::util::contiguous_f32;
 
-/// Elements of one patch matrix (16 MiB of f32): bounds the extra memory of a large convolution.
+/// Elements of one large patch tile (16 MiB of f32): bounds the extra memory of a wide convolution.
 const PATCH_ELEMENTS: usize = 4 << 20;
 
 #[derive(Debug, Clone)]
@@ -82,79 +84,221 @@ impl Module for Conv2d {
         {
             return fallback.forward(x);
         }
-        let (b, c, h, w) = x.dims4()?;
-        let (oh, ow) = ((h + 2 * padding + 1).saturating_sub(k), (w + 2 * padding + 1).saturating_sub(k));
-        let patch_rows = k * k * c + usize::from(has_bias);
-        let rows_per_block = (PATCH_ELEMENTS / (patch_rows * ow).max(1)).clamp(1, oh.max(1));
-        let x = x.contiguous()?;
-        let mut images = Vec::with_capacity(b);
-        for i in 0..b {
-            let xi = x.get(i)?;
-            let mut blocks = Vec::with_capacity(oh.div_ceil(rows_per_block));
-            for first_row in (0..oh).step_by(rows_per_block) {
-                let rows = rows_per_block.min(oh - first_row);
-                let gather = Im2Col { k, padding, first_row, rows, ones_row: has_bias };
-                let patches = xi.apply_op1_no_bwd(&gather)?;
-                blocks.push(weight.matmul(&patches)?.reshape((c_out, rows, ow))?);
-            }
-            images.push(if blocks.len() == 1 { blocks.remove(0) } else { Tensor::cat(&blocks, 1)? });
-        }
-        if b == 1 { images.remove(0).unsqueeze(0) } else { Tensor::stack(&images, 0) }
+        x.contiguous()?.apply_op2_no_bwd(weight, &PatchConv { k, padding, ones_row: has_bias, c_out })
     }
 }
 
-/// The patch matrix of output rows `first_row..first_row + rows` of one image [c, h, w]:
-/// row (kh·k + kw)·c + ci holds input channel ci shifted by (kh − padding, kw − padding), zero
-/// outside the image; with `ones_row`, a last row of ones that multiplies the bias column.
-struct Im2Col {
+/// The convolution as products of the flattened kernel with patch matrices, one per tile of
+/// output positions (see [`Plan`]).
+struct PatchConv {
     k: usize,
     padding: usize,
-    first_row: usize,
-    rows: usize,
     ones_row: bool,
+    c_out: usize,
 }
 
-impl CustomOp1 for Im2Col {
+/// How one convolution is cut into products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    /// Output positions (flattened h·w) per patch matrix.
+    cols: usize,
+    /// Whether tiles run side by side, each product on one thread; otherwise tiles run one after
+    /// another and each product uses every thread.
+    tiles_in_parallel: bool,
+}
+
+/// Bytes of one patch tile when tiles run side by side: with the kernel, it stays in a core's L2,
+/// so the gather's writes are read back by the product from cache instead of from memory.
+const TILE_BYTES: usize = 1 << 20;
+/// The largest flattened kernel that tiles share from cache: above it (the UNet's wide layers),
+/// each tile would stream the kernel from memory again, so one product over many columns wins.
+const SHARED_KERNEL_BYTES: usize = 1 << 20;
+
+impl Plan {
+    /// Pure so the choice can be tested: `patch_rows` = k·k·c_in (+1 for the bias row),
+    /// `positions` = output h·w.
+    fn new(c_out: usize, patch_rows: usize, positions: usize) -> Self {
+        let row_bytes = patch_rows * std::mem::size_of::<f32>();
+        if c_out * row_bytes <= SHARED_KERNEL_BYTES {
+            let cols = (TILE_BYTES / row_bytes).max(16).min(positions.max(1));
+            Self { cols, tiles_in_parallel: true }
+        } else {
+            Self { cols: (PATCH_ELEMENTS / patch_rows).max(1).min(positions.max(1)), tiles_in_parallel: false }
+        }
+    }
+}
+
+/// Where a patch row's values come from: one image [c, h, w] and the convolution's geometry.
+struct Gather<'a> {
+    image: &'a [f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: usize,
+    ow: usize,
+}
+
+impl Gather<'_> {
+    /// Row `r` of the patch matrix for output positions `first..first + dst.len()` (flattened
+    /// over rows of `ow`): input channel r % c shifted by tap r / c, zero outside the image;
+    /// r = k·k·c is the ones row that multiplies the bias column.
+    fn row(&self, r: usize, first: usize, dst: &mut [f32]) {
+        let (c, h, w, k, pad, ow) = (self.c, self.h, self.w, self.k, self.pad, self.ow);
+        if r == k * k * c {
+            dst.fill(1.0);
+            return;
+        }
+        let (tap, ci) = (r / c, r % c);
+        let (kh, kw) = (tap / k, tap % k);
+        // Output columns whose input column j + kw − pad lies inside the image.
+        let col_lo = pad.saturating_sub(kw).min(ow);
+        let col_hi = (w + pad).saturating_sub(kw).min(ow).max(col_lo);
+        let channel = &self.image[ci * h * w..(ci + 1) * h * w];
+        let (mut p, mut dst) = (first, dst);
+        while !dst.is_empty() {
+            let (y, x0) = (p / ow, p % ow);
+            let len = (ow - x0).min(dst.len());
+            let (seg, rest) = dst.split_at_mut(len);
+            match (y + kh).checked_sub(pad).filter(|&iy| iy < h) {
+                None => seg.fill(0.0),
+                Some(iy) => {
+                    let (a, b) = (col_lo.clamp(x0, x0 + len), col_hi.clamp(x0, x0 + len));
+                    let b = b.max(a);
+                    let src = &channel[iy * w..(iy + 1) * w];
+                    seg[..a - x0].fill(0.0);
+                    seg[a - x0..b - x0].copy_from_slice(&src[a + kw - pad..b + kw - pad]);
+                    seg[b - x0..].fill(0.0);
+                }
+            }
+            p += len;
+            dst = rest;
+        }
+    }
+}
+
+impl CustomOp2 for PatchConv {
     fn name(&self) -> &'static str {
-        "im2col-rows"
+        "conv2d-patches"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, "im2col input")?;
-        let (c, h, w) = layout.shape().dims3()?;
-        let (k, pad) = (self.k, self.padding);
-        let ow = (w + 2 * pad + 1).saturating_sub(k);
-        let row_len = self.rows * ow;
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x_storage, x_layout, "conv input")?;
+        let weight = contiguous_f32(w_storage, w_layout, "conv weight")?;
+        let (b, c, h, w) = x_layout.shape().dims4()?;
+        let (k, pad, c_out) = (self.k, self.padding, self.c_out);
+        let (oh, ow) = ((h + 2 * pad + 1).saturating_sub(k), (w + 2 * pad + 1).saturating_sub(k));
         let patch_rows = k * k * c + usize::from(self.ones_row);
-        let mut out = vec![0f32; patch_rows * row_len];
-        if row_len > 0 {
-            out.par_chunks_mut(row_len).enumerate().for_each(|(p, dst)| {
-                if p == k * k * c {
-                    dst.fill(1.0);
-                    return;
-                }
-                let (tap, ci) = (p / c, p % c);
-                let (kh, kw) = (tap / k, tap % k);
-                // Output columns whose input column j + kw − pad lies inside the image.
-                let col_lo = pad.saturating_sub(kw).min(ow);
-                let col_hi = (w + pad).saturating_sub(kw).min(ow).max(col_lo);
-                let channel = &x[ci * h * w..(ci + 1) * h * w];
-                for (r, dst) in dst.chunks_exact_mut(ow).enumerate() {
-                    let Some(y) = (self.first_row + r + kh).checked_sub(pad).filter(|&y| y < h) else { continue };
-                    let src = &channel[y * w..(y + 1) * w];
-                    let src_lo = col_lo + kw - pad;
-                    dst[col_lo..col_hi].copy_from_slice(&src[src_lo..src_lo + (col_hi - col_lo)]);
-                }
-            });
+        if weight.len() != c_out * patch_rows {
+            candle_core::bail!("conv weight has {} values, expected {c_out}×{patch_rows}", weight.len());
         }
-        Ok((CpuStorage::F32(out), Shape::from((patch_rows, row_len))))
+        let positions = oh * ow;
+        let mut out = vec![0f32; b * c_out * positions];
+        if positions == 0 || c_out == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))));
+        }
+        let plan = Plan::new(c_out, patch_rows, positions);
+        let tiles_per_image = positions.div_ceil(plan.cols);
+        let dst = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
+        let tile = |t: usize, patches: &mut Vec<f32>, threads: usize| {
+            let (img, first) = (t / tiles_per_image, (t % tiles_per_image) * plan.cols);
+            let cols = plan.cols.min(positions - first);
+            let gather = Gather { image: &x[img * c * h * w..(img + 1) * c * h * w], c, h, w, k, pad, ow };
+            patches.resize(patch_rows * cols, 0.0);
+            let rows = &mut patches[..patch_rows * cols];
+            if threads > 1 {
+                rows.par_chunks_mut(cols).enumerate().for_each(|(r, row)| gather.row(r, first, row));
+            } else {
+                rows.chunks_exact_mut(cols).enumerate().for_each(|(r, row)| gather.row(r, first, row));
+            }
+            let offset = img * c_out * positions + first;
+            let shape = Product { m: c_out, n: cols, k: patch_rows, dst_rs: positions };
+            product(&dst, offset, shape, weight, rows, threads)
+        };
+        let tiles = b * tiles_per_image;
+        if plan.tiles_in_parallel {
+            (0..tiles).into_par_iter().try_for_each_init(Vec::new, |patches, t| tile(t, patches, 1))?;
+        } else {
+            let mut patches = Vec::new();
+            (0..tiles).try_for_each(|t| tile(t, &mut patches, rayon::current_num_threads()))?;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
     }
+}
+
+/// The output buffer, written by several tiles at once: each tile writes only its own columns.
+struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tiles write disjoint sets of elements (their own output positions in every channel),
+// and the buffer outlives the parallel loop that shares the pointer.
+#[allow(unsafe_code)]
+unsafe impl Sync for OutPtr {}
+
+/// A row-major [m, n] = [m, k] × [k, n] product whose destination rows are `dst_rs` apart.
+struct Product {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst_rs: usize,
+}
+
+/// out[offset..] (rows `dst_rs` apart) = lhs [m, k] × rhs [k, n], both contiguous row-major.
+#[allow(unsafe_code)]
+fn product(
+    out: &OutPtr,
+    offset: usize,
+    p: Product,
+    lhs: &[f32],
+    rhs: &[f32],
+    threads: usize,
+) -> candle_core::Result<()> {
+    let last = p.m.checked_sub(1).map_or(0, |rows| offset + rows * p.dst_rs + p.n);
+    if lhs.len() < p.m * p.k || rhs.len() < p.k * p.n || last > out.len || p.n > p.dst_rs {
+        candle_core::bail!("conv product [{}×{}]·[{}×{}] does not fit its buffers", p.m, p.k, p.k, p.n);
+    }
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: checked just above: rows 0..m of n values, `dst_rs` apart from `offset`, lie inside
+    // the output, and lhs/rhs hold m·k and k·n values. `read_dst` is false (alpha unused), so
+    // the destination's old values are not read. Concurrent tiles write disjoint columns.
+    unsafe {
+        gemm::gemm(
+            p.m,
+            p.n,
+            p.k,
+            out.ptr.add(offset),
+            1,
+            p.dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            p.k as isize,
+            rhs.as_ptr(),
+            1,
+            p.n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, IndexOp};
+    use candle_core::{DType, Device};
 
     #[test]
     fn equals_candles_convolution() {
@@ -178,19 +322,46 @@ mod tests {
         }
     }
 
-    #[test]
-    fn large_inputs_are_split_into_row_blocks() {
-        // 3·3·64 channels × 128 columns: PATCH_ELEMENTS / 73,728 = 56 rows per block, 3 blocks.
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (1, 64, 130, 128), &dev).unwrap();
-        let kernel = Tensor::randn(0f32, 0.1, (2, 64, 3, 3), &dev).unwrap();
+    /// Max |a − b| between our convolution and candle's on the same input and weights.
+    fn max_diff_to_candle(x: &Tensor, kernel: Tensor, bias: Option<Tensor>) -> f32 {
         let cfg = Conv2dConfig { padding: 1, ..Default::default() };
-        let reference = candle_nn::Conv2d::new(kernel.clone(), None, cfg).forward(&x).unwrap();
-        let ours = Conv2d::from_weights(kernel, None, 1).unwrap().forward(&x).unwrap();
-        let row = |t: &Tensor, r: usize| t.i((0, 1, r)).unwrap().to_vec1::<f32>().unwrap();
-        for r in [0, 55, 56, 112, 129] {
-            let (a, b) = (row(&ours, r), row(&reference, r));
-            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-3), "row {r}");
-        }
+        let reference = candle_nn::Conv2d::new(kernel.clone(), bias.clone(), cfg).forward(x).unwrap();
+        let ours = Conv2d::from_weights(kernel, bias, 1).unwrap().forward(x).unwrap();
+        assert_eq!(ours.dims(), reference.dims());
+        (ours - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn tiles_that_cross_rows_and_images_give_candles_result() {
+        // 64 channels: 577 patch rows, 1 MiB / 2,308 B = 454 positions per tile, so tiles start
+        // mid-row; batch 2.
+        let dev = Device::Cpu;
+        assert_eq!(Plan::new(2, 577, 130 * 128), Plan { cols: 454, tiles_in_parallel: true });
+        let x = Tensor::randn(0f32, 1., (2, 64, 130, 128), &dev).unwrap();
+        let kernel = Tensor::randn(0f32, 0.1, (2, 64, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.1, 2, &dev).unwrap();
+        let diff = max_diff_to_candle(&x, kernel, Some(bias));
+        assert!(diff < 1e-3, "differs by {diff}");
+    }
+
+    #[test]
+    fn wide_kernels_take_one_product_over_all_threads() {
+        // 512 × 577 f32 = 1.18 MB of kernel: above SHARED_KERNEL_BYTES, one tile of all 12·10 positions.
+        assert_eq!(Plan::new(512, 577, 120), Plan { cols: 120, tiles_in_parallel: false });
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 64, 12, 10), &dev).unwrap();
+        let kernel = Tensor::randn(0f32, 0.1, (512, 64, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.1, 512, &dev).unwrap();
+        let diff = max_diff_to_candle(&x, kernel, Some(bias));
+        assert!(diff < 1e-3, "differs by {diff}");
+    }
+
+    #[test]
+    fn plan_bounds_tiles() {
+        // A wide kernel over many positions: tiles of PATCH_ELEMENTS / patch_rows positions.
+        assert_eq!(Plan::new(1280, 11521, 64 * 64), Plan { cols: PATCH_ELEMENTS / 11521, tiles_in_parallel: false });
+        // Tiny inputs: never more columns than positions, never zero.
+        assert_eq!(Plan::new(4, 37, 1), Plan { cols: 1, tiles_in_parallel: true });
+        assert_eq!(Plan::new(4, 37, 0).cols, 1);
     }
 }

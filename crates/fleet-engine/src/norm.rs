@@ -106,19 +106,44 @@ impl CustomOp3 for FusedGroupNorm {
         let group_len = per_group * spatial;
         let mut out = vec![0f32; x.len()];
         if group_len > 0 {
+            // The build targets generic x86-64 (SSE2: 4 lanes); pulp runs each group's loops
+            // compiled for the CPU's widest vectors (AVX-512 or AVX2 + FMA) when it has them.
+            let arch = pulp::Arch::new();
             out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (out, x))| {
                 let first_channel = (index % self.groups) * per_group;
-                let (mean, var) = mean_and_variance(x);
-                let inv_std = 1.0 / (var + self.eps).sqrt();
-                for (c, (out, x)) in out.chunks_mut(spatial).zip(x.chunks(spatial)).enumerate() {
-                    let scale = (inv_std * f64::from(w[first_channel + c])) as f32;
-                    let shift =
-                        (f64::from(b[first_channel + c]) - mean * inv_std * f64::from(w[first_channel + c])) as f32;
-                    affine(out, x, scale, shift, self.silu);
-                }
+                let (weight, bias) = (&w[first_channel..][..per_group], &b[first_channel..][..per_group]);
+                arch.dispatch(NormGroup { x, out, weight, bias, spatial, eps: self.eps, silu: self.silu });
             });
         }
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+/// One (image, group) slice: normalised, scaled per channel, SiLU when asked.
+struct NormGroup<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    weight: &'a [f32],
+    bias: &'a [f32],
+    spatial: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl pulp::WithSimd for NormGroup<'_> {
+    type Output = ();
+
+    // Inlined into pulp's per-CPU-feature copies; everything it calls is `inline(always)` too.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let (mean, var) = mean_and_variance(self.x);
+        let inv_std = 1.0 / (var + self.eps).sqrt();
+        let rows = self.out.chunks_mut(self.spatial).zip(self.x.chunks(self.spatial));
+        for ((out, x), (&w, &b)) in rows.zip(self.weight.iter().zip(self.bias)) {
+            let scale = (inv_std * f64::from(w)) as f32;
+            let shift = (f64::from(b) - mean * inv_std * f64::from(w)) as f32;
+            affine(out, x, scale, shift, self.silu);
+        }
     }
 }
 
@@ -133,12 +158,16 @@ fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // n is within [-126, 127] after the clamp; wrapping ops keep the test build's overflow checks
-    // (a branch per element) out of this loop, so it vectorises there too.
-    f32::from_bits(((n as i32).wrapping_add(127) as u32).wrapping_shl(23)) * p
+    // At 1.5·2^23 one ulp is 1, so `shifted`'s bits are ROUND's plus n: the integer n without a
+    // float → int cast (Rust's saturating `as` is a scalar conversion per lane). n is within
+    // [-126, 127] after the clamp; wrapping ops keep the test build's overflow checks (a branch
+    // per element) out of this loop, so it vectorises there too.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    f32::from_bits(n_bits.wrapping_add(127).wrapping_shl(23)) * p
 }
 
 /// out = x·scale + shift, then SiLU when asked.
