@@ -12,6 +12,8 @@
 //! # Ok::<(), fleet_engine::EngineError>(())
 //! ```
 
+pub mod activation;
+mod allocator;
 pub mod canny;
 pub mod clip;
 pub mod control_image;
@@ -19,6 +21,7 @@ pub mod controlnet;
 pub mod conv;
 pub mod encode;
 pub mod error;
+mod fast_math;
 pub mod files;
 pub mod job;
 pub mod lora;

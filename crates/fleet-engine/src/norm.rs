@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::fast_math::exp;
 use crate::util::contiguous_f32;
 
 /// `torch.nn.GroupNorm(groups, channels, eps)` with its `weight` and `bias`.
@@ -147,29 +148,6 @@ impl pulp::WithSimd for NormGroup<'_> {
     }
 }
 
-/// e^x to within 3e-7 relative (2–3 ulp), branch-free so that the SiLU loop vectorises (libm's `expf` is a
-/// call per element). Cody–Waite reduction x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 split in a
-/// short high part, so n·LN2_HI is exact), e^r by its Taylor polynomial to degree 6 (remainder
-/// < 1.2e-7), and 2^n put straight into the exponent bits.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    // 1.5·2^23: adding and subtracting it rounds to the nearest integer (vectorises, unlike round()).
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // At 1.5·2^23 one ulp is 1, so `shifted`'s bits are ROUND's plus n: the integer n without a
-    // float → int cast (Rust's saturating `as` is a scalar conversion per lane). n is within
-    // [-126, 127] after the clamp; wrapping ops keep the test build's overflow checks (a branch
-    // per element) out of this loop, so it vectorises there too.
-    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    f32::from_bits(n_bits.wrapping_add(127).wrapping_shl(23)) * p
-}
-
 /// out = x·scale + shift, then SiLU when asked.
 #[inline(always)]
 fn affine(out: &mut [f32], x: &[f32], scale: f32, shift: f32, silu: bool) {
@@ -221,23 +199,6 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    #[test]
-    fn exp_is_within_3e_7_of_libm_over_the_whole_range() {
-        let (mut worst, mut at) = (0f32, 0f32);
-        for i in -86_900..=87_900 {
-            let x = i as f32 * 1e-3;
-            let (ours, libm) = (exp(x), x.exp());
-            let error = ((ours - libm) / libm).abs();
-            if error > worst {
-                (worst, at) = (error, x);
-            }
-        }
-        assert!(worst < 3e-7, "worst relative error {worst} at {at}");
-        // Beyond the clamp: finite, and the SiLU limits hold.
-        assert!(exp(-200.0) > 0.0 && exp(-200.0) < 1e-37 && exp(200.0).is_finite());
-        assert_eq!(100.0 / (1.0 + exp(-100.0)), 100.0);
     }
 
     #[test]

@@ -377,6 +377,9 @@ impl Pipeline {
 
     /// [`Pipeline::from_files`] with LoRAs from `opts` fused in.
     pub fn from_files_with(files: &ModelFiles, device: &Device, dtype: DType, opts: &LoadOptions) -> Result<Self> {
+        if device.is_cpu() {
+            crate::allocator::keep_freed_memory();
+        }
         let ucfg = UNetConfig::from_file(&files.unet_config)?;
         let fuse = Fuse::new(&opts.loras, &ucfg)?;
         let mut force_zeros = true;

@@ -309,8 +309,7 @@ impl BasicTransformerBlock {
         let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
         let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(ctx))? + x)?;
         let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let half = h.dim(D::Minus1)? / 2;
-        let h = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+        let h = crate::activation::geglu(&h)?;
         self.ff_out.forward(&h)? + x
     }
 }
