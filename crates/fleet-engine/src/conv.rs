@@ -116,17 +116,25 @@ const SHARED_KERNEL_BYTES: usize = 1 << 20;
 
 impl Plan {
     /// Pure so the choice can be tested: `patch_rows` = k·k·c_in (+1 for the bias row),
-    /// `positions` = output h·w.
-    fn new(c_out: usize, patch_rows: usize, positions: usize) -> Self {
+    /// `positions` = output h·w, `threads` = the rayon pool's size.
+    fn new(c_out: usize, patch_rows: usize, positions: usize, threads: usize) -> Self {
         let row_bytes = patch_rows * std::mem::size_of::<f32>();
-        if c_out * row_bytes <= SHARED_KERNEL_BYTES {
-            let cols = (TILE_BYTES / row_bytes).max(16).min(positions.max(1));
-            Self { cols, tiles_in_parallel: true }
-        } else {
-            Self { cols: (PATCH_ELEMENTS / patch_rows).max(1).min(positions.max(1)), tiles_in_parallel: false }
+        let positions = positions.max(1);
+        if c_out * row_bytes > SHARED_KERNEL_BYTES {
+            return Self { cols: (PATCH_ELEMENTS / patch_rows).max(1).min(positions), tiles_in_parallel: false };
         }
+        // A whole number of tiles per thread, all about the same size: the UNet's small levels
+        // (1,024 or 256 positions) would otherwise make, say, three tiles for two threads.
+        let threads = threads.max(1);
+        let largest = (TILE_BYTES / row_bytes).max(MIN_TILE_COLS);
+        let tiles = positions.div_ceil(largest).div_ceil(threads) * threads;
+        let cols = positions.div_ceil(tiles).max(MIN_TILE_COLS).min(positions);
+        Self { cols, tiles_in_parallel: true }
     }
 }
+
+/// Fewer output positions per product than this and gemm's fixed costs take over.
+const MIN_TILE_COLS: usize = 16;
 
 /// Where a patch row's values come from: one image [c, h, w] and the convolution's geometry.
 struct Gather<'a> {
@@ -203,7 +211,7 @@ impl CustomOp2 for PatchConv {
         if positions == 0 || c_out == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))));
         }
-        let plan = Plan::new(c_out, patch_rows, positions);
+        let plan = Plan::new(c_out, patch_rows, positions, rayon::current_num_threads());
         let tiles_per_image = positions.div_ceil(plan.cols);
         let dst = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
         let tile = |t: usize, patches: &mut Vec<f32>, threads: usize| {
@@ -333,10 +341,11 @@ mod tests {
 
     #[test]
     fn tiles_that_cross_rows_and_images_give_candles_result() {
-        // 64 channels: 577 patch rows, 1 MiB / 2,308 B = 454 positions per tile, so tiles start
-        // mid-row; batch 2.
+        // 64 channels: 577 patch rows, at most 1 MiB / 2,308 B = 454 positions per tile, so
+        // tiles start mid-row; batch 2.
         let dev = Device::Cpu;
-        assert_eq!(Plan::new(2, 577, 130 * 128), Plan { cols: 454, tiles_in_parallel: true });
+        // 16,640 positions / 454 per tile = 37 tiles, 38 for two threads: 438 positions each.
+        assert_eq!(Plan::new(2, 577, 130 * 128, 2), Plan { cols: 438, tiles_in_parallel: true });
         let x = Tensor::randn(0f32, 1., (2, 64, 130, 128), &dev).unwrap();
         let kernel = Tensor::randn(0f32, 0.1, (2, 64, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 0.1, 2, &dev).unwrap();
@@ -347,7 +356,7 @@ mod tests {
     #[test]
     fn wide_kernels_take_one_product_over_all_threads() {
         // 512 × 577 f32 = 1.18 MB of kernel: above SHARED_KERNEL_BYTES, one tile of all 12·10 positions.
-        assert_eq!(Plan::new(512, 577, 120), Plan { cols: 120, tiles_in_parallel: false });
+        assert_eq!(Plan::new(512, 577, 120, 2), Plan { cols: 120, tiles_in_parallel: false });
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (1, 64, 12, 10), &dev).unwrap();
         let kernel = Tensor::randn(0f32, 0.1, (512, 64, 3, 3), &dev).unwrap();
@@ -359,9 +368,15 @@ mod tests {
     #[test]
     fn plan_bounds_tiles() {
         // A wide kernel over many positions: tiles of PATCH_ELEMENTS / patch_rows positions.
-        assert_eq!(Plan::new(1280, 11521, 64 * 64), Plan { cols: PATCH_ELEMENTS / 11521, tiles_in_parallel: false });
-        // Tiny inputs: never more columns than positions, never zero.
-        assert_eq!(Plan::new(4, 37, 1), Plan { cols: 1, tiles_in_parallel: true });
-        assert_eq!(Plan::new(4, 37, 0).cols, 1);
+        let wide = Plan::new(1280, 11521, 64 * 64, 2);
+        assert_eq!(wide, Plan { cols: PATCH_ELEMENTS / 11521, tiles_in_parallel: false });
+        // The UNet's 128-channel level at 16²: 227 positions fit a tile; two even tiles, not 227 + 29.
+        assert_eq!(Plan::new(128, 1153, 256, 2), Plan { cols: 128, tiles_in_parallel: true });
+        // 64 channels at 32²: 1,024 / 454 = 3 tiles → 4 for two threads.
+        assert_eq!(Plan::new(64, 577, 1024, 2), Plan { cols: 256, tiles_in_parallel: true });
+        // Never below MIN_TILE_COLS columns for many threads, never more than the positions.
+        assert_eq!(Plan::new(64, 577, 100, 16), Plan { cols: 16, tiles_in_parallel: true });
+        assert_eq!(Plan::new(4, 37, 1, 2), Plan { cols: 1, tiles_in_parallel: true });
+        assert_eq!(Plan::new(4, 37, 0, 2).cols, 1);
     }
 }
