@@ -128,7 +128,9 @@ impl Plan {
         let threads = threads.max(1);
         let largest = (TILE_BYTES / row_bytes).max(MIN_TILE_COLS);
         let tiles = positions.div_ceil(largest).div_ceil(threads) * threads;
-        let cols = positions.div_ceil(tiles).max(MIN_TILE_COLS).min(positions);
+        // Whole SIMD rows: gemm copies (packs) the patch tile first when its length is not a
+        // multiple of 16 f32.
+        let cols = positions.div_ceil(tiles).next_multiple_of(16).max(MIN_TILE_COLS).min(positions);
         Self { cols, tiles_in_parallel: true }
     }
 }
@@ -344,8 +346,9 @@ mod tests {
         // 64 channels: 577 patch rows, at most 1 MiB / 2,308 B = 454 positions per tile, so
         // tiles start mid-row; batch 2.
         let dev = Device::Cpu;
-        // 16,640 positions / 454 per tile = 37 tiles, 38 for two threads: 438 positions each.
-        assert_eq!(Plan::new(2, 577, 130 * 128, 2), Plan { cols: 438, tiles_in_parallel: true });
+        // 16,640 positions / 454 per tile = 37 tiles, 38 for two threads: 438 positions each,
+        // rounded up to 448 (whole 16-lane rows).
+        assert_eq!(Plan::new(2, 577, 130 * 128, 2), Plan { cols: 448, tiles_in_parallel: true });
         let x = Tensor::randn(0f32, 1., (2, 64, 130, 128), &dev).unwrap();
         let kernel = Tensor::randn(0f32, 0.1, (2, 64, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 0.1, 2, &dev).unwrap();
