@@ -711,7 +711,7 @@ impl Pipeline {
 
         // Text encoding.
         let t0 = Instant::now();
-        let pos = on_pool(|| self.encode_prompts(&req.prompts))?;
+        let pos = self.on_pool(|| self.encode_prompts(&req.prompts))?;
         let repeat = |t: &Tensor| -> candle_core::Result<Tensor> {
             // prompt-major: prompt p → images p·n .. p·n+n-1
             let n = req.num_images;
@@ -730,7 +730,7 @@ impl Pipeline {
             let (ne, np) = if neg_text.is_empty() && self.force_zeros_for_empty_prompt {
                 (embeds.zeros_like().ctx("zeros")?, pooled.zeros_like().ctx("zeros")?)
             } else {
-                let neg = on_pool(|| self.encode_prompts(&vec![neg_text; req.prompts.len()]))?;
+                let neg = self.on_pool(|| self.encode_prompts(&vec![neg_text; req.prompts.len()]))?;
                 (repeat(&neg.embeds).ctx("repeat")?, repeat(&neg.pooled).ctx("repeat")?)
             };
             (Tensor::cat(&[&ne, &embeds], 0).ctx("cfg batch")?, Tensor::cat(&[&np, &pooled], 0).ctx("cfg batch")?)
@@ -764,7 +764,7 @@ impl Pipeline {
         for (i, &t) in sched.timesteps.iter().enumerate() {
             let x = if cfg_on { Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")? } else { latents.clone() };
             let x = (x * sched.input_scale(i)).ctx("scale input")?;
-            let out = on_pool(|| {
+            let out = self.on_pool(|| {
                 let control = self.control_residuals(&controls, i, total, &x, t, &embeds, &added)?;
                 self.unet.forward(&x, t, &embeds, Some(&added), control.as_ref())
             })?;
@@ -790,7 +790,7 @@ impl Pipeline {
             "the UNet or scheduler diverged (f16 overflow or broken weights); the image was not decoded",
         )?;
         let t2 = Instant::now();
-        let images = on_pool(|| self.vae.decode(&latents))?.to_device(&Device::Cpu).ctx("images to cpu")?;
+        let images = self.on_pool(|| self.vae.decode(&latents))?.to_device(&Device::Cpu).ctx("images to cpu")?;
         ensure_finite(
             &images,
             "VAE decode",
@@ -803,6 +803,19 @@ impl Pipeline {
             seeds: req.seeds(),
             timings: Timings { text_encode, denoise, vae_decode },
         })
+    }
+
+    /// Runs a stage of a CPU pipeline on a rayon worker thread. Called from outside the pool,
+    /// every parallel op (the kernels' loops, gemm's products) injects its work into the pool and
+    /// blocks the caller until a worker is done: two thread hand-offs per op, a few hundred per
+    /// UNet step. From inside, the ops split their work with the other workers directly, and the
+    /// caller hands over once. GPU pipelines stay on the caller's thread (the device context is
+    /// bound there).
+    fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if !self.device.is_cpu() || rayon::current_thread_index().is_some() {
+            return f();
+        }
+        rayon::scope(|_| f())
     }
 
     /// Generate RGB images.
@@ -820,14 +833,6 @@ impl Pipeline {
         let out = self.generate_tensor_until(req, progress)?;
         Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
     }
-}
-
-/// Runs `f` on a rayon worker thread. Called from outside the pool, every parallel op (the
-/// kernels' loops, gemm's products) injects its work into the pool and blocks the caller until a
-/// worker is done: two thread hand-offs per op, a few hundred per UNet step. From inside, the
-/// ops split their work with the other workers directly, and the caller hands over once.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() { f() } else { rayon::scope(|_| f()) }
 }
 
 /// Fails with [`EngineError::NonFinite`] when `t` holds any NaN or infinity.
