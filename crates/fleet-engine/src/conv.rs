@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use crate::matmul::{Operand, Product, SharedOut, product};
 use crate::util::contiguous_f32;
 
 /// Elements of one large patch tile (16 MiB of f32): bounds the extra memory of a wide convolution.
@@ -215,7 +216,8 @@ impl CustomOp2 for PatchConv {
         }
         let plan = Plan::new(c_out, patch_rows, positions, rayon::current_num_threads());
         let tiles_per_image = positions.div_ceil(plan.cols);
-        let dst = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
+        // Tiles write disjoint output positions (in every channel's plane).
+        let dst = SharedOut::new(&mut out);
         let tile = |t: usize, patches: &mut Vec<f32>, threads: usize| {
             let (img, first) = (t / tiles_per_image, (t % tiles_per_image) * plan.cols);
             let cols = plan.cols.min(positions - first);
@@ -228,8 +230,8 @@ impl CustomOp2 for PatchConv {
                 rows.chunks_exact_mut(cols).enumerate().for_each(|(r, row)| gather.row(r, first, row));
             }
             let offset = img * c_out * positions + first;
-            let shape = Product { m: c_out, n: cols, k: patch_rows, dst_rs: positions };
-            product(&dst, offset, shape, weight, rows, threads)
+            let shape = Product { m: c_out, n: cols, k: patch_rows, offset, dst_rs: positions, scale: 1.0 };
+            product(&dst, shape, Operand::row_major(weight, patch_rows), Operand::row_major(rows, cols), threads)
         };
         let tiles = b * tiles_per_image;
         if plan.tiles_in_parallel {
@@ -240,69 +242,6 @@ impl CustomOp2 for PatchConv {
         }
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
     }
-}
-
-/// The output buffer, written by several tiles at once: each tile writes only its own columns.
-struct OutPtr {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: tiles write disjoint sets of elements (their own output positions in every channel),
-// and the buffer outlives the parallel loop that shares the pointer.
-#[allow(unsafe_code)]
-unsafe impl Sync for OutPtr {}
-
-/// A row-major [m, n] = [m, k] × [k, n] product whose destination rows are `dst_rs` apart.
-struct Product {
-    m: usize,
-    n: usize,
-    k: usize,
-    dst_rs: usize,
-}
-
-/// out[offset..] (rows `dst_rs` apart) = lhs [m, k] × rhs [k, n], both contiguous row-major.
-#[allow(unsafe_code)]
-fn product(
-    out: &OutPtr,
-    offset: usize,
-    p: Product,
-    lhs: &[f32],
-    rhs: &[f32],
-    threads: usize,
-) -> candle_core::Result<()> {
-    let last = p.m.checked_sub(1).map_or(0, |rows| offset + rows * p.dst_rs + p.n);
-    if lhs.len() < p.m * p.k || rhs.len() < p.k * p.n || last > out.len || p.n > p.dst_rs {
-        candle_core::bail!("conv product [{}×{}]·[{}×{}] does not fit its buffers", p.m, p.k, p.k, p.n);
-    }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: checked just above: rows 0..m of n values, `dst_rs` apart from `offset`, lie inside
-    // the output, and lhs/rhs hold m·k and k·n values. `read_dst` is false (alpha unused), so
-    // the destination's old values are not read. Concurrent tiles write disjoint columns.
-    unsafe {
-        gemm::gemm(
-            p.m,
-            p.n,
-            p.k,
-            out.ptr.add(offset),
-            1,
-            p.dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            p.k as isize,
-            rhs.as_ptr(),
-            1,
-            p.n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

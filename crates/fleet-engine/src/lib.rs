@@ -14,6 +14,7 @@
 
 pub mod activation;
 mod allocator;
+pub mod attention;
 pub mod canny;
 pub mod clip;
 pub mod control_image;
@@ -25,6 +26,7 @@ mod fast_math;
 pub mod files;
 pub mod job;
 pub mod lora;
+mod matmul;
 pub mod norm;
 pub mod pipeline;
 pub mod prompt_cache;

@@ -270,13 +270,8 @@ impl Attention {
         let q = self.to_q.forward(x)?.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
         let k = self.to_k.forward(ctx)?.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
         let v = self.to_v.forward(ctx)?.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let dtype = q.dtype();
         let scale = 1.0 / (hd as f64).sqrt();
-        // q·kᵀ in the model dtype (tensor cores on GPUs; the matmul accumulates in f32), the
-        // softmax in f32, as diffusers' SDPA does.
-        let w = (q * scale)?.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let w = candle_nn::ops::softmax_last_dim(&w)?.to_dtype(dtype)?;
-        let o = w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        let o = crate::attention::attention(&q, &k, &v, scale)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.to_out.forward(&o)
     }
 }
