@@ -1,12 +1,12 @@
 //! The VAE decoder (diffusers `AutoencoderKL.decoder` + `post_quant_conv`), built on
 //! [`crate::conv::Conv2d`] so its convolutions — most of the decode's time at full image
 //! resolution — take the fast CPU path like the UNet's. Layer for layer what candle's
-//! `AutoEncoderKL::decode` computes (same weight names and init hints); its attention block is
-//! candle's, at the lowest resolution only.
+//! `AutoEncoderKL::decode` computes (same weight names and init hints). The mid-block attention
+//! (one head over all latent positions: 16,384 at a 1024² image) uses the block-wise
+//! [`crate::attention::attention`], so the position × position score matrix is never built.
 
 use candle_core::{Module, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::attention::{AttentionBlock, AttentionBlockConfig};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::conv::Conv2d;
 use crate::norm::GroupNorm;
@@ -46,6 +46,56 @@ impl Module for Resnet {
     }
 }
 
+/// diffusers' `Attention` as the VAE uses it: GroupNorm, one head over all positions, residual.
+#[derive(Debug)]
+struct MidAttention {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+}
+
+impl MidAttention {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<Self> {
+        // Current diffusers names, or the pre-0.14 ones older VAE checkpoints still carry.
+        let names = if vb.contains_tensor("to_q.weight") {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        } else {
+            ["query", "key", "value", "proj_attn"]
+        };
+        let linear = |name: &str| -> candle_core::Result<Linear> {
+            let vb = vb.pp(name);
+            if vb.contains_tensor("weight") && vb.get((channels, channels), "weight").is_err() {
+                // Some checkpoints store these projections as 1×1 convolutions.
+                let weight = vb.get((channels, channels, 1, 1), "weight")?.reshape((channels, channels))?;
+                return Ok(Linear::new(weight, Some(vb.get(channels, "bias")?)));
+            }
+            candle_nn::linear(channels, channels, vb)
+        };
+        Ok(Self {
+            group_norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, EPS)?,
+            to_q: linear(names[0])?,
+            to_k: linear(names[1])?,
+            to_v: linear(names[2])?,
+            to_out: linear(names[3])?,
+        })
+    }
+}
+
+impl Module for MidAttention {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let seq = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?;
+        // [b, 1 head, positions, c]
+        let heads = |l: &Linear| l.forward(&seq).and_then(|t| t.unsqueeze(1));
+        let (q, k, v) = (heads(&self.to_q)?, heads(&self.to_k)?, heads(&self.to_v)?);
+        let o = crate::attention::attention(&q, &k, &v, 1.0 / (c as f64).sqrt())?.squeeze(1)?;
+        let o = self.to_out.forward(&o)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        o + x
+    }
+}
+
 #[derive(Debug)]
 struct UpBlock {
     resnets: Vec<Resnet>,
@@ -57,7 +107,7 @@ struct UpBlock {
 pub struct VaeDecoder {
     post_quant_conv: Option<Conv2d>,
     conv_in: Conv2d,
-    mid: (Resnet, AttentionBlock, Resnet),
+    mid: (Resnet, MidAttention, Resnet),
     up_blocks: Vec<UpBlock>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -82,11 +132,9 @@ impl VaeDecoder {
         let vb = vb.pp("decoder");
         let Some(&deepest) = channels.last() else { candle_core::bail!("vae: empty block_out_channels") };
         let mid = vb.pp("mid_block");
-        let attn_cfg =
-            AttentionBlockConfig { num_head_channels: None, num_groups: groups, rescale_output_factor: 1., eps: EPS };
         let mid = (
             Resnet::new(mid.pp("resnets").pp("0"), deepest, deepest, groups)?,
-            AttentionBlock::new(mid.pp("attentions").pp("0"), deepest, attn_cfg)?,
+            MidAttention::new(mid.pp("attentions").pp("0"), deepest, groups)?,
             Resnet::new(mid.pp("resnets").pp("1"), deepest, deepest, groups)?,
         );
         let reversed: Vec<usize> = channels.iter().rev().copied().collect();
