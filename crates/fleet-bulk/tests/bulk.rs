@@ -226,14 +226,17 @@ async fn local_run_writes_complete_shards_and_a_dropped_run_resumes_without_dupl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
-    // Enough samples that the run is still going a second in, when it first looks for the marker.
-    const PROMPTS: u64 = 40;
+    // Enough work that the run is still going a second in, when it first looks for the marker:
+    // 200 samples at 128², 2 steps (≈ 5 s on a 2-core CPU, so a CPU several times faster still
+    // leaves a margin; 40 at 64², 1 step, finished in 0.5 s once the engine's kernels got faster).
+    const PROMPTS: u64 = 200;
     let dir = tempfile::tempdir().unwrap();
     let prompts: String = (0..PROMPTS).map(|i| format!("prompt number {i}\n")).collect();
     let input = write(dir.path(), "prompts.txt", &prompts);
     let out = dir.path().join("out");
     let location = out.display().to_string();
-    let run = local_run("local-cancel", input, &out, 4);
+    let mut run = local_run("local-cancel", input, &out, 4);
+    run.defaults = json!({"model": "tiny", "width": 128, "height": 128, "steps": 2}).as_object().unwrap().clone();
     let task = tokio::spawn(async move { fleet_bulk::start(run, &session()).await });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while !out.join("run.json").exists() {
