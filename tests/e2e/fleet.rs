@@ -245,7 +245,9 @@ async fn a_message_that_is_not_a_job_is_dead_lettered_and_the_worker_keeps_going
 async fn cancelling_a_running_job_stops_it_between_steps_and_not_its_neighbours() {
     let config = isolated_config();
     let fleet = Fleet::start(config.clone(), 1).await;
-    let long = json!({"prompt": "a long one", "model": "tiny", "width": 512, "height": 512, "steps": 8, "seed": 1});
+    // Long enough (≈ 2–3 s on a 2-core CPU) that the cancel lands between steps: at 512² the
+    // faster engine finished all 8 steps in 0.4 s, before the test saw step 1.
+    let long = json!({"prompt": "a long one", "model": "tiny", "width": 1024, "height": 1024, "steps": 8, "seed": 1});
     let long = fleet.submit(long).await.id;
     let after = fleet.submit(tiny_job(3)).await.id;
     let started = Instant::now();

@@ -50,8 +50,9 @@ async fn console_cancels_a_running_job_and_runs_one_with_a_library_lora() {
     browser.fill("#prompt", "a long job, cancelled").await;
     browser.select("#model", "tiny").await;
     browser.select("#steps", "8").await;
-    browser.fill("#width", "256").await;
-    browser.fill("#height", "256").await;
+    // 512²: at 256² the faster engine ends all 16 images in about a second.
+    browser.fill("#width", "512").await;
+    browser.fill("#height", "512").await;
     browser.fill("#num_images", "16").await;
     browser.click("#submit-form button[type=submit]").await;
     let id = opened_job(&browser).await;
