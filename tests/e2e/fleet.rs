@@ -117,9 +117,10 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     let mut fleet = Fleet::start(config.clone(), 0).await;
     let mut ids = Vec::new();
     for i in 0..10 {
+        // 512², 8 steps: ≈ 0.25 s each on a 2-core CPU, so the kill finds one running.
         let mut job = tiny_job(i);
-        job["width"] = json!(256);
-        job["height"] = json!(256);
+        job["width"] = json!(512);
+        job["height"] = json!(512);
         job["steps"] = json!(8);
         ids.push(fleet.submit(job).await.id);
     }
