@@ -212,7 +212,10 @@ async fn a_cancelled_fleet_run_keeps_its_shards_and_a_resume_finishes_it() {
     let input = write_prompts(dir.path(), N, |_| json!({}));
     let out = dir.path().join("out");
     let name = unique("bulk-cancel");
-    let run = RunConfig { shard_size: 10, max_in_flight: 20, ..tiny_run(&name, &input, &out, false) };
+    // 256², 4 steps (≈ 50 ms a sample on a 2-core CPU): at 64², 1 step the faster engine had
+    // finished every pending job before the cancel reached one.
+    let defaults = json!({"model": "tiny", "width": 256, "height": 256, "steps": 4}).as_object().unwrap().clone();
+    let run = RunConfig { shard_size: 10, max_in_flight: 20, defaults, ..tiny_run(&name, &input, &out, false) };
     let mut task = tokio::spawn({
         let session = session.clone();
         async move { fleet_bulk::start(run, &session).await }

@@ -144,9 +144,10 @@ impl Vae {
             if let Some(s) = self.config.shift_factor {
                 z = (z + s)?;
             }
-            // One image at a time: candle 0.11's VAE attention block gives wrong results for
-            // batches > 1 (its batched matmul on non-contiguous single-head q/k/v), and slicing
-            // also bounds the peak memory of large decodes.
+            // One image at a time: bounds the peak memory of large decodes (a 1024² image's
+            // full-resolution activations are hundreds of MiB each). It began as the workaround
+            // for candle 0.11's VAE attention block, wrong for batches > 1; the decoder now has
+            // its own (`MidAttention`), which is not.
             let z = z.to_dtype(self.dtype)?;
             let mut outs = Vec::with_capacity(z.dim(0)?);
             for i in 0..z.dim(0)? {
