@@ -5,7 +5,7 @@
 //! (one head over all latent positions: 16,384 at a 1024² image) uses the block-wise
 //! [`crate::attention::attention`], so the position × position score matrix is never built.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::conv::Conv2d;
@@ -86,11 +86,13 @@ impl MidAttention {
 impl Module for MidAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
+        let dtype = x.dtype();
         let seq = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?;
-        // [b, 1 head, positions, c]
-        let heads = |l: &Linear| l.forward(&seq).and_then(|t| t.unsqueeze(1));
+        // [b, 1 head, positions, c], in f32 as candle's block computed it (f16 scores over 512
+        // channels can overflow); a no-op on the CPU's f32 path.
+        let heads = |l: &Linear| l.forward(&seq)?.unsqueeze(1)?.to_dtype(DType::F32);
         let (q, k, v) = (heads(&self.to_q)?, heads(&self.to_k)?, heads(&self.to_v)?);
-        let o = crate::attention::attention(&q, &k, &v, 1.0 / (c as f64).sqrt())?.squeeze(1)?;
+        let o = crate::attention::attention(&q, &k, &v, 1.0 / (c as f64).sqrt())?.to_dtype(dtype)?.squeeze(1)?;
         let o = self.to_out.forward(&o)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         o + x
     }
