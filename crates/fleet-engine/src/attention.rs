@@ -71,9 +71,11 @@ impl CustomOp3 for Attention {
         if heads == 0 || n == 0 || d == 0 {
             return Ok((CpuStorage::F32(out), q_layout.shape().clone()));
         }
-        let threads = rayon::current_num_threads();
-        // Rows per block: the score block within BLOCK_SCORES, and enough blocks for every thread.
-        let rows = (BLOCK_SCORES / m.max(1)).clamp(1, n).min(n.div_ceil(threads).max(16)).min(n);
+        // Query rows per block: the score block within BLOCK_SCORES, and at least one block per
+        // thread (but not below 16 rows, where gemm's fixed costs take over).
+        let by_cache = (BLOCK_SCORES / m.max(1)).max(1);
+        let by_threads = n.div_ceil(rayon::current_num_threads()).max(16);
+        let rows = by_cache.min(by_threads).clamp(1, n);
         let blocks_per_head = n.div_ceil(rows);
         let scale = self.scale;
         // Each task writes only its own block of output rows.
