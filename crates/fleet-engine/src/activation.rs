@@ -39,11 +39,14 @@ impl CustomOp1 for Geglu {
         let x = contiguous_f32(storage, layout, "geglu input")?;
         let mut dims = layout.dims().to_vec();
         let Some(last) = dims.last_mut() else { candle_core::bail!("geglu: scalar input") };
+        if *last % 2 != 0 {
+            candle_core::bail!("geglu: last dimension {last} is odd");
+        }
         let inner = *last / 2;
         *last = inner;
         let mut out = vec![0f32; x.len() / 2];
-        if inner > 0 {
-            let rows_per_task = (TASK_ELEMENTS / inner).max(1);
+        if let Some(rows_per_task) = TASK_ELEMENTS.checked_div(inner) {
+            let rows_per_task = rows_per_task.max(1);
             let arch = pulp::Arch::new();
             out.par_chunks_mut(rows_per_task * inner)
                 .zip(x.par_chunks(rows_per_task * 2 * inner))

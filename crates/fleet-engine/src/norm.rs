@@ -95,7 +95,7 @@ impl CustomOp3 for FusedGroupNorm {
         let dims = x_layout.dims();
         let channels = dims[1];
         let spatial: usize = dims[2..].iter().product();
-        if w.len() != channels || b.len() != channels || channels % self.groups != 0 {
+        if w.len() != channels || b.len() != channels || !channels.is_multiple_of(self.groups) {
             candle_core::bail!(
                 "group norm: {channels} channels, {} groups, weight {}, bias {}",
                 self.groups,
