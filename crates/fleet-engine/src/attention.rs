@@ -78,6 +78,7 @@ impl CustomOp3 for Attention {
         let rows = by_cache.min(by_threads).clamp(1, n);
         let blocks_per_head = n.div_ceil(rows);
         let scale = self.scale;
+        let arch = pulp::Arch::new();
         // Each task writes only its own block of output rows.
         let dst = SharedOut::new(&mut out);
         (0..heads * blocks_per_head).into_par_iter().try_for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
@@ -95,7 +96,7 @@ impl CustomOp3 for Attention {
                 Operand { data: k_head, rs: 1, cs: d },
                 1,
             )?;
-            pulp::Arch::new().dispatch(SoftmaxRows { scores, width: m });
+            arch.dispatch(SoftmaxRows { scores, width: m });
             let shape = Product { m: count, n: d, k: m, offset: (head * n + first) * d, dst_rs: d, scale: 1.0 };
             product(&dst, shape, Operand::row_major(scores, m), Operand::row_major(v_head, d), 1)
         })?;

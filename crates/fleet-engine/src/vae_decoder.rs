@@ -66,12 +66,16 @@ impl MidAttention {
         };
         let linear = |name: &str| -> candle_core::Result<Linear> {
             let vb = vb.pp(name);
-            if vb.contains_tensor("weight") && vb.get((channels, channels), "weight").is_err() {
-                // Some checkpoints store these projections as 1×1 convolutions.
-                let weight = vb.get((channels, channels, 1, 1), "weight")?.reshape((channels, channels))?;
-                return Ok(Linear::new(weight, Some(vb.get(channels, "bias")?)));
+            if !vb.contains_tensor("weight") {
+                // A random model: candle's constructor, for its init hints.
+                return candle_nn::linear(channels, channels, vb);
             }
-            candle_nn::linear(channels, channels, vb)
+            // Some checkpoints store these projections as 1×1 convolutions.
+            let weight = match vb.get((channels, channels), "weight") {
+                Ok(weight) => weight,
+                Err(_) => vb.get((channels, channels, 1, 1), "weight")?.reshape((channels, channels))?,
+            };
+            Ok(Linear::new(weight, Some(vb.get(channels, "bias")?)))
         };
         Ok(Self {
             group_norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, EPS)?,
