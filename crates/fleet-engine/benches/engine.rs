@@ -16,11 +16,15 @@
 //! and a pipeline load with vs without a LoRA, i.e. a worker's cache miss vs hit);
 //! `-- --controlnet` the ControlNet overhead per denoising step; `-- --kernels` the engine's CPU
 //! convolution and GroupNorm against candle's and a plain matmul at the VAE's shapes.
+//!
+//! `-- --device cuda` runs the image benchmark on a GPU (a build with `--features cuda`), in the
+//! device's default dtype (f16); each stage's time ends with a device synchronise, and the peak
+//! RSS is then host memory only (read the GPU's from `nvidia-smi`).
 
 use std::time::Duration;
 
-use candle_core::{DType, Device};
-use fleet_engine::{GenerateRequest, ModelSource, Pipeline};
+use candle_core::DType;
+use fleet_engine::{GenerateRequest, ModelSource, Pipeline, default_dtype, parse_device};
 
 struct Args {
     only: Option<String>,
@@ -30,6 +34,7 @@ struct Args {
     batches: Vec<usize>,
     save: Option<String>,
     warmup: bool,
+    device: String,
     mode: Mode,
 }
 
@@ -50,6 +55,7 @@ fn parse() -> Args {
         batches: vec![1],
         save: None,
         warmup: true,
+        device: "cpu".into(),
         mode: Mode::Images,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -79,6 +85,7 @@ fn parse() -> Args {
             }
             "--save" => a.save = Some(v),
             "--warmup" => a.warmup = v != "0",
+            "--device" => a.device = v,
             "--lora" => {
                 a.mode = Mode::Lora;
                 i += 1;
@@ -131,8 +138,9 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
 fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
     let src: ModelSource = model.parse().expect("model");
+    let device = parse_device(&a.device).expect("device");
     let t = std::time::Instant::now();
-    let pipe = Pipeline::load(&src, &Device::Cpu, DType::F32).expect("load");
+    let pipe = Pipeline::load(&src, &device, default_dtype(&device)).expect("load");
     let load = t.elapsed();
     let req = |prompt: String| GenerateRequest {
         prompts: vec![prompt],
@@ -187,8 +195,10 @@ fn main() {
         run_one(only, size, a.batches[0], &a);
         return;
     }
+    let dtype = if a.device == "cpu" { DType::F32 } else { DType::F16 };
     println!(
-        "fleet-engine CPU benchmark ({} threads), f32, guidance 0, {} timed runs after a warm-up",
+        "fleet-engine {} benchmark ({} CPU threads), {dtype:?}, guidance 0, {} timed runs after a warm-up",
+        if a.device == "cpu" { "CPU".to_owned() } else { a.device.clone() },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         a.runs
     );
@@ -197,7 +207,7 @@ fn main() {
     for ((m, size), batch) in a.models.iter().flat_map(|m| a.batches.iter().map(move |b| (m, b))) {
         let status = std::process::Command::new(&exe)
             .args(["--bench", "--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--runs", &a.runs.to_string(), "--batch", &batch.to_string()])
+            .args(["--runs", &a.runs.to_string(), "--batch", &batch.to_string(), "--device", &a.device])
             .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") {
                 vec!["--model", m.as_str()]
             } else {

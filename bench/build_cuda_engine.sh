@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the engine bench binary with `--features cuda` (or cudnn) on a machine with no CUDA
+# toolkit and no GPU, for bench/gpu_engine_vs_diffusers.sh on a GPU host.
+#
+#   bench/build_cuda_engine.sh [cuda|cudnn]        # prints the binary's path on its last line
+#
+# CUDA 13.0's compiler comes from PyPI (the nvidia-* wheels, unpacked, never installed); the
+# CUDA libraries the binary links against are replaced at link time by stand-ins with the same
+# sonames that define every symbol the build leaves undefined. At run time the GPU host's real
+# libraries load (LD_LIBRARY_PATH at e.g. PyTorch's site-packages/nvidia/cu13/lib). Settings:
+# CUDA_WORK (/tmp/fleet-cuda: wheels, toolkit, stand-ins), CARGO_TARGET_DIR (target-cuda in the
+# repository, git-ignored), CUDA_COMPUTE_CAP (90: Hopper). candle's kernels take ~15 min of nvcc
+# on 2 cores, the whole first build ~30 min.
+set -euo pipefail
+feature=${1:-cuda}
+case "$feature" in cuda | cudnn) ;; *) echo "usage: $0 [cuda|cudnn]" >&2; exit 2 ;; esac
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${CUDA_WORK:-/tmp/fleet-cuda}
+toolkit="$work/toolkit/nvidia/cu13"
+stubs="$work/stubs"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target-cuda}
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export CUDA_ROOT="$toolkit" PATH="$toolkit/bin:$PATH" RUSTFLAGS="-L native=$stubs"
+mkdir -p "$work/wheels" "$work/toolkit" "$stubs"
+
+if [ ! -x "$toolkit/bin/nvcc" ]; then
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$work/wheels" "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-runtime==13.0.*" \
+    "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+  for w in "$work"/wheels/*.whl; do python3 -m zipfile -e "$w" "$work/toolkit"; done
+  chmod +x "$toolkit"/bin/* "$toolkit"/nvvm/bin/*
+fi
+ln -sf "$toolkit/lib/libcudart.so.13" "$stubs/libcudart.so"
+
+build() {
+  cargo test --manifest-path "$root/Cargo.toml" -p fleet-engine --no-default-features --features "$feature" \
+    --bench engine --no-run --message-format short 2>&1
+}
+# The first build stops at the link (no stand-ins yet); the stand-ins are made from what the
+# compiled crates leave undefined, then the link runs again.
+if ! out=$(build); then
+  grep -q 'unable to find library' <<<"$out" || { echo "$out" >&2; exit 1; }
+  (cd "$CARGO_TARGET_DIR/debug/deps" && for f in lib*.rlib; do nm -u "$f" 2>/dev/null || true; done) |
+    awk 'NF == 2 && $1 == "U" {print $2}' | sort -u >"$stubs/undefined.txt"
+  stand_in() { # soname, pattern of its symbols
+    local base=${1%%.so*}
+    grep -E "$2" "$stubs/undefined.txt" | sed 's/.*/void &(void) {}/' >"$stubs/$base.c" || true
+    gcc -shared -fPIC -o "$stubs/$1" -Wl,-soname,"$1" "$stubs/$base.c"
+    ln -sf "$1" "$stubs/$base.so"
+  }
+  stand_in libcuda.so.1 '^cu[A-Z]'
+  stand_in libnvrtc.so.13 '^nvrtc'
+  stand_in libcurand.so.10 '^curand'
+  stand_in libcublasLt.so.13 '^cublasLt'
+  stand_in libcublas.so.13 '^cublas[^L]'
+  stand_in libcudnn.so.9 '^cudnn'
+  out=$(build) || { echo "$out" >&2; exit 1; }
+fi
+grep -o "$CARGO_TARGET_DIR/debug/deps/engine-[0-9a-f]*" <<<"$out" | tail -1
