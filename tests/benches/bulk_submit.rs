@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         stop.cancel();
         let _ = server.await;
         // The queue holds `submit` jobs no worker will take: remove it.
-        let conn = lapin::Connection::connect(&config.rabbitmq.url, lapin::ConnectionProperties::default()).await?;
+        let conn = lapin::Connection::connect(&config.rabbitmq.url, fleet_queue::connection_properties()).await?;
         let channel = conn.create_channel().await?;
         let queue = format!("{}.tiny.bulk", config.rabbitmq.queue_prefix);
         channel.queue_delete(&queue, lapin::options::QueueDeleteOptions::default()).await?;

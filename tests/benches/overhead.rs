@@ -24,7 +24,7 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use serde_json::json;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -219,7 +219,7 @@ fn compute_time(runs: usize) -> Summary {
 
 /// Publish with confirms, consume and ack one message at a time on a private queue.
 async fn raw_broker_round_trips(url: &str, n: usize) -> (f64, Summary) {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let conn = Connection::connect(url, fleet_queue::connection_properties()).await.expect("RabbitMQ");
     let channel = conn.create_channel().await.expect("channel");
     channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let queue = fleet_e2e::unique("bench-raw");

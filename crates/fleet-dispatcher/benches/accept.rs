@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fleet_core::config::{ApiKeyConfig, FleetConfig, ModelConfig};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 
 const KEY: &str = "bench-key-00001";
 
@@ -80,7 +80,7 @@ async fn main() {
     );
 
     // Baseline: publish with confirms straight to a quorum queue, the same body size.
-    let conn = Connection::connect(&cfg.rabbitmq.url, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let conn = Connection::connect(&cfg.rabbitmq.url, fleet_queue::connection_properties()).await.expect("RabbitMQ");
     let channel = conn.create_channel().await.expect("channel");
     channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let queue = format!("{}.baseline", cfg.rabbitmq.queue_prefix);

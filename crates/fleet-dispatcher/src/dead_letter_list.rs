@@ -22,10 +22,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleet_queue::message::{HEADER_TENANT, death, header_str, job_id};
 use fleet_queue::{Broker, QueueError};
+use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
-use lapin::{Connection, ConnectionProperties};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -125,7 +125,7 @@ pub async fn look(broker: &Broker, url: &str, limit: usize) -> Result<DeadLetter
 /// Reads up to `window` messages of `queue` and puts every one of them back.
 async fn peek(url: &str, display_url: &str, queue: &str, window: usize) -> Result<Vec<DeadLetter>, QueueError> {
     let unavailable = |source| QueueError::Unavailable { url: display_url.to_owned(), source };
-    let connect = Connection::connect(url, ConnectionProperties::default());
+    let connect = Connection::connect(url, fleet_queue::connection_properties());
     let connection = tokio::time::timeout(HANDSHAKE, connect)
         .await
         .map_err(|_| unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed)))?

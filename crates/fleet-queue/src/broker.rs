@@ -9,6 +9,20 @@ use tokio::sync::Mutex;
 
 use crate::{QueueError, Topology};
 
+/// Connection properties that run lapin on the caller's tokio runtime: its internal tasks on the
+/// runtime's workers, its socket on the runtime's reactor. lapin's defaults start an executor and
+/// a reactor of their own, so every frame crossed to their threads and back (two more thread
+/// wake-ups per message). Outside a runtime, lapin's defaults.
+pub fn connection_properties() -> ConnectionProperties {
+    let defaults = ConnectionProperties::default();
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => defaults
+            .with_executor(tokio_executor_trait::Tokio::default().with_handle(handle))
+            .with_reactor(tokio_reactor_trait::Tokio),
+        Err(_) => defaults,
+    }
+}
+
 /// How long to keep retrying a refused or failed connection before the caller gets `Unavailable`.
 const RETRY_FOR: Duration = Duration::from_secs(5);
 /// Longest one AMQP connection handshake may take on the request path: a request
@@ -101,7 +115,7 @@ impl Broker {
 
     async fn open_session(&self, handshake: Duration) -> Result<Session, QueueError> {
         let unavailable = |source| QueueError::Unavailable { url: self.display_url(), source };
-        let connect = Connection::connect(&self.url, ConnectionProperties::default());
+        let connect = Connection::connect(&self.url, connection_properties());
         let connection = match tokio::time::timeout(handshake, connect).await {
             Ok(result) => result.map_err(unavailable)?,
             Err(_) => return Err(unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))),

@@ -12,7 +12,7 @@ pub mod message;
 pub mod publisher;
 pub mod topology;
 
-pub use broker::Broker;
+pub use broker::{Broker, connection_properties};
 pub use error::QueueError;
 pub use publisher::Publisher;
 pub use topology::{QueueDepth, Topology};
