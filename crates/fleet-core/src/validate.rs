@@ -71,6 +71,9 @@ fn join(errors: &[FieldError]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidJob {
     spec: JobSpec,
+    /// The id came with the job (from the client, or from an earlier accept), not from
+    /// [`ValidJob::assign`].
+    id_given: bool,
 }
 
 impl ValidJob {
@@ -82,6 +85,13 @@ impl ValidJob {
     /// Gives up the guarantee and returns the spec (e.g. to serialise it).
     pub fn into_spec(self) -> JobSpec {
         self.spec
+    }
+
+    /// Whether a later request can name this same job — it carries an idempotency key or an id
+    /// that was not assigned here — so that a retry may find its record (the dispatcher then
+    /// notes that its message was published; no retry can ever find any other job).
+    pub fn findable_by_retry(&self) -> bool {
+        self.spec.idempotency_key.is_some() || self.id_given
     }
 
     /// Fills in what the dispatcher owns: the id (kept when the client sent one), the seed
@@ -285,7 +295,11 @@ impl JobSpec {
             "metadata",
             format!("is {metadata_len} bytes serialised; at most {} allowed", limits.max_metadata_bytes),
         );
-        if c.0.is_empty() { Ok(ValidJob { spec: self }) } else { Err(ValidationErrors(c.0)) }
+        if c.0.is_empty() {
+            Ok(ValidJob { id_given: self.id.is_some(), spec: self })
+        } else {
+            Err(ValidationErrors(c.0))
+        }
     }
 }
 
@@ -398,5 +412,17 @@ mod tests {
         assert_eq!(job.spec().id, Some(id));
         assert_eq!(job.spec().seed, Some(7));
         assert_eq!(job.spec().tenant.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn only_a_job_with_a_key_or_its_own_id_can_be_found_by_a_retry() {
+        let valid = |spec: JobSpec| spec.validate(&Limits::default()).unwrap().assign("alice", Uuid::now_v7, || 7);
+        assert!(!valid(JobSpec::new("x")).findable_by_retry(), "assigned id, no key");
+        let mut keyed = JobSpec::new("x");
+        keyed.idempotency_key = Some("k1".into());
+        assert!(valid(keyed).findable_by_retry());
+        let mut own_id = JobSpec::new("x");
+        own_id.id = Some(Uuid::now_v7());
+        assert!(valid(own_id).findable_by_retry());
     }
 }

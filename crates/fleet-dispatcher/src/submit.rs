@@ -140,7 +140,9 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         }
         return Err(err.into());
     }
-    mark_published(app, status.id).await;
+    if job.findable_by_retry() {
+        mark_published(app, status.id).await;
+    }
     app.metrics.accepted(&spec.model, spec.priority, started.elapsed().as_secs_f64());
     tracing::info!(job = %status.id, tenant = %tenant, model = %spec.model, trace_id, "job accepted");
     Ok(Accepted { status, created: true })

@@ -20,4 +20,4 @@ mod types;
 
 pub use error::StatusError;
 pub use store::StatusStore;
-pub use types::{BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, WorkerHeartbeat};
+pub use types::{BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::StatusError;
 use crate::keys::Keys;
 use crate::scripts;
-use crate::types::{CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, WorkerHeartbeat};
+use crate::types::{CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};
 
 /// Longest a single connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -185,7 +185,7 @@ impl StatusStore {
 
     /// The job's current status, or `None` if there is no such job (or it expired).
     pub async fn get(&self, id: Uuid) -> Result<Option<JobStatus>, StatusError> {
-        Ok(self.read_record(id).await?.map(|(_, status)| status))
+        Ok(self.read_record(id).await?.map(|record| record.status))
     }
 
     /// Applies `change` to the job with compare-and-set: reads the record and its revision, applies
@@ -202,14 +202,41 @@ impl StatusStore {
     ///
     /// `change` must not alter `id`, `tenant`, `model` or `created_at` (they key the indexes);
     /// doing so is refused with [`StatusError::Corrupt`].
-    pub async fn update<F>(&self, id: Uuid, mut change: F) -> Result<JobStatus, StatusError>
+    pub async fn update<F>(&self, id: Uuid, change: F) -> Result<JobStatus, StatusError>
     where
         F: FnMut(&mut JobStatus) -> Result<(), IllegalTransition> + Send,
     {
+        Ok(self.update_from(id, None, change).await?.status)
+    }
+
+    /// [`Self::update`], starting from `known` — a record this caller read or wrote earlier —
+    /// instead of reading the record first: when nobody wrote since, the change costs one round
+    /// trip instead of two. A stale `known` costs nothing in correctness: the compare-and-set
+    /// refuses it, and a refusal, an unchanged status or a mismatched id on it is judged again on
+    /// a fresh read. Returns the record as written (or as found, when the change changed nothing).
+    pub async fn update_from<F>(
+        &self,
+        id: Uuid,
+        known: Option<Versioned>,
+        mut change: F,
+    ) -> Result<Versioned, StatusError>
+    where
+        F: FnMut(&mut JobStatus) -> Result<(), IllegalTransition> + Send,
+    {
+        let mut known = known.filter(|k| k.status.id == id);
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let (rev, current) = self.read_record(id).await?.ok_or(StatusError::NotFound(id))?;
+            let from_known = known.is_some();
+            let Versioned { rev, status: current } = match known.take() {
+                Some(record) => record,
+                None => self.read_record(id).await?.ok_or(StatusError::NotFound(id))?,
+            };
             let mut next = current.clone();
-            change(&mut next)?;
+            if let Err(refused) = change(&mut next) {
+                if from_known {
+                    continue;
+                }
+                return Err(refused.into());
+            }
             if next.id != current.id
                 || next.tenant != current.tenant
                 || next.model != current.model
@@ -221,11 +248,17 @@ impl StatusStore {
                 });
             }
             if next == current {
-                return Ok(current);
+                if from_known {
+                    continue;
+                }
+                return Ok(Versioned { rev, status: current });
             }
             match self.write_if(rev, &current, &next).await? {
-                CasWrite::Written => return Ok(next),
+                CasWrite::Written => return Ok(Versioned { rev: rev + 1, status: next }),
                 CasWrite::Missing => return Err(StatusError::NotFound(id)),
+                CasWrite::Stale if from_known => {
+                    tracing::debug!(job = %id, "the record moved on since this worker last wrote it; reading it");
+                }
                 CasWrite::Stale => {
                     tracing::debug!(job = %id, attempt, "job record changed under us; retrying update");
                     // Someone else wrote first. Back off a little (more each time, with jitter) so
@@ -333,7 +366,7 @@ impl StatusStore {
                 Ok(pubsub.split())
             })
             .await?;
-        let (rev, current) = self.read_record(id).await?.ok_or(StatusError::NotFound(id))?;
+        let Versioned { rev, status: current } = self.read_record(id).await?.ok_or(StatusError::NotFound(id))?;
         let state = EventState {
             _sink: sink,
             messages,
@@ -376,6 +409,18 @@ impl StatusStore {
         let query = redis::cmd("HEXISTS").arg(&key).arg("published").clone();
         let n: u64 = self.call(&key, async move { query.query_async(&mut con).await }).await?;
         Ok(n > 0)
+    }
+
+    /// The job's record (`None` if there is no such job) and whether its cancellation was
+    /// requested, in one round trip: what a worker needs before it starts a job.
+    pub async fn read_with_cancel_flag(&self, id: Uuid) -> Result<(Option<Versioned>, bool), StatusError> {
+        let key = self.keys.job(id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(&key).arg("rev").arg("data").exists(self.keys.cancel(id));
+        let mut con = self.conn.clone();
+        let (fields, cancel): ((Option<String>, Option<String>), u64) =
+            self.call(&key, async move { pipe.query_async(&mut con).await }).await?;
+        Ok((parse_record(&key, fields)?, cancel > 0))
     }
 
     /// Whether cancellation of the job was requested.
@@ -533,23 +578,13 @@ impl StatusStore {
     }
 
     /// The record's revision and status, or `None` if it does not exist.
-    async fn read_record(&self, id: Uuid) -> Result<Option<(u64, JobStatus)>, StatusError> {
+    async fn read_record(&self, id: Uuid) -> Result<Option<Versioned>, StatusError> {
         let key = self.keys.job(id);
         let mut con = self.conn.clone();
         let query = redis::cmd("HMGET").arg(&key).arg("rev").arg("data").clone();
-        let (rev, data): (Option<String>, Option<String>) =
+        let fields: (Option<String>, Option<String>) =
             self.call(&key, async move { query.query_async(&mut con).await }).await?;
-        match (rev, data) {
-            (None, None) => Ok(None),
-            (Some(rev), Some(data)) => {
-                let rev = rev.parse::<u64>().map_err(|e| StatusError::Corrupt {
-                    key: key.clone(),
-                    message: format!("rev `{rev}` is not a number: {e}"),
-                })?;
-                Ok(Some((rev, from_json(&key, &data)?)))
-            }
-            _ => Err(StatusError::Corrupt { key, message: "record lacks its rev or data field".into() }),
-        }
+        parse_record(&key, fields)
     }
 
     /// The `data` field of each job (by id string), `None` for those that no longer exist.
@@ -726,6 +761,21 @@ fn parse_cursor(cursor: &str) -> Result<(i64, String), StatusError> {
     let score = score.parse::<i64>().map_err(|_| invalid())?;
     let id = Uuid::parse_str(id).map_err(|_| invalid())?;
     Ok((score, id.to_string()))
+}
+
+/// A record from its `rev` and `data` fields (`HMGET key rev data`).
+fn parse_record(key: &str, fields: (Option<String>, Option<String>)) -> Result<Option<Versioned>, StatusError> {
+    match fields {
+        (None, None) => Ok(None),
+        (Some(rev), Some(data)) => {
+            let rev = rev.parse::<u64>().map_err(|e| StatusError::Corrupt {
+                key: key.to_owned(),
+                message: format!("rev `{rev}` is not a number: {e}"),
+            })?;
+            Ok(Some(Versioned { rev, status: from_json(key, &data)? }))
+        }
+        _ => Err(StatusError::Corrupt { key: key.to_owned(), message: "record lacks its rev or data field".into() }),
+    }
 }
 
 fn to_json<T: serde::Serialize>(key: &str, value: &T) -> Result<String, StatusError> {

@@ -18,6 +18,17 @@ pub enum CreateOutcome {
     Existing(JobStatus),
 }
 
+/// A job record as of one revision: what a read returned or a compare-and-set wrote. A writer
+/// that keeps the record its own write returned can start its next compare-and-set from it
+/// ([`crate::StatusStore::update_from`]) instead of reading the record again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    /// The record's revision (1 at creation, +1 per write).
+    pub rev: u64,
+    /// The status at that revision.
+    pub status: JobStatus,
+}
+
 /// One page of a tenant's jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobPage {

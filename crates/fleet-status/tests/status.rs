@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use fleet_core::config::RedisConfig;
 use fleet_core::status::IllegalTransition;
 use fleet_core::{ErrorCode, JobState, JobStatus, Priority, Progress};
-use fleet_status::{BatchInfo, CreateOutcome, JobEvent, StatusError, StatusStore, WorkerHeartbeat};
+use fleet_status::{BatchInfo, CreateOutcome, JobEvent, StatusError, StatusStore, Versioned, WorkerHeartbeat};
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -378,6 +378,61 @@ async fn cancel_flag() {
     let missing = Uuid::now_v7();
     assert!(matches!(fx.store.request_cancel(missing).await, Err(StatusError::NotFound(id)) if id == missing));
     assert!(!fx.store.is_cancel_requested(missing).await.unwrap());
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn read_with_cancel_flag_returns_the_record_and_the_flag() {
+    let fx = Fixture::new().await;
+    let status = queued("alice");
+    created(&fx.store, &status).await;
+    let (record, cancel) = fx.store.read_with_cancel_flag(status.id).await.unwrap();
+    assert_eq!(record, Some(Versioned { rev: 1, status: status.clone() }));
+    assert!(!cancel);
+    fx.store.request_cancel(status.id).await.unwrap();
+    assert!(fx.store.read_with_cancel_flag(status.id).await.unwrap().1, "the flag is seen");
+    assert_eq!(fx.store.read_with_cancel_flag(Uuid::now_v7()).await.unwrap(), (None, false));
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn update_from_a_known_record_writes_from_it_and_a_stale_one_is_read_again() {
+    let fx = Fixture::new().await;
+    let status = queued("alice");
+    created(&fx.store, &status).await;
+    let (queued_record, _) = fx.store.read_with_cancel_flag(status.id).await.unwrap();
+    let running = fx.store.update_from(status.id, queued_record.clone(), |s| s.start("w1", Utc::now())).await.unwrap();
+    assert_eq!((running.rev, running.status.state), (2, JobState::Running));
+    assert_eq!(
+        fx.store.get(status.id).await.unwrap(),
+        Some(running.status.clone()),
+        "what it returns is what is stored"
+    );
+
+    // Someone else writes progress: the worker's record (rev 2) is stale, its write is refused by
+    // the compare-and-set and made again on the fresh record, keeping the other write.
+    let progress = Progress { step: 3, steps: 4, images_done: 0, images_total: 1 };
+    fx.store.set_progress(status.id, progress.clone()).await.unwrap();
+    let renamed = fx
+        .store
+        .update_from(status.id, Some(running.clone()), |s| {
+            s.worker = Some("w1-renamed".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(renamed.rev, 4);
+    assert_eq!(renamed.status.progress, progress, "the other writer's change is kept");
+
+    // A change that the stale record refuses (start on a running job) is judged on a fresh read,
+    // and one the fresh record refuses is refused.
+    let stale_queued = queued_record.unwrap();
+    let requeued = fx.store.update_from(status.id, Some(stale_queued), |s| s.requeue(Utc::now())).await.unwrap();
+    assert_eq!((requeued.rev, requeued.status.state), (5, JobState::Queued));
+    fx.store.update(status.id, |s| s.cancel(Utc::now())).await.unwrap();
+    let late = fx.store.update_from(status.id, Some(requeued), |s| s.start("w2", Utc::now())).await;
+    assert!(matches!(late, Err(StatusError::Illegal(_))), "{late:?}");
+    assert_eq!(fx.store.get(status.id).await.unwrap().unwrap().state, JobState::Cancelled);
     fx.cleanup().await;
 }
 

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use fleet_core::validate::new_job_id;
 use fleet_core::{FleetConfig, JobSpec, ValidJob};
+use fleet_status::Versioned;
 use lapin::acker::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -22,6 +23,9 @@ pub struct Pending {
     pub trace_id: String,
     /// Earlier deliveries of this message (`x-delivery-count`, set by quorum queues).
     pub delivery_count: u32,
+    /// The job's status record as this worker last wrote it (set when it starts the job, cleared
+    /// when progress writes move it on), so the final write can skip reading it again.
+    pub record: Option<Versioned>,
     acker: Option<Acker>,
 }
 
@@ -69,7 +73,14 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Refu
         Ok(job) => {
             let tenant = job.spec().tenant.clone().unwrap_or_else(|| ANONYMOUS_TENANT.to_owned());
             let job = job.assign(&tenant, new_job_id, || rand::random::<u64>() >> 11);
-            Ok(Pending { job, arrived: Instant::now(), trace_id, delivery_count, acker: Some(delivery.acker) })
+            Ok(Pending {
+                job,
+                arrived: Instant::now(),
+                trace_id,
+                delivery_count,
+                record: None,
+                acker: Some(delivery.acker),
+            })
         }
         Err(errors) => {
             Err(Refused { id, tenant, model, reason: format!("invalid job: {errors}"), acker: delivery.acker })

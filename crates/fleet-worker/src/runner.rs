@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, ImageResult, JobError, JobState, JobStatus, Progress};
 use fleet_engine::{EngineError, GenerateRequest, GenerationParams, Pipeline};
-use fleet_status::{CreateOutcome, StatusError, StatusStore};
+use fleet_status::{CreateOutcome, StatusError, StatusStore, Versioned};
 use fleet_storage::{ImageStore, ObjectMeta};
 use image::RgbImage;
 
@@ -27,7 +27,8 @@ use fleet_core::validate::ControlImageSource;
 
 /// How long transient storage/status failures are retried before the job is handed back.
 const TRANSIENT_BUDGET: Duration = Duration::from_secs(120);
-/// Least time between two progress writes of the same batch.
+/// Least time between two progress writes of the same batch, and from the start of generation
+/// to the first: a job done sooner goes from running to succeeded with no progress write.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Everything a batch needs.
@@ -105,12 +106,13 @@ pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
     let mut runnable = Vec::with_capacity(batch.len());
     for mut job in batch {
         match begin(ctx, &job).await {
-            Ok(true) => {
+            Ok(Some(record)) => {
                 // The trace id came from the dispatcher (HTTP → AMQP header); it ties these logs to the request.
                 tracing::info!(job = %job.id(), trace_id = %job.trace_id, attempt = job.delivery_count + 1, "job started");
+                job.record = Some(record);
                 runnable.push(job)
             }
-            Ok(false) => job.ack().await,
+            Ok(None) => job.ack().await,
             Err(reason) => {
                 tracing::warn!(job = %job.id(), %reason, "cannot start job; handing it back");
                 job.requeue().await;
@@ -123,13 +125,16 @@ pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
     generate_and_finish(ctx, runnable).await;
 }
 
-/// Marks the job running. `Ok(false)`: nothing to do (cancelled or already finished by an earlier
-/// delivery) and the message can be acked. `Err`: the status store is unreachable.
-async fn begin(ctx: &RunContext, job: &Pending) -> Result<bool, String> {
+/// Marks the job running and returns its record as written. `Ok(None)`: nothing to do (cancelled
+/// or already finished by an earlier delivery) and the message can be acked. `Err`: the status
+/// store is unreachable.
+async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Versioned>, String> {
     let id = job.id();
-    if retry(|| ctx.status.is_cancel_requested(id)).await.map_err(|e| e.to_string())? {
+    // The record and the cancel flag in one round trip; the start below writes from that record.
+    let (record, cancelled) = retry(|| ctx.status.read_with_cancel_flag(id)).await.map_err(|e| e.to_string())?;
+    if cancelled {
         let _ = ctx.status.update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) }).await;
-        return Ok(false);
+        return Ok(None);
     }
     let worker = ctx.worker_id.clone();
     let start = |s: &mut JobStatus| {
@@ -139,20 +144,24 @@ async fn begin(ctx: &RunContext, job: &Pending) -> Result<bool, String> {
         }
         s.start(&worker, Utc::now())
     };
-    match retry(|| ctx.status.update(id, start)).await {
-        Ok(status) => {
-            ctx.stats.queue_wait.observe((Utc::now() - status.created_at).as_seconds_f64());
-            Ok(true)
+    let started = match record {
+        Some(record) => retry(|| ctx.status.update_from(id, Some(record.clone()), start)).await,
+        None => Err(StatusError::NotFound(id)),
+    };
+    match started {
+        Ok(record) => {
+            ctx.stats.queue_wait.observe((Utc::now() - record.status.created_at).as_seconds_f64());
+            Ok(Some(record))
         }
-        Err(StatusError::Illegal(_)) => Ok(false),
+        Err(StatusError::Illegal(_)) => Ok(None),
         Err(StatusError::NotFound(_)) => {
             // Published straight onto the queue (or its record expired): create the record, then start.
-            let Some(record) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(false) };
-            match retry(|| ctx.status.create(&record, None)).await {
+            let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
+            match retry(|| ctx.status.create(&queued, None)).await {
                 Ok(CreateOutcome::Created | CreateOutcome::Existing(_)) => {}
                 Err(e) => return Err(e.to_string()),
             }
-            retry(|| ctx.status.update(id, start)).await.map(|_| true).map_err(|e| e.to_string())
+            retry(|| ctx.status.update_from(id, None, start)).await.map(Some).map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
     }
@@ -302,7 +311,7 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
             return;
         }
     };
-    match generate(ctx, pipeline.clone(), request, &runnable).await {
+    match generate(ctx, pipeline.clone(), request, &mut runnable).await {
         Ok(images) => {
             let ctx = ctx.clone();
             ctx.finishing.clone().spawn(async move { finish(&ctx, runnable, images, &model, &pipeline).await }).await;
@@ -350,7 +359,7 @@ async fn generate(
     ctx: &RunContext,
     pipeline: Arc<Pipeline>,
     request: GenerateRequest,
-    jobs: &[Pending],
+    jobs: &mut [Pending],
 ) -> Result<Vec<RgbImage>, EngineError> {
     let (tx, mut rx) = tokio::sync::watch::channel((0usize, request.steps));
     let stats = ctx.stats.clone();
@@ -384,9 +393,20 @@ async fn generate(
     let done = tokio_util::sync::CancellationToken::new();
     let reporter_done = done.clone();
     let reporter = tokio::spawn(async move {
+        // Whether a progress write was tried (it may have landed even if its reply did not).
+        let mut wrote = false;
+        // A write costs three Redis round trips (read, compare-and-set with its event, cancel
+        // check), a third of a job's status traffic: not worth it for a job that finishes within
+        // PROGRESS_EVERY (a 1-step image on a fast GPU). Steps reported meanwhile are not lost: the
+        // watch channel keeps the latest for the loop below. A cancel request is noticed here too.
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+            _ = reporter_done.cancelled() => return wrote,
+        }
         while rx.changed().await.is_ok() {
             let (step, steps) = *rx.borrow_and_update();
             let mut cancelled = 0;
+            wrote = true;
             for (id, images_total) in &ids {
                 let progress =
                     Progress { step: step as u32, steps: steps as u32, images_done: 0, images_total: *images_total };
@@ -405,10 +425,16 @@ async fn generate(
                 _ = reporter_done.cancelled() => break,
             }
         }
+        wrote
     });
     let result = work.await;
     done.cancel();
-    let _ = reporter.await;
+    if reporter.await.unwrap_or(true) {
+        // The records moved on past the ones `begin` wrote: the final writes must read them.
+        for job in jobs.iter_mut() {
+            job.record = None;
+        }
+    }
     match result {
         Ok(Ok(images)) => Ok(images),
         Ok(Err(e)) => Err(e),
@@ -486,7 +512,8 @@ async fn store_job(
         });
     }
     let count = results.len() as u64;
-    match retry(|| ctx.status.update(id, |s| s.succeed(results.clone(), Utc::now()))).await {
+    let succeed = |s: &mut JobStatus| s.succeed(results.clone(), Utc::now());
+    match retry(|| ctx.status.update_from(id, job.record.clone(), succeed)).await {
         Ok(_) => {
             ctx.stats.jobs_done.fetch_add(1, Ordering::Relaxed);
             ctx.stats.images_done.fetch_add(count, Ordering::Relaxed);
