@@ -257,7 +257,7 @@ impl StatusStore {
                 CasWrite::Written => return Ok(Versioned { rev: rev + 1, status: next }),
                 CasWrite::Missing => return Err(StatusError::NotFound(id)),
                 CasWrite::Stale if from_known => {
-                    tracing::debug!(job = %id, "the record moved on since this worker last wrote it; reading it");
+                    tracing::debug!(job = %id, "the known record was stale; reading the current one");
                 }
                 CasWrite::Stale => {
                     tracing::debug!(job = %id, attempt, "job record changed under us; retrying update");
