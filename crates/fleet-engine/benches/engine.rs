@@ -195,6 +195,8 @@ fn main() {
         run_one(only, size, a.batches[0], &a);
         return;
     }
+    // `default_dtype`'s rule, from the name: the parent must not open the GPU (a CUDA context in
+    // this process would count in every child's device-memory reading).
     let dtype = if a.device == "cpu" { DType::F32 } else { DType::F16 };
     println!(
         "fleet-engine {} benchmark ({} CPU threads), {dtype:?}, guidance 0, {} timed runs after a warm-up",
