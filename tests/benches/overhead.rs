@@ -7,8 +7,13 @@
 //! tiny model. `worker.batch_deadline_ms` is 0 (a lone job does not wait for company: that wait is
 //! a configured trade, not overhead); `FLEET_BENCH_DEADLINE_MS` sets it.
 //!
+//! The throughput runs in rounds (`FLEET_BENCH_ROUNDS`, default 3): each round times both raw
+//! baselines and then the fleet back to back, its fractions compare those three, and the summary
+//! gives the median fraction. Each round also reports the CPU time per job of this process and
+//! of each server (from `/proc`) and Redis commands per job.
+//!
 //! Needs the services of `scripts/services.sh`. Run:
-//! `cargo bench --profile dev -p fleet-e2e --bench overhead` (`FLEET_BENCH_JOBS`, default 200).
+//! `cargo bench --profile dev -p fleet-e2e --bench overhead` (`FLEET_BENCH_JOBS` per round, default 200).
 //! `cargo test` runs it too, on 5 jobs, to check that it still works. A program that prints
 //! numbers, not a test: nothing here asserts a speed.
 
@@ -71,49 +76,100 @@ fn between(a: chrono::DateTime<chrono::Utc>, b: Option<chrono::DateTime<chrono::
 async fn run(n: usize, smoke: bool) {
     let mut config = isolated_config();
     config.worker.batch_deadline_ms = env_num("FLEET_BENCH_DEADLINE_MS", 0);
+    let rounds = if smoke { 1 } else { env_num("FLEET_BENCH_ROUNDS", 3).max(1) as usize };
     println!(
-        "fleet overhead, {n} jobs (64x64, 1 step), batch deadline {} ms, {} cores",
+        "fleet overhead, {n} jobs (64x64, 1 step) per round, {rounds} round(s), batch deadline {} ms, {} cores",
         config.worker.batch_deadline_ms,
         num_cpus()
     );
 
     let compute = compute_time(if smoke { 2 } else { 20 });
-    let amqp = raw_broker_round_trips(&config.rabbitmq.url, n).await;
-    let s3 = raw_s3_puts(&config, n).await;
-    let noop = measure_fleet(&config, EngineMode::Noop, n).await;
-    let tiny = if std::env::var("FLEET_BENCH_TINY").is_ok_and(|v| v == "1") {
-        Some(measure_fleet(&isolated_like(&config), EngineMode::Models, n).await)
-    } else {
-        None
-    };
-
-    println!();
     println!(
         "{:<52} {:>9.1}/s   p50 {:>8.2} ms",
         "tiny engine + PNG encode alone (per job)",
         1.0 / compute.p50.as_secs_f64(),
         ms(compute.p50)
     );
-    row("raw AMQP publish+confirm → consume → ack", amqp.0, &amqp.1);
-    row("raw S3 PUT (8 KiB object)", s3.0, &s3.1);
-    let slower = amqp.0.min(s3.0);
-    for (name, m) in std::iter::once(("no-op engine", &noop)).chain(tiny.as_ref().map(|t| ("tiny model", t))) {
-        println!("--- fleet, {name}");
-        row("one job at a time: accepted → succeeded", 1.0 / m.latency.mean.as_secs_f64(), &m.latency);
-        row("  of which accepted → started (queue, dispatch)", 0.0, &m.to_start);
-        row("  of which started → succeeded (run, upload)", 0.0, &m.to_finish);
-        println!(
-            "{:<52} {:>9.1}/s   ({} failed; {:.1}/s by the client's clock)",
-            "all at once, one worker (first accepted → last done)", m.rate, m.failed, m.wall_rate
-        );
-        println!("fraction of the slower raw baseline ({slower:.1}/s): {:.2}", m.rate / slower);
+
+    let fleet = start_fleet(&config, EngineMode::Noop).await;
+    println!("--- fleet, no-op engine");
+    print_latency(&measure_latency(&fleet, n.min(100)).await);
+    // Each round times both raw baselines and then the fleet, back to back, and its fractions
+    // compare those three: this shared machine's speed drifts by a third within minutes, so a
+    // baseline taken once at the start would flatter or wrong the fleet runs after it.
+    println!("--- rounds: raw AMQP round trips, raw S3 PUTs, then the fleet with all jobs at once");
+    let mut fractions = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let amqp = raw_broker_round_trips(&config.rabbitmq.url, n).await;
+        let s3 = raw_s3_puts(&config, n).await;
+        let all = measure_throughput(&fleet, n, (round + 1) * n).await;
+        print_round(round + 1, &amqp, &s3, &all);
+        fractions.push((all.rate / amqp.0, all.rate / s3.0, all.rate / amqp.0.min(s3.0)));
     }
-    if let Some(t) = &tiny {
+    fleet.stop().await;
+    remove_topology(&config).await;
+    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = fractions.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median of {rounds} round(s): fraction of the raw AMQP round trip {:.2}, of the raw S3 PUT {:.2}, of the slower baseline {:.2}",
+        median(|f| f.0),
+        median(|f| f.1),
+        median(|f| f.2)
+    );
+
+    if std::env::var("FLEET_BENCH_TINY").is_ok_and(|v| v == "1") {
+        let tiny_config = isolated_like(&config);
+        let fleet = start_fleet(&tiny_config, EngineMode::Models).await;
+        println!("--- fleet, tiny model");
+        let latency = measure_latency(&fleet, n.min(100)).await;
+        print_latency(&latency);
+        let all = measure_throughput(&fleet, n, n).await;
+        fleet.stop().await;
+        remove_topology(&tiny_config).await;
+        print_all_at_once(&all);
         println!(
             "tiny model: added per job (latency − compute) p50 {:.2} ms, p99 {:.2} ms",
-            ms(t.latency.p50.saturating_sub(compute.p50)),
-            ms(t.latency.p99.saturating_sub(compute.p50))
+            ms(latency.total.p50.saturating_sub(compute.p50)),
+            ms(latency.total.p99.saturating_sub(compute.p50))
         );
+    }
+}
+
+fn print_latency(l: &Latency) {
+    row("one job at a time: accepted → succeeded", 1.0 / l.total.mean.as_secs_f64(), &l.total);
+    row("  of which accepted → started (queue, dispatch)", 0.0, &l.to_start);
+    row("  of which started → succeeded (run, upload)", 0.0, &l.to_finish);
+}
+
+fn print_round(round: usize, amqp: &(f64, Summary), s3: &(f64, Summary), all: &Throughput) {
+    println!("round {round}");
+    row("  raw AMQP publish+confirm → consume → ack", amqp.0, &amqp.1);
+    row("  raw S3 PUT (8 KiB object)", s3.0, &s3.1);
+    print_all_at_once(all);
+    println!(
+        "  fraction of the raw AMQP round trip {:.2}, of the raw S3 PUT {:.2}",
+        all.rate / amqp.0,
+        all.rate / s3.0
+    );
+}
+
+fn print_all_at_once(all: &Throughput) {
+    println!(
+        "{:<52} {:>9.1}/s   ({} failed; {:.1}/s by the client's clock)",
+        "  all at once, one worker (first accepted → last done)", all.rate, all.failed, all.wall_rate
+    );
+    if let Some(cpu) = &all.cpu_per_job {
+        let parts: Vec<String> = cpu.iter().map(|(name, ms)| format!("{name} {ms:.2}")).collect();
+        println!("  CPU ms per job, all at once: {}", parts.join(", "));
+    }
+    if let Some(commands) = all.redis_per_job {
+        println!("  Redis commands per job, all at once: {commands:.2}");
+    }
+    if let Some(switches) = all.switches_per_job {
+        println!("  context switches per job (whole machine), all at once: {switches:.1}");
     }
 }
 
@@ -124,56 +180,93 @@ fn isolated_like(config: &fleet_core::FleetConfig) -> fleet_core::FleetConfig {
     c
 }
 
-struct FleetRun {
-    latency: Summary,
+/// Latency of jobs submitted one at a time, from their records' own timestamps.
+struct Latency {
+    total: Summary,
     to_start: Summary,
     to_finish: Summary,
+}
+
+/// Jobs submitted all at once to one worker.
+struct Throughput {
     rate: f64,
     wall_rate: f64,
     failed: usize,
+    /// CPU milliseconds per job of this process and of each server, over the all-at-once phase.
+    cpu_per_job: Option<Vec<(&'static str, f64)>>,
+    /// Redis commands per job over the same phase (the submitting clients' reads included).
+    redis_per_job: Option<f64>,
+    /// Context switches of the whole machine per job over the same phase (`/proc/stat`).
+    switches_per_job: Option<f64>,
 }
 
-async fn measure_fleet(config: &fleet_core::FleetConfig, engine: EngineMode, n: usize) -> FleetRun {
+/// A dispatcher and one worker, warmed up (connections, a first batch).
+async fn start_fleet(config: &fleet_core::FleetConfig, engine: EngineMode) -> Fleet {
     let mut fleet = Fleet::start(config.clone(), 0).await;
     fleet.add_worker_with(engine).await;
-    // Warm-up: connections, first batch.
     let warm = fleet.submit(job(usize::MAX / 2)).await.id;
     fleet.wait_all(&[warm], Duration::from_secs(60)).await;
+    fleet
+}
 
-    // Latency: one job at a time, from the record's own timestamps.
-    let mut latency = Vec::new();
+async fn measure_latency(fleet: &Fleet, n: usize) -> Latency {
+    let mut total = Vec::new();
     let mut to_start = Vec::new();
     let mut to_finish = Vec::new();
-    for i in 0..n.min(100) {
-        let status = wait_one(&fleet, fleet.submit(job(i)).await.id).await;
-        latency.push(between(status.created_at, status.finished_at));
+    for i in 0..n {
+        let status = wait_one(fleet, fleet.submit(job(i)).await.id).await;
+        total.push(between(status.created_at, status.finished_at));
         to_start.push(between(status.created_at, status.started_at));
         to_finish.push(status.started_at.map(|s| between(s, status.finished_at)).unwrap_or_default());
     }
+    Latency { total: summarize(total), to_start: summarize(to_start), to_finish: summarize(to_finish) }
+}
 
-    // Throughput: all jobs at once (16 submitters), until the last one succeeded.
+/// `n` jobs at once (16 submitters, seeds from `first`), until the last one is final.
+async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput {
+    let cpu_before = CpuTimes::now();
+    let switches_before = context_switches();
+    let commands_before = redis_commands(&fleet.config.redis.url).await;
     let started = Instant::now();
     let ids: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| fleet.submit(job(n + i)))
+        .map(|i| fleet.submit(job(first + i)))
         .buffer_unordered(16)
         .map(|s| s.id)
         .collect()
         .await;
+    // Watch only the last job while the worker is busy, then read every record once: a client
+    // sweeping all 2,000 records every 200 ms would take CPU from the fleet it is timing.
+    if let Some(last) = ids.last() {
+        wait_quietly(fleet, *last, Duration::from_secs(1800)).await;
+    }
+    let cpu = CpuTimes::now().and_then(|now| now.since(&cpu_before));
+    let switches =
+        context_switches().zip(switches_before).map(|(after, before)| after.saturating_sub(before) as f64 / n as f64);
+    let commands = redis_commands(&fleet.config.redis.url).await;
+    let redis_per_job =
+        commands.zip(commands_before).map(|(after, before)| after.saturating_sub(before) as f64 / n as f64);
     let statuses = fleet.wait_all(&ids, Duration::from_secs(1800)).await;
     let wall = started.elapsed();
-    fleet.stop().await;
     let failed = statuses.iter().filter(|s| s.state != JobState::Succeeded).count();
-    // The records' clocks, so the client's 200 ms polling does not count.
+    // The records' clocks, so the client's polling does not count.
     let first = statuses.iter().map(|s| s.created_at).min();
     let last = statuses.iter().filter_map(|s| s.finished_at).max();
     let span = first.map(|f| between(f, last)).unwrap_or(wall).max(Duration::from_micros(1));
-    FleetRun {
-        latency: summarize(latency),
-        to_start: summarize(to_start),
-        to_finish: summarize(to_finish),
+    Throughput {
         rate: n as f64 / span.as_secs_f64(),
         wall_rate: n as f64 / wall.as_secs_f64(),
         failed,
+        cpu_per_job: cpu.map(|c| c.per_job(n)),
+        redis_per_job,
+        switches_per_job: switches,
+    }
+}
+
+/// Polls one job every 20 ms until it is final, whatever its outcome.
+async fn wait_quietly(fleet: &Fleet, id: uuid::Uuid, limit: Duration) {
+    let started = Instant::now();
+    while !fleet.status(id).await.state.is_terminal() && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -263,4 +356,83 @@ async fn raw_s3_puts(config: &fleet_core::FleetConfig, n: usize) -> (f64, Summar
         samples.push(t.elapsed());
     }
     (n as f64 / started.elapsed().as_secs_f64(), summarize(samples))
+}
+
+/// Processes whose CPU time the benchmark reports: this one (dispatcher, worker and the
+/// submitting clients) and the three servers, found by their command names in `/proc`.
+const SERVERS: [(&str, &str); 3] = [("rabbitmq", "beam.smp"), ("redis", "redis-server"), ("seaweedfs", "weed")];
+
+/// Cumulative CPU time (user + system) per process, from `/proc` (Linux only).
+struct CpuTimes(Vec<(&'static str, Duration)>);
+
+impl CpuTimes {
+    fn now() -> Option<CpuTimes> {
+        let mut times = vec![("fleet process", proc_cpu("self")?)];
+        for (name, comm) in SERVERS {
+            let total = server_pids(comm).iter().filter_map(|pid| proc_cpu(pid)).sum();
+            times.push((name, total));
+        }
+        Some(CpuTimes(times))
+    }
+
+    fn since(&self, before: &Option<CpuTimes>) -> Option<CpuTimes> {
+        let before = before.as_ref()?;
+        let diff = self.0.iter().zip(&before.0).map(|((name, now), (_, then))| (*name, now.saturating_sub(*then)));
+        Some(CpuTimes(diff.collect()))
+    }
+
+    fn per_job(&self, n: usize) -> Vec<(&'static str, f64)> {
+        self.0.iter().map(|(name, t)| (*name, ms(*t) / n.max(1) as f64)).collect()
+    }
+}
+
+fn server_pids(comm: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .collect()
+}
+
+/// utime + stime of a process. `/proc/PID/stat` counts in USER_HZ ticks, 100 per second on Linux.
+fn proc_cpu(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, the state.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Commands Redis has processed since it started (`INFO stats`), counting every client.
+async fn redis_commands(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut con).await.ok()?;
+    info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")?.trim().parse().ok())
+}
+
+/// Context switches of the whole machine since boot (`ctxt` in `/proc/stat`).
+fn context_switches() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+}
+
+/// Deletes the queues and exchanges of a finished run: quorum queues outlive their connections,
+/// and a few hundred left over slow RabbitMQ 3.10 down (they skewed earlier runs of this bench).
+async fn remove_topology(config: &fleet_core::FleetConfig) {
+    let topology = fleet_queue::topology::Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
+    let Ok(conn) = Connection::connect(&config.rabbitmq.url, fleet_queue::connection_properties()).await else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else { return };
+    let queues = topology.queues.iter().map(|q| q.name.as_str());
+    for queue in queues.chain([topology.dead_letter_queue.as_str(), topology.dead_letter_watch_queue.as_str()]) {
+        let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+    }
+    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+        let _ = channel.exchange_delete(exchange, lapin::options::ExchangeDeleteOptions::default()).await;
+    }
+    let _ = conn.close(200, "bench done").await;
 }

@@ -61,14 +61,9 @@ impl Fleet {
         let worker = worker.expect("worker starts");
         self.metrics.push(worker.metrics_addr().expect("the test config serves worker metrics"));
         let stop = CancellationToken::new();
-        // Worker::run is driven on its own thread (as `fleet worker` drives it with block_on);
-        // its I/O still runs on this test's runtime.
-        let handle = tokio::runtime::Handle::current();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || handle.block_on(worker.run(stop)).unwrap()
-        });
-        self.tasks.push(tokio::task::spawn_blocking(move || thread.join().unwrap()));
+        // A task on this runtime, as `fleet worker` runs it.
+        let run = worker.run(stop.clone());
+        self.tasks.push(tokio::spawn(async move { run.await.unwrap() }));
         self.stops.push(stop);
     }
 

@@ -1,4 +1,5 @@
-//! Accepting a job: validate → admit → record status → publish with confirm.
+//! Accepting a job: validate → admit → record status (and the tenant's in-flight limit) → publish
+//! with confirm.
 //!
 //! The status record is written before the publish so that a worker never runs a job the API
 //! cannot show, and a job whose publish was not confirmed is discarded again rather than left
@@ -92,17 +93,6 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
             format!("model `{}` is not served by this fleet (configured: {})", spec.model, model_list(app)),
         ));
     };
-    let in_flight = app.status.in_flight(&tenant).await?;
-    if in_flight >= app.config.http.max_in_flight_per_tenant {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "tenant `{tenant}` has {in_flight} jobs queued or running (limit {})",
-                app.config.http.max_in_flight_per_tenant
-            ),
-        )
-        .with_retry_after(10));
-    }
     let depth = app.depths.depth(app, &queue).await?;
     if u64::from(depth) >= app.config.rabbitmq.max_queue_depth {
         return Err(ApiError::new(
@@ -118,7 +108,17 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     let Some(status) = JobStatus::queued(&job, Utc::now()) else {
         return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
     };
-    match app.status.create(&status, spec.idempotency_key.as_deref()).await? {
+    // The tenant's in-flight limit is checked by the create itself: one round trip, and
+    // concurrent submissions cannot overshoot it.
+    let max_in_flight = app.config.http.max_in_flight_per_tenant;
+    match app.status.create_within(&status, spec.idempotency_key.as_deref(), max_in_flight).await? {
+        CreateOutcome::InFlightLimit { in_flight } => {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("tenant `{tenant}` has {in_flight} jobs queued or running (limit {max_in_flight})"),
+            )
+            .with_retry_after(10));
+        }
         CreateOutcome::Existing(existing)
             if existing.state == JobState::Queued
                 && existing.attempts == 0

@@ -15,9 +15,11 @@ use redis::Script;
 /// counter, 6 model counters hash, 7 models set.
 /// ARGV: 1 status JSON, 2 status TTL, 3 created ms, 4 id, 5 idempotency TTL, 6 has idempotency
 /// key ('1'/'0'), 7 job key prefix, 8 tenant, 9 counts as in flight ('1'/'0'), 10 model,
-/// 11 terminal counter field or ''.
+/// 11 terminal counter field or '', 12 most jobs the tenant may have in flight ('' for no limit).
 ///
-/// Returns `{'created'}`, `{'existing', data}` or `{'taken'}` (id used by another tenant).
+/// Returns `{'created'}`, `{'existing', data}`, `{'taken'}` (id used by another tenant) or
+/// `{'limited', n}` (the tenant already has n ≥ the limit in flight; checked after the retry
+/// cases, so a retry of an accepted job still gets that job).
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -38,6 +40,12 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     return {'existing', redis.call('HGET', KEYS[1], 'data')}
   end
   return {'taken'}
+end
+if ARGV[12] ~= '' and ARGV[9] == '1' then
+  local in_flight = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+  if in_flight >= tonumber(ARGV[12]) then
+    return {'limited', tostring(in_flight)}
+  end
 end
 redis.call('HSET', KEYS[1], 'rev', '1', 'data', ARGV[1], 'tenant', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[2])

@@ -125,6 +125,29 @@ impl StatusStore {
         status: &JobStatus,
         idempotency_key: Option<&str>,
     ) -> Result<CreateOutcome, StatusError> {
+        self.create_limited(status, idempotency_key, None).await
+    }
+
+    /// [`Self::create`] with admission: if the tenant already has `max_in_flight` or more jobs
+    /// queued or running, writes nothing and returns [`CreateOutcome::InFlightLimit`]. Checked in
+    /// the same atomic step as the write, so concurrent submissions cannot overshoot the limit,
+    /// and after the idempotency key and id, so a retry of an accepted job gets that job even at
+    /// the limit.
+    pub async fn create_within(
+        &self,
+        status: &JobStatus,
+        idempotency_key: Option<&str>,
+        max_in_flight: u64,
+    ) -> Result<CreateOutcome, StatusError> {
+        self.create_limited(status, idempotency_key, Some(max_in_flight)).await
+    }
+
+    async fn create_limited(
+        &self,
+        status: &JobStatus,
+        idempotency_key: Option<&str>,
+        max_in_flight: Option<u64>,
+    ) -> Result<CreateOutcome, StatusError> {
         let job_key = self.keys.job(status.id);
         let data = to_json(&job_key, status)?;
         let terminal_field = if status.state.is_terminal() { status.state.as_str() } else { "" };
@@ -147,11 +170,19 @@ impl StatusStore {
             .arg(&status.tenant)
             .arg(if status.state.is_terminal() { "0" } else { "1" })
             .arg(&status.model)
-            .arg(terminal_field);
+            .arg(terminal_field)
+            .arg(max_in_flight.map(|n| n.to_string()).unwrap_or_default());
         let mut con = self.conn.clone();
         let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
             [tag] if tag == "created" => Ok(CreateOutcome::Created),
+            [tag, n] if tag == "limited" => match n.parse() {
+                Ok(in_flight) => Ok(CreateOutcome::InFlightLimit { in_flight }),
+                Err(_) => Err(StatusError::Corrupt {
+                    key: self.keys.in_flight(&status.tenant),
+                    message: format!("in-flight count `{n}` is not a number"),
+                }),
+            },
             [tag] if tag == "taken" => Err(StatusError::Conflict(status.id)),
             [tag, data] if tag == "existing" => Ok(CreateOutcome::Existing(from_json(&job_key, data)?)),
             other => Err(StatusError::Corrupt { key: job_key, message: format!("create script replied {other:?}") }),

@@ -5,7 +5,7 @@ use fleet_core::{JobState, JobStatus, Progress};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// What [`crate::StatusStore::create`] did.
+/// What [`crate::StatusStore::create`] (or [`crate::StatusStore::create_within`]) did.
 // Made once per submitted job and matched at once; boxing the status would only cost an
 // allocation and make matching clumsier.
 #[allow(clippy::large_enum_variant)]
@@ -16,6 +16,12 @@ pub enum CreateOutcome {
     /// The idempotency key (or the job id) was already used by this tenant: this is that job,
     /// and nothing was written. The caller must not enqueue the job again.
     Existing(JobStatus),
+    /// Only from [`crate::StatusStore::create_within`]: the tenant is at or above its limit of
+    /// jobs queued or running, so nothing was written.
+    InFlightLimit {
+        /// The tenant's jobs queued or running.
+        in_flight: u64,
+    },
 }
 
 /// A job record as of one revision: what a read returned or a compare-and-set wrote. A writer

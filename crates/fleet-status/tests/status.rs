@@ -528,6 +528,40 @@ async fn in_flight_and_counters_follow_terminal_transitions_once() {
 }
 
 #[tokio::test]
+async fn create_within_refuses_new_jobs_at_the_in_flight_limit_but_not_retries() {
+    let fx = Fixture::new().await;
+    let first = queued("alice");
+    assert_eq!(fx.store.create_within(&first, Some("order-1"), 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(fx.store.create_within(&queued("alice"), None, 2).await.unwrap(), CreateOutcome::Created);
+
+    // At the limit: nothing is written (no record, no index entry, the key stays free).
+    let third = queued("alice");
+    assert_eq!(
+        fx.store.create_within(&third, Some("order-3"), 2).await.unwrap(),
+        CreateOutcome::InFlightLimit { in_flight: 2 }
+    );
+    assert_eq!(fx.store.get(third.id).await.unwrap(), None);
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 2);
+    let page = fx.store.list("alice", None, None, 10).await.unwrap();
+    assert_eq!(page.jobs.len(), 2);
+    // A retry of an accepted job still gets that job, and other tenants are not limited.
+    let retry = queued("alice");
+    assert_eq!(
+        fx.store.create_within(&retry, Some("order-1"), 2).await.unwrap(),
+        CreateOutcome::Existing(first.clone())
+    );
+    assert_eq!(fx.store.create_within(&queued("bob"), None, 2).await.unwrap(), CreateOutcome::Created);
+    // A job leaving flight makes room; a limit of 0 admits nothing.
+    fx.store.update(first.id, |s| s.cancel(Utc::now())).await.unwrap();
+    assert_eq!(fx.store.create_within(&third, Some("order-3"), 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        fx.store.create_within(&queued("carol"), None, 0).await.unwrap(),
+        CreateOutcome::InFlightLimit { in_flight: 0 }
+    );
+    fx.cleanup().await;
+}
+
+#[tokio::test]
 async fn dead_redis_is_unavailable_promptly_with_masked_url() {
     let started = Instant::now();
     let cfg = RedisConfig { url: "redis://127.0.0.1:1/0".into(), ..config() };

@@ -26,6 +26,8 @@ pub struct Pending {
     /// The job's status record as this worker last wrote it (set when it starts the job, cleared
     /// when progress writes move it on), so the final write can skip reading it again.
     pub record: Option<Versioned>,
+    /// When this worker last found no cancel request for the job (set when it starts the job).
+    pub cancel_checked: Option<Instant>,
     acker: Option<Acker>,
 }
 
@@ -79,6 +81,7 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Refu
                 trace_id,
                 delivery_count,
                 record: None,
+                cancel_checked: None,
                 acker: Some(delivery.acker),
             })
         }

@@ -15,6 +15,10 @@ use fleet_engine::{ControlNetModel, LoadOptions, ModelSource, Pipeline, Predicti
 /// order changes float rounding, so `[a, b]` and `[b, a]` are different pipelines).
 pub type LoraKey = Vec<(String, u32)>;
 
+fn fused_key(model: &str, loras: &[LoraRef]) -> (String, LoraKey) {
+    (model.to_owned(), loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect())
+}
+
 /// Loaded pipelines by the model name jobs use.
 pub struct Models {
     pipelines: BTreeMap<String, Arc<Pipeline>>,
@@ -177,17 +181,26 @@ impl Models {
         }
     }
 
+    /// The pipeline of `model` with `loras` fused in, if it is ready (the base model, or a LoRA
+    /// set in the cache); never blocks, so it can be asked on the async runtime.
+    pub fn ready(&self, model: &str, loras: &[LoraRef]) -> Option<(Arc<Pipeline>, CacheOutcome)> {
+        let base = self.get(model)?;
+        if loras.is_empty() {
+            return Some((base, CacheOutcome::Base));
+        }
+        let p = self.fused.lock().ok().and_then(|mut c| c.get(&fused_key(model, loras)))?;
+        Some((p, CacheOutcome::Hit))
+    }
+
     /// The pipeline of `model` with `loras` fused in (blocking on a miss: it builds the model).
     pub fn with_loras(&self, model: &str, loras: &[LoraRef]) -> Result<(Arc<Pipeline>, CacheOutcome), ModelError> {
-        let base = self.get(model).ok_or_else(|| ModelError::NotConfigured(model.to_owned()))?;
-        if loras.is_empty() {
-            return Ok((base, CacheOutcome::Base));
+        if self.get(model).is_none() {
+            return Err(ModelError::NotConfigured(model.to_owned()));
         }
-        let key: LoraKey = loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect();
-        let cache_key = (model.to_owned(), key);
-        if let Some(p) = self.fused.lock().ok().and_then(|mut c| c.get(&cache_key)) {
-            return Ok((p, CacheOutcome::Hit));
+        if let Some(ready) = self.ready(model, loras) {
+            return Ok(ready);
         }
+        let cache_key = fused_key(model, loras);
         let (source, opts) = self.sources.get(model).ok_or_else(|| ModelError::NotConfigured(model.to_owned()))?;
         let specs = loras
             .iter()

@@ -104,12 +104,17 @@ pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
     ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
     ctx.stats.batch_images.observe(batch.iter().map(|p| f64::from(p.job.spec().num_images)).sum());
     let mut runnable = Vec::with_capacity(batch.len());
-    for mut job in batch {
-        match begin(ctx, &job).await {
+    // The jobs' starts at once rather than one after another: a batch of n costs the status
+    // store's round trip once, not n times, before generation can begin.
+    let checked = Instant::now();
+    let begun = futures::future::join_all(batch.iter().map(|job| begin(ctx, job))).await;
+    for (mut job, begun) in batch.into_iter().zip(begun) {
+        match begun {
             Ok(Some(record)) => {
                 // The trace id came from the dispatcher (HTTP → AMQP header); it ties these logs to the request.
                 tracing::info!(job = %job.id(), trace_id = %job.trace_id, attempt = job.delivery_count + 1, "job started");
                 job.record = Some(record);
+                job.cancel_checked = Some(checked);
                 runnable.push(job)
             }
             Ok(None) => job.ack().await,
@@ -158,7 +163,8 @@ async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Versioned>, Str
             // Published straight onto the queue (or its record expired): create the record, then start.
             let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
             match retry(|| ctx.status.create(&queued, None)).await {
-                Ok(CreateOutcome::Created | CreateOutcome::Existing(_)) => {}
+                // (`create` sets no in-flight limit, so it never answers InFlightLimit)
+                Ok(CreateOutcome::Created | CreateOutcome::Existing(_) | CreateOutcome::InFlightLimit { .. }) => {}
                 Err(e) => return Err(e.to_string()),
             }
             retry(|| ctx.status.update_from(id, None, start)).await.map(Some).map_err(|e| e.to_string())
@@ -209,6 +215,14 @@ fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> 
 /// request with its ControlNet, off the async runtime. `Err` is the job's own fault.
 async fn prepare(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result<(Arc<Pipeline>, GenerateRequest), JobError> {
     let mut request = job_request(spec);
+    // The common case — a loaded model or a cached LoRA set, no control image to decode — needs
+    // no trip to the blocking pool.
+    if spec.controlnet.is_none()
+        && let Some((pipeline, outcome)) = ctx.models.ready(&spec.model, &spec.loras)
+    {
+        tracing::debug!(model = %spec.model, ?outcome, "pipeline for the job's LoRA set");
+        return Ok((pipeline, request));
+    }
     let control_bytes = match &spec.controlnet {
         Some(cn) => Some(control_image_bytes(ctx, &spec.model, &cn.image).await?),
         None => None,
@@ -392,7 +406,9 @@ async fn generate(
     // job's completion (it used to add up to PROGRESS_EVERY to every job).
     let done = tokio_util::sync::CancellationToken::new();
     let reporter_done = done.clone();
-    let reporter = tokio::spawn(async move {
+    // Polled by this task alongside the engine (not spawned): a task per job would cost a
+    // wake-up across threads at its start and end.
+    let reporter = async move {
         // Whether a progress write was tried (it may have landed even if its reply did not).
         let mut wrote = false;
         // A write costs three Redis round trips (read, compare-and-set with its event, cancel
@@ -426,10 +442,14 @@ async fn generate(
             }
         }
         wrote
-    });
-    let result = work.await;
-    done.cancel();
-    if reporter.await.unwrap_or(true) {
+    };
+    let engine_done = async {
+        let result = work.await;
+        done.cancel();
+        result
+    };
+    let (result, wrote) = tokio::join!(engine_done, reporter);
+    if wrote {
         // The records moved on past the ones `begin` wrote: the final writes must read them.
         for job in jobs.iter_mut() {
             job.record = None;
@@ -462,7 +482,11 @@ async fn store_job(
 ) -> Outcome {
     let spec = job.job.spec();
     let id = job.id();
-    match ctx.status.is_cancel_requested(id).await {
+    // A job that started less than PROGRESS_EVERY ago was checked then: like the progress
+    // reporter, notice a cancel at most that late (one Redis round trip less per short job).
+    let checked_lately = job.cancel_checked.is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
+    let cancelled = if checked_lately { Ok(false) } else { ctx.status.is_cancel_requested(id).await };
+    match cancelled {
         Ok(true) => {
             let _ = retry(|| ctx.status.update(id, |s| s.cancel(Utc::now()))).await;
             return Outcome::Settled;

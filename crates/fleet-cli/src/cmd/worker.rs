@@ -17,7 +17,10 @@ pub fn run(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("fleet worker {} started", worker.id());
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        worker.run(shutdown).await?;
+        // On the runtime's workers rather than this thread: the loop's Redis and AMQP replies are
+        // then picked up by the thread that read them, not handed across threads (see
+        // docs/PERFORMANCE.md, change 23).
+        tokio::spawn(worker.run(shutdown)).await??;
         Ok(ExitCode::SUCCESS)
     })
 }
