@@ -36,7 +36,10 @@ fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+#[allow(unsafe_code)]
 fn main() {
+    // SAFETY: nothing has started a thread yet (the tiny model runs in this process).
+    unsafe { fleet_engine::cpu_threads::settle_cpu_threads() };
     // `cargo bench` passes `--bench`; under `cargo test` this is a quick check that it still runs.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let n = if smoke { 5 } else { env_num("FLEET_BENCH_JOBS", 200) as usize };

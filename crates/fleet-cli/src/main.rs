@@ -10,8 +10,13 @@ use clap::Parser as _;
 
 use cli::{Cli, Command};
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Generate(_) | Command::Worker(_) | Command::Bulk(_)) {
+        // SAFETY: nothing has started a thread yet (argument parsing starts none).
+        unsafe { fleet_engine::cpu_threads::settle_cpu_threads() };
+    }
     init_tracing(cli.verbose);
     let result = match &cli.command {
         Command::Validate(args) => cmd::validate::run(&cli, args),

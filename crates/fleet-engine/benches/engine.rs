@@ -182,8 +182,15 @@ fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
     );
 }
 
+#[allow(unsafe_code)]
 fn main() {
     let a = parse();
+    // The image benchmark's parent only starts children, which inherit its environment: each
+    // child settles its own counts.
+    if a.mode != Mode::Images || a.only.is_some() {
+        // SAFETY: nothing has started a thread yet.
+        unsafe { fleet_engine::cpu_threads::settle_cpu_threads() };
+    }
     match a.mode {
         Mode::Lora => return extras::lora_bench(),
         Mode::ControlNet => return extras::controlnet_bench(&a.models, a.steps, a.runs),

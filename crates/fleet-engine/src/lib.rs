@@ -20,6 +20,7 @@ pub mod clip;
 pub mod control_image;
 pub mod controlnet;
 pub mod conv;
+pub mod cpu_threads;
 pub mod encode;
 pub mod error;
 mod fast_math;
