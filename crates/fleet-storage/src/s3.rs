@@ -174,7 +174,8 @@ impl S3Store {
         meta: &ObjectMeta,
     ) -> Result<Stored, StorageError> {
         let sha256 = sha256_hex(&body);
-        self.put_object(key, body, content_type, meta.to_metadata(&sha256)).await
+        let metadata = meta.to_metadata(&sha256);
+        self.put_hashed(key, body, sha256, content_type, metadata).await
     }
 
     /// Stores any object (not only a job's image) with the given metadata; `put` is this plus the
@@ -186,23 +187,36 @@ impl S3Store {
         content_type: &str,
         metadata: BTreeMap<String, String>,
     ) -> Result<Stored, StorageError> {
-        validate_key(key)?;
         let sha256 = sha256_hex(&body);
+        self.put_hashed(key, body, sha256, content_type, metadata).await
+    }
+
+    /// [`Self::put_object`] for a body whose SHA-256 is already known.
+    async fn put_hashed(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        sha256: String,
+        content_type: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Stored, StorageError> {
+        validate_key(key)?;
         let bytes = body.len() as u64;
         let metadata = metadata.into_iter().collect();
+        // The SDK's futures are ≈ 10 KB; boxed, they stop inflating every future that awaits a
+        // PUT (a worker's whole job pipeline), which tokio moves whole when spawning it.
         if bytes > self.options.multipart_threshold {
-            self.put_multipart(key, body, content_type, metadata).await?;
+            Box::pin(self.put_multipart(key, body, content_type, metadata)).await?;
         } else {
-            self.client
+            let request = self
+                .client
                 .put_object()
                 .bucket(&self.ctx.bucket)
                 .key(key)
                 .content_type(content_type)
                 .set_metadata(Some(metadata))
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|e| self.ctx.error("PutObject", Some(key), e))?;
+                .body(ByteStream::from(body));
+            Box::pin(request.send()).await.map_err(|e| self.ctx.error("PutObject", Some(key), e))?;
         }
         tracing::debug!(bucket = %self.ctx.bucket, key, bytes, "stored object");
         Ok(Stored { key: key.to_owned(), sha256, bytes })
