@@ -212,7 +212,8 @@ fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> 
 }
 
 /// The pipeline (with the job's LoRA set fused in, from the cache or built now) and the
-/// request with its ControlNet, off the async runtime. `Err` is the job's own fault.
+/// request with its ControlNet; building or decoding happens off the async runtime. `Err` is the
+/// job's own fault.
 async fn prepare(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result<(Arc<Pipeline>, GenerateRequest), JobError> {
     let mut request = job_request(spec);
     // The common case — a loaded model or a cached LoRA set, no control image to decode — needs
