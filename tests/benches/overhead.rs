@@ -231,12 +231,8 @@ async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput
     let switches_before = context_switches();
     let commands_before = redis_commands(&fleet.config.redis.url).await;
     let started = Instant::now();
-    let ids: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| fleet.submit(job(first + i)))
-        .buffer_unordered(16)
-        .map(|s| s.id)
-        .collect()
-        .await;
+    let (url, key) = (format!("{}/v1/jobs", fleet.base), fleet_e2e::E2E_KEY);
+    let ids = CLIENTS.spawn(submit_all(url, key, n, first)).await.expect("the submitting clients");
     // Watch only the last job while the worker is busy, then read every record once: a client
     // sweeping all 2,000 records every 200 ms would take CPU from the fleet it is timing.
     if let Some(last) = ids.last() {
@@ -263,6 +259,35 @@ async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput
         redis_per_job,
         switches_per_job: switches,
     }
+}
+
+/// The submitting clients' own runtime, on threads named [`CLIENT_THREAD`], so that their CPU time
+/// can be told apart from the fleet's (a client elsewhere would not share the fleet's threads).
+static CLIENTS: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CLIENT_THREAD)
+        .enable_all()
+        .build()
+        .expect("the clients' runtime")
+});
+const CLIENT_THREAD: &str = "bench-client";
+
+/// Submits `n` jobs through 16 concurrent requests, on a connection pool of its own.
+async fn submit_all(url: String, key: &'static str, n: usize, first: usize) -> Vec<uuid::Uuid> {
+    let http = reqwest::Client::new();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let request = http.post(&url).bearer_auth(key).json(&job(first + i));
+            async move {
+                let resp = request.send().await.expect("submit");
+                assert!(resp.status().is_success(), "submit: {}", resp.status());
+                resp.json::<JobStatus>().await.expect("submit reply").id
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 /// Polls one job every 20 ms until it is final, whatever its outcome.
@@ -370,7 +395,9 @@ struct CpuTimes(Vec<(&'static str, Duration)>);
 
 impl CpuTimes {
     fn now() -> Option<CpuTimes> {
-        let mut times = vec![("fleet process", proc_cpu("self")?)];
+        let clients = client_threads_cpu();
+        let fleet = proc_cpu("self")?.saturating_sub(clients);
+        let mut times = vec![("fleet (dispatcher + worker)", fleet), ("bench clients", clients)];
         for (name, comm) in SERVERS {
             let total = server_pids(comm).iter().filter_map(|pid| proc_cpu(pid)).sum();
             times.push((name, total));
@@ -396,6 +423,18 @@ fn server_pids(comm: &str) -> Vec<String> {
         .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
         .collect()
+}
+
+/// CPU time of this process's threads named [`CLIENT_THREAD`].
+fn client_threads_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    tasks
+        .filter_map(|t| t.ok()?.file_name().into_string().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).is_ok_and(|c| c.trim() == CLIENT_THREAD)
+        })
+        .filter_map(|tid| proc_cpu(&format!("self/task/{tid}")))
+        .sum()
 }
 
 /// utime + stime of a process. `/proc/PID/stat` counts in USER_HZ ticks, 100 per second on Linux.
