@@ -15,6 +15,7 @@ use fleet_engine::{ControlNetModel, LoadOptions, ModelSource, Pipeline, Predicti
 /// order changes float rounding, so `[a, b]` and `[b, a]` are different pipelines).
 pub type LoraKey = Vec<(String, u32)>;
 
+/// The fused-pipeline cache's key of a model with a LoRA set.
 fn fused_key(model: &str, loras: &[LoraRef]) -> (String, LoraKey) {
     (model.to_owned(), loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect())
 }
@@ -194,11 +195,11 @@ impl Models {
 
     /// The pipeline of `model` with `loras` fused in (blocking on a miss: it builds the model).
     pub fn with_loras(&self, model: &str, loras: &[LoraRef]) -> Result<(Arc<Pipeline>, CacheOutcome), ModelError> {
-        if self.get(model).is_none() {
-            return Err(ModelError::NotConfigured(model.to_owned()));
-        }
         if let Some(ready) = self.ready(model, loras) {
             return Ok(ready);
+        }
+        if self.get(model).is_none() {
+            return Err(ModelError::NotConfigured(model.to_owned()));
         }
         let cache_key = fused_key(model, loras);
         let (source, opts) = self.sources.get(model).ok_or_else(|| ModelError::NotConfigured(model.to_owned()))?;
