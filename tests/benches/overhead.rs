@@ -9,8 +9,9 @@
 //!
 //! The throughput runs in rounds (`FLEET_BENCH_ROUNDS`, default 3): each round times both raw
 //! baselines and then the fleet back to back, its fractions compare those three, and the summary
-//! gives the median fraction. Each round also reports the CPU time per job of this process and
-//! of each server (from `/proc`) and Redis commands per job.
+//! gives the median fraction. Each round also reports the CPU time per job of the fleet, of the
+//! submitting clients (on a runtime of their own) and of each server (from `/proc`), Redis
+//! commands per job and the machine's context switches per job.
 //!
 //! Needs the services of `scripts/services.sh`. Run:
 //! `cargo bench --profile dev -p fleet-e2e --bench overhead` (`FLEET_BENCH_JOBS` per round, default 200).
@@ -239,11 +240,8 @@ async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput
         wait_quietly(fleet, *last, Duration::from_secs(1800)).await;
     }
     let cpu = CpuTimes::now().and_then(|now| now.since(&cpu_before));
-    let switches =
-        context_switches().zip(switches_before).map(|(after, before)| after.saturating_sub(before) as f64 / n as f64);
-    let commands = redis_commands(&fleet.config.redis.url).await;
-    let redis_per_job =
-        commands.zip(commands_before).map(|(after, before)| after.saturating_sub(before) as f64 / n as f64);
+    let switches = per_job(context_switches(), switches_before, n);
+    let redis_per_job = per_job(redis_commands(&fleet.config.redis.url).await, commands_before, n);
     let statuses = fleet.wait_all(&ids, Duration::from_secs(1800)).await;
     let wall = started.elapsed();
     let failed = statuses.iter().filter(|s| s.state != JobState::Succeeded).count();
@@ -259,6 +257,11 @@ async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput
         redis_per_job,
         switches_per_job: switches,
     }
+}
+
+/// How much a counter grew per job, when it could be read both times.
+fn per_job(after: Option<u64>, before: Option<u64>, n: usize) -> Option<f64> {
+    after.zip(before).map(|(after, before)| after.saturating_sub(before) as f64 / n.max(1) as f64)
 }
 
 /// The submitting clients' own runtime, on threads named [`CLIENT_THREAD`], so that their CPU time
@@ -290,26 +293,32 @@ async fn submit_all(url: String, key: &'static str, n: usize, first: usize) -> V
         .await
 }
 
-/// Polls one job every 20 ms until it is final, whatever its outcome.
-async fn wait_quietly(fleet: &Fleet, id: uuid::Uuid, limit: Duration) {
-    let started = Instant::now();
-    while !fleet.status(id).await.state.is_terminal() && started.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls one job every 5 ms until it is final (the latency comes from its record, not from here).
-async fn wait_one(fleet: &Fleet, id: uuid::Uuid) -> JobStatus {
+/// Polls one job every `every` until it is final; `None` if it is not within `limit`.
+async fn poll_until_final(fleet: &Fleet, id: uuid::Uuid, every: Duration, limit: Duration) -> Option<JobStatus> {
     let started = Instant::now();
     loop {
         let status = fleet.status(id).await;
         if status.state.is_terminal() {
-            assert_eq!(status.state, JobState::Succeeded, "{status:?}");
-            return status;
+            return Some(status);
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "job {id} not final after 60 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if started.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Polls one job every 20 ms until it is final, whatever its outcome (the sweep after it reports).
+async fn wait_quietly(fleet: &Fleet, id: uuid::Uuid, limit: Duration) {
+    poll_until_final(fleet, id, Duration::from_millis(20), limit).await;
+}
+
+/// Polls one job every 5 ms until it succeeded (the latency comes from its record, not from here).
+async fn wait_one(fleet: &Fleet, id: uuid::Uuid) -> JobStatus {
+    let status = poll_until_final(fleet, id, Duration::from_millis(5), Duration::from_secs(60)).await;
+    let status = status.unwrap_or_else(|| panic!("job {id} not final after 60 s"));
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+    status
 }
 
 fn num_cpus() -> usize {
