@@ -16,6 +16,7 @@
 // once per failed network or file call, where a few more bytes moved cost nothing.
 #![allow(clippy::result_large_err)]
 
+mod endpoint_memo;
 mod error;
 mod key;
 pub mod local;

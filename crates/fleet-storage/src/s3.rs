@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::endpoint::DefaultResolver;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
@@ -15,6 +16,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use fleet_core::config::S3Config;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::endpoint_memo::EndpointMemo;
 use crate::error::{Ctx, Failure};
 use crate::{ObjectMeta, StorageError, Stored, StoredObject, decode_meta_value, sha256_hex, validate_key};
 
@@ -132,7 +134,9 @@ impl S3Store {
         let sdk = loader.load().await;
         let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| FALLBACK_REGION.to_owned());
 
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.path_style);
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(cfg.path_style)
+            .endpoint_resolver(EndpointMemo::new(DefaultResolver::new()));
         if sdk.region().is_none() {
             builder = builder.region(Region::new(FALLBACK_REGION));
         }
