@@ -126,14 +126,7 @@ pub fn encode_image(
     let mut buf = Vec::new();
     let (w, h) = img.dimensions();
     match format {
-        ImageFormat::Png => {
-            image::codecs::png::PngEncoder::new(&mut buf)
-                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
-                .map_err(enc_err)?;
-            if let Some(p) = params {
-                buf = png_insert_text(&buf, &[("parameters", &p.a1111_text()), ("fleet_request", &p.json())])?;
-            }
-        }
+        ImageFormat::Png => encode_png(&mut buf, img, params)?,
         ImageFormat::Jpeg => {
             image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut buf), quality.clamp(1, 100))
                 .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
@@ -186,51 +179,30 @@ pub fn save_images(
 
 // ---------- PNG ----------
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+/// PNG with the parameters in text chunks (`parameters` is what A1111, ComfyUI and civitai read),
+/// written by the `png` crate while it encodes: Latin-1 text as `tEXt`, anything else as `iTXt`.
+/// Compression and filter are what `image`'s `PngEncoder` picks by default.
+fn encode_png(buf: &mut Vec<u8>, img: &RgbImage, params: Option<&GenerationParams>) -> Result<()> {
+    let (w, h) = img.dimensions();
+    let mut encoder = png::Encoder::new(buf, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Balanced);
+    encoder.set_filter(png::Filter::Adaptive);
+    if let Some(p) = params {
+        for (key, text) in [("parameters", p.a1111_text()), ("fleet_request", p.json())] {
+            let latin1 = text.chars().all(|c| (c as u32) < 256 && c != '\0');
+            let added = if latin1 {
+                encoder.add_text_chunk(key.to_owned(), text)
+            } else {
+                encoder.add_itxt_chunk(key.to_owned(), text)
+            };
+            added.map_err(enc_err)?;
         }
     }
-    !crc
-}
-
-fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut c = Vec::with_capacity(data.len() + 12);
-    c.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    c.extend_from_slice(kind);
-    c.extend_from_slice(data);
-    let mut crc_in = kind.to_vec();
-    crc_in.extend_from_slice(data);
-    c.extend_from_slice(&crc32(&crc_in).to_be_bytes());
-    c
-}
-
-fn png_insert_text(png: &[u8], texts: &[(&str, &str)]) -> Result<Vec<u8>> {
-    const SIG: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    if png.len() < 33 || png[..8] != SIG || &png[12..16] != b"IHDR" {
-        return Err(EngineError::Image("not a PNG stream".into()));
-    }
-    let ihdr_end = 8 + 12 + u32::from_be_bytes([png[8], png[9], png[10], png[11]]) as usize;
-    let mut out = png[..ihdr_end].to_vec();
-    for (key, text) in texts {
-        let latin1 = text.chars().all(|c| (c as u32) < 256 && c != '\0');
-        if latin1 {
-            let mut d = key.as_bytes().to_vec();
-            d.push(0);
-            d.extend(text.chars().map(|c| c as u8));
-            out.extend(png_chunk(b"tEXt", &d));
-        } else {
-            let mut d = key.as_bytes().to_vec();
-            d.extend_from_slice(&[0, 0, 0, 0, 0]); // null, no compression, method, empty lang, empty translated key
-            d.extend_from_slice(text.as_bytes());
-            out.extend(png_chunk(b"iTXt", &d));
-        }
-    }
-    out.extend_from_slice(&png[ihdr_end..]);
-    Ok(out)
+    let mut writer = encoder.write_header().map_err(enc_err)?;
+    writer.write_image_data(img.as_raw()).map_err(enc_err)?;
+    writer.finish().map_err(enc_err)
 }
 
 /// Read back `tEXt` / `iTXt` chunks of a PNG (keyword → text).
@@ -376,8 +348,18 @@ mod tests {
     }
 
     #[test]
-    fn crc_known_value() {
-        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+    fn latin1_text_goes_in_text_chunks_and_the_rest_in_itxt() {
+        let req = GenerateRequest { prompts: vec!["a plain cat".into()], ..GenerateRequest::default() };
+        let plain = GenerationParams::for_image(&req, 0, "tiny", "epsilon");
+        let bytes = encode_image(&img(), ImageFormat::Png, 90, Some(&plain)).unwrap();
+        assert!(bytes.windows(14).any(|w| w == b"tEXtparameters"));
+        assert!(!bytes.windows(4).any(|w| w == b"iTXt"));
+        let bytes = encode_image(&img(), ImageFormat::Png, 90, Some(&params())).unwrap();
+        assert!(bytes.windows(14).any(|w| w == b"iTXtparameters"));
+        assert_eq!(
+            png_text_chunks(&bytes).iter().find(|(k, _)| k == "parameters").unwrap().1.lines().next(),
+            Some("ünïcode dog ✓")
+        );
     }
 
     #[test]
