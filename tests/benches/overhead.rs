@@ -11,9 +11,10 @@
 //! baselines and then the fleet back to back, its fractions compare those three, and the summary
 //! gives the median fraction. Each round then runs a second fleet that stores its images in a
 //! local directory (`s3.local_dir`) instead of through the S3 server on this machine: what the
-//! orchestration reaches without an S3 server sharing the CPU (reported beside, not instead). Each round also reports the CPU time per job of the fleet, of the
-//! submitting clients (on a runtime of their own) and of each server (from `/proc`), Redis
-//! commands per job and the machine's context switches per job.
+//! orchestration reaches without an S3 server sharing the CPU (reported beside, not instead).
+//! Each round also reports the CPU time per job of the fleet, of the submitting clients (on a
+//! runtime of their own) and of each server (from `/proc`), Redis commands per job and the
+//! machine's context switches per job.
 //!
 //! Needs the services of `scripts/services.sh`. Run:
 //! `cargo bench --profile dev -p fleet-e2e --bench overhead` (`FLEET_BENCH_JOBS` per round, default 200).
