@@ -376,7 +376,8 @@ fn compute_time(runs: usize) -> Summary {
             let t = Instant::now();
             let out = engine.generate(&request, &mut |_| {}).expect("generate");
             for image in &out.images {
-                fleet_engine::encode_image(image, fleet_engine::ImageFormat::Png, 90, None).expect("encode");
+                fleet_engine::encode_image(image, fleet_engine::ImageFormat::Png, &Default::default(), None)
+                    .expect("encode");
             }
             t.elapsed()
         })

@@ -15,7 +15,7 @@ use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, JobSpec};
 use fleet_engine::{GenerationParams, Pipeline};
 use fleet_worker::models::{ModelError, Models};
-use fleet_worker::runner::{engine_format, job_request};
+use fleet_worker::runner::{encode_options, engine_format, job_request};
 
 use crate::error::BulkError;
 use crate::exec::{Finished, ImageSource};
@@ -170,8 +170,8 @@ impl Engine {
         let output = pipeline.generate(&request, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         let image = output.images.into_iter().next().ok_or((ErrorCode::InvalidOutput, "no image".to_owned()))?;
         let params = GenerationParams::for_image(&request, 0, &spec.model, pipeline.scheduler.prediction_type.as_str());
-        let quality = spec.output.quality.unwrap_or(90);
-        let bytes = fleet_engine::encode_image(&image, engine_format(spec.output.format), quality, Some(&params))
+        let encoding = encode_options(spec, &self.config.worker);
+        let bytes = fleet_engine::encode_image(&image, engine_format(spec.output.format), &encoding, Some(&params))
             .map_err(|e| (ErrorCode::InvalidOutput, e.to_string()))?;
         let finished = Utc::now();
         let mut record = SampleRecord::of(sample);

@@ -121,6 +121,10 @@ pub struct GenerateArgs {
     /// JPEG quality.
     #[arg(long, default_value_t = 90)]
     pub quality: u8,
+    /// PNG compression: fast (fdeflate), balanced (zlib 6) or high (zlib 9); the same pixels,
+    /// larger files for less CPU (balanced takes 15–30× fast's time for files up to 7 % smaller).
+    #[arg(long, default_value = "fast", value_parser = |s: &str| s.parse::<fleet_engine::PngCompression>())]
+    pub png_compression: fleet_engine::PngCompression,
     /// Output image (.png, .jpg, .webp); several images become `<stem>_<i>.<ext>`.
     #[arg(long)]
     pub out: PathBuf,

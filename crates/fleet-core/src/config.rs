@@ -179,6 +179,24 @@ pub struct WorkerConfig {
     pub drain_timeout_secs: u64,
     /// Address of the worker's Prometheus `/metrics` and `/healthz` (empty: not served).
     pub metrics_listen: String,
+    /// Deflate effort for PNG results.
+    pub png_compression: PngCompression,
+}
+
+/// How hard the worker's PNG encoder compresses: the same pixels either way, larger files for
+/// less CPU. A 1024² photograph takes ≈ 7–9 ms with `fast` and 140–260 ms with `balanced`, whose
+/// files are up to 7 % smaller (docs/PERFORMANCE.md, change 34). The worker maps it onto
+/// `fleet_engine::PngCompression`, as it does `ImageFormat`: this crate does not depend on the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PngCompression {
+    /// fdeflate's single-pass compressor.
+    #[default]
+    Fast,
+    /// zlib level 6 (Pillow's and the `image` crate's default).
+    Balanced,
+    /// zlib level 9.
+    High,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,6 +299,7 @@ impl Default for WorkerConfig {
             heartbeat_interval_secs: 5,
             drain_timeout_secs: 120,
             metrics_listen: "127.0.0.1:9464".into(),
+            png_compression: PngCompression::Fast,
         }
     }
 }

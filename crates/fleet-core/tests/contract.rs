@@ -282,6 +282,7 @@ tenant = "alice"
         env: env(&[
             ("FLEET__REDIS__KEY_PREFIX", "env-prefix"),
             ("FLEET__WORKER__MAX_BATCH_IMAGES", "4"),
+            ("FLEET__WORKER__PNG_COMPRESSION", "balanced"),
             ("FLEET__S3__PATH_STYLE", "false"),
             ("FLEET_API_KEYS", "env-key-456=bob:admin"),
             ("UNRELATED", "x"),
@@ -293,6 +294,8 @@ tenant = "alice"
     assert_eq!(cfg.redis.key_prefix, "env-prefix", "env beats file");
     assert_eq!(cfg.rabbitmq.delivery_limit, 5, "file beats defaults");
     assert_eq!(cfg.worker.max_batch_images, 4);
+    assert_eq!(cfg.worker.png_compression, fleet_core::config::PngCompression::Balanced);
+    assert_eq!(FleetConfig::default().worker.png_compression, fleet_core::config::PngCompression::Fast);
     assert!(!cfg.s3.path_style);
     assert_eq!(cfg.rabbitmq.exchange, "fleet.jobs", "defaults fill the rest");
     let tenants: Vec<_> = cfg.http.api_keys.iter().map(|k| (k.tenant.as_str(), k.admin)).collect();
@@ -315,6 +318,10 @@ fn config_errors_name_the_key() {
     let err = FleetConfig::from_file(&file).unwrap_err();
     assert!(matches!(err, ConfigError::Load(_)));
     assert!(err.to_string().contains("urll"), "{err}");
+
+    std::fs::write(&file, "[worker]\npng_compression = \"turbo\"\n").unwrap();
+    let err = FleetConfig::from_file(&file).unwrap_err().to_string();
+    assert!(err.contains("turbo") && err.contains("png_compression"), "{err}");
 
     let missing = FleetConfig::from_file(std::path::Path::new("/nonexistent/fleet.toml")).unwrap_err();
     assert!(missing.to_string().contains("fleet.toml"), "{missing}");

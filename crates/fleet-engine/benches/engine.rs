@@ -15,7 +15,9 @@
 //! 32 and 64 — rank 64 over every Linear/Conv is the 394 MB shape of the SDXL-Lightning LoRAs —
 //! and a pipeline load with vs without a LoRA, i.e. a worker's cache miss vs hit);
 //! `-- --controlnet` the ControlNet overhead per denoising step; `-- --kernels` the engine's CPU
-//! convolution and GroupNorm against candle's and a plain matmul at the VAE's shapes.
+//! convolution and GroupNorm against candle's and a plain matmul at the VAE's shapes;
+//! `-- --encode [--size N] [--save-raw DIR] [--image FILE …]` what encoding a result image costs per format and PNG
+//! compression level (1024² by default).
 //!
 //! `-- --device cuda` runs the image benchmark on a GPU (a build with `--features cuda`), in the
 //! device's default dtype (f16); each stage's time ends with a device synchronise, and the peak
@@ -36,6 +38,14 @@ struct Args {
     warmup: bool,
     device: String,
     mode: Mode,
+    /// Side of the `--encode` test images.
+    encode_size: usize,
+    /// `--save-raw DIR`: `--encode` also writes its test images' pixels there.
+    save_raw: Option<String>,
+    /// `--image FILE` (repeatable): `--encode` times these instead of its test images.
+    images: Vec<String>,
+    /// Under `cargo test`: a quick check that the benchmark still runs.
+    smoke: bool,
 }
 
 #[derive(PartialEq)]
@@ -44,6 +54,7 @@ enum Mode {
     Lora,
     ControlNet,
     Kernels,
+    Encode,
 }
 
 fn parse() -> Args {
@@ -57,6 +68,10 @@ fn parse() -> Args {
         warmup: true,
         device: "cpu".into(),
         mode: Mode::Images,
+        encode_size: 1024,
+        save_raw: None,
+        images: Vec::new(),
+        smoke: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes `--bench`; without it (under `cargo test`) this is a quick check that
@@ -64,6 +79,7 @@ fn parse() -> Args {
     if !argv.iter().any(|x| x == "--bench") {
         a.models = vec![("tiny".into(), 64)];
         (a.steps, a.runs, a.batches) = (1, 1, vec![1, 2]);
+        (a.encode_size, a.smoke) = (64, true);
         return a;
     }
     let mut size: Option<usize> = None;
@@ -84,6 +100,8 @@ fn parse() -> Args {
                 }
             }
             "--save" => a.save = Some(v),
+            "--save-raw" => a.save_raw = Some(v),
+            "--image" => a.images.push(v),
             "--warmup" => a.warmup = v != "0",
             "--device" => a.device = v,
             "--lora" => {
@@ -93,6 +111,11 @@ fn parse() -> Args {
             }
             "--kernels" => {
                 a.mode = Mode::Kernels;
+                i += 1;
+                continue;
+            }
+            "--encode" => {
+                a.mode = Mode::Encode;
                 i += 1;
                 continue;
             }
@@ -108,6 +131,7 @@ fn parse() -> Args {
         }
         i += 2;
     }
+    a.encode_size = size.unwrap_or(1024);
     if let Some(m) = custom {
         a.models = vec![(m, size.unwrap_or(1024))];
     } else if let Some(s) = size {
@@ -157,7 +181,8 @@ fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
         let out = pipe.generate(&req, &mut |_| {}).expect("generate");
         if let Some(path) = &a.save {
             let pt = pipe.scheduler.prediction_type.to_string();
-            fleet_engine::save_images(path.as_ref(), &out.images, &req, &pipe.model_name, &pt, 90).expect("save");
+            fleet_engine::save_images(path.as_ref(), &out.images, &req, &pipe.model_name, &pt, &Default::default())
+                .expect("save");
         }
         te += secs(out.timings.text_encode);
         dn += secs(out.timings.denoise);
@@ -191,10 +216,14 @@ fn main() {
         // SAFETY: nothing has started a thread yet.
         unsafe { fleet_engine::cpu_threads::settle_cpu_threads() };
     }
+    if a.smoke && a.only.is_none() {
+        encode::encode_bench(a.encode_size, None, &[]);
+    }
     match a.mode {
         Mode::Lora => return extras::lora_bench(),
         Mode::ControlNet => return extras::controlnet_bench(&a.models, a.steps, a.runs),
         Mode::Kernels => return kernels::kernels_bench(),
+        Mode::Encode => return encode::encode_bench(a.encode_size, a.save_raw.as_deref(), &a.images),
         Mode::Images => {}
     }
     if let Some(only) = &a.only {
@@ -239,3 +268,6 @@ mod extras;
 
 #[path = "engine/kernels.rs"]
 mod kernels;
+
+#[path = "engine/encode.rs"]
+mod encode;

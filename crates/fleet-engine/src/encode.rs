@@ -11,7 +11,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::pipeline::GenerateRequest;
@@ -116,19 +116,62 @@ fn enc_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Image(e.to_string())
 }
 
-/// Encode `img` in `format` (`quality` 1–100 for JPEG) with `params` embedded.
+/// How hard PNG's deflate works. Every level writes a standard PNG any decoder reads; they differ
+/// in CPU time and size. Per megapixel of a photograph (docs/PERFORMANCE.md, change 34): `fast`
+/// ≈ 6–9 ms, `balanced` (zlib level 6, what Pillow's `save` and `image`'s encoder use) 130–250 ms
+/// for files up to 7 % smaller, `high` (level 9) 130–610 ms for ≈ 1 % less again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PngCompression {
+    /// fdeflate's single-pass compressor with adaptive row filters.
+    #[default]
+    Fast,
+    /// zlib level 6.
+    Balanced,
+    /// zlib level 9.
+    High,
+}
+
+impl std::str::FromStr for PngCompression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fast" => Ok(Self::Fast),
+            "balanced" => Ok(Self::Balanced),
+            "high" => Ok(Self::High),
+            other => Err(format!("unknown PNG compression `{other}` (use fast, balanced or high)")),
+        }
+    }
+}
+
+/// How images are encoded, beyond their format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// JPEG quality 1–100 (PNG and lossless WebP ignore it).
+    pub quality: u8,
+    /// PNG's deflate effort (JPEG and WebP ignore it).
+    pub png: PngCompression,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { quality: 90, png: PngCompression::default() }
+    }
+}
+
+/// Encode `img` in `format` with `params` embedded.
 pub fn encode_image(
     img: &RgbImage,
     format: ImageFormat,
-    quality: u8,
+    options: &EncodeOptions,
     params: Option<&GenerationParams>,
 ) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     let (w, h) = img.dimensions();
     match format {
-        ImageFormat::Png => encode_png(&mut buf, img, params)?,
+        ImageFormat::Png => encode_png(&mut buf, img, options.png, params)?,
         ImageFormat::Jpeg => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut buf), quality.clamp(1, 100))
+            image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut buf), options.quality.clamp(1, 100))
                 .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
                 .map_err(enc_err)?;
             if let Some(p) = params {
@@ -165,13 +208,13 @@ pub fn save_images(
     req: &GenerateRequest,
     model: &str,
     prediction_type: &str,
-    quality: u8,
+    options: &EncodeOptions,
 ) -> Result<Vec<PathBuf>> {
     let format = ImageFormat::from_path(out)?;
     let paths = output_paths(out, images.len());
     for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
         let params = GenerationParams::for_image(req, i, model, prediction_type);
-        let bytes = encode_image(img, format, quality, Some(&params))?;
+        let bytes = encode_image(img, format, options, Some(&params))?;
         std::fs::write(path, bytes).map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
     }
     Ok(paths)
@@ -181,13 +224,22 @@ pub fn save_images(
 
 /// PNG with the parameters in text chunks (`parameters` is what A1111, ComfyUI and civitai read),
 /// written by the `png` crate while it encodes: Latin-1 text as `tEXt`, anything else as `iTXt`.
-/// Compression and filter are what `image`'s `PngEncoder` picks by default.
-fn encode_png(buf: &mut Vec<u8>, img: &RgbImage, params: Option<&GenerationParams>) -> Result<()> {
+/// Adaptive row filters at every level (what the `png` crate pairs with each of them).
+fn encode_png(
+    buf: &mut Vec<u8>,
+    img: &RgbImage,
+    compression: PngCompression,
+    params: Option<&GenerationParams>,
+) -> Result<()> {
     let (w, h) = img.dimensions();
     let mut encoder = png::Encoder::new(buf, w, h);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Balanced);
+    encoder.set_compression(match compression {
+        PngCompression::Fast => png::Compression::Fast,
+        PngCompression::Balanced => png::Compression::Balanced,
+        PngCompression::High => png::Compression::High,
+    });
     encoder.set_filter(png::Filter::Adaptive);
     if let Some(p) = params {
         for (key, text) in [("parameters", p.a1111_text()), ("fleet_request", p.json())] {
@@ -351,10 +403,10 @@ mod tests {
     fn latin1_text_goes_in_text_chunks_and_the_rest_in_itxt() {
         let req = GenerateRequest { prompts: vec!["a plain cat".into()], ..GenerateRequest::default() };
         let plain = GenerationParams::for_image(&req, 0, "tiny", "epsilon");
-        let bytes = encode_image(&img(), ImageFormat::Png, 90, Some(&plain)).unwrap();
+        let bytes = encode_image(&img(), ImageFormat::Png, &EncodeOptions::default(), Some(&plain)).unwrap();
         assert!(bytes.windows(14).any(|w| w == b"tEXtparameters"));
         assert!(!bytes.windows(4).any(|w| w == b"iTXt"));
-        let bytes = encode_image(&img(), ImageFormat::Png, 90, Some(&params())).unwrap();
+        let bytes = encode_image(&img(), ImageFormat::Png, &EncodeOptions::default(), Some(&params())).unwrap();
         assert!(bytes.windows(14).any(|w| w == b"iTXtparameters"));
         assert_eq!(
             png_text_chunks(&bytes).iter().find(|(k, _)| k == "parameters").unwrap().1.lines().next(),
@@ -367,7 +419,7 @@ mod tests {
         let p = params();
         assert_eq!(p.seed, 10);
         assert_eq!(p.prompt, "ünïcode dog ✓");
-        let bytes = encode_image(&img(), ImageFormat::Png, 90, Some(&p)).unwrap();
+        let bytes = encode_image(&img(), ImageFormat::Png, &EncodeOptions::default(), Some(&p)).unwrap();
         let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(decoded, img());
         let chunks = png_text_chunks(&bytes);
@@ -381,12 +433,41 @@ mod tests {
     }
 
     #[test]
+    fn every_png_compression_keeps_pixels_and_text_and_higher_effort_is_no_larger() {
+        // Photo-like content (smooth gradients plus fine detail), big enough for deflate levels to differ.
+        let photo = RgbImage::from_fn(192, 128, |x, y| {
+            let v = ((x as f32 / 9.0).sin() * 60.0 + (y as f32 / 13.0).cos() * 50.0 + ((x * y) % 7) as f32) as i32;
+            image::Rgb([(128 + v).clamp(0, 255) as u8, (100 + v / 2).clamp(0, 255) as u8, (x % 256) as u8])
+        });
+        let p = params();
+        let sizes: Vec<usize> = [PngCompression::Fast, PngCompression::Balanced, PngCompression::High]
+            .into_iter()
+            .map(|png| {
+                let bytes = encode_image(
+                    &photo,
+                    ImageFormat::Png,
+                    &EncodeOptions { png, ..EncodeOptions::default() },
+                    Some(&p),
+                )
+                .unwrap();
+                assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), photo, "{png:?}");
+                assert!(png_text_chunks(&bytes).iter().any(|(k, v)| k == "fleet_request" && v.contains("\"seed\":10")));
+                bytes.len()
+            })
+            .collect();
+        assert!(sizes[1] <= sizes[0] && sizes[2] <= sizes[1], "sizes fast/balanced/high: {sizes:?}");
+        assert_eq!(EncodeOptions::default().png, PngCompression::Fast);
+        assert_eq!("Balanced".parse::<PngCompression>(), Ok(PngCompression::Balanced));
+        assert!("turbo".parse::<PngCompression>().unwrap_err().contains("fast, balanced or high"));
+    }
+
+    #[test]
     fn jpeg_and_webp_decode_with_metadata() {
         let p = params();
-        let j = encode_image(&img(), ImageFormat::Jpeg, 90, Some(&p)).unwrap();
+        let j = encode_image(&img(), ImageFormat::Jpeg, &EncodeOptions::default(), Some(&p)).unwrap();
         assert_eq!(image::load_from_memory(&j).unwrap().to_rgb8().dimensions(), (16, 8));
         assert!(j.windows(11).any(|w| w == b"Seed: 10, S"));
-        let w = encode_image(&img(), ImageFormat::WebP, 90, Some(&p)).unwrap();
+        let w = encode_image(&img(), ImageFormat::WebP, &EncodeOptions::default(), Some(&p)).unwrap();
         let d = image::load_from_memory(&w).unwrap().to_rgb8();
         assert_eq!(d, img());
         assert!(w.windows(4).any(|x| x == b"EXIF"));

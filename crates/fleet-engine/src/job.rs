@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control_image::{ControlPreprocess, control_image_tensor};
 use crate::controlnet::ControlNetModel;
-use crate::encode::{ImageFormat, save_images};
+use crate::encode::{EncodeOptions, ImageFormat, PngCompression, save_images};
 use crate::error::{EngineError, Result};
 use crate::files::DEFAULT_HUB_MODEL;
 use crate::lora::{LoraSpec, resolve_lora};
@@ -42,6 +42,9 @@ pub struct GenerateCommand {
     pub out: PathBuf,
     /// JPEG quality (1–100).
     pub quality: u8,
+    /// PNG's deflate effort.
+    #[serde(default)]
+    pub png_compression: PngCompression,
     /// `FILE_OR_NAME[:SCALE]` (scale default 1.0), fused in order.
     pub loras: Vec<String>,
     /// Where LoRA names (not files) are looked up: `<dir>/NAME.safetensors`.
@@ -76,6 +79,7 @@ impl Default for GenerateCommand {
             device: "cpu".into(),
             out: PathBuf::from("out.png"),
             quality: 90,
+            png_compression: PngCompression::default(),
             loras: Vec::new(),
             lora_dir: None,
             allow_unmatched_lora: false,
@@ -185,7 +189,8 @@ impl GenerateCommand {
         let load_seconds = t.elapsed().as_secs_f64();
         let out = pipe.generate(&req, progress)?;
         let pt = req.prediction_type.unwrap_or(pipe.scheduler.prediction_type).to_string();
-        let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, self.quality)?;
+        let encoding = EncodeOptions { quality: self.quality, png: self.png_compression };
+        let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, &encoding)?;
         Ok(GenerateReport { paths, seeds: out.seeds, timings: out.timings, load_seconds })
     }
 }

@@ -42,7 +42,9 @@ pub mod vae_decoder;
 
 pub use control_image::{ControlPreprocess, control_image_tensor};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
-pub use encode::{GenerationParams, ImageFormat, encode_image, output_paths, save_images};
+pub use encode::{
+    EncodeOptions, GenerationParams, ImageFormat, PngCompression, encode_image, output_paths, save_images,
+};
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use job::{GenerateCommand, GenerateReport};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, ImageResult, JobError, JobState, JobStatus, Progress};
-use fleet_engine::{EngineError, GenerateRequest, GenerationParams, Pipeline};
+use fleet_engine::{EncodeOptions, EngineError, GenerateRequest, GenerationParams, Pipeline, PngCompression};
 use fleet_status::{CreateOutcome, StatusError, StatusStore, Versioned};
 use fleet_storage::{ImageStore, ObjectMeta};
 use image::RgbImage;
@@ -496,7 +496,7 @@ async fn store_job(
         Err(e) => return Outcome::Requeue(e.to_string()),
     }
     let format = engine_format(spec.output.format);
-    let quality = spec.output.quality.unwrap_or(90);
+    let encoding = encode_options(spec, &ctx.config.worker);
     let tenant = spec.tenant.clone().unwrap_or_default();
     let prediction = pipeline.scheduler.prediction_type.as_str();
     // The parameters embedded in each image are this job's alone (as `fleet generate` would write
@@ -506,7 +506,7 @@ async fn store_job(
     for (i, image) in images.into_iter().enumerate() {
         let params = GenerationParams::for_image(&own_request, i, model, prediction);
         let bytes = match tokio::task::spawn_blocking(move || {
-            fleet_engine::encode_image(&image, format, quality, Some(&params))
+            fleet_engine::encode_image(&image, format, &encoding, Some(&params))
         })
         .await
         {
@@ -551,6 +551,18 @@ async fn store_job(
 }
 
 /// The engine's image format for a job's output format.
+/// How a job's images are encoded: the job's quality, the worker's configured PNG effort.
+pub fn encode_options(spec: &fleet_core::JobSpec, worker: &fleet_core::config::WorkerConfig) -> EncodeOptions {
+    EncodeOptions {
+        quality: spec.output.quality.unwrap_or(90),
+        png: match worker.png_compression {
+            fleet_core::config::PngCompression::Fast => PngCompression::Fast,
+            fleet_core::config::PngCompression::Balanced => PngCompression::Balanced,
+            fleet_core::config::PngCompression::High => PngCompression::High,
+        },
+    }
+}
+
 pub fn engine_format(format: fleet_core::ImageFormat) -> fleet_engine::ImageFormat {
     match format {
         fleet_core::ImageFormat::Png => fleet_engine::ImageFormat::Png,

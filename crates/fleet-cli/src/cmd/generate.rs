@@ -35,6 +35,7 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         device: args.device.clone(),
         out: args.out.clone(),
         quality: args.quality,
+        png_compression: args.png_compression,
         loras: g.loras.clone(),
         lora_dir,
         allow_unmatched_lora: args.lora_allow_unmatched,
