@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 pub(crate) fn tiny_job(i: usize) -> Value {
     json!({"prompt": format!("tiny test image {i}"), "model": "tiny", "width": 64, "height": 64 + 8 * (i % 2),
-           "steps": 2, "seed": 1000 + i as u64 * 7, "num_images": 1 + (i % 3), "priority": if i % 4 == 0 { "bulk" } else { "interactive" }})
+           "steps": 2, "seed": 1000 + i as u64 * 7, "num_images": 1 + (i % 3), "priority": if i.is_multiple_of(4) { "bulk" } else { "interactive" }})
 }
 
 /// Every job succeeds, every image is in S3 with the right size, format and parameters, and its

@@ -29,12 +29,11 @@ pub struct DepthCache {
 
 impl DepthCache {
     async fn depth(&self, app: &App, queue: &str) -> Result<u32, ApiError> {
-        if let Ok(entries) = self.entries.lock() {
-            if let Some((at, n)) = entries.get(queue) {
-                if at.elapsed() < DEPTH_TTL {
-                    return Ok(*n);
-                }
-            }
+        if let Ok(entries) = self.entries.lock()
+            && let Some((at, n)) = entries.get(queue)
+            && at.elapsed() < DEPTH_TTL
+        {
+            return Ok(*n);
         }
         let depth = app.broker.depth(queue).await?.messages;
         if let Ok(mut entries) = self.entries.lock() {

@@ -130,7 +130,7 @@ mod tests {
         let c = control_image_tensor(&png(&img), 16, 8, "canny".parse().unwrap()).unwrap();
         let v = c.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
-        assert!(v.iter().any(|&x| x == 1.0));
+        assert!(v.contains(&1.0));
     }
 
     #[test]

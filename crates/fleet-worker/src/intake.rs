@@ -109,20 +109,20 @@ impl Pending {
 
     /// The effect is durable: remove the message from the queue.
     pub async fn ack(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            if let Err(err) = acker.ack(BasicAckOptions::default()).await {
-                // The broker will redeliver; the job's keys and status are idempotent, so that is safe.
-                tracing::warn!(job = %self.id(), error = %err, "ack failed; the job may run again");
-            }
+        if let Some(acker) = self.acker.take()
+            && let Err(err) = acker.ack(BasicAckOptions::default()).await
+        {
+            // The broker will redeliver; the job's keys and status are idempotent, so that is safe.
+            tracing::warn!(job = %self.id(), error = %err, "ack failed; the job may run again");
         }
     }
 
     /// Give the message back for another worker (transient failure, shutdown).
     pub async fn requeue(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            if let Err(err) = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await {
-                tracing::warn!(job = %self.id(), error = %err, "nack failed; the broker redelivers when the channel closes");
-            }
+        if let Some(acker) = self.acker.take()
+            && let Err(err) = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
+        {
+            tracing::warn!(job = %self.id(), error = %err, "nack failed; the broker redelivers when the channel closes");
         }
     }
 
