@@ -653,4 +653,28 @@ mod tests {
             fleet_engine::control_image::MAX_CONTROL_IMAGE_SIDE
         );
     }
+
+    #[test]
+    fn images_are_encoded_with_the_jobs_quality_and_the_workers_png_effort() {
+        use fleet_core::config::{PngCompression as Configured, WorkerConfig};
+        let mut spec: fleet_core::JobSpec = serde_json::from_value(
+            serde_json::json!({"prompt": "p", "model": "tiny", "output": {"format": "jpeg", "quality": 70}}),
+        )
+        .unwrap();
+        let mut worker = WorkerConfig::default();
+        assert_eq!(
+            super::encode_options(&spec, &worker),
+            super::EncodeOptions { quality: 70, png: super::PngCompression::Fast }
+        );
+        for (configured, engine) in [
+            (Configured::Fast, super::PngCompression::Fast),
+            (Configured::Balanced, super::PngCompression::Balanced),
+            (Configured::High, super::PngCompression::High),
+        ] {
+            worker.png_compression = configured;
+            assert_eq!(super::encode_options(&spec, &worker).png, engine);
+        }
+        spec.output.quality = None;
+        assert_eq!(super::encode_options(&spec, &worker).quality, 90);
+    }
 }
