@@ -18,6 +18,8 @@
 //!
 //! Needs the services of `scripts/services.sh`. Run:
 //! `cargo bench --profile dev -p fleet-e2e --bench overhead` (`FLEET_BENCH_JOBS` per round, default 200).
+//! `FLEET_BENCH_SIZE` (side, default 64) and `FLEET_BENCH_IMAGES` (`num_images`, default 1) shape
+//! every job; `FLEET_BENCH_COMPUTE_RUNS` (default 20) sets how often the tiny engine is timed alone.
 //! `cargo test` runs it too, on 5 jobs, to check that it still works. A program that prints
 //! numbers, not a test: nothing here asserts a speed.
 
@@ -51,8 +53,14 @@ fn main() {
     runtime.block_on(run(n, smoke));
 }
 
+/// Side and `num_images` of every bench job (`FLEET_BENCH_SIZE`, `FLEET_BENCH_IMAGES`).
+static SHAPE: std::sync::LazyLock<(u64, u64)> =
+    std::sync::LazyLock::new(|| (env_num("FLEET_BENCH_SIZE", 64), env_num("FLEET_BENCH_IMAGES", 1)));
+
 fn job(i: usize) -> serde_json::Value {
-    json!({"prompt": format!("overhead {i}"), "model": "tiny", "width": 64, "height": 64, "steps": 1, "seed": i})
+    let (side, images) = *SHAPE;
+    json!({"prompt": format!("overhead {i}"), "model": "tiny", "width": side, "height": side, "num_images": images,
+           "steps": 1, "seed": i})
 }
 
 struct Summary {
@@ -84,13 +92,14 @@ async fn run(n: usize, smoke: bool) {
     let mut config = isolated_config();
     config.worker.batch_deadline_ms = env_num("FLEET_BENCH_DEADLINE_MS", 0);
     let rounds = if smoke { 1 } else { env_num("FLEET_BENCH_ROUNDS", 3).max(1) as usize };
+    let (side, images) = *SHAPE;
     println!(
-        "fleet overhead, {n} jobs (64x64, 1 step) per round, {rounds} round(s), batch deadline {} ms, {} cores",
+        "fleet overhead, {n} jobs ({side}x{side}, {images} image(s), 1 step) per round, {rounds} round(s), batch deadline {} ms, {} cores",
         config.worker.batch_deadline_ms,
         num_cpus()
     );
 
-    let compute = compute_time(if smoke { 2 } else { 20 });
+    let compute = compute_time(if smoke { 2 } else { env_num("FLEET_BENCH_COMPUTE_RUNS", 20).max(1) as usize });
     println!(
         "{:<52} {:>9.1}/s   p50 {:>8.2} ms",
         "tiny engine + PNG encode alone (per job)",

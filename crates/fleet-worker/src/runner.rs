@@ -502,40 +502,51 @@ async fn store_job(
     // The parameters embedded in each image are this job's alone (as `fleet generate` would write
     // them), never the batch's: a batch mixes tenants.
     let own_request = job_request(spec);
-    let mut results = Vec::with_capacity(images.len());
-    for (i, image) in images.into_iter().enumerate() {
+    // A job's images are encoded and uploaded side by side, not one after another: an n-image job
+    // waits for one PUT round trip, not n (tens of milliseconds each against a remote S3).
+    let stores = images.into_iter().enumerate().map(|(i, image)| {
         let params = GenerationParams::for_image(&own_request, i, model, prediction);
-        let bytes = match tokio::task::spawn_blocking(move || {
-            fleet_engine::encode_image(&image, format, &encoding, Some(&params))
-        })
-        .await
-        {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return Outcome::Fail(JobError::new(ErrorCode::InvalidOutput, e.to_string())),
-            Err(e) => return Outcome::Fail(JobError::new(ErrorCode::Internal, format!("encoder thread: {e}"))),
-        };
-        let index = i as u32;
-        let seed = spec.seed.unwrap_or_default().wrapping_add(u64::from(index));
-        let key = fleet_storage::object_key(&ctx.config.s3.prefix, &tenant, id, index, spec.output.format);
-        let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
-        let content_type = spec.output.format.content_type();
-        let upload_started = Instant::now();
-        let stored = match retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta)).await {
-            Ok(stored) => stored,
-            Err(e) => return Outcome::Requeue(format!("storage: {e}")),
-        };
-        ctx.stats.upload_seconds.observe_duration(upload_started.elapsed());
-        results.push(ImageResult {
-            index,
-            key: stored.key,
-            seed,
-            width: spec.width,
-            height: spec.height,
-            format: spec.output.format,
-            sha256: stored.sha256,
-            bytes: stored.bytes,
-        });
-    }
+        let tenant = tenant.as_str();
+        async move {
+            let bytes = match tokio::task::spawn_blocking(move || {
+                fleet_engine::encode_image(&image, format, &encoding, Some(&params))
+            })
+            .await
+            {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(e)) => return Err(Outcome::Fail(JobError::new(ErrorCode::InvalidOutput, e.to_string()))),
+                Err(e) => {
+                    return Err(Outcome::Fail(JobError::new(ErrorCode::Internal, format!("encoder thread: {e}"))));
+                }
+            };
+            let index = i as u32;
+            let seed = spec.seed.unwrap_or_default().wrapping_add(u64::from(index));
+            let key = fleet_storage::object_key(&ctx.config.s3.prefix, tenant, id, index, spec.output.format);
+            let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
+            let content_type = spec.output.format.content_type();
+            let upload_started = Instant::now();
+            let stored = retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta))
+                .await
+                .map_err(|e| Outcome::Requeue(format!("storage: {e}")))?;
+            ctx.stats.upload_seconds.observe_duration(upload_started.elapsed());
+            Ok(ImageResult {
+                index,
+                key: stored.key,
+                seed,
+                width: spec.width,
+                height: spec.height,
+                format: spec.output.format,
+                sha256: stored.sha256,
+                bytes: stored.bytes,
+            })
+        }
+    });
+    // The first failure settles the job (its other uploads are dropped; their keys are
+    // idempotent, so a later attempt overwrites whatever they left).
+    let results = match futures::future::try_join_all(stores).await {
+        Ok(results) => results,
+        Err(outcome) => return outcome,
+    };
     let count = results.len() as u64;
     let succeed = |s: &mut JobStatus| s.succeed(results.clone(), Utc::now());
     match retry(|| ctx.status.update_from(id, job.record.clone(), succeed)).await {
