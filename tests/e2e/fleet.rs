@@ -56,6 +56,9 @@ async fn jobs_flow_through_one_then_two_workers_and_match_direct_generation() {
     let metrics = fleet.worker_metrics(0).await;
     assert!(metrics.contains(&format!("fleet_worker_jobs_total{{outcome=\"succeeded\"}} {}\n", n / 2)), "{metrics}");
     assert!(metrics.contains(&format!("fleet_worker_images_total {images}\n")), "{metrics}");
+    // Every stored image was encoded once and uploaded once (a job's images side by side).
+    assert!(metrics.contains(&format!("fleet_worker_encode_seconds_count {images}\n")), "{metrics}");
+    assert!(metrics.contains(&format!("fleet_worker_upload_seconds_count {images}\n")), "{metrics}");
     fleet.add_worker().await;
     let mut more = Vec::new();
     for job in &jobs[n / 2..] {

@@ -100,6 +100,8 @@ pub struct GenerateReport {
     pub seeds: Vec<u64>,
     pub timings: Timings,
     pub load_seconds: f64,
+    /// Encoding and writing the image files.
+    pub save_seconds: f64,
 }
 
 impl GenerateCommand {
@@ -190,7 +192,9 @@ impl GenerateCommand {
         let out = pipe.generate(&req, progress)?;
         let pt = req.prediction_type.unwrap_or(pipe.scheduler.prediction_type).to_string();
         let encoding = EncodeOptions { quality: self.quality, png: self.png_compression };
+        let t = std::time::Instant::now();
         let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, &encoding)?;
-        Ok(GenerateReport { paths, seeds: out.seeds, timings: out.timings, load_seconds })
+        let save_seconds = t.elapsed().as_secs_f64();
+        Ok(GenerateReport { paths, seeds: out.seeds, timings: out.timings, load_seconds, save_seconds })
     }
 }

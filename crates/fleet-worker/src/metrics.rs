@@ -145,6 +145,7 @@ pub fn render(liveness: &Liveness) -> String {
     stats.batch_images.render(&mut out, "fleet_worker_batch_images", "Images per batch.");
     stats.queue_wait.render(&mut out, "fleet_worker_queue_wait_seconds", "From acceptance to the start of generation.");
     stats.step_seconds.render(&mut out, "fleet_worker_step_seconds", "One denoising step of a batch.");
+    stats.encode_seconds.render(&mut out, "fleet_worker_encode_seconds", "One image encoded (PNG, JPEG or WebP).");
     stats.upload_seconds.render(&mut out, "fleet_worker_upload_seconds", "One image upload to storage.");
     out
 }
@@ -182,6 +183,7 @@ mod tests {
         assert!(text.contains("fleet_worker_batch_seconds_total 1.500"), "{text}");
         assert!(text.contains("fleet_worker_busy 0"), "{text}");
         assert!(text.contains("fleet_worker_upload_seconds_count 0"), "{text}");
+        assert!(text.contains("fleet_worker_encode_seconds_count 0"), "{text}");
         assert!(text.contains(r#"fleet_worker_info{worker="w\"1",device="cpu",models="tiny"} 1"#), "{text}");
     }
 

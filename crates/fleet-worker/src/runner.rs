@@ -65,6 +65,7 @@ pub struct Stats {
     pub batch_images: Histogram,
     pub queue_wait: Histogram,
     pub step_seconds: Histogram,
+    pub encode_seconds: Histogram,
     pub upload_seconds: Histogram,
 }
 
@@ -83,6 +84,7 @@ impl Default for Stats {
             batch_images: Histogram::new(BATCH_BUCKETS),
             queue_wait: Histogram::new(SECONDS_BUCKETS),
             step_seconds: Histogram::new(SECONDS_BUCKETS),
+            encode_seconds: Histogram::new(SECONDS_BUCKETS),
             upload_seconds: Histogram::new(SECONDS_BUCKETS),
         }
     }
@@ -508,12 +510,15 @@ async fn store_job(
         let params = GenerationParams::for_image(&own_request, i, model, prediction);
         let tenant = tenant.as_str();
         async move {
-            let bytes = match tokio::task::spawn_blocking(move || {
-                fleet_engine::encode_image(&image, format, &encoding, Some(&params))
-            })
-            .await
-            {
-                Ok(Ok(bytes)) => bytes,
+            let encoded = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                fleet_engine::encode_image(&image, format, &encoding, Some(&params)).map(|b| (b, started.elapsed()))
+            });
+            let bytes = match encoded.await {
+                Ok(Ok((bytes, took))) => {
+                    ctx.stats.encode_seconds.observe_duration(took);
+                    bytes
+                }
                 Ok(Err(e)) => return Err(Outcome::Fail(JobError::new(ErrorCode::InvalidOutput, e.to_string()))),
                 Err(e) => {
                     return Err(Outcome::Fail(JobError::new(ErrorCode::Internal, format!("encoder thread: {e}"))));

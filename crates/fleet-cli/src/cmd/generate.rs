@@ -54,12 +54,13 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     let t = report.timings;
     eprintln!(
-        "{} image(s): load {:.2}s, text {:.2}s, denoise {:.2}s, decode {:.2}s",
+        "{} image(s): load {:.2}s, text {:.2}s, denoise {:.2}s, decode {:.2}s, save {:.2}s",
         report.paths.len(),
         report.load_seconds,
         t.text_encode.as_secs_f64(),
         t.denoise.as_secs_f64(),
-        t.vae_decode.as_secs_f64()
+        t.vae_decode.as_secs_f64(),
+        report.save_seconds
     );
     Ok(ExitCode::SUCCESS)
 }
