@@ -16,8 +16,8 @@
 //! and a pipeline load with vs without a LoRA, i.e. a worker's cache miss vs hit);
 //! `-- --controlnet` the ControlNet overhead per denoising step; `-- --kernels` the engine's CPU
 //! convolution and GroupNorm against candle's and a plain matmul at the VAE's shapes;
-//! `-- --encode [--size N] [--save-raw DIR] [--image FILE …]` what encoding a result image costs per format and PNG
-//! compression level (1024² by default).
+//! `-- --encode [--size N] [--save-raw DIR] [--image FILE …]` what encoding a result image costs
+//! per format and PNG compression level (1024² by default).
 //!
 //! `-- --device cuda` runs the image benchmark on a GPU (a build with `--features cuda`), in the
 //! device's default dtype (f16); each stage's time ends with a device synchronise, and the peak

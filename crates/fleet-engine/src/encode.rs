@@ -433,8 +433,9 @@ mod tests {
     }
 
     #[test]
-    fn every_png_compression_keeps_pixels_and_text_and_higher_effort_is_no_larger() {
-        // Photo-like content (smooth gradients plus fine detail), big enough for deflate levels to differ.
+    fn every_png_compression_keeps_pixels_and_text_and_takes_effect() {
+        // Smooth gradients plus fine detail, where zlib's effort pays. (On some photographs
+        // fdeflate's one pass comes out smaller than level 6: docs/PERFORMANCE.md, change 34.)
         let photo = RgbImage::from_fn(192, 128, |x, y| {
             let v = ((x as f32 / 9.0).sin() * 60.0 + (y as f32 / 13.0).cos() * 50.0 + ((x * y) % 7) as f32) as i32;
             image::Rgb([(128 + v).clamp(0, 255) as u8, (100 + v / 2).clamp(0, 255) as u8, (x % 256) as u8])
@@ -455,7 +456,7 @@ mod tests {
                 bytes.len()
             })
             .collect();
-        assert!(sizes[1] <= sizes[0] && sizes[2] <= sizes[1], "sizes fast/balanced/high: {sizes:?}");
+        assert!(sizes[1] < sizes[0] && sizes[2] <= sizes[1], "sizes fast/balanced/high: {sizes:?}");
         assert_eq!(EncodeOptions::default().png, PngCompression::Fast);
         assert_eq!("Balanced".parse::<PngCompression>(), Ok(PngCompression::Balanced));
         assert!("turbo".parse::<PngCompression>().unwrap_err().contains("fast, balanced or high"));

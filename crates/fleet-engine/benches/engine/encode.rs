@@ -1,13 +1,15 @@
-//! `-- --encode [--size N] [--save-raw DIR] [--image FILE …]`: what encoding one result image costs the worker, per
-//! format and PNG compression level, on photo-like test images (printed numbers, not timed tests).
+//! `-- --encode [--size N] [--save-raw DIR] [--image FILE …]`: what encoding one result image
+//! costs the worker, per format and PNG compression level, on photo-like test images (printed
+//! numbers, not timed tests).
 //!
 //! The images are 1/f noise — the power spectrum of natural photographs — built from bilinearly
 //! upsampled random grids at every octave, the colour channels correlated; "photo" adds ±3 of
 //! per-pixel grain (sensor-like detail), "smooth" none (clean renders, illustrations). Their
-//! PNGs come out at 0.47 and 0.27 of the raw size, where SDXL photographs land. `--save-raw DIR`
-//! writes the pixels (`<name>-<w>x<h>.rgb`, 8-bit RGB) for `bench/png_encode_pillow.py`, which
-//! times Pillow's PNG writer on the same images. `--image FILE` (repeatable) times these files'
-//! pixels instead, e.g. the engine's own output.
+//! PNGs come out at 0.47 and 0.27–0.32 of the raw size; real photographs measured 0.39–0.68
+//! (docs/PERFORMANCE.md, change 34). `--save-raw DIR` writes the pixels (`<name>-<w>x<h>.rgb`,
+//! 8-bit RGB) for `bench/png_encode_pillow.py`, which times Pillow's PNG writer on the same
+//! images. `--image FILE` (repeatable) times these files' pixels instead, e.g. real photographs
+//! or the engine's own output.
 
 use std::time::Instant;
 
