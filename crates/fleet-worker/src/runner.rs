@@ -566,11 +566,10 @@ async fn store_job(
     }
 }
 
-/// The engine's image format for a job's output format.
 /// How a job's images are encoded: the job's quality, the worker's configured PNG effort.
 pub fn encode_options(spec: &fleet_core::JobSpec, worker: &fleet_core::config::WorkerConfig) -> EncodeOptions {
     EncodeOptions {
-        quality: spec.output.quality.unwrap_or(90),
+        quality: spec.output.quality.unwrap_or(EncodeOptions::default().quality),
         png: match worker.png_compression {
             fleet_core::config::PngCompression::Fast => PngCompression::Fast,
             fleet_core::config::PngCompression::Balanced => PngCompression::Balanced,
@@ -579,6 +578,7 @@ pub fn encode_options(spec: &fleet_core::JobSpec, worker: &fleet_core::config::W
     }
 }
 
+/// The engine's image format for a job's output format.
 pub fn engine_format(format: fleet_core::ImageFormat) -> fleet_engine::ImageFormat {
     match format {
         fleet_core::ImageFormat::Png => fleet_engine::ImageFormat::Png,
