@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the engine bench binary with `--features cuda` (or cudnn) on a machine with no CUDA
-# toolkit and no GPU, for bench/gpu_engine_vs_diffusers.sh on a GPU host.
+# Builds the engine bench binary and the engine's unit tests with `--features cuda` (or cudnn) on a
+# machine with no CUDA toolkit and no GPU, for bench/gpu_engine_vs_diffusers.sh and
+# bench/gpu_check.sh on a GPU host.
 #
-#   bench/build_cuda_engine.sh [cuda|cudnn]        # prints the binary's path on its last line
+#   bench/build_cuda_engine.sh [cuda|cudnn]   # prints the unit tests' path, then the bench's (last line)
 #
 # CUDA 13.0's compiler comes from PyPI (the nvidia-* wheels, unpacked, never installed); the
 # CUDA libraries the binary links against are replaced at link time by stand-ins with the same
@@ -35,12 +36,13 @@ ln -sf "$toolkit/lib/libcudart.so.13" "$stubs/libcudart.so"
 
 build() {
   cargo test --manifest-path "$root/Cargo.toml" -p fleet-engine --no-default-features --features "$feature" \
-    --bench engine --no-run --message-format short 2>&1
+    --lib --bench engine --no-run 2>&1
 }
-# The first build stops at the link (no stand-ins yet); the stand-ins are made from what the
-# compiled crates leave undefined, then the link runs again.
+# The first build stops at the link (no stand-ins yet; or stand-ins lacking a symbol new code
+# calls); the stand-ins are made from what the compiled crates leave undefined, then the link runs
+# again.
 if ! out=$(build); then
-  grep -q 'unable to find library' <<<"$out" || { echo "$out" >&2; exit 1; }
+  grep -qE 'unable to find library|undefined reference' <<<"$out" || { echo "$out" >&2; exit 1; }
   (cd "$CARGO_TARGET_DIR/debug/deps" && for f in lib*.rlib; do nm -u "$f" 2>/dev/null || true; done) |
     awk 'NF == 2 && $1 == "U" {print $2}' | sort -u >"$stubs/undefined.txt"
   stand_in() { # soname, pattern of its symbols
@@ -57,4 +59,7 @@ if ! out=$(build); then
   stand_in libcudnn.so.9 '^cudnn'
   out=$(build) || { echo "$out" >&2; exit 1; }
 fi
-grep -o "$CARGO_TARGET_DIR/debug/deps/engine-[0-9a-f]*" <<<"$out" | tail -1
+# cargo prints the paths relative to the working directory when the target is below it.
+for name in fleet_engine engine; do
+  echo "$CARGO_TARGET_DIR/debug/deps/$(grep -o "debug/deps/$name-[0-9a-f]*" <<<"$out" | tail -1 | sed 's|.*/||')"
+done

@@ -9,7 +9,7 @@
 //! Each model (and batch size) runs in its own child process so its peak RSS (VmHWM) is its own.
 //! Every timed run has a prompt of its own, so the text encoder really runs (the pipeline caches
 //! embeddings of repeated prompts); the line ends with the text time of a repeated prompt.
-//! `--only tiny --save out.png` also writes the images.
+//! `--save out.png` also writes the images (each configuration overwrites the one before).
 //!
 //! `-- --lora` benchmarks LoRA fusing (parse + fuse of SDXL-UNet-shaped kohya LoRAs of rank 8,
 //! 32 and 64 — rank 64 over every Linear/Conv is the 394 MB shape of the SDXL-Lightning LoRAs —
@@ -251,6 +251,7 @@ fn main() {
             } else {
                 vec![]
             })
+            .args(a.save.as_deref().map(|path| ["--save", path]).into_iter().flatten())
             .status()
             .expect("spawn");
         if !status.success() {

@@ -4,7 +4,8 @@
 //! halves. As candle ops that is two strided views, an exact-erf GELU (libm's `erff`, a call per
 //! element) into a new tensor, and a strided multiply into another. Here one pass reads each row
 //! once and writes the product, the GELU vectorised ([`crate::fast_math::gelu`]). Contiguous f32
-//! CPU tensors only; anything else (and `FLEET_ENGINE_KERNELS=candle`) takes candle's ops.
+//! CPU tensors, and with the `cuda` feature f32/f16/bf16 CUDA tensors (one kernel,
+//! `kernels/pointwise.cu`); anything else (and `FLEET_ENGINE_KERNELS=candle`) takes candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -19,8 +20,15 @@ pub fn geglu(x: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::bail!("geglu: last dimension {width} is odd");
     }
     let half = width / 2;
-    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() && crate::util::own_cpu_kernels() {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() && crate::util::own_kernels() {
         return x.apply_op1_no_bwd(&Geglu);
+    }
+    if x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && cfg!(feature = "cuda")
+        && crate::util::own_cuda_kernel("geglu")
+    {
+        return x.contiguous()?.apply_op1_no_bwd(&Geglu);
     }
     x.narrow(D::Minus1, 0, half)? * x.narrow(D::Minus1, half, half)?.gelu_erf()?
 }
@@ -53,6 +61,15 @@ impl CustomOp1 for Geglu {
                 .for_each(|(out, x)| arch.dispatch(GegluRows { x, out, inner }));
         }
         Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::pointwise_cuda::geglu(storage, layout)
     }
 }
 
@@ -97,6 +114,24 @@ mod tests {
             let diff = (ours - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             let diff = diff.to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5, "{dims:?}: differs by {diff}");
+        }
+    }
+
+    /// The CUDA kernel against the CPU kernel on the same (rounded) values.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_kernel_matches_the_cpu_kernel() {
+        let gpu = Device::new_cuda(0).expect("the `cuda` feature's tests need a CUDA GPU");
+        for dims in [(2usize, 77usize, 1280usize), (1, 1, 8), (3, 5, 6)] {
+            let x = (Tensor::randn(0f32, 1., dims, &Device::Cpu).unwrap() * 3.).unwrap();
+            for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F16, 2e-3), (DType::BF16, 1.5e-2)] {
+                let rounded = x.to_dtype(dtype).unwrap();
+                let expected = geglu(&rounded.to_dtype(DType::F32).unwrap()).unwrap();
+                let got = geglu(&rounded.to_device(&gpu).unwrap()).unwrap();
+                assert_eq!(got.dims(), expected.dims());
+                let error = crate::util::relative_error(&got, &expected);
+                assert!(error < tolerance, "{dims:?} {dtype:?}: off by {error:e}");
+            }
         }
     }
 

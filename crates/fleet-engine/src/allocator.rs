@@ -23,7 +23,7 @@ const TRIM_THRESHOLD: i32 = 256 << 20;
 pub(crate) fn keep_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if crate::util::own_cpu_kernels() {
+        if crate::util::own_kernels() {
             set_thresholds();
         }
     });

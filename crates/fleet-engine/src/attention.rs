@@ -21,7 +21,7 @@ use crate::util::contiguous_f32;
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let fused = q.device().is_cpu()
         && [q, k, v].iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous() && t.rank() >= 2)
-        && crate::util::own_cpu_kernels();
+        && crate::util::own_kernels();
     if fused {
         return q.apply_op3_no_bwd(k, v, &Attention { scale: scale as f32 });
     }

@@ -11,8 +11,9 @@
 //! one per thread, so the patch matrix never leaves the core's cache; wide layers use large ones
 //! with the product spread over the threads (see [`Plan`]).
 //!
-//! Used for stride-1 f32 convolutions on the CPU. Strided convolutions (the two downsamplers),
-//! other dtypes and every GPU convolution use candle's (cuDNN or its own kernels).
+//! Used for stride-1 f32 convolutions on the CPU. Strided convolutions (the two downsamplers) and
+//! other dtypes use candle's; GPU convolutions use cuDNN as PyTorch does with the `cudnn` feature
+//! ([`crate::cudnn_conv`]), candle's own kernels otherwise.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -73,7 +74,13 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (weight, has_bias, k, padding, c_out, fallback) = match self {
-            Self::Candle(c) => return c.forward(x),
+            Self::Candle(c) => {
+                #[cfg(feature = "cudnn")]
+                if crate::cudnn_conv::takes(x, c) {
+                    return crate::cudnn_conv::forward(x, c);
+                }
+                return c.forward(x);
+            }
             Self::Patches { weight, has_bias, k, padding, c_out, fallback } => {
                 (weight, *has_bias, *k, *padding, *c_out, fallback)
             }
@@ -81,7 +88,7 @@ impl Module for Conv2d {
         if !x.device().is_cpu()
             || x.dtype() != DType::F32
             || weight.dtype() != DType::F32
-            || !crate::util::own_cpu_kernels()
+            || !crate::util::own_kernels()
         {
             return fallback.forward(x);
         }

@@ -21,15 +21,26 @@ pub mod control_image;
 pub mod controlnet;
 pub mod conv;
 pub mod cpu_threads;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
+#[cfg(feature = "cudnn")]
+mod cudnn_conv;
 pub mod encode;
 pub mod error;
 mod fast_math;
 pub mod files;
+#[cfg(feature = "cuda")]
+mod group_norm_cuda;
 pub mod job;
+pub mod linear;
+#[cfg(feature = "cuda")]
+mod linear_cuda;
 pub mod lora;
 mod matmul;
 pub mod norm;
 pub mod pipeline;
+#[cfg(feature = "cuda")]
+mod pointwise_cuda;
 pub mod prompt_cache;
 pub mod random;
 pub mod rng;

@@ -6,8 +6,9 @@
 //! SDXL base UNet and the SDXL-Lightning UNet files load directly. Group norms use the
 //! config's `norm_num_groups` everywhere (candle's stock blocks hard-code 32).
 
+use crate::linear::Linear;
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::norm::GroupNorm;
 
@@ -197,8 +198,8 @@ struct TimestepEmbedding {
 impl TimestepEmbedding {
     fn new(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            l1: candle_nn::linear(inp, out, vb.pp("linear_1"))?,
-            l2: candle_nn::linear(out, out, vb.pp("linear_2"))?,
+            l1: crate::linear::linear(inp, out, vb.pp("linear_1"))?,
+            l2: crate::linear::linear(out, out, vb.pp("linear_2"))?,
         })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -225,7 +226,7 @@ impl Resnet {
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), groups, i, eps)?,
             conv1: conv(vb.pp("conv1"), i, o, 3, 1)?,
-            time_emb_proj: candle_nn::linear(temb, o, vb.pp("time_emb_proj"))?,
+            time_emb_proj: crate::linear::linear(temb, o, vb.pp("time_emb_proj"))?,
             norm2: GroupNorm::new(vb.pp("norm2"), groups, o, eps)?,
             conv2: conv(vb.pp("conv2"), o, o, 3, 1)?,
             shortcut: if i != o { Some(conv(vb.pp("conv_shortcut"), i, o, 1, 1)?) } else { None },
@@ -255,10 +256,10 @@ struct Attention {
 impl Attention {
     fn new(vb: VarBuilder, dim: usize, ctx_dim: usize, heads: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(ctx_dim, dim, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(ctx_dim, dim, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: crate::linear::linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: crate::linear::linear_no_bias(ctx_dim, dim, vb.pp("to_k"))?,
+            to_v: crate::linear::linear_no_bias(ctx_dim, dim, vb.pp("to_v"))?,
+            to_out: crate::linear::linear(dim, dim, vb.pp("to_out.0"))?,
             heads,
         })
     }
@@ -296,8 +297,8 @@ impl BasicTransformerBlock {
             norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, ctx_dim, heads)?,
             norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
-            ff_in: candle_nn::linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
-            ff_out: candle_nn::linear(inner, dim, vb.pp("ff.net.2"))?,
+            ff_in: crate::linear::linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
+            ff_out: crate::linear::linear(inner, dim, vb.pp("ff.net.2"))?,
         })
     }
     fn forward(&self, x: &Tensor, ctx: &Tensor) -> candle_core::Result<Tensor> {
@@ -336,7 +337,7 @@ impl Transformer2D {
     ) -> candle_core::Result<Self> {
         let proj = |name: &str| -> candle_core::Result<Proj> {
             if linear {
-                Ok(Proj::Linear(candle_nn::linear(c, c, vb.pp(name))?))
+                Ok(Proj::Linear(crate::linear::linear(c, c, vb.pp(name))?))
             } else {
                 Ok(Proj::Conv(conv(vb.pp(name), c, c, 1, 1)?))
             }

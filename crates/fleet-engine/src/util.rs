@@ -41,12 +41,31 @@ impl OneOrMany {
     }
 }
 
-/// Whether the engine's own CPU kernels (fused GroupNorm + SiLU, the im2col convolution) run.
-/// `FLEET_ENGINE_KERNELS=candle` switches them off, so candle's ops compute the same layers: for
-/// A/B measurements in one build and for ruling the kernels out when chasing a numeric problem.
-pub(crate) fn own_cpu_kernels() -> bool {
-    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OWN.get_or_init(|| std::env::var("FLEET_ENGINE_KERNELS").map_or(true, |v| v != "candle"))
+/// Whether the engine's own kernels run (on the CPU: fused GroupNorm + SiLU, the im2col
+/// convolution, attention, SiLU; on CUDA: see [`own_cuda_kernel`]). `FLEET_ENGINE_KERNELS=candle`
+/// switches them off, so candle's ops compute the same layers: for A/B measurements in one build
+/// and for ruling the kernels out when chasing a numeric problem.
+pub(crate) fn own_kernels() -> bool {
+    kernels_setting().is_none_or(|v| v != "candle")
+}
+
+/// Whether the engine's CUDA kernel `name` runs: `norm` (fused GroupNorm + SiLU), `linear` (bias
+/// in the product's epilogue), `geglu` (the feed-forward's GEGLU in one pass), `vae-attention`
+/// (the VAE's attention in the model's dtype instead of f32), `conv` (cuDNN, with the `cudnn`
+/// feature) and `bias` (a convolution's bias added by our kernel, not cuDNN's). All of them unless
+/// `FLEET_ENGINE_KERNELS` is `candle` (none) or a list of those names separated by `,` or `+`
+/// (only those, for measuring one kernel at a time).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn own_cuda_kernel(name: &str) -> bool {
+    match kernels_setting() {
+        None | Some("all") => true,
+        Some(list) => list.split([',', '+']).any(|k| k.trim() == name),
+    }
+}
+
+fn kernels_setting() -> Option<&'static str> {
+    static SETTING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SETTING.get_or_init(|| std::env::var("FLEET_ENGINE_KERNELS").ok().filter(|v| !v.is_empty())).as_deref()
 }
 
 /// The f32 values of a contiguous CPU tensor, for the engine's custom CPU ops (`what` names the
@@ -61,4 +80,29 @@ pub(crate) fn contiguous_f32<'a>(
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what} is not contiguous"),
     }
+}
+
+/// One operand of a custom CUDA op: its storage and the layout to read it with.
+#[cfg(feature = "cuda")]
+pub(crate) type CudaOperand<'a> = (&'a candle_core::CudaStorage, &'a candle_core::Layout);
+
+/// The contiguous elements of `storage` that `layout` covers.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_contiguous<'a, T: candle_core::cuda_backend::CudaDType>(
+    storage: &'a candle_core::CudaStorage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{what} is not contiguous") };
+    Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// ‖a − b‖ / ‖b‖ over all elements, in f64 on the CPU: how the CUDA kernels' tests compare.
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn relative_error(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    use candle_core::{DType, Device};
+    let a = a.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let norm = |t: &candle_core::Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+    norm(&(&a - &b).unwrap()) / norm(&b)
 }

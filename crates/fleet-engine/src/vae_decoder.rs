@@ -5,8 +5,9 @@
 //! (one head over all latent positions: 16,384 at a 1024² image) uses the block-wise
 //! [`crate::attention::attention`], so the position × position score matrix is never built.
 
+use crate::linear::Linear;
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::conv::Conv2d;
 use crate::norm::GroupNorm;
@@ -68,7 +69,7 @@ impl MidAttention {
             let vb = vb.pp(name);
             if !vb.contains_tensor("weight") {
                 // A random model: candle's constructor, for its init hints.
-                return candle_nn::linear(channels, channels, vb);
+                return crate::linear::linear(channels, channels, vb);
             }
             // Some checkpoints store these projections as 1×1 convolutions.
             let weight = match vb.get((channels, channels), "weight") {
@@ -92,9 +93,15 @@ impl Module for MidAttention {
         let (b, c, h, w) = x.dims4()?;
         let dtype = x.dtype();
         let seq = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?;
-        // [b, 1 head, positions, c], in f32 as candle's block computed it (f16 scores over 512
-        // channels can overflow); a no-op on the CPU's f32 path.
-        let heads = |l: &Linear| l.forward(&seq)?.unsqueeze(1)?.to_dtype(DType::F32);
+        // [b, 1 head, positions, c]. In f32, as candle's block computed it (f16 scores over 512
+        // channels can overflow), except on CUDA with the engine's kernels: there diffusers runs
+        // an f16 VAE's attention in f16 (the fp16-fix VAE is scaled so that it fits), and candle's
+        // softmax sums in f32 (the f32 products cost 8 % of a 1-step image in run G6).
+        let in_model_dtype = x.device().is_cuda() && crate::util::own_cuda_kernel("vae-attention");
+        let heads = |l: &Linear| {
+            let h = l.forward(&seq)?.unsqueeze(1)?;
+            if in_model_dtype { Ok(h) } else { h.to_dtype(DType::F32) }
+        };
         let (q, k, v) = (heads(&self.to_q)?, heads(&self.to_k)?, heads(&self.to_v)?);
         let o = crate::attention::attention(&q, &k, &v, 1.0 / (c as f64).sqrt())?.to_dtype(dtype)?.squeeze(1)?;
         let o = self.to_out.forward(&o)?.transpose(1, 2)?.reshape((b, c, h, w))?;
