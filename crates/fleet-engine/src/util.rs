@@ -57,7 +57,12 @@ pub(crate) fn own_kernels() -> bool {
 /// (only those, for measuring one kernel at a time).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn own_cuda_kernel(name: &str) -> bool {
-    match kernels_setting() {
+    cuda_kernel_enabled(kernels_setting(), name)
+}
+
+/// [`own_cuda_kernel`]'s rule for a given setting (pure, for the tests).
+fn cuda_kernel_enabled(setting: Option<&str>, name: &str) -> bool {
+    match setting {
         None | Some("all") => true,
         Some(list) => list.split([',', '+']).any(|k| k.trim() == name),
     }
@@ -105,4 +110,21 @@ pub(crate) fn relative_error(a: &candle_core::Tensor, b: &candle_core::Tensor) -
     let b = b.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
     let norm = |t: &candle_core::Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
     norm(&(&a - &b).unwrap()) / norm(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cuda_kernel_enabled;
+
+    #[test]
+    fn kernel_setting_selects_cuda_kernels() {
+        assert!(cuda_kernel_enabled(None, "conv"));
+        assert!(cuda_kernel_enabled(Some("all"), "geglu"));
+        assert!(!cuda_kernel_enabled(Some("candle"), "conv"));
+        assert!(cuda_kernel_enabled(Some("conv+norm"), "norm"));
+        assert!(cuda_kernel_enabled(Some("conv, linear"), "linear"));
+        assert!(!cuda_kernel_enabled(Some("conv+norm"), "linear"));
+        // Names match whole: `vae-attention` does not switch on `attention`-like prefixes.
+        assert!(!cuda_kernel_enabled(Some("vae-attention"), "vae"));
+    }
 }
