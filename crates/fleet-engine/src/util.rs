@@ -55,7 +55,6 @@ pub(crate) fn own_kernels() -> bool {
 /// feature) and `bias` (a convolution's bias added by our kernel, not cuDNN's). All of them unless
 /// `FLEET_ENGINE_KERNELS` is `candle` (none) or a list of those names separated by `,` or `+`
 /// (only those, for measuring one kernel at a time).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn own_cuda_kernel(name: &str) -> bool {
     cuda_kernel_enabled(kernels_setting(), name)
 }
