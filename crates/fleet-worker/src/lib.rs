@@ -5,12 +5,14 @@
 //! - [`batching`]: the batching policy, a pure function;
 //! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
 //! - [`models`]: the loaded pipelines;
+//! - [`engine_thread`]: the one thread generations run on;
 //! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
 //! - [`runner`]: running one batch end to end;
 //! - [`heartbeat`]: liveness and counters in Redis;
 //! - [`worker`]: the consume loop and graceful shutdown.
 
 pub mod batching;
+pub mod engine_thread;
 pub mod finishing;
 pub mod heartbeat;
 pub mod intake;

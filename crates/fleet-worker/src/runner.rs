@@ -18,6 +18,7 @@ use fleet_status::{CreateOutcome, StatusError, StatusStore, Versioned};
 use fleet_storage::{ImageStore, ObjectMeta};
 use image::RgbImage;
 
+use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::intake::Pending;
 use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
@@ -44,6 +45,8 @@ pub struct RunContext {
     pub engine: EngineMode,
     /// Jobs storing their images while the next batch runs.
     pub finishing: Finishing,
+    /// Where generations run (one thread keeps the engine's per-thread GPU state).
+    pub engine_thread: Arc<EngineThread>,
 }
 
 /// Counters reported in heartbeats.
@@ -384,7 +387,7 @@ async fn generate(
     let stop = Arc::new(AtomicBool::new(false));
     let stop_engine = stop.clone();
     let engine = ctx.engine;
-    let work = tokio::task::spawn_blocking(move || {
+    let work = ctx.engine_thread.run(move || {
         if engine == EngineMode::Noop {
             // Every step reported at once, through the same reporter as a real run.
             for step in 1..=request.steps {
@@ -461,7 +464,7 @@ async fn generate(
     match result {
         Ok(Ok(images)) => Ok(images),
         Ok(Err(e)) => Err(e),
-        Err(join) => Err(EngineError::Device(format!("generation thread failed: {join}"))),
+        Err(e) => Err(EngineError::Device(format!("generation thread failed: {e}"))),
     }
 }
 

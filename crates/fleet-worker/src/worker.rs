@@ -14,6 +14,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::batching::{BatchPolicy, leader_deadline, next_batch};
+use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
@@ -44,6 +45,8 @@ pub enum WorkerError {
     Consume(lapin::Error),
     #[error("model loading thread failed: {0}")]
     Join(String),
+    #[error("cannot start the engine thread: {0}")]
+    EngineThread(std::io::Error),
     #[error("cannot serve worker metrics on {addr} (worker.metrics_listen; empty turns it off): {source}")]
     MetricsBind { addr: String, source: std::io::Error },
 }
@@ -139,6 +142,7 @@ impl Worker {
             stats,
             engine,
             finishing: Finishing::default(),
+            engine_thread: Arc::new(EngineThread::spawn().map_err(WorkerError::EngineThread)?),
         });
         Ok(Worker { ctx, broker, liveness, policy, metrics })
     }
