@@ -143,7 +143,7 @@ impl CudnnConv {
             candle_core::bail!("conv: {kh}×{kw} kernel, stride {s}, over a {h}×{width} input padded by {p}");
         }
         let shape = Geometry { n, c, h, w: width, o, kh, kw, padding: p, stride: s, dtype: x.0.dtype() };
-        for (storage, what) in [(w.0, "weight"), (x.0, "input")] {
+        for (storage, what) in [Some((w.0, "weight")), bias.map(|(b, _)| (b, "bias"))].into_iter().flatten() {
             if storage.dtype() != shape.dtype {
                 candle_core::bail!("conv: {what} is {:?}, the input {:?}", storage.dtype(), shape.dtype);
             }
@@ -285,8 +285,9 @@ fn check(what: &str, status: sys::cudnnStatus_t) -> candle_core::Result<()> {
 }
 
 thread_local! {
-    // cuDNN handles are not thread-safe; the engine runs a model on one thread, so one handle per
-    // (thread, device), like candle's.
+    // cuDNN handles must not be used by two threads at once: one per (thread, device), like
+    // candle's. The worker runs every generation on one thread (fleet-worker's engine_thread.rs),
+    // so it makes these once.
     static HANDLES: RefCell<HashMap<DeviceId, Handle>> = RefCell::new(HashMap::new());
 }
 
