@@ -62,8 +62,13 @@ fn typed<T: CudaDType + DeviceRepr + WithDType>(
     let (batch, channels) = (dims[0], dims[1]);
     let spatial: usize = dims[2..].iter().product();
     let groups = params.groups;
-    if groups == 0 || !channels.is_multiple_of(groups) || w_layout.shape().elem_count() != channels {
-        candle_core::bail!("group norm on CUDA: {channels} channels, {groups} groups, weight {:?}", w_layout.dims());
+    let (w_len, b_len) = (w_layout.shape().elem_count(), b_layout.shape().elem_count());
+    if groups == 0 || !channels.is_multiple_of(groups) || w_len != channels || b_len != channels {
+        candle_core::bail!(
+            "group norm on CUDA: {channels} channels, {groups} groups, weight {:?}, bias {:?}",
+            w_layout.dims(),
+            b_layout.dims()
+        );
     }
     let x_view = crate::util::cuda_contiguous::<T>(x, x_layout, "group norm input")?;
     let w_view = crate::util::cuda_contiguous::<T>(w, w_layout, "group norm weight")?;

@@ -14,7 +14,7 @@ use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
-use crate::util::cuda_contiguous;
+use crate::util::{CudaOperand, cuda_contiguous};
 
 /// Whether the fused product takes `x` [.., in] with `weight` [out, in] and `bias` [out].
 pub(crate) fn takes(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
@@ -73,7 +73,7 @@ thread_local! {
 }
 
 fn product<T: CudaDType + DeviceRepr>(
-    [(x, x_layout), (w, w_layout), (b, b_layout)]: [(&CudaStorage, &Layout); 3],
+    [(x, x_layout), (w, w_layout), (b, b_layout)]: [CudaOperand; 3],
 ) -> candle_core::Result<(CudaStorage, Shape)>
 where
     CudaBlasLT: Matmul<T>,
