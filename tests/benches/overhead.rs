@@ -19,7 +19,9 @@
 //! Needs the services of `scripts/services.sh`. Run:
 //! `cargo bench --profile dev -p fleet-e2e --bench overhead` (`FLEET_BENCH_JOBS` per round, default 200).
 //! `FLEET_BENCH_SIZE` (side, default 64) and `FLEET_BENCH_IMAGES` (`num_images`, default 1) shape
-//! every job; `FLEET_BENCH_COMPUTE_RUNS` (default 20) sets how often the tiny engine is timed alone.
+//! every job; `FLEET_BENCH_COMPUTE_RUNS` (default 20) sets how often the tiny engine is timed alone;
+//! `FLEET_BENCH_THREADS=1` also breaks this process's CPU and context switches down by thread name;
+//! `FLEET_BENCH_FLEET_ONLY=1` times only the fleet with S3 (no baselines), for a profiler.
 //! `cargo test` runs it too, on 5 jobs, to check that it still works. A program that prints
 //! numbers, not a test: nothing here asserts a speed.
 
@@ -114,6 +116,17 @@ async fn run(n: usize, smoke: bool) {
     // and renamed) instead of through the S3 server on this machine: what the orchestration
     // reaches when the S3 server does not share the CPU, as it would not in a deployment. The
     // S3 fleet above stays the measurement of the whole path.
+    if std::env::var("FLEET_BENCH_FLEET_ONLY").is_ok_and(|v| v == "1") {
+        // For a profiler attached to this process: only the S3 fleet's all-at-once phase, so
+        // that the baselines' own client work does not mix into its samples.
+        for round in 0..rounds {
+            println!("round {} (fleet only)", round + 1);
+            print_all_at_once(&measure_throughput(&fleet, n, (round + 1) * n).await);
+        }
+        fleet.stop().await;
+        remove_topology(&config).await;
+        return;
+    }
     let images = tempfile::tempdir().expect("a directory for the images");
     let mut local_config = isolated_like(&config);
     local_config.s3.local_dir = Some(images.path().to_path_buf());
@@ -221,6 +234,9 @@ fn print_all_at_once(all: &Throughput) {
     if let Some(switches) = all.switches_per_job {
         println!("  context switches per job (whole machine), all at once: {switches:.1}");
     }
+    if let Some(threads) = &all.threads {
+        threads.print(all.jobs);
+    }
 }
 
 /// A second isolated configuration with the same worker settings (fresh queues and keys).
@@ -239,6 +255,7 @@ struct Latency {
 
 /// Jobs submitted all at once to one worker.
 struct Throughput {
+    jobs: usize,
     rate: f64,
     wall_rate: f64,
     failed: usize,
@@ -248,6 +265,8 @@ struct Throughput {
     redis_per_job: Option<f64>,
     /// Context switches of the whole machine per job over the same phase (`/proc/stat`).
     switches_per_job: Option<f64>,
+    /// This process's threads by name over the same phase (`FLEET_BENCH_THREADS=1`).
+    threads: Option<ThreadTable>,
 }
 
 /// A dispatcher and one worker, warmed up (connections, a first batch).
@@ -275,6 +294,7 @@ async fn measure_latency(fleet: &Fleet, n: usize) -> Latency {
 /// `n` jobs at once (16 submitters, seeds from `first`), until the last one is final.
 async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput {
     let cpu_before = CpuTimes::now();
+    let threads_before = THREAD_TABLE.then(ThreadTable::now);
     let switches_before = context_switches();
     let commands_before = redis_commands(&fleet.config.redis.url).await;
     let started = Instant::now();
@@ -286,6 +306,7 @@ async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput
         wait_quietly(fleet, *last, Duration::from_secs(1800)).await;
     }
     let cpu = CpuTimes::now().and_then(|now| now.since(&cpu_before));
+    let threads = threads_before.map(|before| ThreadTable::now().since(&before));
     let switches = per_job(context_switches(), switches_before, n);
     let redis_per_job = per_job(redis_commands(&fleet.config.redis.url).await, commands_before, n);
     let statuses = fleet.wait_all(&ids, Duration::from_secs(1800)).await;
@@ -296,12 +317,14 @@ async fn measure_throughput(fleet: &Fleet, n: usize, first: usize) -> Throughput
     let last = statuses.iter().filter_map(|s| s.finished_at).max();
     let span = first.map(|f| between(f, last)).unwrap_or(wall).max(Duration::from_micros(1));
     Throughput {
+        jobs: n,
         rate: n as f64 / span.as_secs_f64(),
         wall_rate: n as f64 / wall.as_secs_f64(),
         failed,
         cpu_per_job: cpu.map(|c| c.per_job(n)),
         redis_per_job,
         switches_per_job: switches,
+        threads,
     }
 }
 
@@ -469,6 +492,56 @@ impl CpuTimes {
 
     fn per_job(&self, n: usize) -> Vec<(&'static str, f64)> {
         self.0.iter().map(|(name, t)| (*name, ms(*t) / n.max(1) as f64)).collect()
+    }
+}
+
+/// Whether each all-at-once phase also breaks this process down by thread name.
+static THREAD_TABLE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("FLEET_BENCH_THREADS").is_ok_and(|v| v == "1"));
+
+/// This process's threads grouped by name: threads seen, CPU time, voluntary and involuntary
+/// context switches (`/proc/self/task/*/{comm,stat,status}`). Where a job's thread hand-offs go.
+struct ThreadTable(std::collections::BTreeMap<String, (usize, Duration, u64, u64)>);
+
+impl ThreadTable {
+    fn now() -> ThreadTable {
+        let mut table = std::collections::BTreeMap::new();
+        let tids = std::fs::read_dir("/proc/self/task").into_iter().flatten().filter_map(|t| t.ok());
+        for tid in tids.filter_map(|t| t.file_name().into_string().ok()) {
+            let task = format!("self/task/{tid}");
+            let Ok(comm) = std::fs::read_to_string(format!("/proc/{task}/comm")) else { continue };
+            let status = std::fs::read_to_string(format!("/proc/{task}/status")).unwrap_or_default();
+            let count = |field: &str| {
+                status.lines().find_map(|l| l.strip_prefix(field)?.trim().parse::<u64>().ok()).unwrap_or(0)
+            };
+            let entry = table.entry(comm.trim().to_owned()).or_insert((0, Duration::ZERO, 0, 0));
+            entry.0 += 1;
+            entry.1 += proc_cpu(&task).unwrap_or_default();
+            entry.2 += count("voluntary_ctxt_switches:");
+            entry.3 += count("nonvoluntary_ctxt_switches:");
+        }
+        ThreadTable(table)
+    }
+
+    /// Growth since `before`; threads that ended meanwhile are not counted.
+    fn since(&self, before: &ThreadTable) -> ThreadTable {
+        let grown = self.0.iter().map(|(name, &(threads, cpu, vol, invol))| {
+            let (_, cpu0, vol0, invol0) = before.0.get(name).copied().unwrap_or_default();
+            (name.clone(), (threads, cpu.saturating_sub(cpu0), vol.saturating_sub(vol0), invol.saturating_sub(invol0)))
+        });
+        ThreadTable(grown.collect())
+    }
+
+    fn print(&self, n: usize) {
+        let n = n.max(1) as f64;
+        for (name, (threads, cpu, vol, invol)) in &self.0 {
+            println!(
+                "    thread {name:<22} ×{threads:<3} CPU {:.3} ms, switches {:.2} voluntary + {:.2} involuntary per job",
+                ms(*cpu) / n,
+                *vol as f64 / n,
+                *invol as f64 / n
+            );
+        }
     }
 }
 

@@ -334,7 +334,9 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
     match generate(ctx, pipeline.clone(), request, &mut runnable).await {
         Ok(images) => {
             let ctx = ctx.clone();
-            ctx.finishing.clone().spawn(async move { finish(&ctx, runnable, images, &model, &pipeline).await }).await;
+            let pixels = images.iter().map(|i| u64::from(i.width()) * u64::from(i.height())).sum();
+            let finishing = ctx.finishing.clone();
+            finishing.spawn(pixels, async move { finish(&ctx, runnable, images, &model, &pipeline).await }).await;
         }
         Err(EngineError::Cancelled) => {
             let Some(mut job) = runnable.into_iter().next() else { return };
