@@ -556,14 +556,7 @@ fn server_pids(comm: &str) -> Vec<String> {
 
 /// CPU time of this process's threads named [`CLIENT_THREAD`].
 fn client_threads_cpu() -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
-    tasks
-        .filter_map(|t| t.ok()?.file_name().into_string().ok())
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).is_ok_and(|c| c.trim() == CLIENT_THREAD)
-        })
-        .filter_map(|tid| proc_cpu(&format!("self/task/{tid}")))
-        .sum()
+    ThreadTable::now().0.get(CLIENT_THREAD).map_or(Duration::ZERO, |&(_, cpu, _, _)| cpu)
 }
 
 /// utime + stime of a process. `/proc/PID/stat` counts in USER_HZ ticks, 100 per second on Linux.
