@@ -404,7 +404,7 @@ fn compute_time(runs: usize) -> Summary {
         .map(|i| {
             // A prompt of its own each time, as in the fleet runs (no prompt-cache hits).
             let spec = fleet_core::parse_job(&job(i).to_string()).expect("bench job parses");
-            let request = fleet_worker::runner::job_request(&spec);
+            let request = fleet_render::job_request(&spec);
             let t = Instant::now();
             let out = engine.generate(&request, &mut |_| {}).expect("generate");
             for image in &out.images {

@@ -25,7 +25,7 @@ async fn check_results(config: &FleetConfig, statuses: &[JobStatus], jobs: &[Val
         let spec = fleet_core::parse_job(&job.to_string()).unwrap();
         assert_eq!(status.result.len() as u32, spec.num_images);
         assert!(status.attempts >= 1 && status.worker.is_some() && status.finished_at.is_some());
-        let expected = engine.generate(&fleet_worker::runner::job_request(&spec), &mut |_| {}).unwrap().images;
+        let expected = engine.generate(&fleet_render::job_request(&spec), &mut |_| {}).unwrap().images;
         for (i, r) in status.result.iter().enumerate() {
             assert_eq!(r.seed, spec.seed.unwrap() + i as u64);
             let namespace = format!("{}/{}/{}/", config.s3.prefix, status.tenant, status.id);

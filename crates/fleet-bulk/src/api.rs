@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fleet_core::backoff::{self, BackoffBuilder as _};
 use fleet_core::{ErrorCode, JobSpec, JobStatus};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -54,15 +55,16 @@ impl ApiClient {
     pub async fn submit(&self, jobs: &[JobSpec]) -> Result<Vec<Submitted>, BulkError> {
         let url = format!("{}/v1/jobs", self.base);
         let started = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = backoff::policy(Duration::from_millis(250), MAX_BACKOFF, None).build();
         loop {
+            let mut next_wait = || backoff.next().unwrap_or(MAX_BACKOFF);
             let sent = self.http.post(&url).bearer_auth(&self.key).json(jobs).send().await;
             let wait = match sent {
                 Ok(resp) if resp.status().is_success() => return parse_items(resp.json().await.ok(), jobs.len()),
                 Ok(resp)
                     if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
                 {
-                    retry_after(resp.headers()).unwrap_or(backoff)
+                    retry_after(resp.headers()).unwrap_or_else(next_wait)
                 }
                 Ok(resp) if resp.status() == StatusCode::BAD_REQUEST => {
                     let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -75,7 +77,7 @@ impl ApiClient {
                 }
                 Err(e) if started.elapsed() < GIVE_UP_AFTER => {
                     tracing::warn!(error = %e, "dispatcher unreachable; retrying");
-                    backoff
+                    next_wait()
                 }
                 Err(e) => return Err(BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base))),
             };
@@ -84,7 +86,6 @@ impl ApiClient {
             }
             tracing::debug!(?wait, "dispatcher busy; waiting");
             tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, JobSpec};
-use fleet_engine::{GenerationParams, Pipeline};
-use fleet_worker::models::{ModelError, Models};
-use fleet_worker::runner::{encode_options, engine_format, job_request};
+use fleet_engine::Pipeline;
+use fleet_render::{Models, encode_job_image, job_request};
 
 use crate::error::BulkError;
 use crate::exec::{Finished, ImageSource};
@@ -153,7 +152,7 @@ impl Engine {
         }
         match models.with_loras(&spec.model, &spec.loras) {
             Ok((pipeline, _)) => Ok(pipeline),
-            Err(e) => Err((model_error_code(&e), e.to_string())),
+            Err(e) => Err((e.error_code(), e.to_string())),
         }
     }
 
@@ -169,9 +168,8 @@ impl Engine {
         let started = Utc::now();
         let output = pipeline.generate(&request, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         let image = output.images.into_iter().next().ok_or((ErrorCode::InvalidOutput, "no image".to_owned()))?;
-        let params = GenerationParams::for_image(&request, 0, &spec.model, pipeline.scheduler.prediction_type.as_str());
-        let encoding = encode_options(spec, &self.config.worker);
-        let bytes = fleet_engine::encode_image(&image, engine_format(spec.output.format), &encoding, Some(&params))
+        let prediction = pipeline.scheduler.prediction_type.as_str();
+        let bytes = encode_job_image(spec, &self.config.worker, 0, &image, prediction)
             .map_err(|e| (ErrorCode::InvalidOutput, e.to_string()))?;
         let finished = Utc::now();
         let mut record = SampleRecord::of(sample);
@@ -190,21 +188,6 @@ impl Engine {
             .and_then(|()| std::fs::write(&image_path, &bytes))
             .map_err(|e| (ErrorCode::Internal, format!("{}: {e}", image_path.display())))?;
         Ok((record, image_path))
-    }
-}
-
-/// The code a worker reports for the same failure.
-fn model_error_code(e: &ModelError) -> ErrorCode {
-    match e {
-        ModelError::UnknownLora(_) => ErrorCode::UnknownLora,
-        ModelError::UnknownControlNet(_) => ErrorCode::UnknownControlnet,
-        ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
-        // A LoRA file that does not fit the model is the row's choice: invalid for this model.
-        ModelError::Engine {
-            source: fleet_engine::EngineError::Lora { .. } | fleet_engine::EngineError::LoraUnmatched { .. },
-            ..
-        } => ErrorCode::InvalidSpec,
-        ModelError::Engine { .. } => ErrorCode::Internal,
     }
 }
 

@@ -5,10 +5,12 @@
 //! - [`validate`]: [`JobSpec`] → [`ValidJob`], reporting every problem at once;
 //! - [`status`]: the job status model and its checked transitions;
 //! - [`error_code`]: the table of stable error codes (HTTP status, retryability);
+//! - [`backoff`]: the one retry policy every retry loop waits by;
 //! - [`config`]: configuration types, defaults and layered loading;
 //! - [`control_image`]: inline control images decode within size and memory bounds;
 //! - [`schema`]: the JSON Schema published in `docs/job.schema.json`.
 
+pub mod backoff;
 pub mod config;
 pub mod control_image;
 pub mod error_code;

@@ -31,7 +31,6 @@ mod fast_math;
 pub mod files;
 #[cfg(feature = "cuda")]
 mod group_norm_cuda;
-pub mod job;
 pub mod linear;
 #[cfg(feature = "cuda")]
 mod linear_cuda;
@@ -58,7 +57,6 @@ pub use encode::{
 };
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
-pub use job::{GenerateCommand, GenerateReport};
 pub use lora::{LoraFile, LoraSpec, resolve_library_lora, resolve_lora};
 pub use pipeline::{
     ControlInput, GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds,

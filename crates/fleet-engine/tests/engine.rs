@@ -396,32 +396,6 @@ fn latents_file_and_saving_images() {
 }
 
 #[test]
-fn generate_command_writes_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let cmd = fleet_engine::GenerateCommand {
-        prompts: vec!["a cat".into(), "a dog".into()],
-        model: "tiny".into(),
-        width: 64,
-        height: 48,
-        seed: 5,
-        out: dir.path().join("pic.jpg"),
-        ..Default::default()
-    };
-    let mut n = 0;
-    let rep = cmd.run(&mut |_| n += 1).unwrap();
-    assert_eq!(n, 4);
-    assert_eq!(rep.seeds, vec![5, 6]);
-    assert_eq!(rep.paths, vec![dir.path().join("pic_0.jpg"), dir.path().join("pic_1.jpg")]);
-    for p in &rep.paths {
-        assert_eq!(image::open(p).unwrap().to_rgb8().dimensions(), (64, 48));
-    }
-    let bad = fleet_engine::GenerateCommand { out: dir.path().join("pic.gif"), ..cmd.clone() };
-    assert!(matches!(bad.run(&mut |_| {}), Err(EngineError::InvalidRequest(_))));
-    let bad_dev = fleet_engine::GenerateCommand { device: "tpu".into(), ..cmd };
-    assert!(matches!(bad_dev.run(&mut |_| {}), Err(EngineError::Device(_))));
-}
-
-#[test]
 fn base_folder_without_unet_weights_loads_with_a_unet_file() {
     // SDXL base downloaded without its UNet weights + a Lightning UNet file.
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fleet_core::backoff::{self, Retryable as _};
 use fleet_core::config::mask_url;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -98,19 +99,11 @@ impl Broker {
     }
 
     async fn connect_with_backoff(&self, handshake: Duration) -> Result<Session, QueueError> {
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.open_session(handshake).await {
-                Ok(session) => return Ok(session),
-                Err(err) if tokio::time::Instant::now() + delay >= deadline => return Err(err),
-                Err(err) => {
-                    tracing::debug!(error = %err, ?delay, "RabbitMQ connect failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        (|| self.open_session(handshake))
+            .retry(backoff::policy(Duration::from_millis(100), Duration::from_secs(2), Some(RETRY_FOR)))
+            .sleep(tokio::time::sleep)
+            .notify(|err, delay| tracing::debug!(error = %err, ?delay, "RabbitMQ connect failed; retrying"))
+            .await
     }
 
     async fn open_session(&self, handshake: Duration) -> Result<Session, QueueError> {

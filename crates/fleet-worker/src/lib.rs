@@ -1,10 +1,9 @@
 //! The lightning-fleet worker: keeps its models warm, pulls jobs from RabbitMQ, runs them in
-//! compatible batches through fleet-engine, uploads the images and records status — acking a
+//! compatible batches through fleet-render (the engine), uploads the images and records status — acking a
 //! message only once its effect (images in storage, status in Redis) is durable.
 //!
 //! - [`batching`]: the batching policy, a pure function;
 //! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
-//! - [`models`]: the loaded pipelines;
 //! - [`engine_thread`]: the one thread generations run on;
 //! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
 //! - [`runner`]: running one batch end to end;
@@ -17,7 +16,6 @@ pub mod finishing;
 pub mod heartbeat;
 pub mod intake;
 pub mod metrics;
-pub mod models;
 pub mod noop;
 pub mod runner;
 pub mod worker;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use fleet_core::backoff::{self, BackoffBuilder as _};
 use fleet_core::{ErrorCode, FleetConfig, JobError};
 use fleet_queue::{Broker, QueueError, Topology};
 use fleet_status::{BatchInfo, StatusError, StatusStore};
@@ -18,9 +19,9 @@ use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
-use crate::models::{ModelError, Models};
 use crate::noop::{EngineMode, NOOP_DEVICE};
 use crate::runner::{RunContext, Stats, run_batch};
+use fleet_render::{ModelError, Models};
 
 /// How often the loop looks for a batch to run while deliveries are quiet.
 const TICK: Duration = Duration::from_millis(10);
@@ -184,7 +185,8 @@ impl Worker {
     /// whatever the lost connection held, so nothing is lost; a worker that exited instead would
     /// leave its models unserved until someone restarted it.
     async fn consume_until_shutdown(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
-        let mut delay = RECONNECT_MIN;
+        let policy = backoff::policy(RECONNECT_MIN, RECONNECT_MAX, None);
+        let mut delays = policy.build();
         loop {
             let started = Instant::now();
             let error = match self.consume(shutdown.clone()).await {
@@ -193,15 +195,15 @@ impl Worker {
                 Err(e) => return Err(e),
             };
             if started.elapsed() > RECONNECT_RESET {
-                delay = RECONNECT_MIN;
+                delays = policy.build();
             }
+            let delay = delays.next().unwrap_or(RECONNECT_MAX);
             tracing::warn!(error = %error, retry_in = ?delay, "lost the RabbitMQ consumer; consuming again");
             self.broker.reset().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(RECONNECT_MAX);
         }
     }
 

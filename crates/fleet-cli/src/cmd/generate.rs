@@ -1,8 +1,18 @@
-//! `fleet generate`: text → image on this machine, no fleet needed.
+//! `fleet generate`: text → image on this machine, no fleet needed. The flags become a
+//! [`GenerateCommand`]; its request is the job's (fleet-render's mapping, as a worker builds it),
+//! so the same values give a worker's pixels.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use fleet_engine::{ControlPreprocess, GenerateCommand, PredictionType};
+use anyhow::{anyhow, bail};
+use fleet_core::JobSpec;
+use fleet_engine::files::DEFAULT_HUB_MODEL;
+use fleet_engine::{
+    ControlInput, ControlNetModel, ControlPreprocess, EncodeOptions, EngineError, GenerateRequest, ImageFormat,
+    LoadOptions, LoraSpec, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Result, Timings,
+    control_image_tensor, default_dtype, parse_device, read_latents, resolve_lora, save_images,
+};
 
 use crate::cli::{Cli, GenerateArgs};
 
@@ -12,12 +22,11 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     // when a LoRA needs it, so `fleet generate` works without one.
     let lora_dir = if g.loras.is_empty() { None } else { Some(cli.load_config()?.library.lora_dir) };
     let control_preprocess: ControlPreprocess = args.control_preprocess.parse()?;
-    let prediction_type = match args.prediction_type.as_deref() {
-        None => None,
-        Some("epsilon") => Some(PredictionType::Epsilon),
-        Some("sample") => Some(PredictionType::Sample),
-        Some(other) => anyhow::bail!("--prediction-type {other}: expected epsilon or sample"),
-    };
+    let prediction_type = args
+        .prediction_type
+        .as_deref()
+        .map(|p| p.parse::<PredictionType>().map_err(|e| anyhow!("--prediction-type: {e}")))
+        .transpose()?;
     let defaults = GenerateCommand::default();
     let command = GenerateCommand {
         prompts: g.prompts.clone(),
@@ -54,8 +63,9 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     let t = report.timings;
     eprintln!(
-        "{} image(s): load {:.2}s, text {:.2}s, denoise {:.2}s, decode {:.2}s, save {:.2}s",
+        "{} image(s), seeds {:?}: load {:.2}s, text {:.2}s, denoise {:.2}s, decode {:.2}s, save {:.2}s",
         report.paths.len(),
+        report.seeds,
         report.load_seconds,
         t.text_encode.as_secs_f64(),
         t.denoise.as_secs_f64(),
@@ -63,4 +73,299 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         report.save_seconds
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet generate --prompt TEXT [--prompt TEXT ...] [--negative-prompt TEXT]
+/// [--model tiny|DIR|HUB_ID] [--unet FILE] [--steps N] [--guidance F] [--width W]
+/// [--height H] [--seed S] [--num-images N] [--latents FILE]
+/// [--prediction-type epsilon|sample] [--device cpu|cuda|metal]
+/// [--lora FILE_OR_NAME[:SCALE] ...] [--lora-allow-unmatched]
+/// [--controlnet DIR --control-image FILE [--control-scale F] [--control-start F]
+/// [--control-end F] [--control-preprocess none|canny]] --out PATH`
+#[derive(Debug, Clone)]
+pub struct GenerateCommand {
+    pub prompts: Vec<String>,
+    pub negative_prompt: Option<String>,
+    /// `tiny`, a diffusers folder or a hub id (default `ByteDance/SDXL-Lightning`).
+    pub model: String,
+    pub unet: Option<PathBuf>,
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub num_images: usize,
+    pub latents: Option<PathBuf>,
+    pub prediction_type: Option<PredictionType>,
+    pub device: String,
+    pub out: PathBuf,
+    /// JPEG quality (1–100).
+    pub quality: u8,
+    /// PNG's deflate effort.
+    pub png_compression: PngCompression,
+    /// `FILE_OR_NAME[:SCALE]` (scale default 1.0), fused in order.
+    pub loras: Vec<String>,
+    /// Where LoRA names (not files) are looked up: `<dir>/NAME.safetensors`.
+    pub lora_dir: Option<PathBuf>,
+    /// Accept LoRA entries that match no module.
+    pub allow_unmatched_lora: bool,
+    /// A diffusers-layout ControlNet folder.
+    pub controlnet: Option<PathBuf>,
+    /// The conditioning image (PNG/JPEG/WebP), resized to the output size.
+    pub control_image: Option<PathBuf>,
+    pub control_scale: f64,
+    pub control_start: f64,
+    pub control_end: f64,
+    pub control_preprocess: ControlPreprocess,
+}
+
+impl Default for GenerateCommand {
+    fn default() -> Self {
+        Self {
+            prompts: vec![],
+            negative_prompt: None,
+            model: DEFAULT_HUB_MODEL.into(),
+            unet: None,
+            steps: 4,
+            guidance: 0.0,
+            width: 1024,
+            height: 1024,
+            seed: 0,
+            num_images: 1,
+            latents: None,
+            prediction_type: None,
+            device: "cpu".into(),
+            out: PathBuf::from("out.png"),
+            quality: 90,
+            png_compression: PngCompression::default(),
+            loras: Vec::new(),
+            lora_dir: None,
+            allow_unmatched_lora: false,
+            controlnet: None,
+            control_image: None,
+            control_scale: 1.0,
+            control_start: 0.0,
+            control_end: 1.0,
+            control_preprocess: ControlPreprocess::None,
+        }
+    }
+}
+
+/// What [`GenerateCommand::run`] did.
+#[derive(Debug, Clone)]
+pub struct GenerateReport {
+    pub paths: Vec<PathBuf>,
+    pub seeds: Vec<u64>,
+    pub timings: Timings,
+    pub load_seconds: f64,
+    /// Encoding and writing the image files.
+    pub save_seconds: f64,
+}
+
+impl GenerateCommand {
+    /// The job these flags describe: what a worker would run for the same values.
+    fn job_spec(&self) -> JobSpec {
+        let mut spec = JobSpec::new(self.prompts.first().cloned().unwrap_or_default());
+        spec.negative_prompt = self.negative_prompt.clone();
+        spec.model = self.model.clone();
+        spec.steps = self.steps as u32;
+        spec.guidance = self.guidance as f32;
+        spec.width = self.width as u32;
+        spec.height = self.height as u32;
+        spec.seed = Some(self.seed);
+        spec.num_images = self.num_images as u32;
+        spec
+    }
+
+    /// The engine request (without loading anything): the job's, through the same mapping as the
+    /// worker's, plus what only this command has (several prompts, latents, a prediction type).
+    pub fn request(&self) -> Result<GenerateRequest> {
+        let mut request = fleet_render::job_request(&self.job_spec());
+        request.prompts = self.prompts.clone();
+        // the flag is an f64 where a job's guidance is an f32: keep every bit the user gave
+        request.guidance = self.guidance;
+        request.prediction_type = self.prediction_type;
+        request.latents = self.latents.as_deref().map(read_latents).transpose()?;
+        Ok(request)
+    }
+
+    /// The `--lora` flags as files with scales.
+    pub fn lora_specs(&self) -> Result<Vec<LoraSpec>> {
+        self.loras
+            .iter()
+            .map(|l| {
+                let (name, scale) = LoraSpec::parse(l)?;
+                Ok(LoraSpec { path: resolve_lora(&name, self.lora_dir.as_deref())?, scale })
+            })
+            .collect()
+    }
+
+    /// Check the ControlNet flags and read the control image (before loading any model).
+    fn control_bytes(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match (&self.controlnet, &self.control_image) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(anyhow!("--controlnet needs --control-image FILE")),
+            (None, Some(_)) => Err(anyhow!("--control-image needs --controlnet DIR")),
+            (Some(_), Some(img)) => std::fs::read(img).map(Some).map_err(|e| {
+                anyhow::Error::new(if e.kind() == std::io::ErrorKind::NotFound {
+                    EngineError::MissingFile {
+                        component: "control image".into(),
+                        path: img.clone(),
+                        hint: String::new(),
+                    }
+                } else {
+                    EngineError::Io { path: img.clone(), source: e }
+                })
+            }),
+        }
+    }
+
+    /// Load the model, generate, write the images (`out`, or `<stem>_<i>.<ext>` for several).
+    pub fn run(&self, progress: &mut dyn FnMut(Progress)) -> anyhow::Result<GenerateReport> {
+        if self.prompts.is_empty() {
+            bail!("at least one --prompt is required");
+        }
+        ImageFormat::from_path(&self.out)?; // fail before loading a model
+        let mut req = self.request()?;
+        let control_bytes = self.control_bytes()?;
+        // Decode the control image before loading: a bad file fails fast.
+        let control_image = control_bytes
+            .map(|b| control_image_tensor(&b, self.width, self.height, self.control_preprocess))
+            .transpose()?;
+        let device = parse_device(&self.device)?;
+        let dtype = default_dtype(&device);
+        let source: ModelSource = self.model.parse()?;
+        let opts = LoadOptions {
+            unet_override: self.unet.clone(),
+            prediction_type: self.prediction_type,
+            prefer_fp16_variant: None,
+            loras: self.lora_specs()?,
+            allow_unmatched_lora: self.allow_unmatched_lora,
+        };
+        let t = std::time::Instant::now();
+        let pipe = Pipeline::load_with(&source, &device, dtype, &opts)?;
+        if let (Some(dir), Some(image)) = (&self.controlnet, control_image) {
+            let model = std::sync::Arc::new(ControlNetModel::load(dir, &device, dtype)?);
+            model.check_fits(&pipe.unet.config)?;
+            req.controls.push(ControlInput {
+                model,
+                image,
+                scale: self.control_scale,
+                start: self.control_start,
+                end: self.control_end,
+            });
+        }
+        let load_seconds = t.elapsed().as_secs_f64();
+        let out = pipe.generate(&req, progress)?;
+        let pt = req.prediction_type.unwrap_or(pipe.scheduler.prediction_type).to_string();
+        let encoding = EncodeOptions { quality: self.quality, png: self.png_compression };
+        let t = std::time::Instant::now();
+        let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, &encoding)?;
+        let save_seconds = t.elapsed().as_secs_f64();
+        Ok(GenerateReport { paths, seeds: out.seeds, timings: out.timings, load_seconds, save_seconds })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's test models and LoRA/ControlNet files.
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fleet-engine/tests/fixtures")
+    }
+
+    fn extras() -> PathBuf {
+        fixtures().join("extras")
+    }
+
+    #[test]
+    fn generate_command_writes_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = GenerateCommand {
+            prompts: vec!["a cat".into(), "a dog".into()],
+            model: "tiny".into(),
+            width: 64,
+            height: 48,
+            seed: 5,
+            out: dir.path().join("pic.jpg"),
+            ..Default::default()
+        };
+        let mut n = 0;
+        let rep = cmd.run(&mut |_| n += 1).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(rep.seeds, vec![5, 6]);
+        assert_eq!(rep.paths, vec![dir.path().join("pic_0.jpg"), dir.path().join("pic_1.jpg")]);
+        for p in &rep.paths {
+            assert_eq!(image::open(p).unwrap().to_rgb8().dimensions(), (64, 48));
+        }
+        let bad = GenerateCommand { out: dir.path().join("pic.gif"), ..cmd.clone() };
+        let e = bad.run(&mut |_| {}).unwrap_err();
+        assert!(matches!(e.downcast_ref::<EngineError>(), Some(EngineError::InvalidRequest(_))), "{e}");
+        let bad_dev = GenerateCommand { device: "tpu".into(), ..cmd };
+        let e = bad_dev.run(&mut |_| {}).unwrap_err();
+        assert!(matches!(e.downcast_ref::<EngineError>(), Some(EngineError::Device(_))), "{e}");
+    }
+
+    #[test]
+    fn generate_command_with_lora_controlnet_and_canny() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.png");
+        let cmd = GenerateCommand {
+            prompts: vec!["a photo of a cat".into()],
+            model: fixtures().join("tiny-sdxl").display().to_string(),
+            width: 64,
+            height: 64,
+            steps: 2,
+            loras: vec![format!("{}:0.5", extras().join("lora_kohya.safetensors").display()), "style".into()],
+            lora_dir: Some(extras()),
+            controlnet: Some(extras().join("tiny-controlnet")),
+            control_image: Some(extras().join("control_b.png")),
+            control_scale: 0.8,
+            control_preprocess: ControlPreprocess::Canny { low: 100.0, high: 200.0 },
+            out: out.clone(),
+            ..GenerateCommand::default()
+        };
+        // `style` is not in the library: a clear error before any model is loaded.
+        let e = cmd.run(&mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("looked in the library"), "{e}");
+        let cmd = GenerateCommand { loras: vec![cmd.loras[0].clone(), "lora_peft".into()], ..cmd };
+        let report = cmd.run(&mut |_| {}).unwrap();
+        assert_eq!(report.paths, vec![out.clone()]);
+        assert!(image::open(&out).is_ok());
+        // A control image that is not an image fails before loading.
+        let txt = dir.path().join("c.png");
+        std::fs::write(&txt, "hello").unwrap();
+        let e = GenerateCommand { control_image: Some(txt), ..cmd.clone() }.run(&mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("control image is not a readable"), "{e}");
+        let e = GenerateCommand { control_image: None, ..cmd }.run(&mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("--controlnet needs --control-image"), "{e}");
+    }
+
+    #[test]
+    fn the_request_is_the_jobs_with_this_commands_extras() {
+        let cmd = GenerateCommand {
+            prompts: vec!["a cat".into(), "a dog".into()],
+            negative_prompt: Some("blur".into()),
+            model: "tiny".into(),
+            steps: 2,
+            guidance: 1.25,
+            width: 64,
+            height: 48,
+            seed: 9,
+            num_images: 3,
+            prediction_type: Some(PredictionType::Sample),
+            ..Default::default()
+        };
+        let request = cmd.request().unwrap();
+        let job = fleet_render::job_request(&cmd.job_spec());
+        assert_eq!(request.prompts, cmd.prompts);
+        assert_eq!(request.prediction_type, Some(PredictionType::Sample));
+        assert_eq!(
+            (request.negative_prompt.as_deref(), request.steps, request.guidance, request.width, request.height),
+            (job.negative_prompt.as_deref(), job.steps, job.guidance, job.width, job.height)
+        );
+        assert_eq!((request.seed, request.num_images), (job.seed, job.num_images));
+        assert_eq!((request.seed, request.num_images, request.guidance), (9, 3, 1.25));
+    }
 }

@@ -14,7 +14,7 @@ use fleet_engine::controlnet::{ControlNetConfig, ControlNetModel};
 use fleet_engine::lora::LoraSpec;
 use fleet_engine::unet::AddedCond;
 use fleet_engine::{
-    ControlInput, ControlPreprocess, EngineError, GenerateCommand, GenerateRequest, LoadOptions, ModelSource, Pipeline,
+    ControlInput, ControlPreprocess, EngineError, GenerateRequest, LoadOptions, ModelSource, Pipeline,
     control_image_tensor,
 };
 
@@ -387,39 +387,4 @@ fn controlnet_errors_are_clear() {
     assert!(e.to_string().contains("control image is not a readable PNG/JPEG/WebP image"), "{e}");
     let e = ControlNetModel::load(&fixtures().join("tiny-sdxl"), &Device::Cpu, DType::F32).unwrap_err();
     assert!(matches!(e, EngineError::MissingFile { .. }), "{e}");
-}
-
-#[test]
-fn generate_command_with_lora_controlnet_and_canny() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("x.png");
-    let cmd = GenerateCommand {
-        prompts: vec!["a photo of a cat".into()],
-        model: fixtures().join("tiny-sdxl").display().to_string(),
-        width: 64,
-        height: 64,
-        steps: 2,
-        loras: vec![format!("{}:0.5", extras().join("lora_kohya.safetensors").display()), "style".into()],
-        lora_dir: Some(extras()),
-        controlnet: Some(extras().join("tiny-controlnet")),
-        control_image: Some(extras().join("control_b.png")),
-        control_scale: 0.8,
-        control_preprocess: ControlPreprocess::Canny { low: 100.0, high: 200.0 },
-        out: out.clone(),
-        ..GenerateCommand::default()
-    };
-    // `style` is not in the library: a clear error before any model is loaded.
-    let e = cmd.run(&mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("looked in the library"), "{e}");
-    let cmd = GenerateCommand { loras: vec![cmd.loras[0].clone(), "lora_peft".into()], ..cmd };
-    let report = cmd.run(&mut |_| {}).unwrap();
-    assert_eq!(report.paths, vec![out.clone()]);
-    assert!(image::open(&out).is_ok());
-    // A control image that is not an image fails before loading.
-    let txt = dir.path().join("c.png");
-    std::fs::write(&txt, "hello").unwrap();
-    let e = GenerateCommand { control_image: Some(txt), ..cmd.clone() }.run(&mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("control image is not a readable"), "{e}");
-    let e = GenerateCommand { control_image: None, ..cmd }.run(&mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("--controlnet needs --control-image"), "{e}");
 }

@@ -1,4 +1,4 @@
-//! The pipelines this worker serves: base models loaded once at start, pipelines with a LoRA set
+//! The pipelines a process serves: base models loaded once at start, pipelines with a LoRA set
 //! fused in built on demand and kept in a small LRU cache, ControlNets loaded on first use.
 
 use std::collections::BTreeMap;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_core::{FleetConfig, LoraRef};
+use fleet_core::{ErrorCode, FleetConfig, JobError, LoraRef};
 use fleet_engine::candle_core::{DType, Device};
 use fleet_engine::lora::{LoraSpec, is_library_name, resolve_library_lora};
 use fleet_engine::{ControlNetModel, LoadOptions, ModelSource, Pipeline, PredictionType};
@@ -53,6 +53,33 @@ pub enum ModelError {
     UnknownLora(String),
     #[error("ControlNet `{0}` is not in this worker's library")]
     UnknownControlNet(String),
+}
+
+impl ModelError {
+    /// The code a job fails with for this reason, the same on every path that renders jobs.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            ModelError::UnknownLora(_) => ErrorCode::UnknownLora,
+            ModelError::UnknownControlNet(_) => ErrorCode::UnknownControlnet,
+            ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
+            // A LoRA or ControlNet that does not fit the model (unmatched keys, rank or shape
+            // mismatch, bad file) is the job's choice: invalid for this model.
+            ModelError::Engine {
+                source:
+                    fleet_engine::EngineError::Lora { .. }
+                    | fleet_engine::EngineError::LoraUnmatched { .. }
+                    | fleet_engine::EngineError::ControlNet { .. },
+                ..
+            } => ErrorCode::InvalidSpec,
+            ModelError::Engine { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<ModelError> for JobError {
+    fn from(e: ModelError) -> Self {
+        JobError::new(e.error_code(), e.to_string())
+    }
 }
 
 /// Where fused pipelines come from: a hit or a fuse, with the time it took.
@@ -117,11 +144,12 @@ impl Models {
             let source: ModelSource = model.source.parse().map_err(engine_err(name))?;
             let opts = LoadOptions {
                 unet_override: model.unet.clone().map(std::path::PathBuf::from),
-                prediction_type: match model.prediction_type.as_deref() {
-                    Some("sample") => Some(PredictionType::Sample),
-                    Some("epsilon") => Some(PredictionType::Epsilon),
-                    _ => None,
-                },
+                prediction_type: model
+                    .prediction_type
+                    .as_deref()
+                    .map(str::parse::<PredictionType>)
+                    .transpose()
+                    .map_err(engine_err(name))?,
                 ..LoadOptions::default()
             };
             let started = Instant::now();

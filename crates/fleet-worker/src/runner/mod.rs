@@ -1,0 +1,232 @@
+//! Running one batch end to end: start → generate → encode → upload → succeed → ack.
+//!
+//! The message of a job is acked only after its images are stored and its status says
+//! `succeeded` (or it failed for a reason of its own). Object keys depend only on the job id and
+//! image index, so a redelivered job overwrites the same objects: at-least-once delivery leaves
+//! exactly one result set.
+
+//!
+//! - [`start`]: a job's record goes to `running` (or the job turns out to need nothing);
+//! - [`prepare`]: the pipeline and the engine request of a job (through fleet-render);
+//! - [`generate`]: one forward pass on the engine thread, with throttled progress and cancels;
+//! - [`store`]: encoding and uploading a job's images, then `succeeded`;
+//! - [`settle`]: the status write and the message's ack/requeue for every other outcome;
+//! - [`retry`]: transient status/storage failures retried by the fleet's backoff policy.
+
+mod generate;
+mod prepare;
+mod retry;
+mod settle;
+mod start;
+mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleet_core::{ErrorCode, FleetConfig, JobError, JobStatus};
+use fleet_engine::EngineError;
+use fleet_render::Models;
+use fleet_status::{StatusError, StatusStore};
+use fleet_storage::ImageStore;
+
+use crate::engine_thread::EngineThread;
+use crate::finishing::Finishing;
+use crate::intake::Pending;
+use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
+use crate::noop::EngineMode;
+
+use generate::generate;
+use prepare::{prepare, unsupported};
+pub use retry::Transient;
+use retry::retry;
+use settle::{Outcome, settle};
+use start::begin;
+use store::finish;
+
+/// How long transient storage/status failures are retried before the job is handed back.
+const TRANSIENT_BUDGET: Duration = Duration::from_secs(120);
+/// Least time between two progress writes of the same batch, and from the start of generation
+/// to the first: a job done sooner goes from running to succeeded with no progress write.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Everything a batch needs.
+#[derive(Clone)]
+pub struct RunContext {
+    pub worker_id: String,
+    pub config: Arc<FleetConfig>,
+    pub status: Arc<StatusStore>,
+    pub store: Arc<ImageStore>,
+    pub models: Arc<Models>,
+    pub stats: Arc<Stats>,
+    /// The real pipelines, or the benchmark's no-op ([`crate::noop`]).
+    pub engine: EngineMode,
+    /// Jobs storing their images while the next batch runs.
+    pub finishing: Finishing,
+    /// Where generations run (one thread keeps the engine's per-thread GPU state).
+    pub engine_thread: Arc<EngineThread>,
+}
+
+/// Counters reported in heartbeats.
+#[derive(Debug)]
+pub struct Stats {
+    pub jobs_done: AtomicU64,
+    pub jobs_failed: AtomicU64,
+    pub images_done: AtomicU64,
+    /// Jobs handed back to the queue for a later attempt.
+    pub jobs_requeued: AtomicU64,
+    pub batches: AtomicU64,
+    /// Time spent in batches, in microseconds.
+    pub batch_micros: AtomicU64,
+    /// Jobs received and waiting for a batch.
+    pub waiting: AtomicU64,
+    pub model_load_micros: AtomicU64,
+    /// Failed jobs by error code name.
+    pub failures_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub batch_images: Histogram,
+    pub queue_wait: Histogram,
+    pub step_seconds: Histogram,
+    pub encode_seconds: Histogram,
+    pub upload_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            jobs_done: AtomicU64::default(),
+            jobs_failed: AtomicU64::default(),
+            images_done: AtomicU64::default(),
+            jobs_requeued: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            batch_micros: AtomicU64::default(),
+            waiting: AtomicU64::default(),
+            model_load_micros: AtomicU64::default(),
+            failures_by_code: std::sync::Mutex::default(),
+            batch_images: Histogram::new(BATCH_BUCKETS),
+            queue_wait: Histogram::new(SECONDS_BUCKETS),
+            step_seconds: Histogram::new(SECONDS_BUCKETS),
+            encode_seconds: Histogram::new(SECONDS_BUCKETS),
+            upload_seconds: Histogram::new(SECONDS_BUCKETS),
+        }
+    }
+}
+
+/// Runs a batch; every message in it is settled (acked, requeued or dead-lettered) on return,
+/// except the successfully generated ones, whose storing goes on in [`RunContext::finishing`].
+pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
+    ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.batch_images.observe(batch.iter().map(|p| f64::from(p.job.spec().num_images)).sum());
+    let mut runnable = Vec::with_capacity(batch.len());
+    // The jobs' starts at once rather than one after another: a batch of n costs the status
+    // store's round trip once, not n times, before generation can begin.
+    let checked = Instant::now();
+    let begun = futures::future::join_all(batch.iter().map(|job| begin(ctx, job))).await;
+    for (mut job, begun) in batch.into_iter().zip(begun) {
+        match begun {
+            Ok(Some(record)) => {
+                // The trace id came from the dispatcher (HTTP → AMQP header); it ties these logs to the request.
+                tracing::info!(job = %job.id(), trace_id = %job.trace_id, attempt = job.delivery_count + 1, "job started");
+                job.record = Some(record);
+                job.cancel_checked = Some(checked);
+                runnable.push(job)
+            }
+            Ok(None) => job.ack().await,
+            Err(reason) => {
+                tracing::warn!(job = %job.id(), %reason, "cannot start job; handing it back");
+                job.requeue().await;
+            }
+        }
+    }
+    if runnable.is_empty() {
+        return;
+    }
+    generate_and_finish(ctx, runnable).await;
+}
+
+async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
+    let mut runnable = Vec::new();
+    for mut job in jobs {
+        match unsupported(job.job.spec(), &ctx.models) {
+            Some(error) => settle(ctx, &mut job, Outcome::Fail(error)).await,
+            None => runnable.push(job),
+        }
+    }
+    if runnable.is_empty() {
+        return;
+    }
+    if runnable.len() > 1 {
+        // A batch shares its model, size and steps, but each job gets its own forward pass: a
+        // forward over several jobs differs from a single run by float rounding (≈1e-4 on CPU),
+        // which flips some 8-bit pixels, and a job must give the same pixels as `fleet generate`.
+        for job in runnable {
+            Box::pin(generate_and_finish(ctx, vec![job])).await;
+        }
+        return;
+    }
+    let model = runnable[0].job.spec().model.clone();
+    let (pipeline, request) = match prepare(ctx, runnable[0].job.spec()).await {
+        Ok(p) => p,
+        Err(error) => {
+            let Some(mut job) = runnable.into_iter().next() else { return };
+            settle(ctx, &mut job, Outcome::Fail(error)).await;
+            return;
+        }
+    };
+    match generate(ctx, pipeline.clone(), request, &mut runnable).await {
+        Ok(images) => {
+            let ctx = ctx.clone();
+            let pixels = images.iter().map(|i| u64::from(i.width()) * u64::from(i.height())).sum();
+            let finishing = ctx.finishing.clone();
+            finishing.spawn(pixels, async move { finish(&ctx, runnable, images, &model, &pipeline).await }).await;
+        }
+        Err(EngineError::Cancelled) => {
+            let Some(mut job) = runnable.into_iter().next() else { return };
+            let id = job.id();
+            tracing::info!(job = %id, "cancelled mid-run");
+            let cancel = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) };
+            let outcome = match retry(|| ctx.status.update(id, cancel)).await {
+                Ok(_) | Err(StatusError::Illegal(_)) => Outcome::Settled,
+                Err(e) => Outcome::Requeue(e.into()),
+            };
+            settle(ctx, &mut job, outcome).await;
+        }
+        Err(err) => {
+            let Some(mut job) = runnable.into_iter().next() else { return };
+            let outcome = match classify(&err) {
+                Some(code) if code.retryable() && job.delivery_count < ctx.config.rabbitmq.delivery_limit => {
+                    Outcome::Requeue(err.into())
+                }
+                Some(code) => Outcome::Fail(JobError::new(code, err.to_string())),
+                None => Outcome::Fail(JobError::new(ErrorCode::Internal, err.to_string())),
+            };
+            settle(ctx, &mut job, outcome).await;
+        }
+    }
+}
+
+/// Maps an engine failure to the code a client sees.
+fn classify(err: &EngineError) -> Option<ErrorCode> {
+    let text = err.to_string().to_lowercase();
+    if text.contains("out of memory") || text.contains("cuda_error_out_of_memory") {
+        return Some(ErrorCode::Oom);
+    }
+    match err {
+        EngineError::InvalidRequest(_) | EngineError::Shape { .. } => Some(ErrorCode::InvalidSpec),
+        EngineError::Image(_) | EngineError::NonFinite { .. } => Some(ErrorCode::InvalidOutput),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The API admits control images by fleet-core's limits and this worker decodes them with the
+    /// engine's (which cannot see fleet-core): an image the API accepts must not fail here.
+    #[test]
+    fn the_api_and_the_engine_agree_on_the_largest_control_image() {
+        assert_eq!(
+            fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE,
+            fleet_engine::control_image::MAX_CONTROL_IMAGE_SIDE
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! What a job runs on: whether this worker can serve it at all, and its pipeline and request
+//! (through fleet-render, as every path that renders jobs builds them).
+
+use std::sync::Arc;
+
+use fleet_core::validate::ControlImageSource;
+use fleet_core::{ErrorCode, JobError};
+use fleet_engine::{GenerateRequest, Pipeline};
+use fleet_render::{ModelError, Models, job_request};
+
+use super::{RunContext, retry};
+
+/// Reasons a job cannot run on this worker at all, before any compute.
+pub(super) fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> {
+    if models.get(&spec.model).is_none() {
+        return Some(JobError::new(
+            ErrorCode::ModelUnavailable,
+            format!("this worker does not serve model `{}`", spec.model),
+        ));
+    }
+    for lora in &spec.loras {
+        if !models.has_lora(&lora.name) {
+            return Some(JobError::new(ErrorCode::UnknownLora, ModelError::UnknownLora(lora.name.clone()).to_string()));
+        }
+    }
+    if let Some(cn) = &spec.controlnet
+        && let Err(e) = models.controlnet_dir(&cn.model)
+    {
+        return Some(JobError::new(ErrorCode::UnknownControlnet, e.to_string()));
+    }
+    None
+}
+
+/// The pipeline (with the job's LoRA set fused in, from the cache or built now) and the
+/// request with its ControlNet; building or decoding happens off the async runtime. `Err` is the
+/// job's own fault.
+pub(super) async fn prepare(
+    ctx: &RunContext,
+    spec: &fleet_core::JobSpec,
+) -> Result<(Arc<Pipeline>, GenerateRequest), JobError> {
+    // The common case — a loaded model or a cached LoRA set, no control image to decode — needs
+    // no trip to the blocking pool.
+    if spec.controlnet.is_none()
+        && let Some((pipeline, outcome)) = ctx.models.ready(&spec.model, &spec.loras)
+    {
+        tracing::debug!(model = %spec.model, ?outcome, "pipeline for the job's LoRA set");
+        return Ok((pipeline, job_request(spec)));
+    }
+    let control_bytes = match &spec.controlnet {
+        Some(cn) => Some(control_image_bytes(ctx, &spec.model, &cn.image).await?),
+        None => None,
+    };
+    let models = ctx.models.clone();
+    let spec = spec.clone();
+    let built = tokio::task::spawn_blocking(move || fleet_render::prepare(&models, &spec, control_bytes.as_deref()));
+    match built.await {
+        Ok(r) => r,
+        Err(e) => Err(JobError::new(ErrorCode::Internal, format!("pipeline thread: {e}"))),
+    }
+}
+
+/// The bytes of a job's control image: inline (already checked at intake) or an object of this
+/// worker's bucket.
+async fn control_image_bytes(ctx: &RunContext, model: &str, image: &str) -> Result<Vec<u8>, JobError> {
+    let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("controlnet.image: {m}"));
+    let limits = ctx.config.limits_for(model);
+    match fleet_core::validate::parse_control_image(image, &limits).map_err(invalid)? {
+        ControlImageSource::Inline { bytes, .. } => Ok(bytes),
+        ControlImageSource::S3 { bucket, key } if bucket == ctx.config.s3.bucket => {
+            match retry(|| ctx.store.get(&key)).await {
+                Ok(Some(obj)) => Ok(obj.body),
+                Ok(None) => Err(invalid(format!("s3://{bucket}/{key} does not exist"))),
+                Err(e) => Err(JobError::new(ErrorCode::Internal, format!("control image: {e}"))),
+            }
+        }
+        ControlImageSource::S3 { bucket, .. } => Err(invalid(format!(
+            "this worker reads control images only from its own bucket `{}`, not `{bucket}`",
+            ctx.config.s3.bucket
+        ))),
+    }
+}

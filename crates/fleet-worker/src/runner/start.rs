@@ -1,0 +1,51 @@
+//! A job's start: its record goes to `running`, or the job turns out to need nothing.
+
+use chrono::Utc;
+use fleet_core::{JobState, JobStatus};
+use fleet_status::{CreateOutcome, StatusError, Versioned};
+
+use super::{RunContext, retry};
+use crate::intake::Pending;
+
+/// Marks the job running and returns its record as written. `Ok(None)`: nothing to do (cancelled
+/// or already finished by an earlier delivery) and the message can be acked. `Err`: the status
+/// store is unreachable.
+pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Versioned>, StatusError> {
+    let id = job.id();
+    // The record and the cancel flag in one round trip; the start below writes from that record.
+    let (record, cancelled) = retry(|| ctx.status.read_with_cancel_flag(id)).await?;
+    if cancelled {
+        let _ = ctx.status.update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) }).await;
+        return Ok(None);
+    }
+    let worker = ctx.worker_id.clone();
+    let start = |s: &mut JobStatus| {
+        // A record left `running` by a worker that died is taken over: running → queued → running.
+        if s.state == JobState::Running {
+            s.requeue(Utc::now())?;
+        }
+        s.start(&worker, Utc::now())
+    };
+    let started = match record {
+        Some(record) => retry(|| ctx.status.update_from(id, Some(record.clone()), start)).await,
+        None => Err(StatusError::NotFound(id)),
+    };
+    match started {
+        Ok(record) => {
+            ctx.stats.queue_wait.observe((Utc::now() - record.status.created_at).as_seconds_f64());
+            Ok(Some(record))
+        }
+        Err(StatusError::Illegal(_)) => Ok(None),
+        Err(StatusError::NotFound(_)) => {
+            // Published straight onto the queue (or its record expired): create the record, then start.
+            let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
+            match retry(|| ctx.status.create(&queued, None)).await {
+                // (`create` sets no in-flight limit, so it never answers InFlightLimit)
+                Ok(CreateOutcome::Created | CreateOutcome::Existing(_) | CreateOutcome::InFlightLimit { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            retry(|| ctx.status.update_from(id, None, start)).await.map(Some)
+        }
+        Err(e) => Err(e),
+    }
+}

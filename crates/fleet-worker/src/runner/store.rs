@@ -1,0 +1,118 @@
+//! Storing a job's results: encode and upload its images side by side, then mark it succeeded.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chrono::Utc;
+use fleet_core::{ErrorCode, ImageResult, JobError, JobStatus};
+use fleet_engine::Pipeline;
+use fleet_status::StatusError;
+use fleet_storage::ObjectMeta;
+use image::RgbImage;
+
+use super::settle::{Outcome, settle};
+use super::{PROGRESS_EVERY, RunContext, retry};
+use crate::intake::Pending;
+
+pub(super) async fn finish(
+    ctx: &RunContext,
+    jobs: Vec<Pending>,
+    images: Vec<RgbImage>,
+    model: &str,
+    pipeline: &Pipeline,
+) {
+    let mut images = images.into_iter();
+    for mut job in jobs {
+        let n = job.job.spec().num_images as usize;
+        let mine: Vec<_> = images.by_ref().take(n).collect();
+        let outcome = store_job(ctx, &job, mine, model, pipeline).await;
+        settle(ctx, &mut job, outcome).await;
+    }
+}
+
+/// Encodes and uploads one job's images and marks it succeeded.
+async fn store_job(
+    ctx: &RunContext,
+    job: &Pending,
+    images: Vec<RgbImage>,
+    model: &str,
+    pipeline: &Pipeline,
+) -> Outcome {
+    let spec = job.job.spec();
+    let id = job.id();
+    // A job that started less than PROGRESS_EVERY ago was checked then: like the progress
+    // reporter, notice a cancel at most that late (one Redis round trip less per short job).
+    let checked_lately = job.cancel_checked.is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
+    let cancelled = if checked_lately { Ok(false) } else { ctx.status.is_cancel_requested(id).await };
+    match cancelled {
+        Ok(true) => {
+            let _ = retry(|| ctx.status.update(id, |s| s.cancel(Utc::now()))).await;
+            return Outcome::Settled;
+        }
+        Ok(false) => {}
+        Err(e) => return Outcome::Requeue(e.into()),
+    }
+    let tenant = spec.tenant.clone().unwrap_or_default();
+    let prediction = pipeline.scheduler.prediction_type.as_str();
+    // A job's images are encoded and uploaded side by side, not one after another: an n-image job
+    // waits for one PUT round trip, not n (tens of milliseconds each against a remote S3).
+    let stores = images.into_iter().enumerate().map(|(i, image)| {
+        let tenant = tenant.as_str();
+        let (own_spec, config) = (spec.clone(), ctx.config.clone());
+        async move {
+            let encoded = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                fleet_render::encode_job_image(&own_spec, &config.worker, i, &image, prediction)
+                    .map(|b| (b, started.elapsed()))
+            });
+            let bytes = match encoded.await {
+                Ok(Ok((bytes, took))) => {
+                    ctx.stats.encode_seconds.observe_duration(took);
+                    bytes
+                }
+                Ok(Err(e)) => return Err(Outcome::Fail(JobError::new(ErrorCode::InvalidOutput, e.to_string()))),
+                Err(e) => {
+                    return Err(Outcome::Fail(JobError::new(ErrorCode::Internal, format!("encoder thread: {e}"))));
+                }
+            };
+            let index = i as u32;
+            let seed = spec.seed.unwrap_or_default().wrapping_add(u64::from(index));
+            let key = fleet_storage::object_key(&ctx.config.s3.prefix, tenant, id, index, spec.output.format);
+            let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
+            let content_type = spec.output.format.content_type();
+            let upload_started = Instant::now();
+            let stored = retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta))
+                .await
+                .map_err(|e| Outcome::Requeue(e.into()))?;
+            ctx.stats.upload_seconds.observe_duration(upload_started.elapsed());
+            Ok(ImageResult {
+                index,
+                key: stored.key,
+                seed,
+                width: spec.width,
+                height: spec.height,
+                format: spec.output.format,
+                sha256: stored.sha256,
+                bytes: stored.bytes,
+            })
+        }
+    });
+    // The first failure settles the job (its other uploads are dropped; their keys are
+    // idempotent, so a later attempt overwrites whatever they left).
+    let results = match futures::future::try_join_all(stores).await {
+        Ok(results) => results,
+        Err(outcome) => return outcome,
+    };
+    let count = results.len() as u64;
+    let succeed = |s: &mut JobStatus| s.succeed(results.clone(), Utc::now());
+    match retry(|| ctx.status.update_from(id, job.record.clone(), succeed)).await {
+        Ok(_) => {
+            ctx.stats.jobs_done.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.images_done.fetch_add(count, Ordering::Relaxed);
+            Outcome::Settled
+        }
+        // Cancelled meanwhile (or finished by another delivery): the objects are harmless, the state stands.
+        Err(StatusError::Illegal(_)) => Outcome::Settled,
+        Err(e) => Outcome::Requeue(e.into()),
+    }
+}
