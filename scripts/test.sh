@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real services: starts Redis, RabbitMQ and
-# SeaweedFS (S3) when they are not already running, then (with no arguments) scripts/audit.sh,
-# `cargo test --workspace`, then (with no arguments) scripts/deploy-check.sh on the deployment files.
+# SeaweedFS (S3) when they are not already running, then (with no arguments) scripts/audit.sh and
+# scripts/unused-deps.py, `cargo test --workspace`, then (with no arguments) scripts/deploy-check.sh
+# on the deployment files.
 # Extra arguments go to cargo test (e.g. `scripts/test.sh -p fleet-core`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ clean_queues
 # The whole suite (no arguments) first audits Cargo.lock against the RustSec advisory database.
 if [ $# -eq 0 ]; then
   scripts/audit.sh
+  # every declared dependency is used (what `cargo machete` checks; no build, no install)
+  python3 scripts/unused-deps.py
 fi
 status=0
 cargo test --workspace --locked "$@" || status=$?
