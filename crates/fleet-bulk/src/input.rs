@@ -13,38 +13,7 @@ use serde_json::{Map, Value};
 use crate::csv_row::CsvRows;
 use crate::error::BulkError;
 
-/// The format of an input file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputFormat {
-    /// One JSON object per line: `prompt` plus job-field overrides, `key`, `metadata`.
-    Jsonl,
-    /// A header row naming the columns (`prompt` and override columns), then one row per prompt.
-    Csv,
-    /// One prompt per line.
-    Text,
-}
-
-impl InputFormat {
-    /// The format a file name suggests: `.jsonl`/`.ndjson`/`.json` → JSONL, `.csv` → CSV, else text.
-    pub fn from_path(path: &Path) -> InputFormat {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("jsonl" | "ndjson" | "json") => InputFormat::Jsonl,
-            Some("csv") => InputFormat::Csv,
-            _ => InputFormat::Text,
-        }
-    }
-
-    /// Parses `jsonl`, `csv` or `text`.
-    pub fn parse(name: &str) -> Result<InputFormat, BulkError> {
-        match name {
-            "jsonl" | "ndjson" => Ok(InputFormat::Jsonl),
-            "csv" => Ok(InputFormat::Csv),
-            "text" | "txt" => Ok(InputFormat::Text),
-            other => Err(BulkError::Config(format!("input format `{other}`: expected jsonl, csv or text"))),
-        }
-    }
-}
+pub use fleet_status::bulk_runs::InputFormat;
 
 /// One input row: its fields as a JSON object.
 #[derive(Debug, Clone, PartialEq)]

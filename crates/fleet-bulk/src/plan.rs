@@ -65,12 +65,14 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a run name: 1–64 of `A-Z a-z 0-9 . _ -` (it is part of Redis keys and idempotency keys).
+/// Checks a run name against [`fleet_core::names::is_run_name`] (it is part of Redis keys and
+/// idempotency keys).
 pub fn check_run_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok { Ok(()) } else { Err(format!("run name `{name}`: use 1 to 64 of letters, digits, `.`, `_`, `-`")) }
+    if fleet_core::names::is_run_name(name) {
+        Ok(())
+    } else {
+        Err(format!("run name `{name}`: use 1 to 64 of letters, digits, `.`, `_`, `-`"))
+    }
 }
 
 #[cfg(test)]

@@ -4,34 +4,12 @@
 //! The stats file goes last: its presence is what marks a shard complete, so a crash part-way
 //! leaves a shard that a resume rewrites.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::BulkError;
 use crate::output::Output;
 use crate::plan::shard_name;
 use crate::record::{SampleRecord, ShardStats};
 
-/// How samples are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    /// `NNNNN.tar` with `KEY.png`, `KEY.txt`, `KEY.json` per sample.
-    #[default]
-    WebDataset,
-    /// `NNNNN/KEY.png` plus `NNNNN/metadata.jsonl` (ImageFolder).
-    Files,
-}
-
-impl Layout {
-    /// Parses `webdataset` or `files`.
-    pub fn parse(name: &str) -> Result<Layout, BulkError> {
-        match name {
-            "webdataset" | "wds" => Ok(Layout::WebDataset),
-            "files" | "imagefolder" => Ok(Layout::Files),
-            other => Err(BulkError::Config(format!("--format {other}: expected webdataset or files"))),
-        }
-    }
-}
+pub use fleet_status::bulk_runs::Layout;
 
 /// `NNNNN_stats.json`.
 pub fn stats_name(shard: u64) -> String {

@@ -6,6 +6,7 @@
 //! - [`status`]: the job status model and its checked transitions;
 //! - [`error_code`]: the table of stable error codes (HTTP status, retryability);
 //! - [`backoff`]: the one retry policy every retry loop waits by;
+//! - [`names`]: the naming rules shared by every crate (bulk-run names, which become parts of Redis keys);
 //! - [`config`]: configuration types, defaults and layered loading;
 //! - [`control_image`]: inline control images decode within size and memory bounds;
 //! - [`schema`]: the JSON Schema published in `docs/job.schema.json`.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod control_image;
 pub mod error_code;
 pub mod job;
+pub mod names;
 pub mod parse;
 pub mod schema;
 pub mod status;

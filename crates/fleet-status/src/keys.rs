@@ -86,4 +86,20 @@ impl Keys {
     pub(crate) fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
     }
+
+    /// Hash of one bulk run: `run` (`RunRecord` JSON), `progress` (`Snapshot` JSON).
+    pub(crate) fn bulk_run(&self, run: &str) -> String {
+        format!("{}:bulk:{run}", self.prefix)
+    }
+
+    /// Set of the ids of a bulk run's jobs not yet final.
+    pub(crate) fn bulk_run_jobs(&self, run: &str) -> String {
+        format!("{}:bulk:{run}:jobs", self.prefix)
+    }
+
+    /// Sorted set of bulk-run names, scored by their record's last write in ms. Not under
+    /// `{p}:bulk:`, where a run could be named like it.
+    pub(crate) fn bulk_runs(&self) -> String {
+        format!("{}:bulk_runs", self.prefix)
+    }
 }

@@ -1,6 +1,7 @@
 //! Job status in Redis for lightning-fleet: the record clients poll, the idempotency keys the
 //! dispatcher checks, the events an SSE stream follows, cancellation flags workers read between
-//! steps, worker heartbeats and per-model counters.
+//! steps, worker heartbeats and per-model counters; and the bulk runs `fleet bulk` records
+//! ([`bulk_runs`]).
 //!
 //! Everything goes through [`StatusStore`]. Every multi-key write is one Lua script, so the
 //! invariants hold with many dispatchers and workers at once: an idempotency key creates one job,
@@ -12,12 +13,14 @@
 
 #![warn(missing_docs)]
 
+pub mod bulk_runs;
 mod error;
 mod keys;
 mod scripts;
 pub mod store;
 mod types;
 
+pub use bulk_runs::{BulkRunStore, BulkRunsError};
 pub use error::StatusError;
 pub use store::StatusStore;
 pub use types::{BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};

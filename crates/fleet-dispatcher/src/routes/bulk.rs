@@ -5,6 +5,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use fleet_core::names::is_run_name;
 use serde::Deserialize;
 
 use crate::App;
@@ -28,13 +29,6 @@ pub async fn list(
     Ok(Json(BulkRunPage { runs: app.bulk_runs.list(limit).await? }))
 }
 
-/// Run names as `fleet bulk` allows them (anything else cannot name a run, nor another key).
-fn is_run_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// `GET /v1/bulk/runs/{name}` (admin): one run, with its count of unfinished jobs.
 pub async fn get_one(
     State(app): State<App>,
@@ -43,6 +37,7 @@ pub async fn get_one(
 ) -> Result<Json<BulkRun>, ApiError> {
     caller.require_admin()?;
     let not_found = || ApiError::not_found(format!("bulk run `{name}`"));
+    // Anything that is not a run name cannot name a run, nor reach another key.
     if !is_run_name(&name) {
         return Err(not_found());
     }
