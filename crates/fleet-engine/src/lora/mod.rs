@@ -12,8 +12,9 @@
 //!   (`unet.lora_alpha`, `unet.r`, `unet.alpha_pattern`, `unet.rank_pattern`).
 //!
 //! Fused weight: `W + scale · (alpha / rank) · up @ down` (alpha defaults to rank; convs are
-//! reshaped to 2-D and back). A `VarBuilder` backend ([`fuse`]) adds the deltas as the model fetches its tensors,
-//! so the fused model is built in one pass without a second copy of the base weights.
+//! reshaped to 2-D and back). A `VarBuilder` backend ([`fuse`]) adds the deltas as the model
+//! fetches its tensors, so the fused model is built in one pass without a second copy of the
+//! base weights.
 //!
 //! The files here, one job each:
 //! - [`format`]: reading kohya and diffusers/PEFT files into [`LoraFile`] (keys, alphas, checks);

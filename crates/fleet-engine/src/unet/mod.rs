@@ -5,12 +5,11 @@
 //! transformer_blocks.0.attn2.to_k.weight`, `add_embedding.linear_1.weight`, ...), so the
 //! SDXL base UNet and the SDXL-Lightning UNet files load directly. Group norms use the
 //! config's `norm_num_groups` everywhere (candle's stock blocks hard-code 32).
-
 //!
 //! The modules mirror diffusers' files:
 //! - [`config`]: `UNetConfig` and the per-block layout checked from it;
 //! - [`embeddings`]: the sinusoidal timestep embedding and `TimestepEmbedding`;
-//! - [`resnet`]: `ResnetBlock2D`;
+//! - [`resnet`]: the `ResnetBlock2D`;
 //! - [`transformer_2d`]: `Attention`, `BasicTransformerBlock`, `Transformer2DModel`;
 //! - [`unet_2d_blocks`]: the down, up and mid blocks;
 //! - [`encoder`]: embeddings + `conv_in` + down + mid, shared with the ControlNet;
