@@ -7,7 +7,7 @@
 //! fault and a kernel zeroing per 4 KiB (217 k faults over a medium-model benchmark). With the
 //! mmap threshold at glibc's maximum for 64-bit (32 MiB) and freed memory kept up to 256 MiB, the
 //! same run takes 126 k faults, about what the first touch of the model costs (84 M f32
-//! parameters are 82 k pages) (docs/PERFORMANCE.md, change 13).
+//! parameters are 82 k pages) (docs/PERFORMANCE.md).
 //!
 //! Process-wide, set once when the first CPU pipeline loads; skipped with
 //! `FLEET_ENGINE_KERNELS=candle` (so the A/B covers it) and on other C libraries.

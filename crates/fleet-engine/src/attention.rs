@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fast_math::exp;
-use crate::matmul::{Operand, Product, SharedOut, product};
+use crate::matmul::{Operand, Product, product};
 use crate::util::contiguous_f32;
 
 /// softmax(q·kᵀ·scale)·v over the last two dimensions: q [.., n, d], k and v [.., m, d] with
@@ -82,29 +82,28 @@ impl CustomOp3 for Attention {
         let by_cache = (BLOCK_SCORES / m.max(1)).max(1);
         let by_threads = n.div_ceil(rayon::current_num_threads()).max(16);
         let rows = by_cache.min(by_threads).clamp(1, n);
-        let blocks_per_head = n.div_ceil(rows);
         let scale = self.scale;
         let arch = pulp::Arch::new();
-        // Each task writes only its own block of output rows.
-        let dst = SharedOut::new(&mut out);
-        (0..heads * blocks_per_head).into_par_iter().try_for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
-            let (head, first) = (task / blocks_per_head, (task % blocks_per_head) * rows);
+        // Each task writes only its own block of output rows: the output cut into one disjoint
+        // `&mut` chunk per (head, block of query rows).
+        let blocks: Vec<(usize, usize, &mut [f32])> = out
+            .chunks_mut(n * d)
+            .enumerate()
+            .flat_map(|(head, head_out)| {
+                head_out.chunks_mut(rows * d).enumerate().map(move |(block, dst)| (head, block * rows, dst))
+            })
+            .collect();
+        blocks.into_par_iter().try_for_each_init(Vec::new, |scores: &mut Vec<f32>, (head, first, dst)| {
             let count = rows.min(n - first);
             let q_block = &q[(head * n + first) * d..(head * n + first + count) * d];
             let (k_head, v_head) = (&k[head * m * d..(head + 1) * m * d], &v[head * m * d..(head + 1) * m * d]);
             scores.resize(count * m, 0.0);
             // scores = scale · q_block × kᵀ (kᵀ: k read column-major).
             let shape = Product { m: count, n: m, k: d, offset: 0, dst_rs: m, scale };
-            product(
-                &SharedOut::new(scores),
-                shape,
-                Operand::row_major(q_block, d),
-                Operand { data: k_head, rs: 1, cs: d },
-                1,
-            )?;
+            product(scores, shape, Operand::row_major(q_block, d), Operand { data: k_head, rs: 1, cs: d }, 1)?;
             arch.dispatch(SoftmaxRows { scores, width: m });
-            let shape = Product { m: count, n: d, k: m, offset: (head * n + first) * d, dst_rs: d, scale: 1.0 };
-            product(&dst, shape, Operand::row_major(scores, m), Operand::row_major(v_head, d), 1)
+            let shape = Product { m: count, n: d, k: m, offset: 0, dst_rs: d, scale: 1.0 };
+            product(dst, shape, Operand::row_major(scores, m), Operand::row_major(v_head, d), 1)
         })?;
         Ok((CpuStorage::F32(out), q_layout.shape().clone()))
     }

@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::matmul::{Operand, Product, SharedOut, product};
+use crate::matmul::{Operand, Product, SharedOut, product_shared};
 use crate::util::contiguous_f32;
 
 /// Elements of one large patch tile (16 MiB of f32): bounds the extra memory of a wide convolution.
@@ -238,7 +238,15 @@ impl CustomOp2 for PatchConv {
             }
             let offset = img * c_out * positions + first;
             let shape = Product { m: c_out, n: cols, k: patch_rows, offset, dst_rs: positions, scale: 1.0 };
-            product(&dst, shape, Operand::row_major(weight, patch_rows), Operand::row_major(rows, cols), threads)
+            let (lhs, rhs) = (Operand::row_major(weight, patch_rows), Operand::row_major(rows, cols));
+            // SAFETY: tile `t` writes output positions [first, first + cols) of image `img` in
+            // every channel's plane, and tiles cover disjoint (image, position) ranges, so no two
+            // tiles (run in parallel or not) write the same element; nothing reads `out` until
+            // every tile is done.
+            #[allow(unsafe_code)]
+            unsafe {
+                product_shared(&dst, shape, lhs, rhs, threads)
+            }
         };
         let tiles = b * tiles_per_image;
         if plan.tiles_in_parallel {

@@ -10,7 +10,7 @@ const RAYON_NUM_THREADS: &str = "RAYON_NUM_THREADS";
 ///
 /// candle reads its count on every CPU matmul; unless `RAYON_NUM_THREADS` is set, that means
 /// opening and parsing `/proc/cpuinfo` (≈ 35 µs on Linux, ≈ 180 times for a 64² tiny-model
-/// image; 6–16 % of a tiny or medium image's time: docs/PERFORMANCE.md, change 29). This stores
+/// image; 6–16 % of a tiny or medium image's time: docs/PERFORMANCE.md). This stores
 /// candle's own answer (the physical cores, or the CPUs the process may use) in
 /// `RAYON_NUM_THREADS` and builds rayon's global pool with the size rayon would have picked
 /// without the variable (every logical CPU), so only the repeated reads go away. Does nothing

@@ -2,10 +2,10 @@
 //!
 //! candle's own CUDA convolution writes the whole patch matrix before a cuBLAS product (im2col:
 //! 2.4 GB for one 128-channel layer at 1024²): 47 % of the kernel time of the UNet's tail and the
-//! VAE on an H100 (run G4 in docs/PERFORMANCE.md). candle's cuDNN path avoids the patch matrix, but
+//! VAE on an H100 (docs/PERFORMANCE.md). candle's cuDNN path avoids the patch matrix, but
 //! it asks for half-precision accumulation, creates its descriptors and allocates and zeroes a
 //! workspace on every call, and adds the bias with a separate broadcast kernel; it made the
-//! batch-1 UNet 50 % slower (run G2). Here, as PyTorch does for f16/bf16 convolutions: f32
+//! batch-1 UNet 50 % slower. Here, as PyTorch does for f16/bf16 convolutions: f32
 //! accumulation with tensor-core math, descriptors and algorithm made once per shape, one
 //! workspace kept and grown, and the bias added in place (by the engine's own kernel, or
 //! `cudnnAddTensor` when that is switched off).
@@ -15,6 +15,9 @@
 //! `FLEET_ENGINE_CUDNN_ALGO=search` (`cudnnFindConvolutionForwardAlgorithm`, PyTorch's
 //! `cudnn.benchmark`: a few seconds of searching the first time each shape is seen; two runs can
 //! pick different algorithms and differ in the last bits).
+//!
+//! One file for one thing, a cuDNN convolution op: its handle, descriptors and per-shape plans
+//! are one FFI unit owned together (RAII); most of the length is the FFI calls' arguments.
 
 // cuDNN FFI and uninitialised device buffers: each unsafe block says why it holds.
 #![allow(unsafe_code)]
@@ -205,7 +208,7 @@ fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let bias_view = bias.map(|(b, layout)| contiguous::<T>(b, layout, "conv bias")).transpose()?;
     let out_shape = shape.out_shape();
     // cudnnAddTensor reached a third of the memory bandwidth on an H100 (5.5 % of the kernel
-    // time in run G6's profile); the engine's own kernel is one coalesced pass.
+    // time in a profile of a 1024² image); the engine's own kernel is one coalesced pass.
     let own_bias_kernel = crate::util::own_cuda_kernel("bias");
     // SAFETY: cuDNN writes every element (beta = 0) before anyone reads it.
     let mut y = unsafe { stream.alloc::<T>(out_shape.elem_count()) }.w()?;

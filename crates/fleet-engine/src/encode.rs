@@ -6,6 +6,9 @@
 //! * JPEG: two `COM` segments (the `parameters` text, then the JSON).
 //! * WebP (lossless; `quality` is ignored): extended format with an `EXIF` chunk whose
 //!   `UserComment` is the `parameters` text (as A1111 writes it) and an `XMP ` chunk with the JSON.
+//!
+//! One file for one thing, writing a result image with its parameters: the three formats share
+//! [`GenerationParams`] and the tests that read each back; the code is under 400 lines, the rest tests.
 
 use std::path::{Path, PathBuf};
 
@@ -116,7 +119,7 @@ fn enc_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// How hard PNG's deflate works. Every level writes a standard PNG any decoder reads; they differ
-/// in CPU time and size. Per megapixel of a photograph (docs/PERFORMANCE.md, change 34): `fast`
+/// in CPU time and size. Per megapixel of a photograph (docs/PERFORMANCE.md): `fast`
 /// ≈ 6–9 ms, `balanced` (zlib level 6, what Pillow's `save` and `image`'s encoder use) 130–250 ms
 /// for files up to 7 % smaller, `high` (level 9) 130–610 ms for ≈ 1 % less again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -165,8 +168,9 @@ pub fn encode_image(
     options: &EncodeOptions,
     params: Option<&GenerationParams>,
 ) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
     let (w, h) = img.dimensions();
+    let _span = tracing::info_span!("encode_image", format = ?format, width = w, height = h).entered();
+    let mut buf = Vec::new();
     match format {
         ImageFormat::Png => encode_png(&mut buf, img, options.png, params)?,
         ImageFormat::Jpeg => {
@@ -289,8 +293,7 @@ pub fn png_text_chunks(png: &[u8]) -> Vec<(String, String)> {
 
 /// Baseline JPEG at `quality` (1–100) with full-resolution chroma (4:4:4, as `image`'s encoder
 /// writes it) and Huffman tables fitted to the image, through `jpeg-encoder`: 11–12 ms per
-/// megapixel against 16–17 for `image`'s encoder, files within ±2 % (docs/PERFORMANCE.md,
-/// change 39).
+/// megapixel against 16–17 for `image`'s encoder, files within ±2 % (docs/PERFORMANCE.md).
 fn encode_jpeg(buf: &mut Vec<u8>, img: &RgbImage, quality: u8) -> Result<()> {
     let (w, h) = img.dimensions();
     let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
@@ -447,7 +450,7 @@ mod tests {
     #[test]
     fn every_png_compression_keeps_pixels_and_text_and_takes_effect() {
         // Smooth gradients plus fine detail, where zlib's effort pays. (On some photographs
-        // fdeflate's one pass comes out smaller than level 6: docs/PERFORMANCE.md, change 34.)
+        // fdeflate's one pass comes out smaller than level 6: docs/PERFORMANCE.md.)
         let photo = RgbImage::from_fn(192, 128, |x, y| {
             let v = ((x as f32 / 9.0).sin() * 60.0 + (y as f32 / 13.0).cos() * 50.0 + ((x * y) % 7) as f32) as i32;
             image::Rgb([(128 + v).clamp(0, 255) as u8, (100 + v / 2).clamp(0, 255) as u8, (x % 256) as u8])

@@ -35,7 +35,7 @@ pub enum EngineError {
     Tokenizer { component: String, message: String },
     /// A model could not be fetched from the Hugging Face Hub (or its cache).
     #[error(
-        "cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and pass a local diffusers-layout folder with --model DIR (or use --model tiny)"
+        "cannot get {repo} from the Hugging Face Hub: missing {missing}. {message}. Download the model and load it from a local diffusers-layout folder (ModelSource::Dir), or load the built-in tiny model (ModelSource::Tiny)"
     )]
     Hub { repo: String, missing: String, message: String },
     /// The requested device is not available in this build.
@@ -62,7 +62,7 @@ pub enum EngineError {
     Lora { name: String, message: String },
     /// LoRA entries matched no module of the model (a LoRA for another architecture?).
     #[error(
-        "{count} LoRA entr(y/ies) match no module of this model (a LoRA for another architecture?): {keys}; pass --lora-allow-unmatched (LoadOptions::allow_unmatched_lora) to ignore them"
+        "{count} LoRA entr(y/ies) match no module of this model (a LoRA for another architecture?): {keys}; set LoadOptions::allow_unmatched_lora to ignore them"
     )]
     LoraUnmatched { count: usize, keys: String },
     /// A ControlNet model or its conditioning image is unusable with this request or model.

@@ -3,7 +3,7 @@
 //!
 //! candle 0.11's `GroupNorm` on a GPU is a dozen element-wise kernels in f32 (casts, sums,
 //! broadcast subtract, square, divide, multiply, add) plus SiLU as another: 13 % of the kernel time
-//! of the UNet's tail and the VAE on an H100 (run G4 in docs/PERFORMANCE.md). These read the
+//! of the UNet's tail and the VAE on an H100 (docs/PERFORMANCE.md). These read the
 //! activations twice (statistics, then the normalisation) and write them once.
 
 // Kernel launches and uninitialised device buffers: each unsafe block says why it holds.

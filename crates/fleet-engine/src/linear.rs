@@ -3,7 +3,7 @@
 //!
 //! candle's `Linear` adds the bias with a broadcast kernel after the product: another read and
 //! write of every output, and with the residual adds the largest kernel after the products in
-//! the UNet's transformer blocks on an H100 (`badd_f16`, 14–21 % of run G3/G4's kernel time).
+//! the UNet's transformer blocks on an H100 (`badd_f16`, 14–21 % of the kernel time in a profile, docs/PERFORMANCE.md).
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;

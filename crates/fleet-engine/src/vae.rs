@@ -145,9 +145,8 @@ impl Vae {
                 z = (z + s)?;
             }
             // One image at a time: bounds the peak memory of large decodes (a 1024² image's
-            // full-resolution activations are hundreds of MiB each). It began as the workaround
-            // for candle 0.11's VAE attention block, wrong for batches > 1; the decoder now has
-            // its own (`MidAttention`), which is not.
+            // full-resolution activations are hundreds of MiB each). (The decoder's attention,
+            // `MidAttention`, is correct for batches > 1, unlike candle 0.11's.)
             let z = z.to_dtype(self.dtype)?;
             let mut outs = Vec::with_capacity(z.dim(0)?);
             for i in 0..z.dim(0)? {

@@ -96,7 +96,7 @@ impl Module for MidAttention {
         // [b, 1 head, positions, c]. In f32, as candle's block computed it (f16 scores over 512
         // channels can overflow), except on CUDA with the engine's kernels: there diffusers runs
         // an f16 VAE's attention in f16 (the fp16-fix VAE is scaled so that it fits), and candle's
-        // softmax sums in f32 (the f32 products cost 8 % of a 1-step image in run G6).
+        // softmax sums in f32 (the f32 products cost 8 % of a 1-step image on an H100).
         let in_model_dtype = x.device().is_cuda() && crate::util::own_cuda_kernel("vae-attention");
         let heads = |l: &Linear| {
             let h = l.forward(&seq)?.unsqueeze(1)?;

@@ -219,7 +219,7 @@ fn hub_ids_resolve_through_the_cache_and_offline_gives_one_clear_error() {
     assert!(msg.contains("sdxl_lightning_4step_unet.safetensors"), "{msg}");
     assert!(msg.contains("stabilityai/stable-diffusion-xl-base-1.0/text_encoder_2/model.safetensors"), "{msg}");
     assert!(msg.contains("madebyollin/sdxl-vae-fp16-fix/diffusion_pytorch_model.safetensors"), "{msg}");
-    assert!(msg.contains("--model DIR"), "{msg}");
+    assert!(msg.contains("ModelSource::Dir"), "{msg}");
 
     // Fill a Hugging Face cache with the fixture model under the real repository names: the
     // default recipe (SDXL base + Lightning UNet file + fp16-fix VAE) then loads offline.

@@ -6,7 +6,7 @@
 //! upsampled random grids at every octave, the colour channels correlated; "photo" adds ±3 of
 //! per-pixel grain (sensor-like detail), "smooth" none (clean renders, illustrations). Their
 //! PNGs come out at 0.47 and 0.27–0.32 of the raw size; real photographs measured 0.39–0.68
-//! (docs/PERFORMANCE.md, change 34). `--save-raw DIR` writes the pixels (`<name>-<w>x<h>.rgb`,
+//! (docs/PERFORMANCE.md). `--save-raw DIR` writes the pixels (`<name>-<w>x<h>.rgb`,
 //! 8-bit RGB) for `bench/png_encode_pillow.py`, which times Pillow's PNG writer on the same
 //! images. `--image FILE` (repeatable) times these files' pixels instead, e.g. real photographs
 //! or the engine's own output.

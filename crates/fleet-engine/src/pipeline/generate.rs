@@ -1,0 +1,355 @@
+//! Generating: one request through text encoding, the denoising loop (UNet, ControlNets,
+//! classifier-free guidance, the scheduler) and the VAE decode, timed per stage.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{ControlInput, GenerateOutput, GenerateRequest, Pipeline, Progress, PromptEmbeds, TensorOutput, Timings};
+use crate::controlnet::controlled;
+use crate::error::{CandleContext, EngineError, Result};
+use crate::prompt_cache::CachedPrompt;
+use crate::rng::SplitMix64;
+use crate::scheduler::EulerDiscrete;
+use crate::unet::{AddedCond, ControlResiduals};
+
+impl Pipeline {
+    /// Latent channels and the image→latent scale (8 for SDXL).
+    pub fn latent_shape(&self, width: usize, height: usize) -> (usize, usize, usize) {
+        let f = self.vae.config.scale_factor();
+        (self.vae.config.latent_channels, height / f, width / f)
+    }
+
+    /// Encode prompts with both encoders: penultimate states concatenated, pooled from encoder 2.
+    /// Each prompt is encoded on its own and kept in [`Pipeline::prompt_cache`], so a repeated
+    /// prompt costs nothing and its embedding never depends on the rest of the batch.
+    pub fn encode_prompts(&self, prompts: &[String]) -> Result<PromptEmbeds> {
+        let rows = prompts
+            .iter()
+            .map(|p| self.prompt_cache.get_or_encode(p, |p| self.encode_one(p)))
+            .collect::<Result<Vec<_>>>()?;
+        if let [one] = rows.as_slice() {
+            return Ok(PromptEmbeds { embeds: one.embeds.clone(), pooled: one.pooled.clone() });
+        }
+        let embeds = rows.iter().map(|r| &r.embeds).collect::<Vec<_>>();
+        let pooled = rows.iter().map(|r| &r.pooled).collect::<Vec<_>>();
+        Ok(PromptEmbeds {
+            embeds: Tensor::cat(&embeds, 0).ctx("prompt embeddings")?,
+            pooled: Tensor::cat(&pooled, 0).ctx("pooled prompt embeddings")?,
+        })
+    }
+
+    /// One prompt through both tokenizers and encoders (batch 1).
+    fn encode_one(&self, prompt: &str) -> Result<CachedPrompt> {
+        let o1 = self.text_encoder.forward(&[self.tokenizer.encode(prompt)])?;
+        let o2 = self.text_encoder_2.forward(&[self.tokenizer_2.encode(prompt)])?;
+        let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate], 2).ctx("concat prompt embeddings")?;
+        let pooled = o2.text_embeds.ok_or_else(|| EngineError::Unsupported {
+            component: "text_encoder_2".into(),
+            message: "no text_projection".into(),
+        })?;
+        Ok(CachedPrompt { embeds, pooled })
+    }
+
+    fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        let f = self.vae.config.scale_factor();
+        if req.prompts.is_empty() {
+            return bad("at least one prompt is required".into());
+        }
+        if req.num_images == 0 {
+            return bad("num_images must be at least 1".into());
+        }
+        if req.batch_size() > 256 {
+            return bad(format!("{} images in one call is too many (at most 256)", req.batch_size()));
+        }
+        if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f) {
+            return bad(format!(
+                "unsupported size {}x{}: width and height must be positive multiples of {f}",
+                req.width, req.height
+            ));
+        }
+        if req.width > 8192 || req.height > 8192 {
+            return bad(format!("unsupported size {}x{}: at most 8192 per side", req.width, req.height));
+        }
+        if req.steps == 0 || req.steps > self.scheduler.num_train_timesteps {
+            return bad(format!(
+                "steps must be between 1 and {}, got {}",
+                self.scheduler.num_train_timesteps, req.steps
+            ));
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 {
+            return bad(format!("guidance must be a finite number >= 0, got {}", req.guidance));
+        }
+        for c in &req.controls {
+            let name = &c.model.name;
+            if !c.scale.is_finite() {
+                return bad(format!("ControlNet {name}: scale must be finite, got {}", c.scale));
+            }
+            if !(0.0..=1.0).contains(&c.start) || !(0.0..=1.0).contains(&c.end) || c.start >= c.end {
+                return bad(format!(
+                    "ControlNet {name}: start {} and end {} must satisfy 0 <= start < end <= 1",
+                    c.start, c.end
+                ));
+            }
+            let want = [1, 3, req.height, req.width];
+            if c.image.dims() != want {
+                return Err(EngineError::Shape {
+                    name: format!("ControlNet {name} image"),
+                    expected: format!("{want:?} (the output size; see control_image_tensor)"),
+                    got: format!("{:?}", c.image.dims()),
+                });
+            }
+            c.model.check_fits(&self.unet.config)?;
+        }
+        Ok(())
+    }
+
+    /// Summed residuals of the ControlNets active at step `i` of `n` (`None` when none is).
+    #[allow(clippy::too_many_arguments)]
+    fn control_residuals(
+        &self,
+        controls: &[(ControlInput, Tensor)],
+        i: usize,
+        n: usize,
+        x: &Tensor,
+        t: f64,
+        embeds: &Tensor,
+        added: &AddedCond,
+    ) -> Result<Option<ControlResiduals>> {
+        let mut sum: Option<ControlResiduals> = None;
+        // diffusers runs inactive ControlNets with scale 0; skipping them adds the same zeros.
+        for (c, cond_emb) in controls.iter().filter(|(c, _)| controlled(i, n, c.start, c.end)) {
+            let r = c.model.forward_embedded(x, t, embeds, Some(added), cond_emb, c.scale)?;
+            sum = Some(match sum {
+                None => r,
+                Some(s) => {
+                    let add = |a: &Tensor, b: &Tensor| (a + b).ctx("sum control residuals");
+                    let down = s.down.iter().zip(&r.down).map(|(a, b)| add(a, b)).collect::<Result<Vec<_>>>()?;
+                    ControlResiduals { down, mid: add(&s.mid, &r.mid)? }
+                }
+            });
+        }
+        Ok(sum)
+    }
+
+    /// Initial unit-variance noise of a request: the user's latents or the documented RNG.
+    pub fn initial_noise(&self, req: &GenerateRequest) -> Result<Tensor> {
+        let (c, h, w) = self.latent_shape(req.width, req.height);
+        let b = req.batch_size();
+        if let Some(l) = &req.latents {
+            if l.dims() != [b, c, h, w] {
+                return Err(EngineError::Shape {
+                    name: "latents".into(),
+                    expected: format!("[{b}, {c}, {h}, {w}]"),
+                    got: format!("{:?}", l.dims()),
+                });
+            }
+            return l.to_dtype(DType::F32).and_then(|l| l.to_device(&self.device)).ctx("user latents");
+        }
+        let mut data = Vec::with_capacity(b * c * h * w);
+        for s in req.seeds() {
+            data.extend(SplitMix64::new(s).normals(c * h * w));
+        }
+        Tensor::from_vec(data, (b, c, h, w), &Device::Cpu).and_then(|t| t.to_device(&self.device)).ctx("initial noise")
+    }
+
+    /// Generate images as a float tensor (what the parity tests compare).
+    pub fn generate_tensor(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<TensorOutput> {
+        self.generate_tensor_until(req, &mut |p| {
+            progress(p);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Like [`Self::generate_tensor`], but `progress` may stop the run after any denoising step:
+    /// `Break` ends it with [`EngineError::Cancelled`] (a worker whose job was cancelled mid-run).
+    pub fn generate_tensor_until(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<TensorOutput> {
+        let _generate = tracing::info_span!(
+            "generate",
+            model = %self.model_name,
+            batch = req.batch_size(),
+            steps = req.steps,
+            width = req.width,
+            height = req.height,
+        )
+        .entered();
+        self.validate(req)?;
+        let b = req.batch_size();
+        let cfg_on = req.guidance > 1.0;
+        let sched = EulerDiscrete::new(
+            &self.scheduler,
+            req.steps,
+            req.prediction_type.or(Some(self.scheduler.prediction_type)),
+        )?;
+        let noise = self.initial_noise(req)?;
+
+        // Text encoding.
+        let text_span = tracing::info_span!("text_encode", prompts = req.prompts.len(), cfg = cfg_on).entered();
+        let t0 = Instant::now();
+        let pos = self.on_pool(|| self.encode_prompts(&req.prompts))?;
+        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> {
+            // prompt-major: prompt p → images p·n .. p·n+n-1
+            let n = req.num_images;
+            if n == 1 {
+                return Ok(t.clone());
+            }
+            let mut reps = vec![1usize; t.rank()];
+            reps[0] = n;
+            let rows: Vec<Tensor> =
+                (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)?.repeat(&reps[..])).collect::<candle_core::Result<_>>()?;
+            Tensor::cat(&rows, 0)
+        };
+        let (embeds, pooled) = (repeat(&pos.embeds).ctx("repeat")?, repeat(&pos.pooled).ctx("repeat")?);
+        let (embeds, pooled) = if cfg_on {
+            let neg_text = req.negative_prompt.clone().unwrap_or_default();
+            let (ne, np) = if neg_text.is_empty() && self.force_zeros_for_empty_prompt {
+                (embeds.zeros_like().ctx("zeros")?, pooled.zeros_like().ctx("zeros")?)
+            } else {
+                let neg = self.on_pool(|| self.encode_prompts(&vec![neg_text; req.prompts.len()]))?;
+                (repeat(&neg.embeds).ctx("repeat")?, repeat(&neg.pooled).ctx("repeat")?)
+            };
+            (Tensor::cat(&[&ne, &embeds], 0).ctx("cfg batch")?, Tensor::cat(&[&np, &pooled], 0).ctx("cfg batch")?)
+        } else {
+            (embeds, pooled)
+        };
+        // GPU kernels run asynchronously: wait for them before reading the clock.
+        self.device.synchronize().ctx("sync")?;
+        let text_encode = t0.elapsed();
+        text_span.exit();
+
+        // Denoising.
+        let denoise_span = tracing::info_span!("denoise", steps = sched.timesteps.len()).entered();
+        let t1 = Instant::now();
+        let ub = if cfg_on { 2 * b } else { b };
+        let (h, w) = (req.height as f32, req.width as f32);
+        let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device).ctx("time ids")?;
+        let added = AddedCond { text_embeds: pooled, time_ids };
+        let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
+        // Control images repeated to the UNet batch (both CFG halves get the image, as diffusers)
+        // and through each ControlNet's conditioning embedding once: it does not change per step.
+        let model_input_shape = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { Ok(latents.clone()) };
+        let model_input_shape = model_input_shape.ctx("cfg input")?;
+        let controls = req
+            .controls
+            .iter()
+            .map(|c| {
+                let img = c.image.to_device(&self.device).and_then(|i| i.repeat((ub, 1, 1, 1))).ctx("control image")?;
+                Ok((c.clone(), c.model.embed_condition(&img, &model_input_shape)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total = sched.timesteps.len();
+        for (i, &t) in sched.timesteps.iter().enumerate() {
+            let _step = tracing::debug_span!("unet_step", step = i + 1, timestep = t).entered();
+            let x = if cfg_on { Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")? } else { latents.clone() };
+            let x = (x * sched.input_scale(i)).ctx("scale input")?;
+            let out = self.on_pool(|| {
+                let control = self.control_residuals(&controls, i, total, &x, t, &embeds, &added)?;
+                self.unet.forward(&x, t, &embeds, Some(&added), control.as_ref())
+            })?;
+            let out = out.to_dtype(DType::F32).ctx("unet output")?;
+            let out = if cfg_on {
+                let (u, c) = (out.narrow(0, 0, b).ctx("cfg")?, out.narrow(0, b, b).ctx("cfg")?);
+                (&u + ((c - &u).ctx("cfg")? * req.guidance).ctx("cfg")?).ctx("cfg")?
+            } else {
+                out
+            };
+            latents = sched.step(i, &out, &latents).ctx("scheduler step")?;
+            self.device.synchronize().ctx("sync")?;
+            if progress(Progress { step: i + 1, total, timestep: t, elapsed: t1.elapsed() }).is_break() {
+                return Err(EngineError::Cancelled);
+            }
+        }
+        let denoise = t1.elapsed();
+        denoise_span.exit();
+
+        // A NaN image must never reach a caller (or S3): check both stages, naming the guilty one.
+        ensure_finite(
+            &latents,
+            "denoising (UNet)",
+            "the UNet or scheduler diverged (f16 overflow or broken weights); the image was not decoded",
+        )?;
+        let vae_span = tracing::info_span!("vae_decode").entered();
+        let t2 = Instant::now();
+        let images = self.on_pool(|| self.vae.decode(&latents))?.to_device(&Device::Cpu).ctx("images to cpu")?;
+        ensure_finite(
+            &images,
+            "VAE decode",
+            "the stock SDXL VAE overflows in f16: use the fp16-fix VAE or decode in f32",
+        )?;
+        let vae_decode = t2.elapsed();
+        vae_span.exit();
+        Ok(TensorOutput {
+            images,
+            latents: latents.to_device(&Device::Cpu).ctx("latents to cpu")?,
+            seeds: req.seeds(),
+            timings: Timings { text_encode, denoise, vae_decode },
+        })
+    }
+
+    /// Runs a stage of a CPU pipeline on a rayon worker thread. Called from outside the pool,
+    /// every parallel op (the kernels' loops, gemm's products) injects its work into the pool and
+    /// blocks the caller until a worker is done: two thread hand-offs per op, a few hundred per
+    /// UNet step. From inside, the ops split their work with the other workers directly, and the
+    /// caller hands over once. GPU pipelines stay on the caller's thread (the device context is
+    /// bound there).
+    fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if !self.device.is_cpu() || rayon::current_thread_index().is_some() {
+            return f();
+        }
+        rayon::scope(|_| f())
+    }
+
+    /// Generate RGB images.
+    pub fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
+        let out = self.generate_tensor(req, progress)?;
+        Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
+    }
+
+    /// Generate RGB images, stoppable between steps (see [`Self::generate_tensor_until`]).
+    pub fn generate_until(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<GenerateOutput> {
+        let out = self.generate_tensor_until(req, progress)?;
+        Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
+    }
+}
+
+/// Fails with [`EngineError::NonFinite`] when `t` holds any NaN or infinity.
+pub(crate) fn ensure_finite(t: &Tensor, stage: &'static str, hint: &'static str) -> Result<()> {
+    let values = t.flatten_all().and_then(|v| v.to_dtype(DType::F32)).and_then(|v| v.to_vec1::<f32>()).ctx(stage)?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count == 0 { Ok(()) } else { Err(EngineError::NonFinite { stage, count, hint }) }
+}
+
+/// [B, 3, H, W] f32 in [0, 1] → RGB images (`round(x·255)`, as diffusers' `numpy_to_pil`).
+pub fn tensor_to_images(t: &Tensor) -> Result<Vec<image::RgbImage>> {
+    let (b, c, h, w) = t.dims4().ctx("images")?;
+    if c != 3 {
+        return Err(EngineError::Shape {
+            name: "images".into(),
+            expected: "[B, 3, H, W]".into(),
+            got: format!("{:?}", t.dims()),
+        });
+    }
+    let data = ((t.to_dtype(DType::F32).ctx("images")?.clamp(0f32, 1f32).ctx("images")? * 255.0).ctx("images")?)
+        .round()
+        .and_then(|x| x.permute((0, 2, 3, 1)))
+        .and_then(|x| x.flatten_all())
+        .and_then(|x| x.to_vec1::<f32>())
+        .ctx("images")?;
+    let per = h * w * 3;
+    (0..b)
+        .map(|i| {
+            let px: Vec<u8> = data[i * per..(i + 1) * per].iter().map(|&v| v as u8).collect();
+            image::RgbImage::from_raw(w as u32, h as u32, px).ok_or_else(|| EngineError::Image("buffer size".into()))
+        })
+        .collect()
+}
