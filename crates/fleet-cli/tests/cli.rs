@@ -222,3 +222,59 @@ fn generate_with_a_lora_file_and_a_controlnet() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("expected none, canny"), "{stderr}");
 }
+
+/// `fleet wait` against an events stream that drops after its first event: the CLI reconnects
+/// with `Last-Event-ID`, reads multi-line `data:` and `retry:`, and ends at the final state.
+#[test]
+fn wait_reconnects_with_the_last_event_id_when_the_stream_drops() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let status = |state: &str, step: u32| {
+        format!(
+            r#"{{"id":"j1","state":"{state}","model":"tiny","progress":{{"step":{step},"steps":4,"images_done":0,"images_total":1}}}}"#
+        )
+    };
+    let bodies = [
+        // The status split over two `data:` lines, which the reader joins with a newline.
+        format!(
+            "retry: 50\n: keep-alive\n\nid: 7\nevent: running\ndata: {{\"status\":\ndata: {}}}\n\n",
+            status("running", 1)
+        ),
+        format!("id: 8\nevent: succeeded\ndata: {{\"status\":{}}}\n\n", status("succeeded", 4)),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (base, requests) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            for body in bodies {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0];
+                    if socket.read(&mut byte).await.unwrap() == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&head).to_lowercase());
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}");
+                socket.write_all(answer.as_bytes()).await.unwrap();
+                // Dropping the socket ends the stream: after `running` a drop, after `succeeded` the end.
+            }
+        });
+        (base, requests)
+    });
+    let (code, stdout, stderr) = client(&base, &["wait", "j1"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("j1") && stdout.contains("succeeded") && stdout.contains("step 4/4"), "{stdout}");
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[0].starts_with("get /v1/jobs/j1/events") && !requests[0].contains("last-event-id"),
+        "{requests:?}"
+    );
+    assert!(requests[1].contains("\r\nlast-event-id: 7\r\n"), "{requests:?}");
+}
