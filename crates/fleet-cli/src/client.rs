@@ -1,6 +1,7 @@
 //! A small client of the dispatcher's HTTP API, for the CLI's `submit`, `status`, `wait`, ….
 
 use anyhow::{Context as _, bail};
+use eventsource_stream::Eventsource as _;
 use futures::StreamExt as _;
 use reqwest::Method;
 use serde_json::Value;
@@ -50,34 +51,77 @@ impl ApiClient {
         Ok(resp.bytes().await.with_context(|| format!("reading {path}"))?.to_vec())
     }
 
-    /// Follows `/v1/jobs/{id}/events`, calling `on_event` with each event's JSON until the stream ends.
+    /// Follows `/v1/jobs/{id}/events`, calling `on_event` with each event's name and JSON until
+    /// the stream ends with the job's final state. A stream that drops before then is reopened
+    /// (after the server's `retry:` or [`RECONNECT_DELAY`]) with `Last-Event-ID` set to the last
+    /// event id seen; [`RECONNECT_TRIES`] reopenings in a row without an event give up.
     pub async fn follow(&self, id: &str, mut on_event: impl FnMut(&str, &Value)) -> anyhow::Result<()> {
         let url = format!("{}/v1/jobs/{id}/events", self.base);
-        let resp =
-            self.http.get(&url).bearer_auth(&self.key).send().await.with_context(|| format!("cannot reach {url}"))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let value: Value = resp.json().await.unwrap_or(Value::Null);
-            bail!("events of job {id}: HTTP {}: {}", status.as_u16(), describe_error(&value));
-        }
-        let mut stream = resp.bytes_stream();
-        let mut buffer = String::new();
-        let mut event = String::new();
-        while let Some(chunk) = stream.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk.context("events stream broke off")?));
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                let line = line.trim_end();
-                if let Some(name) = line.strip_prefix("event: ") {
-                    event = name.to_owned();
-                } else if let Some(data) = line.strip_prefix("data: ") {
-                    let value: Value = serde_json::from_str(data).unwrap_or(Value::String(data.to_owned()));
-                    on_event(&event, &value);
-                }
+        let mut last_event_id = String::new();
+        let mut delay = RECONNECT_DELAY;
+        let mut tries = 0;
+        let mut connected = false;
+        loop {
+            let mut request = self.http.get(&url).bearer_auth(&self.key).header("accept", "text/event-stream");
+            if !last_event_id.is_empty() {
+                request = request.header("last-event-id", &last_event_id);
             }
+            let dropped = match request.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    connected = true;
+                    let mut events = resp.bytes_stream().eventsource();
+                    loop {
+                        match events.next().await {
+                            Some(Ok(event)) => {
+                                tries = 0;
+                                if let Some(retry) = event.retry {
+                                    delay = retry;
+                                }
+                                if !event.id.is_empty() {
+                                    last_event_id = event.id;
+                                }
+                                let value: Value =
+                                    serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
+                                on_event(&event.event, &value);
+                                if is_final(&event.event) {
+                                    return Ok(());
+                                }
+                            }
+                            Some(Err(e)) => break anyhow::Error::new(e).context("events stream broke off"),
+                            None => break anyhow::anyhow!("events stream ended before the job did"),
+                        }
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let value: Value = resp.json().await.unwrap_or(Value::Null);
+                    bail!("events of job {id}: HTTP {}: {}", status.as_u16(), describe_error(&value));
+                }
+                Err(e) if !connected => {
+                    return Err(e).with_context(|| format!("cannot reach {url}"));
+                }
+                Err(e) => anyhow::Error::new(e).context(format!("cannot reach {url}")),
+            };
+            tries += 1;
+            if tries > RECONNECT_TRIES {
+                return Err(
+                    dropped.context(format!("events of job {id}: gave up after {RECONNECT_TRIES} reconnections"))
+                );
+            }
+            tracing::debug!(error = %dropped, "reconnecting to the events of job {id}");
+            tokio::time::sleep(delay).await;
         }
-        Ok(())
     }
+}
+
+/// Wait before reopening a dropped events stream, unless the server sent `retry:`.
+pub const RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Reopenings of an events stream in a row, none of which brought an event, before giving up.
+pub const RECONNECT_TRIES: u32 = 5;
+
+/// Whether an event names a state the job cannot leave (the server closes the stream after it).
+fn is_final(event: &str) -> bool {
+    serde_json::from_value::<fleet_core::JobState>(Value::String(event.to_owned())).is_ok_and(|s| s.is_terminal())
 }
 
 /// `code: message` plus each field error on its own line.

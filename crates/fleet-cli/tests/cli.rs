@@ -222,3 +222,64 @@ fn generate_with_a_lora_file_and_a_controlnet() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("expected none, canny"), "{stderr}");
 }
+
+/// `fleet wait` against an events stream that drops after its first event: the CLI reconnects
+/// with `Last-Event-ID`, reads multi-line `data:` and `retry:`, and ends at the final state.
+#[test]
+fn wait_reconnects_with_the_last_event_id_when_the_stream_drops() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let status = |state: &str, step: u32| {
+        format!(
+            r#"{{"id":"j1","state":"{state}","model":"tiny","progress":{{"step":{step},"steps":4,"images_done":0,"images_total":1}}}}"#
+        )
+    };
+    let bodies = [
+        // The status split over two `data:` lines, which the reader joins with a newline.
+        format!(
+            ": keep-alive\n\nretry: 50\nid: 7\nevent: running\ndata: {{\"status\":\ndata: {}}}\n\n",
+            status("running", 1)
+        ),
+        format!("id: 8\nevent: succeeded\ndata: {{\"status\":{}}}\n\n", status("succeeded", 4)),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (base, requests) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Duration)>::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            let mut dropped = Instant::now();
+            for body in bodies {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let reopened_after = dropped.elapsed();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0];
+                    if socket.read(&mut byte).await.unwrap() == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                seen.lock().unwrap().push((String::from_utf8_lossy(&head).to_lowercase(), reopened_after));
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}");
+                socket.write_all(answer.as_bytes()).await.unwrap();
+                // Dropping the socket ends the stream: after `running` a drop, after `succeeded` the end.
+                drop(socket);
+                dropped = Instant::now();
+            }
+        });
+        (base, requests)
+    });
+    let (code, stdout, stderr) = client(&base, &["wait", "j1"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("j1") && stdout.contains("succeeded") && stdout.contains("step 4/4"), "{stdout}");
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let (first, (second, reopened_after)) = (&requests[0].0, &requests[1]);
+    // `retry: 50` (ms) instead of the default second.
+    assert!(*reopened_after < Duration::from_millis(900), "reopened after {reopened_after:?}");
+    assert!(first.starts_with("get /v1/jobs/j1/events") && !first.contains("last-event-id"), "{requests:?}");
+    assert!(second.contains("\r\nlast-event-id: 7\r\n"), "{requests:?}");
+}

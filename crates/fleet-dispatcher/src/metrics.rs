@@ -1,10 +1,16 @@
-//! Counters served at `/metrics` in the Prometheus text format.
+//! Counters served at `/metrics` in the Prometheus text format (version 0.0.4).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use fleet_core::ErrorCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 /// In-process counters of this dispatcher.
 #[derive(Debug, Default)]
@@ -12,7 +18,7 @@ pub struct Metrics {
     inner: Mutex<Counters>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Counters {
     accepted: BTreeMap<(String, &'static str), u64>,
     rejected: BTreeMap<&'static str, u64>,
@@ -35,29 +41,125 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus exposition, plus `extra` gauge lines (queue depths) appended by the caller.
+    /// The Prometheus exposition of the counters and of the queues' depths (read by the caller).
     pub fn render(&self, queue_depths: &[fleet_queue::QueueDepth]) -> String {
         let mut out = String::new();
-        let Ok(c) = self.inner.lock() else { return out };
-        out.push_str("# HELP fleet_jobs_accepted_total Jobs confirmed onto the queue.\n# TYPE fleet_jobs_accepted_total counter\n");
-        for ((model, priority), n) in &c.accepted {
-            let _ = writeln!(out, "fleet_jobs_accepted_total{{model=\"{model}\",priority=\"{priority}\"}} {n}");
-        }
-        out.push_str("# HELP fleet_jobs_rejected_total Submissions refused, by error code.\n# TYPE fleet_jobs_rejected_total counter\n");
-        for (code, n) in &c.rejected {
-            let _ = writeln!(out, "fleet_jobs_rejected_total{{code=\"{code}\"}} {n}");
-        }
-        out.push_str("# HELP fleet_accept_seconds Time from request to publisher confirm.\n# TYPE fleet_accept_seconds summary\n");
-        let _ = writeln!(out, "fleet_accept_seconds_sum {}", c.accept_seconds_sum);
-        let _ = writeln!(out, "fleet_accept_seconds_count {}", c.accept_count);
-        out.push_str("# HELP fleet_queue_messages Ready messages per queue.\n# TYPE fleet_queue_messages gauge\n");
-        for d in queue_depths {
-            let _ = writeln!(out, "fleet_queue_messages{{queue=\"{}\"}} {}", d.name, d.messages);
-        }
-        out.push_str("# HELP fleet_queue_consumers Consumers per queue.\n# TYPE fleet_queue_consumers gauge\n");
-        for d in queue_depths {
-            let _ = writeln!(out, "fleet_queue_consumers{{queue=\"{}\"}} {}", d.name, d.consumers);
-        }
+        let Ok(counters) = self.inner.lock().map(|c| c.clone()) else { return out };
+        let (sum, count) = (counters.accept_seconds_sum, counters.accept_count);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Snapshot { counters, queue_depths: queue_depths.to_vec() }));
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &registry);
+        // prometheus-client has no summary type; this one has no quantiles and no labels.
+        let _ = write!(
+            out,
+            "# HELP fleet_accept_seconds Time from request to publisher confirm.\n\
+             # TYPE fleet_accept_seconds summary\n\
+             fleet_accept_seconds_sum {sum}\n\
+             fleet_accept_seconds_count {count}\n"
+        );
         out
+    }
+}
+
+/// The counters and queue depths of one scrape. Counter names go without `_total`: the encoder
+/// appends it to the samples and to the `# HELP`/`# TYPE` lines.
+#[derive(Debug)]
+struct Snapshot {
+    counters: Counters,
+    queue_depths: Vec<fleet_queue::QueueDepth>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut accepted = encoder.encode_descriptor(
+            "fleet_jobs_accepted",
+            "Jobs confirmed onto the queue.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((model, priority), n) in &self.counters.accepted {
+            let labels = [("model", model.as_str()), ("priority", priority)];
+            ConstCounter::new(*n).encode(accepted.encode_family(&labels)?)?;
+        }
+        let mut rejected = encoder.encode_descriptor(
+            "fleet_jobs_rejected",
+            "Submissions refused, by error code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, n) in &self.counters.rejected {
+            ConstCounter::new(*n).encode(rejected.encode_family(&[("code", *code)])?)?;
+        }
+        let mut messages =
+            encoder.encode_descriptor("fleet_queue_messages", "Ready messages per queue.", None, MetricType::Gauge)?;
+        for d in &self.queue_depths {
+            ConstGauge::new(d.messages).encode(messages.encode_family(&[("queue", d.name.as_str())])?)?;
+        }
+        let mut consumers =
+            encoder.encode_descriptor("fleet_queue_consumers", "Consumers per queue.", None, MetricType::Gauge)?;
+        for d in &self.queue_depths {
+            ConstGauge::new(d.consumers).encode(consumers.encode_family(&[("queue", d.name.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_core::Priority;
+
+    fn depth(name: &str, messages: u32, consumers: u32) -> fleet_queue::QueueDepth {
+        fleet_queue::QueueDepth { name: name.into(), messages, consumers }
+    }
+
+    #[test]
+    fn exposition_has_every_metric_with_its_value() {
+        let metrics = Metrics::default();
+        metrics.accepted("tiny", Priority::Interactive, 0.25);
+        metrics.accepted("tiny", Priority::Interactive, 0.5);
+        metrics.rejected(ErrorCode::RateLimited);
+        let text = metrics.render(&[depth("jobs.tiny.interactive", 4, 2)]);
+        let described: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+        assert_eq!(
+            described,
+            [
+                "# HELP fleet_jobs_accepted_total Jobs confirmed onto the queue.",
+                "# TYPE fleet_jobs_accepted_total counter",
+                "# HELP fleet_jobs_rejected_total Submissions refused, by error code.",
+                "# TYPE fleet_jobs_rejected_total counter",
+                "# HELP fleet_queue_messages Ready messages per queue.",
+                "# TYPE fleet_queue_messages gauge",
+                "# HELP fleet_queue_consumers Consumers per queue.",
+                "# TYPE fleet_queue_consumers gauge",
+                "# HELP fleet_accept_seconds Time from request to publisher confirm.",
+                "# TYPE fleet_accept_seconds summary",
+            ],
+            "{text}"
+        );
+        for line in [
+            r#"fleet_jobs_accepted_total{model="tiny",priority="interactive"} 2"#,
+            &format!(r#"fleet_jobs_rejected_total{{code="{}"}} 1"#, ErrorCode::RateLimited.name()),
+            r#"fleet_queue_messages{queue="jobs.tiny.interactive"} 4"#,
+            r#"fleet_queue_consumers{queue="jobs.tiny.interactive"} 2"#,
+            "fleet_accept_seconds_sum 0.75",
+            "fleet_accept_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::default();
+        metrics.accepted("a\"b\\c\nd", Priority::Interactive, 0.1);
+        let text = metrics.render(&[depth("q\"\\\n", 1, 0)]);
+        for line in [
+            r#"fleet_jobs_accepted_total{model="a\"b\\c\nd",priority="interactive"} 1"#,
+            r#"fleet_queue_messages{queue="q\"\\\n"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
     }
 }

@@ -1,13 +1,18 @@
 //! The worker's Prometheus endpoint (`GET /metrics`) and liveness probe (`GET /healthz`) on
 //! `worker.metrics_listen`, so a fleet can be watched (and scaled) per pod.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::heartbeat::Liveness;
@@ -17,46 +22,26 @@ pub const SECONDS_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 /// Upper bounds of the batch-size histogram (images per batch).
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
-/// A Prometheus histogram with fixed buckets, lock-free to observe.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Observations per bucket (not cumulative; summed when rendered), plus one for `+Inf`.
-    counts: Vec<AtomicU64>,
-    /// Sum of observations in millionths.
-    sum_micros: AtomicU64,
-}
+/// A Prometheus histogram with fixed buckets (and `+Inf`).
+#[derive(Clone, Debug)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
+        Histogram(prometheus_client::metrics::histogram::Histogram::new(bounds.iter().copied()))
     }
 
     pub fn observe(&self, value: f64) {
-        let bucket = self.bounds.iter().position(|&b| value <= b).unwrap_or(self.bounds.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        // Saturating float → int conversion; negative durations (clock skew) count as 0.
-        self.sum_micros.fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+        // Negative durations (clock skew) count as 0.
+        self.0.observe(value.max(0.0));
     }
 
     pub fn observe_duration(&self, d: std::time::Duration) {
         self.observe(d.as_secs_f64());
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let le = self.bounds.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    fn encode(&self, encoder: &mut DescriptorEncoder, name: &str, help: &str) -> std::fmt::Result {
+        self.0.encode(encoder.encode_descriptor(name, help, None, MetricType::Histogram)?)
     }
 }
 
@@ -82,77 +67,87 @@ pub async fn serve(listener: tokio::net::TcpListener, liveness: Arc<Liveness>, s
     }
 }
 
-/// The Prometheus text exposition of the worker's counters and gauges.
-pub fn render(liveness: &Liveness) -> String {
-    let stats = &liveness.stats;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let busy = liveness.current_batch.lock().ok().is_some_and(|b| b.is_some());
+/// The Prometheus text exposition (format 0.0.4) of the worker's counters, gauges and histograms.
+pub fn render(liveness: &Arc<Liveness>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(WorkerMetrics(liveness.clone())));
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let info = format!(
-        "{{worker=\"{}\",device=\"{}\",models=\"{}\"}}",
-        escape(&liveness.id),
-        escape(&liveness.device),
-        escape(&liveness.models.join(","))
-    );
-    metric("fleet_worker_info", "gauge", "Worker identity.", &[(&info, 1)]);
-    metric(
-        "fleet_worker_jobs_total",
-        "counter",
-        "Jobs this worker settled, by outcome.",
-        &[
-            ("{outcome=\"succeeded\"}", load(&stats.jobs_done)),
-            ("{outcome=\"failed\"}", load(&stats.jobs_failed)),
-            ("{outcome=\"requeued\"}", load(&stats.jobs_requeued)),
-        ],
-    );
-    metric("fleet_worker_images_total", "counter", "Images stored.", &[("", load(&stats.images_done))]);
-    metric("fleet_worker_batches_total", "counter", "Batches run.", &[("", load(&stats.batches))]);
-    let _ = writeln!(
-        out,
-        "# HELP fleet_worker_batch_seconds_total Time spent running batches.\n\
-         # TYPE fleet_worker_batch_seconds_total counter\n\
-         fleet_worker_batch_seconds_total {:.3}",
-        load(&stats.batch_micros) as f64 / 1e6
-    );
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-    };
-    gauge("fleet_worker_busy", "1 while a batch runs.", u64::from(busy));
-    gauge("fleet_worker_waiting_jobs", "Jobs received and waiting for a batch.", load(&stats.waiting));
-    let _ = writeln!(
-        out,
-        "# HELP fleet_worker_model_load_seconds Time the worker took to load its models.\n\
-         # TYPE fleet_worker_model_load_seconds gauge\n\
-         fleet_worker_model_load_seconds {:.3}",
-        load(&stats.model_load_micros) as f64 / 1e6
-    );
-    let failures = stats.failures_by_code.lock().map(|f| f.clone()).unwrap_or_default();
-    if !failures.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP fleet_worker_failures_total Jobs failed, by error code.\n# TYPE fleet_worker_failures_total counter"
-        );
-        for (code, n) in failures {
-            let _ = writeln!(out, "fleet_worker_failures_total{{code=\"{code}\"}} {n}");
-        }
-    }
-    stats.batch_images.render(&mut out, "fleet_worker_batch_images", "Images per batch.");
-    stats.queue_wait.render(&mut out, "fleet_worker_queue_wait_seconds", "From acceptance to the start of generation.");
-    stats.step_seconds.render(&mut out, "fleet_worker_step_seconds", "One denoising step of a batch.");
-    stats.encode_seconds.render(&mut out, "fleet_worker_encode_seconds", "One image encoded (PNG, JPEG or WebP).");
-    stats.upload_seconds.render(&mut out, "fleet_worker_upload_seconds", "One image upload to storage.");
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &registry);
     out
 }
 
-/// Escapes a Prometheus label value.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// Reads the worker's statistics at each scrape. Counter names go without `_total`: the encoder
+/// appends it to the samples and to the `# HELP`/`# TYPE` lines.
+#[derive(Debug)]
+struct WorkerMetrics(Arc<Liveness>);
+
+impl Collector for WorkerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let liveness = &self.0;
+        let stats = &liveness.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let seconds = |c: &AtomicU64| load(c) as f64 / 1e6;
+        let busy = liveness.current_batch.lock().ok().is_some_and(|b| b.is_some());
+
+        let models = liveness.models.join(",");
+        let identity = [("worker", liveness.id.as_str()), ("device", liveness.device.as_str()), ("models", &models)];
+        let mut info = encoder.encode_descriptor("fleet_worker_info", "Worker identity.", None, MetricType::Gauge)?;
+        ConstGauge::new(1_i64).encode(info.encode_family(&identity)?)?;
+
+        let mut jobs = encoder.encode_descriptor(
+            "fleet_worker_jobs",
+            "Jobs this worker settled, by outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, count) in
+            [("succeeded", &stats.jobs_done), ("failed", &stats.jobs_failed), ("requeued", &stats.jobs_requeued)]
+        {
+            ConstCounter::new(load(count)).encode(jobs.encode_family(&[("outcome", outcome)])?)?;
+        }
+        put(&mut encoder, "fleet_worker_images", "Images stored.", &ConstCounter::new(load(&stats.images_done)))?;
+        put(&mut encoder, "fleet_worker_batches", "Batches run.", &ConstCounter::new(load(&stats.batches)))?;
+        let batch_seconds = ConstCounter::new(seconds(&stats.batch_micros));
+        put(&mut encoder, "fleet_worker_batch_seconds", "Time spent running batches.", &batch_seconds)?;
+        put(&mut encoder, "fleet_worker_busy", "1 while a batch runs.", &ConstGauge::new(i64::from(busy)))?;
+        let waiting = ConstGauge::new(load(&stats.waiting));
+        put(&mut encoder, "fleet_worker_waiting_jobs", "Jobs received and waiting for a batch.", &waiting)?;
+        let model_load = ConstGauge::new(seconds(&stats.model_load_micros));
+        put(&mut encoder, "fleet_worker_model_load_seconds", "Time the worker took to load its models.", &model_load)?;
+
+        let failures = stats.failures_by_code.lock().map(|f| f.clone()).unwrap_or_default();
+        if !failures.is_empty() {
+            let mut by_code = encoder.encode_descriptor(
+                "fleet_worker_failures",
+                "Jobs failed, by error code.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (code, n) in failures {
+                ConstCounter::new(n).encode(by_code.encode_family(&[("code", code)])?)?;
+            }
+        }
+
+        stats.batch_images.encode(&mut encoder, "fleet_worker_batch_images", "Images per batch.")?;
+        stats.queue_wait.encode(
+            &mut encoder,
+            "fleet_worker_queue_wait_seconds",
+            "From acceptance to the start of generation.",
+        )?;
+        stats.step_seconds.encode(&mut encoder, "fleet_worker_step_seconds", "One denoising step of a batch.")?;
+        stats.encode_seconds.encode(
+            &mut encoder,
+            "fleet_worker_encode_seconds",
+            "One image encoded (PNG, JPEG or WebP).",
+        )?;
+        stats.upload_seconds.encode(&mut encoder, "fleet_worker_upload_seconds", "One image upload to storage.")
+    }
+}
+
+/// One metric without labels.
+fn put(encoder: &mut DescriptorEncoder, name: &str, help: &str, metric: &impl EncodeMetric) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 #[cfg(test)]
@@ -176,15 +171,75 @@ mod tests {
             stats,
             current_batch: std::sync::Mutex::new(None),
         };
-        let text = render(&liveness);
+        let text = render(&Arc::new(liveness));
         assert!(text.contains("fleet_worker_jobs_total{outcome=\"succeeded\"} 7"), "{text}");
         assert!(text.contains("fleet_worker_jobs_total{outcome=\"failed\"} 2"), "{text}");
         assert!(text.contains("fleet_worker_images_total 9"), "{text}");
-        assert!(text.contains("fleet_worker_batch_seconds_total 1.500"), "{text}");
+        assert!(text.lines().any(|l| l == "fleet_worker_batch_seconds_total 1.5"), "{text}");
         assert!(text.contains("fleet_worker_busy 0"), "{text}");
         assert!(text.contains("fleet_worker_upload_seconds_count 0"), "{text}");
         assert!(text.contains("fleet_worker_encode_seconds_count 0"), "{text}");
         assert!(text.contains(r#"fleet_worker_info{worker="w\"1",device="cpu",models="tiny"} 1"#), "{text}");
+    }
+
+    fn liveness(id: &str, device: &str, models: &[&str], stats: Stats) -> Arc<Liveness> {
+        Arc::new(Liveness {
+            id: id.into(),
+            host: "h".into(),
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            device: device.into(),
+            started_at: chrono::Utc::now(),
+            stats: Arc::new(stats),
+            current_batch: std::sync::Mutex::new(None),
+        })
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let text = render(&liveness("a\"b\\c\nd", "cpu\\0", &["x\"y", "z\nw"], Stats::default()));
+        let line = r#"fleet_worker_info{worker="a\"b\\c\nd",device="cpu\\0",models="x\"y,z\nw"} 1"#;
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+    }
+
+    #[test]
+    fn every_metric_keeps_its_name_type_and_help() {
+        let stats = Stats::default();
+        stats.failures_by_code.lock().unwrap().insert("invalid_spec", 3);
+        let text = render(&liveness("w", "cpu", &["tiny"], stats));
+        let expected = [
+            ("fleet_worker_info", "gauge", "Worker identity."),
+            ("fleet_worker_jobs_total", "counter", "Jobs this worker settled, by outcome."),
+            ("fleet_worker_images_total", "counter", "Images stored."),
+            ("fleet_worker_batches_total", "counter", "Batches run."),
+            ("fleet_worker_batch_seconds_total", "counter", "Time spent running batches."),
+            ("fleet_worker_busy", "gauge", "1 while a batch runs."),
+            ("fleet_worker_waiting_jobs", "gauge", "Jobs received and waiting for a batch."),
+            ("fleet_worker_model_load_seconds", "gauge", "Time the worker took to load its models."),
+            ("fleet_worker_failures_total", "counter", "Jobs failed, by error code."),
+            ("fleet_worker_batch_images", "histogram", "Images per batch."),
+            ("fleet_worker_queue_wait_seconds", "histogram", "From acceptance to the start of generation."),
+            ("fleet_worker_step_seconds", "histogram", "One denoising step of a batch."),
+            ("fleet_worker_encode_seconds", "histogram", "One image encoded (PNG, JPEG or WebP)."),
+            ("fleet_worker_upload_seconds", "histogram", "One image upload to storage."),
+        ];
+        let described: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+        let wanted: Vec<String> = expected
+            .iter()
+            .flat_map(|(name, kind, help)| [format!("# HELP {name} {help}"), format!("# TYPE {name} {kind}")])
+            .collect();
+        assert_eq!(described, wanted, "{text}");
+        assert!(text.lines().any(|l| l == r#"fleet_worker_failures_total{code="invalid_spec"} 3"#), "{text}");
+        for (name, bounds) in
+            [("fleet_worker_batch_images", BATCH_BUCKETS), ("fleet_worker_step_seconds", SECONDS_BUCKETS)]
+        {
+            let les: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(name)?.strip_prefix("_bucket{le=\"")?.split('"').next())
+                .collect();
+            let mut wanted: Vec<String> = bounds.iter().map(f64::to_string).collect();
+            wanted.push("+Inf".into());
+            assert_eq!(les, wanted, "{text}");
+        }
     }
 
     #[test]
@@ -193,10 +248,26 @@ mod tests {
         for v in [0.5, 1.0, 1.5, 7.0] {
             h.observe(v);
         }
+        #[derive(Debug)]
+        struct One(Histogram);
+        impl Collector for One {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+                self.0.encode(&mut encoder, "x", "help")
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(One(h)));
         let mut text = String::new();
-        h.render(&mut text, "x", "help");
-        for line in ["x_bucket{le=\"1\"} 2", "x_bucket{le=\"2\"} 3", "x_bucket{le=\"+Inf\"} 4", "x_sum 10", "x_count 4"]
-        {
+        prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "# HELP x help",
+            "# TYPE x histogram",
+            "x_bucket{le=\"1\"} 2",
+            "x_bucket{le=\"2\"} 3",
+            "x_bucket{le=\"+Inf\"} 4",
+            "x_sum 10.0",
+            "x_count 4",
+        ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }
     }
