@@ -261,6 +261,21 @@ impl ControlNetModel {
         cond_emb: &Tensor,
         scale: f64,
     ) -> Result<ControlResiduals> {
+        self.forward_embedded_rows(sample, timestep, encoder_hidden_states, added, cond_emb, &[scale])
+    }
+
+    /// [`ControlNetModel::forward_embedded`] with a scale per batch row (`scales.len()` = batch),
+    /// or one for all rows: the rows of a batch that joins several jobs each get their own job's
+    /// scale (0 where the job's control is not active at this step).
+    pub fn forward_embedded_rows(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
+        cond_emb: &Tensor,
+        scales: &[f64],
+    ) -> Result<ControlResiduals> {
         self.enc.check_inputs(sample, encoder_hidden_states, added, "controlnet")?;
         let run = || -> candle_core::Result<ControlResiduals> {
             let dtype = self.enc.dtype;
@@ -272,12 +287,33 @@ impl ControlNetModel {
             let down = res
                 .iter()
                 .zip(&self.down_zero)
-                .map(|(r, z)| z.forward(r)? * scale)
+                .map(|(r, z)| scale_rows(&z.forward(r)?, scales))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            Ok(ControlResiduals { down, mid: (self.mid_zero.forward(&x)? * scale)? })
+            Ok(ControlResiduals { down, mid: scale_rows(&self.mid_zero.forward(&x)?, scales)? })
         };
         run().ctx("controlnet forward")
     }
+}
+
+/// `t` with batch row r multiplied by `scales[r]` (or every row by `scales[0]`). Each run of rows
+/// with one scale is multiplied as a whole by that scalar: the same operation, value for value, as
+/// a batch that holds only those rows.
+fn scale_rows(t: &Tensor, scales: &[f64]) -> candle_core::Result<Tensor> {
+    if let [scale] = scales {
+        return t * *scale;
+    }
+    let rows = t.dim(0)?;
+    if scales.len() != rows {
+        candle_core::bail!("{} ControlNet scales for {rows} batch rows", scales.len());
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let end = (start..rows).find(|&r| scales[r].to_bits() != scales[start].to_bits()).unwrap_or(rows);
+        parts.push((t.narrow(0, start, end - start)? * scales[start])?);
+        start = end;
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// diffusers' `controlnet_keep`: step `i` of `n` is controlled iff not

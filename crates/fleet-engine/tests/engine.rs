@@ -1,6 +1,8 @@
 //! Integration tests of fleet-engine: the tiny built-in model, bad input, and (module
 //! `parity`) agreement with diffusers on committed fixtures.
 
+#[path = "engine/batch.rs"]
+mod batch;
 #[path = "engine/extras.rs"]
 mod extras;
 #[path = "engine/hostile.rs"]

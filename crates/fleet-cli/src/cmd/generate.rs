@@ -243,7 +243,11 @@ impl GenerateCommand {
             allow_unmatched_lora: self.allow_unmatched_lora,
         };
         let t = std::time::Instant::now();
-        let pipe = Pipeline::load_with(&source, &device, dtype, &opts)?;
+        let pipe = Pipeline::load_with(&source, &device, dtype, &opts).map_err(|e| match e {
+            EngineError::Hub { .. } => anyhow::Error::new(e)
+                .context("download the model and pass --model DIR (a diffusers-layout folder), or --model tiny"),
+            e => e.into(),
+        })?;
         if let (Some(dir), Some(image)) = (&self.controlnet, control_image) {
             let model = std::sync::Arc::new(ControlNetModel::load(dir, &device, dtype)?);
             model.check_fits(&pipe.unet.config)?;

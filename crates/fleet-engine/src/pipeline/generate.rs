@@ -2,12 +2,13 @@
 //! classifier-free guidance, the scheduler) and the VAE decode, timed per stage.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{ControlInput, GenerateOutput, GenerateRequest, Pipeline, Progress, PromptEmbeds, TensorOutput, Timings};
-use crate::controlnet::controlled;
+use super::{GenerateOutput, GenerateRequest, Pipeline, Progress, PromptEmbeds, TensorOutput, Timings};
+use crate::controlnet::{ControlNetModel, controlled};
 use crate::error::{CandleContext, EngineError, Result};
 use crate::prompt_cache::CachedPrompt;
 use crate::rng::SplitMix64;
@@ -106,22 +107,26 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Summed residuals of the ControlNets active at step `i` of `n` (`None` when none is).
-    #[allow(clippy::too_many_arguments)]
+    /// Summed residuals of the ControlNets at step `i` of `n`, each row scaled by its job's scale
+    /// (0 where that job's control is inactive); `None` when no job's control is active.
     fn control_residuals(
         &self,
-        controls: &[(ControlInput, Tensor)],
-        i: usize,
-        n: usize,
+        controls: &[BatchControl],
+        (i, n): (usize, usize),
         x: &Tensor,
         t: f64,
-        embeds: &Tensor,
-        added: &AddedCond,
+        (embeds, added): (&Tensor, &AddedCond),
     ) -> Result<Option<ControlResiduals>> {
         let mut sum: Option<ControlResiduals> = None;
-        // diffusers runs inactive ControlNets with scale 0; skipping them adds the same zeros.
-        for (c, cond_emb) in controls.iter().filter(|(c, _)| controlled(i, n, c.start, c.end)) {
-            let r = c.model.forward_embedded(x, t, embeds, Some(added), cond_emb, c.scale)?;
+        for c in controls {
+            let active: Vec<bool> = c.windows.iter().map(|&(start, end)| controlled(i, n, start, end)).collect();
+            // diffusers runs inactive ControlNets with scale 0; skipping them adds the same zeros.
+            if !active.contains(&true) {
+                continue;
+            }
+            let scales: Vec<f64> = c.row_job.iter().map(|&j| if active[j] { c.scales[j] } else { 0.0 }).collect();
+            let scales = if scales.iter().all(|s| s.to_bits() == scales[0].to_bits()) { &scales[..1] } else { &scales };
+            let r = c.model.forward_embedded_rows(x, t, embeds, Some(added), &c.embedding, scales)?;
             sum = Some(match sum {
                 None => r,
                 Some(s) => {
@@ -170,54 +175,73 @@ impl Pipeline {
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<TensorOutput> {
+        let mut outputs = self.generate_batch_tensor_until(std::slice::from_ref(req), progress)?;
+        outputs.pop().ok_or_else(|| EngineError::InvalidRequest("no request".into()))
+    }
+
+    /// Several requests in one denoising loop and one VAE decode: the same size, steps and
+    /// prediction type (and ControlNet models), each with its own prompts, negative prompt, seeds,
+    /// number of images, guidance and control images. Every request's images are those it gets
+    /// alone, bit for bit: each batch row goes through the same operations whatever rows share
+    /// the pass (see the engine README, "Batch invariance"); a single request is a batch of one.
+    pub fn generate_batch_tensor_until(
+        &self,
+        reqs: &[GenerateRequest],
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Vec<TensorOutput>> {
+        let Some(first) = reqs.first() else { return Ok(Vec::new()) };
+        let rows = BatchRows::of(reqs);
         let _generate = tracing::info_span!(
             "generate",
             model = %self.model_name,
-            batch = req.batch_size(),
-            steps = req.steps,
-            width = req.width,
-            height = req.height,
+            requests = reqs.len(),
+            images = rows.images,
+            steps = first.steps,
+            width = first.width,
+            height = first.height,
         )
         .entered();
-        self.validate(req)?;
-        let b = req.batch_size();
-        let cfg_on = req.guidance > 1.0;
+        for req in reqs {
+            self.validate(req)?;
+        }
+        check_batchable(reqs)?;
         let sched = EulerDiscrete::new(
             &self.scheduler,
-            req.steps,
-            req.prediction_type.or(Some(self.scheduler.prediction_type)),
+            first.steps,
+            first.prediction_type.or(Some(self.scheduler.prediction_type)),
         )?;
-        let noise = self.initial_noise(req)?;
+        let noise = reqs.iter().map(|r| self.initial_noise(r)).collect::<Result<Vec<_>>>()?;
+        let noise = Tensor::cat(&noise, 0).ctx("initial noise")?;
 
-        // Text encoding.
-        let text_span = tracing::info_span!("text_encode", prompts = req.prompts.len(), cfg = cfg_on).entered();
+        // Text encoding: the unconditional rows of the guided requests, then every request's rows.
+        let text_span = tracing::info_span!("text_encode", requests = reqs.len(), cfg = rows.uncond > 0).entered();
         let t0 = Instant::now();
-        let pos = self.on_pool(|| self.encode_prompts(&req.prompts))?;
-        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> {
-            // prompt-major: prompt p → images p·n .. p·n+n-1
-            let n = req.num_images;
-            if n == 1 {
-                return Ok(t.clone());
+        let (mut embeds, mut pooled) = (Vec::new(), Vec::new());
+        let mut conditional = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let pos = self.on_pool(|| self.encode_prompts(&req.prompts))?;
+            conditional.push((repeat_images(&pos.embeds, req)?, repeat_images(&pos.pooled, req)?));
+        }
+        for (req, (e, p)) in reqs.iter().zip(&conditional) {
+            if !cfg_on(req) {
+                continue;
             }
-            let mut reps = vec![1usize; t.rank()];
-            reps[0] = n;
-            let rows: Vec<Tensor> =
-                (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)?.repeat(&reps[..])).collect::<candle_core::Result<_>>()?;
-            Tensor::cat(&rows, 0)
-        };
-        let (embeds, pooled) = (repeat(&pos.embeds).ctx("repeat")?, repeat(&pos.pooled).ctx("repeat")?);
-        let (embeds, pooled) = if cfg_on {
             let neg_text = req.negative_prompt.clone().unwrap_or_default();
-            let (ne, np) = if neg_text.is_empty() && self.force_zeros_for_empty_prompt {
-                (embeds.zeros_like().ctx("zeros")?, pooled.zeros_like().ctx("zeros")?)
+            if neg_text.is_empty() && self.force_zeros_for_empty_prompt {
+                embeds.push(e.zeros_like().ctx("zeros")?);
+                pooled.push(p.zeros_like().ctx("zeros")?);
             } else {
                 let neg = self.on_pool(|| self.encode_prompts(&vec![neg_text; req.prompts.len()]))?;
-                (repeat(&neg.embeds).ctx("repeat")?, repeat(&neg.pooled).ctx("repeat")?)
-            };
-            (Tensor::cat(&[&ne, &embeds], 0).ctx("cfg batch")?, Tensor::cat(&[&np, &pooled], 0).ctx("cfg batch")?)
-        } else {
-            (embeds, pooled)
-        };
+                embeds.push(repeat_images(&neg.embeds, req)?);
+                pooled.push(repeat_images(&neg.pooled, req)?);
+            }
+        }
+        for (e, p) in conditional {
+            embeds.push(e);
+            pooled.push(p);
+        }
+        let embeds = Tensor::cat(&embeds, 0).ctx("prompt embeddings")?;
+        let pooled = Tensor::cat(&pooled, 0).ctx("pooled prompt embeddings")?;
         // GPU kernels run asynchronously: wait for them before reading the clock.
         self.device.synchronize().ctx("sync")?;
         let text_encode = t0.elapsed();
@@ -226,39 +250,22 @@ impl Pipeline {
         // Denoising.
         let denoise_span = tracing::info_span!("denoise", steps = sched.timesteps.len()).entered();
         let t1 = Instant::now();
-        let ub = if cfg_on { 2 * b } else { b };
-        let (h, w) = (req.height as f32, req.width as f32);
+        let ub = rows.uncond + rows.images;
+        let (h, w) = (first.height as f32, first.width as f32);
         let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device).ctx("time ids")?;
         let added = AddedCond { text_embeds: pooled, time_ids };
         let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
-        // Control images repeated to the UNet batch (both CFG halves get the image, as diffusers)
-        // and through each ControlNet's conditioning embedding once: it does not change per step.
-        let model_input_shape = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { Ok(latents.clone()) };
-        let model_input_shape = model_input_shape.ctx("cfg input")?;
-        let controls = req
-            .controls
-            .iter()
-            .map(|c| {
-                let img = c.image.to_device(&self.device).and_then(|i| i.repeat((ub, 1, 1, 1))).ctx("control image")?;
-                Ok((c.clone(), c.model.embed_condition(&img, &model_input_shape)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let controls = self.batch_controls(reqs, &rows, &rows.unet_input(&latents)?)?;
         let total = sched.timesteps.len();
         for (i, &t) in sched.timesteps.iter().enumerate() {
             let _step = tracing::debug_span!("unet_step", step = i + 1, timestep = t).entered();
-            let x = if cfg_on { Tensor::cat(&[&latents, &latents], 0).ctx("cfg input")? } else { latents.clone() };
-            let x = (x * sched.input_scale(i)).ctx("scale input")?;
+            let x = (rows.unet_input(&latents)? * sched.input_scale(i)).ctx("scale input")?;
             let out = self.on_pool(|| {
-                let control = self.control_residuals(&controls, i, total, &x, t, &embeds, &added)?;
+                let control = self.control_residuals(&controls, (i, total), &x, t, (&embeds, &added))?;
                 self.unet.forward(&x, t, &embeds, Some(&added), control.as_ref())
             })?;
             let out = out.to_dtype(DType::F32).ctx("unet output")?;
-            let out = if cfg_on {
-                let (u, c) = (out.narrow(0, 0, b).ctx("cfg")?, out.narrow(0, b, b).ctx("cfg")?);
-                (&u + ((c - &u).ctx("cfg")? * req.guidance).ctx("cfg")?).ctx("cfg")?
-            } else {
-                out
-            };
+            let out = rows.guide(reqs, &out)?;
             latents = sched.step(i, &out, &latents).ctx("scheduler step")?;
             self.device.synchronize().ctx("sync")?;
             if progress(Progress { step: i + 1, total, timestep: t, elapsed: t1.elapsed() }).is_break() {
@@ -274,7 +281,7 @@ impl Pipeline {
             "denoising (UNet)",
             "the UNet or scheduler diverged (f16 overflow or broken weights); the image was not decoded",
         )?;
-        let vae_span = tracing::info_span!("vae_decode").entered();
+        let vae_span = tracing::info_span!("vae_decode", images = rows.images).entered();
         let t2 = Instant::now();
         let images = self.on_pool(|| self.vae.decode(&latents))?.to_device(&Device::Cpu).ctx("images to cpu")?;
         ensure_finite(
@@ -284,12 +291,50 @@ impl Pipeline {
         )?;
         let vae_decode = t2.elapsed();
         vae_span.exit();
-        Ok(TensorOutput {
-            images,
-            latents: latents.to_device(&Device::Cpu).ctx("latents to cpu")?,
-            seeds: req.seeds(),
-            timings: Timings { text_encode, denoise, vae_decode },
-        })
+        let latents = latents.to_device(&Device::Cpu).ctx("latents to cpu")?;
+        let timings = Timings { text_encode, denoise, vae_decode };
+        reqs.iter()
+            .zip(&rows.offsets)
+            .map(|(req, &at)| {
+                let b = req.batch_size();
+                Ok(TensorOutput {
+                    images: images.narrow(0, at, b).ctx("split images")?,
+                    latents: latents.narrow(0, at, b).ctx("split latents")?,
+                    seeds: req.seeds(),
+                    timings,
+                })
+            })
+            .collect()
+    }
+
+    /// Each ControlNet of the batch with its conditioning embedding over every UNet row (both
+    /// classifier-free-guidance halves get their job's image, as in diffusers), computed once: it
+    /// does not change per step.
+    fn batch_controls(
+        &self,
+        reqs: &[GenerateRequest],
+        rows: &BatchRows,
+        unet_input: &Tensor,
+    ) -> Result<Vec<BatchControl>> {
+        let row_job = rows.unet_row_jobs(reqs);
+        (0..reqs[0].controls.len())
+            .map(|k| {
+                let images = row_job
+                    .iter()
+                    .map(|&j| reqs[j].controls[k].image.to_device(&self.device))
+                    .collect::<candle_core::Result<Vec<_>>>()
+                    .and_then(|images| Tensor::cat(&images, 0))
+                    .ctx("control images")?;
+                let model = reqs[0].controls[k].model.clone();
+                Ok(BatchControl {
+                    embedding: model.embed_condition(&images, unet_input)?,
+                    model,
+                    scales: reqs.iter().map(|r| r.controls[k].scale).collect(),
+                    windows: reqs.iter().map(|r| (r.controls[k].start, r.controls[k].end)).collect(),
+                    row_job: row_job.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Runs a stage of a CPU pipeline on a rayon worker thread. Called from outside the pool,
@@ -319,6 +364,21 @@ impl Pipeline {
     ) -> Result<GenerateOutput> {
         let out = self.generate_tensor_until(req, progress)?;
         Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
+    }
+
+    /// RGB images of several requests from one forward pass per step (see
+    /// [`Self::generate_batch_tensor_until`]), one output per request.
+    pub fn generate_batch_until(
+        &self,
+        reqs: &[GenerateRequest],
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Vec<GenerateOutput>> {
+        self.generate_batch_tensor_until(reqs, progress)?
+            .into_iter()
+            .map(|out| {
+                Ok(GenerateOutput { images: tensor_to_images(&out.images)?, seeds: out.seeds, timings: out.timings })
+            })
+            .collect()
     }
 }
 
@@ -352,4 +412,153 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<image::RgbImage>> {
             image::RgbImage::from_raw(w as u32, h as u32, px).ok_or_else(|| EngineError::Image("buffer size".into()))
         })
         .collect()
+}
+
+/// Whether a request runs classifier-free guidance (Lightning is made for guidance 0).
+fn cfg_on(req: &GenerateRequest) -> bool {
+    req.guidance > 1.0
+}
+
+/// A request's per-prompt rows repeated to its images, prompt-major (prompt p → images p·n ..
+/// p·n + n − 1).
+fn repeat_images(t: &Tensor, req: &GenerateRequest) -> Result<Tensor> {
+    let n = req.num_images;
+    if n == 1 {
+        return Ok(t.clone());
+    }
+    let run = || -> candle_core::Result<Tensor> {
+        let mut reps = vec![1usize; t.rank()];
+        reps[0] = n;
+        let rows: Vec<Tensor> =
+            (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)?.repeat(&reps[..])).collect::<candle_core::Result<_>>()?;
+        Tensor::cat(&rows, 0)
+    };
+    run().ctx("repeat")
+}
+
+/// Requests share a pass only when everything that shapes it is the same.
+fn check_batchable(reqs: &[GenerateRequest]) -> Result<()> {
+    let first = &reqs[0];
+    for (j, r) in reqs.iter().enumerate().skip(1) {
+        let differs = |what: &str| {
+            Err(EngineError::InvalidRequest(format!(
+                "request {j} cannot share a forward pass with request 0: {what} differs"
+            )))
+        };
+        if (r.width, r.height) != (first.width, first.height) {
+            return differs("the size");
+        }
+        if r.steps != first.steps {
+            return differs("the number of steps");
+        }
+        if r.prediction_type != first.prediction_type {
+            return differs("the prediction type");
+        }
+        let same_models = r.controls.len() == first.controls.len()
+            && r.controls.iter().zip(&first.controls).all(|(a, b)| Arc::ptr_eq(&a.model, &b.model));
+        if !same_models {
+            return differs("the set of ControlNet models");
+        }
+    }
+    Ok(())
+}
+
+/// Where each request's rows sit in the batch. The UNet batch holds the unconditional rows of
+/// the guided requests first (in request order), then every request's conditional rows; a single
+/// request thus keeps the classic `[uncond; cond]` layout.
+struct BatchRows {
+    /// First image row of each request in the latents (and the output).
+    offsets: Vec<usize>,
+    /// First unconditional UNet row of each guided request.
+    uncond_offsets: Vec<Option<usize>>,
+    /// Images in all.
+    images: usize,
+    /// Unconditional rows in all.
+    uncond: usize,
+}
+
+impl BatchRows {
+    fn of(reqs: &[GenerateRequest]) -> Self {
+        let (mut offsets, mut uncond_offsets) = (Vec::new(), Vec::new());
+        let (mut images, mut uncond) = (0, 0);
+        for r in reqs {
+            offsets.push(images);
+            images += r.batch_size();
+            uncond_offsets.push(cfg_on(r).then_some(uncond));
+            if cfg_on(r) {
+                uncond += r.batch_size();
+            }
+        }
+        Self { offsets, uncond_offsets, images, uncond }
+    }
+
+    /// The request of every UNet row.
+    fn unet_row_jobs(&self, reqs: &[GenerateRequest]) -> Vec<usize> {
+        let mut jobs = Vec::with_capacity(self.uncond + self.images);
+        for (j, r) in reqs.iter().enumerate() {
+            if self.uncond_offsets[j].is_some() {
+                jobs.extend(std::iter::repeat_n(j, r.batch_size()));
+            }
+        }
+        for (j, r) in reqs.iter().enumerate() {
+            jobs.extend(std::iter::repeat_n(j, r.batch_size()));
+        }
+        jobs
+    }
+
+    /// The UNet's input rows: the guided requests' latents again for their unconditional rows,
+    /// then all latents.
+    fn unet_input(&self, latents: &Tensor) -> Result<Tensor> {
+        if self.uncond == 0 {
+            return Ok(latents.clone());
+        }
+        let mut parts = Vec::new();
+        for (j, at) in self.uncond_offsets.iter().enumerate() {
+            if at.is_some() {
+                let b = self.rows_of(j);
+                parts.push(latents.narrow(0, self.offsets[j], b).ctx("cfg input")?);
+            }
+        }
+        parts.push(latents.clone());
+        Tensor::cat(&parts, 0).ctx("cfg input")
+    }
+
+    fn rows_of(&self, j: usize) -> usize {
+        self.offsets.get(j + 1).copied().unwrap_or(self.images) - self.offsets[j]
+    }
+
+    /// The UNet's output to one prediction per image: `u + g·(c − u)` for guided requests (each
+    /// with its own guidance), `c` for the others.
+    fn guide(&self, reqs: &[GenerateRequest], out: &Tensor) -> Result<Tensor> {
+        if self.uncond == 0 {
+            return Ok(out.clone());
+        }
+        let mut parts = Vec::with_capacity(reqs.len());
+        for (j, req) in reqs.iter().enumerate() {
+            let b = self.rows_of(j);
+            let c = out.narrow(0, self.uncond + self.offsets[j], b).ctx("cfg")?;
+            parts.push(match self.uncond_offsets[j] {
+                Some(at) => {
+                    let u = out.narrow(0, at, b).ctx("cfg")?;
+                    (&u + ((c - &u).ctx("cfg")? * req.guidance).ctx("cfg")?).ctx("cfg")?
+                }
+                None => c,
+            });
+        }
+        if let [one] = parts.as_slice() {
+            return Ok(one.clone());
+        }
+        Tensor::cat(&parts, 0).ctx("cfg")
+    }
+}
+
+/// One ControlNet of a batch: its conditioning embedding over every UNet row, and each request's
+/// scale and active window.
+struct BatchControl {
+    model: Arc<ControlNetModel>,
+    embedding: Tensor,
+    scales: Vec<f64>,
+    windows: Vec<(f64, f64)>,
+    /// The request of every UNet row.
+    row_job: Vec<usize>,
 }

@@ -130,3 +130,4 @@ impl UNet2DConditionModel {
         Ok(x)
     }
 }
+
