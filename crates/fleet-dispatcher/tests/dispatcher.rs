@@ -339,6 +339,9 @@ async fn events_stream_follows_the_job_to_its_end_in_order() {
     worker.await.unwrap();
     let kinds: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
     assert_eq!(kinds, ["queued", "running", "running", "running", "succeeded"], "{body}");
+    let ids: Vec<u64> = body.lines().filter_map(|l| l.strip_prefix("id: ")).map(|id| id.parse().unwrap()).collect();
+    assert_eq!(ids.len(), kinds.len(), "every event has an id: {body}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids (revisions) increase: {body}");
     let steps: Vec<u64> = body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))

@@ -176,6 +176,8 @@ pub async fn cancel(State(app): State<App>, caller: Caller, Path(id): Path<Strin
 }
 
 /// `GET /v1/jobs/{id}/events`: server-sent events, one per status change, ending with the final state.
+/// Each event's id is the record's revision; a reconnecting client (`Last-Event-ID`) gets the
+/// current status first, which is all it needs to resume.
 pub async fn events(
     State(app): State<App>,
     caller: Caller,
@@ -186,6 +188,7 @@ pub async fn events(
     let events = stream.map(|item| {
         Ok(match item {
             Ok(event) => Event::default()
+                .id(event.rev.to_string())
                 .event(event.state.as_str())
                 .json_data(&event)
                 .unwrap_or_else(|_| Event::default().event("error").data("unserialisable event")),
