@@ -79,6 +79,33 @@ async fn jobs_flow_through_one_then_two_workers_and_match_direct_generation() {
     fleet.stop().await;
 }
 
+/// Four compatible jobs queued before a worker starts: it takes them in one batch and runs one
+/// forward pass over all of them (mixed prompts, seeds, image counts and guidance), and each job's
+/// images are still exactly those it gets alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_runs_four_compatible_jobs_in_one_forward_pass_with_each_jobs_own_pixels() {
+    let config = isolated_config();
+    let mut fleet = Fleet::start(config.clone(), 0).await;
+    let jobs: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"prompt": format!("batched image {i}"), "model": "tiny", "width": 64, "height": 64, "steps": 2,
+                   "seed": 500 + i, "num_images": if i == 1 { 2 } else { 1 }, "guidance": if i == 2 { 3.0 } else { 0.0 },
+                   "negative_prompt": "blurry"})
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for job in &jobs {
+        ids.push(fleet.submit(job.clone()).await.id);
+    }
+    fleet.add_worker().await;
+    let statuses = fleet.wait_all(&ids, Duration::from_secs(120)).await;
+    check_results(&config, &statuses, &jobs).await;
+    let metrics = fleet.worker_metrics(0).await;
+    assert!(metrics.contains("fleet_worker_forward_images_count 1\n"), "one forward pass: {metrics}");
+    assert!(metrics.contains("fleet_worker_forward_images_sum 5.0\n"), "of all five images: {metrics}");
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_queued_job_stops_it_and_not_its_neighbours() {
     let config = isolated_config();

@@ -98,6 +98,12 @@ pub struct WorkerHeartbeat {
     pub images_done: u64,
     /// Jobs that failed since the worker started.
     pub jobs_failed: u64,
+    /// Forward passes run since the worker started (each over one batch of compatible jobs).
+    #[serde(default)]
+    pub forward_passes: u64,
+    /// Images those passes made: `forward_images / forward_passes` is the mean batch a GPU ran.
+    #[serde(default)]
+    pub forward_images: u64,
     /// When the worker process started.
     pub started_at: DateTime<Utc>,
     /// When this heartbeat was sent.

@@ -470,6 +470,8 @@ async fn heartbeats_are_listed_while_alive_and_expire() {
         jobs_done: 3,
         images_done: 12,
         jobs_failed: 1,
+        forward_passes: 2,
+        forward_images: 12,
         started_at: now,
         last_seen: now,
     };

@@ -1,10 +1,16 @@
 //! Batching policy, as a pure function over the jobs waiting in the worker.
 //!
-//! Jobs are compatible when everything that shapes the forward pass matches (model, size, steps,
-//! guidance and — when guidance is on — the negative prompt, LoRA set with scales, ControlNet
-//! model). A batch starts with the most urgent job (interactive before bulk, then oldest) and takes
-//! compatible jobs in the same order while its budget (images and images × pixels × steps) allows.
-//! A job that fits no batch now simply waits for the next one; it never blocks the others.
+//! Jobs are compatible when they run on the same weights and the same schedule: model, LoRA set
+//! (names, scales and fusing order), ControlNet model, size and steps. Prompts, negative prompts,
+//! seeds, image counts, guidance and control images may differ: the engine gives every job of a
+//! shared forward pass the pixels it gets alone. A batch starts with the most urgent job
+//! (interactive before bulk, then oldest) and takes compatible jobs in the same order while its
+//! budget (images and images × pixels × steps) allows. A job that fits no batch now simply waits
+//! for the next one; it never blocks the others.
+//!
+//! Waiting for company is adaptive: a batch that is not full waits only while more deliveries are
+//! arriving (each within a few milliseconds of the last: a prefetched burst), and never past
+//! `deadline`; a lone job on an idle worker starts as soon as no other delivery follows it.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +23,7 @@ pub struct BatchPolicy {
     pub max_images: u32,
     /// Most images × pixels × steps in one batch (a proxy for device time and memory).
     pub max_pixel_steps: u64,
-    /// How long the first job of a batch may wait for company.
+    /// The longest the first job of a batch waits for company while deliveries keep arriving.
     pub deadline: Duration,
 }
 
@@ -28,27 +34,20 @@ pub struct BatchKey {
     pub width: u32,
     pub height: u32,
     pub steps: u32,
-    guidance_bits: u32,
-    /// Only when classifier-free guidance runs does the negative prompt enter the pass.
-    negative_prompt: Option<String>,
-    /// Sorted by name, scales as bits: the fused weights must be identical.
+    /// In job order, scales as bits: the fused weights must be identical (fusing order changes
+    /// their rounding, so `[a, b]` and `[b, a]` are different pipelines).
     loras: Vec<(String, u32)>,
     controlnet: Option<String>,
 }
 
 impl BatchKey {
     pub fn of(spec: &JobSpec) -> BatchKey {
-        let mut loras: Vec<(String, u32)> = spec.loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect();
-        loras.sort();
-        let cfg = spec.guidance > 1.0;
         BatchKey {
             model: spec.model.clone(),
             width: spec.width,
             height: spec.height,
             steps: spec.steps,
-            guidance_bits: if cfg { spec.guidance.to_bits() } else { 0 },
-            negative_prompt: if cfg { spec.negative_prompt.clone().filter(|s| !s.is_empty()) } else { None },
-            loras,
+            loras: spec.loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect(),
             controlnet: spec.controlnet.as_ref().map(|c| c.model.clone()),
         }
     }
@@ -67,10 +66,11 @@ pub trait Waiting {
 
 /// Indices (into `waiting`) of the next batch, or `None` if nothing should run yet.
 ///
-/// A batch runs when it is full (no further compatible job fits) or when its first job has waited
-/// `deadline`; `force` runs whatever is there (used when draining). A single job larger than the
-/// budget still runs alone — the budget shapes batches, it does not refuse jobs.
-pub fn next_batch<W: Waiting>(waiting: &[W], policy: &BatchPolicy, now: Instant, force: bool) -> Option<Vec<usize>> {
+/// A batch runs when it is full (no further compatible job fits), when no more deliveries are
+/// `arriving` (so waiting would buy it no company), or when its first job has waited `deadline`.
+/// A single job larger than the budget still runs alone — the budget shapes batches, it does not
+/// refuse jobs.
+pub fn next_batch<W: Waiting>(waiting: &[W], policy: &BatchPolicy, now: Instant, arriving: bool) -> Option<Vec<usize>> {
     let mut order: Vec<usize> = (0..waiting.len()).collect();
     order.sort_by_key(|&i| (rank(waiting[i].spec().priority), waiting[i].arrived()));
     let &first = order.first()?;
@@ -94,7 +94,7 @@ pub fn next_batch<W: Waiting>(waiting: &[W], policy: &BatchPolicy, now: Instant,
     }
     let full = more_compatible_waiting || images >= policy.max_images;
     let expired = now.saturating_duration_since(waiting[first].arrived()) >= policy.deadline;
-    (force || full || expired).then_some(chosen)
+    (!arriving || full || expired).then_some(chosen)
 }
 
 /// When the job that would lead the next batch reaches its deadline (`None`: nothing waits).
@@ -137,12 +137,12 @@ mod tests {
         BatchPolicy { max_images: 4, max_pixel_steps: u64::MAX, deadline: Duration::from_millis(50) };
 
     #[test]
-    fn waits_for_company_until_the_deadline() {
+    fn waits_for_company_only_while_deliveries_arrive_and_never_past_the_deadline() {
         let t0 = Instant::now();
         let w = [W(job(64, 1, Priority::Bulk), t0)];
-        assert_eq!(next_batch(&w, &POLICY, t0, false), None);
-        assert_eq!(next_batch(&w, &POLICY, t0 + Duration::from_millis(60), false), Some(vec![0]));
-        assert_eq!(next_batch(&w, &POLICY, t0, true), Some(vec![0]));
+        assert_eq!(next_batch(&w, &POLICY, t0, false), Some(vec![0]), "a lone job on an idle worker starts at once");
+        assert_eq!(next_batch(&w, &POLICY, t0, true), None, "more deliveries are arriving: wait for them");
+        assert_eq!(next_batch(&w, &POLICY, t0 + Duration::from_millis(60), true), Some(vec![0]));
     }
 
     #[test]
@@ -155,7 +155,7 @@ mod tests {
             W(job(64, 1, Priority::Interactive), later),
             W(job(128, 2, Priority::Bulk), later),
         ];
-        let batch = next_batch(&w, &POLICY, t0 + Duration::from_secs(1), false).unwrap();
+        let batch = next_batch(&w, &POLICY, t0 + Duration::from_secs(1), true).unwrap();
         assert_eq!(batch, vec![1, 3], "the 128-wide interactive job leads and takes the compatible bulk job");
     }
 
@@ -172,7 +172,7 @@ mod tests {
     fn a_full_batch_runs_at_once_and_the_rest_waits() {
         let t0 = Instant::now();
         let w: Vec<W> = (0..3).map(|_| W(job(64, 2, Priority::Interactive), t0)).collect();
-        assert_eq!(next_batch(&w, &POLICY, t0, false), Some(vec![0, 1]));
+        assert_eq!(next_batch(&w, &POLICY, t0, true), Some(vec![0, 1]), "full: runs even while more arrive");
     }
 
     #[test]
@@ -180,27 +180,30 @@ mod tests {
         let t0 = Instant::now();
         let policy = BatchPolicy { max_pixel_steps: pixel_steps(&job(64, 1, Priority::Bulk)) * 2, ..POLICY };
         let w = [W(job(64, 3, Priority::Bulk), t0), W(job(64, 1, Priority::Bulk), t0)];
-        assert_eq!(next_batch(&w, &policy, t0, false), Some(vec![0]));
+        assert_eq!(next_batch(&w, &policy, t0, true), Some(vec![0]));
     }
 
     #[test]
-    fn lora_sets_must_match_including_scales_but_not_order() {
+    fn lora_sets_must_match_in_scale_and_fusing_order() {
         let mut a = job(64, 1, Priority::Bulk);
         a.loras = vec![LoraRef { name: "x".into(), scale: 0.5 }, LoraRef { name: "y".into(), scale: 1.0 }];
         let mut b = a.clone();
-        b.loras.reverse();
         assert_eq!(BatchKey::of(&a), BatchKey::of(&b));
+        b.loras.reverse();
+        assert_ne!(BatchKey::of(&a), BatchKey::of(&b), "fused in another order: other weights");
+        b.loras.reverse();
         b.loras[0].scale = 0.9;
         assert_ne!(BatchKey::of(&a), BatchKey::of(&b));
     }
 
     #[test]
-    fn negative_prompt_matters_only_with_guidance() {
-        let mut a = job(64, 1, Priority::Bulk);
+    fn prompts_seeds_guidance_and_negative_prompts_share_a_pass() {
+        let a = job(64, 1, Priority::Bulk);
         let mut b = a.clone();
-        a.negative_prompt = Some("blur".into());
+        (b.prompt, b.seed, b.guidance, b.negative_prompt) = ("other".into(), Some(9), 5.0, Some("blur".into()));
+        b.num_images = 3;
         assert_eq!(BatchKey::of(&a), BatchKey::of(&b));
-        (a.guidance, b.guidance) = (2.0, 2.0);
+        b.steps = 8;
         assert_ne!(BatchKey::of(&a), BatchKey::of(&b));
     }
 }

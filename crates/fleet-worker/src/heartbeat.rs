@@ -33,6 +33,8 @@ impl Liveness {
             jobs_done: self.stats.jobs_done.load(Ordering::Relaxed),
             images_done: self.stats.images_done.load(Ordering::Relaxed),
             jobs_failed: self.stats.jobs_failed.load(Ordering::Relaxed),
+            forward_passes: self.stats.forward_passes.load(Ordering::Relaxed),
+            forward_images: self.stats.forward_images_total.load(Ordering::Relaxed),
             started_at: self.started_at,
             last_seen: Utc::now(),
         }

@@ -130,6 +130,7 @@ impl Collector for WorkerMetrics {
         }
 
         stats.batch_images.encode(&mut encoder, "fleet_worker_batch_images", "Images per batch.")?;
+        stats.forward_images.encode(&mut encoder, "fleet_worker_forward_images", "Images per forward pass.")?;
         stats.queue_wait.encode(
             &mut encoder,
             "fleet_worker_queue_wait_seconds",
@@ -217,6 +218,7 @@ mod tests {
             ("fleet_worker_model_load_seconds", "gauge", "Time the worker took to load its models."),
             ("fleet_worker_failures_total", "counter", "Jobs failed, by error code."),
             ("fleet_worker_batch_images", "histogram", "Images per batch."),
+            ("fleet_worker_forward_images", "histogram", "Images per forward pass."),
             ("fleet_worker_queue_wait_seconds", "histogram", "From acceptance to the start of generation."),
             ("fleet_worker_step_seconds", "histogram", "One denoising step of a batch."),
             ("fleet_worker_encode_seconds", "histogram", "One image encoded (PNG, JPEG or WebP)."),

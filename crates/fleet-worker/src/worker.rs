@@ -26,6 +26,9 @@ use fleet_render::{ModelError, Models};
 /// How often the loop looks for a batch to run while deliveries are quiet.
 const TICK: Duration = Duration::from_millis(10);
 /// First and longest wait before consuming again after the broker connection was lost.
+/// Deliveries closer together than this are one arrival (a prefetched burst): a batch that is not
+/// full waits for the next one. A lone job waits no longer than this for company.
+const ARRIVAL_GAP: Duration = Duration::from_millis(3);
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// A consumer that lasted this long was healthy: the next loss starts the backoff afresh.
@@ -232,16 +235,29 @@ impl Worker {
         }
         let mut deliveries = futures::stream::select_all(streams);
         let mut waiting: Vec<Pending> = Vec::new();
+        // When the last delivery came: while deliveries keep coming (each within ARRIVAL_GAP of
+        // the one before), a batch that is not full waits for them, up to the deadline; once the
+        // gap passes with none, it runs.
+        let mut last_delivery: Option<Instant> = None;
         tracing::info!(worker = %self.ctx.worker_id, models = ?self.ctx.models.names(), "worker consuming");
         loop {
+            let wake = match last_delivery {
+                Some(at) if at.elapsed() < ARRIVAL_GAP => {
+                    tokio::time::Instant::from_std(at + ARRIVAL_GAP).min(self.next_wake(&waiting))
+                }
+                _ => self.next_wake(&waiting),
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 delivery = deliveries.next() => match delivery {
-                    Some(Ok(delivery)) => match receive(delivery, &self.ctx.config) {
-                        Ok(pending) => waiting.push(pending),
-                        Err(refused) => self.refuse(refused).await,
-                    },
+                    Some(Ok(delivery)) => {
+                        last_delivery = Some(Instant::now());
+                        match receive(delivery, &self.ctx.config) {
+                            Ok(pending) => waiting.push(pending),
+                            Err(refused) => self.refuse(refused).await,
+                        }
+                    }
                     Some(Err(e)) => {
                         warn_if_ack_timeout(&e);
                         hand_back(&mut waiting).await;
@@ -254,9 +270,10 @@ impl Worker {
                         return Err(WorkerError::Consume(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)));
                     }
                 },
-                _ = tokio::time::sleep_until(self.next_wake(&waiting)) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
-            if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), false) {
+            let arriving = last_delivery.is_some_and(|at| at.elapsed() < ARRIVAL_GAP);
+            if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), arriving) {
                 let batch = take(&mut waiting, indices);
                 self.ctx.stats.waiting.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.run_one(batch, &shutdown).await;

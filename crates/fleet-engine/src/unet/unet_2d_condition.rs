@@ -130,4 +130,3 @@ impl UNet2DConditionModel {
         Ok(x)
     }
 }
-

@@ -1,4 +1,5 @@
-//! One forward pass on the engine thread, with throttled progress writes and cancels.
+//! One forward pass over a batch's jobs on the engine thread, with throttled progress writes
+//! and cancels.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -12,14 +13,16 @@ use super::{PROGRESS_EVERY, RunContext};
 use crate::intake::Pending;
 use crate::noop::EngineMode;
 
-/// Runs the engine off the async runtime, writing throttled progress for every job of the batch.
+/// Runs the engine over every job's request in one pass, off the async runtime, writing
+/// throttled progress for every job; the images come back in job order.
 pub(super) async fn generate(
     ctx: &RunContext,
     pipeline: Arc<Pipeline>,
-    request: GenerateRequest,
+    requests: Vec<GenerateRequest>,
     jobs: &mut [Pending],
 ) -> Result<Vec<RgbImage>, EngineError> {
-    let (tx, mut rx) = tokio::sync::watch::channel((0usize, request.steps));
+    let steps = requests.first().map_or(0, |r| r.steps);
+    let (tx, mut rx) = tokio::sync::watch::channel((0usize, steps));
     let stats = ctx.stats.clone();
     // Set by the reporter when every job of the pass was cancelled; the engine stops at the next step.
     let stop = Arc::new(AtomicBool::new(false));
@@ -28,21 +31,21 @@ pub(super) async fn generate(
     let work = ctx.engine_thread.run(move || {
         if engine == EngineMode::Noop {
             // Every step reported at once, through the same reporter as a real run.
-            for step in 1..=request.steps {
-                let _ = tx.send((step, request.steps));
+            for step in 1..=steps {
+                let _ = tx.send((step, steps));
             }
-            return Ok(crate::noop::fixed_images(&request));
+            return Ok(requests.iter().flat_map(crate::noop::fixed_images).collect());
         }
         let mut last = std::time::Duration::ZERO;
         pipeline
-            .generate_until(&request, &mut |p| {
+            .generate_batch_until(&requests, &mut |p| {
                 stats.step_seconds.observe_duration(p.elapsed.saturating_sub(last));
                 last = p.elapsed;
                 // A closed receiver only means progress is no longer wanted.
                 let _ = tx.send((p.step, p.total));
                 if stop_engine.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })
-            .map(|out| out.images)
+            .map(|outputs| outputs.into_iter().flat_map(|out| out.images).collect())
     });
     let status = ctx.status.clone();
     let ids: Vec<(uuid::Uuid, u32)> = jobs.iter().map(|j| (j.id(), j.job.spec().num_images)).collect();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig, JobError, JobStatus};
-use fleet_engine::EngineError;
+use fleet_engine::{EngineError, GenerateRequest, Pipeline};
 use fleet_render::Models;
 use fleet_status::{StatusError, StatusStore};
 use fleet_storage::ImageStore;
@@ -41,7 +41,7 @@ use generate::generate;
 use prepare::{prepare, unsupported};
 pub use retry::Transient;
 use retry::retry;
-use settle::{Outcome, settle};
+use settle::{Interruption, Outcome, settle};
 use start::begin;
 use store::finish;
 
@@ -77,6 +77,9 @@ pub struct Stats {
     /// Jobs handed back to the queue for a later attempt.
     pub jobs_requeued: AtomicU64,
     pub batches: AtomicU64,
+    /// Forward passes run, and the images they made (for heartbeats).
+    pub forward_passes: AtomicU64,
+    pub forward_images_total: AtomicU64,
     /// Time spent in batches, in microseconds.
     pub batch_micros: AtomicU64,
     /// Jobs received and waiting for a batch.
@@ -85,6 +88,8 @@ pub struct Stats {
     /// Failed jobs by error code name.
     pub failures_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     pub batch_images: Histogram,
+    /// Images per forward pass (a batch's compatible jobs share one).
+    pub forward_images: Histogram,
     pub queue_wait: Histogram,
     pub step_seconds: Histogram,
     pub encode_seconds: Histogram,
@@ -99,11 +104,14 @@ impl Default for Stats {
             images_done: AtomicU64::default(),
             jobs_requeued: AtomicU64::default(),
             batches: AtomicU64::default(),
+            forward_passes: AtomicU64::default(),
+            forward_images_total: AtomicU64::default(),
             batch_micros: AtomicU64::default(),
             waiting: AtomicU64::default(),
             model_load_micros: AtomicU64::default(),
             failures_by_code: std::sync::Mutex::default(),
             batch_images: Histogram::new(BATCH_BUCKETS),
+            forward_images: Histogram::new(BATCH_BUCKETS),
             queue_wait: Histogram::new(SECONDS_BUCKETS),
             step_seconds: Histogram::new(SECONDS_BUCKETS),
             encode_seconds: Histogram::new(SECONDS_BUCKETS),
@@ -155,52 +163,88 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
     if runnable.is_empty() {
         return;
     }
-    if runnable.len() > 1 {
-        // A batch shares its model, size and steps, but each job gets its own forward pass: a
-        // forward over several jobs differs from a single run by float rounding (≈1e-4 on CPU),
-        // which flips some 8-bit pixels, and a job must give the same pixels as `fleet generate`.
-        for job in runnable {
-            Box::pin(generate_and_finish(ctx, vec![job])).await;
+    // Each job's pipeline (its LoRA set fused) and request; jobs whose preparation fails settle
+    // here, the others share forward passes by pipeline (one for a batch, whose jobs share a key).
+    let mut passes: Vec<(Arc<Pipeline>, Vec<GenerateRequest>, Vec<Pending>)> = Vec::new();
+    for mut job in runnable {
+        match prepare(ctx, job.job.spec()).await {
+            Ok((pipeline, request)) => match passes.iter_mut().find(|(p, r, _)| shares_pass(p, r, &pipeline, &request))
+            {
+                Some((_, requests, jobs)) => {
+                    requests.push(request);
+                    jobs.push(job);
+                }
+                None => passes.push((pipeline, vec![request], vec![job])),
+            },
+            Err(error) => settle(ctx, &mut job, Outcome::Fail(error)).await,
         }
-        return;
     }
-    let model = runnable[0].job.spec().model.clone();
-    let (pipeline, request) = match prepare(ctx, runnable[0].job.spec()).await {
-        Ok(p) => p,
-        Err(error) => {
-            let Some(mut job) = runnable.into_iter().next() else { return };
-            settle(ctx, &mut job, Outcome::Fail(error)).await;
-            return;
-        }
+    for (pipeline, requests, jobs) in passes {
+        forward_and_finish(ctx, pipeline, requests, jobs).await;
+    }
+}
+
+/// Whether a prepared job can join a pass: the same pipeline and the same ControlNet models
+/// (the engine refuses anything else by name).
+fn shares_pass(
+    pipeline: &Arc<Pipeline>,
+    requests: &[GenerateRequest],
+    other: &Arc<Pipeline>,
+    request: &GenerateRequest,
+) -> bool {
+    let same_controls = |r: &GenerateRequest| {
+        r.controls.len() == request.controls.len()
+            && r.controls.iter().zip(&request.controls).all(|(a, b)| Arc::ptr_eq(&a.model, &b.model))
     };
-    match generate(ctx, pipeline.clone(), request, &mut runnable).await {
+    Arc::ptr_eq(pipeline, other) && requests.first().is_none_or(same_controls)
+}
+
+/// One forward pass over `jobs`, then their images stored (in [`RunContext::finishing`]) or, on
+/// a failure of the pass, every job settled by it.
+async fn forward_and_finish(
+    ctx: &RunContext,
+    pipeline: Arc<Pipeline>,
+    requests: Vec<GenerateRequest>,
+    mut jobs: Vec<Pending>,
+) {
+    let model = jobs[0].job.spec().model.clone();
+    let images: u32 = jobs.iter().map(|j| j.job.spec().num_images).sum();
+    ctx.stats.forward_images.observe(f64::from(images));
+    ctx.stats.forward_passes.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.forward_images_total.fetch_add(u64::from(images), Ordering::Relaxed);
+    match generate(ctx, pipeline.clone(), requests, &mut jobs).await {
         Ok(images) => {
             let ctx = ctx.clone();
             let pixels = images.iter().map(|i| u64::from(i.width()) * u64::from(i.height())).sum();
             let finishing = ctx.finishing.clone();
-            finishing.spawn(pixels, async move { finish(&ctx, runnable, images, &model, &pipeline).await }).await;
+            finishing.spawn(pixels, async move { finish(&ctx, jobs, images, &model, &pipeline).await }).await;
         }
         Err(EngineError::Cancelled) => {
-            let Some(mut job) = runnable.into_iter().next() else { return };
-            let id = job.id();
-            tracing::info!(job = %id, "cancelled mid-run");
-            let cancel = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) };
-            let outcome = match retry(|| ctx.status.update(id, cancel)).await {
-                Ok(_) | Err(StatusError::Illegal(_)) => Outcome::Settled,
-                Err(e) => Outcome::Requeue(e.into()),
-            };
-            settle(ctx, &mut job, outcome).await;
+            // The engine stops a pass only once every job in it was cancelled.
+            for mut job in jobs {
+                let id = job.id();
+                tracing::info!(job = %id, "cancelled mid-run");
+                let cancel = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) };
+                let outcome = match retry(|| ctx.status.update(id, cancel)).await {
+                    Ok(_) | Err(StatusError::Illegal(_)) => Outcome::Settled,
+                    Err(e) => Outcome::Requeue(e.into()),
+                };
+                settle(ctx, &mut job, outcome).await;
+            }
         }
         Err(err) => {
-            let Some(mut job) = runnable.into_iter().next() else { return };
-            let outcome = match classify(&err) {
-                Some(code) if code.retryable() && job.delivery_count < ctx.config.rabbitmq.delivery_limit => {
-                    Outcome::Requeue(err.into())
-                }
-                Some(code) => Outcome::Fail(JobError::new(code, err.to_string())),
-                None => Outcome::Fail(JobError::new(ErrorCode::Internal, err.to_string())),
-            };
-            settle(ctx, &mut job, outcome).await;
+            let code = classify(&err);
+            let err = Arc::new(err);
+            for mut job in jobs {
+                let outcome = match code {
+                    Some(code) if code.retryable() && job.delivery_count < ctx.config.rabbitmq.delivery_limit => {
+                        Outcome::Requeue(Interruption::Engine(err.clone()))
+                    }
+                    Some(code) => Outcome::Fail(JobError::new(code, err.to_string())),
+                    None => Outcome::Fail(JobError::new(ErrorCode::Internal, err.to_string())),
+                };
+                settle(ctx, &mut job, outcome).await;
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ pub(super) enum Interruption {
     Storage(#[from] fleet_storage::StorageError),
     /// A failure the engine may not meet again on another attempt (out of memory, say).
     #[error("engine: {0}")]
-    Engine(#[from] fleet_engine::EngineError),
+    Engine(std::sync::Arc<fleet_engine::EngineError>),
 }
 
 /// Writes the outcome to the status record and settles the message accordingly.
