@@ -126,6 +126,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "fast", value_parser = |s: &str| s.parse::<fleet_engine::PngCompression>())]
     pub png_compression: fleet_engine::PngCompression,
     /// Output image (.png, .jpg, .webp); several images become `<stem>_<i>.<ext>`.
+    /// A job file (JSON Lines, the queue's job contract, checked as `fleet validate` does): every
+    /// job through the worker's batcher, images written as `OUT/<line>_<i>.<ext>`.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompts", "latents", "controlnet"])]
+    pub jobs: Option<PathBuf>,
+    /// With --jobs: most images per forward pass (1 = one job per pass); default worker.max_batch_images.
+    #[arg(long, value_name = "N", requires = "jobs")]
+    pub max_batch_images: Option<u32>,
     #[arg(long)]
     pub out: PathBuf,
     /// Fuse LoRAs whose entries match no module of the model (default: an error listing them).

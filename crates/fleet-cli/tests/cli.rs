@@ -283,3 +283,59 @@ fn wait_reconnects_with_the_last_event_id_when_the_stream_drops() {
     assert!(first.starts_with("get /v1/jobs/j1/events") && !first.contains("last-event-id"), "{requests:?}");
     assert!(second.contains("\r\nlast-event-id: 7\r\n"), "{requests:?}");
 }
+
+/// `fleet generate --jobs`: the job file through the batcher, one forward pass per batch, and the
+/// same bytes whether jobs share passes or run one per pass.
+#[test]
+fn generate_jobs_batches_a_job_file_and_each_jobs_images_do_not_depend_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    let jobs = [
+        r#"{"prompt": "a red bicycle", "model": "tiny", "width": 64, "height": 64, "steps": 2, "seed": 3}"#,
+        r#"{"prompt": "a lighthouse", "model": "tiny", "width": 64, "height": 64, "steps": 2, "seed": 9, "num_images": 2}"#,
+        "",
+        r#"{"prompt": "a cat", "negative_prompt": "blur", "guidance": 3, "model": "tiny", "width": 64, "height": 64, "steps": 2, "seed": 5}"#,
+        r#"{"prompt": "a mountain", "model": "tiny", "width": 64, "height": 64, "steps": 2, "seed": 7, "output": {"format": "jpeg"}}"#,
+    ];
+    std::fs::write(&file, jobs.join("\n")).unwrap();
+    let generate = |out: &std::path::Path, max: &str| {
+        let (code, stdout, stderr) = run(fleet()
+            .args(["generate", "--jobs"])
+            .arg(&file)
+            .arg("--out")
+            .arg(out)
+            .args(["--max-batch-images", max]));
+        assert_eq!(code, 0, "{stderr}");
+        (stdout, stderr)
+    };
+    let (joint, single) = (dir.path().join("joint"), dir.path().join("single"));
+    let (stdout, stderr) = generate(&joint, "8");
+    assert!(stderr.contains("5 image(s) in 1 forward pass(es)"), "{stderr}");
+    let names = ["1_0.png", "2_0.png", "2_1.png", "4_0.png", "5_0.jpg"];
+    for name in names {
+        assert!(stdout.contains(&joint.join(name).display().to_string()), "{name}: {stdout}");
+    }
+    let (_, stderr) = generate(&single, "1");
+    assert!(stderr.contains("5 image(s) in 4 forward pass(es)"), "{stderr}");
+    for name in names {
+        let (a, b) = (std::fs::read(joint.join(name)).unwrap(), std::fs::read(single.join(name)).unwrap());
+        assert!(a == b, "{name}: a shared pass changed the file");
+    }
+    // The file's own job: what `fleet generate` writes for the same values.
+    let alone = dir.path().join("alone.png");
+    let (code, _, stderr) = run(fleet()
+        .args(["generate", "--model", "tiny", "--prompt", "a red bicycle", "--width", "64", "--height", "64"])
+        .args(["--steps", "2", "--seed", "3", "--out"])
+        .arg(&alone));
+    assert_eq!(code, 0, "{stderr}");
+    let decode = |p: &std::path::Path| image::open(p).unwrap().to_rgb8();
+    assert!(decode(&alone) == decode(&joint.join("1_0.png")), "fleet generate and --jobs give the same pixels");
+
+    // An invalid job stops the run before anything is generated, naming line and field.
+    std::fs::write(&file, format!("{}\n{}", jobs[0], r#"{"prompt": "x", "model": "tiny", "steps": 3}"#)).unwrap();
+    let bad = dir.path().join("bad");
+    let (code, _, stderr) = run(fleet().args(["generate", "--jobs"]).arg(&file).arg("--out").arg(&bad));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(":2: steps:"), "{stderr}");
+    assert!(!bad.exists(), "nothing generated");
+}

@@ -5,10 +5,13 @@
 //!   why one cannot be had ([`ModelError`], with its job error code);
 //! - [`request`]: the one mapping from a job ([`fleet_core::JobSpec`]) to an engine request,
 //!   ControlNet input included;
+//! - [`batching`]: which jobs share a forward pass, a pure function (the worker's and
+//!   `fleet generate --jobs`'s);
 //! - [`encoding`]: how a job's images are encoded (format, quality, PNG effort, metadata).
 //!
 //! Dependencies point down: binaries and services → this crate → fleet-engine → fleet-core.
 
+pub mod batching;
 pub mod encoding;
 pub mod models;
 pub mod request;

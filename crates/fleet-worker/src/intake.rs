@@ -10,7 +10,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 
-use crate::batching::Waiting;
+use fleet_render::batching::Waiting;
 
 /// Tenant of a job published straight onto the queue with neither a body `tenant` nor a header.
 pub const ANONYMOUS_TENANT: &str = "anonymous";

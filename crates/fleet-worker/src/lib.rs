@@ -2,7 +2,7 @@
 //! compatible batches through fleet-render (the engine), uploads the images and records status — acking a
 //! message only once its effect (images in storage, status in Redis) is durable.
 //!
-//! - [`batching`]: the batching policy, a pure function;
+//! - batching: the policy is fleet-render's (`fleet_render::batching`), shared with `fleet generate --jobs`;
 //! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
 //! - [`engine_thread`]: the one thread generations run on;
 //! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
@@ -10,7 +10,6 @@
 //! - [`heartbeat`]: liveness and counters in Redis;
 //! - [`worker`]: the consume loop and graceful shutdown.
 
-pub mod batching;
 pub mod engine_thread;
 pub mod finishing;
 pub mod heartbeat;

@@ -14,13 +14,13 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::batching::{BatchPolicy, leader_deadline, next_batch};
 use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
 use crate::noop::{EngineMode, NOOP_DEVICE};
 use crate::runner::{RunContext, Stats, run_batch};
+use fleet_render::batching::{BatchPolicy, leader_deadline, next_batch};
 use fleet_render::{ModelError, Models};
 
 /// How often the loop looks for a batch to run while deliveries are quiet.

@@ -17,6 +17,9 @@ use fleet_engine::{
 use crate::cli::{Cli, GenerateArgs};
 
 pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(file) = &args.jobs {
+        return super::generate_jobs::run(cli, args, file);
+    }
     let g = &args.generation;
     // LoRA names (not files) resolve in the configured library; the configuration is only read
     // when a LoRA needs it, so `fleet generate` works without one.

@@ -4,6 +4,7 @@ pub mod bulk;
 pub mod config;
 pub mod dispatcher;
 pub mod generate;
+pub mod generate_jobs;
 pub mod jobs;
 pub mod submit;
 pub mod validate;

@@ -11,10 +11,10 @@ use fleet_core::{FleetConfig, JobSpec, ParseError};
 use crate::cli::{Cli, ValidateArgs};
 
 /// One problem, located in the input.
-struct Finding {
-    line: usize,
-    field: String,
-    message: String,
+pub(crate) struct Finding {
+    pub line: usize,
+    pub field: String,
+    pub message: String,
 }
 
 pub fn run(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
@@ -77,7 +77,7 @@ fn check(text: &str, jsonl: bool, config: &FleetConfig) -> (usize, Vec<Finding>)
 }
 
 /// `line_offset` 0 means the parse error's own line is the file line (one-document files).
-fn check_one(parsed: Result<JobSpec, ParseError>, line: usize, config: &FleetConfig) -> Vec<Finding> {
+pub(crate) fn check_one(parsed: Result<JobSpec, ParseError>, line: usize, config: &FleetConfig) -> Vec<Finding> {
     match parsed {
         Err(err) => {
             vec![Finding { line: if line == 0 { err.line } else { line }, field: err.field, message: err.message }]
