@@ -5,6 +5,8 @@
 //! cargo bench -p fleet-engine --bench engine                  # tiny + random-medium
 //! cargo bench -p fleet-engine --bench engine -- --model DIR --size 1024 --steps 4 --runs 2
 //! cargo bench -p fleet-engine --bench engine -- --size 256 --batch 1,2,4,8   # batching sweep
+//! cargo bench -p fleet-engine --bench engine -- --only random-medium --size 256 --batch 4 --distinct
+//!     # a batch of 4 distinct jobs (own prompt and seed each) in one forward pass, as a worker runs them
 //! ```
 //! Each model (and batch size) runs in its own child process so its peak RSS (VmHWM) is its own.
 //! Every timed run has a prompt of its own, so the text encoder really runs (the pipeline caches
@@ -34,6 +36,9 @@ struct Args {
     steps: usize,
     runs: usize,
     batches: Vec<usize>,
+    /// `--distinct`: a batch is that many distinct jobs (own prompt and seed) sharing one pass,
+    /// not one job with that many images.
+    distinct: bool,
     save: Option<String>,
     warmup: bool,
     device: String,
@@ -64,6 +69,7 @@ fn parse() -> Args {
         steps: 4,
         runs: 3,
         batches: vec![1],
+        distinct: false,
         save: None,
         warmup: true,
         device: "cpu".into(),
@@ -104,6 +110,11 @@ fn parse() -> Args {
             "--image" => a.images.push(v),
             "--warmup" => a.warmup = v != "0",
             "--device" => a.device = v,
+            "--distinct" => {
+                a.distinct = true;
+                i += 1;
+                continue;
+            }
             "--lora" => {
                 a.mode = Mode::Lora;
                 i += 1;
@@ -177,6 +188,22 @@ fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
     pipe.generate(&GenerateRequest { steps: 1, ..req("warm-up".into()) }, &mut |_| {}).expect("warm-up");
     let (mut te, mut dn, mut vd) = (0.0, 0.0, 0.0);
     for run in 0..a.runs {
+        if a.distinct {
+            let reqs: Vec<GenerateRequest> = (0..batch)
+                .map(|j| GenerateRequest {
+                    num_images: 1,
+                    seed: j as u64,
+                    ..req(format!("{PROMPT}, take {run}, job {j}"))
+                })
+                .collect();
+            let outs =
+                pipe.generate_batch_until(&reqs, &mut |_| std::ops::ControlFlow::Continue(())).expect("generate batch");
+            let timings = outs[0].timings;
+            te += secs(timings.text_encode);
+            dn += secs(timings.denoise);
+            vd += secs(timings.vae_decode);
+            continue;
+        }
         let req = req(format!("{PROMPT}, take {run}"));
         let out = pipe.generate(&req, &mut |_| {}).expect("generate");
         if let Some(path) = &a.save {
@@ -194,8 +221,9 @@ fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
     let cached = t.elapsed();
     let per = (a.runs * batch) as f64;
     println!(
-        "{model:>14} {size:>5}x{size:<5} steps {} batch {batch}: {:.3} s/image = text {:.3} + denoise {:.3} + vae {:.3}; load {:.2} s; peak RSS {:.0} MiB; {:.2} images/s; repeated prompt: text {:.6} s",
+        "{model:>14} {size:>5}x{size:<5} steps {} {} {batch}: {:.3} s/image = text {:.3} + denoise {:.3} + vae {:.3}; load {:.2} s; peak RSS {:.0} MiB; {:.2} images/s; repeated prompt: text {:.6} s",
         a.steps,
+        if a.distinct { "jobs" } else { "batch" },
         (te + dn + vd) / per,
         te / per,
         dn / per,
@@ -246,6 +274,7 @@ fn main() {
         let status = std::process::Command::new(&exe)
             .args(["--bench", "--only", m, "--size", &size.to_string(), "--steps", &a.steps.to_string()])
             .args(["--runs", &a.runs.to_string(), "--batch", &batch.to_string(), "--device", &a.device])
+            .args(a.distinct.then_some("--distinct"))
             .args(if a.models.len() == 1 && !matches!(m.as_str(), "tiny" | "random-medium") {
                 vec!["--model", m.as_str()]
             } else {
