@@ -93,12 +93,7 @@ fn loras_cell(cell: &str) -> Result<Value, String> {
     let mut loras = Vec::new();
     for item in cell.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let mut lora = Map::new();
-        let (name, scale) = match item.split_once(':') {
-            Some((name, scale)) => {
-                (name, Some(scale.parse::<f64>().map_err(|_| format!("LoRA `{item}`: scale is not a number"))?))
-            }
-            None => (item, None),
-        };
+        let (name, scale) = fleet_core::names::parse_name_scale(item).map_err(|e| format!("LoRA {e}"))?;
         lora.insert("name".into(), Value::from(name));
         if let Some(scale) = scale {
             lora.insert("scale".into(), Value::from(scale));

@@ -467,11 +467,10 @@ impl FleetConfig {
                 format!("models.{name}.max_side: must be a multiple of 8, at least 64"),
             );
             need(model.max_pixels >= 64 * 64, format!("models.{name}.max_pixels: must be at least 4096"));
-            if let Some(p) = &model.prediction_type {
-                need(
-                    p == "epsilon" || p == "sample",
-                    format!("models.{name}.prediction_type `{p}`: must be epsilon or sample"),
-                );
+            if let Some(p) = &model.prediction_type
+                && let Err(e) = p.parse::<crate::PredictionType>()
+            {
+                need(false, format!("models.{name}.prediction_type: {e}"));
             }
         }
         need(self.worker.max_batch_images >= 1, "worker.max_batch_images: must be at least 1".into());

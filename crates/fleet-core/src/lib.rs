@@ -9,6 +9,7 @@
 //! - [`names`]: the naming rules shared by every crate (bulk-run names, which become parts of Redis keys);
 //! - [`config`]: configuration types, defaults and layered loading;
 //! - [`control_image`]: inline control images decode within size and memory bounds;
+//! - [`prediction`]: what a model's UNet predicts, the one list of prediction types;
 //! - [`schema`]: the JSON Schema published in `docs/job.schema.json`.
 
 pub mod backoff;
@@ -18,6 +19,7 @@ pub mod error_code;
 pub mod job;
 pub mod names;
 pub mod parse;
+pub mod prediction;
 pub mod schema;
 pub mod status;
 pub mod validate;
@@ -26,5 +28,6 @@ pub use config::FleetConfig;
 pub use error_code::ErrorCode;
 pub use job::{ControlNetSpec, ImageFormat, JobSpec, LoraRef, OutputSpec, Priority};
 pub use parse::{ParseError, parse_job};
+pub use prediction::PredictionType;
 pub use status::{ImageResult, JobError, JobState, JobStatus, Progress};
 pub use validate::{FieldError, Limits, ValidJob, ValidationErrors};

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use uuid::Uuid;
 
 use crate::job::{ALLOWED_STEPS, JobSpec, SPEC_VERSION};
+use crate::names::check_library_name;
 
 /// Per-model and per-deployment limits a job is checked against.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,20 +168,6 @@ pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageS
     };
     crate::control_image::check_inline_image(&bytes, kind)?;
     Ok(ControlImageSource::Inline { bytes, kind })
-}
-
-/// A name from a worker library: no paths, no URLs.
-fn check_library_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if name.len() > 128 {
-        return Err("must be at most 128 characters".to_owned());
-    }
-    if name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err("must be a library name (letters, digits, '.', '_', '-'), not a path or URL".to_owned());
-    }
-    Ok(())
 }
 
 /// Prompt text: no NUL or other control characters (tab and line breaks are fine). They mean

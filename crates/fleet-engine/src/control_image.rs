@@ -46,12 +46,12 @@ impl std::str::FromStr for ControlPreprocess {
     }
 }
 
-/// Largest width or height of a control image this decodes (the same number as the API's
-/// `fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE`, which refuses larger ones at submission).
-pub const MAX_CONTROL_IMAGE_SIDE: u32 = 8192;
+/// Largest width or height of a control image this decodes: the API's own limit (it refuses
+/// larger ones at submission), so an image the API accepts always decodes here.
+pub use fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE;
 
-/// Most memory the decoder may allocate: RGBA at 32 MP, the API's pixel limit.
-const MAX_DECODE_ALLOC: u64 = 32 * 1024 * 1024 * 4;
+/// Most memory the decoder may allocate: RGBA at the API's pixel limit.
+const MAX_DECODE_ALLOC: u64 = fleet_core::control_image::MAX_CONTROL_IMAGE_PIXELS * 4;
 
 /// Decode a PNG/JPEG/WebP control image. The size in its header is checked before anything of
 /// that size is allocated, so a small file declaring a huge image (a decompression bomb) is an

@@ -10,53 +10,8 @@ use std::path::Path;
 
 use crate::error::{EngineError, Result};
 
-/// What the UNet predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PredictionType {
-    /// The noise ε (SDXL, Lightning 2/4/8-step).
-    Epsilon,
-    /// The denoised sample x0 (Lightning 1-step `_x0` checkpoint).
-    #[serde(alias = "original_sample")]
-    Sample,
-    /// v-prediction.
-    VPrediction,
-}
-
-impl PredictionType {
-    /// The name diffusers' `scheduler_config.json` uses.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Epsilon => "epsilon",
-            Self::Sample => "sample",
-            Self::VPrediction => "v_prediction",
-        }
-    }
-}
-
-impl std::str::FromStr for PredictionType {
-    type Err = EngineError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "epsilon" => Ok(Self::Epsilon),
-            "sample" | "original_sample" | "x0" => Ok(Self::Sample),
-            "v_prediction" | "v" => Ok(Self::VPrediction),
-            other => Err(EngineError::InvalidRequest(format!(
-                "unknown prediction type {other:?} (expected epsilon, sample or v_prediction)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for PredictionType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Epsilon => "epsilon",
-            Self::Sample => "sample",
-            Self::VPrediction => "v_prediction",
-        })
-    }
-}
+/// What the UNet predicts: fleet-core's list, shared with the configuration and the CLI.
+pub use fleet_core::PredictionType;
 
 /// The fields of diffusers' `scheduler/scheduler_config.json` this engine reads.
 #[derive(Debug, Clone, Deserialize)]

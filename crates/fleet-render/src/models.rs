@@ -149,6 +149,7 @@ impl Models {
                     .as_deref()
                     .map(str::parse::<PredictionType>)
                     .transpose()
+                    .map_err(|e| fleet_engine::EngineError::InvalidRequest(e.to_string()))
                     .map_err(engine_err(name))?,
                 ..LoadOptions::default()
             };

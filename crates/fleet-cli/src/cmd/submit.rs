@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use fleet_core::names::{check_library_name, parse_name_scale};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
@@ -30,13 +31,9 @@ pub fn generation_fields(g: &GenerationArgs) -> anyhow::Result<Map<String, Value
             .loras
             .iter()
             .map(|spec| {
-                let (name, scale) = match spec.split_once(':') {
-                    Some((n, s)) => {
-                        (n, s.parse::<f32>().with_context(|| format!("--lora {spec}: scale `{s}` is not a number"))?)
-                    }
-                    None => (spec.as_str(), 1.0),
-                };
-                Ok(json!({"name": name, "scale": scale}))
+                let (name, scale) = parse_name_scale(spec).map_err(|e| anyhow::anyhow!("--lora {e}"))?;
+                check_library_name(name).map_err(|e| anyhow::anyhow!("--lora {spec}: the name {e}"))?;
+                Ok(json!({"name": name, "scale": scale.unwrap_or(1.0) as f32}))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         m.insert("loras".into(), Value::Array(loras));

@@ -15,20 +15,11 @@ pub struct LoraSpec {
 impl LoraSpec {
     /// Parse `FILE_OR_NAME[:SCALE]` (scale default 1.0). A trailing `:x` is a scale only when
     /// `x` parses as a number, so Windows-style `C:\…` paths stay paths.
+    /// The rule is fleet-core's ([`fleet_core::names::parse_name_scale`]), shared by every client.
     pub fn parse(s: &str) -> Result<(String, f64)> {
-        if let Some((head, tail)) = s.rsplit_once(':')
-            && !head.is_empty()
-            && let Ok(scale) = tail.parse::<f64>()
-        {
-            if !scale.is_finite() {
-                return Err(EngineError::InvalidRequest(format!("--lora {s}: scale must be finite")));
-            }
-            return Ok((head.to_string(), scale));
-        }
-        if s.is_empty() {
-            return Err(EngineError::InvalidRequest("--lora needs a file or a library name".into()));
-        }
-        Ok((s.to_string(), 1.0))
+        fleet_core::names::parse_name_scale(s)
+            .map(|(name, scale)| (name.to_owned(), scale.unwrap_or(1.0)))
+            .map_err(|e| EngineError::InvalidRequest(format!("LoRA {e}")))
     }
 }
 
@@ -37,14 +28,9 @@ impl LoraSpec {
 pub const LIGHTNING_LORAS: [&str; 3] =
     ["sdxl_lightning_2step_lora", "sdxl_lightning_4step_lora", "sdxl_lightning_8step_lora"];
 
-/// Library names: letters, digits, `-`, `_`, `.` (not leading), at most 128 characters — no
-/// paths.
-pub fn is_library_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+/// Library names: fleet-core's rule (letters, digits, `-`, `_`, `.` not leading, at most 128
+/// characters — no paths).
+pub use fleet_core::names::is_library_name;
 
 /// Find a LoRA: an existing file path, else `NAME` → `<library>/NAME.safetensors`, else one of
 /// the [`LIGHTNING_LORAS`] from the `ByteDance/SDXL-Lightning` Hub repository (cache first).

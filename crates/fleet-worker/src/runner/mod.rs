@@ -261,16 +261,3 @@ fn classify(err: &EngineError) -> Option<ErrorCode> {
         _ => None,
     }
 }
-
-#[cfg(test)]
-mod tests {
-    /// The API admits control images by fleet-core's limits and this worker decodes them with the
-    /// engine's (which cannot see fleet-core): an image the API accepts must not fail here.
-    #[test]
-    fn the_api_and_the_engine_agree_on_the_largest_control_image() {
-        assert_eq!(
-            fleet_core::control_image::MAX_CONTROL_IMAGE_SIDE,
-            fleet_engine::control_image::MAX_CONTROL_IMAGE_SIDE
-        );
-    }
-}
