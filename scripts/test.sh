@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real services: starts Redis, RabbitMQ and
-# SeaweedFS (S3) when they are not already running, then (with no arguments) scripts/audit.sh and
-# scripts/unused-deps.py, `cargo test --workspace`, then (with no arguments) scripts/deploy-check.sh
-# on the deployment files.
+# SeaweedFS (S3) when they are not already running, then (with no arguments) scripts/audit.sh,
+# scripts/unused-deps.py and `cargo clippy -- -D warnings`, `cargo test --workspace`, then (with no
+# arguments) scripts/deploy-check.sh on the deployment files.
 # Extra arguments go to cargo test (e.g. `scripts/test.sh -p fleet-core`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,8 @@ if [ $# -eq 0 ]; then
   scripts/audit.sh
   # every declared dependency is used (what `cargo machete` checks; no build, no install)
   python3 scripts/unused-deps.py
+  # lints as errors, every target (tests, benches) included
+  cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 status=0
 cargo test --workspace --locked "$@" || status=$?

@@ -185,8 +185,8 @@ pub struct WorkerConfig {
 
 /// How hard the worker's PNG encoder compresses: the same pixels either way, larger files for
 /// less CPU. A 1024² photograph takes ≈ 7–9 ms with `fast` and 140–260 ms with `balanced`, whose
-/// files are up to 7 % smaller (docs/PERFORMANCE.md, change 34). The worker maps it onto
-/// `fleet_engine::PngCompression`, as it does `ImageFormat`: this crate does not depend on the engine.
+/// files are up to 7 % smaller (docs/PERFORMANCE.md). fleet-render maps it onto
+/// `fleet_engine::PngCompression`, as it does `ImageFormat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PngCompression {

@@ -21,7 +21,7 @@ pub struct ParseError {
 /// A valid job is read in one plain pass (`serde_json::from_str`); only a failed one is read again
 /// with path tracking, to name the field. Every job crosses this twice (the dispatcher's accept,
 /// the worker's delivery), and the tracked pass plus the separate scan for trailing content cost
-/// two full reads of each valid job (docs/PERFORMANCE.md, change 31).
+/// two full reads of each valid job (docs/PERFORMANCE.md).
 pub fn parse_job(json: &str) -> Result<JobSpec, ParseError> {
     match serde_json::from_str(json) {
         Ok(spec) => Ok(spec),

@@ -48,7 +48,7 @@ pub enum ModelError {
     #[error("model `{0}` is not configured (add [models.{0}] to the configuration)")]
     NotConfigured(String),
     #[error("model `{name}`: {source}")]
-    Engine { name: String, source: fleet_engine::EngineError },
+    Engine { name: String, source: Box<fleet_engine::EngineError> },
     #[error("LoRA `{0}` is not in this worker's library")]
     UnknownLora(String),
     #[error("ControlNet `{0}` is not in this worker's library")]
@@ -64,14 +64,12 @@ impl ModelError {
             ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
             // A LoRA or ControlNet that does not fit the model (unmatched keys, rank or shape
             // mismatch, bad file) is the job's choice: invalid for this model.
-            ModelError::Engine {
-                source:
-                    fleet_engine::EngineError::Lora { .. }
-                    | fleet_engine::EngineError::LoraUnmatched { .. }
-                    | fleet_engine::EngineError::ControlNet { .. },
-                ..
-            } => ErrorCode::InvalidSpec,
-            ModelError::Engine { .. } => ErrorCode::Internal,
+            ModelError::Engine { source, .. } => match source.as_ref() {
+                fleet_engine::EngineError::Lora { .. }
+                | fleet_engine::EngineError::LoraUnmatched { .. }
+                | fleet_engine::EngineError::ControlNet { .. } => ErrorCode::InvalidSpec,
+                _ => ErrorCode::Internal,
+            },
         }
     }
 }
@@ -132,7 +130,7 @@ impl Models {
     pub fn load(config: &FleetConfig, names: &[String]) -> Result<Models, ModelError> {
         let engine_err = |name: &str| {
             let name = name.to_owned();
-            move |source| ModelError::Engine { name, source }
+            move |source| ModelError::Engine { name, source: Box::new(source) }
         };
         let device = fleet_engine::parse_device(&config.worker.device).map_err(engine_err("(device)"))?;
         let dtype = fleet_engine::default_dtype(&device);
@@ -239,7 +237,7 @@ impl Models {
         let opts = LoadOptions { loras: specs, ..opts.clone() };
         let started = Instant::now();
         let pipeline = Pipeline::load_with(source, &self.device, self.dtype, &opts)
-            .map_err(|source| ModelError::Engine { name: model.to_owned(), source })?;
+            .map_err(|source| ModelError::Engine { name: model.to_owned(), source: Box::new(source) })?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(model, loras = ?cache_key.1, seconds, "LoRA set fused");
         let pipeline = Arc::new(pipeline);
@@ -256,7 +254,7 @@ impl Models {
         }
         let dir = self.controlnet_dir(name)?;
         let model = ControlNetModel::load(&dir, &self.device, self.dtype)
-            .map_err(|source| ModelError::Engine { name: format!("controlnet {name}"), source })?;
+            .map_err(|source| ModelError::Engine { name: format!("controlnet {name}"), source: Box::new(source) })?;
         let model = Arc::new(model.named(name));
         if let Ok(mut m) = self.controlnets.lock() {
             m.insert(name.to_owned(), model.clone());

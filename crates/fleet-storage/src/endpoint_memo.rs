@@ -3,7 +3,7 @@
 //! aws-sdk-s3 evaluates its endpoint rule set (parsing the endpoint URL, IDNA, regexes over the
 //! bucket name, then building the endpoint and its auth-scheme properties) for every request, and
 //! again when it picks the auth scheme: ≈ 3 % of the fleet's CPU per job in the overhead
-//! benchmark's profile (docs/PERFORMANCE.md, change 32). For one client the answer depends only on
+//! benchmark's profile (docs/PERFORMANCE.md). For one client the answer depends only on
 //! the request's [`Params`], and of those the rules never read the object key (aws-sdk-s3 1.122:
 //! the generated resolver binds `key` and leaves it unused), so requests that differ only in their
 //! key share one answer.

@@ -3,9 +3,8 @@
 //! Storing a job's images (encode, S3 PUT, Redis write, ack) needs no engine, so the worker hands
 //! it to a task and starts its next batch at once. The images waiting to be stored are bounded by
 //! their size in pixels, so a slow S3 slows generation down instead of piling images up in memory.
-//! The bound is on pixels, not on jobs: a fixed number of jobs (it was 4) either lets large images
-//! pile up or, for small ones, caps the worker at that many S3 and Redis round trips at a time
-//! (issue 10, change 40). The number of jobs is bounded anyway: each holds an unacked message, and
+//! The bound is on pixels, not on jobs: a fixed number of jobs either lets large images pile up
+//! or, for small ones, caps the worker at that many S3 and Redis round trips at a time. The number of jobs is bounded anyway: each holds an unacked message, and
 //! the consumer's prefetch limits those.
 
 use std::sync::Arc;

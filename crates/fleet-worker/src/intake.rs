@@ -52,7 +52,7 @@ pub struct Refused {
 
 /// Reads and validates a delivery. Ids and seeds missing from directly-published jobs are filled
 /// in here, as the dispatcher would have.
-pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Refused> {
+pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<Refused>> {
     let trace_id = fleet_queue::message::header_str(&delivery.properties, fleet_queue::message::HEADER_TRACE_ID)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -60,13 +60,13 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Refu
     let spec = match fleet_queue::message::decode(&delivery.data, &delivery.properties) {
         Ok(spec) => spec,
         Err(err) => {
-            return Err(Refused {
+            return Err(Box::new(Refused {
                 id: None,
                 tenant: None,
                 model: None,
                 reason: format!("unreadable job: {err}"),
                 acker: delivery.acker,
-            });
+            }));
         }
     };
     let (id, tenant, model) = (spec.id, spec.tenant.clone(), Some(spec.model.clone()));
@@ -85,9 +85,13 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Refu
                 acker: Some(delivery.acker),
             })
         }
-        Err(errors) => {
-            Err(Refused { id, tenant, model, reason: format!("invalid job: {errors}"), acker: delivery.acker })
-        }
+        Err(errors) => Err(Box::new(Refused {
+            id,
+            tenant,
+            model,
+            reason: format!("invalid job: {errors}"),
+            acker: delivery.acker,
+        })),
     }
 }
 

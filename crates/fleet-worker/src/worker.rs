@@ -255,7 +255,7 @@ impl Worker {
                         last_delivery = Some(Instant::now());
                         match receive(delivery, &self.ctx.config) {
                             Ok(pending) => waiting.push(pending),
-                            Err(refused) => self.refuse(refused).await,
+                            Err(refused) => self.refuse(*refused).await,
                         }
                     }
                     Some(Err(e)) => {

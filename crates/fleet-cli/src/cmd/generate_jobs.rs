@@ -107,14 +107,13 @@ fn take(jobs: &mut Vec<FileJob>, mut indices: Vec<usize>) -> Vec<FileJob> {
     taken
 }
 
+/// The jobs of one forward pass, each with its request, and the pipeline they share.
+type Pass = (Arc<Pipeline>, Vec<(FileJob, GenerateRequest)>);
+
 /// A batch's jobs prepared (pipeline with the LoRA set, request with its ControlNet) and grouped
 /// into forward passes by pipeline, as the worker groups them.
-fn prepare_passes(
-    models: &Models,
-    config: &FleetConfig,
-    batch: Vec<FileJob>,
-) -> anyhow::Result<Vec<(Arc<Pipeline>, Vec<(FileJob, GenerateRequest)>)>> {
-    let mut passes: Vec<(Arc<Pipeline>, Vec<(FileJob, GenerateRequest)>)> = Vec::new();
+fn prepare_passes(models: &Models, config: &FleetConfig, batch: Vec<FileJob>) -> anyhow::Result<Vec<Pass>> {
+    let mut passes: Vec<Pass> = Vec::new();
     for job in batch {
         let control = control_image(&job, config)?;
         let (pipeline, request) = fleet_render::prepare(models, &job.spec, control.as_deref())

@@ -18,8 +18,7 @@ pub fn run(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         // On the runtime's workers rather than this thread: the loop's Redis and AMQP replies are
-        // then picked up by the thread that read them, not handed across threads (see
-        // docs/PERFORMANCE.md, change 23).
+        // then picked up by the thread that read them, not handed across threads.
         tokio::spawn(worker.run(shutdown)).await??;
         Ok(ExitCode::SUCCESS)
     })
