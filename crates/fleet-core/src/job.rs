@@ -131,6 +131,17 @@ pub enum ImageFormat {
 }
 
 impl ImageFormat {
+    /// From a file's extension (`png`, `jpg`/`jpeg`, `webp`, any case).
+    pub fn from_path(path: &std::path::Path) -> Result<Self, String> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match ext.as_str() {
+            "png" => Ok(Self::Png),
+            "jpg" | "jpeg" => Ok(Self::Jpeg),
+            "webp" => Ok(Self::Webp),
+            _ => Err(format!("unsupported output format for {} (use .png, .jpg or .webp)", path.display())),
+        }
+    }
+
     /// File extension without the dot.
     pub const fn extension(self) -> &'static str {
         match self {

@@ -13,40 +13,17 @@
 use std::path::{Path, PathBuf};
 
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::pipeline::GenerateRequest;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    Png,
-    Jpeg,
-    WebP,
-}
+/// The output formats: the job contract's (fleet-core), one list for jobs and files.
+pub use fleet_core::ImageFormat;
 
-impl ImageFormat {
-    /// From a file extension (`png`, `jpg`/`jpeg`, `webp`, any case).
-    pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        match ext.as_str() {
-            "png" => Ok(Self::Png),
-            "jpg" | "jpeg" => Ok(Self::Jpeg),
-            "webp" => Ok(Self::WebP),
-            _ => Err(EngineError::InvalidRequest(format!(
-                "unsupported output format for {} (use .png, .jpg or .webp)",
-                path.display()
-            ))),
-        }
-    }
-    pub fn extension(&self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Jpeg => "jpg",
-            Self::WebP => "webp",
-        }
-    }
+/// The output format of a file name, by its extension.
+pub fn format_of_path(path: &Path) -> Result<ImageFormat> {
+    ImageFormat::from_path(path).map_err(EngineError::InvalidRequest)
 }
 
 /// Everything about how one image was made.
@@ -118,33 +95,8 @@ fn enc_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Image(e.to_string())
 }
 
-/// How hard PNG's deflate works. Every level writes a standard PNG any decoder reads; they differ
-/// in CPU time and size. Per megapixel of a photograph (docs/PERFORMANCE.md): `fast`
-/// ≈ 6–9 ms, `balanced` (zlib level 6, what Pillow's `save` and `image`'s encoder use) 130–250 ms
-/// for files up to 7 % smaller, `high` (level 9) 130–610 ms for ≈ 1 % less again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PngCompression {
-    /// fdeflate's single-pass compressor with adaptive row filters.
-    #[default]
-    Fast,
-    /// zlib level 6.
-    Balanced,
-    /// zlib level 9.
-    High,
-}
-
-impl std::str::FromStr for PngCompression {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "fast" => Ok(Self::Fast),
-            "balanced" => Ok(Self::Balanced),
-            "high" => Ok(Self::High),
-            other => Err(format!("unknown PNG compression `{other}` (use fast, balanced or high)")),
-        }
-    }
-}
+/// PNG's deflate effort: fleet-core's (the worker's configuration and the CLI read the same).
+pub use fleet_core::config::PngCompression;
 
 /// How images are encoded, beyond their format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +131,7 @@ pub fn encode_image(
                 buf = jpeg_insert_comments(&buf, &[&p.a1111_text(), &p.json()])?;
             }
         }
-        ImageFormat::WebP => {
+        ImageFormat::Webp => {
             image::codecs::webp::WebPEncoder::new_lossless(&mut buf)
                 .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
                 .map_err(enc_err)?;
@@ -211,7 +163,7 @@ pub fn save_images(
     prediction_type: &str,
     options: &EncodeOptions,
 ) -> Result<Vec<PathBuf>> {
-    let format = ImageFormat::from_path(out)?;
+    let format = format_of_path(out)?;
     let paths = output_paths(out, images.len());
     for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
         let params = GenerationParams::for_image(req, i, model, prediction_type);
@@ -483,7 +435,7 @@ mod tests {
         let j = encode_image(&img(), ImageFormat::Jpeg, &EncodeOptions::default(), Some(&p)).unwrap();
         assert_eq!(image::load_from_memory(&j).unwrap().to_rgb8().dimensions(), (16, 8));
         assert!(j.windows(11).any(|w| w == b"Seed: 10, S"));
-        let w = encode_image(&img(), ImageFormat::WebP, &EncodeOptions::default(), Some(&p)).unwrap();
+        let w = encode_image(&img(), ImageFormat::Webp, &EncodeOptions::default(), Some(&p)).unwrap();
         let d = image::load_from_memory(&w).unwrap().to_rgb8();
         assert_eq!(d, img());
         assert!(w.windows(4).any(|x| x == b"EXIF"));
@@ -523,7 +475,7 @@ mod tests {
             output_paths(Path::new("/x/out.png"), 2),
             vec![PathBuf::from("/x/out_0.png"), PathBuf::from("/x/out_1.png")]
         );
-        assert!(ImageFormat::from_path(Path::new("a.gif")).is_err());
-        assert_eq!(ImageFormat::from_path(Path::new("a.JPG")).unwrap(), ImageFormat::Jpeg);
+        assert!(format_of_path(Path::new("a.gif")).is_err());
+        assert_eq!(format_of_path(Path::new("a.JPG")).unwrap(), ImageFormat::Jpeg);
     }
 }

@@ -3,7 +3,7 @@
 
 use fleet_core::JobSpec;
 use fleet_core::config::WorkerConfig;
-use fleet_engine::{EncodeOptions, EngineError, GenerationParams, PngCompression, encode_image};
+use fleet_engine::{EncodeOptions, EngineError, GenerationParams, encode_image};
 use image::RgbImage;
 
 use crate::request::job_request;
@@ -12,20 +12,7 @@ use crate::request::job_request;
 pub fn encode_options(spec: &JobSpec, worker: &WorkerConfig) -> EncodeOptions {
     EncodeOptions {
         quality: spec.output.quality.unwrap_or(EncodeOptions::default().quality),
-        png: match worker.png_compression {
-            fleet_core::config::PngCompression::Fast => PngCompression::Fast,
-            fleet_core::config::PngCompression::Balanced => PngCompression::Balanced,
-            fleet_core::config::PngCompression::High => PngCompression::High,
-        },
-    }
-}
-
-/// The engine's image format for a job's output format.
-pub fn engine_format(format: fleet_core::ImageFormat) -> fleet_engine::ImageFormat {
-    match format {
-        fleet_core::ImageFormat::Png => fleet_engine::ImageFormat::Png,
-        fleet_core::ImageFormat::Jpeg => fleet_engine::ImageFormat::Jpeg,
-        fleet_core::ImageFormat::Webp => fleet_engine::ImageFormat::WebP,
+        png: worker.png_compression,
     }
 }
 
@@ -39,29 +26,25 @@ pub fn encode_job_image(
     prediction_type: &str,
 ) -> Result<Vec<u8>, EngineError> {
     let params = GenerationParams::for_image(&job_request(spec), index, &spec.model, prediction_type);
-    encode_image(image, engine_format(spec.output.format), &encode_options(spec, worker), Some(&params))
+    encode_image(image, spec.output.format, &encode_options(spec, worker), Some(&params))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_core::config::PngCompression;
 
     #[test]
     fn images_are_encoded_with_the_jobs_quality_and_the_workers_png_effort() {
-        use fleet_core::config::PngCompression as Configured;
         let mut spec: JobSpec = serde_json::from_value(
             serde_json::json!({"prompt": "p", "model": "tiny", "output": {"format": "jpeg", "quality": 70}}),
         )
         .unwrap();
         let mut worker = WorkerConfig::default();
         assert_eq!(encode_options(&spec, &worker), EncodeOptions { quality: 70, png: PngCompression::Fast });
-        for (configured, engine) in [
-            (Configured::Fast, PngCompression::Fast),
-            (Configured::Balanced, PngCompression::Balanced),
-            (Configured::High, PngCompression::High),
-        ] {
-            worker.png_compression = configured;
-            assert_eq!(encode_options(&spec, &worker).png, engine);
+        for effort in [PngCompression::Fast, PngCompression::Balanced, PngCompression::High] {
+            worker.png_compression = effort;
+            assert_eq!(encode_options(&spec, &worker).png, effort);
         }
         spec.output.quality = None;
         assert_eq!(encode_options(&spec, &worker).quality, 90);

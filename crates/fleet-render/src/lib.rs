@@ -16,6 +16,6 @@ pub mod encoding;
 pub mod models;
 pub mod request;
 
-pub use encoding::{encode_job_image, encode_options, engine_format};
+pub use encoding::{encode_job_image, encode_options};
 pub use models::{CacheOutcome, ModelError, Models};
 pub use request::{attach_control, job_request, prepare};

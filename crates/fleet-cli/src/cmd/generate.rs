@@ -9,9 +9,9 @@ use anyhow::{anyhow, bail};
 use fleet_core::JobSpec;
 use fleet_engine::files::DEFAULT_HUB_MODEL;
 use fleet_engine::{
-    ControlInput, ControlNetModel, ControlPreprocess, EncodeOptions, EngineError, GenerateRequest, ImageFormat,
-    LoadOptions, LoraSpec, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Result, Timings,
-    control_image_tensor, default_dtype, parse_device, read_latents, resolve_lora, save_images,
+    ControlInput, ControlNetModel, ControlPreprocess, EncodeOptions, EngineError, GenerateRequest, LoadOptions,
+    LoraSpec, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Result, Timings, control_image_tensor,
+    default_dtype, parse_device, read_latents, resolve_lora, save_images,
 };
 
 use crate::cli::{Cli, GenerateArgs};
@@ -228,7 +228,7 @@ impl GenerateCommand {
         if self.prompts.is_empty() {
             bail!("at least one --prompt is required");
         }
-        ImageFormat::from_path(&self.out)?; // fail before loading a model
+        fleet_engine::encode::format_of_path(&self.out)?; // fail before loading a model
         let mut req = self.request()?;
         let control_bytes = self.control_bytes()?;
         // Decode the control image before loading: a bad file fails fast.

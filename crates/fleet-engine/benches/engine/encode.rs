@@ -108,7 +108,7 @@ pub fn encode_bench(size: usize, save_raw: Option<&str>, images: &[String]) {
             ("PNG balanced (zlib 6)", ImageFormat::Png, png(PngCompression::Balanced)),
             ("PNG high (zlib 9)", ImageFormat::Png, png(PngCompression::High)),
             ("JPEG quality 90", ImageFormat::Jpeg, EncodeOptions::default()),
-            ("WebP lossless", ImageFormat::WebP, EncodeOptions::default()),
+            ("WebP lossless", ImageFormat::Webp, EncodeOptions::default()),
         ];
         let raw = f64::from(w * h * 3);
         for (label, format, options) in cases {
