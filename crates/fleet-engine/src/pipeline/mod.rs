@@ -5,9 +5,12 @@
 //!   `random*`), LoRAs fused as the weights are read.
 //! - [`request`]: what a caller asks for and gets back ([`GenerateRequest`], [`ControlInput`],
 //!   [`Progress`], [`Timings`], the outputs) and the latents file format.
-//! - [`generate`]: one request through text encoding, the denoising loop and the VAE decode
-//!   (`Pipeline::generate*`), with a tracing span per stage.
+//! - [`generate`]: requests through text encoding, the denoising loop and the VAE decode
+//!   (`Pipeline::generate*`, `generate_batch*`: several requests in one pass), with a tracing span
+//!   per stage.
+//! - `batch`: where each request's rows sit in a shared pass (guidance layout, ControlNet rows).
 
+mod batch;
 mod generate;
 mod load;
 mod request;
