@@ -239,11 +239,13 @@ impl Worker {
         // the one before), a batch that is not full waits for them, up to the deadline; once the
         // gap passes with none, it runs.
         let mut last_delivery: Option<Instant> = None;
+        // A deadline shorter than the gap (0: never wait) bounds it too.
+        let gap = ARRIVAL_GAP.min(self.policy.deadline);
         tracing::info!(worker = %self.ctx.worker_id, models = ?self.ctx.models.names(), "worker consuming");
         loop {
             let wake = match last_delivery {
-                Some(at) if at.elapsed() < ARRIVAL_GAP => {
-                    tokio::time::Instant::from_std(at + ARRIVAL_GAP).min(self.next_wake(&waiting))
+                Some(at) if at.elapsed() < gap => {
+                    tokio::time::Instant::from_std(at + gap).min(self.next_wake(&waiting))
                 }
                 _ => self.next_wake(&waiting),
             };
@@ -272,7 +274,7 @@ impl Worker {
                 },
                 _ = tokio::time::sleep_until(wake) => {}
             }
-            let arriving = last_delivery.is_some_and(|at| at.elapsed() < ARRIVAL_GAP);
+            let arriving = last_delivery.is_some_and(|at| at.elapsed() < gap);
             if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), arriving) {
                 let batch = take(&mut waiting, indices);
                 self.ctx.stats.waiting.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
