@@ -225,7 +225,7 @@ impl ControlNetModel {
         scale: f64,
     ) -> Result<ControlResiduals> {
         let emb = self.embed_condition(cond, sample)?;
-        self.forward_embedded(sample, timestep, encoder_hidden_states, added, &emb, scale)
+        self.forward_embedded_rows(sample, timestep, encoder_hidden_states, added, &emb, &[scale])
     }
 
     /// `controlnet_cond_embedding(cond)`: it depends on the image only, so a pipeline computes it
@@ -251,21 +251,9 @@ impl ControlNetModel {
         run().ctx("controlnet conditioning embedding")
     }
 
-    /// [`ControlNetModel::forward`] with the conditioning embedding already computed.
-    pub fn forward_embedded(
-        &self,
-        sample: &Tensor,
-        timestep: f64,
-        encoder_hidden_states: &Tensor,
-        added: Option<&AddedCond>,
-        cond_emb: &Tensor,
-        scale: f64,
-    ) -> Result<ControlResiduals> {
-        self.forward_embedded_rows(sample, timestep, encoder_hidden_states, added, cond_emb, &[scale])
-    }
-
-    /// [`ControlNetModel::forward_embedded`] with a scale per batch row (`scales.len()` = batch),
-    /// or one for all rows: the rows of a batch that joins several jobs each get their own job's
+    /// [`ControlNetModel::forward`] with the conditioning embedding already computed (a pipeline
+    /// computes it once per request) and a scale per batch row (`scales.len()` = batch), or one
+    /// for all rows: the rows of a batch that joins several jobs each get their own job's
     /// scale (0 where the job's control is not active at this step).
     pub fn forward_embedded_rows(
         &self,
