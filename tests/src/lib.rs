@@ -95,7 +95,11 @@ pub fn isolated_config() -> fleet_core::FleetConfig {
 pub const E2E_KEY: &str = "e2e-test-key-0001";
 
 /// The `fleet` binary of this build (cargo builds it for `cargo test --workspace`).
+/// `FLEET_TEST_BINARY` names another one (e.g. a copy kept while other builds share the target directory).
 pub fn fleet_binary() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("FLEET_TEST_BINARY") {
+        return bin.into();
+    }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/debug/deps/e2e-<hash> → target/debug/fleet
     let dir = exe.parent().and_then(|deps| deps.parent()).map(std::path::Path::to_path_buf).unwrap_or_default();

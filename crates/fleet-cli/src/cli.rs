@@ -10,7 +10,8 @@ use fleet_core::config::ConfigSources;
 #[derive(Debug, Parser)]
 #[command(name = "fleet", version, about)]
 pub struct Cli {
-    /// Configuration file (TOML). Defaults to $FLEET_CONFIG, else built-in defaults.
+    /// Configuration file (TOML). Defaults to $FLEET_CONFIG, else `./fleet.toml` when it exists
+    /// (`fleet up` writes one), else built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -28,6 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole fleet on this machine: services, a dispatcher, workers and the web console, until Ctrl-C.
+    Up(UpArgs),
     /// Check a job file (one JSON object) or a JSONL file of jobs; print every error with its line and field.
     Validate(ValidateArgs),
     /// Print the effective configuration (all layers applied), secrets masked.
@@ -42,8 +45,9 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show one job's status.
     Status(JobArgs),
-    /// Follow a job until it finishes, with a progress bar; exit 0 only if it succeeded.
-    Wait(JobArgs),
+    /// Follow jobs until they finish, with progress bars: exit 0 if all succeeded, 1 if one failed
+    /// or was cancelled, 3 if --timeout passed first (printing why a job is still waiting).
+    Wait(WaitArgs),
     /// Cancel a job: a queued job never runs, a running one stops at its next step.
     Cancel(JobArgs),
     /// List your jobs, newest first.
@@ -160,6 +164,20 @@ pub struct GenerateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Workers to start.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Model to serve (repeatable; names from the configuration's [models]). Default:
+    /// sdxl-lightning-4step when its weights are in the Hugging Face cache, else tiny.
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// Address of the API and console (default: http.listen, 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Model to serve (repeatable; names from the configuration's [models]). Default: every configured model.
     #[arg(long = "model")]
@@ -185,9 +203,39 @@ pub struct SubmitArgs {
     /// Idempotency key (one job only).
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Follow the jobs until they finish.
+    /// ControlNet: a name from the workers' library (`library.controlnet_dir`).
+    #[arg(long, value_name = "NAME", requires = "control_image")]
+    pub controlnet: Option<String>,
+    /// Control image: a PNG/JPEG/WebP file (sent inline) or `s3://bucket/key` in an allowed bucket.
+    #[arg(long, value_name = "FILE|s3://BUCKET/KEY", requires = "controlnet")]
+    pub control_image: Option<String>,
+    /// ControlNet conditioning scale, 0–2 (default 1).
+    #[arg(long, value_name = "F", requires = "controlnet")]
+    pub control_scale: Option<f32>,
+    /// Fraction of the steps at which control starts (default 0).
+    #[arg(long, value_name = "F", requires = "controlnet")]
+    pub control_start: Option<f32>,
+    /// Fraction of the steps at which control ends (default 1).
+    #[arg(long, value_name = "F", requires = "controlnet")]
+    pub control_end: Option<f32>,
+    /// Follow the jobs (all at once) until they finish; exit codes as `fleet wait`.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 3, saying why each job still waits).
+    #[arg(long, value_name = "SECONDS", requires = "wait")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Job ids.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Give up after this many seconds (exit 3, saying why each job still waits).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -246,7 +294,10 @@ pub enum BulkCommand {
     Cancel(BulkRunRef),
 }
 
+/// The prompts come from INPUT and each row makes `--seeds-per-prompt` images: the shared
+/// generation flags `--prompt` and `--num-images` are hidden here (and refused if given).
 #[derive(Debug, Args)]
+#[command(mut_arg("prompts", |a| a.hide(true)), mut_arg("num_images", |a| a.hide(true)))]
 pub struct BulkRunArgs {
     /// Prompt file: JSONL (`prompt` + job-field overrides, `key`, `metadata`), CSV with a header, or text.
     pub input: PathBuf,
@@ -338,14 +389,46 @@ impl Cli {
 
     /// The effective configuration: defaults < file < environment < `--set`.
     pub fn load_config(&self) -> anyhow::Result<FleetConfig> {
-        let sources = ConfigSources::from_process(self.config.clone(), self.overrides.clone());
+        let sources = ConfigSources::from_process(self.config_file(), self.overrides.clone());
         Ok(FleetConfig::load(&sources)?)
     }
+
+    /// `--config`, else `./fleet.toml` when it exists and FLEET_CONFIG is not set (an empty
+    /// FLEET_CONFIG means no file at all).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let local = PathBuf::from(LOCAL_CONFIG);
+            (std::env::var_os("FLEET_CONFIG").is_none() && local.is_file()).then_some(local)
+        })
+    }
 }
+
+/// The configuration file every command reads from the current directory when no other is named.
+pub const LOCAL_CONFIG: &str = "fleet.toml";
 
 /// The dispatcher URL and API key: flags and environment first, then the `client` section.
 pub fn server_and_key(args: &ServerArgs, config: &FleetConfig) -> (String, String) {
     let server = args.server.clone().unwrap_or_else(|| config.client.server.clone());
     let key = args.api_key.clone().unwrap_or_else(|| config.client.api_key.clone());
     (server, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bulk_run_help_lists_only_the_flags_it_accepts() {
+        let mut cli = super::Cli::command();
+        let bulk = cli.find_subcommand_mut("bulk").expect("bulk");
+        let run = bulk.find_subcommand_mut("run").expect("bulk run");
+        let help = run.render_long_help().to_string();
+        assert!(help.contains("--seeds-per-prompt"), "{help}");
+        assert!(!help.contains("--prompt <") && !help.contains("--num-images"), "{help}");
+    }
 }

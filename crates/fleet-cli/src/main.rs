@@ -1,5 +1,7 @@
 //! `fleet`: the lightning-fleet command line.
 
+#[macro_use]
+mod output;
 mod cli;
 mod client;
 mod cmd;
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
     }
     init_tracing(cli.verbose);
     let result = match &cli.command {
+        Command::Up(args) => cmd::up::run(&cli, args),
         Command::Validate(args) => cmd::validate::run(&cli, args),
         Command::Config(args) => cmd::config::run(&cli, args),
         Command::Generate(args) => cmd::generate::run(&cli, args),
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cmd::worker::run(&cli, args),
         Command::Submit(args) => cmd::submit::run(&cli, args),
         Command::Status(args) => cmd::jobs::status(&cli, args),
-        Command::Wait(args) => cmd::jobs::wait(&cli, args),
+        Command::Wait(args) => cmd::wait::run(&cli, args),
         Command::Cancel(args) => cmd::jobs::cancel(&cli, args),
         Command::Jobs(args) => cmd::jobs::list(&cli, args),
         Command::Download(args) => cmd::jobs::download(&cli, args),

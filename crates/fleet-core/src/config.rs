@@ -34,11 +34,14 @@ pub struct ClientConfig {
     pub server: String,
     /// API key the CLI sends.
     pub api_key: String,
+    /// Model `fleet submit` asks for when neither `--model` nor a job line names one (empty: the
+    /// job contract's default, `sdxl-lightning-4step`); `fleet up` sets it to the model it serves.
+    pub model: String,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { server: "http://127.0.0.1:8080".into(), api_key: String::new() }
+        ClientConfig { server: "http://127.0.0.1:8080".into(), api_key: String::new(), model: String::new() }
     }
 }
 
@@ -386,7 +389,8 @@ impl ConfigSources {
     /// Sources from the process environment, with `FLEET_CONFIG` naming the file when `file` is `None`.
     pub fn from_process(file: Option<PathBuf>, overrides: Vec<String>) -> Self {
         let env: HashMap<String, String> = std::env::vars().collect();
-        let file = file.or_else(|| env.get("FLEET_CONFIG").map(PathBuf::from));
+        // An empty FLEET_CONFIG means "no file" (and turns off the CLI's `./fleet.toml` lookup).
+        let file = file.or_else(|| env.get("FLEET_CONFIG").filter(|f| !f.is_empty()).map(PathBuf::from));
         ConfigSources { file, env, overrides }
     }
 }

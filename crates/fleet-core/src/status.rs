@@ -147,6 +147,11 @@ pub struct JobStatus {
     /// The job's `metadata`, untouched.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Why a queued job is not starting, e.g. "no worker serves model X; last seen …". Set by the
+    /// dispatcher in its answers (never stored): the job stays queued, since workers may scale
+    /// from zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 impl JobStatus {
@@ -168,6 +173,7 @@ impl JobStatus {
             result: Vec::new(),
             error: None,
             metadata: spec.metadata.clone(),
+            waiting_for: None,
         })
     }
 

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod submit;
+pub mod waiting;
 
 pub use app::App;
 pub use server::{DispatcherError, serve};

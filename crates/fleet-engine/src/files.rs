@@ -127,9 +127,26 @@ pub const DEFAULT_LIGHTNING_UNET: &str = "sdxl_lightning_4step_unet.safetensors"
 /// in one error.
 #[cfg(feature = "hub")]
 pub fn from_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) -> Result<ModelFiles> {
+    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
+    resolve_hub(repo_id, prefer_fp16, lightning_unet, offline)
+}
+
+/// Whether every file [`from_hub`] needs is already in the Hugging Face cache (nothing is
+/// downloaded), e.g. to pick a default model that starts without a download.
+#[cfg(feature = "hub")]
+pub fn in_hub_cache(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>) -> bool {
+    resolve_hub(repo_id, prefer_fp16, lightning_unet, true).is_ok()
+}
+
+#[cfg(not(feature = "hub"))]
+pub fn in_hub_cache(_repo_id: &str, _prefer_fp16: bool, _lightning_unet: Option<&str>) -> bool {
+    false
+}
+
+#[cfg(feature = "hub")]
+fn resolve_hub(repo_id: &str, prefer_fp16: bool, lightning_unet: Option<&str>, offline: bool) -> Result<ModelFiles> {
     use hf_hub::{Cache, api::sync::ApiBuilder};
 
-    let offline = std::env::var("HF_HUB_OFFLINE").map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
     let cache = Cache::from_env();
     let api = if offline { None } else { ApiBuilder::from_env().with_progress(false).build().ok() };
     let missing = std::cell::RefCell::new(Vec::<String>::new());

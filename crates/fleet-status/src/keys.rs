@@ -87,6 +87,12 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// Hash: model name → RFC 3339 time of the last heartbeat of a worker serving it (kept, so
+    /// a job can say when its model was last served).
+    pub(crate) fn models_seen(&self) -> String {
+        format!("{}:models_seen", self.prefix)
+    }
+
     /// Hash of one bulk run: `run` (`RunRecord` JSON), `progress` (`Snapshot` JSON).
     pub(crate) fn bulk_run(&self, run: &str) -> String {
         format!("{}:bulk:{run}", self.prefix)

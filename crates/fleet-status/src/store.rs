@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use fleet_core::config::{RedisConfig, mask_url};
 use fleet_core::status::IllegalTransition;
 use fleet_core::{JobState, JobStatus, Progress};
@@ -526,8 +527,23 @@ impl StatusStore {
             .ignore()
             .expire(&workers, i64::try_from(self.heartbeat_ttl).unwrap_or(i64::MAX))
             .ignore();
+        let seen = hb.last_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let fields: Vec<(&str, &str)> = hb.models.iter().map(|m| (m.as_str(), seen.as_str())).collect();
+        if !fields.is_empty() {
+            pipe.hset_multiple(self.keys.models_seen(), &fields).ignore();
+        }
         let mut con = self.conn.clone();
         self.call(&key, async move { pipe.query_async::<()>(&mut con).await }).await
+    }
+
+    /// When a worker serving `model` last sent a heartbeat (alive or gone since); `None` if
+    /// none ever did.
+    pub async fn model_last_served(&self, model: &str) -> Result<Option<DateTime<Utc>>, StatusError> {
+        let key = self.keys.models_seen();
+        let mut con = self.conn.clone();
+        let query = redis::cmd("HGET").arg(&key).arg(model).clone();
+        let value: Option<String> = self.call(&key, async move { query.query_async(&mut con).await }).await?;
+        Ok(value.and_then(|v| DateTime::parse_from_rfc3339(&v).ok()).map(|t| t.with_timezone(&Utc)))
     }
 
     /// Workers whose heartbeat has not expired, by id. Ids of expired workers are pruned from the

@@ -34,7 +34,7 @@ pub fn run(cli: &Cli, args: &BulkArgs) -> anyhow::Result<ExitCode> {
             BulkCommand::Cancel(a) => {
                 let session = session(config, &a.server, true, false);
                 let cancelled = fleet_bulk::cancel(&a.name, a.out.as_deref(), &session).await?;
-                println!("run `{}` cancelled; {cancelled} unfinished job(s) cancelled", a.name);
+                outln!("run `{}` cancelled; {cancelled} unfinished job(s) cancelled", a.name);
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -120,9 +120,9 @@ fn finish(result: Result<RunFile, BulkError>, json: bool) -> anyhow::Result<Exit
     let run = result?;
     let t = &run.totals;
     if json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        outln!("{}", serde_json::to_string_pretty(&run)?);
     } else {
-        println!(
+        outln!(
             "run `{}` {}: {} succeeded, {} failed, {} shard(s) in {}",
             run.config.name,
             state_name(run.state),
@@ -138,11 +138,11 @@ fn finish(result: Result<RunFile, BulkError>, json: bool) -> anyhow::Result<Exit
 async fn status(config: &FleetConfig, run: &BulkRunRef, watch: bool) -> anyhow::Result<ExitCode> {
     let (record, snapshot) = fleet_bulk::status(&run.name, run.out.as_deref(), config).await?;
     if run.server.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"run": record, "progress": snapshot}))?);
+        outln!("{}", serde_json::to_string_pretty(&json!({"run": record, "progress": snapshot}))?);
         return Ok(ExitCode::SUCCESS);
     }
     if !watch {
-        println!("run `{}` ({}): {}", run.name, record.config.out, summary(&snapshot));
+        outln!("run `{}` ({}): {}", run.name, record.config.out, summary(&snapshot));
         return Ok(ExitCode::SUCCESS);
     }
     let show = progress_bar();
@@ -155,7 +155,7 @@ async fn status(config: &FleetConfig, run: &BulkRunRef, watch: bool) -> anyhow::
         tokio::time::sleep(Duration::from_secs(1)).await;
         snapshot = fleet_bulk::status(&run.name, run.out.as_deref(), config).await?.1;
     }
-    println!("\nrun `{}`: {}", run.name, summary(&snapshot));
+    outln!("\nrun `{}`: {}", run.name, summary(&snapshot));
     Ok(ExitCode::SUCCESS)
 }
 

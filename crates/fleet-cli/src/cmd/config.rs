@@ -10,6 +10,6 @@ pub fn run(cli: &Cli, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         ConfigFormat::Toml => toml::to_string_pretty(&masked)?,
         ConfigFormat::Json => serde_json::to_string_pretty(&masked)? + "\n",
     };
-    print!("{text}");
+    out!("{text}");
     Ok(ExitCode::SUCCESS)
 }

@@ -62,7 +62,7 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let report = command.run(&mut |p| bar.set_position(p.step as u64))?;
     bar.finish_and_clear();
     for path in &report.paths {
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     let t = report.timings;
     eprintln!(

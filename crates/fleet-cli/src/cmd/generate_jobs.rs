@@ -70,7 +70,7 @@ pub fn run(cli: &Cli, args: &GenerateArgs, file: &Path) -> anyhow::Result<ExitCo
             passes += 1;
             for path in run_pass(&pipeline, &pass, &config, &args.out)? {
                 bar.inc(1);
-                bar.suspend(|| println!("{}", path.display()));
+                bar.suspend(|| outln!("{}", path.display()));
             }
         }
     }

@@ -1,24 +1,22 @@
-//! `fleet status | wait | cancel | jobs | queues | workers`: reading and steering jobs through the API.
+//! `fleet status | cancel | jobs | queues | workers | download`: reading and steering jobs through the API.
 
 use std::process::ExitCode;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::Value;
 
 use crate::cli::{Cli, DownloadArgs, JobArgs, JobsArgs, ServerArgs};
-use crate::client::ApiClient;
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
     tokio::runtime::Runtime::new()?.block_on(f)
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-fn summary(job: &Value) -> String {
+pub fn summary(job: &Value) -> String {
     let p = &job["progress"];
     let mut line = format!(
         "{}  {:<9}  {}  step {}/{}  images {}/{}",
@@ -43,57 +41,12 @@ pub fn status(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
         if args.server.json {
             print_json(&job)?;
         } else {
-            println!("{}", summary(&job));
+            outln!("{}", summary(&job));
             for image in job["result"].as_array().into_iter().flatten() {
-                println!(
-                    "  image {}: {} (seed {})",
-                    image["index"],
-                    image["key"].as_str().unwrap_or("?"),
-                    image["seed"]
-                );
+                outln!("  image {}: {} (seed {})", image["index"], image["key"].as_str().unwrap_or("?"), image["seed"]);
             }
         }
         Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Follows one job to its end with a progress bar; true if it succeeded.
-pub async fn wait_for(client: &ApiClient, id: &str, json: bool) -> anyhow::Result<bool> {
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(id.chars().take(8).collect::<String>());
-    let mut last = Value::Null;
-    client
-        .follow(id, |state, event| {
-            let status = &event["status"];
-            let p = &status["progress"];
-            bar.set_length(p["steps"].as_u64().unwrap_or(1).max(1));
-            bar.set_position(p["step"].as_u64().unwrap_or(0));
-            bar.set_message(state.to_owned());
-            last = status.clone();
-        })
-        .await?;
-    bar.finish();
-    if last.is_null() {
-        last = client.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
-    }
-    if json {
-        print_json(&last)?
-    } else {
-        println!("{}", summary(&last))
-    }
-    Ok(last["state"] == "succeeded")
-}
-
-pub fn wait(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
-    let client = cli.client(&args.server)?;
-    block_on(async {
-        let ok = wait_for(&client, &args.id, args.server.json).await?;
-        Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
     })
 }
 
@@ -104,7 +57,7 @@ pub fn cancel(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
         if args.server.json {
             print_json(&job)?
         } else {
-            println!("{}", summary(&job))
+            outln!("{}", summary(&job))
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -125,10 +78,10 @@ pub fn list(cli: &Cli, args: &JobsArgs) -> anyhow::Result<ExitCode> {
             print_json(&page)?;
         } else {
             for job in page["jobs"].as_array().into_iter().flatten() {
-                println!("{}", summary(job));
+                outln!("{}", summary(job));
             }
             if let Some(next) = page["next_cursor"].as_str() {
-                println!("more: --cursor {next}");
+                outln!("more: --cursor {next}");
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -142,9 +95,9 @@ pub fn queues(cli: &Cli, args: &ServerArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             print_json(&answer)?;
         } else {
-            println!("{:<50} {:>10} {:>10}", "queue", "ready", "consumers");
+            outln!("{:<50} {:>10} {:>10}", "queue", "ready", "consumers");
             for q in answer["queues"].as_array().into_iter().flatten() {
-                println!("{:<50} {:>10} {:>10}", q["name"].as_str().unwrap_or("?"), q["messages"], q["consumers"]);
+                outln!("{:<50} {:>10} {:>10}", q["name"].as_str().unwrap_or("?"), q["messages"], q["consumers"]);
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -159,7 +112,7 @@ pub fn workers(cli: &Cli, args: &ServerArgs) -> anyhow::Result<ExitCode> {
             print_json(&answer)?;
         } else {
             for w in answer["workers"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{}  {}  {}  last seen {}",
                     w["id"].as_str().unwrap_or("?"),
                     w["device"].as_str().unwrap_or("?"),
@@ -187,7 +140,7 @@ pub fn download(cli: &Cli, args: &DownloadArgs) -> anyhow::Result<ExitCode> {
             let bytes = client.bytes(&format!("/v1/jobs/{}/images/{n}", args.id)).await?;
             let path = args.out.join(format!("{}_{n}.{ext}", args.id));
             std::fs::write(&path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -7,5 +7,7 @@ pub mod generate;
 pub mod generate_jobs;
 pub mod jobs;
 pub mod submit;
+pub mod up;
 pub mod validate;
+pub mod wait;
 pub mod worker;

@@ -8,7 +8,6 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use crate::cli::{Cli, GenerationArgs, SubmitArgs};
-use crate::cmd::jobs::wait_for;
 
 /// The job fields the generation flags set, as JSON (only those given).
 pub fn generation_fields(g: &GenerationArgs) -> anyhow::Result<Map<String, Value>> {
@@ -41,13 +40,41 @@ pub fn generation_fields(g: &GenerationArgs) -> anyhow::Result<Map<String, Value
     Ok(m)
 }
 
-fn jobs_from(args: &SubmitArgs) -> anyhow::Result<Vec<Value>> {
+/// The job's `controlnet` from `--controlnet` and its companions; a local control image goes inline (base64).
+fn control_fields(args: &SubmitArgs) -> anyhow::Result<Option<Value>> {
+    let (Some(model), Some(image)) = (&args.controlnet, &args.control_image) else { return Ok(None) };
+    check_library_name(model).map_err(|e| anyhow::anyhow!("--controlnet {model}: the name {e}"))?;
+    let image = if image.starts_with("s3://") {
+        image.clone()
+    } else {
+        let bytes = std::fs::read(image).with_context(|| format!("--control-image: cannot read {image}"))?;
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    };
+    let mut spec = Map::new();
+    spec.insert("model".into(), Value::from(model.as_str()));
+    spec.insert("image".into(), Value::from(image));
+    for (key, value) in [("scale", args.control_scale), ("start", args.control_start), ("end", args.control_end)] {
+        if let Some(v) = value {
+            spec.insert(key.into(), Value::from(v));
+        }
+    }
+    Ok(Some(Value::Object(spec)))
+}
+
+/// The jobs to submit; `default_model` (`client.model`) fills `model` where neither a flag nor a line gives one.
+fn jobs_from(args: &SubmitArgs, default_model: &str) -> anyhow::Result<Vec<Value>> {
     let mut defaults = generation_fields(&args.generation)?;
+    if !default_model.is_empty() {
+        defaults.entry("model").or_insert_with(|| Value::from(default_model));
+    }
     if let Some(p) = &args.priority {
         defaults.insert("priority".into(), Value::from(p.as_str()));
     }
     if let Some(f) = &args.format {
         defaults.insert("output".into(), json!({"format": f}));
+    }
+    if let Some(controlnet) = control_fields(args)? {
+        defaults.insert("controlnet".into(), controlnet);
     }
     let mut jobs = Vec::new();
     if let Some(file) = &args.file {
@@ -86,7 +113,7 @@ fn jobs_from(args: &SubmitArgs) -> anyhow::Result<Vec<Value>> {
 
 pub fn run(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = cli.client(&args.server)?;
-    let jobs = jobs_from(args)?;
+    let jobs = jobs_from(args, &cli.load_config()?.client.model)?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let answer = client.call(Method::POST, "/v1/jobs", Some(&Value::Array(jobs))).await?;
         let items = answer["jobs"].as_array().cloned().unwrap_or_default();
@@ -96,7 +123,7 @@ pub fn run(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             if let Some(id) = item["status"]["id"].as_str() {
                 ids.push(id.to_owned());
                 if !args.server.json {
-                    println!("{id}  {}", item["status"]["state"].as_str().unwrap_or("?"));
+                    outln!("{id}  {}", item["status"]["state"].as_str().unwrap_or("?"));
                 }
             } else {
                 failed += 1;
@@ -104,14 +131,15 @@ pub fn run(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if args.server.json {
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            outln!("{}", serde_json::to_string_pretty(&answer)?);
         }
-        let mut ok = failed == 0;
-        if args.wait {
-            for id in &ids {
-                ok &= wait_for(&client, id, args.server.json).await?;
+        if args.wait && !ids.is_empty() {
+            let timeout = args.timeout.map(std::time::Duration::from_secs);
+            let waited = crate::cmd::wait::wait_all(&client, &ids, args.server.json, timeout).await?;
+            if failed == 0 || waited != ExitCode::SUCCESS {
+                return Ok(waited);
             }
         }
-        Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
     })
 }

@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let text = read_input(&args.file).with_context(|| format!("cannot read {name}"))?;
     let (jobs, findings) = check(&text, is_jsonl(&args.file, &text), &config);
     for f in &findings {
-        println!("{name}:{}: {}: {}", f.line, f.field, f.message);
+        outln!("{name}:{}: {}: {}", f.line, f.field, f.message);
     }
     let bad_jobs = {
         let mut lines: Vec<usize> = findings.iter().map(|f| f.line).collect();
@@ -31,10 +31,10 @@ pub fn run(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         lines.len()
     };
     if bad_jobs == 0 {
-        println!("{name}: {jobs} job(s), all valid");
+        outln!("{name}: {jobs} job(s), all valid");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{name}: {bad_jobs} of {jobs} job(s) invalid, {} error(s)", findings.len());
+        outln!("{name}: {bad_jobs} of {jobs} job(s) invalid, {} error(s)", findings.len());
         Ok(ExitCode::from(1))
     }
 }

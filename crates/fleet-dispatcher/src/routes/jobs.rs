@@ -57,7 +57,8 @@ pub async fn submit(
     }
     let spec = fleet_core::parse_job(text)?;
     let job = validate_for(&app, &caller, spec, "").inspect_err(|e| app.metrics.rejected(e.code))?;
-    let accepted = accept(&app, job, &trace).await.inspect_err(|e| app.metrics.rejected(e.code))?;
+    let mut accepted = accept(&app, job, &trace).await.inspect_err(|e| app.metrics.rejected(e.code))?;
+    crate::waiting::explain(&app.status, &mut [&mut accepted.status]).await;
     let code = if accepted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((code, [("x-trace-id", trace)], Json(accepted.status)).into_response())
 }
@@ -114,6 +115,8 @@ async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Resu
             }
         }
     }
+    let mut statuses: Vec<&mut JobStatus> = items.iter_mut().filter_map(|i| i.status.as_mut()).collect();
+    crate::waiting::explain(&app.status, &mut statuses).await;
     Ok((StatusCode::ACCEPTED, [("x-trace-id", trace.to_owned())], Json(serde_json::json!({ "jobs": items })))
         .into_response())
 }
@@ -133,7 +136,9 @@ pub async fn get_one(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    Ok(Json(visible_job(&app, &caller, &id).await?))
+    let mut status = visible_job(&app, &caller, &id).await?;
+    crate::waiting::explain(&app.status, &mut [&mut status]).await;
+    Ok(Json(status))
 }
 
 #[derive(Debug, Deserialize)]
