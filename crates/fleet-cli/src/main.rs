@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", output::error_text(&err));
             ExitCode::from(2)
         }
     }

@@ -339,3 +339,28 @@ fn generate_jobs_batches_a_job_file_and_each_jobs_images_do_not_depend_on_the_ba
     assert!(stderr.contains(":2: steps:"), "{stderr}");
     assert!(!bad.exists(), "nothing generated");
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    // `fleet config | head -0`: the reader is gone before the first write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = fleet()
+        .args(["config", "--format", "json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn an_error_is_printed_once_not_with_its_cause_repeated() {
+    let (code, _, stderr) = run(fleet().args(["--config", "no/such/fleet.toml", "config"]));
+    assert_eq!(code, 2);
+    let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+    assert_eq!(line.matches("no/such/fleet.toml").count(), 1, "{stderr}");
+}

@@ -84,7 +84,7 @@ pub async fn wait_all(
             }
             Outcome::Failed(e) => {
                 broken = true;
-                bars.suspend(|| eprintln!("error: job {id}: {e:#}"));
+                bars.suspend(|| eprintln!("error: {}", crate::output::error_text(&e)));
             }
         }
     }
