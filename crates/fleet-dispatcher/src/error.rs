@@ -60,6 +60,16 @@ impl ApiError {
     }
 }
 
+/// The words of the error at the bottom of `error`'s chain: serde's own (`EOF while parsing an
+/// object at line 1 column 27`) without the preambles of the layers above.
+pub(crate) fn innermost(error: &dyn std::error::Error) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
+}
+
 impl From<ValidationErrors> for ApiError {
     fn from(errors: ValidationErrors) -> ApiError {
         ApiError::invalid("", errors.0)

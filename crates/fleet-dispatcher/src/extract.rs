@@ -71,12 +71,23 @@ fn rejected(status: axum::http::StatusCode, message: String) -> ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> ApiError {
-        rejected(rejection.status(), format!("bad path: {}", rejection.body_text()))
+        let what = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => e.kind().to_string(),
+            other => other.body_text(),
+        };
+        rejected(rejection.status(), format!("bad path: {what}"))
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
-        rejected(rejection.status(), format!("bad query string: {}", rejection.body_text()))
+        let what = match &rejection {
+            // The error below axum's preamble names the parameter: `limit: invalid digit found in string`.
+            QueryRejection::FailedToDeserializeQueryString(e) => {
+                std::error::Error::source(e).map_or_else(|| e.body_text(), ToString::to_string)
+            }
+            other => other.body_text(),
+        };
+        rejected(rejection.status(), format!("bad query string: {what}"))
     }
 }

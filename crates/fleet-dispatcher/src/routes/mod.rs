@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod console;
+pub mod fallback;
 pub mod jobs;
 pub mod library;
 pub mod ops;
@@ -17,6 +18,7 @@ use axum::routing::get;
 
 use crate::App;
 use crate::openapi::{API_KEY, plain_response};
+pub use fallback::MAX_HEADER_BYTES;
 
 /// The `/v1` API. Every route here sits behind [`crate::auth::require_key`] (a route added here
 /// needs a key whatever its handler does) and is documented as needing one.
@@ -130,16 +132,19 @@ pub fn document() -> OpenApi {
     assemble(None).1
 }
 
-/// Every route of the API, with the body-size limit applied.
+/// Every route of the API, with the body-size and header-size limits applied. Whatever refuses a
+/// request (the router, an extractor, a limit) answers in the API's error envelope.
 pub fn router(app: App) -> Router {
     let max_body = app.config.http.max_body_bytes;
     let (routes, document) = assemble(Some(&app));
     let document = serde_json::to_value(&document).unwrap_or_default();
     routes
-        .fallback(ops::not_found)
+        .method_not_allowed_fallback(fallback::method_not_allowed)
+        .fallback(fallback::not_found)
         // Bodies are read only by extractors, which refuse one over the limit; the submit handler
         // turns that into a `payload_too_large` error.
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(fallback::limit_headers))
         .layer(axum::Extension(std::sync::Arc::new(document)))
         .with_state(app)
 }

@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fleet_core::ErrorCode;
 
 use crate::App;
 use crate::auth::Caller;
@@ -67,10 +66,6 @@ pub async fn dead_letters(
 pub async fn metrics(State(app): State<App>) -> Response {
     let depths = app.broker.depths().await.unwrap_or_default();
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render(&depths)).into_response()
-}
-
-pub async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 /// `GET /openapi.json`: the document made with the router (see [`crate::routes`]).

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde_json::value::RawValue;
 
 use crate::App;
-use crate::error::ApiError;
+use crate::error::{ApiError, innermost};
 
 /// A syntactically valid JSON body: one job object, or an array of them.
 #[derive(Debug)]
@@ -49,21 +49,11 @@ fn refused(app: &App, rejection: &JsonRejection) -> ApiError {
                 format!("request body is larger than {max} bytes (http.max_body_bytes)"),
             )
         }
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(ErrorCode::InvalidSpec, format!("body: {}", source_text(e))),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(ErrorCode::InvalidSpec, format!("body: {}", innermost(e))),
         other => {
             ApiError::new(ErrorCode::InvalidSpec, format!("could not read the request body: {}", other.body_text()))
         }
     }
-}
-
-/// serde_json's own words (`EOF while parsing an object at line 1 column 27`), without axum's
-/// preamble.
-fn source_text(error: &dyn std::error::Error) -> String {
-    let mut inner = error;
-    while let Some(source) = inner.source() {
-        inner = source;
-    }
-    inner.to_string()
 }
 
 /// One job, or an array of up to `http.max_jobs_per_request` jobs.
