@@ -148,6 +148,28 @@ async fn a_submitted_job_is_recorded_then_confirmed_onto_its_queue() {
     server.stop().await;
 }
 
+/// The 202 of a created job says where it lives (`Location`), and so does the 200 of an
+/// idempotent repeat; an array's 202 has none (each item carries its job's id).
+#[tokio::test]
+async fn a_created_job_answers_with_its_location() {
+    let server = Server::start(isolated_config()).await;
+    let post = |body: Value| server.http.post(format!("{}/v1/jobs", server.base)).bearer_auth(ALICE).json(&body).send();
+    let job = json!({"prompt": "located", "model": "tiny", "idempotency_key": "loc-1"});
+    for expected in [StatusCode::ACCEPTED, StatusCode::OK] {
+        let resp = post(job.clone()).await.unwrap();
+        assert_eq!(resp.status(), expected);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(location, format!("/v1/jobs/{}", body["id"].as_str().unwrap()));
+        let (code, fetched) = server.call(reqwest::Method::GET, &location, Some(ALICE), None).await;
+        assert_eq!((code, &fetched["id"]), (StatusCode::OK, &body["id"]));
+    }
+    let resp = post(json!([{"prompt": "one", "model": "tiny"}, {"prompt": "two", "model": "tiny"}])).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(resp.headers().get("location").is_none());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn invalid_jobs_get_every_field_error_and_nothing_is_queued() {
     let server = Server::start(isolated_config()).await;

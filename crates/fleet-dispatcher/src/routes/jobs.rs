@@ -2,10 +2,11 @@
 
 use std::convert::Infallible;
 
+use aide::openapi::{ParameterSchemaOrContent, ReferenceOr, SchemaObject};
 use aide::transform::TransformOperation;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -82,12 +83,30 @@ enum Submitted {
 /// The documentation of `POST /v1/jobs` beyond what its types say.
 pub fn submit_docs(op: TransformOperation<'_>) -> TransformOperation<'_> {
     op.summary("Submit one job (object) or several (array); every job is validated before any is accepted")
-        .response_with::<202, Json<Submitted>, _>(|res| {
+        .response_with::<202, Json<Submitted>, _>(|mut res| {
+            res.inner().headers.insert("Location".into(), location_header());
             res.description("accepted: the job's status, or one item per job of an array")
         })
-        .response_with::<200, Json<JobStatus>, _>(|res| {
+        .response_with::<200, Json<JobStatus>, _>(|mut res| {
+            res.inner().headers.insert("Location".into(), location_header());
             res.description("an idempotency key matched an existing job: its status")
         })
+}
+
+/// `Location` of a single job's answer; an array's answer has none (each item names its job).
+fn location_header() -> ReferenceOr<aide::openapi::Header> {
+    let schema =
+        SchemaObject { json_schema: schemars::json_schema!({"type": "string"}), example: None, external_docs: None };
+    ReferenceOr::Item(aide::openapi::Header {
+        description: Some("`/v1/jobs/{id}` of the job (single-job submissions only)".into()),
+        style: Default::default(),
+        required: false,
+        deprecated: None,
+        format: ParameterSchemaOrContent::Schema(schema),
+        example: None,
+        examples: Default::default(),
+        extensions: Default::default(),
+    })
 }
 
 /// `POST /v1/jobs`: one job object, or an array of them. Every job is validated before any is accepted.
@@ -107,7 +126,8 @@ pub async fn submit(
     let job = validate_for(&app, &caller, spec, "").inspect_err(|e| app.metrics.rejected(e.code))?;
     let accepted = accept(&app, job, &trace).await.inspect_err(|e| app.metrics.rejected(e.code))?;
     let code = if accepted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((code, [("x-trace-id", trace)], Json(accepted.status)).into_response())
+    let location = format!("/v1/jobs/{}", accepted.status.id);
+    Ok((code, [("x-trace-id", trace), (header::LOCATION.as_str(), location)], Json(accepted.status)).into_response())
 }
 
 async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Result<Response, ApiError> {
