@@ -46,6 +46,8 @@ macro_rules! error_codes {
 error_codes! {
     /// The job (or request body) is malformed or breaks a limit.
     InvalidSpec => ("invalid_spec", 400, false),
+    /// A path or query value of the request is malformed (a job id that is not a UUID, `limit=x`).
+    InvalidRequest => ("invalid_request", 400, false),
     /// No or an unknown API key.
     Unauthorized => ("unauthorized", 401, false),
     /// The key is valid but may not do this (e.g. admin endpoints).
@@ -54,8 +56,12 @@ error_codes! {
     NotFound => ("not_found", 404, false),
     /// The request conflicts with the job's current state (e.g. cancel a finished job).
     Conflict => ("conflict", 409, false),
+    /// The route exists, but not for this method (the `Allow` header lists those it has).
+    MethodNotAllowed => ("method_not_allowed", 405, false),
     /// The body is larger than the configured limit.
     PayloadTooLarge => ("payload_too_large", 413, false),
+    /// The body is not sent as JSON (`Content-Type: application/json`).
+    UnsupportedMediaType => ("unsupported_media_type", 415, false),
     /// A LoRA name is not in the worker's library.
     UnknownLora => ("unknown_lora", 422, false),
     /// A ControlNet model name is not in the worker's library.
@@ -64,6 +70,8 @@ error_codes! {
     InvalidControlImage => ("invalid_control_image", 422, false),
     /// Too many jobs in flight for this tenant or queue; try again later.
     RateLimited => ("rate_limited", 429, true),
+    /// The request's headers are larger than the dispatcher accepts.
+    HeadersTooLarge => ("headers_too_large", 431, false),
     /// No worker pool serves this model.
     ModelUnavailable => ("model_unavailable", 503, true),
     /// RabbitMQ refused or did not confirm the publish.

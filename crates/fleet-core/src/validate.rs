@@ -45,7 +45,7 @@ impl Default for Limits {
 }
 
 /// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct FieldError {
     /// Path of the field, e.g. `loras[2].scale`.
     pub field: String,

@@ -4,25 +4,29 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleet_core::{ErrorCode, FieldError, ValidationErrors};
+use schemars::JsonSchema;
 use serde::Serialize;
 
-/// An error as the API returns it: `{"error": {"code", "message", "retryable", "fields"}}`.
-#[derive(Debug, Clone, Serialize)]
+/// What went wrong, as the API returns it inside [`ErrorBody`]: `{"error": {"code", "message",
+/// "retryable", "fields"}}`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub retryable: bool,
     /// Field errors of an `invalid_spec`, with their paths.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldError>,
     /// Seconds after which a retry may succeed (sent as `Retry-After`).
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a ApiError,
+/// The body of every error response: 4xx and 5xx alike.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "Error")]
+pub struct ErrorBody<'a> {
+    pub error: &'a ApiError,
 }
 
 impl ApiError {
@@ -56,6 +60,16 @@ impl ApiError {
     }
 }
 
+/// The words of the error at the bottom of `error`'s chain: serde's own (`EOF while parsing an
+/// object at line 1 column 27`) without the preambles of the layers above.
+pub(crate) fn innermost(error: &dyn std::error::Error) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
+}
+
 impl From<ValidationErrors> for ApiError {
     fn from(errors: ValidationErrors) -> ApiError {
         ApiError::invalid("", errors.0)
@@ -63,8 +77,10 @@ impl From<ValidationErrors> for ApiError {
 }
 
 impl From<fleet_core::ParseError> for ApiError {
+    /// A job that is the whole request body: its line and column are the body's.
     fn from(err: fleet_core::ParseError) -> ApiError {
-        ApiError::invalid("", vec![FieldError { field: err.field, message: err.message }])
+        let message = format!("{} (line {}, column {})", err.message, err.line, err.column);
+        ApiError::invalid("", vec![FieldError { field: err.field, message }])
     }
 }
 
@@ -101,7 +117,7 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
         let retry_after = self.retry_after_secs;
-        let mut response = (status, Json(Body { error: &self })).into_response();
+        let mut response = (status, Json(ErrorBody { error: &self })).into_response();
         if let Some(value) = retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }

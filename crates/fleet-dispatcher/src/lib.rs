@@ -11,6 +11,7 @@ pub mod bulk_runs;
 pub mod dead_letter_list;
 pub mod dead_letters;
 pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

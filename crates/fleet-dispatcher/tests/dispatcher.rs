@@ -1,9 +1,12 @@
 //! The dispatcher over HTTP, against the real RabbitMQ and Redis that `scripts/services.sh` starts.
-//! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `security` (keys
+//! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `envelope` (every
+//! refusal, the router's and the extractors' too, is the JSON error envelope), `security` (keys
 //! on every route, tenant isolation on every job endpoint).
 
 #[path = "dispatcher/bad_input.rs"]
 mod bad_input;
+#[path = "dispatcher/envelope.rs"]
+mod envelope;
 #[path = "dispatcher/security.rs"]
 mod security;
 
@@ -142,6 +145,28 @@ async fn a_submitted_job_is_recorded_then_confirmed_onto_its_queue() {
     assert_eq!(queued.tenant.as_deref(), Some("alice"), "tenant comes from the key, not the body");
     assert!(queued.seed.is_some(), "the dispatcher draws and records a seed");
     assert!(server.take(".tiny.interactive").await.is_none());
+    server.stop().await;
+}
+
+/// The 202 of a created job says where it lives (`Location`), and so does the 200 of an
+/// idempotent repeat; an array's 202 has none (each item carries its job's id).
+#[tokio::test]
+async fn a_created_job_answers_with_its_location() {
+    let server = Server::start(isolated_config()).await;
+    let post = |body: Value| server.http.post(format!("{}/v1/jobs", server.base)).bearer_auth(ALICE).json(&body).send();
+    let job = json!({"prompt": "located", "model": "tiny", "idempotency_key": "loc-1"});
+    for expected in [StatusCode::ACCEPTED, StatusCode::OK] {
+        let resp = post(job.clone()).await.unwrap();
+        assert_eq!(resp.status(), expected);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(location, format!("/v1/jobs/{}", body["id"].as_str().unwrap()));
+        let (code, fetched) = server.call(reqwest::Method::GET, &location, Some(ALICE), None).await;
+        assert_eq!((code, &fetched["id"]), (StatusCode::OK, &body["id"]));
+    }
+    let resp = post(json!([{"prompt": "one", "model": "tiny"}, {"prompt": "two", "model": "tiny"}])).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(resp.headers().get("location").is_none());
     server.stop().await;
 }
 

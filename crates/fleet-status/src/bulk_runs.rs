@@ -299,7 +299,6 @@ impl Snapshot {
 /// the samples waiting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(
-    rename = "Progress",
     description = "The latest progress (fleet-bulk's `Snapshot`), corrected by the record as `fleet bulk status` does."
 )]
 #[allow(missing_docs)] // as for RunConfig: the published schema documents only some fields

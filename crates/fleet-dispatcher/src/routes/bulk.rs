@@ -4,18 +4,30 @@
 //! submitted its jobs, so there is nothing to scope a run to a tenant by.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use fleet_core::names::is_run_name;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::App;
 use crate::auth::Caller;
 use crate::bulk_runs::{BulkRun, BulkRunPage};
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct ListQuery {
+    /// Runs per page: 1 to 200, default 50.
     limit: Option<usize>,
+}
+
+/// `/v1/bulk/runs/{name}`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub struct RunPath {
+    /// The run's name.
+    name: String,
 }
 
 /// `GET /v1/bulk/runs?limit=` (admin): runs, most recently started or resumed first.
@@ -33,7 +45,7 @@ pub async fn list(
 pub async fn get_one(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    Path(RunPath { name }): Path<RunPath>,
 ) -> Result<Json<BulkRun>, ApiError> {
     caller.require_admin()?;
     let not_found = || ApiError::not_found(format!("bulk run `{name}`"));

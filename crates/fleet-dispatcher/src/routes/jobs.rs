@@ -2,23 +2,46 @@
 
 use std::convert::Infallible;
 
+use aide::openapi::{ParameterSchemaOrContent, ReferenceOr, SchemaObject};
+use aide::transform::TransformOperation;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use fleet_core::{ErrorCode, ImageResult, JobState, JobStatus};
-use futures::{Stream, StreamExt as _};
+use fleet_core::{ErrorCode, FieldError, ImageResult, JobState, JobStatus};
+use futures::StreamExt as _;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::submit::{accept, validate_for};
+use submission::JobsBody;
+
+mod submission;
+
+/// `/v1/jobs/{id}…`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub struct JobPath {
+    /// The job's id (a UUID).
+    id: Uuid,
+}
+
+/// `/v1/jobs/{id}/images/{n}…`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub struct ImagePath {
+    /// The job's id (a UUID).
+    id: Uuid,
+    /// The image's index, 0-based.
+    n: u32,
+}
 
 /// The trace id of a request: the caller's `x-trace-id`, the trace part of a W3C `traceparent`, or a new one.
 fn trace_id(headers: &HeaderMap) -> String {
@@ -32,7 +55,8 @@ fn trace_id(headers: &HeaderMap) -> String {
     Uuid::new_v4().simple().to_string()
 }
 
-#[derive(Serialize)]
+/// What became of one job of an array: its status, or why it was not accepted.
+#[derive(Serialize, JsonSchema)]
 struct BatchItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<JobStatus>,
@@ -40,18 +64,61 @@ struct BatchItem {
     error: Option<ApiError>,
 }
 
+/// The answer to an array of jobs.
+#[derive(Serialize, JsonSchema)]
+struct BatchAccepted {
+    /// One item per submitted job, in order.
+    jobs: Vec<BatchItem>,
+}
+
+/// The 202 of `POST /v1/jobs`: the job's status, or for an array one item per job.
+#[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // describes the two answers; each is built as its own type
+enum Submitted {
+    One(Box<JobStatus>),
+    Many(BatchAccepted),
+}
+
+/// The documentation of `POST /v1/jobs` beyond what its types say.
+pub fn submit_docs(op: TransformOperation<'_>) -> TransformOperation<'_> {
+    op.summary("Submit one job (object) or several (array); every job is validated before any is accepted")
+        .response_with::<202, Json<Submitted>, _>(|mut res| {
+            res.inner().headers.insert("Location".into(), location_header());
+            res.description("accepted: the job's status, or one item per job of an array")
+        })
+        .response_with::<200, Json<JobStatus>, _>(|mut res| {
+            res.inner().headers.insert("Location".into(), location_header());
+            res.description("an idempotency key matched an existing job: its status")
+        })
+}
+
+/// `Location` of a single job's answer; an array's answer has none (each item names its job).
+fn location_header() -> ReferenceOr<aide::openapi::Header> {
+    let schema =
+        SchemaObject { json_schema: schemars::json_schema!({"type": "string"}), example: None, external_docs: None };
+    ReferenceOr::Item(aide::openapi::Header {
+        description: Some("`/v1/jobs/{id}` of the job (single-job submissions only)".into()),
+        style: Default::default(),
+        required: false,
+        deprecated: None,
+        format: ParameterSchemaOrContent::Schema(schema),
+        example: None,
+        examples: Default::default(),
+        extensions: Default::default(),
+    })
+}
+
 /// `POST /v1/jobs`: one job object, or an array of them. Every job is validated before any is accepted.
 pub async fn submit(
     State(app): State<App>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JobsBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let trace = trace_id(&headers);
-    let body = body.map_err(|e| body_error(&app, &e)).inspect_err(|e| app.metrics.rejected(e.code))?;
-    let text = std::str::from_utf8(&body).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidSpec, format!("body is not UTF-8 (invalid byte at offset {})", e.valid_up_to()))
-    })?;
+    let body = body.inspect_err(|e| app.metrics.rejected(e.code))?;
+    let text = body.text();
     if text.trim_start().starts_with('[') {
         return submit_batch(app, caller, text, &trace).await;
     }
@@ -60,19 +127,8 @@ pub async fn submit(
     let mut accepted = accept(&app, job, &trace).await.inspect_err(|e| app.metrics.rejected(e.code))?;
     crate::waiting::explain(&app.status, &mut [&mut accepted.status]).await;
     let code = if accepted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((code, [("x-trace-id", trace)], Json(accepted.status)).into_response())
-}
-
-/// A body that could not be read: over `http.max_body_bytes`, or broken off.
-fn body_error(app: &App, rejection: &BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        let max = app.config.http.max_body_bytes;
-        return ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("request body is larger than {max} bytes (http.max_body_bytes)"),
-        );
-    }
-    ApiError::new(ErrorCode::InvalidSpec, format!("could not read the request body: {rejection}"))
+    let location = format!("/v1/jobs/{}", accepted.status.id);
+    Ok((code, [("x-trace-id", trace), (header::LOCATION.as_str(), location)], Json(accepted.status)).into_response())
 }
 
 async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Result<Response, ApiError> {
@@ -89,7 +145,9 @@ async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Resu
     let mut fields = Vec::new();
     for (i, value) in values.iter().enumerate() {
         let prefix = format!("[{i}].");
-        let parsed = fleet_core::parse_job(&value.to_string()).map_err(ApiError::from);
+        // The element's own text, not the body: a position within it would mislead, so none is given.
+        let parsed = fleet_core::parse_job(&value.to_string())
+            .map_err(|e| ApiError::invalid("", vec![FieldError { field: e.field, message: e.message }]));
         match parsed.and_then(|spec| validate_for(&app, &caller, spec, &prefix)) {
             Ok(job) => jobs.push(job),
             Err(err) if err.fields.is_empty() => return Err(err),
@@ -117,13 +175,11 @@ async fn submit_batch(app: App, caller: Caller, text: &str, trace: &str) -> Resu
     }
     let mut statuses: Vec<&mut JobStatus> = items.iter_mut().filter_map(|i| i.status.as_mut()).collect();
     crate::waiting::explain(&app.status, &mut statuses).await;
-    Ok((StatusCode::ACCEPTED, [("x-trace-id", trace.to_owned())], Json(serde_json::json!({ "jobs": items })))
-        .into_response())
+    Ok((StatusCode::ACCEPTED, [("x-trace-id", trace.to_owned())], Json(BatchAccepted { jobs: items })).into_response())
 }
 
 /// A job the caller may see: their own, or any for an admin. Others' jobs are "not found", not "forbidden".
-async fn visible_job(app: &App, caller: &Caller, id: &str) -> Result<JobStatus, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::not_found(format!("job `{id}`")))?;
+async fn visible_job(app: &App, caller: &Caller, id: Uuid) -> Result<JobStatus, ApiError> {
     match app.status.get(id).await? {
         Some(status) if caller.admin || status.tenant == caller.tenant => Ok(status),
         _ => Err(ApiError::not_found(format!("job {id}"))),
@@ -134,18 +190,30 @@ async fn visible_job(app: &App, caller: &Caller, id: &str) -> Result<JobStatus, 
 pub async fn get_one(
     State(app): State<App>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(JobPath { id }): Path<JobPath>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let mut status = visible_job(&app, &caller, &id).await?;
+    let mut status = visible_job(&app, &caller, id).await?;
     crate::waiting::explain(&app.status, &mut [&mut status]).await;
     Ok(Json(status))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct ListQuery {
+    /// Only jobs in this state.
     state: Option<JobState>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Jobs per page: 1 to 100, default 50.
     limit: Option<usize>,
+}
+
+/// A page of the caller's jobs, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct JobPage {
+    jobs: Vec<JobStatus>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
 }
 
 /// `GET /v1/jobs?state=&cursor=&limit=`: the caller's jobs, newest first.
@@ -153,15 +221,19 @@ pub async fn list(
     State(app): State<App>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 100);
     let page = app.status.list(&caller.tenant, q.state, q.cursor.as_deref(), limit).await?;
-    Ok(Json(serde_json::json!({ "jobs": page.jobs, "next_cursor": page.next_cursor })))
+    Ok(Json(JobPage { jobs: page.jobs, next_cursor: page.next_cursor }))
 }
 
 /// `DELETE /v1/jobs/{id}`: a queued job never runs; a running one stops at its next step.
-pub async fn cancel(State(app): State<App>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let status = visible_job(&app, &caller, &id).await?;
+pub async fn cancel(
+    State(app): State<App>,
+    caller: Caller,
+    Path(JobPath { id }): Path<JobPath>,
+) -> Result<Response, ApiError> {
+    let status = visible_job(&app, &caller, id).await?;
     if status.state.is_terminal() {
         return Err(ApiError::new(ErrorCode::Conflict, format!("job {} is already {}", status.id, status.state)));
     }
@@ -186,12 +258,12 @@ pub async fn cancel(State(app): State<App>, caller: Caller, Path(id): Path<Strin
 pub async fn events(
     State(app): State<App>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let status = visible_job(&app, &caller, &id).await?;
+    Path(JobPath { id }): Path<JobPath>,
+) -> Result<Response, ApiError> {
+    let status = visible_job(&app, &caller, id).await?;
     let stream = app.status.events(status.id).await?;
     let events = stream.map(|item| {
-        Ok(match item {
+        Ok::<_, Infallible>(match item {
             Ok(event) => Event::default()
                 .id(event.rev.to_string())
                 .event(event.state.as_str())
@@ -200,11 +272,11 @@ pub async fn events(
             Err(err) => Event::default().event("error").data(err.to_string()),
         })
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 /// Image `n` of a job the caller may see.
-async fn stored_image(app: &App, caller: &Caller, id: &str, n: u32) -> Result<ImageResult, ApiError> {
+async fn stored_image(app: &App, caller: &Caller, id: Uuid, n: u32) -> Result<ImageResult, ApiError> {
     let status = visible_job(app, caller, id).await?;
     let found = status.result.iter().find(|r| r.index == n).cloned();
     found.ok_or_else(|| ApiError::not_found(format!("image {n} of job {} (state {})", status.id, status.state)))
@@ -224,9 +296,9 @@ async fn presigned(app: &App, image: &ImageResult) -> Result<Option<String>, Api
 pub async fn image(
     State(app): State<App>,
     caller: Caller,
-    Path((id, n)): Path<(String, u32)>,
+    Path(ImagePath { id, n }): Path<ImagePath>,
 ) -> Result<Response, ApiError> {
-    let image = stored_image(&app, &caller, &id, n).await?;
+    let image = stored_image(&app, &caller, id, n).await?;
     if let Some(url) = presigned(&app, &image).await? {
         return Ok(axum::response::Redirect::temporary(&url).into_response());
     }
@@ -241,10 +313,19 @@ pub async fn image(
 pub async fn image_url(
     State(app): State<App>,
     caller: Caller,
-    Path((id, n)): Path<(String, u32)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let image = stored_image(&app, &caller, &id, n).await?;
+    Path(ImagePath { id, n }): Path<ImagePath>,
+) -> Result<Json<ImageUrl>, ApiError> {
+    let image = stored_image(&app, &caller, id, n).await?;
     let url = presigned(&app, &image).await?;
     let expires_in_secs = url.as_ref().map(|_| app.config.s3.presign_ttl_secs);
-    Ok(Json(serde_json::json!({ "url": url, "expires_in_secs": expires_in_secs })))
+    Ok(Json(ImageUrl { url, expires_in_secs }))
+}
+
+/// Where a browser fetches an image.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ImageUrl {
+    /// A presigned S3 URL; null when images are in a local directory.
+    url: Option<String>,
+    /// How long the URL is valid (`s3.presign_ttl_secs`); null with `url`.
+    expires_in_secs: Option<u64>,
 }

@@ -6,12 +6,14 @@ use std::path::Path;
 
 use axum::Json;
 use axum::extract::State;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::App;
 use crate::auth::Caller;
 
-#[derive(Debug, Serialize)]
+/// What the caller can ask for.
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Library {
     tenant: String,
     admin: bool,
@@ -20,7 +22,8 @@ pub struct Library {
     controlnets: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A model this fleet serves, with its size limits.
+#[derive(Debug, Serialize, JsonSchema)]
 struct Model {
     name: String,
     max_side: u32,

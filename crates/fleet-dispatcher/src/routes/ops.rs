@@ -1,15 +1,17 @@
 //! Operational endpoints: health, readiness, queues, workers, dead letters, metrics.
 
-use axum::Json;
-use axum::extract::{Query, State};
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fleet_core::ErrorCode;
+use axum::{Extension, Json};
 
 use crate::App;
 use crate::auth::Caller;
 use crate::dead_letter_list::DeadLetterPage;
 use crate::error::ApiError;
+use crate::extract::Query;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> &'static str {
@@ -42,8 +44,10 @@ pub async fn workers(State(app): State<App>, caller: Caller) -> Result<Json<serd
     Ok(Json(serde_json::json!({ "workers": app.status.workers().await? })))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 pub struct DeadLetterQuery {
+    /// Messages to show: 1 to 100, default 20.
     limit: Option<usize>,
 }
 
@@ -64,11 +68,7 @@ pub async fn metrics(State(app): State<App>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render(&depths)).into_response()
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint")
-}
-
-/// `GET /openapi.json`.
-pub async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+/// `GET /openapi.json`: the document made with the router (see [`crate::routes`]).
+pub async fn openapi(Extension(document): Extension<Arc<serde_json::Value>>) -> Json<serde_json::Value> {
+    Json(document.as_ref().clone())
 }

@@ -113,7 +113,11 @@ async fn malformed_bodies_get_a_400_and_change_nothing() {
         ("not JSON", b"prompt=x&model=tiny", "expected value"),
         ("empty body", b"", "EOF"),
         ("trailing garbage", br#"{"prompt": "x", "model": "tiny"} {"#, "trailing"),
-        ("invalid UTF-8 in a string", b"{\"prompt\": \"caf\xc3\x28\", \"model\": \"tiny\"}", "not UTF-8"),
+        (
+            "invalid UTF-8 in a string",
+            b"{\"prompt\": \"caf\xc3\x28\", \"model\": \"tiny\"}",
+            "invalid unicode code point at line 1 column 16",
+        ),
         (
             "a lone surrogate escape",
             br#"{"prompt": "\ud800", "model": "tiny"}"#,
@@ -148,6 +152,7 @@ async fn an_oversize_body_gets_413_in_the_api_error_format() {
         .http
         .post(format!("{}/v1/jobs", server.base))
         .bearer_auth(ALICE)
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await
