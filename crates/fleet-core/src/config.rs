@@ -92,8 +92,10 @@ pub struct S3Config {
     /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and SeaweedFS.
     pub path_style: bool,
     /// Access key; empty means the standard AWS chain (`AWS_ACCESS_KEY_ID`, profiles, instance roles).
+    /// With the endpoint at its default ([`LOCAL_S3_ENDPOINT`]) and neither key set, the keys of the
+    /// S3 server `scripts/services.sh` starts ([`LOCAL_S3_ACCESS_KEY`]).
     pub access_key_id: String,
-    /// Secret key; empty means the standard AWS chain.
+    /// Secret key; empty means the standard AWS chain (see `access_key_id` for its default).
     pub secret_access_key: String,
     /// Lifetime of presigned GET URLs, in seconds.
     pub presign_ttl_secs: u64,
@@ -256,16 +258,38 @@ impl Default for RedisConfig {
     }
 }
 
+/// The S3 endpoint of the server `scripts/services.sh` starts, the default `s3.endpoint`.
+pub const LOCAL_S3_ENDPOINT: &str = "http://127.0.0.1:8333";
+/// The bucket `scripts/services.sh` creates, the default `s3.bucket`.
+pub const LOCAL_S3_BUCKET: &str = "fleet-images";
+/// The access key `scripts/services.sh` creates, the default `s3.access_key_id` while the endpoint
+/// is [`LOCAL_S3_ENDPOINT`]. A development key for a server on loopback, never an AWS one.
+pub const LOCAL_S3_ACCESS_KEY: &str = "fleet-dev-access";
+/// The secret of [`LOCAL_S3_ACCESS_KEY`].
+pub const LOCAL_S3_SECRET_KEY: &str = "fleet-dev-secret";
+
+impl S3Config {
+    /// The built-in keys belong to the built-in endpoint: they fill in only while the endpoint is
+    /// [`LOCAL_S3_ENDPOINT`] and neither key is set, so a deployment that names its own endpoint
+    /// and no keys gets the standard AWS chain.
+    fn fill_local_keys(&mut self) {
+        if self.endpoint == LOCAL_S3_ENDPOINT && self.access_key_id.is_empty() && self.secret_access_key.is_empty() {
+            self.access_key_id = LOCAL_S3_ACCESS_KEY.into();
+            self.secret_access_key = LOCAL_S3_SECRET_KEY.into();
+        }
+    }
+}
+
 impl Default for S3Config {
     fn default() -> Self {
         S3Config {
-            endpoint: "http://127.0.0.1:8333".into(),
+            endpoint: LOCAL_S3_ENDPOINT.into(),
             region: "us-east-1".into(),
-            bucket: "fleet-images".into(),
+            bucket: LOCAL_S3_BUCKET.into(),
             prefix: "images".into(),
             path_style: true,
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
+            access_key_id: LOCAL_S3_ACCESS_KEY.into(),
+            secret_access_key: LOCAL_S3_SECRET_KEY.into(),
             presign_ttl_secs: 3600,
             local_dir: None,
         }
@@ -397,7 +421,12 @@ impl FleetConfig {
         // The built-in models count only when no layer names a model: a deployment's `[models]`
         // replaces them rather than adding to them (else its dispatcher would accept `tiny` jobs
         // that none of its workers serve).
-        let defaults = config::Config::try_from(&FleetConfig { models: BTreeMap::new(), ..FleetConfig::default() })?;
+        // Likewise the built-in S3 keys: they count only for the built-in endpoint
+        // ([`S3Config::fill_local_keys`]).
+        let mut bare = FleetConfig { models: BTreeMap::new(), ..FleetConfig::default() };
+        bare.s3.access_key_id.clear();
+        bare.s3.secret_access_key.clear();
+        let defaults = config::Config::try_from(&bare)?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(file) = &sources.file {
             builder = builder.add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
@@ -419,6 +448,7 @@ impl FleetConfig {
         if cfg.models.is_empty() {
             cfg.models = FleetConfig::default().models;
         }
+        cfg.s3.fill_local_keys();
         if let Some(keys) = sources.env.get("FLEET_API_KEYS") {
             cfg.http.api_keys.extend(parse_api_keys(keys)?);
         }
