@@ -69,7 +69,7 @@ fn config_errors_name_the_key() {
     let file = dir.path().join("fleet.toml");
     std::fs::write(&file, "[redis]\nurll = \"redis://x\"\n").unwrap();
     let err = FleetConfig::from_file(&file).unwrap_err();
-    assert!(matches!(err, ConfigError::Load(_)));
+    assert!(matches!(err, ConfigError::Invalid(_)));
     assert!(err.to_string().contains("urll"), "{err}");
 
     std::fs::write(&file, "[worker]\npng_compression = \"turbo\"\n").unwrap();
@@ -155,4 +155,49 @@ fn services_script_matches_the_s3_defaults() {
     let port = value("S3_PORT");
     assert_eq!(port, "${FLEET_TEST_S3_PORT:-8333}");
     assert_eq!(s3.endpoint, "http://127.0.0.1:8333");
+}
+
+/// One load reports every bad value: wrong types, negative numbers, names outside an enum, and
+/// values out of range, from any layer, each with its key.
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        r#"
+[worker]
+device = "gpu"
+max_batch_images = -2
+png_compression = "turbo"
+
+[models.tiny]
+max_side = -64
+
+[s3]
+presign_ttl_secs = 0
+"#,
+    )
+    .unwrap();
+    let sources = ConfigSources {
+        file: Some(file),
+        env: env(&[("FLEET__REDIS__HEARTBEAT_TTL_SECS", "-30"), ("FLEET__HTTP__LISTEN", "nowhere")]),
+        overrides: vec!["rabbitmq.delivery_limit=many".into()],
+    };
+    let err = FleetConfig::load(&sources).unwrap_err();
+    let ConfigError::Invalid(problems) = &err else { panic!("not a list of problems: {err}") };
+    let message = err.to_string();
+    for key in [
+        "worker.device",
+        "worker.max_batch_images",
+        "worker.png_compression",
+        "models.tiny.max_side",
+        "s3.presign_ttl_secs",
+        "redis.heartbeat_ttl_secs",
+        "http.listen",
+        "rabbitmq.delivery_limit",
+    ] {
+        assert!(problems.iter().any(|p| p.contains(key)), "{key} missing from:\n{message}");
+    }
+    assert!(message.contains("gpu") && message.contains("turbo"), "{message}");
 }
