@@ -8,3 +8,4 @@ mod connectivity;
 mod console;
 mod fleet;
 mod outages;
+mod storage;
