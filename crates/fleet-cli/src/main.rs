@@ -47,12 +47,14 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(verbose: u8) {
+    // Without -v: warnings, and the worker's one line per finished job.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,fleet_worker=info",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
 }

@@ -1,13 +1,12 @@
 //! Contract tests: properties of validation, serde round trips, the committed schema,
 //! and configuration layering.
 
-use std::collections::HashMap;
-
-use fleet_core::config::{ConfigError, ConfigSources};
 use fleet_core::status::{ImageResult, JobError, JobState, JobStatus, Progress};
 use fleet_core::{ControlNetSpec, ErrorCode, FleetConfig, ImageFormat, JobSpec, Limits, LoraRef, OutputSpec, Priority};
 use proptest::prelude::*;
 
+#[path = "contract/config.rs"]
+mod config;
 #[path = "contract/hostile.rs"]
 mod hostile;
 
@@ -252,106 +251,4 @@ fn example_jobs_file_is_valid() {
         }
     }
     assert!(n >= 3);
-}
-
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
-#[test]
-fn config_layers_defaults_file_env_flags() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        r#"
-[redis]
-url = "redis://from-file:6379/0"
-key_prefix = "file-prefix"
-
-[rabbitmq]
-delivery_limit = 5
-
-[[http.api_keys]]
-key = "file-key-123"
-tenant = "alice"
-"#,
-    )
-    .unwrap();
-    let sources = ConfigSources {
-        file: Some(file),
-        env: env(&[
-            ("FLEET__REDIS__KEY_PREFIX", "env-prefix"),
-            ("FLEET__WORKER__MAX_BATCH_IMAGES", "4"),
-            ("FLEET__WORKER__PNG_COMPRESSION", "balanced"),
-            ("FLEET__S3__PATH_STYLE", "false"),
-            ("FLEET_API_KEYS", "env-key-456=bob:admin"),
-            ("UNRELATED", "x"),
-        ]),
-        overrides: vec!["redis.url=redis://from-flag:6379/1".into()],
-    };
-    let cfg = FleetConfig::load(&sources).unwrap();
-    assert_eq!(cfg.redis.url, "redis://from-flag:6379/1", "flags beat file");
-    assert_eq!(cfg.redis.key_prefix, "env-prefix", "env beats file");
-    assert_eq!(cfg.rabbitmq.delivery_limit, 5, "file beats defaults");
-    assert_eq!(cfg.worker.max_batch_images, 4);
-    assert_eq!(cfg.worker.png_compression, fleet_core::config::PngCompression::Balanced);
-    assert_eq!(FleetConfig::default().worker.png_compression, fleet_core::config::PngCompression::Fast);
-    assert!(!cfg.s3.path_style);
-    assert_eq!(cfg.rabbitmq.exchange, "fleet.jobs", "defaults fill the rest");
-    let tenants: Vec<_> = cfg.http.api_keys.iter().map(|k| (k.tenant.as_str(), k.admin)).collect();
-    assert_eq!(tenants, [("alice", false), ("bob", true)]);
-}
-
-#[test]
-fn config_errors_name_the_key() {
-    let sources = ConfigSources {
-        env: env(&[("FLEET__REDIS__URL", "http://wrong"), ("FLEET__HTTP__LISTEN", "nowhere")]),
-        ..ConfigSources::default()
-    };
-    let message = FleetConfig::load(&sources).unwrap_err().to_string();
-    assert!(message.contains("redis.url"), "{message}");
-    assert!(message.contains("http.listen"), "{message}");
-
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(&file, "[redis]\nurll = \"redis://x\"\n").unwrap();
-    let err = FleetConfig::from_file(&file).unwrap_err();
-    assert!(matches!(err, ConfigError::Load(_)));
-    assert!(err.to_string().contains("urll"), "{err}");
-
-    std::fs::write(&file, "[worker]\npng_compression = \"turbo\"\n").unwrap();
-    let err = FleetConfig::from_file(&file).unwrap_err().to_string();
-    assert!(err.contains("turbo") && err.contains("png_compression"), "{err}");
-
-    let missing = FleetConfig::from_file(std::path::Path::new("/nonexistent/fleet.toml")).unwrap_err();
-    assert!(missing.to_string().contains("fleet.toml"), "{missing}");
-}
-
-#[test]
-fn example_config_file_loads_and_masks_secrets() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fleet.example.toml");
-    let cfg = FleetConfig::from_file(&path).unwrap();
-    let masked = cfg.masked();
-    assert!(!masked.rabbitmq.url.contains("guest@"), "{}", masked.rabbitmq.url);
-    for key in &masked.http.api_keys {
-        assert!(key.key.ends_with("***"));
-    }
-}
-
-#[test]
-fn a_models_table_replaces_the_built_in_models() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(&file, "[models.sdxl-lightning-2step]\nsource = \"ByteDance/SDXL-Lightning\"\n").unwrap();
-    let cfg = FleetConfig::from_file(&file).unwrap();
-    assert_eq!(cfg.models.keys().map(String::as_str).collect::<Vec<_>>(), ["sdxl-lightning-2step"]);
-    let from_env = FleetConfig::load(&ConfigSources {
-        env: env(&[("FLEET__MODELS__ONLY__SOURCE", "tiny")]),
-        ..ConfigSources::default()
-    })
-    .unwrap();
-    assert_eq!(from_env.models.keys().map(String::as_str).collect::<Vec<_>>(), ["only"]);
-    let builtin = FleetConfig::load(&ConfigSources::default()).unwrap();
-    assert_eq!(builtin.models, FleetConfig::default().models, "no [models]: the built-in ones");
 }

@@ -29,13 +29,14 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to Redis and RabbitMQ (declaring the topology) or says which one is missing.
+    /// Connects to Redis and RabbitMQ (declaring the topology) and checks the image store (bucket
+    /// and credentials), or says which one is missing or misconfigured.
     pub async fn connect(config: FleetConfig) -> Result<App, DispatcherError> {
         let status = StatusStore::connect(&config.redis).await.map_err(DispatcherError::Status)?;
         let bulk_runs = crate::bulk_runs::BulkRuns::connect(&config.redis).await.map_err(DispatcherError::BulkRuns)?;
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await.map_err(DispatcherError::Queue)?);
-        let store = fleet_storage::ImageStore::from_config(&config.s3).await.map_err(DispatcherError::Storage)?;
+        let store = fleet_storage::ImageStore::connect(&config.s3).await.map_err(DispatcherError::Storage)?;
         let publisher = Publisher::new(broker.clone(), Duration::from_secs(config.rabbitmq.publish_timeout_secs));
         Ok(App {
             keys: Arc::new(ApiKeys::new(&config.http.api_keys)),

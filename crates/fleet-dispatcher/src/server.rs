@@ -12,7 +12,7 @@ pub enum DispatcherError {
     #[error("{0}")]
     Queue(fleet_queue::QueueError),
     #[error("{0}")]
-    Storage(fleet_storage::StorageError),
+    Storage(fleet_storage::StartupCheckError),
     #[error("{0}")]
     BulkRuns(crate::bulk_runs::BulkRunsError),
     #[error("cannot listen on {addr}: {source}")]

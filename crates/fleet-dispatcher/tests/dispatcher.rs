@@ -430,6 +430,7 @@ async fn readiness_and_metrics() {
     let server = Server::start(isolated_config()).await;
     let (code, body) = server.call(reqwest::Method::GET, "/readyz", None, None).await;
     assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!((&body["redis"], &body["rabbitmq"], &body["s3"]), (&json!("ok"), &json!("ok"), &json!("ok")), "{body}");
     server.submit(ALICE, json!({"prompt": "counted", "model": "tiny"})).await;
     let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("fleet_jobs_accepted_total{model=\"tiny\",priority=\"interactive\"} 1"), "{text}");

@@ -50,6 +50,14 @@ pub enum EngineError {
     /// The caller asked to stop (between two denoising steps).
     #[error("cancelled between denoising steps")]
     Cancelled,
+    /// The device had no memory left for a tensor (a CUDA allocation or cuBLAS workspace failed).
+    /// A smaller batch, or the same one on a less busy device, may succeed.
+    #[error("out of device memory: {context}: {source}")]
+    OutOfMemory {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
     /// Any other tensor error during computation.
     #[error("{context}: {source}")]
     Candle {
@@ -86,9 +94,70 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn ctx(self, context: &str) -> Result<T> {
-        self.map_err(|source| EngineError::Candle { context: context.to_string(), source })
+        self.map_err(|source| EngineError::from_candle(context, source))
     }
     fn weights(self, component: &str) -> Result<T> {
-        self.map_err(|source| EngineError::Weights { component: component.to_string(), source })
+        self.map_err(|source| {
+            if is_out_of_memory(&source) {
+                EngineError::OutOfMemory { context: format!("weights of {component}"), source }
+            } else {
+                EngineError::Weights { component: component.to_string(), source }
+            }
+        })
+    }
+}
+
+impl EngineError {
+    /// A tensor error during computation: [`EngineError::OutOfMemory`] when the device ran out of
+    /// memory (by the error's kind, not its text), else [`EngineError::Candle`].
+    pub fn from_candle(context: &str, source: candle_core::Error) -> EngineError {
+        let context = context.to_string();
+        if is_out_of_memory(&source) {
+            EngineError::OutOfMemory { context, source }
+        } else {
+            EngineError::Candle { context, source }
+        }
+    }
+}
+
+/// Whether a candle error is a failed device allocation, looking through candle's wrappers
+/// (backtrace, context, path) to the backend's own error.
+fn is_out_of_memory(err: &candle_core::Error) -> bool {
+    use candle_core::Error;
+    match err {
+        Error::WithBacktrace { inner, .. } | Error::Context { inner, .. } | Error::WithPath { inner, .. } => {
+            is_out_of_memory(inner)
+        }
+        #[cfg(feature = "cuda")]
+        Error::Cuda(inner) => cuda_out_of_memory(inner.as_ref()),
+        _ => false,
+    }
+}
+
+/// `CUDA_ERROR_OUT_OF_MEMORY` from the driver, or `CUBLAS_STATUS_ALLOC_FAILED` from cuBLAS.
+#[cfg(feature = "cuda")]
+fn cuda_out_of_memory(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    use candle_core::cuda_backend::CudaError;
+    use candle_core::cuda_backend::cudarc::{cublas, driver};
+    let driver_oom = |e: &driver::DriverError| e.0 == driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+    match err.downcast_ref::<CudaError>() {
+        Some(CudaError::Cuda(e) | CudaError::Load { cuda: e, .. }) => driver_oom(e),
+        Some(CudaError::Cublas(e)) => e.0 == cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED,
+        Some(_) => false,
+        None => err.downcast_ref::<driver::DriverError>().is_some_and(driver_oom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_allocation_failure_is_out_of_memory() {
+        // A message that merely says "out of memory" is not the kind.
+        let text = candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into());
+        assert!(matches!(EngineError::from_candle("unet", text), EngineError::Candle { .. }));
+        let wrapped = candle_core::Error::Msg("shape".into()).context("decoding");
+        assert!(!is_out_of_memory(&wrapped));
     }
 }

@@ -91,6 +91,14 @@ impl Broker {
         Ok(channel)
     }
 
+    /// Closes the connection (AMQP close handshake) when the process is done with the broker; a
+    /// later call would connect again.
+    pub async fn close(&self) {
+        if let Some(old) = self.session.lock().await.take() {
+            let _ = old.connection.close(200, "closing").await;
+        }
+    }
+
     /// Forgets the current session so the next call reconnects (after an I/O error on it).
     pub async fn reset(&self) {
         if let Some(old) = self.session.lock().await.take() {

@@ -96,6 +96,33 @@ pub enum StorageError {
     },
 }
 
+/// The store failed the check a process makes at start ([`crate::ImageStore::connect`]): the
+/// error, then the configuration keys to look at.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} ({remedy})")]
+pub struct StartupCheckError {
+    /// What the check met (it names endpoint, bucket and the store's answer).
+    pub error: StorageError,
+    /// What to change.
+    pub remedy: &'static str,
+}
+
+impl From<StorageError> for StartupCheckError {
+    fn from(error: StorageError) -> Self {
+        let remedy = match &error {
+            StorageError::Unavailable { .. } => {
+                "is the S3 server at s3.endpoint running? scripts/services.sh starts one on 127.0.0.1:8333"
+            }
+            StorageError::Denied { .. } => "check s3.access_key_id and s3.secret_access_key",
+            StorageError::NoSuchBucket { .. } => "create the bucket, or set s3.bucket to one that exists",
+            StorageError::Rejected { .. } => "check s3.endpoint, s3.region and the credentials",
+            StorageError::InvalidKey { .. } | StorageError::InvalidConfig(_) => "check the s3.* settings",
+            StorageError::Io { .. } => "check s3.local_dir: it must be a writable directory",
+        };
+        StartupCheckError { error, remedy }
+    }
+}
+
 impl StorageError {
     /// The stable error code a failed job or API response carries for this error.
     pub fn code(&self) -> ErrorCode {

@@ -30,7 +30,7 @@ use fleet_core::config::S3Config;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use error::{BoxError, StorageError};
+pub use error::{BoxError, StartupCheckError, StorageError};
 pub use key::{object_key, validate_key};
 pub use local::LocalStore;
 pub use s3::{S3Options, S3Store};
@@ -145,6 +145,17 @@ impl ImageStore {
             Some(dir) => Ok(ImageStore::Local(LocalStore::new(dir).await?)),
             None => Ok(ImageStore::S3(S3Store::new(cfg, S3Options::default()).await?)),
         }
+    }
+
+    /// The store `cfg` describes, checked the way a dispatcher and a worker check it before they
+    /// serve: the bucket exists and takes our credentials (HeadBucket), or the directory is
+    /// writable. A store that fails the check is a misconfiguration or a missing server, named in
+    /// the error with the configuration keys to look at, so a process fails at start rather than
+    /// at its first job.
+    pub async fn connect(cfg: &S3Config) -> Result<ImageStore, StartupCheckError> {
+        let store = ImageStore::from_config(cfg).await.map_err(StartupCheckError::from)?;
+        store.check().await.map_err(StartupCheckError::from)?;
+        Ok(store)
     }
 
     /// Stores `body` under `key`, replacing any object there (so storing a redelivered job's

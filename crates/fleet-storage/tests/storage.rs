@@ -225,6 +225,40 @@ async fn s3_missing_bucket_and_bad_credentials_are_not_transient() {
     assert!(!format!("{err:?}{store:?}").contains("definitely-wrong-secret"));
 }
 
+/// The start-up check passes on the test bucket and fails on a missing bucket, a wrong secret and a
+/// closed port, each within seconds, naming endpoint, bucket, the store's answer and the keys to change.
+#[tokio::test]
+async fn connect_checks_bucket_and_credentials_at_start() {
+    let cfg = s3_config();
+    ImageStore::connect(&cfg).await.unwrap();
+
+    let started = Instant::now();
+    let mut missing = s3_config();
+    missing.bucket = format!("fleet-missing-{}", Uuid::now_v7().simple());
+    let err = ImageStore::connect(&missing).await.unwrap_err();
+    assert!(matches!(err.error, StorageError::NoSuchBucket { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&missing.bucket) && message.contains(&missing.endpoint), "{message}");
+    assert!(message.contains("s3.bucket"), "{message}");
+
+    let mut denied = s3_config();
+    denied.secret_access_key = "definitely-wrong-secret".into();
+    let err = ImageStore::connect(&denied).await.unwrap_err();
+    assert!(matches!(err.error, StorageError::Denied { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&denied.bucket) && message.contains(&denied.endpoint), "{message}");
+    assert!(message.contains("HTTP 403") && message.contains("s3.secret_access_key"), "{message}");
+    assert!(!message.contains("definitely-wrong-secret"), "{message}");
+
+    let mut closed = s3_config();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    closed.endpoint = format!("http://127.0.0.1:{port}");
+    let err = ImageStore::connect(&closed).await.unwrap_err();
+    assert!(matches!(err.error, StorageError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains(&closed.endpoint), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "the checks took {:?}", started.elapsed());
+}
+
 /// Asserts `err` is the transient "store unavailable" error naming endpoint, bucket and key.
 fn assert_unavailable(err: &StorageError, cfg: &S3Config, key: &str) {
     assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");

@@ -45,15 +45,35 @@ impl Histogram {
     }
 }
 
-/// Binds the metrics address; an empty address turns the endpoint off.
+/// Binds the metrics address; an empty address turns the endpoint off, and an address another
+/// process holds gives way to a free port on the same interface (logged as a warning).
 pub async fn bind(addr: &str) -> Result<Option<tokio::net::TcpListener>, crate::WorkerError> {
     if addr.trim().is_empty() {
         return Ok(None);
     }
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map(Some)
-        .map_err(|source| crate::WorkerError::MetricsBind { addr: addr.to_owned(), source })
+    let taken = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => return Ok(Some(listener)),
+        Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => source,
+        Err(source) => return Err(crate::WorkerError::MetricsBind { addr: addr.to_owned(), source }),
+    };
+    // Another worker on this machine has the port: take a free one on the same address, so a
+    // second worker starts, and say where its metrics are.
+    let fallback = match addr.parse::<std::net::SocketAddr>() {
+        Ok(mut wanted) => {
+            wanted.set_port(0);
+            tokio::net::TcpListener::bind(wanted).await
+        }
+        Err(_) => Err(taken),
+    };
+    let listener = fallback.map_err(|source| crate::WorkerError::MetricsBind { addr: addr.to_owned(), source })?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::warn!(
+            wanted = addr,
+            serving = %local,
+            "worker.metrics_listen is in use (another worker on this machine?); serving metrics on a free port"
+        );
+    }
+    Ok(Some(listener))
 }
 
 /// Serves until `stop` is cancelled.
@@ -155,6 +175,21 @@ fn put(encoder: &mut DescriptorEncoder, name: &str, help: &str, metric: &impl En
 mod tests {
     use super::*;
     use crate::runner::Stats;
+
+    /// Two workers on one machine with the same `worker.metrics_listen`: the second serves on a
+    /// free port of the same address.
+    #[tokio::test]
+    async fn a_taken_metrics_port_gives_way_to_a_free_one() {
+        let first = bind("127.0.0.1:0").await.unwrap().unwrap();
+        let taken = first.local_addr().unwrap();
+        let second = bind(&taken.to_string()).await.unwrap().unwrap();
+        let got = second.local_addr().unwrap();
+        assert_eq!(got.ip(), taken.ip());
+        assert_ne!(got.port(), taken.port());
+        assert!(bind("").await.unwrap().is_none(), "empty: no endpoint");
+        let err = bind("not-an-address").await.unwrap_err().to_string();
+        assert!(err.contains("not-an-address") && err.contains("worker.metrics_listen"), "{err}");
+    }
 
     #[test]
     fn exposition_has_every_counter_with_its_value() {

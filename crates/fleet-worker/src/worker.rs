@@ -44,7 +44,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Status(#[from] StatusError),
     #[error(transparent)]
-    Storage(#[from] fleet_storage::StorageError),
+    Storage(#[from] fleet_storage::StartupCheckError),
     #[error("RabbitMQ consumer failed: {0}")]
     Consume(lapin::Error),
     #[error("model loading thread failed: {0}")]
@@ -88,7 +88,8 @@ fn host_name() -> String {
 }
 
 impl Worker {
-    /// Loads the models (once), connects to Redis, S3 and RabbitMQ and declares the topology.
+    /// Connects to Redis, S3 (checking the bucket and credentials: [`ImageStore::connect`]) and
+    /// RabbitMQ, declares the topology, then loads the models (once).
     pub async fn start(config: FleetConfig, options: WorkerOptions) -> Result<Worker, WorkerError> {
         Self::start_with(config, options, EngineMode::Models).await
     }
@@ -107,6 +108,13 @@ impl Worker {
         engine: EngineMode,
     ) -> Result<Worker, WorkerError> {
         let config = Arc::new(config);
+        // The services first: a missing or misconfigured one fails the start in seconds, not
+        // after the models have loaded.
+        let status = Arc::new(StatusStore::connect(&config.redis).await?);
+        let store = Arc::new(ImageStore::connect(&config.s3).await?);
+        let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
+        let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await?);
+        let metrics = crate::metrics::bind(&config.worker.metrics_listen).await?;
         let names = options.models.clone();
         let load_cfg = config.clone();
         let load_started = Instant::now();
@@ -114,11 +122,6 @@ impl Worker {
             .await
             .map_err(|e| WorkerError::Join(e.to_string()))??;
         let load_micros = u64::try_from(load_started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let status = Arc::new(StatusStore::connect(&config.redis).await?);
-        let store = Arc::new(ImageStore::from_config(&config.s3).await?);
-        let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
-        let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await?);
-        let metrics = crate::metrics::bind(&config.worker.metrics_listen).await?;
         let host = host_name();
         let id = options.id.unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let stats = Arc::new(Stats::default());
@@ -180,6 +183,9 @@ impl Worker {
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
+        // Closed here, while the runtime still runs: a connection left to the runtime's shutdown
+        // makes lapin's I/O loop log an error on the way out.
+        self.broker.close().await;
         result
     }
 
@@ -328,7 +334,7 @@ impl Worker {
             }
         }
         self.liveness.set_batch(None);
-        tracing::info!(
+        tracing::debug!(
             jobs = info.job_ids.len(),
             images = info.images,
             seconds = started.elapsed().as_secs_f64(),

@@ -18,15 +18,21 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: Redis and RabbitMQ both answer right now.
+/// `GET /readyz`: Redis, RabbitMQ and the image store (its bucket, with our credentials) all
+/// answer right now; each says `ok` or its error.
 pub async fn readyz(State(app): State<App>) -> Response {
-    let redis = app.status.ping().await.err().map(|e| e.to_string());
-    let rabbitmq = app.broker.channel().await.err().map(|e| e.to_string());
-    let body = serde_json::json!({
-        "redis": redis.clone().unwrap_or_else(|| "ok".into()),
-        "rabbitmq": rabbitmq.clone().unwrap_or_else(|| "ok".into()),
-    });
-    let code = if redis.is_none() && rabbitmq.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let (redis, rabbitmq, s3) = tokio::join!(app.status.ping(), app.broker.channel(), app.store.check());
+    let checks = [
+        ("redis", redis.err().map(|e| e.to_string())),
+        ("rabbitmq", rabbitmq.err().map(|e| e.to_string())),
+        ("s3", s3.err().map(|e| e.to_string())),
+    ];
+    let ready = checks.iter().all(|(_, error)| error.is_none());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, error)| (name.to_owned(), error.unwrap_or_else(|| "ok".into()).into()))
+        .collect();
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
 

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fleet_core::{ErrorCode, FleetConfig, JobError, JobStatus};
+use fleet_core::{ErrorCode, FleetConfig, JobError, JobState, JobStatus};
 use fleet_engine::{EngineError, GenerateRequest, Pipeline};
 use fleet_render::Models;
 use fleet_status::{StatusError, StatusStore};
@@ -41,7 +41,7 @@ use generate::generate;
 use prepare::{prepare, unsupported};
 pub use retry::Transient;
 use retry::retry;
-use settle::{Interruption, Outcome, settle};
+use settle::{Interruption, Outcome, log_finished, settle};
 use start::begin;
 use store::finish;
 
@@ -134,7 +134,7 @@ pub async fn run_batch(ctx: &RunContext, batch: Vec<Pending>) {
         match begun {
             Ok(Some(record)) => {
                 // The trace id came from the dispatcher (HTTP → AMQP header); it ties these logs to the request.
-                tracing::info!(job = %job.id(), trace_id = %job.trace_id, attempt = job.delivery_count + 1, "job started");
+                tracing::debug!(job = %job.id(), trace_id = %job.trace_id, attempt = job.delivery_count + 1, "job started");
                 job.record = Some(record);
                 job.cancel_checked = Some(checked);
                 runnable.push(job)
@@ -223,10 +223,12 @@ async fn forward_and_finish(
             // The engine stops a pass only once every job in it was cancelled.
             for mut job in jobs {
                 let id = job.id();
-                tracing::info!(job = %id, "cancelled mid-run");
                 let cancel = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.cancel(Utc::now()) };
                 let outcome = match retry(|| ctx.status.update(id, cancel)).await {
-                    Ok(_) | Err(StatusError::Illegal(_)) => Outcome::Settled,
+                    Ok(_) | Err(StatusError::Illegal(_)) => {
+                        log_finished(&job, JobState::Cancelled, 0);
+                        Outcome::Settled
+                    }
                     Err(e) => Outcome::Requeue(e.into()),
                 };
                 settle(ctx, &mut job, outcome).await;
@@ -249,15 +251,34 @@ async fn forward_and_finish(
     }
 }
 
-/// Maps an engine failure to the code a client sees.
+/// Maps an engine failure to the code a client sees, by the error's kind (`None`: internal).
 fn classify(err: &EngineError) -> Option<ErrorCode> {
-    let text = err.to_string().to_lowercase();
-    if text.contains("out of memory") || text.contains("cuda_error_out_of_memory") {
-        return Some(ErrorCode::Oom);
-    }
     match err {
+        EngineError::OutOfMemory { .. } => Some(ErrorCode::Oom),
         EngineError::InvalidRequest(_) | EngineError::Shape { .. } => Some(ErrorCode::InvalidSpec),
         EngineError::Image(_) | EngineError::NonFinite { .. } => Some(ErrorCode::InvalidOutput),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_engine::candle_core;
+
+    use super::*;
+
+    #[test]
+    fn engine_errors_are_classified_by_kind() {
+        let oom = EngineError::OutOfMemory { context: "unet".into(), source: candle_core::Error::Msg("alloc".into()) };
+        assert_eq!(classify(&oom), Some(ErrorCode::Oom));
+        assert!(ErrorCode::Oom.retryable(), "an out-of-memory batch is handed back for another attempt");
+        // Text that mentions memory is not the kind: only the engine decides what ran out.
+        let text =
+            EngineError::from_candle("unet", candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into()));
+        assert_eq!(classify(&text), None);
+        assert_eq!(classify(&EngineError::InvalidRequest("steps".into())), Some(ErrorCode::InvalidSpec));
+        let nan = EngineError::NonFinite { stage: "vae", count: 1, hint: "" };
+        assert_eq!(classify(&nan), Some(ErrorCode::InvalidOutput));
+        assert_eq!(classify(&EngineError::Device("cuda:9".into())), None);
     }
 }

@@ -18,18 +18,32 @@ where
     op.retry(backoff::policy(Duration::from_millis(200), Duration::from_secs(5), Some(TRANSIENT_BUDGET)))
         .sleep(tokio::time::sleep)
         .when(E::is_transient)
-        .notify(|e, delay| tracing::debug!(error = %e, ?delay, "transient failure; retrying"))
+        .notify(|e, delay| {
+            if e.is_outage() {
+                tracing::warn!(error = %e, ?delay, "service unavailable; retrying");
+            } else {
+                tracing::debug!(error = %e, ?delay, "transient failure; retrying");
+            }
+        })
         .await
 }
 
 /// Errors worth retrying.
 pub trait Transient {
     fn is_transient(&self) -> bool;
+    /// Whether the error is a service out of reach (logged as a warning on every retry), rather
+    /// than the ordinary contention a retry settles (a conflicting status write).
+    fn is_outage(&self) -> bool {
+        self.is_transient()
+    }
 }
 
 impl Transient for StatusError {
     fn is_transient(&self) -> bool {
         matches!(self, StatusError::Unavailable { .. } | StatusError::Conflict(_))
+    }
+    fn is_outage(&self) -> bool {
+        matches!(self, StatusError::Unavailable { .. })
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
-use fleet_core::{JobError, JobState};
+use fleet_core::{ErrorCode, JobError, JobState};
 use fleet_status::StatusError;
 
 use super::{RunContext, retry};
@@ -31,14 +31,60 @@ pub(super) enum Interruption {
     Engine(std::sync::Arc<fleet_engine::EngineError>),
 }
 
+impl Interruption {
+    /// The error a job records when this interruption meets its last allowed delivery.
+    fn job_error(&self) -> JobError {
+        match self {
+            Interruption::Status(e) => JobError::new(ErrorCode::StatusUnavailable, e.to_string()),
+            Interruption::Storage(e) => JobError::new(e.code(), e.to_string()),
+            Interruption::Engine(e) => JobError::new(super::classify(e).unwrap_or(ErrorCode::Internal), e.to_string()),
+        }
+    }
+}
+
+/// The one line a job that ended on this worker logs (at info; a failure logs its line, with the
+/// error, as a warning in [`settle`]).
+pub(super) fn log_finished(job: &Pending, state: JobState, images: usize) {
+    tracing::info!(
+        job = %job.id(),
+        model = %job.job.spec().model,
+        state = state.as_str(),
+        seconds = round_seconds(job),
+        images,
+        "job finished"
+    );
+}
+
+/// Seconds since the job reached this worker, to the millisecond.
+fn round_seconds(job: &Pending) -> f64 {
+    (job.arrived.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
 /// Writes the outcome to the status record and settles the message accordingly.
 pub(super) async fn settle(ctx: &RunContext, job: &mut Pending, outcome: Outcome) {
     let id = job.id();
     tracing::debug!(job = %id, trace_id = %job.trace_id, "settling");
+    let outcome = match outcome {
+        // Handed back now, the broker would dead-letter the job as one that kept crashing its
+        // workers; its status records the real cause instead.
+        Outcome::Requeue(reason) if job.delivery_count >= ctx.config.rabbitmq.delivery_limit => {
+            Outcome::Fail(reason.job_error())
+        }
+        other => other,
+    };
     match outcome {
         Outcome::Settled => job.ack().await,
         Outcome::Fail(error) => {
-            tracing::warn!(job = %id, code = %error.code, message = %error.message, "job failed");
+            tracing::warn!(
+                job = %id,
+                model = %job.job.spec().model,
+                state = JobState::Failed.as_str(),
+                seconds = round_seconds(job),
+                images = 0,
+                code = %error.code,
+                message = %error.message,
+                "job finished"
+            );
             ctx.stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut failures) = ctx.stats.failures_by_code.lock() {
                 *failures.entry(error.code.name()).or_default() += 1;

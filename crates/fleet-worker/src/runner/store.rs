@@ -4,13 +4,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chrono::Utc;
-use fleet_core::{ErrorCode, ImageResult, JobError, JobStatus};
+use fleet_core::{ErrorCode, ImageResult, JobError, JobState, JobStatus};
 use fleet_engine::Pipeline;
 use fleet_status::StatusError;
 use fleet_storage::ObjectMeta;
 use image::RgbImage;
 
-use super::settle::{Outcome, settle};
+use super::settle::{Outcome, log_finished, settle};
 use super::{PROGRESS_EVERY, RunContext, retry};
 use crate::intake::Pending;
 
@@ -27,6 +27,18 @@ pub(super) async fn finish(
         let mine: Vec<_> = images.by_ref().take(n).collect();
         let outcome = store_job(ctx, &job, mine, model, pipeline).await;
         settle(ctx, &mut job, outcome).await;
+    }
+}
+
+/// What a failed upload means for the job: a store that refuses it (no such bucket, access
+/// denied, a request it rejects) fails the job with the store's answer at once, since no later
+/// attempt fares better until the configuration changes; a store still unreachable after the
+/// retries hands the job back (and [`settle`] fails it on its last delivery).
+fn storage_outcome(error: fleet_storage::StorageError) -> Outcome {
+    if error.is_transient() {
+        Outcome::Requeue(error.into())
+    } else {
+        Outcome::Fail(JobError::new(error.code(), error.to_string()))
     }
 }
 
@@ -47,6 +59,7 @@ async fn store_job(
     match cancelled {
         Ok(true) => {
             let _ = retry(|| ctx.status.update(id, |s| s.cancel(Utc::now()))).await;
+            log_finished(job, JobState::Cancelled, 0);
             return Outcome::Settled;
         }
         Ok(false) => {}
@@ -81,9 +94,8 @@ async fn store_job(
             let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
             let content_type = spec.output.format.content_type();
             let upload_started = Instant::now();
-            let stored = retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta))
-                .await
-                .map_err(|e| Outcome::Requeue(e.into()))?;
+            let stored =
+                retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta)).await.map_err(storage_outcome)?;
             ctx.stats.upload_seconds.observe_duration(upload_started.elapsed());
             Ok(ImageResult {
                 index,
@@ -109,6 +121,7 @@ async fn store_job(
         Ok(_) => {
             ctx.stats.jobs_done.fetch_add(1, Ordering::Relaxed);
             ctx.stats.images_done.fetch_add(count, Ordering::Relaxed);
+            log_finished(job, JobState::Succeeded, results.len());
             Outcome::Settled
         }
         // Cancelled meanwhile (or finished by another delivery): the objects are harmless, the state stands.

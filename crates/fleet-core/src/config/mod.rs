@@ -1,10 +1,13 @@
-//! Fleet configuration: types, defaults and layered loading
-//! (defaults < `fleet.toml` < `FLEET__…` environment < command-line `--set key=value`),
-//! validated at load so a bad value fails at start, not mid-job.
+//! Fleet configuration: types and defaults here; layered loading
+//! (defaults < `fleet.toml` < `FLEET__…` environment < command-line `--set key=value`) in
+//! [`load`], and the checks that run at load, so a bad value fails at start, not mid-job, in
+//! [`check`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod check;
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,8 +98,10 @@ pub struct S3Config {
     /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and SeaweedFS.
     pub path_style: bool,
     /// Access key; empty means the standard AWS chain (`AWS_ACCESS_KEY_ID`, profiles, instance roles).
+    /// With the endpoint at its default ([`LOCAL_S3_ENDPOINT`]) and neither key set, the keys of the
+    /// S3 server `scripts/services.sh` starts ([`LOCAL_S3_ACCESS_KEY`]).
     pub access_key_id: String,
-    /// Secret key; empty means the standard AWS chain.
+    /// Secret key; empty means the standard AWS chain (see `access_key_id` for its default).
     pub secret_access_key: String,
     /// Lifetime of presigned GET URLs, in seconds.
     pub presign_ttl_secs: u64,
@@ -259,16 +264,38 @@ impl Default for RedisConfig {
     }
 }
 
+/// The S3 endpoint of the server `scripts/services.sh` starts, the default `s3.endpoint`.
+pub const LOCAL_S3_ENDPOINT: &str = "http://127.0.0.1:8333";
+/// The bucket `scripts/services.sh` creates, the default `s3.bucket`.
+pub const LOCAL_S3_BUCKET: &str = "fleet-images";
+/// The access key `scripts/services.sh` creates, the default `s3.access_key_id` while the endpoint
+/// is [`LOCAL_S3_ENDPOINT`]. A development key for a server on loopback, never an AWS one.
+pub const LOCAL_S3_ACCESS_KEY: &str = "fleet-dev-access";
+/// The secret of [`LOCAL_S3_ACCESS_KEY`].
+pub const LOCAL_S3_SECRET_KEY: &str = "fleet-dev-secret";
+
+impl S3Config {
+    /// The built-in keys belong to the built-in endpoint: they fill in only while the endpoint is
+    /// [`LOCAL_S3_ENDPOINT`] and neither key is set, so a deployment that names its own endpoint
+    /// and no keys gets the standard AWS chain.
+    fn fill_local_keys(&mut self) {
+        if self.endpoint == LOCAL_S3_ENDPOINT && self.access_key_id.is_empty() && self.secret_access_key.is_empty() {
+            self.access_key_id = LOCAL_S3_ACCESS_KEY.into();
+            self.secret_access_key = LOCAL_S3_SECRET_KEY.into();
+        }
+    }
+}
+
 impl Default for S3Config {
     fn default() -> Self {
         S3Config {
-            endpoint: "http://127.0.0.1:8333".into(),
+            endpoint: LOCAL_S3_ENDPOINT.into(),
             region: "us-east-1".into(),
-            bucket: "fleet-images".into(),
+            bucket: LOCAL_S3_BUCKET.into(),
             prefix: "images".into(),
             path_style: true,
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
+            access_key_id: LOCAL_S3_ACCESS_KEY.into(),
+            secret_access_key: LOCAL_S3_SECRET_KEY.into(),
             presign_ttl_secs: 3600,
             local_dir: None,
         }
@@ -361,153 +388,10 @@ impl Default for FleetConfig {
     }
 }
 
-/// Configuration could not be loaded or is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("configuration: --set {0}: expected key=value")]
-    BadOverride(String),
-    #[error("configuration: FLEET_API_KEYS entry `{0}`: expected key=tenant or key=tenant:admin")]
-    BadApiKeyEnv(String),
-    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
-
-/// Where configuration layers come from; tests pass their own environment.
-#[derive(Debug, Clone, Default)]
-pub struct ConfigSources {
-    /// A TOML file; it must exist when given.
-    pub file: Option<PathBuf>,
-    /// Environment variables (normally `std::env::vars()`).
-    pub env: HashMap<String, String>,
-    /// `key=value` overrides from the command line, e.g. `redis.url=redis://host:6379`.
-    pub overrides: Vec<String>,
-}
-
-impl ConfigSources {
-    /// Sources from the process environment, with `FLEET_CONFIG` naming the file when `file` is `None`.
-    pub fn from_process(file: Option<PathBuf>, overrides: Vec<String>) -> Self {
-        let env: HashMap<String, String> = std::env::vars().collect();
-        // An empty FLEET_CONFIG means "no file" (and turns off the CLI's `./fleet.toml` lookup).
-        let file = file.or_else(|| env.get("FLEET_CONFIG").filter(|f| !f.is_empty()).map(PathBuf::from));
-        ConfigSources { file, env, overrides }
-    }
-}
+pub use check::mask_url;
+pub use load::{ConfigError, ConfigSources};
 
 impl FleetConfig {
-    /// Loads defaults < file < `FLEET__SECTION__KEY` variables < overrides, then validates.
-    pub fn load(sources: &ConfigSources) -> Result<FleetConfig, ConfigError> {
-        // The built-in models count only when no layer names a model: a deployment's `[models]`
-        // replaces them rather than adding to them (else its dispatcher would accept `tiny` jobs
-        // that none of its workers serve).
-        let defaults = config::Config::try_from(&FleetConfig { models: BTreeMap::new(), ..FleetConfig::default() })?;
-        let mut builder = config::Config::builder().add_source(defaults);
-        if let Some(file) = &sources.file {
-            builder = builder.add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
-        }
-        let fleet_env: HashMap<String, String> =
-            sources.env.iter().filter(|(k, _)| k.starts_with("FLEET__")).map(|(k, v)| (k.clone(), v.clone())).collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("FLEET")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(fleet_env)),
-        );
-        for pair in &sources.overrides {
-            let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError::BadOverride(pair.clone()))?;
-            builder = builder.set_override(key.trim(), value.trim())?;
-        }
-        let mut cfg: FleetConfig = builder.build()?.try_deserialize()?;
-        if cfg.models.is_empty() {
-            cfg.models = FleetConfig::default().models;
-        }
-        if let Some(keys) = sources.env.get("FLEET_API_KEYS") {
-            cfg.http.api_keys.extend(parse_api_keys(keys)?);
-        }
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Loads from a file path only (no environment), for tools and tests.
-    pub fn from_file(path: &Path) -> Result<FleetConfig, ConfigError> {
-        FleetConfig::load(&ConfigSources { file: Some(path.to_owned()), ..ConfigSources::default() })
-    }
-
-    /// Every problem with the values, at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut need = |ok: bool, msg: String| {
-            if !ok {
-                problems.push(msg);
-            }
-        };
-        need(
-            has_scheme(&self.rabbitmq.url, &["amqp", "amqps"]),
-            format!("rabbitmq.url `{}`: must start with amqp:// or amqps://", mask_url(&self.rabbitmq.url)),
-        );
-        need(
-            has_scheme(&self.redis.url, &["redis", "rediss"]),
-            format!("redis.url `{}`: must start with redis:// or rediss://", mask_url(&self.redis.url)),
-        );
-        need(
-            self.s3.endpoint.is_empty() || has_scheme(&self.s3.endpoint, &["http", "https"]),
-            format!("s3.endpoint `{}`: must be empty or an http(s) URL", self.s3.endpoint),
-        );
-        need(!self.s3.bucket.is_empty(), "s3.bucket: must not be empty".into());
-        need(
-            self.s3.access_key_id.is_empty() == self.s3.secret_access_key.is_empty(),
-            "s3.access_key_id and s3.secret_access_key: set both or neither".into(),
-        );
-        need(
-            self.http.listen.parse::<SocketAddr>().is_ok(),
-            format!("http.listen `{}`: must be an address like 0.0.0.0:8080", self.http.listen),
-        );
-        need(self.rabbitmq.delivery_limit >= 1, "rabbitmq.delivery_limit: must be at least 1".into());
-        need(self.rabbitmq.publish_timeout_secs >= 1, "rabbitmq.publish_timeout_secs: must be at least 1".into());
-        let mut seen = std::collections::HashSet::new();
-        for (i, key) in self.http.api_keys.iter().enumerate() {
-            need(key.key.len() >= 8, format!("http.api_keys[{i}].key: must be at least 8 characters"));
-            need(seen.insert(key.key.as_str()), format!("http.api_keys[{i}].key: duplicate key"));
-            need(
-                !key.tenant.is_empty()
-                    && key.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
-                format!("http.api_keys[{i}].tenant `{}`: letters, digits, '.', '_', '-' only", key.tenant),
-            );
-        }
-        need(!self.models.is_empty(), "models: at least one model must be configured".into());
-        for (name, model) in &self.models {
-            need(!model.source.is_empty(), format!("models.{name}.source: must not be empty"));
-            need(
-                model.max_side >= 64 && model.max_side % 8 == 0,
-                format!("models.{name}.max_side: must be a multiple of 8, at least 64"),
-            );
-            need(model.max_pixels >= 64 * 64, format!("models.{name}.max_pixels: must be at least 4096"));
-            if let Some(p) = &model.prediction_type
-                && let Err(e) = p.parse::<crate::PredictionType>()
-            {
-                need(false, format!("models.{name}.prediction_type: {e}"));
-            }
-        }
-        need(self.worker.max_batch_images >= 1, "worker.max_batch_images: must be at least 1".into());
-        need(
-            self.worker.max_batch_pixel_steps >= 64 * 64,
-            "worker.max_batch_pixel_steps: must be at least 4096".into(),
-        );
-        need(self.worker.heartbeat_interval_secs >= 1, "worker.heartbeat_interval_secs: must be at least 1".into());
-        need(
-            self.redis.heartbeat_ttl_secs > self.worker.heartbeat_interval_secs,
-            "redis.heartbeat_ttl_secs: must exceed worker.heartbeat_interval_secs".into(),
-        );
-        need(
-            has_scheme(&self.client.server, &["http", "https"]),
-            format!("client.server `{}`: must be an http(s) URL", self.client.server),
-        );
-        need(self.limits.max_num_images >= 1, "limits.max_num_images: must be at least 1".into());
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
-    }
-
     /// The limits a job for `model` is validated against (deployment-wide limits for unknown models:
     /// routing refuses those with `model_unavailable`).
     pub fn limits_for(&self, model: &str) -> Limits {
@@ -523,88 +407,5 @@ impl FleetConfig {
             max_control_image_bytes: self.limits.max_control_image_bytes,
             allowed_image_buckets: self.limits.allowed_image_buckets.clone(),
         }
-    }
-
-    /// A copy safe to print: passwords in URLs, API keys and the S3 secret are masked.
-    pub fn masked(&self) -> FleetConfig {
-        let mut cfg = self.clone();
-        cfg.rabbitmq.url = mask_url(&cfg.rabbitmq.url);
-        cfg.redis.url = mask_url(&cfg.redis.url);
-        for key in &mut cfg.http.api_keys {
-            key.key = mask_secret(&key.key);
-        }
-        cfg.s3.secret_access_key = mask_secret(&cfg.s3.secret_access_key);
-        cfg.client.api_key = mask_secret(&cfg.client.api_key);
-        cfg
-    }
-}
-
-fn has_scheme(url: &str, schemes: &[&str]) -> bool {
-    url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty())
-}
-
-/// `amqp://user:secret@host` → `amqp://user:***@host`. Also without a scheme (a mistyped URL is
-/// printed in an error), and up to the last `@`, so a password with an unescaped `@` stays hidden.
-pub fn mask_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}{user}:***@{host}"),
-        None => format!("{scheme}***@{host}"),
-    }
-}
-
-fn mask_secret(secret: &str) -> String {
-    if secret.is_empty() {
-        return String::new();
-    }
-    let shown: String = secret.chars().take(4).collect();
-    format!("{shown}***")
-}
-
-/// `FLEET_API_KEYS=key1=tenant1:admin,key2=tenant2`: keys from a secret without a config file.
-fn parse_api_keys(value: &str) -> Result<Vec<ApiKeyConfig>, ConfigError> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|entry| {
-            let (key, rest) = entry.split_once('=').ok_or_else(|| ConfigError::BadApiKeyEnv(mask_secret(entry)))?;
-            let (tenant, admin) = match rest.split_once(':') {
-                Some((tenant, "admin")) => (tenant, true),
-                Some(_) => return Err(ConfigError::BadApiKeyEnv(mask_secret(entry))),
-                None => (rest, false),
-            };
-            Ok(ApiKeyConfig { key: key.to_owned(), tenant: tenant.to_owned(), admin })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        FleetConfig::default().validate().unwrap();
-    }
-
-    #[test]
-    fn url_masking() {
-        assert_eq!(mask_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(mask_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(mask_secret("abcdefgh"), "abcd***");
-    }
-
-    #[test]
-    fn api_keys_from_env() {
-        let keys = parse_api_keys("k1k1k1k1=alice:admin, k2k2k2k2=bob").unwrap();
-        assert_eq!(keys.len(), 2);
-        assert!(keys[0].admin && !keys[1].admin);
-        assert!(parse_api_keys("nokey").is_err());
-        assert!(parse_api_keys("k=t:root").is_err());
     }
 }

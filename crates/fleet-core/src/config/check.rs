@@ -1,0 +1,185 @@
+//! The checks a loaded configuration passes: every value in range, every name one the fleet
+//! knows, all problems reported together; and masking for printing.
+
+use std::net::SocketAddr;
+
+use super::{ConfigError, FleetConfig};
+
+/// Longest presigned-URL lifetime SigV4 allows (7 days).
+const MAX_PRESIGN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+impl FleetConfig {
+    /// Every problem with the values, at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// Every problem with the values (empty: valid).
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        need(
+            has_scheme(&self.rabbitmq.url, &["amqp", "amqps"]),
+            format!("rabbitmq.url `{}`: must start with amqp:// or amqps://", mask_url(&self.rabbitmq.url)),
+        );
+        need(
+            has_scheme(&self.redis.url, &["redis", "rediss"]),
+            format!("redis.url `{}`: must start with redis:// or rediss://", mask_url(&self.redis.url)),
+        );
+        need(
+            self.s3.endpoint.is_empty() || has_scheme(&self.s3.endpoint, &["http", "https"]),
+            format!("s3.endpoint `{}`: must be empty or an http(s) URL", self.s3.endpoint),
+        );
+        need(!self.s3.bucket.is_empty(), "s3.bucket: must not be empty".into());
+        need(
+            self.s3.access_key_id.is_empty() == self.s3.secret_access_key.is_empty(),
+            "s3.access_key_id and s3.secret_access_key: set both or neither".into(),
+        );
+        need(
+            self.http.listen.parse::<SocketAddr>().is_ok(),
+            format!("http.listen `{}`: must be an address like 0.0.0.0:8080", self.http.listen),
+        );
+        need(self.rabbitmq.delivery_limit >= 1, "rabbitmq.delivery_limit: must be at least 1".into());
+        need(self.rabbitmq.publish_timeout_secs >= 1, "rabbitmq.publish_timeout_secs: must be at least 1".into());
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in self.http.api_keys.iter().enumerate() {
+            need(key.key.len() >= 8, format!("http.api_keys[{i}].key: must be at least 8 characters"));
+            need(seen.insert(key.key.as_str()), format!("http.api_keys[{i}].key: duplicate key"));
+            need(
+                !key.tenant.is_empty()
+                    && key.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                format!("http.api_keys[{i}].tenant `{}`: letters, digits, '.', '_', '-' only", key.tenant),
+            );
+        }
+        need(!self.models.is_empty(), "models: at least one model must be configured".into());
+        for (name, model) in &self.models {
+            need(!model.source.is_empty(), format!("models.{name}.source: must not be empty"));
+            need(
+                model.max_side >= 64 && model.max_side % 8 == 0,
+                format!("models.{name}.max_side: must be a multiple of 8, at least 64"),
+            );
+            need(model.max_pixels >= 64 * 64, format!("models.{name}.max_pixels: must be at least 4096"));
+            if let Some(p) = &model.prediction_type
+                && let Err(e) = p.parse::<crate::PredictionType>()
+            {
+                need(false, format!("models.{name}.prediction_type: {e}"));
+            }
+        }
+        need(self.worker.max_batch_images >= 1, "worker.max_batch_images: must be at least 1".into());
+        need(
+            self.worker.max_batch_pixel_steps >= 64 * 64,
+            "worker.max_batch_pixel_steps: must be at least 4096".into(),
+        );
+        need(self.worker.heartbeat_interval_secs >= 1, "worker.heartbeat_interval_secs: must be at least 1".into());
+        need(
+            self.redis.heartbeat_ttl_secs > self.worker.heartbeat_interval_secs,
+            "redis.heartbeat_ttl_secs: must exceed worker.heartbeat_interval_secs".into(),
+        );
+        need(
+            has_scheme(&self.client.server, &["http", "https"]),
+            format!("client.server `{}`: must be an http(s) URL", self.client.server),
+        );
+        need(self.limits.max_num_images >= 1, "limits.max_num_images: must be at least 1".into());
+        need(self.limits.max_prompt_chars >= 1, "limits.max_prompt_chars: must be at least 1".into());
+        need(
+            is_device(&self.worker.device),
+            format!("worker.device `{}`: must be cpu, cuda, cuda:N or metal", self.worker.device),
+        );
+        need(
+            (1..=MAX_PRESIGN_TTL_SECS).contains(&self.s3.presign_ttl_secs),
+            format!("s3.presign_ttl_secs: must be 1 to {MAX_PRESIGN_TTL_SECS} (7 days, S3's limit)"),
+        );
+        need(self.http.max_body_bytes >= 1, "http.max_body_bytes: must be at least 1".into());
+        need(self.http.max_jobs_per_request >= 1, "http.max_jobs_per_request: must be at least 1".into());
+        need(self.http.max_in_flight_per_tenant >= 1, "http.max_in_flight_per_tenant: must be at least 1".into());
+        need(
+            self.worker.metrics_listen.trim().is_empty() || self.worker.metrics_listen.parse::<SocketAddr>().is_ok(),
+            format!(
+                "worker.metrics_listen `{}`: must be empty or an address like 127.0.0.1:9464",
+                self.worker.metrics_listen
+            ),
+        );
+        problems
+    }
+
+    /// A copy safe to print: passwords in URLs, API keys and the S3 secret are masked.
+    pub fn masked(&self) -> FleetConfig {
+        let mut cfg = self.clone();
+        cfg.rabbitmq.url = mask_url(&cfg.rabbitmq.url);
+        cfg.redis.url = mask_url(&cfg.redis.url);
+        for key in &mut cfg.http.api_keys {
+            key.key = mask_secret(&key.key);
+        }
+        cfg.s3.secret_access_key = mask_secret(&cfg.s3.secret_access_key);
+        cfg.client.api_key = mask_secret(&cfg.client.api_key);
+        cfg
+    }
+}
+
+/// `cpu`, `metal`, `cuda` or `cuda:N`: the devices the engine opens (whether this build has the
+/// backend is the engine's to say when the worker starts).
+fn is_device(name: &str) -> bool {
+    match name.strip_prefix("cuda") {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(':').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => matches!(name, "cpu" | "metal"),
+    }
+}
+
+fn has_scheme(url: &str, schemes: &[&str]) -> bool {
+    url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty())
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`. Also without a scheme (a mistyped URL is
+/// printed in an error), and up to the last `@`, so a password with an unescaped `@` stays hidden.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}{user}:***@{host}"),
+        None => format!("{scheme}***@{host}"),
+    }
+}
+
+pub(super) fn mask_secret(secret: &str) -> String {
+    if secret.is_empty() {
+        return String::new();
+    }
+    let shown: String = secret.chars().take(4).collect();
+    format!("{shown}***")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        FleetConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn url_masking() {
+        assert_eq!(mask_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(mask_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(mask_secret("abcdefgh"), "abcd***");
+    }
+
+    #[test]
+    fn devices() {
+        for ok in ["cpu", "cuda", "cuda:0", "cuda:12", "metal"] {
+            assert!(is_device(ok), "{ok}");
+        }
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda0", "CPU", ""] {
+            assert!(!is_device(bad), "{bad}");
+        }
+    }
+}

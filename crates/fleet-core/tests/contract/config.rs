@@ -1,0 +1,203 @@
+//! Configuration: layering (defaults < file < environment < flags), defaults that agree with the
+//! services script, and validation that reports every problem at once.
+
+use std::collections::HashMap;
+
+use fleet_core::FleetConfig;
+use fleet_core::config::{ConfigError, ConfigSources};
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+#[test]
+fn config_layers_defaults_file_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        r#"
+[redis]
+url = "redis://from-file:6379/0"
+key_prefix = "file-prefix"
+
+[rabbitmq]
+delivery_limit = 5
+
+[[http.api_keys]]
+key = "file-key-123"
+tenant = "alice"
+"#,
+    )
+    .unwrap();
+    let sources = ConfigSources {
+        file: Some(file),
+        env: env(&[
+            ("FLEET__REDIS__KEY_PREFIX", "env-prefix"),
+            ("FLEET__WORKER__MAX_BATCH_IMAGES", "4"),
+            ("FLEET__WORKER__PNG_COMPRESSION", "balanced"),
+            ("FLEET__S3__PATH_STYLE", "false"),
+            ("FLEET_API_KEYS", "env-key-456=bob:admin"),
+            ("UNRELATED", "x"),
+        ]),
+        overrides: vec!["redis.url=redis://from-flag:6379/1".into()],
+    };
+    let cfg = FleetConfig::load(&sources).unwrap();
+    assert_eq!(cfg.redis.url, "redis://from-flag:6379/1", "flags beat file");
+    assert_eq!(cfg.redis.key_prefix, "env-prefix", "env beats file");
+    assert_eq!(cfg.rabbitmq.delivery_limit, 5, "file beats defaults");
+    assert_eq!(cfg.worker.max_batch_images, 4);
+    assert_eq!(cfg.worker.png_compression, fleet_core::config::PngCompression::Balanced);
+    assert_eq!(FleetConfig::default().worker.png_compression, fleet_core::config::PngCompression::Fast);
+    assert!(!cfg.s3.path_style);
+    assert_eq!(cfg.rabbitmq.exchange, "fleet.jobs", "defaults fill the rest");
+    let tenants: Vec<_> = cfg.http.api_keys.iter().map(|k| (k.tenant.as_str(), k.admin)).collect();
+    assert_eq!(tenants, [("alice", false), ("bob", true)]);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let sources = ConfigSources {
+        env: env(&[("FLEET__REDIS__URL", "http://wrong"), ("FLEET__HTTP__LISTEN", "nowhere")]),
+        ..ConfigSources::default()
+    };
+    let message = FleetConfig::load(&sources).unwrap_err().to_string();
+    assert!(message.contains("redis.url"), "{message}");
+    assert!(message.contains("http.listen"), "{message}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, "[redis]\nurll = \"redis://x\"\n").unwrap();
+    let err = FleetConfig::from_file(&file).unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid(_)));
+    assert!(err.to_string().contains("urll"), "{err}");
+
+    std::fs::write(&file, "[worker]\npng_compression = \"turbo\"\n").unwrap();
+    let err = FleetConfig::from_file(&file).unwrap_err().to_string();
+    assert!(err.contains("turbo") && err.contains("png_compression"), "{err}");
+
+    let missing = FleetConfig::from_file(std::path::Path::new("/nonexistent/fleet.toml")).unwrap_err();
+    assert!(missing.to_string().contains("fleet.toml"), "{missing}");
+}
+
+#[test]
+fn example_config_file_loads_and_masks_secrets() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fleet.example.toml");
+    let cfg = FleetConfig::from_file(&path).unwrap();
+    let masked = cfg.masked();
+    assert!(!masked.rabbitmq.url.contains("guest@"), "{}", masked.rabbitmq.url);
+    for key in &masked.http.api_keys {
+        assert!(key.key.ends_with("***"));
+    }
+}
+
+#[test]
+fn a_models_table_replaces_the_built_in_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, "[models.sdxl-lightning-2step]\nsource = \"ByteDance/SDXL-Lightning\"\n").unwrap();
+    let cfg = FleetConfig::from_file(&file).unwrap();
+    assert_eq!(cfg.models.keys().map(String::as_str).collect::<Vec<_>>(), ["sdxl-lightning-2step"]);
+    let from_env = FleetConfig::load(&ConfigSources {
+        env: env(&[("FLEET__MODELS__ONLY__SOURCE", "tiny")]),
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert_eq!(from_env.models.keys().map(String::as_str).collect::<Vec<_>>(), ["only"]);
+    let builtin = FleetConfig::load(&ConfigSources::default()).unwrap();
+    assert_eq!(builtin.models, FleetConfig::default().models, "no [models]: the built-in ones");
+}
+
+#[test]
+fn local_s3_keys_fill_in_only_for_the_local_endpoint() {
+    use fleet_core::config::{LOCAL_S3_ACCESS_KEY, LOCAL_S3_ENDPOINT, LOCAL_S3_SECRET_KEY};
+    let plain = FleetConfig::load(&ConfigSources::default()).unwrap();
+    assert_eq!(plain.s3, FleetConfig::default().s3, "no layers: the built-in defaults");
+    assert_eq!(plain.s3.endpoint, LOCAL_S3_ENDPOINT);
+    assert_eq!(
+        (plain.s3.access_key_id.as_str(), plain.s3.secret_access_key.as_str()),
+        (LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY)
+    );
+
+    let aws = FleetConfig::load(&ConfigSources { overrides: vec!["s3.endpoint=".into()], ..ConfigSources::default() })
+        .unwrap();
+    assert_eq!((aws.s3.access_key_id.as_str(), aws.s3.secret_access_key.as_str()), ("", ""), "AWS: the standard chain");
+
+    let minio = FleetConfig::load(&ConfigSources {
+        env: env(&[
+            ("FLEET__S3__ENDPOINT", "http://minio:9000"),
+            ("FLEET__S3__ACCESS_KEY_ID", "minio-user"),
+            ("FLEET__S3__SECRET_ACCESS_KEY", "minio-secret"),
+        ]),
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert_eq!((minio.s3.access_key_id.as_str(), minio.s3.secret_access_key.as_str()), ("minio-user", "minio-secret"));
+}
+
+/// `scripts/services.sh` creates the bucket and keys the configuration defaults to, so a dispatcher
+/// and a worker with no configuration file work against it.
+#[test]
+fn services_script_matches_the_s3_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
+    let script = std::fs::read_to_string(&path).unwrap();
+    let value = |name: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name}= not in {}", path.display()))
+            .to_owned()
+    };
+    let s3 = FleetConfig::default().s3;
+    assert_eq!(value("S3_BUCKET"), s3.bucket);
+    assert_eq!(value("S3_ACCESS_KEY"), s3.access_key_id);
+    assert_eq!(value("S3_SECRET_KEY"), s3.secret_access_key);
+    let port = value("S3_PORT");
+    assert_eq!(port, "${FLEET_TEST_S3_PORT:-8333}");
+    assert_eq!(s3.endpoint, "http://127.0.0.1:8333");
+}
+
+/// One load reports every bad value: wrong types, negative numbers, names outside an enum, and
+/// values out of range, from any layer, each with its key.
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        r#"
+[worker]
+device = "gpu"
+max_batch_images = -2
+png_compression = "turbo"
+
+[models.tiny]
+max_side = -64
+
+[s3]
+presign_ttl_secs = 0
+"#,
+    )
+    .unwrap();
+    let sources = ConfigSources {
+        file: Some(file),
+        env: env(&[("FLEET__REDIS__HEARTBEAT_TTL_SECS", "-30"), ("FLEET__HTTP__LISTEN", "nowhere")]),
+        overrides: vec!["rabbitmq.delivery_limit=many".into()],
+    };
+    let err = FleetConfig::load(&sources).unwrap_err();
+    let ConfigError::Invalid(problems) = &err else { panic!("not a list of problems: {err}") };
+    let message = err.to_string();
+    for key in [
+        "worker.device",
+        "worker.max_batch_images",
+        "worker.png_compression",
+        "models.tiny.max_side",
+        "s3.presign_ttl_secs",
+        "redis.heartbeat_ttl_secs",
+        "http.listen",
+        "rabbitmq.delivery_limit",
+    ] {
+        assert!(problems.iter().any(|p| p.contains(key)), "{key} missing from:\n{message}");
+    }
+    assert!(message.contains("gpu") && message.contains("turbo"), "{message}");
+}
