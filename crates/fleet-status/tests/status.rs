@@ -91,6 +91,7 @@ fn status_at(tenant: &str, created_at: DateTime<Utc>) -> JobStatus {
         result: Vec::new(),
         error: None,
         metadata: serde_json::Map::new(),
+        request: None,
     }
 }
 
