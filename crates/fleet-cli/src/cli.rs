@@ -129,7 +129,16 @@ pub struct GenerateArgs {
     /// larger files for less CPU (balanced takes 15–30× fast's time for files up to 7 % smaller).
     #[arg(long, default_value = "fast", value_parser = |s: &str| s.parse::<fleet_engine::PngCompression>())]
     pub png_compression: fleet_engine::PngCompression,
-    /// Output image (.png, .jpg, .webp); several images become `<stem>_<i>.<ext>`.
+    /// Make an image again from the parameters embedded in it by `fleet generate` or a worker
+    /// (prompt, seed, size, steps, guidance, LoRAs, ControlNet): bit-identical when the same
+    /// model, LoRA and ControlNet files are at hand. `--model`, `--controlnet` and
+    /// `--control-image` point at files that moved; other generation flags are refused.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "prompts", "negative_prompt", "steps", "guidance", "width", "height", "seed", "num_images", "loras",
+        "jobs", "latents", "unet", "prediction_type", "control_scale", "control_start", "control_end",
+        "control_preprocess", "lora_allow_unmatched",
+    ])]
+    pub from_image: Option<PathBuf>,
     /// A job file (JSON Lines, the queue's job contract, checked as `fleet validate` does): every
     /// job through the worker's batcher, images written as `OUT/<line>_<i>.<ext>`.
     #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompts", "latents", "controlnet"])]
@@ -137,6 +146,7 @@ pub struct GenerateArgs {
     /// With --jobs: most images per forward pass (1 = one job per pass); default worker.max_batch_images.
     #[arg(long, value_name = "N", requires = "jobs")]
     pub max_batch_images: Option<u32>,
+    /// Output image (.png, .jpg, .webp); several images become `<stem>_<i>.<ext>`. With --jobs, a directory.
     #[arg(long)]
     pub out: PathBuf,
     /// Fuse LoRAs whose entries match no module of the model (default: an error listing them).
@@ -146,7 +156,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "DIR", requires = "control_image")]
     pub controlnet: Option<PathBuf>,
     /// Conditioning image (PNG/JPEG/WebP), resized to the output size (Lanczos3).
-    #[arg(long, value_name = "FILE", requires = "controlnet")]
+    #[arg(long, value_name = "FILE")]
     pub control_image: Option<PathBuf>,
     /// ControlNet conditioning scale.
     #[arg(long, value_name = "F", default_value_t = 1.0)]

@@ -1,8 +1,11 @@
 //! The `fleet` binary as users call it. Modules: `bad_input` (hostile jobs: a non-zero exit
-//! naming line and field), `secrets` (no secret in output, logs or errors).
+//! naming line and field), `secrets` (no secret in output, logs or errors), `from_image`
+//! (`fleet generate --from-image`).
 
 #[path = "cli/bad_input.rs"]
 mod bad_input;
+#[path = "cli/from_image.rs"]
+mod from_image;
 #[path = "cli/secrets.rs"]
 mod secrets;
 

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::error_code::ErrorCode;
 use crate::job::{ImageFormat, Priority};
+use crate::request_record::RequestRecord;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -152,6 +153,9 @@ pub struct JobStatus {
     /// from zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// What the job asked for (absent from records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestRecord>,
 }
 
 impl JobStatus {
@@ -174,6 +178,7 @@ impl JobStatus {
             error: None,
             metadata: spec.metadata.clone(),
             waiting_for: None,
+            request: Some(RequestRecord::of(spec)),
         })
     }
 
@@ -219,10 +224,24 @@ impl JobStatus {
         Ok(())
     }
 
-    /// Its owner cancelled it.
+    /// Its owner cancelled it. `finished_at` says when; the message says where it stopped (the
+    /// progress last recorded), which `progress` keeps too.
     pub fn cancel(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        let was = self.state;
         self.transition(JobState::Cancelled, now)?;
-        self.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by its owner"));
+        let p = &self.progress;
+        let message = if was == JobState::Running {
+            format!(
+                "cancelled by its owner while running, at step {}/{} of image {}/{}",
+                p.step,
+                p.steps,
+                (p.images_done + 1).min(p.images_total),
+                p.images_total
+            )
+        } else {
+            "cancelled by its owner before it started".to_owned()
+        };
+        self.error = Some(JobError::new(ErrorCode::Cancelled, message));
         Ok(())
     }
 }
@@ -266,6 +285,34 @@ mod tests {
         assert_eq!((err.from, err.to), (JobState::Cancelled, JobState::Running));
         assert_eq!(s, before);
         assert!(s.succeed(vec![], Utc::now()).is_err());
+    }
+
+    #[test]
+    fn a_cancel_says_when_and_where_the_job_stopped() {
+        let mut s = queued();
+        s.cancel(Utc::now()).unwrap();
+        assert!(s.finished_at.is_some());
+        assert_eq!(s.error.unwrap().message, "cancelled by its owner before it started");
+        let mut s = queued();
+        s.start("w1", Utc::now()).unwrap();
+        s.progress = Progress { step: 3, steps: 4, images_done: 1, images_total: 2 };
+        s.cancel(Utc::now()).unwrap();
+        assert_eq!(s.error.unwrap().message, "cancelled by its owner while running, at step 3/4 of image 2/2");
+    }
+
+    #[test]
+    fn the_record_keeps_the_request() {
+        let mut spec = JobSpec::new("a red bicycle");
+        spec.negative_prompt = Some("blur".into());
+        spec.loras = vec![crate::LoraRef { name: "style".into(), scale: 0.5 }];
+        let job = spec.validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7, || 9);
+        let request = JobStatus::queued(&job, Utc::now()).unwrap().request.unwrap();
+        assert_eq!((request.prompt.as_str(), request.negative_prompt.as_deref()), ("a red bicycle", Some("blur")));
+        assert_eq!((request.seed, request.width, request.steps, request.loras.len()), (9, 1024, 4, 1));
+        // A record written before the request was kept still reads.
+        let mut old = serde_json::to_value(JobStatus::queued(&job, Utc::now()).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("request");
+        assert_eq!(serde_json::from_value::<JobStatus>(old).unwrap().request, None);
     }
 
     #[test]

@@ -138,24 +138,7 @@ pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageS
         }
         return Ok(ControlImageSource::S3 { bucket: bucket.to_owned(), key: key.to_owned() });
     }
-    let encoded = match image.strip_prefix("data:") {
-        Some(uri) => {
-            let (mime, data) =
-                uri.split_once(";base64,").ok_or("a data URI must be base64: data:image/png;base64,...")?;
-            if mime != "image/png" && mime != "image/jpeg" {
-                return Err(format!("data URI type `{mime}` is not image/png or image/jpeg"));
-            }
-            data
-        }
-        None => image,
-    };
-    // Bound the work before decoding: base64 is 4/3 the size of its bytes.
-    if encoded.len() / 4 * 3 > limits.max_control_image_bytes + 3 {
-        return Err(format!("inline image is larger than {} bytes", limits.max_control_image_bytes));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| format!("not an s3:// URI and not valid base64 ({e})"))?;
+    let bytes = decode_inline_image(image, limits.max_control_image_bytes)?;
     if bytes.len() > limits.max_control_image_bytes {
         return Err(format!("inline image is larger than {} bytes", limits.max_control_image_bytes));
     }
@@ -168,6 +151,29 @@ pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageS
     };
     crate::control_image::check_inline_image(&bytes, kind)?;
     Ok(ControlImageSource::Inline { bytes, kind })
+}
+
+/// The bytes of an inline image (bare base64 or a `data:image/png|jpeg;base64,` URI), refused
+/// unread when its text is longer than `max_bytes` could encode.
+pub fn decode_inline_image(image: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let encoded = match image.strip_prefix("data:") {
+        Some(uri) => {
+            let (mime, data) =
+                uri.split_once(";base64,").ok_or("a data URI must be base64: data:image/png;base64,...")?;
+            if mime != "image/png" && mime != "image/jpeg" {
+                return Err(format!("data URI type `{mime}` is not image/png or image/jpeg"));
+            }
+            data
+        }
+        None => image,
+    };
+    // Bound the work before decoding: base64 is 4/3 the size of its bytes.
+    if encoded.len() / 4 * 3 > max_bytes.saturating_add(3) {
+        return Err(format!("inline image is larger than {max_bytes} bytes"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("not an s3:// URI and not valid base64 ({e})"))
 }
 
 /// Prompt text: no NUL or other control characters (tab and line breaks are fine). They mean

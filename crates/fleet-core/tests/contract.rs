@@ -182,6 +182,7 @@ fn every_type_round_trips_through_serde() {
         error: Some(JobError::new(ErrorCode::Oom, "out of memory at batch 4")),
         metadata: serde_json::Map::new(),
         waiting_for: None,
+        request: Some(fleet_core::RequestRecord::of(&job)),
     };
     round_trip(&status);
     for &code in ErrorCode::ALL {

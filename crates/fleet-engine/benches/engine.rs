@@ -208,8 +208,16 @@ fn run_one(model: &str, size: usize, batch: usize, a: &Args) {
         let out = pipe.generate(&req, &mut |_| {}).expect("generate");
         if let Some(path) = &a.save {
             let pt = pipe.scheduler.prediction_type.to_string();
-            fleet_engine::save_images(path.as_ref(), &out.images, &req, &pipe.model_name, &pt, &Default::default())
-                .expect("save");
+            fleet_engine::save_images(
+                path.as_ref(),
+                &out.images,
+                &req,
+                &pipe.model_name,
+                &pt,
+                &Default::default(),
+                &Default::default(),
+            )
+            .expect("save");
         }
         te += secs(out.timings.text_encode);
         dn += secs(out.timings.denoise);

@@ -1,21 +1,22 @@
-//! PNG / JPEG / WebP encoding with the generation parameters embedded.
+//! PNG / JPEG / WebP encoding with the generation parameters ([`crate::metadata`]) embedded.
 //!
 //! * PNG: a `tEXt` chunk `parameters` in the AUTOMATIC1111 / ComfyUI-readable style
-//!   (`iTXt` when the text is not Latin-1), plus an `iTXt` chunk `fleet_request` holding the
-//!   JSON of the full request and this image's seed.
+//!   (`iTXt` when the text is not Latin-1), plus a chunk `fleet_request` holding the JSON of
+//!   [`GenerationParams`].
 //! * JPEG: two `COM` segments (the `parameters` text, then the JSON).
-//! * WebP (lossless; `quality` is ignored): extended format with an `EXIF` chunk whose
-//!   `UserComment` is the `parameters` text (as A1111 writes it) and an `XMP ` chunk with the JSON.
-//!
-//! One file for one thing, writing a result image with its parameters: the three formats share
-//! [`GenerationParams`] and the tests that read each back; the code is under 400 lines, the rest tests.
+//! * WebP (lossless; `quality` is ignored): extended format, written by `image-webp` with its
+//!   metadata setters: an `EXIF` chunk whose `UserComment` is the `parameters` text (as A1111
+//!   writes it) and an `XMP ` chunk with the text and the JSON.
 
 use std::path::{Path, PathBuf};
 
-use image::{ExtendedColorType, ImageEncoder, RgbImage};
-use serde::Serialize;
+use image::RgbImage;
 
 use crate::error::{EngineError, Result};
+pub use crate::metadata::{
+    ControlNetUsed, GenerationParams, LoraUsed, Provenance, jpeg_comments, png_text_chunks, read_generation_params,
+};
+use crate::metadata::{FLEET_KEY, xml_escape};
 use crate::pipeline::GenerateRequest;
 
 /// The output formats: the job contract's (fleet-core), one list for jobs and files.
@@ -24,71 +25,6 @@ pub use fleet_core::ImageFormat;
 /// The output format of a file name, by its extension.
 pub fn format_of_path(path: &Path) -> Result<ImageFormat> {
     ImageFormat::from_path(path).map_err(EngineError::InvalidRequest)
-}
-
-/// Everything about how one image was made.
-#[derive(Debug, Clone, Serialize)]
-pub struct GenerationParams {
-    pub prompt: String,
-    pub negative_prompt: Option<String>,
-    pub steps: usize,
-    pub guidance: f64,
-    pub width: usize,
-    pub height: usize,
-    /// This image's seed.
-    pub seed: u64,
-    pub model: String,
-    pub prediction_type: String,
-    pub sampler: String,
-    /// Index of the image in its request.
-    pub index: usize,
-    /// The whole request as given.
-    pub request: GenerateRequest,
-}
-
-impl GenerationParams {
-    /// Parameters of image `index` of `req` (prompt-major order).
-    pub fn for_image(req: &GenerateRequest, index: usize, model: &str, prediction_type: &str) -> Self {
-        let n = req.num_images.max(1);
-        Self {
-            prompt: req.prompts.get(index / n).cloned().unwrap_or_default(),
-            negative_prompt: req.negative_prompt.clone().filter(|s| !s.is_empty()),
-            steps: req.steps,
-            guidance: req.guidance,
-            width: req.width,
-            height: req.height,
-            seed: req.seed.wrapping_add(index as u64),
-            model: model.to_string(),
-            prediction_type: prediction_type.to_string(),
-            sampler: "Euler (trailing)".into(),
-            index,
-            request: req.clone(),
-        }
-    }
-
-    /// The A1111-style `parameters` text.
-    pub fn a1111_text(&self) -> String {
-        let mut s = self.prompt.clone();
-        if let Some(n) = &self.negative_prompt {
-            s.push_str(&format!("\nNegative prompt: {n}"));
-        }
-        s.push_str(&format!(
-            "\nSteps: {}, Sampler: Euler, Schedule type: SGM Uniform, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Prediction type: {}, Version: fleet-engine {}",
-            self.steps,
-            self.guidance,
-            self.seed,
-            self.width,
-            self.height,
-            self.model,
-            self.prediction_type,
-            env!("CARGO_PKG_VERSION")
-        ));
-        s
-    }
-
-    pub fn json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
-    }
 }
 
 fn enc_err(e: impl std::fmt::Display) -> EngineError {
@@ -132,12 +68,13 @@ pub fn encode_image(
             }
         }
         ImageFormat::Webp => {
-            image::codecs::webp::WebPEncoder::new_lossless(&mut buf)
-                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
-                .map_err(enc_err)?;
+            let mut encoder = image_webp::WebPEncoder::new(&mut buf);
             if let Some(p) = params {
-                buf = webp_add_metadata(&buf, w, h, &p.a1111_text(), &p.json())?;
+                let text = p.a1111_text();
+                encoder.set_exif_metadata(exif_user_comment(&text));
+                encoder.set_xmp_metadata(xmp_packet(&text, &p.json()).into_bytes());
             }
+            encoder.encode(img.as_raw(), w, h, image_webp::ColorType::Rgb8).map_err(enc_err)?;
         }
     }
     Ok(buf)
@@ -161,12 +98,13 @@ pub fn save_images(
     req: &GenerateRequest,
     model: &str,
     prediction_type: &str,
+    provenance: &Provenance,
     options: &EncodeOptions,
 ) -> Result<Vec<PathBuf>> {
     let format = format_of_path(out)?;
     let paths = output_paths(out, images.len());
     for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
-        let params = GenerationParams::for_image(req, i, model, prediction_type);
+        let params = GenerationParams::for_image(req, i, model, prediction_type, provenance);
         let bytes = encode_image(img, format, options, Some(&params))?;
         std::fs::write(path, bytes).map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
     }
@@ -195,7 +133,7 @@ fn encode_png(
     });
     encoder.set_filter(png::Filter::Adaptive);
     if let Some(p) = params {
-        for (key, text) in [("parameters", p.a1111_text()), ("fleet_request", p.json())] {
+        for (key, text) in [("parameters", p.a1111_text()), (FLEET_KEY, p.json())] {
             let latin1 = text.chars().all(|c| (c as u32) < 256 && c != '\0');
             let added = if latin1 {
                 encoder.add_text_chunk(key.to_owned(), text)
@@ -208,37 +146,6 @@ fn encode_png(
     let mut writer = encoder.write_header().map_err(enc_err)?;
     writer.write_image_data(img.as_raw()).map_err(enc_err)?;
     writer.finish().map_err(enc_err)
-}
-
-/// Read back `tEXt` / `iTXt` chunks of a PNG (keyword → text).
-pub fn png_text_chunks(png: &[u8]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut pos = 8;
-    while pos + 12 <= png.len() {
-        let len = u32::from_be_bytes([png[pos], png[pos + 1], png[pos + 2], png[pos + 3]]) as usize;
-        let kind = &png[pos + 4..pos + 8];
-        let Some(data) = png.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if (kind == b"tEXt" || kind == b"iTXt")
-            && let Some(z) = data.iter().position(|&b| b == 0)
-        {
-            let key = String::from_utf8_lossy(&data[..z]).to_string();
-            let text = if kind == b"tEXt" {
-                data[z + 1..].iter().map(|&b| b as char).collect()
-            } else {
-                // skip compression flag, method, then language and translated keyword
-                let rest = &data[(z + 3).min(data.len())..];
-                let mut parts = rest.splitn(3, |&b| b == 0);
-                let _lang = parts.next();
-                let _tk = parts.next();
-                String::from_utf8_lossy(parts.next().unwrap_or(&[])).to_string()
-            };
-            out.push((key, text));
-        }
-        pos += 12 + len;
-    }
-    out
 }
 
 // ---------- JPEG ----------
@@ -275,17 +182,9 @@ fn jpeg_insert_comments(jpg: &[u8], comments: &[&str]) -> Result<Vec<u8>> {
 
 // ---------- WebP ----------
 
-fn riff_chunk(fourcc: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut c = fourcc.to_vec();
-    c.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    c.extend_from_slice(data);
-    if data.len() % 2 == 1 {
-        c.push(0);
-    }
-    c
-}
-
 /// Big-endian TIFF with IFD0 → Exif IFD → UserComment ("UNICODE\0" + UTF-16BE), as piexif writes it.
+/// Written by hand: no crate in the dependency tree writes EXIF (`image-webp` stores the bytes
+/// it is given), and one tag is 30 lines.
 fn exif_user_comment(text: &str) -> Vec<u8> {
     let mut comment = b"UNICODE\0".to_vec();
     for u in text.encode_utf16() {
@@ -313,38 +212,13 @@ fn exif_user_comment(text: &str) -> Vec<u8> {
     t
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-fn webp_add_metadata(webp: &[u8], w: u32, h: u32, params: &str, json: &str) -> Result<Vec<u8>> {
-    if webp.len() < 20 || &webp[..4] != b"RIFF" || &webp[8..12] != b"WEBP" {
-        return Err(EngineError::Image("not a WebP stream".into()));
-    }
-    let first = &webp[12..16];
-    if first == b"VP8X" {
-        return Err(EngineError::Image("WebP already in extended format".into()));
-    }
-    let image_chunks = &webp[12..];
-    let mut vp8x = vec![0u8; 10];
-    vp8x[0] = 0x08 | 0x04; // EXIF + XMP
-    let (cw, ch) = (w - 1, h - 1);
-    vp8x[4..7].copy_from_slice(&cw.to_le_bytes()[..3]);
-    vp8x[7..10].copy_from_slice(&ch.to_le_bytes()[..3]);
-    let xmp = format!(
+/// The XMP packet: the A1111 text as `dc:description`, the JSON as `fleet:request`.
+fn xmp_packet(text: &str, json: &str) -> String {
+    format!(
         "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description xmlns:dc=\"http://purl.org/dc/elements/1.1/\" xmlns:fleet=\"https://github.com/lightning-fleet/lightning-fleet/ns/1.0/\"><dc:description>{}</dc:description><fleet:request>{}</fleet:request></rdf:Description></rdf:RDF></x:xmpmeta>",
-        xml_escape(params),
+        xml_escape(text),
         xml_escape(json)
-    );
-    let mut body = b"WEBP".to_vec();
-    body.extend(riff_chunk(b"VP8X", &vp8x));
-    body.extend_from_slice(image_chunks);
-    body.extend(riff_chunk(b"EXIF", &exif_user_comment(params)));
-    body.extend(riff_chunk(b"XMP ", xmp.as_bytes()));
-    let mut out = b"RIFF".to_vec();
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend(body);
-    Ok(out)
+    )
 }
 
 #[cfg(test)]
@@ -359,7 +233,27 @@ mod tests {
             seed: 7,
             ..GenerateRequest::default()
         };
-        GenerationParams::for_image(&req, 3, "tiny", "epsilon")
+        GenerationParams::for_image(&req, 3, "tiny", "epsilon", &provenance())
+    }
+
+    fn provenance() -> Provenance {
+        Provenance {
+            loras: vec![
+                LoraUsed { name: "pixel-art".into(), scale: 0.8 },
+                LoraUsed { name: "/x/ink.safetensors".into(), scale: -0.25 },
+            ],
+            controlnet: Some(ControlNetUsed {
+                model: "canny".into(),
+                image: "edges <&> \"map\".png".into(),
+                image_sha256: Some("ab".repeat(32)),
+                scale: 0.8,
+                start: 0.1,
+                end: 0.9,
+                preprocess: crate::ControlPreprocess::Canny { low: 50.0, high: 150.0 },
+            }),
+            unet: Some("unet.safetensors".into()),
+            latents: None,
+        }
     }
 
     fn img() -> RgbImage {
@@ -369,14 +263,14 @@ mod tests {
     #[test]
     fn latin1_text_goes_in_text_chunks_and_the_rest_in_itxt() {
         let req = GenerateRequest { prompts: vec!["a plain cat".into()], ..GenerateRequest::default() };
-        let plain = GenerationParams::for_image(&req, 0, "tiny", "epsilon");
+        let plain = GenerationParams::for_image(&req, 0, "tiny", "epsilon", &Provenance::default());
         let bytes = encode_image(&img(), ImageFormat::Png, &EncodeOptions::default(), Some(&plain)).unwrap();
         assert!(bytes.windows(14).any(|w| w == b"tEXtparameters"));
         assert!(!bytes.windows(4).any(|w| w == b"iTXt"));
         let bytes = encode_image(&img(), ImageFormat::Png, &EncodeOptions::default(), Some(&params())).unwrap();
         assert!(bytes.windows(14).any(|w| w == b"iTXtparameters"));
         assert_eq!(
-            png_text_chunks(&bytes).iter().find(|(k, _)| k == "parameters").unwrap().1.lines().next(),
+            png_text_chunks(&bytes).unwrap().iter().find(|(k, _)| k == "parameters").unwrap().1.lines().next(),
             Some("ünïcode dog ✓")
         );
     }
@@ -389,7 +283,7 @@ mod tests {
         let bytes = encode_image(&img(), ImageFormat::Png, &EncodeOptions::default(), Some(&p)).unwrap();
         let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(decoded, img());
-        let chunks = png_text_chunks(&bytes);
+        let chunks = png_text_chunks(&bytes).unwrap();
         let params_text = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
         assert!(params_text.starts_with("ünïcode dog ✓\nNegative prompt: blurry\nSteps: 4, Sampler: Euler"));
         assert!(params_text.contains("Seed: 10, Size: 1024x1024"));
@@ -419,7 +313,12 @@ mod tests {
                 )
                 .unwrap();
                 assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), photo, "{png:?}");
-                assert!(png_text_chunks(&bytes).iter().any(|(k, v)| k == "fleet_request" && v.contains("\"seed\":10")));
+                assert!(
+                    png_text_chunks(&bytes)
+                        .unwrap()
+                        .iter()
+                        .any(|(k, v)| k == "fleet_request" && v.contains("\"seed\":10"))
+                );
                 bytes.len()
             })
             .collect();
@@ -430,16 +329,41 @@ mod tests {
     }
 
     #[test]
-    fn jpeg_and_webp_decode_with_metadata() {
+    fn every_format_decodes_and_gives_its_parameters_back() {
         let p = params();
-        let j = encode_image(&img(), ImageFormat::Jpeg, &EncodeOptions::default(), Some(&p)).unwrap();
-        assert_eq!(image::load_from_memory(&j).unwrap().to_rgb8().dimensions(), (16, 8));
-        assert!(j.windows(11).any(|w| w == b"Seed: 10, S"));
-        let w = encode_image(&img(), ImageFormat::Webp, &EncodeOptions::default(), Some(&p)).unwrap();
-        let d = image::load_from_memory(&w).unwrap().to_rgb8();
-        assert_eq!(d, img());
-        assert!(w.windows(4).any(|x| x == b"EXIF"));
-        assert!(w.windows(10).any(|x| x == b"fleet:requ"));
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp] {
+            let bytes = encode_image(&img(), format, &EncodeOptions::default(), Some(&p)).unwrap();
+            let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            assert_eq!(decoded.dimensions(), (16, 8), "{format:?}");
+            if format != ImageFormat::Jpeg {
+                assert_eq!(decoded, img(), "{format:?} is lossless");
+            }
+            let back = read_generation_params(&bytes).unwrap().unwrap_or_else(|| panic!("{format:?}: no parameters"));
+            assert_eq!((back.prompt.as_str(), back.seed, back.index), ("ünïcode dog ✓", 10, 3), "{format:?}");
+            assert_eq!(back.provenance, provenance(), "{format:?}: LoRAs, ControlNet and UNet come back");
+            assert_eq!(back.request.prompts, p.request.prompts, "{format:?}");
+            assert_eq!(back.json(), p.json(), "{format:?}");
+            let none = encode_image(&img(), format, &EncodeOptions::default(), None).unwrap();
+            assert!(read_generation_params(&none).unwrap().is_none(), "{format:?} without parameters");
+        }
+        assert!(read_generation_params(b"GIF89a....").unwrap_err().to_string().contains("not a PNG, JPEG or WebP"));
+    }
+
+    #[test]
+    fn the_a1111_text_names_the_loras_and_the_controlnet() {
+        let text = params().a1111_text();
+        assert!(text.contains(", LoRAs: \"pixel-art:0.8, /x/ink.safetensors:-0.25\""), "{text}");
+        assert!(
+            text.contains("ControlNet 0: \"Model: canny, Weight: 0.8, Guidance Start: 0.1, Guidance End: 0.9"),
+            "{text}"
+        );
+        let jpg = encode_image(&img(), ImageFormat::Jpeg, &EncodeOptions::default(), Some(&params())).unwrap();
+        assert_eq!(jpeg_comments(&jpg)[0], text);
+        let webp = encode_image(&img(), ImageFormat::Webp, &EncodeOptions::default(), Some(&params())).unwrap();
+        let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(&webp)).unwrap();
+        let exif = decoder.exif_metadata().unwrap().expect("an EXIF chunk");
+        let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert!(exif.ends_with(&utf16), "the EXIF UserComment is the A1111 text");
     }
 
     #[test]

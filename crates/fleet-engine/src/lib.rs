@@ -36,6 +36,7 @@ pub mod linear;
 mod linear_cuda;
 pub mod lora;
 mod matmul;
+pub mod metadata;
 pub mod norm;
 pub mod pipeline;
 #[cfg(feature = "cuda")]
@@ -52,12 +53,11 @@ pub mod vae_decoder;
 
 pub use control_image::{ControlPreprocess, control_image_tensor};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
-pub use encode::{
-    EncodeOptions, GenerationParams, ImageFormat, PngCompression, encode_image, output_paths, save_images,
-};
+pub use encode::{EncodeOptions, ImageFormat, PngCompression, encode_image, output_paths, save_images};
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use lora::{LoraFile, LoraSpec, resolve_library_lora, resolve_lora};
+pub use metadata::{ControlNetUsed, GenerationParams, LoraUsed, Provenance, read_generation_params};
 pub use pipeline::{
     ControlInput, GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds,
     RandomPreset, TensorOutput, Timings, default_dtype, parse_device, read_latents,

@@ -387,12 +387,19 @@ fn latents_file_and_saving_images() {
     let p = tiny();
     let r = GenerateRequest { num_images: 2, latents: Some(lat), ..req("a cat") };
     let out = p.generate(&r, &mut |_| {}).unwrap();
-    let paths =
-        fleet_engine::save_images(&dir.path().join("out.png"), &out.images, &r, "tiny", "epsilon", &Default::default())
-            .unwrap();
+    let paths = fleet_engine::save_images(
+        &dir.path().join("out.png"),
+        &out.images,
+        &r,
+        "tiny",
+        "epsilon",
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(paths, vec![dir.path().join("out_0.png"), dir.path().join("out_1.png")]);
     let bytes = std::fs::read(&paths[1]).unwrap();
-    let text = fleet_engine::encode::png_text_chunks(&bytes);
+    let text = fleet_engine::encode::png_text_chunks(&bytes).unwrap();
     assert!(text.iter().any(|(k, v)| k == "parameters" && v.contains("Seed: 12")), "{text:?}");
     assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), out.images[1]);
 }

@@ -1,9 +1,11 @@
 //! How a job's images are encoded: the job's format and quality, the process's PNG effort, and
-//! the job's own parameters embedded in each file.
+//! the job's own parameters embedded in each file, LoRAs and ControlNet included.
 
-use fleet_core::JobSpec;
 use fleet_core::config::WorkerConfig;
-use fleet_engine::{EncodeOptions, EngineError, GenerationParams, encode_image};
+use fleet_core::{ControlNetRecord, JobSpec};
+use fleet_engine::{
+    ControlNetUsed, ControlPreprocess, EncodeOptions, EngineError, GenerationParams, LoraUsed, Provenance, encode_image,
+};
 use image::RgbImage;
 
 use crate::request::job_request;
@@ -25,8 +27,29 @@ pub fn encode_job_image(
     image: &RgbImage,
     prediction_type: &str,
 ) -> Result<Vec<u8>, EngineError> {
-    let params = GenerationParams::for_image(&job_request(spec), index, &spec.model, prediction_type);
+    let params =
+        GenerationParams::for_image(&job_request(spec), index, &spec.model, prediction_type, &provenance(spec));
     encode_image(image, spec.output.format, &encode_options(spec, worker), Some(&params))
+}
+
+/// The job's LoRAs and ControlNet as an image records them: library names, the control image's
+/// reference and, for an inline image, its SHA-256 (the status record's own description of it;
+/// hashing decodes the inline image again for each image, a few milliseconds per megabyte).
+pub fn provenance(spec: &JobSpec) -> Provenance {
+    Provenance {
+        loras: spec.loras.iter().map(|l| LoraUsed { name: l.name.clone(), scale: f64::from(l.scale) }).collect(),
+        controlnet: spec.controlnet.as_ref().map(ControlNetRecord::of).map(|cn| ControlNetUsed {
+            model: cn.model,
+            image: cn.image,
+            image_sha256: cn.image_sha256,
+            scale: f64::from(cn.scale),
+            start: f64::from(cn.start),
+            end: f64::from(cn.end),
+            preprocess: ControlPreprocess::None,
+        }),
+        unet: None,
+        latents: None,
+    }
 }
 
 #[cfg(test)]
@@ -57,9 +80,26 @@ mod tests {
         )
         .unwrap();
         let png = encode_job_image(&spec, &WorkerConfig::default(), 2, &RgbImage::new(8, 8), "epsilon").unwrap();
-        let chunks = fleet_engine::encode::png_text_chunks(&png);
+        let chunks = fleet_engine::encode::png_text_chunks(&png).unwrap();
         let (_, parameters) = chunks.iter().find(|(k, _)| k == "parameters").expect("a parameters chunk");
         assert!(parameters.starts_with("a lighthouse"), "{parameters}");
         assert!(parameters.contains("Seed: 42"), "image 2 of seed 40 records seed 42: {parameters}");
+    }
+
+    #[test]
+    fn an_encoded_image_records_the_jobs_loras_and_controlnet() {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "prompt": "a lighthouse", "model": "tiny", "seed": 40,
+            "loras": [{"name": "style", "scale": 0.75}],
+            "controlnet": {"model": "canny", "image": "s3://controls/edges.png", "scale": 0.5, "start": 0.25, "end": 0.75},
+            "output": {"format": "webp"}
+        }))
+        .unwrap();
+        let webp = encode_job_image(&spec, &WorkerConfig::default(), 0, &RgbImage::new(8, 8), "epsilon").unwrap();
+        let params = fleet_engine::read_generation_params(&webp).unwrap().expect("parameters in the WebP");
+        assert_eq!(params.provenance.loras, vec![LoraUsed { name: "style".into(), scale: 0.75 }]);
+        let cn = params.provenance.controlnet.expect("the ControlNet");
+        assert_eq!((cn.model.as_str(), cn.image.as_str()), ("canny", "s3://controls/edges.png"));
+        assert_eq!((cn.scale, cn.start, cn.end), (0.5, 0.25, 0.75));
     }
 }

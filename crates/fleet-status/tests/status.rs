@@ -92,6 +92,7 @@ fn status_at(tenant: &str, created_at: DateTime<Utc>) -> JobStatus {
         error: None,
         metadata: serde_json::Map::new(),
         waiting_for: None,
+        request: None,
     }
 }
 

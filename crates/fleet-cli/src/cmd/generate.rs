@@ -7,11 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 use fleet_core::JobSpec;
+use fleet_core::request_record::sha256_hex;
 use fleet_engine::files::DEFAULT_HUB_MODEL;
 use fleet_engine::{
-    ControlInput, ControlNetModel, ControlPreprocess, EncodeOptions, EngineError, GenerateRequest, LoadOptions,
-    LoraSpec, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Result, Timings, control_image_tensor,
-    default_dtype, parse_device, read_latents, resolve_lora, save_images,
+    ControlInput, ControlNetModel, ControlNetUsed, ControlPreprocess, EncodeOptions, EngineError, GenerateRequest,
+    LoadOptions, LoraSpec, LoraUsed, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Provenance,
+    Result, Timings, control_image_tensor, default_dtype, parse_device, read_latents, resolve_lora, save_images,
 };
 
 use crate::cli::{Cli, GenerateArgs};
@@ -20,6 +21,15 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.jobs {
         return super::generate_jobs::run(cli, args, file);
     }
+    let command = match &args.from_image {
+        Some(file) => super::from_image::command(cli, args, file)?,
+        None => command_from_flags(cli, args)?,
+    };
+    execute(&command)
+}
+
+/// The command the generation flags describe.
+fn command_from_flags(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<GenerateCommand> {
     let g = &args.generation;
     // LoRA names (not files) resolve in the configured library; the configuration is only read
     // when a LoRA needs it, so `fleet generate` works without one.
@@ -58,6 +68,11 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         control_end: args.control_end,
         control_preprocess,
     };
+    Ok(command)
+}
+
+/// Runs `command` with a progress bar; prints the paths written and the stage times.
+fn execute(command: &GenerateCommand) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(command.steps as u64);
     let report = command.run(&mut |p| bar.set_position(p.step as u64))?;
     bar.finish_and_clear();
@@ -203,6 +218,30 @@ impl GenerateCommand {
             .collect()
     }
 
+    /// What the images record beyond the request, so that `--from-image` can make them again:
+    /// LoRAs, ControlNet, UNet and latents files as given, the control image's SHA-256.
+    pub fn provenance(&self, control_bytes: Option<&[u8]>) -> Result<Provenance> {
+        let loras = self
+            .loras
+            .iter()
+            .map(|l| LoraSpec::parse(l).map(|(name, scale)| LoraUsed { name, scale }))
+            .collect::<Result<_>>()?;
+        let controlnet = match (&self.controlnet, &self.control_image, control_bytes) {
+            (Some(dir), Some(image), Some(bytes)) => Some(ControlNetUsed {
+                model: dir.display().to_string(),
+                image: image.display().to_string(),
+                image_sha256: Some(sha256_hex(bytes)),
+                scale: self.control_scale,
+                start: self.control_start,
+                end: self.control_end,
+                preprocess: self.control_preprocess,
+            }),
+            _ => None,
+        };
+        let shown = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        Ok(Provenance { loras, controlnet, unet: shown(&self.unet), latents: shown(&self.latents) })
+    }
+
     /// Check the ControlNet flags and read the control image (before loading any model).
     fn control_bytes(&self) -> anyhow::Result<Option<Vec<u8>>> {
         match (&self.controlnet, &self.control_image) {
@@ -231,6 +270,7 @@ impl GenerateCommand {
         fleet_engine::encode::format_of_path(&self.out)?; // fail before loading a model
         let mut req = self.request()?;
         let control_bytes = self.control_bytes()?;
+        let provenance = self.provenance(control_bytes.as_deref())?;
         // Decode the control image before loading: a bad file fails fast.
         let control_image = control_bytes
             .map(|b| control_image_tensor(&b, self.width, self.height, self.control_preprocess))
@@ -267,7 +307,7 @@ impl GenerateCommand {
         let pt = req.prediction_type.unwrap_or(pipe.scheduler.prediction_type).to_string();
         let encoding = EncodeOptions { quality: self.quality, png: self.png_compression };
         let t = std::time::Instant::now();
-        let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, &encoding)?;
+        let paths = save_images(&self.out, &out.images, &req, &pipe.model_name, &pt, &provenance, &encoding)?;
         let save_seconds = t.elapsed().as_secs_f64();
         Ok(GenerateReport { paths, seeds: out.seeds, timings: out.timings, load_seconds, save_seconds })
     }

@@ -34,6 +34,41 @@ pub fn summary(job: &Value) -> String {
     line
 }
 
+/// What the job asked for (its record's `request`) and when it ended, a line each.
+fn request_lines(job: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Ok(r) = serde_json::from_value::<fleet_core::RequestRecord>(job["request"].clone()) {
+        lines.push(format!("  prompt: {}", r.prompt));
+        if let Some(negative) = &r.negative_prompt {
+            lines.push(format!("  negative prompt: {negative}"));
+        }
+        lines.push(format!(
+            "  {}×{}, {} steps, guidance {}, seed {}, {} image(s), {}",
+            r.width,
+            r.height,
+            r.steps,
+            r.guidance,
+            r.seed,
+            r.num_images,
+            r.output.format.extension()
+        ));
+        for lora in &r.loras {
+            lines.push(format!("  lora: {} × {}", lora.name, lora.scale));
+        }
+        if let Some(cn) = &r.controlnet {
+            let hash = cn.image_sha256.as_deref().map(|h| format!(" (sha256 {h})")).unwrap_or_default();
+            lines.push(format!(
+                "  controlnet: {} × {} ({}–{}), image {}{hash}",
+                cn.model, cn.scale, cn.start, cn.end, cn.image
+            ));
+        }
+    }
+    if let Some(finished) = job["finished_at"].as_str() {
+        lines.push(format!("  {}: {finished}", job["state"].as_str().unwrap_or("finished")));
+    }
+    lines
+}
+
 pub fn status(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
     let client = cli.client(&args.server)?;
     block_on(async {
@@ -42,6 +77,9 @@ pub fn status(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
             print_json(&job)?;
         } else {
             outln!("{}", summary(&job));
+            for line in request_lines(&job) {
+                outln!("{line}");
+            }
             for image in job["result"].as_array().into_iter().flatten() {
                 outln!("  image {}: {} (seed {})", image["index"], image["key"].as_str().unwrap_or("?"), image["seed"]);
             }

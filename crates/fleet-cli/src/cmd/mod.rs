@@ -3,6 +3,7 @@
 pub mod bulk;
 pub mod config;
 pub mod dispatcher;
+pub mod from_image;
 pub mod generate;
 pub mod generate_jobs;
 pub mod jobs;
