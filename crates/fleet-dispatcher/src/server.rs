@@ -29,6 +29,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), DispatcherError> {
     let watcher = tokio::spawn(crate::dead_letters::watch(app.clone(), shutdown.clone()));
+    let broker = app.broker.clone();
     let router = crate::routes::router(app).layer(tower_http::trace::TraceLayer::new_for_http());
     let served = axum::serve(listener, router)
         .with_graceful_shutdown({
@@ -40,6 +41,9 @@ pub async fn serve(
     // The server can also stop on its own (an I/O error); the watcher must not outlive it.
     shutdown.cancel();
     let _ = watcher.await;
+    // Closed while the runtime still runs: a connection left to the runtime's shutdown makes
+    // lapin's I/O loop log an error on the way out.
+    broker.close().await;
     served
 }
 

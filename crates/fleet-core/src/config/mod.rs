@@ -98,8 +98,8 @@ pub struct S3Config {
     /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and SeaweedFS.
     pub path_style: bool,
     /// Access key; empty means the standard AWS chain (`AWS_ACCESS_KEY_ID`, profiles, instance roles).
-    /// With the endpoint at its default ([`LOCAL_S3_ENDPOINT`]) and neither key set, the keys of the
-    /// S3 server `scripts/services.sh` starts ([`LOCAL_S3_ACCESS_KEY`]).
+    /// With the endpoint at its default ([`LOCAL_S3_ENDPOINT`]), the key of the S3 server
+    /// `scripts/services.sh` starts ([`LOCAL_S3_ACCESS_KEY`]) when not set.
     pub access_key_id: String,
     /// Secret key; empty means the standard AWS chain (see `access_key_id` for its default).
     pub secret_access_key: String,
@@ -275,12 +275,18 @@ pub const LOCAL_S3_ACCESS_KEY: &str = "fleet-dev-access";
 pub const LOCAL_S3_SECRET_KEY: &str = "fleet-dev-secret";
 
 impl S3Config {
-    /// The built-in keys belong to the built-in endpoint: they fill in only while the endpoint is
-    /// [`LOCAL_S3_ENDPOINT`] and neither key is set, so a deployment that names its own endpoint
-    /// and no keys gets the standard AWS chain.
+    /// The built-in keys belong to the built-in endpoint: they fill in what is not set only while
+    /// the endpoint is [`LOCAL_S3_ENDPOINT`] (so a wrong secret given alone is tried, and refused
+    /// by the server, rather than reported as half a pair), and a deployment that names its own
+    /// endpoint and no keys gets the standard AWS chain.
     fn fill_local_keys(&mut self) {
-        if self.endpoint == LOCAL_S3_ENDPOINT && self.access_key_id.is_empty() && self.secret_access_key.is_empty() {
+        if self.endpoint != LOCAL_S3_ENDPOINT {
+            return;
+        }
+        if self.access_key_id.is_empty() {
             self.access_key_id = LOCAL_S3_ACCESS_KEY.into();
+        }
+        if self.secret_access_key.is_empty() {
             self.secret_access_key = LOCAL_S3_SECRET_KEY.into();
         }
     }

@@ -119,6 +119,16 @@ fn local_s3_keys_fill_in_only_for_the_local_endpoint() {
         (LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY)
     );
 
+    let wrong_secret = FleetConfig::load(&ConfigSources {
+        overrides: vec!["s3.secret_access_key=wrong".into()],
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert_eq!(
+        (wrong_secret.s3.access_key_id.as_str(), wrong_secret.s3.secret_access_key.as_str()),
+        (LOCAL_S3_ACCESS_KEY, "wrong")
+    );
+
     let aws = FleetConfig::load(&ConfigSources { overrides: vec!["s3.endpoint=".into()], ..ConfigSources::default() })
         .unwrap();
     assert_eq!((aws.s3.access_key_id.as_str(), aws.s3.secret_access_key.as_str()), ("", ""), "AWS: the standard chain");
