@@ -100,7 +100,7 @@ async fn console_submits_a_prompt_follows_it_live_and_shows_and_opens_the_image(
     browser.screenshot("console-job").await;
 
     let params = browser.text("#job-params").await;
-    for expected in [prompt, "tiny", "128×96", "4242, 4243"] {
+    for expected in [prompt, "tiny", "128×96", "4242, 4243", "Tenant"] {
         assert!(params.contains(expected), "parameters show {expected}: {params}");
     }
     let command = browser.eval("return document.getElementById('job-command').value").await;
@@ -172,8 +172,8 @@ async fn console_refuses_a_wrong_key_pages_jobs_and_keeps_tenants_apart() {
     let fleet = Fleet::start(two_tenants(), 0).await;
     let mut ids = Vec::new();
     for i in 0..13 {
-        let job = json!({"prompt": format!("queued job {i}"), "model": "tiny", "width": 64, "height": 64, "steps": 1,
-                         "metadata": {"console": {"prompt": format!("queued job {i}")}}});
+        // Submitted through the API, not the console: the page shows the request the status keeps.
+        let job = json!({"prompt": format!("queued job {i}"), "model": "tiny", "width": 64, "height": 64, "steps": 1});
         ids.push(fleet.submit(job).await.id);
     }
     let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
@@ -224,6 +224,7 @@ async fn console_refuses_a_wrong_key_pages_jobs_and_keeps_tenants_apart() {
         )
         .await;
     assert!(alert.as_str().unwrap_or_default().contains("not_found"), "{alert}");
+    assert_eq!(browser.attr("#page-job", "hidden").await.as_deref(), Some("true"), "only the error, no job panel");
     assert!(!browser.text("main").await.contains("queued job"), "nothing of the other tenant's job is shown");
     let url = browser.client.current_url().await.unwrap();
     assert!(!url.as_str().contains(OTHER_KEY) && !url.as_str().contains(E2E_KEY), "no key in the URL: {url}");

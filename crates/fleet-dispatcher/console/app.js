@@ -62,8 +62,9 @@ async function route() {
       showPage("jobs");
       await showJobs();
     } else if (page === "job" && arg) {
-      showPage("job");
-      await showJob(arg, onError);
+      // no page until the job is found: a job that is not there shows only the error
+      showPage("none");
+      await showJob(arg, onError, { admin, shown: () => showPage("job") });
     } else if (page === "fleet" && admin) {
       showPage("fleet");
       await showFleet(onError);

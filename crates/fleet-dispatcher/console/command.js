@@ -1,27 +1,20 @@
-// What the console records about a submission, and the `fleet submit` command that repeats it.
+// What a job asked for, and the `fleet submit` command that repeats it.
 //
-// A job's status carries its model, steps and each image's seed and size, but not its prompt or
-// LoRAs; the console therefore stores those in the job's `metadata` (returned untouched) under
-// `console`, so the gallery and the copied command can show them.
+// A job's status carries its request (`request`: prompt, size, seed, LoRAs, ControlNet, ...),
+// however it was submitted. Records written before the status kept it have none; for those the
+// console reads what it stored in the job's `metadata.console` when it submitted them.
 
-/** The part of a job spec worth keeping in metadata (the control image itself is left out: too big). */
-export function describe(spec) {
-  const kept = { prompt: spec.prompt, width: spec.width, height: spec.height };
-  if (spec.seed !== undefined) kept.seed = spec.seed;
-  if (spec.negative_prompt) kept.negative_prompt = spec.negative_prompt;
-  if (spec.guidance) kept.guidance = spec.guidance;
-  if (spec.loras && spec.loras.length) kept.loras = spec.loras;
-  if (spec.controlnet) {
-    const { model, scale, start, end } = spec.controlnet;
-    kept.controlnet = { model, scale, start, end };
-  }
-  if (spec.output && spec.output.format !== "png") kept.format = spec.output.format;
-  return kept;
-}
-
-/** The recorded description of a job, or an empty one for jobs submitted elsewhere. */
+/** The description of a job's request, or an empty one when its record keeps none. */
 export function recorded(status) {
-  return (status.metadata && status.metadata.console) || {};
+  const r = status.request;
+  if (!r) return (status.metadata && status.metadata.console) || {};
+  const about = { prompt: r.prompt, width: r.width, height: r.height, seed: r.seed };
+  if (r.negative_prompt) about.negative_prompt = r.negative_prompt;
+  if (r.guidance) about.guidance = r.guidance;
+  if (r.loras && r.loras.length) about.loras = r.loras;
+  if (r.controlnet) about.controlnet = r.controlnet;
+  if (r.output && r.output.format !== "png") about.format = r.output.format;
+  return about;
 }
 
 function quote(value) {

@@ -1,5 +1,6 @@
-// One job: live progress from its event stream, its images as soon as they exist, its parameters,
-// the equivalent `fleet submit` command and a cancel button.
+// One job: live progress from its event stream, its images as soon as they exist, its request,
+// the equivalent `fleet submit` command and a cancel button. An admin also sees its tenant; a
+// cancelled job says when it was cancelled and at which step.
 
 import { call, followEvents, imageUrl } from "./api.js";
 import { fleetCommand, recorded } from "./command.js";
@@ -7,9 +8,21 @@ import { $, param } from "./dom.js";
 
 let following = null; // AbortController of the stream being read
 let shownImages = "";
+let asAdmin = false;
+
+const when = (time) => new Date(time).toLocaleString();
+
+/** Where a cancelled job stopped: the progress its record kept when it was cancelled. */
+function cancelText(status) {
+  const p = status.progress;
+  const at = status.finished_at ? `cancelled ${when(status.finished_at)}` : "cancelled";
+  if (!status.started_at) return `${at}, before it started`;
+  return `${at}, at step ${p.step}/${p.steps} of image ${Math.min(p.images_done + 1, p.images_total)}/${p.images_total}`;
+}
 
 function stepText(status) {
   const p = status.progress;
+  if (status.state === "cancelled") return cancelText(status);
   if (status.state === "running") return `step ${p.step}/${p.steps} · image ${Math.min(p.images_done + 1, p.images_total)}/${p.images_total}`;
   if (status.state === "succeeded") return `${p.images_done}/${p.images_total} images`;
   return "";
@@ -22,11 +35,16 @@ function fraction(status) {
   return Math.min(1, (p.images_done * p.steps + p.step) / (p.images_total * p.steps));
 }
 
+function controlText(cn) {
+  const image = cn.image_sha256 ? `${cn.image} (sha256 ${cn.image_sha256.slice(0, 12)}…)` : cn.image;
+  return `${cn.model} × ${cn.scale} (${cn.start}–${cn.end}), image ${image}`;
+}
+
 function renderParams(status) {
   const about = recorded(status);
   const list = $("job-params");
   list.replaceChildren();
-  param(list, "Prompt", about.prompt || "(not recorded: submitted outside the console)");
+  param(list, "Prompt", about.prompt || "(not recorded: submitted before requests were kept)");
   param(list, "Negative prompt", about.negative_prompt);
   param(list, "Model", status.model);
   param(list, "Steps", status.progress.steps);
@@ -35,12 +53,14 @@ function renderParams(status) {
   param(list, "Seeds", (status.result || []).map((r) => r.seed).join(", ") || about.seed);
   param(list, "Guidance", about.guidance);
   param(list, "LoRAs", (about.loras || []).map((l) => `${l.name} × ${l.scale}`).join(", "));
-  if (about.controlnet) param(list, "ControlNet", `${about.controlnet.model} × ${about.controlnet.scale} (${about.controlnet.start}–${about.controlnet.end})`);
+  if (about.controlnet) param(list, "ControlNet", controlText(about.controlnet));
+  param(list, "Format", about.format);
   param(list, "Priority", status.priority);
+  if (asAdmin) param(list, "Tenant", status.tenant);
   param(list, "Worker", status.worker);
   param(list, "Attempts", status.attempts);
-  param(list, "Created", new Date(status.created_at).toLocaleString());
-  if (status.finished_at) param(list, "Finished", new Date(status.finished_at).toLocaleString());
+  param(list, "Created", when(status.created_at));
+  if (status.finished_at) param(list, status.state === "cancelled" ? "Cancelled" : "Finished", when(status.finished_at));
   param(list, "Job id", status.id);
   $("job-command").value = fleetCommand(status) || "(no prompt recorded for this job)";
 }
@@ -104,14 +124,20 @@ export function leaveJob() {
   following = null;
 }
 
-/** Shows job `id` and follows it until it is final; the stream is re-opened if it drops early. */
-export async function showJob(id, onError) {
+/**
+ * Shows job `id` and follows it until it is final; the stream is re-opened if it drops early.
+ * `shown` is called once the job is found, to reveal the page: a job that cannot be read shows
+ * only the error. `admin`: the caller's key is an admin's (the page then names the tenant).
+ */
+export async function showJob(id, onError, { admin = false, shown = () => {} } = {}) {
   leaveJob();
   clear();
+  asAdmin = admin;
   const controller = new AbortController();
   following = controller;
   let status = await call("GET", `/v1/jobs/${id}`);
   if (controller.signal.aborted) return; // another page was opened meanwhile
+  shown();
   render(status, onError);
   while (!terminal(status) && !controller.signal.aborted) {
     try {

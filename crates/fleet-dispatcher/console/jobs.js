@@ -14,7 +14,7 @@ export function jobCard(status) {
   item.className = "job";
   const link = document.createElement("a");
   link.href = `#/job/${status.id}`;
-  const prompt = recorded(status).prompt || "(prompt not recorded: submitted outside the console)";
+  const prompt = recorded(status).prompt || "(prompt not recorded: submitted before requests were kept)";
   const figure = document.createElement("div");
   figure.className = "thumb";
   if (status.state === "succeeded" && status.result && status.result.length) {

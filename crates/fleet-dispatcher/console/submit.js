@@ -1,7 +1,6 @@
 // The prompt form: the library's choices, the job spec it builds, and the API's field errors.
 
 import { call, ApiError } from "./api.js";
-import { describe } from "./command.js";
 import { $ } from "./dom.js";
 
 let loraCount = 0;
@@ -93,7 +92,6 @@ async function spec() {
       end: number("cn-end"),
     };
   }
-  job.metadata = { console: describe(job) };
   return job;
 }
 

@@ -71,6 +71,9 @@ async fn console_cancels_a_running_job_and_runs_one_with_a_library_lora() {
     assert!(status.progress.images_done < 16, "it stopped before the end: {:?}", status.progress);
     assert_eq!(browser.attr("#job-cancel", "hidden").await.as_deref(), Some("true"), "nothing left to cancel");
     assert_eq!(browser.text("#job-error").await, "", "a cancellation is not shown as an error");
+    let stopped = browser.text("#job-step").await;
+    assert!(stopped.starts_with("cancelled ") && stopped.contains(", at step "), "when and where: {stopped}");
+    assert!(browser.text("#job-params").await.contains("Cancelled"), "the time it was cancelled");
 
     // A job with a LoRA from the library: offered by name, generated with it, shown with its scale.
     show(&browser, "#/submit").await;
