@@ -77,6 +77,12 @@ async fn console_submits_a_prompt_follows_it_live_and_shows_and_opens_the_image(
     let id: uuid::Uuid = hash.as_str().unwrap_or_default().trim_start_matches("#/job/").parse().expect("a job id");
     // No worker yet: the job waits in the queue, and the page says so.
     browser.wait_until("queued", "return document.getElementById('job-state').textContent === 'queued'").await;
+    browser
+        .wait_until(
+            "the waiting_for hint",
+            "return document.getElementById('job-step').textContent === 'waiting: no worker serves model tiny; none has been seen'",
+        )
+        .await;
     fleet.add_worker().await;
     browser
         .wait_until_for(

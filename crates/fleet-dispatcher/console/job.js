@@ -23,6 +23,8 @@ function cancelText(status) {
 function stepText(status) {
   const p = status.progress;
   if (status.state === "cancelled") return cancelText(status);
+  // the dispatcher's hint when no live worker serves the job's model
+  if (status.state === "queued" && status.waiting_for) return `waiting: ${status.waiting_for}`;
   if (status.state === "running") return `step ${p.step}/${p.steps} · image ${Math.min(p.images_done + 1, p.images_total)}/${p.images_total}`;
   if (status.state === "succeeded") return `${p.images_done}/${p.images_total} images`;
   return "";
