@@ -16,22 +16,11 @@ set -euo pipefail
 feature=${1:-cuda}
 case "$feature" in cuda | cudnn) ;; *) echo "usage: $0 [cuda|cudnn]" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=${CUDA_WORK:-/tmp/fleet-cuda}
-toolkit="$work/toolkit/nvidia/cu13"
-stubs="$work/stubs"
+# shellcheck source=../scripts/cuda-toolkit.sh
+source "$root/scripts/cuda-toolkit.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target-cuda}
-export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-export CUDA_ROOT="$toolkit" PATH="$toolkit/bin:$PATH" RUSTFLAGS="-L native=$stubs"
-mkdir -p "$work/wheels" "$work/toolkit" "$stubs"
+export RUSTFLAGS="-L native=$stubs"
 
-if [ ! -x "$toolkit/bin/nvcc" ]; then
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$work/wheels" "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-runtime==13.0.*" \
-    "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
-  for w in "$work"/wheels/*.whl; do python3 -m zipfile -e "$w" "$work/toolkit"; done
-  chmod +x "$toolkit"/bin/* "$toolkit"/nvvm/bin/*
-fi
 ln -sf "$toolkit/lib/libcudart.so.13" "$stubs/libcudart.so"
 
 build() {
