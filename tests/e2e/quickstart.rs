@@ -197,3 +197,37 @@ async fn a_job_no_worker_serves_says_what_it_waits_for_and_wait_times_out() {
     }
     fleet.stop().await;
 }
+
+/// `fleet submit --controlnet NAME --control-image FILE …` sends the file inline with the given
+/// settings; the job's status keeps them (and the image's SHA-256, not its bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_sends_a_controlnet_with_a_local_control_image() {
+    let fleet = fleet_e2e::fleet::Fleet::start(fleet_e2e::isolated_config(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("edges.png");
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 0])).save(&control).unwrap();
+    let bytes = std::fs::read(&control).unwrap();
+    let (base, path) = (fleet.base.clone(), control.display().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(fleet_binary())
+            .args(["submit", "--prompt", "a house", "--model", "tiny", "--width", "64", "--height", "64"])
+            .args(["--controlnet", "canny", "--control-image", &path, "--control-scale", "0.5", "--control-end", "0.8"])
+            .args(["--server", &base, "--api-key", fleet_e2e::E2E_KEY])
+            .env("FLEET_CONFIG", "")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let id: uuid::Uuid = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let status = fleet.status(id).await;
+    let control = status.request.and_then(|r| r.controlnet).expect("the request keeps the ControlNet");
+    assert_eq!(control.model, "canny");
+    assert_eq!((control.scale, control.start, control.end), (0.5, 0.0, 0.8));
+    assert_eq!(control.image, "inline");
+    assert_eq!(control.image_bytes, Some(bytes.len() as u64));
+    assert!(control.image_sha256.is_some_and(|h| h.len() == 64), "the image's SHA-256 is kept");
+    fleet.stop().await;
+}
