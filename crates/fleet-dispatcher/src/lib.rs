@@ -12,6 +12,7 @@ pub mod dead_letter_list;
 pub mod dead_letters;
 pub mod error;
 pub mod extract;
+pub mod http_metrics;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

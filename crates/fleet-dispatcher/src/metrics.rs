@@ -12,10 +12,14 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::http_metrics::HttpMetrics;
+
 /// In-process counters of this dispatcher.
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Counters>,
+    /// Requests per route, method and status ([`crate::http_metrics`]).
+    pub http: HttpMetrics,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,6 +52,7 @@ impl Metrics {
         let (sum, count) = (counters.accept_seconds_sum, counters.accept_count);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Snapshot { counters, queue_depths: queue_depths.to_vec() }));
+        self.http.register(&mut registry);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &registry);
         // prometheus-client has no summary type; this one has no quantiles and no labels.

@@ -438,6 +438,40 @@ async fn readiness_and_metrics() {
     server.stop().await;
 }
 
+/// HTTP metrics per route template (never the raw path), method and status: 401s of the key layer,
+/// 429s of the rate limit and the router's own 404s among them.
+#[tokio::test]
+async fn http_metrics_count_routes_by_template_and_status() {
+    let mut cfg = isolated_config();
+    cfg.http.max_requests_per_sec_per_tenant = 1;
+    let server = Server::start(cfg).await;
+    let id = uuid::Uuid::now_v7();
+    let (code, _) = server.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None, None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    // Three requests within a few milliseconds span at most two one-second windows of one each.
+    let calls = (0..3).map(|_| server.call(reqwest::Method::GET, "/v1/jobs", Some(BOB), None));
+    let codes: Vec<StatusCode> = futures::future::join_all(calls).await.into_iter().map(|(c, _)| c).collect();
+    let limited = codes.iter().filter(|c| **c == StatusCode::TOO_MANY_REQUESTS).count();
+    assert!(limited >= 1, "{codes:?}");
+    let (code, _) = server.call(reqwest::Method::GET, "/no/such/route", None, None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    let sample = |name: &str, route: &str, status: u16| {
+        let prefix = format!(r#"{name}{{method="GET",route="{route}",status="{status}"}} "#);
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(sample("fleet_http_requests_total", "/v1/jobs/{id}", 401), Some(1.0), "{text}");
+    assert_eq!(sample("fleet_http_requests_total", "/v1/jobs", 429), Some(limited as f64), "{text}");
+    assert_eq!(sample("fleet_http_requests_total", "/v1/jobs", 200), Some((3 - limited) as f64), "{text}");
+    assert_eq!(sample("fleet_http_requests_total", "unmatched", 404), Some(1.0), "{text}");
+    assert_eq!(sample("fleet_http_request_duration_seconds_count", "/v1/jobs/{id}", 401), Some(1.0), "{text}");
+    let inf = r#"fleet_http_request_duration_seconds_bucket{method="GET",route="/v1/jobs",status="429",le="+Inf"} "#;
+    assert!(text.lines().any(|l| l.starts_with(inf)), "{text}");
+    assert!(!text.contains(&id.to_string()) && !text.contains("/no/such"), "raw paths are no labels: {text}");
+    server.stop().await;
+}
+
 /// A private Redis we can kill: the dispatcher must answer 503 and publish nothing without its status record.
 #[tokio::test]
 async fn redis_down_means_503_and_nothing_published() {

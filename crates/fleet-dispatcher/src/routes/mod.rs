@@ -145,6 +145,8 @@ pub fn router(app: App) -> Router {
         // turns that into a `payload_too_large` error.
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(fallback::limit_headers))
+        // Outermost: every answer is counted, the limits' and the key layer's (401, 429) too.
+        .layer(axum::middleware::from_fn_with_state(app.metrics.clone(), crate::http_metrics::track))
         .layer(axum::Extension(std::sync::Arc::new(document)))
         .with_state(app)
 }
