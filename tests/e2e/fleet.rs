@@ -288,6 +288,26 @@ async fn a_message_that_is_not_a_job_is_dead_lettered_and_the_worker_keeps_going
     let ok = fleet.submit(tiny_job(1)).await.id;
     let statuses = fleet.wait_all(&[ok], Duration::from_secs(60)).await;
     assert_eq!(statuses[0].state, fleet_core::JobState::Succeeded, "the worker kept serving: {:?}", statuses[0]);
+
+    // A real job published straight onto the queue (no dispatcher, no record): the worker's
+    // intake writes its record, which keeps the request as one submitted over HTTP does.
+    let mut spec = fleet_core::JobSpec::new("published straight onto the queue");
+    spec.negative_prompt = Some("blur".into());
+    (spec.model, spec.width, spec.height, spec.steps) = ("tiny".into(), 64, 64, 1);
+    let job = spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id, || 77);
+    let id = job.spec().id.expect("an id");
+    let (body, props) = fleet_queue::message::encode(&job, "e2e-straight").unwrap();
+    let confirm =
+        channel.basic_publish(&config.rabbitmq.exchange, &routing, BasicPublishOptions::default(), &body, props);
+    confirm.await.unwrap().await.unwrap();
+    let done = fleet.wait_all(&[id], Duration::from_secs(60)).await.remove(0);
+    assert_eq!(done.state, fleet_core::JobState::Succeeded, "{done:?}");
+    let request = done.request.expect("the intake's record keeps the request");
+    assert_eq!(
+        (request.prompt.as_str(), request.negative_prompt.as_deref()),
+        ("published straight onto the queue", Some("blur"))
+    );
+    assert_eq!((request.seed, request.width, request.steps), (77, 64, 1));
     fleet.stop().await;
 }
 

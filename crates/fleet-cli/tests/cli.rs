@@ -132,6 +132,7 @@ fn submit_status_jobs_and_cancel_through_the_api() {
     let (code, stdout, _) = client(&["status", &id]);
     assert_eq!(code, 0);
     assert!(stdout.contains(&id) && stdout.contains("queued"), "{stdout}");
+    assert!(stdout.contains("  prompt: a cli cat\n") && stdout.contains("  64×64, 4 steps"), "the request: {stdout}");
     let (code, stdout, _) = client(&["jobs", "--json"]);
     assert_eq!(code, 0);
     let page: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -139,6 +140,11 @@ fn submit_status_jobs_and_cancel_through_the_api() {
     let (code, stdout, _) = client(&["cancel", &id]);
     assert_eq!(code, 0);
     assert!(stdout.contains("cancelled"), "{stdout}");
+    let (_, stdout, _) = client(&["status", &id]);
+    assert!(
+        stdout.contains("cancelled by its owner before it started") && stdout.contains("  cancelled: "),
+        "{stdout}"
+    );
     let (code, stdout, _) = client(&["wait", &id]);
     assert_eq!(code, 1, "wait exits 1 for a job that did not succeed: {stdout}");
     let (code, stdout, _) = client(&["queues"]);

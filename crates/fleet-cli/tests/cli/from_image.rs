@@ -64,6 +64,23 @@ fn an_image_with_a_lora_and_a_controlnet_is_made_again_bit_for_bit() {
     assert_eq!(std::fs::read(&jpg_again).unwrap(), std::fs::read(&jpg).unwrap());
 }
 
+/// An image a worker encodes (`fleet generate --jobs` renders and encodes jobs as workers do)
+/// records the configured model name; `--from-image` finds it in `[models]`.
+#[test]
+fn a_jobs_image_is_made_again_through_the_configured_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    let job = r#"{"prompt": "a lighthouse", "negative_prompt": "fog", "guidance": 2.5, "model": "tiny", "width": 64, "height": 72, "steps": 2, "seed": 9, "num_images": 2, "output": {"format": "webp"}}"#;
+    std::fs::write(&file, job).unwrap();
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) = run(fleet().args(["generate", "--jobs"]).arg(&file).arg("--out").arg(&out));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let again = dir.path().join("again.png");
+    let (code, stdout, stderr) = from_image(&out.join("1_1.webp"), &again);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(pixels(&again), pixels(&out.join("1_1.webp")), "the job's second image, made again alone");
+}
+
 #[test]
 fn from_image_names_what_is_missing_or_different() {
     let dir = tempfile::tempdir().unwrap();
