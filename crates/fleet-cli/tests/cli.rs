@@ -14,7 +14,8 @@ use std::process::Command;
 fn fleet() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
     cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    cmd.env_remove("FLEET_CONFIG").env_remove("FLEET_API_KEYS");
+    // No configuration file, not even a `./fleet.toml` that `fleet up` may have left in the checkout.
+    cmd.env("FLEET_CONFIG", "").env_remove("FLEET_API_KEYS");
     cmd
 }
 
