@@ -143,6 +143,13 @@ pub async fn cancel(name: &str, out: Option<&str>, session: &Session) -> Result<
     located.run.state = RunState::Cancelled;
     located.run.finished_at = Some(Utc::now());
     save_run(&located.run, &located.output, located.registry.as_ref()).await?;
+    // The stored progress says what every reader shows: nothing in flight any more.
+    if let Some(registry) = &located.registry
+        && let Some(mut snapshot) = registry.load_progress(name).await?
+    {
+        snapshot.settle(&located.run, Utc::now());
+        registry.save_progress(name, &snapshot).await?;
+    }
     Ok(cancelled)
 }
 
@@ -160,12 +167,7 @@ pub async fn status(name: &str, out: Option<&str>, config: &FleetConfig) -> Resu
         };
     }
     let mut snapshot = snapshot.unwrap_or_default();
-    // The run record knows best whether the run ended (a killed process leaves `running` behind).
-    if located.run.state != RunState::Running {
-        snapshot.state = located.run.state;
-    }
-    snapshot.total = located.run.input.samples;
-    snapshot.shards_total = located.run.input.shards;
+    snapshot.settle(&located.run, Utc::now());
     Ok((located.run, snapshot))
 }
 

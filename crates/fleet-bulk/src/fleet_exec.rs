@@ -124,7 +124,7 @@ impl FleetExecutor {
             return Ok(finished);
         }
         let answers = self.services.api.submit(&specs).await?;
-        let mut added = Vec::new();
+        let (mut added, mut ended) = (Vec::new(), Vec::new());
         for ((sample, fresh), answer) in sent.into_iter().zip(answers) {
             match answer {
                 Submitted::Accepted(status) => {
@@ -133,6 +133,11 @@ impl FleetExecutor {
                         finished.push(done);
                     } else if self.in_flight.contains_key(&id) {
                         added.push(id);
+                    }
+                    // A job an earlier invocation left in the run's job set and that ended while
+                    // no process drove the run: no longer unfinished.
+                    if status.state.is_terminal() {
+                        ended.push(id);
                     }
                 }
                 Submitted::Refused { retryable: true, .. } => {
@@ -143,6 +148,7 @@ impl FleetExecutor {
             }
         }
         self.services.registry.add_jobs(&self.run, &added).await?;
+        self.services.registry.remove_jobs(&self.run, &ended).await?;
         Ok(finished)
     }
 

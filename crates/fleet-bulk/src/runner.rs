@@ -80,6 +80,9 @@ struct Runner {
     /// Samples finished by this invocation, for the rate.
     finished_here: u64,
     started: Instant,
+    /// When this invocation started: samples whose jobs finished before (while no process drove
+    /// the run) do not count toward its rate.
+    started_at: chrono::DateTime<Utc>,
 }
 
 /// Runs (or resumes) `run` to its end or until it is cancelled; returns the final record.
@@ -102,6 +105,7 @@ pub async fn execute(mut run: RunFile, ctx: RunContext) -> Result<RunFile, BulkE
         shards_done: 0,
         finished_here: 0,
         started: Instant::now(),
+        started_at: Utc::now(),
     };
     runner.go().await?;
     Ok(runner.run)
@@ -222,7 +226,9 @@ impl Runner {
     }
 
     fn absorb(&mut self, finished: Vec<Finished>) {
-        self.finished_here += finished.len() as u64;
+        let started_at = self.started_at;
+        self.finished_here +=
+            finished.iter().filter(|f| f.record.timings.finished_at.is_none_or(|at| at >= started_at)).count() as u64;
         for f in finished {
             if let Some(assembly) = self.shards.get_mut(&f.record.shard) {
                 assembly.finished.push(f);
@@ -304,6 +310,7 @@ impl Runner {
             images_per_second: rate,
             eta_seconds: (rate > 0.0).then(|| remaining as f64 / rate),
             updated_at: Some(Utc::now()),
+            stalled_since: None,
         }
     }
 

@@ -179,6 +179,21 @@ async fn local_run_writes_complete_shards_and_a_dropped_run_resumes_without_dupl
         .collect();
     assert!(before.len() < 5, "the run was dropped before the end");
 
+    // Nothing drives the run now: once its last progress is older than the stall limit, its
+    // status says since when instead of a rate and an ETA.
+    let location = out.display().to_string();
+    let fleet = fleet_core::FleetConfig::default();
+    let (record, snapshot) = fleet_bulk::status("local-resume", Some(&location), &fleet).await.unwrap();
+    assert_eq!((record.state, snapshot.state), (RunState::Running, RunState::Running));
+    let last = snapshot.updated_at.unwrap_or(record.started_at);
+    let stalled_at = last + chrono::Duration::seconds(fleet_status::bulk_runs::STALL_AFTER_SECS + 1);
+    if let Ok(wait) = (stalled_at - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    let (_, snapshot) = fleet_bulk::status("local-resume", Some(&location), &fleet).await.unwrap();
+    assert_eq!(snapshot.stalled_since, Some(last));
+    assert_eq!((snapshot.state, snapshot.eta_seconds, snapshot.images_per_second), (RunState::Running, None, 0.0));
+
     let done = fleet_bulk::resume("local-resume", Some(&out.display().to_string()), &session()).await.unwrap();
     assert_eq!(
         (done.state, done.totals.succeeded, done.totals.failed, done.totals.shards),
@@ -249,6 +264,9 @@ async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
     let (record, snapshot) =
         fleet_bulk::status("local-cancel", Some(&location), &fleet_core::FleetConfig::default()).await.unwrap();
     assert_eq!((record.state, snapshot.state, snapshot.total), (RunState::Cancelled, RunState::Cancelled, PROMPTS));
+    // Nothing is in flight after a cancel: every sample not made waits for a resume.
+    assert_eq!((snapshot.queued, snapshot.running, snapshot.stalled_since, snapshot.eta_seconds), (0, 0, None, None));
+    assert_eq!(snapshot.waiting(), PROMPTS - snapshot.succeeded - snapshot.failed);
 
     let done = fleet_bulk::resume("local-cancel", Some(&location), &session()).await.unwrap();
     assert_eq!(

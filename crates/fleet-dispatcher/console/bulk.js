@@ -44,7 +44,7 @@ function runRow(run) {
   cell(tr, String(p.failed));
   cell(tr, String(pending(p)));
   cell(tr, `${p.shards_done} / ${p.shards_total}`);
-  cell(tr, p.state === "running" ? p.images_per_second.toFixed(2) : "–");
+  cell(tr, p.stalled_since ? "stalled" : p.state === "running" ? p.images_per_second.toFixed(2) : "–");
   cell(tr, run.config.out);
   cell(tr, ago(p.updated_at));
   return tr;
@@ -70,8 +70,9 @@ function renderRun(run) {
   state.className = stateBadge(p.state).className;
   $("bulk-run-summary").textContent = `${p.succeeded + p.failed} of ${p.total} samples final · ${p.shards_done} of ${p.shards_total} shards written`;
   $("bulk-run-progress").value = p.total ? (p.succeeded + p.failed) / p.total : 0;
-  $("bulk-run-stale").textContent = `Last progress update ${ago(p.updated_at)}` +
-    (p.state === "running" ? " (a running run with no recent update has lost its fleet bulk process: resume it)." : ".");
+  $("bulk-run-stale").textContent = p.stalled_since
+    ? `Stalled: no driver since ${new Date(p.stalled_since).toLocaleString()} (its fleet bulk process stopped: resume it).`
+    : `Last progress update ${ago(p.updated_at)}.`;
 
   const counts = $("bulk-run-counts");
   counts.replaceChildren();
@@ -81,7 +82,7 @@ function renderRun(run) {
   if (codes.length) param(counts, "Failures by code", codes.map(([code, n]) => `${code} ${n}`).join(", "));
   param(counts, "Pending", `${pending(p)} (queued ${p.queued}, running ${p.running}, not yet submitted ${p.waiting})`);
   param(counts, "Shards", `${p.shards_done} / ${p.shards_total}`);
-  if (p.state === "running") {
+  if (p.state === "running" && !p.stalled_since) {
     param(counts, "Rate", `${p.images_per_second.toFixed(2)} images/s`);
     param(counts, "Time left", duration(p.eta_seconds));
   }

@@ -28,6 +28,10 @@ use crate::keys::Keys;
 /// How long a run's keys outlive its last write.
 pub const RUN_TTL_SECS: i64 = 30 * 24 * 3600;
 
+/// How old the progress of a `running` run may be before the run counts as stalled: the driving
+/// `fleet bulk` writes it about once a second, so a gap this long means no process drives the run.
+pub const STALL_AFTER_SECS: i64 = 15;
+
 /// Longest the connection and each API read ([`BulkRunStore::list`], [`BulkRunStore::get`]) wait
 /// for Redis, so an API request never hangs. `fleet bulk`'s own calls wait as long as Redis takes.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -279,19 +283,54 @@ pub struct Snapshot {
     pub shards_done: u64,
     /// Shards planned.
     pub shards_total: u64,
-    /// Samples finished per second since this invocation started.
+    /// Samples finished per second by the driving invocation, measured from its start (samples
+    /// that finished while no process drove the run are not counted).
     pub images_per_second: f64,
     /// Seconds left at the current rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<f64>,
     /// When the snapshot was written.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Set by readers ([`Snapshot::settle`]), never by the writer: the run is `running` but no
+    /// process has written progress since this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
     /// Samples neither final nor submitted.
     pub fn waiting(&self) -> u64 {
         self.total.saturating_sub(self.succeeded + self.failed + self.queued + self.running)
+    }
+
+    /// Corrects the latest snapshot by the run record, as every reader (`fleet bulk status`, the
+    /// API, the console) shows it:
+    /// - the record knows best whether the run ended (a killed process leaves `running` behind),
+    ///   and how many samples and shards it plans;
+    /// - a run that ended has nothing queued or running (a cancel cancels its unfinished jobs),
+    ///   and no rate or ETA;
+    /// - a `running` run whose progress is older than [`STALL_AFTER_SECS`] at `now` is stalled:
+    ///   nothing drives it, so it has no rate and no ETA, and the jobs it had in flight are
+    ///   still counted as queued or running (they may finish; a resume collects them).
+    pub fn settle(&mut self, record: &RunRecord, now: DateTime<Utc>) {
+        self.total = record.input.samples;
+        self.shards_total = record.input.shards;
+        self.stalled_since = None;
+        if record.state != RunState::Running {
+            self.state = record.state;
+            self.queued = 0;
+            self.running = 0;
+            self.images_per_second = 0.0;
+            self.eta_seconds = None;
+            return;
+        }
+        self.state = RunState::Running;
+        let last = self.updated_at.unwrap_or(record.started_at);
+        if now - last > chrono::Duration::seconds(STALL_AFTER_SECS) {
+            self.stalled_since = Some(last);
+            self.images_per_second = 0.0;
+            self.eta_seconds = None;
+        }
     }
 }
 
@@ -320,12 +359,18 @@ pub struct RunProgress {
     pub waiting: u64,
     pub shards_done: u64,
     pub shards_total: u64,
-    /// Samples finished per second since the current `fleet bulk` invocation started.
+    /// Samples finished per second since the driving `fleet bulk` invocation started (0 when
+    /// the run ended or is stalled).
     pub images_per_second: f64,
+    /// Seconds left at that rate; absent when the run ended or is stalled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<f64>,
-    /// When `fleet bulk` last wrote it (a running run whose update is old has lost its process).
+    /// When `fleet bulk` last wrote it.
     pub updated_at: Option<DateTime<Utc>>,
+    /// The run is `running`, but no `fleet bulk` process has written progress since this time
+    /// (it was stopped): resume it to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<DateTime<Utc>>,
 }
 
 /// One bulk run as the API serves it.
@@ -350,32 +395,27 @@ pub struct BulkRun {
 impl BulkRun {
     /// The run as the API serves it, from its record and latest snapshot (none yet: all zeros).
     ///
-    /// As `fleet bulk status` does, the record knows best whether the run ended (a killed process
-    /// leaves `running` in the snapshot), and how many samples and shards it plans.
-    pub fn from_records(record: RunRecord, snapshot: Option<Snapshot>) -> BulkRun {
-        let snapshot = snapshot.unwrap_or(Snapshot { state: record.state, ..Snapshot::default() });
-        let mut progress = RunProgress {
+    /// The snapshot is corrected by the record as [`Snapshot::settle`] says, at `now`, so the API
+    /// shows what `fleet bulk status` shows.
+    pub fn from_records(record: RunRecord, snapshot: Option<Snapshot>, now: DateTime<Utc>) -> BulkRun {
+        let mut snapshot = snapshot.unwrap_or(Snapshot { state: record.state, ..Snapshot::default() });
+        snapshot.settle(&record, now);
+        let progress = RunProgress {
             state: snapshot.state,
             total: snapshot.total,
             succeeded: snapshot.succeeded,
             failed: snapshot.failed,
+            waiting: snapshot.waiting(),
             failed_by_code: snapshot.failed_by_code,
             queued: snapshot.queued,
             running: snapshot.running,
-            waiting: 0,
             shards_done: snapshot.shards_done,
             shards_total: snapshot.shards_total,
             images_per_second: snapshot.images_per_second,
             eta_seconds: snapshot.eta_seconds,
             updated_at: snapshot.updated_at,
+            stalled_since: snapshot.stalled_since,
         };
-        if record.state != RunState::Running {
-            progress.state = record.state;
-        }
-        progress.total = record.input.samples;
-        progress.shards_total = record.input.shards;
-        progress.waiting =
-            progress.total.saturating_sub(progress.succeeded + progress.failed + progress.queued + progress.running);
         BulkRun {
             name: record.config.name.clone(),
             state: record.state,
@@ -400,7 +440,7 @@ fn assemble(name: &str, record: Option<String>, progress: Option<String>) -> Res
     let Some(record) = record else { return Ok(None) };
     let record: RunRecord = parse(name, RunField::Record, &record)?;
     let snapshot = progress.map(|json| parse(name, RunField::Progress, &json)).transpose()?;
-    Ok(Some(BulkRun::from_records(record, snapshot)))
+    Ok(Some(BulkRun::from_records(record, snapshot, Utc::now())))
 }
 
 /// The bulk-run keys of one Redis: written by `fleet bulk`, read by it and by the dispatcher.

@@ -23,11 +23,19 @@ pub fn run(cli: &Cli, args: &BulkArgs) -> anyhow::Result<ExitCode> {
             BulkCommand::Status(a) => status(&config, &a.run, a.watch).await,
             BulkCommand::Resume(a) => {
                 let session = session(config, &a.server, true, true);
-                finish(fleet_bulk::resume(&a.name, a.out.as_deref(), &session).await, a.server.json)
+                let resumed = fleet_bulk::resume(&a.name, a.out.as_deref(), &session);
+                let Some(result) = until_interrupted(resumed, &a.name, a.out.as_deref()).await else {
+                    return Ok(ExitCode::from(INTERRUPTED));
+                };
+                finish(result, a.server.json)
             }
             BulkCommand::RetryFailed(a) => {
                 let session = session(config, &a.server, true, true);
-                let (run, reopened) = fleet_bulk::retry_failed(&a.name, a.out.as_deref(), &session).await?;
+                let retried = fleet_bulk::retry_failed(&a.name, a.out.as_deref(), &session);
+                let Some(result) = until_interrupted(retried, &a.name, a.out.as_deref()).await else {
+                    return Ok(ExitCode::from(INTERRUPTED));
+                };
+                let (run, reopened) = result?;
                 eprintln!("{reopened} shard(s) with failed samples rewritten");
                 finish(Ok(run), a.server.json)
             }
@@ -100,7 +108,13 @@ async fn start(config: FleetConfig, args: &BulkRunArgs) -> anyhow::Result<ExitCo
         local: args.local,
     };
     let session = session(config, &args.server, !args.local, true);
-    match fleet_bulk::start(run, &session).await {
+    // A local run has no Redis record: its resume finds it by its output directory.
+    let out = args.local.then(|| run.out.clone());
+    let started = fleet_bulk::start(run, &session);
+    let Some(result) = until_interrupted(started, &args.name, out.as_deref()).await else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
+    match result {
         Err(BulkError::InvalidRows { rows, total }) => {
             for row in &rows {
                 eprintln!("{}:{}: {}: {}", args.input.display(), row.line, row.field, row.message);
@@ -113,6 +127,40 @@ async fn start(config: FleetConfig, args: &BulkRunArgs) -> anyhow::Result<ExitCo
         }
         other => finish(other, args.server.json),
     }
+}
+
+/// Exit status after Ctrl-C (128 + SIGINT), as shells report a command stopped by it.
+const INTERRUPTED: u8 = 130;
+
+/// Drives a run until it ends, or until Ctrl-C: then the run stops where it is (finished shards
+/// stay, jobs in flight go on in the fleet and a resume collects them), and the command that goes
+/// on with it is printed. `None` when interrupted.
+async fn until_interrupted<T>(run: impl Future<Output = T>, name: &str, out: Option<&str>) -> Option<T> {
+    tokio::select! {
+        result = run => Some(result),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\n{}", resume_hint(name, out));
+            None
+        }
+    }
+}
+
+/// What Ctrl-C prints: the exact command that resumes the run.
+fn resume_hint(name: &str, out: Option<&str>) -> String {
+    let mut command = format!("fleet bulk resume {}", shell_word(name));
+    if let Some(out) = out {
+        command.push_str(&format!(" --out {}", shell_word(out)));
+    }
+    format!("interrupted: run `{name}` stopped; finished shards are kept. Resume it with:\n  {command}")
+}
+
+/// `word` as a shell reads it back: as is when it holds only safe characters, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ','));
+    if safe { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
 /// Prints the outcome of a run; exit 0 only if it finished with every sample made.
@@ -167,7 +215,8 @@ fn state_name(state: RunState) -> &'static str {
     }
 }
 
-/// `running: 532/1000 done, 3 failed, 12 running, 40 queued, 413 waiting; shards 0/1; 4.2 img/s, ETA 1m40s`.
+/// `running: 532/1000 done, 3 failed, 12 running, 40 queued, 413 waiting; shards 0/1; 4.2 img/s, ETA 1m40s`;
+/// a run nothing drives says `stalled: no driver since <time>` instead of the ETA.
 fn summary(s: &Snapshot) -> String {
     let mut line = format!(
         "{}: {}/{} done, {} failed, {} running, {} queued, {} waiting; shards {}/{}; {:.1} img/s",
@@ -182,7 +231,10 @@ fn summary(s: &Snapshot) -> String {
         s.shards_total,
         s.images_per_second
     );
-    if let (Some(eta), RunState::Running) = (s.eta_seconds, s.state) {
+    if let Some(since) = s.stalled_since {
+        let since = since.format("%Y-%m-%d %H:%M:%S UTC");
+        line.push_str(&format!(", stalled: no driver since {since} (resume it to go on)"));
+    } else if let (Some(eta), RunState::Running) = (s.eta_seconds, s.state) {
         let eta = eta.round() as u64;
         line.push_str(&format!(", ETA {}m{:02}s", eta / 60, eta % 60));
     }
@@ -191,4 +243,16 @@ fn summary(s: &Snapshot) -> String {
         line.push_str(&format!("; failures: {}", codes.join(", ")));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_hint_is_a_command_a_shell_runs_as_printed() {
+        assert!(resume_hint("cats-v1", None).ends_with("\n  fleet bulk resume cats-v1"));
+        assert!(resume_hint("cats", Some("/data/my out")).ends_with("  fleet bulk resume cats --out '/data/my out'"));
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
 }

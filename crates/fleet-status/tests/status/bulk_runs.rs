@@ -51,6 +51,7 @@ fn snapshot() -> Snapshot {
         images_per_second: 1.5,
         eta_seconds: Some(2.0),
         updated_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 5, 0).unwrap()),
+        stalled_since: None,
     }
 }
 
@@ -97,11 +98,23 @@ async fn bulk_run_records_round_trip_under_their_keys() {
     store.remove_jobs("cats-v1", &[a]).await.unwrap();
     assert_eq!(store.jobs("cats-v1").await.unwrap(), [b]);
 
-    // The API's view: the record's plan and end state win over a stale snapshot.
+    // The API's view: the record's plan and end state win over the snapshot.
     let served = store.get("cats-v1").await.unwrap().unwrap();
     assert_eq!((served.name.as_str(), served.state, served.unfinished_jobs), ("cats-v1", RunState::Running, Some(1)));
     assert_eq!((served.progress.total, served.progress.waiting, served.progress.shards_total), (5, 1, 3));
     assert_eq!(served.config, run.config);
+    // Its progress is long past: nothing drives the run, so it is stalled, with no rate or ETA;
+    // the job it had queued is still counted, as the job set counts it.
+    assert_eq!(served.progress.stalled_since, snapshot().updated_at);
+    assert_eq!((served.progress.images_per_second, served.progress.eta_seconds), (0.0, None));
+    assert_eq!(served.progress.queued + served.progress.running, served.unfinished_jobs.unwrap());
+    let json = serde_json::to_value(&served).unwrap();
+    assert_eq!(json["progress"]["stalled_since"], json!("2026-01-02T03:05:00Z"));
+    // Fresh progress is not stalled.
+    let fresh = Snapshot { updated_at: Some(Utc::now()), ..snapshot() };
+    store.save_progress("cats-v1", &fresh).await.unwrap();
+    let served = store.get("cats-v1").await.unwrap().unwrap();
+    assert_eq!((served.progress.stalled_since, served.progress.eta_seconds), (None, Some(2.0)));
     let ended = RunRecord {
         state: RunState::Cancelled,
         finished_at: Some(Utc::now()),
@@ -111,10 +124,10 @@ async fn bulk_run_records_round_trip_under_their_keys() {
     store.save_run(&ended).await.unwrap();
     let listed = store.list(10).await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(
-        (listed[0].progress.state, listed[0].progress.total, listed[0].progress.waiting),
-        (RunState::Cancelled, 7, 3)
-    );
+    // A cancelled run has nothing in flight: what was queued is waiting again (for a resume).
+    let p = &listed[0].progress;
+    assert_eq!((p.state, p.total, p.queued, p.running, p.waiting), (RunState::Cancelled, 7, 0, 0, 4));
+    assert_eq!((p.stalled_since, p.eta_seconds, p.images_per_second), (None, None, 0.0));
     assert_eq!(listed[0].unfinished_jobs, None, "lists leave the job count out");
     fx.cleanup().await;
 }
