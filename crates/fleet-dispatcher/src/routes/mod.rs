@@ -95,7 +95,9 @@ fn public() -> ApiRouter<App> {
         .api_route(
             "/readyz",
             get_with(ops::readyz, |op| {
-                let op = op.summary("Redis and RabbitMQ answer right now (else 503)");
+                let op = op.summary(
+                    "Redis, RabbitMQ and S3 (the bucket, with the configured keys) answer right now (else 503)",
+                );
                 op.response_with::<200, axum::Json<serde_json::Value>, _>(|res| {
                     res.description("each service: `ok` or its error")
                 })
