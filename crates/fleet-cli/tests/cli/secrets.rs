@@ -167,7 +167,12 @@ impl Output {
 fn a_running_dispatcher_logs_no_secret_at_debug_level() {
     let redis_ok = std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, &config_with_secrets(&good_amqp(), &redis_ok));
+    let mut cfg = config_with_secrets(&good_amqp(), &redis_ok);
+    // The dispatcher checks its store at start and S3 refuses the made-up secret (what S3 logs
+    // while refusing it is checked below): images go to a directory here.
+    cfg.s3.local_dir = Some(dir.path().join("images"));
+    std::fs::create_dir_all(dir.path().join("images")).unwrap();
+    let path = write_config(&dir, &cfg);
     let mut child = fleet()
         .args(["-vv", "--config", path.to_str().unwrap(), "dispatcher"])
         .env_remove("FLEET_LOG")
