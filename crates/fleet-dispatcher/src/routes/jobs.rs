@@ -262,7 +262,21 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let status = visible_job(&app, &caller, id).await?;
     let stream = app.status.events(status.id).await?;
-    let events = stream.map(|item| {
+    let store = app.status.clone();
+    let events = stream.then(move |item| {
+        let store = store.clone();
+        async move {
+            match item {
+                // a queued job's events say what it waits for, as its status does
+                Ok(mut event) => {
+                    crate::waiting::explain(&store, &mut [&mut event.status]).await;
+                    Ok(event)
+                }
+                Err(err) => Err(err),
+            }
+        }
+    });
+    let events = events.map(|item| {
         Ok::<_, Infallible>(match item {
             Ok(event) => Event::default()
                 .id(event.rev.to_string())
