@@ -45,6 +45,13 @@ fn fleet_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("run fleet")
 }
 
+/// `fleet ARGS --server BASE --api-key …` with no configuration file, off the async runtime.
+async fn fleet_against(base: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(fleet_binary());
+    cmd.args(args).args(["--server", base, "--api-key", fleet_e2e::E2E_KEY]).env("FLEET_CONFIG", "");
+    tokio::task::spawn_blocking(move || cmd.output().expect("run fleet")).await.unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -161,17 +168,8 @@ async fn a_job_no_worker_serves_says_what_it_waits_for_and_wait_times_out() {
     assert_eq!(hint, "no worker serves model tiny; none has been seen");
     assert_eq!(fleet.status(accepted.id).await.waiting_for.as_deref(), Some(hint.as_str()));
 
-    let base = fleet.base.clone();
     let id = accepted.id.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(fleet_binary())
-            .args(["wait", &id, "--timeout", "2", "--server", &base, "--api-key", fleet_e2e::E2E_KEY])
-            .env("FLEET_CONFIG", "")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = fleet_against(&fleet.base, &["wait", &id, "--timeout", "2"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(&format!("{}: still queued after 2 s: {hint}", accepted.id)), "{stderr}");
@@ -207,18 +205,11 @@ async fn submit_sends_a_controlnet_with_a_local_control_image() {
     let control = dir.path().join("edges.png");
     image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 0])).save(&control).unwrap();
     let bytes = std::fs::read(&control).unwrap();
-    let (base, path) = (fleet.base.clone(), control.display().to_string());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(fleet_binary())
-            .args(["submit", "--prompt", "a house", "--model", "tiny", "--width", "64", "--height", "64"])
-            .args(["--controlnet", "canny", "--control-image", &path, "--control-scale", "0.5", "--control-end", "0.8"])
-            .args(["--server", &base, "--api-key", fleet_e2e::E2E_KEY])
-            .env("FLEET_CONFIG", "")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let path = control.display().to_string();
+    let submit = ["submit", "--prompt", "a house", "--model", "tiny", "--width", "64", "--height", "64"];
+    let control_flags =
+        ["--controlnet", "canny", "--control-image", &path, "--control-scale", "0.5", "--control-end", "0.8"];
+    let out = fleet_against(&fleet.base, &[&submit[..], &control_flags[..]].concat()).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let id: uuid::Uuid = stdout.split_whitespace().next().unwrap().parse().unwrap();

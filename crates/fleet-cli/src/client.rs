@@ -119,8 +119,9 @@ pub const RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(
 /// Reopenings of an events stream in a row, none of which brought an event, before giving up.
 pub const RECONNECT_TRIES: u32 = 5;
 
-/// Whether an event names a state the job cannot leave (the server closes the stream after it).
-fn is_final(event: &str) -> bool {
+/// Whether an event (or a status's `state`) names a state the job cannot leave (the server
+/// closes the stream after it).
+pub fn is_final(event: &str) -> bool {
     serde_json::from_value::<fleet_core::JobState>(Value::String(event.to_owned())).is_ok_and(|s| s.is_terminal())
 }
 

@@ -112,8 +112,10 @@ fn jobs_from(args: &SubmitArgs, default_model: &str) -> anyhow::Result<Vec<Value
 }
 
 pub fn run(cli: &Cli, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let client = cli.client(&args.server)?;
-    let jobs = jobs_from(args, &cli.load_config()?.client.model)?;
+    let config = cli.load_config()?;
+    let (server, key) = crate::cli::server_and_key(&args.server, &config);
+    let client = crate::client::ApiClient::new(&server, &key)?;
+    let jobs = jobs_from(args, &config.client.model)?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let answer = client.call(Method::POST, "/v1/jobs", Some(&Value::Array(jobs))).await?;
         let items = answer["jobs"].as_array().cloned().unwrap_or_default();

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::cli::{Cli, WaitArgs};
-use crate::client::ApiClient;
+use crate::client::{ApiClient, is_final};
 use crate::cmd::jobs::{print_json, summary};
 
 /// Events streams open at once; further jobs are followed as earlier ones end.
@@ -152,8 +152,4 @@ async fn follow(client: &ApiClient, id: &str, bar: Option<ProgressBar>, deadline
         },
         Ok(Ok(())) => Outcome::Ended(last),
     }
-}
-
-fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
 }
