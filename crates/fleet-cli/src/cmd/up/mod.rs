@@ -165,7 +165,7 @@ async fn serve(plan: &Plan) -> anyhow::Result<ExitCode> {
         let worker = Child::spawn(&format!("worker-{i}"), &plan.config_path, &plan.worker_args(&id), &plan.logs)?;
         workers.push((id, worker));
     }
-    wait_workers(&client, &mut workers, &plan.models.join(", "), &plan.logs).await?;
+    wait_workers(&client, &mut dispatcher, &mut workers, &plan.models.join(", "), &plan.logs).await?;
 
     outln!("ready: {server}/ui/ (web console; logs in {})", plan.logs.display());
     outln!("api key: {}", plan.api_key);
@@ -194,8 +194,8 @@ async fn wait_ready(client: &ApiClient, dispatcher: &mut Child) -> anyhow::Resul
         if client.call(reqwest::Method::GET, "/readyz", None).await.is_ok() {
             return Ok(());
         }
-        if let Some(status) = dispatcher.exited() {
-            bail!("the dispatcher exited ({status}):\n{}", dispatcher.log_tail(20));
+        if let Some(crash) = exited(dispatcher, &mut []) {
+            bail!(crash);
         }
         if start.elapsed() > DISPATCHER_READY {
             bail!("the dispatcher was not ready within {DISPATCHER_READY:?}:\n{}", dispatcher.log_tail(20));
@@ -207,6 +207,7 @@ async fn wait_ready(client: &ApiClient, dispatcher: &mut Child) -> anyhow::Resul
 /// Waits until every worker has sent a heartbeat (it has loaded its models and takes jobs).
 async fn wait_workers(
     client: &ApiClient,
+    dispatcher: &mut Child,
     workers: &mut [(String, Child)],
     models: &str,
     logs: &Path,
@@ -220,10 +221,9 @@ async fn wait_workers(
         if workers.iter().all(|(id, _)| seen.contains(&id.as_str())) {
             return Ok(());
         }
-        for (_, worker) in workers.iter_mut() {
-            if let Some(status) = worker.exited() {
-                bail!("{} exited ({status}):\n{}", worker.name, worker.log_tail(20));
-            }
+        // a dispatcher that dies here would otherwise keep the loop waiting for heartbeats
+        if let Some(crash) = exited(dispatcher, workers) {
+            bail!(crash);
         }
         if !said && start.elapsed() > Duration::from_secs(5) {
             eprintln!(
@@ -243,14 +243,17 @@ async fn wait_workers(
 /// Resolves when any child exits, with a message naming it and its log's last lines.
 async fn first_exit(dispatcher: &mut Child, workers: &mut [(String, Child)]) -> String {
     loop {
-        if let Some(status) = dispatcher.exited() {
-            return format!("the dispatcher exited ({status}):\n{}", dispatcher.log_tail(20));
-        }
-        for (_, worker) in workers.iter_mut() {
-            if let Some(status) = worker.exited() {
-                return format!("{} exited ({status}):\n{}", worker.name, worker.log_tail(20));
-            }
+        if let Some(crash) = exited(dispatcher, workers) {
+            return crash;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The first child that has exited, as a message naming it and its log's last lines.
+fn exited(dispatcher: &mut Child, workers: &mut [(String, Child)]) -> Option<String> {
+    std::iter::once(dispatcher).chain(workers.iter_mut().map(|(_, w)| w)).find_map(|child| {
+        let status = child.exited()?;
+        Some(format!("{} exited ({status}):\n{}", child.name, child.log_tail(20)))
+    })
 }
