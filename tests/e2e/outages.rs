@@ -94,12 +94,21 @@ async fn jobs_survive_a_redis_restart() {
     fleet.stop().await;
 }
 
-/// Waits until the worker has taken up at least one of the jobs.
+/// How long a worker may take to start its first job once the jobs are queued.
+const START_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits until the worker has taken up at least one of the jobs; fails after [`START_LIMIT`]
+/// naming the jobs and their states.
 async fn until_one_started(fleet: &Fleet, ids: &[uuid::Uuid]) {
+    let deadline = tokio::time::Instant::now() + START_LIMIT;
     loop {
         let states = futures::future::join_all(ids.iter().map(|id| fleet.status(*id))).await;
         if states.iter().any(|s| s.state != JobState::Queued) {
             return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let states: Vec<_> = states.iter().map(|s| format!("{} {:?}", s.id, s.state)).collect();
+            panic!("no worker started any of {} jobs within {START_LIMIT:?}: {states:?}", ids.len());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

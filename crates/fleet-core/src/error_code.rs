@@ -70,6 +70,8 @@ error_codes! {
     InvalidControlImage => ("invalid_control_image", 422, false),
     /// Too many jobs in flight for this tenant or queue; try again later.
     RateLimited => ("rate_limited", 429, true),
+    /// The request target (path and query) is longer than the dispatcher accepts.
+    UriTooLong => ("uri_too_long", 414, false),
     /// The request's headers are larger than the dispatcher accepts.
     HeadersTooLarge => ("headers_too_large", 431, false),
     /// No worker pool serves this model.

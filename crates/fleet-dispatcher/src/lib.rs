@@ -15,6 +15,7 @@ pub mod extract;
 pub mod http_metrics;
 pub mod metrics;
 pub mod openapi;
+pub mod request_head;
 pub mod routes;
 pub mod server;
 pub mod submit;

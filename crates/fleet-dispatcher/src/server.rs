@@ -31,7 +31,7 @@ pub async fn serve(
     let watcher = tokio::spawn(crate::dead_letters::watch(app.clone(), shutdown.clone()));
     let broker = app.broker.clone();
     let router = crate::routes::router(app).layer(tower_http::trace::TraceLayer::new_for_http());
-    let served = axum::serve(listener, router)
+    let served = axum::serve(crate::request_head::CheckedListener(listener), router)
         .with_graceful_shutdown({
             let shutdown = shutdown.clone();
             async move { shutdown.cancelled().await }

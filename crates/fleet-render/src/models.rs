@@ -62,12 +62,21 @@ impl ModelError {
             ModelError::UnknownLora(_) => ErrorCode::UnknownLora,
             ModelError::UnknownControlNet(_) => ErrorCode::UnknownControlnet,
             ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
-            // A LoRA or ControlNet that does not fit the model (unmatched keys, rank or shape
-            // mismatch, bad file) is the job's choice: invalid for this model.
             ModelError::Engine { source, .. } => match source.as_ref() {
+                // A LoRA or ControlNet that does not fit the model (unmatched keys, rank or shape
+                // mismatch) is the job's choice: invalid for this model.
                 fleet_engine::EngineError::Lora { .. }
                 | fleet_engine::EngineError::LoraUnmatched { .. }
                 | fleet_engine::EngineError::ControlNet { .. } => ErrorCode::InvalidSpec,
+                // Files this worker cannot load (missing, unparsable config, weights that do not
+                // fit their config): the operator's to fix; the message names the file.
+                fleet_engine::EngineError::MissingFile { .. }
+                | fleet_engine::EngineError::Config { .. }
+                | fleet_engine::EngineError::Unsupported { .. }
+                | fleet_engine::EngineError::Weights { .. }
+                | fleet_engine::EngineError::Tokenizer { .. }
+                | fleet_engine::EngineError::Hub { .. }
+                | fleet_engine::EngineError::Io { .. } => ErrorCode::ModelUnavailable,
                 _ => ErrorCode::Internal,
             },
         }
@@ -253,8 +262,10 @@ impl Models {
             return Ok(c);
         }
         let dir = self.controlnet_dir(name)?;
-        let model = ControlNetModel::load(&dir, &self.device, self.dtype)
-            .map_err(|source| ModelError::Engine { name: format!("controlnet {name}"), source: Box::new(source) })?;
+        let model = ControlNetModel::load(&dir, &self.device, self.dtype).map_err(|source| ModelError::Engine {
+            name: format!("controlnet {name} ({})", dir.display()),
+            source: Box::new(source),
+        })?;
         let model = Arc::new(model.named(name));
         if let Ok(mut m) = self.controlnets.lock() {
             m.insert(name.to_owned(), model.clone());
@@ -324,6 +335,26 @@ mod tests {
         }
         assert!(matches!(models.controlnet("canny").unwrap_err(), ModelError::UnknownControlNet(_)));
         assert!(matches!(models.controlnet_dir("../x").unwrap_err(), ModelError::UnknownControlNet(_)));
+    }
+
+    /// A ControlNet folder whose files cannot be loaded fails with `model_unavailable`, naming
+    /// the file, not as an internal error.
+    #[test]
+    fn a_broken_controlnet_file_is_model_unavailable_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = Models::load(&setup(dir.path()), &["tiny".to_string()]).unwrap();
+        let broken = dir.path().join("controlnet").join("broken");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("config.json"), "{ not json").unwrap();
+        let e = models.controlnet("broken").unwrap_err();
+        assert_eq!(e.error_code(), ErrorCode::ModelUnavailable, "{e}");
+        let config = broken.join("config.json");
+        assert!(e.to_string().contains(&*config.to_string_lossy()), "{e}");
+        // A readable config with no weights beside it names the folder it looked in.
+        std::fs::write(&config, "{}").unwrap();
+        let e = models.controlnet("broken").unwrap_err();
+        assert_eq!(e.error_code(), ErrorCode::ModelUnavailable, "{e}");
+        assert!(e.to_string().contains(&*broken.to_string_lossy()), "{e}");
     }
 
     #[test]

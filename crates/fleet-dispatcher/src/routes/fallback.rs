@@ -11,8 +11,8 @@ use fleet_core::ErrorCode;
 use crate::error::ApiError;
 
 /// The most header bytes (names and values) a request may carry. Far above what a client of this
-/// API sends (a key, a trace id, content headers); hyper's own limit (about 400 KiB, or more than
-/// 100 headers) lies beyond and answers 431 without a body.
+/// API sends (a key, a trace id, content headers); heads hyper itself would refuse are answered
+/// before it reads them (`request_head.rs`).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The fallback: no route has this path.

@@ -89,8 +89,7 @@ async fn bad_paths_queries_methods_routes_and_bodies_get_the_envelope() {
     server.stop().await;
 }
 
-/// Headers beyond the dispatcher's limit get 431 in the envelope (hyper's own, far larger limit
-/// answers without a body).
+/// Headers beyond the dispatcher's limit get 431 in the envelope.
 #[tokio::test]
 async fn oversized_headers_get_431_in_the_envelope() {
     let server = Server::start(isolated_config()).await;
@@ -103,5 +102,51 @@ async fn oversized_headers_get_431_in_the_envelope() {
     let fits = "x".repeat(fleet_dispatcher::routes::MAX_HEADER_BYTES / 2);
     let resp = server.http.get(format!("{}/v1/jobs", server.base)).bearer_auth(ALICE).header("x-padding", fits).send();
     assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    server.stop().await;
+}
+
+/// Sends raw bytes on a fresh connection and returns the whole answer.
+async fn raw_exchange(base: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer));
+    read.await.expect("the dispatcher answers and closes within 10 s").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Request heads HTTP cannot frame, which hyper would answer with an empty body, get the envelope
+/// from the dispatcher's own check of a connection's first head; good requests still pass it.
+#[tokio::test]
+async fn malformed_request_heads_get_the_envelope() {
+    let server = Server::start(isolated_config()).await;
+    let too_many: String = (0..=100).map(|i| format!("x-{i}: v\r\n")).collect();
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (b"GARBAGE\r\n\r\n".to_vec(), "400 Bad Request", "invalid_request"),
+        (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), "400 Bad Request", "invalid_request"),
+        (b"GET /healthz HTTP/1.1\r\nBad Header: y\r\n\r\n".to_vec(), "400 Bad Request", "invalid_request"),
+        (b"POST /v1/jobs HTTP/1.1\r\nContent-Length: abc\r\n\r\n{}".to_vec(), "400 Bad Request", "invalid_request"),
+        (
+            b"POST /v1/jobs HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(),
+            "400 Bad Request",
+            "invalid_request",
+        ),
+        (format!("GET /healthz HTTP/1.1\r\n{too_many}\r\n").into_bytes(), "431", "headers_too_large"),
+        (long_target.into_bytes(), "414 URI Too Long", "uri_too_long"),
+    ];
+    for (request, status, code) in cases {
+        let shown = String::from_utf8_lossy(&request[..request.len().min(60)]).into_owned();
+        let answer = raw_exchange(&server.base, &request).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{shown:?}: {answer}");
+        assert!(answer.contains("content-type: application/json"), "{shown:?}: {answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{shown:?}: not JSON ({e}): {answer}"));
+        assert_eq!(body["error"]["code"], code, "{shown:?}: {body}");
+    }
+    // A usable head passes the check and is served as before.
+    let answer = raw_exchange(&server.base, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.stop().await;
 }
