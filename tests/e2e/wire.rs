@@ -67,7 +67,8 @@ async fn wire_messages_name_their_job_by_id_then_message_id_then_content_and_der
     publish(&channel, exchange, &twice, None).await;
     // Last on the queue: once it is done, the worker has taken the second copy too.
     let last = Uuid::new_v4();
-    let last_body = format!(r#"{{"v":1,"id":"{last}","prompt":"last","model":"tiny","width":64,"height":64,"steps":1}}"#);
+    let last_body =
+        format!(r#"{{"v":1,"id":"{last}","prompt":"last","model":"tiny","width":64,"height":64,"steps":1}}"#);
     publish(&channel, exchange, last_body.as_bytes(), None).await;
 
     // The README's recipe: UUIDv5 over the tenant header, a NUL byte and the body.

@@ -20,7 +20,12 @@ pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_5e0a_2d4b_4c3e_9a7
 ///
 /// `body_id` is the body's `id` as far as it could be read; `tenant_header` is the message's
 /// `x-fleet-tenant` header (part of the derived id: the same body from two tenants is two jobs).
-pub fn message_job_id(body: &[u8], body_id: Option<Uuid>, message_id: Option<&str>, tenant_header: Option<&str>) -> Uuid {
+pub fn message_job_id(
+    body: &[u8],
+    body_id: Option<Uuid>,
+    message_id: Option<&str>,
+    tenant_header: Option<&str>,
+) -> Uuid {
     if let Some(id) = body_id {
         return id;
     }

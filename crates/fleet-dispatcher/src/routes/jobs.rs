@@ -89,7 +89,9 @@ pub fn submit_docs(op: TransformOperation<'_>) -> TransformOperation<'_> {
         })
         .response_with::<200, Json<JobStatus>, _>(|mut res| {
             res.inner().headers.insert("Location".into(), location_header());
-            res.description("an idempotency key (or the job's own id) matched an existing job with the same request: its status")
+            res.description(
+                "an idempotency key (or the job's own id) matched an existing job with the same request: its status",
+            )
         })
         .response_with::<409, Json<crate::error::ErrorBody<'static>>, _>(|res| {
             res.description(
