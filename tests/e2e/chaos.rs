@@ -115,8 +115,7 @@ async fn a_retry_runs_a_job_whose_dispatcher_died_before_publishing_it() {
     let mut job = tiny_job(5);
     job["idempotency_key"] = serde_json::json!("died-before-publish");
     let spec = fleet_core::parse_job(&job.to_string()).unwrap();
-    let valid =
-        spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id, || 1);
+    let valid = spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id);
     let record = fleet_core::JobStatus::queued(&valid, chrono::Utc::now()).unwrap();
     let store = fleet_status::StatusStore::connect(&config.redis).await.unwrap();
     store.create(&record, Some("died-before-publish")).await.unwrap();

@@ -293,8 +293,8 @@ async fn a_message_that_is_not_a_job_is_dead_lettered_and_the_worker_keeps_going
     // intake writes its record, which keeps the request as one submitted over HTTP does.
     let mut spec = fleet_core::JobSpec::new("published straight onto the queue");
     spec.negative_prompt = Some("blur".into());
-    (spec.model, spec.width, spec.height, spec.steps) = ("tiny".into(), 64, 64, 1);
-    let job = spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id, || 77);
+    (spec.model, spec.width, spec.height, spec.steps, spec.seed) = ("tiny".into(), 64, 64, 1, Some(77));
+    let job = spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id);
     let id = job.spec().id.expect("an id");
     let (body, props) = fleet_queue::message::encode(&job, "e2e-straight").unwrap();
     let confirm =

@@ -10,3 +10,4 @@ mod fleet;
 mod outages;
 mod quickstart;
 mod storage;
+mod wire;

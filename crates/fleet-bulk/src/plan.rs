@@ -45,12 +45,9 @@ pub fn shard_name(shard: u64) -> String {
 }
 
 /// The seed of a sample: the first 8 bytes of SHA-256(`run seed/key`), kept below 2^53 (as the
-/// dispatcher's drawn seeds are) so JSON readers in any language read it exactly.
+/// seeds the fleet derives from job ids are) so JSON readers in any language read it exactly.
 pub fn derive_seed(run_seed: u64, key: &str) -> u64 {
-    let digest = Sha256::digest(format!("{run_seed}/{key}").as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first) >> 11
+    fleet_core::identity::seed_from_digest(&Sha256::digest(format!("{run_seed}/{key}").as_bytes()))
 }
 
 /// Checks a key a row brings: 1–128 of `A-Z a-z 0-9 _ -`. No dots, since WebDataset splits a

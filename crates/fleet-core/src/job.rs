@@ -14,7 +14,14 @@ pub const DEFAULT_MODEL: &str = "sdxl-lightning-4step";
 /// Step counts the SDXL-Lightning checkpoints are distilled for.
 pub const ALLOWED_STEPS: [u32; 4] = [1, 2, 4, 8];
 
-/// One image-generation job.
+/// One image-generation job, as `POST /v1/jobs` takes it and as a RabbitMQ message carries it.
+///
+/// Published straight onto RabbitMQ, a message's job id is its `id`, else its AMQP `message_id`
+/// when that is a UUID (recommended: set it), else a UUIDv5 derived from the message (namespace
+/// `6c1f5e0a-2d4b-4c3e-9a7f-1b2c3d4e5f60`, name: the `x-fleet-tenant` header, a NUL byte, the
+/// body), so every redelivery is the same job. A job without `seed` runs with the seed its id
+/// implies: the first 8 bytes (big-endian) of SHA-256 of the id's lower-case hyphenated text,
+/// shifted right by 11 bits, so every delivery, republish and resume draws the same images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "lightning-fleet job", extend("$id" = "https://lightning-fleet.dev/schemas/job.v1.json"))]
@@ -22,10 +29,12 @@ pub struct JobSpec {
     /// Wire-format version; must be 1.
     #[serde(default = "spec_version")]
     pub v: u32,
-    /// Job id (UUID). Assigned by the dispatcher (UUID v7, time-ordered) when absent.
+    /// Job id (UUID). Assigned by the dispatcher (UUID v7, time-ordered) when absent; on RabbitMQ the
+    /// message's `message_id` or an id derived from the message (see the job's description).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
-    /// Client-chosen key: the same key from the same tenant returns the existing job instead of creating a new one.
+    /// Client-chosen key: the same key from the same tenant with the same request returns the existing job instead of
+    /// creating a new one; with a different request it is refused (HTTP 409 `conflict`, naming the existing job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// What to draw. Required, non-empty, at most 4000 characters; longer than 77 CLIP tokens is truncated by the model.
@@ -48,7 +57,8 @@ pub struct JobSpec {
     /// Image height in pixels: a multiple of 8, at least 64, at most the model's maximum.
     #[serde(default = "default_side")]
     pub height: u32,
-    /// Seed of the first image; image i uses seed + i. Drawn and recorded by the dispatcher when absent.
+    /// Seed of the first image; image i uses seed + i. When absent, derived from the job id (see the
+    /// job's description) and recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Number of images, 1–16.

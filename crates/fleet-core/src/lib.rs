@@ -4,6 +4,7 @@
 //! - [`parse`]: JSON → [`JobSpec`] with field paths in errors;
 //! - [`validate`]: [`JobSpec`] → [`ValidJob`], reporting every problem at once;
 //! - [`status`]: the job status model and its checked transitions;
+//! - [`identity`]: a message's job id, the seed a job id implies, a request's digest;
 //! - [`request_record`]: what a status record keeps of the job's request;
 //! - [`error_code`]: the table of stable error codes (HTTP status, retryability);
 //! - [`backoff`]: the one retry policy every retry loop waits by;
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod config;
 pub mod control_image;
 pub mod error_code;
+pub mod identity;
 pub mod job;
 pub mod names;
 pub mod parse;

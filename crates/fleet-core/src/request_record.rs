@@ -60,8 +60,8 @@ pub struct ControlNetRecord {
 }
 
 impl RequestRecord {
-    /// The record of a job's request. The seed is the one the job runs with (a job published
-    /// without one runs with seed 0).
+    /// The record of a job's request. The seed is the one the job runs with (`ValidJob::assign`
+    /// gives every job one before its record is made).
     pub fn of(spec: &JobSpec) -> RequestRecord {
         RequestRecord {
             prompt: spec.prompt.clone(),

@@ -252,7 +252,7 @@ mod tests {
     use crate::{JobSpec, Limits};
 
     fn queued() -> JobStatus {
-        let job = JobSpec::new("x").validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7, || 1);
+        let job = JobSpec::new("x").validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7);
         JobStatus::queued(&job, Utc::now()).unwrap()
     }
 
@@ -305,7 +305,8 @@ mod tests {
         let mut spec = JobSpec::new("a red bicycle");
         spec.negative_prompt = Some("blur".into());
         spec.loras = vec![crate::LoraRef { name: "style".into(), scale: 0.5 }];
-        let job = spec.validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7, || 9);
+        spec.seed = Some(9);
+        let job = spec.validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7);
         let request = JobStatus::queued(&job, Utc::now()).unwrap().request.unwrap();
         assert_eq!((request.prompt.as_str(), request.negative_prompt.as_deref()), ("a red bicycle", Some("blur")));
         assert_eq!((request.seed, request.width, request.steps, request.loras.len()), (9, 1024, 4, 1));

@@ -75,6 +75,8 @@ pub struct ValidJob {
     /// The id came with the job (from the client, or from an earlier accept), not from
     /// [`ValidJob::assign`].
     id_given: bool,
+    /// The seed came with the job, not from [`ValidJob::assign`].
+    seed_given: bool,
 }
 
 impl ValidJob {
@@ -95,13 +97,28 @@ impl ValidJob {
         self.spec.idempotency_key.is_some() || self.id_given
     }
 
-    /// Fills in what the dispatcher owns: the id (kept when the client sent one), the seed
-    /// (kept when sent) and the tenant (always replaced: it is never trusted from the body).
-    pub fn assign(mut self, tenant: &str, new_id: impl FnOnce() -> Uuid, new_seed: impl FnOnce() -> u64) -> ValidJob {
-        self.spec.id.get_or_insert_with(new_id);
-        self.spec.seed.get_or_insert_with(new_seed);
+    /// Fills in what the dispatcher owns: the id (kept when the client sent one), the seed (kept
+    /// when sent, else derived from the id: [`crate::identity::seed_for`]) and the tenant (always
+    /// replaced: it is never trusted from the body).
+    pub fn assign(mut self, tenant: &str, new_id: impl FnOnce() -> Uuid) -> ValidJob {
+        let id = *self.spec.id.get_or_insert_with(new_id);
+        self.spec.seed.get_or_insert_with(|| crate::identity::seed_for(id));
         self.spec.tenant = Some(tenant.to_owned());
         self
+    }
+
+    /// The digest of the request as the client sent it ([`crate::identity::request_digest`]):
+    /// without the id and seed [`Self::assign`] filled in, so a retry of the same body matches.
+    pub fn request_digest(&self) -> String {
+        let mut spec = self.spec.clone();
+        if !self.id_given {
+            spec.id = None;
+        }
+        if !self.seed_given {
+            spec.seed = None;
+        }
+        spec.tenant = None;
+        crate::identity::request_digest(&spec)
     }
 }
 
@@ -289,7 +306,7 @@ impl JobSpec {
             format!("is {metadata_len} bytes serialised; at most {} allowed", limits.max_metadata_bytes),
         );
         if c.0.is_empty() {
-            Ok(ValidJob { id_given: self.id.is_some(), spec: self })
+            Ok(ValidJob { id_given: self.id.is_some(), seed_given: self.seed.is_some(), spec: self })
         } else {
             Err(ValidationErrors(c.0))
         }
@@ -399,17 +416,42 @@ mod tests {
     fn assign_keeps_client_id_and_seed_and_replaces_tenant() {
         let mut spec = JobSpec::new("x");
         let id = Uuid::now_v7();
-        spec.id = Some(id);
+        (spec.id, spec.seed) = (Some(id), Some(7));
         spec.tenant = Some("mallory".into());
-        let job = spec.validate(&Limits::default()).unwrap().assign("alice", || unreachable!(), || 7);
+        let job = spec.validate(&Limits::default()).unwrap().assign("alice", || unreachable!());
         assert_eq!(job.spec().id, Some(id));
         assert_eq!(job.spec().seed, Some(7));
         assert_eq!(job.spec().tenant.as_deref(), Some("alice"));
     }
 
     #[test]
+    fn a_missing_seed_is_derived_from_the_id_whoever_assigns_it() {
+        let id = Uuid::now_v7();
+        let assigned = |spec: JobSpec| spec.validate(&Limits::default()).unwrap().assign("alice", || id);
+        let job = assigned(JobSpec::new("x"));
+        assert_eq!(job.spec().seed, Some(crate::identity::seed_for(id)));
+        let mut own_id = JobSpec::new("x");
+        own_id.id = Some(id);
+        assert_eq!(assigned(own_id).spec().seed, job.spec().seed, "a republish under the id draws the same seed");
+    }
+
+    #[test]
+    fn the_request_digest_leaves_out_what_assign_filled_in_but_not_what_the_client_sent() {
+        let valid = |spec: JobSpec| spec.validate(&Limits::default()).unwrap().assign("alice", Uuid::now_v7);
+        let digest = valid(JobSpec::new("x")).request_digest();
+        assert_eq!(valid(JobSpec::new("x")).request_digest(), digest, "a retry with a new id and seed matches");
+        let mut seeded = JobSpec::new("x");
+        seeded.seed = Some(5);
+        assert_ne!(valid(seeded).request_digest(), digest);
+        let mut own_id = JobSpec::new("x");
+        own_id.id = Some(Uuid::now_v7());
+        assert_ne!(valid(own_id.clone()).request_digest(), digest);
+        assert_eq!(valid(own_id.clone()).request_digest(), valid(own_id).request_digest());
+    }
+
+    #[test]
     fn only_a_job_with_a_key_or_its_own_id_can_be_found_by_a_retry() {
-        let valid = |spec: JobSpec| spec.validate(&Limits::default()).unwrap().assign("alice", Uuid::now_v7, || 7);
+        let valid = |spec: JobSpec| spec.validate(&Limits::default()).unwrap().assign("alice", Uuid::now_v7);
         assert!(!valid(JobSpec::new("x")).findable_by_retry(), "assigned id, no key");
         let mut keyed = JobSpec::new("x");
         keyed.idempotency_key = Some("k1".into());

@@ -41,7 +41,8 @@ const PREVIEW_BYTES: usize = 200;
 /// One dead-lettered message, as read from its body and `x-death` header.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct DeadLetter {
-    /// The job id (`message_id`, else the body's `id`); null for a message that names no job.
+    /// The job id: the body's `id`, else a UUID `message_id`, else the id derived from the message
+    /// (the README's wire-format section), the id its status record has.
     pub job_id: Option<uuid::Uuid>,
     /// The body's `tenant`, else the `x-fleet-tenant` header.
     pub tenant: Option<String>,
@@ -90,7 +91,7 @@ fn describe(delivery: &Delivery) -> DeadLetter {
         String::from_utf8_lossy(&delivery.data[..end]).into_owned()
     });
     DeadLetter {
-        job_id: job_id(&delivery.data, &delivery.properties),
+        job_id: Some(job_id(&delivery.data, &delivery.properties)),
         tenant: field("tenant").or(header_tenant),
         model: field("model"),
         priority: field("priority"),

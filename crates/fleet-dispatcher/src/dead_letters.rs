@@ -66,10 +66,7 @@ async fn consume(app: &App) -> Result<(), String> {
 
 /// Records the job behind a dead-lettered message as failed, unless it already ended.
 async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> {
-    let Some(id) = job_id(&delivery.data, &delivery.properties) else {
-        tracing::warn!("a dead-lettered message names no job; left in the dead-letter queue for operators");
-        return Ok(());
-    };
+    let id = job_id(&delivery.data, &delivery.properties);
     let error = JobError::new(ErrorCode::DeadLettered, explain(death(&delivery.properties).as_ref()));
     let update =
         app.status.update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) });

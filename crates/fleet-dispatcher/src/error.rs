@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 /// What went wrong, as the API returns it inside [`ErrorBody`]: `{"error": {"code", "message",
-/// "retryable", "fields"}}`.
+/// "retryable", "fields", "job_id"}}`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -17,6 +17,9 @@ pub struct ApiError {
     /// Field errors of an `invalid_spec`, with their paths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldError>,
+    /// The existing job a `conflict` is about (an idempotency key already used for another request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<uuid::Uuid>,
     /// Seconds after which a retry may succeed (sent as `Retry-After`).
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
@@ -36,6 +39,7 @@ impl ApiError {
             message: message.into(),
             retryable: code.retryable(),
             fields: Vec::new(),
+            job_id: None,
             retry_after_secs: None,
         }
     }

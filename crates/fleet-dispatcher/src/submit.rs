@@ -51,12 +51,8 @@ pub struct Accepted {
     pub created: bool,
 }
 
-/// A seed for jobs that bring none. Kept below 2^53 so JSON clients (JavaScript) read it exactly.
-fn draw_seed() -> u64 {
-    rand::random::<u64>() >> 11
-}
-
-/// Validates a parsed job for `caller`: limits of its model, then id, seed and tenant assigned.
+/// Validates a parsed job for `caller`: limits of its model, then id, seed and tenant assigned (a
+/// missing seed derives from the id, so a republish of the job draws the same images).
 /// A model this fleet does not serve is a field error like any other: no retry can make it valid.
 pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &str) -> Result<ValidJob, ApiError> {
     let limits = app.config.limits_for(&spec.model);
@@ -65,7 +61,7 @@ pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &st
         message: format!("unknown model `{}`; this fleet serves: {}", spec.model.escape_debug(), model_list(app)),
     });
     match spec.validate(&limits) {
-        Ok(job) if unknown_model.is_none() => Ok(job.assign(&caller.tenant, new_job_id, draw_seed)),
+        Ok(job) if unknown_model.is_none() => Ok(job.assign(&caller.tenant, new_job_id)),
         Ok(_) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().collect())),
         Err(errors) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().chain(errors.0).collect())),
     }
@@ -110,7 +106,8 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     // The tenant's in-flight limit is checked by the create itself: one round trip, and
     // concurrent submissions cannot overshoot it.
     let max_in_flight = app.config.http.max_in_flight_per_tenant;
-    match app.status.create_within(&status, spec.idempotency_key.as_deref(), max_in_flight).await? {
+    let digest = job.request_digest();
+    match app.status.create_within(&status, spec.idempotency_key.as_deref(), Some(&digest), max_in_flight).await? {
         CreateOutcome::InFlightLimit { in_flight } => {
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
@@ -126,6 +123,7 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
             return publish_again(app, job, existing, trace_id).await;
         }
         CreateOutcome::Existing(existing) => return Ok(Accepted { status: existing, created: false }),
+        CreateOutcome::DifferentRequest { existing } => return Err(different_request(spec, existing)),
         CreateOutcome::Created => {}
     }
     if let Err(err) = app.publisher.publish(&job, trace_id).await {
@@ -147,6 +145,23 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     Ok(Accepted { status, created: true })
 }
 
+/// 409: the idempotency key (or the client's job id) already stands for a job with another request.
+fn different_request(spec: &JobSpec, existing: uuid::Uuid) -> ApiError {
+    let what = match &spec.idempotency_key {
+        Some(key) => format!("idempotency key `{}`", key.escape_debug()),
+        None => format!("job id {existing}"),
+    };
+    let mut error = ApiError::new(
+        ErrorCode::Conflict,
+        format!(
+            "{what} was already used for job {existing} with a different request; send the same request \
+             to get that job, or use a new key for a new job"
+        ),
+    );
+    error.job_id = Some(existing);
+    error
+}
+
 /// Records that the job's message is on its queue. Failing that only costs a second publish if
 /// the client retries with the same key (see [`publish_again`]), so it does not fail the request.
 async fn mark_published(app: &App, id: uuid::Uuid) {
@@ -158,16 +173,20 @@ async fn mark_published(app: &App, id: uuid::Uuid) {
 /// A retry (same idempotency key) of a job that is recorded as queued, never started and not
 /// noted as published: the first request died with its dispatcher between recording the job and
 /// publishing it (or before noting the publish), leaving a record that perhaps no message stands
-/// for, so the job would stay queued for ever. It is published again under its recorded id. If
-/// the first publish did go through, the worker that gets the second message finds the job
-/// finished (or takes it over, with the same object keys) and nothing is stored twice; the cost
-/// is at most one repeated generation.
+/// for, so the job would stay queued for ever. It is published again under its recorded id and
+/// with its recorded seed (the one its first message carried and its record shows). If the first
+/// publish did go through, the worker that gets the second message finds the job finished (or
+/// takes it over, with the same object keys and seed) and nothing is stored twice; the cost is at
+/// most one repeated generation.
 async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: &str) -> Result<Accepted, ApiError> {
     let mut spec = job.into_spec();
     spec.id = Some(existing.id);
+    // A record without its request (written before records kept it) leaves the seed to the id's rule.
+    if let Some(request) = &existing.request {
+        spec.seed = Some(request.seed);
+    }
     let limits = app.config.limits_for(&spec.model);
-    let job =
-        spec.validate(&limits).map_err(|e| ApiError::invalid("", e.0))?.assign(&existing.tenant, new_job_id, draw_seed);
+    let job = spec.validate(&limits).map_err(|e| ApiError::invalid("", e.0))?.assign(&existing.tenant, new_job_id);
     // On failure the record stays (it is the first request's); the client retries again.
     app.publisher.publish(&job, trace_id).await?;
     mark_published(app, existing.id).await;

@@ -1,12 +1,15 @@
 //! The dispatcher over HTTP, against the real RabbitMQ and Redis that `scripts/services.sh` starts.
 //! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `envelope` (every
-//! refusal, the router's and the extractors' too, is the JSON error envelope), `security` (keys
-//! on every route, tenant isolation on every job endpoint).
+//! refusal, the router's and the extractors' too, is the JSON error envelope), `idempotency` (a
+//! key or a client's id stands for one request), `security` (keys on every route, tenant
+//! isolation on every job endpoint).
 
 #[path = "dispatcher/bad_input.rs"]
 mod bad_input;
 #[path = "dispatcher/envelope.rs"]
 mod envelope;
+#[path = "dispatcher/idempotency.rs"]
+mod idempotency;
 #[path = "dispatcher/security.rs"]
 mod security;
 

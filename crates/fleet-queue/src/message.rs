@@ -1,7 +1,8 @@
 //! A job as an AMQP message.
 //!
 //! Body: the job's JSON (`fleet_core::JobSpec`, wire version `v`). Properties: persistent,
-//! `content_type = application/json`, `message_id` = job id, `type` = `fleet.job.v1`.
+//! `content_type = application/json`, `message_id` = job id, `type` = `fleet.job.v1`. Which job a
+//! message stands for is [`job_id`]'s rule.
 //! Headers: [`HEADER_TENANT`], [`HEADER_PRIORITY`], [`HEADER_TRACE_ID`]. A producer in another
 //! language publishes the same thing (see the README); workers re-validate every message.
 
@@ -81,16 +82,17 @@ pub fn death(props: &BasicProperties) -> Option<Death> {
     Some(Death { reason: text("reason"), queue: text("queue"), count })
 }
 
-/// The job id a message carries: its `message_id`, else the body's `id`.
-pub fn job_id(body: &[u8], props: &BasicProperties) -> Option<uuid::Uuid> {
-    if let Some(id) = props.message_id().as_ref().and_then(|m| m.as_str().parse().ok()) {
-        return Some(id);
-    }
+/// The job a message stands for: the body's `id`, else a UUID `message_id`, else an id derived
+/// from the tenant header and the body ([`fleet_core::identity::message_job_id`]), so every
+/// delivery of one message, readable or not, names the same job.
+pub fn job_id(body: &[u8], props: &BasicProperties) -> uuid::Uuid {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: Option<uuid::Uuid>,
     }
-    serde_json::from_slice::<IdOnly>(body).ok()?.id
+    let body_id = serde_json::from_slice::<IdOnly>(body).ok().and_then(|b| b.id);
+    let message_id = props.message_id().as_ref().map(ShortString::as_str);
+    fleet_core::identity::message_job_id(body, body_id, message_id, header_str(props, HEADER_TENANT))
 }
 
 /// Reads a job message's body, taking the tenant from the header when the body has none.
@@ -115,7 +117,7 @@ mod tests {
 
     #[test]
     fn encode_then_decode_is_the_same_job() {
-        let job = JobSpec::new("a cat").validate(&Limits::default()).unwrap().assign("acme", uuid::Uuid::now_v7, || 5);
+        let job = JobSpec::new("a cat").validate(&Limits::default()).unwrap().assign("acme", uuid::Uuid::now_v7);
         let (body, props) = encode(&job, "trace-1").unwrap();
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(header_str(&props, HEADER_TRACE_ID), Some("trace-1"));
@@ -156,9 +158,26 @@ mod tests {
         assert_eq!(death(&BasicProperties::default()), None);
 
         let id = uuid::Uuid::now_v7();
-        assert_eq!(job_id(format!(r#"{{"id":"{id}","prompt":"x"}}"#).as_bytes(), &props), Some(id));
+        assert_eq!(job_id(format!(r#"{{"id":"{id}","prompt":"x"}}"#).as_bytes(), &props), id);
         let with_message_id = props.with_message_id(ShortString::from(id.to_string()));
-        assert_eq!(job_id(b"not json", &with_message_id), Some(id));
-        assert_eq!(job_id(b"not json", &BasicProperties::default()), None);
+        assert_eq!(job_id(b"not json", &with_message_id), id);
+        let derived = job_id(b"not json", &BasicProperties::default());
+        assert_eq!(derived, job_id(b"not json", &BasicProperties::default()), "the same message, the same job");
+    }
+
+    #[test]
+    fn the_body_id_wins_over_the_message_id_and_the_tenant_header_is_part_of_a_derived_id() {
+        let (body_id, message_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let body = format!(r#"{{"id":"{body_id}","prompt":"x"}}"#);
+        let props = BasicProperties::default().with_message_id(ShortString::from(message_id.to_string()));
+        assert_eq!(job_id(body.as_bytes(), &props), body_id);
+        let tenant = |name: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert(ShortString::from(HEADER_TENANT), AMQPValue::LongString(LongString::from(name)));
+            BasicProperties::default().with_headers(headers)
+        };
+        let body = br#"{"prompt":"x"}"#;
+        assert_eq!(job_id(body, &tenant("acme")), job_id(body, &tenant("acme")));
+        assert_ne!(job_id(body, &tenant("acme")), job_id(body, &tenant("globex")));
     }
 }

@@ -35,7 +35,7 @@ fn job(model: &str, priority: Priority) -> ValidJob {
     let mut spec = JobSpec::new("a queued cat");
     spec.model = model.to_owned();
     spec.priority = priority;
-    spec.validate(&Limits::default()).unwrap().assign("acme", uuid::Uuid::now_v7, || 11)
+    spec.validate(&Limits::default()).unwrap().assign("acme", uuid::Uuid::now_v7)
 }
 
 async fn cleanup(broker: &Broker) {

@@ -15,20 +15,33 @@ use redis::Script;
 /// counter, 6 model counters hash, 7 models set.
 /// ARGV: 1 status JSON, 2 status TTL, 3 created ms, 4 id, 5 idempotency TTL, 6 has idempotency
 /// key ('1'/'0'), 7 job key prefix, 8 tenant, 9 counts as in flight ('1'/'0'), 10 model,
-/// 11 terminal counter field or '', 12 most jobs the tenant may have in flight ('' for no limit).
+/// 11 terminal counter field or '', 12 most jobs the tenant may have in flight ('' for no limit),
+/// 13 digest of the request ('' for none), kept in the record's `digest` field.
 ///
-/// Returns `{'created'}`, `{'existing', data}`, `{'taken'}` (id used by another tenant) or
-/// `{'limited', n}` (the tenant already has n ≥ the limit in flight; checked after the retry
-/// cases, so a retry of an accepted job still gets that job).
+/// Returns `{'created'}`, `{'existing', data}`, `{'different', id}` (the key or id stands for a
+/// job whose recorded digest is another; a record without one counts as the same request),
+/// `{'taken'}` (id used by another tenant) or `{'limited', n}` (the tenant already has n ≥ the
+/// limit in flight; checked after the retry cases, so a retry of an accepted job still gets that
+/// job).
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local function retry_of(key, id)
+  local record = redis.call('HMGET', key, 'data', 'digest')
+  if not record[1] then
+    return nil
+  end
+  if ARGV[13] ~= '' and record[2] and record[2] ~= ARGV[13] then
+    return {'different', id}
+  end
+  return {'existing', record[1]}
+end
 if ARGV[6] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then
-    local data = redis.call('HGET', ARGV[7] .. existing, 'data')
-    if data then
-      return {'existing', data}
+    local answer = retry_of(ARGV[7] .. existing, existing)
+    if answer then
+      return answer
     end
     -- The job the key named has expired, so nothing can be returned for it: this submission
     -- is new and takes the key over below.
@@ -37,7 +50,7 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- The same id again (a client-chosen id resubmitted) is a retry for its own tenant only.
   if redis.call('HGET', KEYS[1], 'tenant') == ARGV[8] then
-    return {'existing', redis.call('HGET', KEYS[1], 'data')}
+    return retry_of(KEYS[1], ARGV[4]) or {'taken'}
   end
   return {'taken'}
 end
@@ -48,6 +61,9 @@ if ARGV[12] ~= '' and ARGV[9] == '1' then
   end
 end
 redis.call('HSET', KEYS[1], 'rev', '1', 'data', ARGV[1], 'tenant', ARGV[8])
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'digest', ARGV[13])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[2])

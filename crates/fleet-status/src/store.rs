@@ -126,7 +126,7 @@ impl StatusStore {
         status: &JobStatus,
         idempotency_key: Option<&str>,
     ) -> Result<CreateOutcome, StatusError> {
-        self.create_limited(status, idempotency_key, None).await
+        self.create_limited(status, idempotency_key, None, None).await
     }
 
     /// [`Self::create`] with admission: if the tenant already has `max_in_flight` or more jobs
@@ -134,19 +134,26 @@ impl StatusStore {
     /// the same atomic step as the write, so concurrent submissions cannot overshoot the limit,
     /// and after the idempotency key and id, so a retry of an accepted job gets that job even at
     /// the limit.
+    ///
+    /// `request_digest` (of the client's request, `ValidJob::request_digest`) is kept with the
+    /// record; a later create that finds the job by its idempotency key or id with another digest
+    /// gets [`CreateOutcome::DifferentRequest`] instead of the job. A record without a digest
+    /// (written by [`Self::create`] or an older version) matches any request.
     pub async fn create_within(
         &self,
         status: &JobStatus,
         idempotency_key: Option<&str>,
+        request_digest: Option<&str>,
         max_in_flight: u64,
     ) -> Result<CreateOutcome, StatusError> {
-        self.create_limited(status, idempotency_key, Some(max_in_flight)).await
+        self.create_limited(status, idempotency_key, request_digest, Some(max_in_flight)).await
     }
 
     async fn create_limited(
         &self,
         status: &JobStatus,
         idempotency_key: Option<&str>,
+        request_digest: Option<&str>,
         max_in_flight: Option<u64>,
     ) -> Result<CreateOutcome, StatusError> {
         let job_key = self.keys.job(status.id);
@@ -172,7 +179,8 @@ impl StatusStore {
             .arg(if status.state.is_terminal() { "0" } else { "1" })
             .arg(&status.model)
             .arg(terminal_field)
-            .arg(max_in_flight.map(|n| n.to_string()).unwrap_or_default());
+            .arg(max_in_flight.map(|n| n.to_string()).unwrap_or_default())
+            .arg(request_digest.unwrap_or_default());
         let mut con = self.conn.clone();
         let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
@@ -185,6 +193,10 @@ impl StatusStore {
                 }),
             },
             [tag] if tag == "taken" => Err(StatusError::Conflict(status.id)),
+            [tag, id] if tag == "different" => match id.parse() {
+                Ok(existing) => Ok(CreateOutcome::DifferentRequest { existing }),
+                Err(_) => Err(StatusError::Corrupt { key: job_key, message: format!("job id `{id}` is not a UUID") }),
+            },
             [tag, data] if tag == "existing" => Ok(CreateOutcome::Existing(from_json(&job_key, data)?)),
             other => Err(StatusError::Corrupt { key: job_key, message: format!("create script replied {other:?}") }),
         }

@@ -16,6 +16,14 @@ pub enum CreateOutcome {
     /// The idempotency key (or the job id) was already used by this tenant: this is that job,
     /// and nothing was written. The caller must not enqueue the job again.
     Existing(JobStatus),
+    /// The idempotency key (or the job id) was already used by this tenant for a request with
+    /// another digest: nothing was written, and the caller answers with a conflict naming the
+    /// job. Only when a digest was given and the existing job has one (records written without a
+    /// digest count as the same request).
+    DifferentRequest {
+        /// The job the key (or id) stands for.
+        existing: Uuid,
+    },
     /// Only from [`crate::StatusStore::create_within`]: the tenant is at or above its limit of
     /// jobs queued or running, so nothing was written.
     InFlightLimit {

@@ -535,16 +535,42 @@ async fn in_flight_and_counters_follow_terminal_transitions_once() {
 }
 
 #[tokio::test]
+async fn a_key_or_id_reused_with_another_request_digest_is_a_different_request() {
+    let fx = Fixture::new().await;
+    let first = queued("alice");
+    let created = fx.store.create_within(&first, Some("order-9"), Some("digest-a"), 10).await.unwrap();
+    assert_eq!(created, CreateOutcome::Created);
+    let (retry, other) = (queued("alice"), queued("alice"));
+    let same = fx.store.create_within(&retry, Some("order-9"), Some("digest-a"), 10).await.unwrap();
+    assert_eq!(same, CreateOutcome::Existing(first.clone()));
+    let different = fx.store.create_within(&other, Some("order-9"), Some("digest-b"), 10).await.unwrap();
+    assert_eq!(different, CreateOutcome::DifferentRequest { existing: first.id });
+    assert_eq!(fx.store.get(other.id).await.unwrap(), None, "a different request writes nothing");
+    assert_eq!(fx.store.in_flight("alice").await.unwrap(), 1);
+    // The job's own id again, with another digest: the same answer.
+    let by_id = fx.store.create_within(&first, None, Some("digest-b"), 10).await.unwrap();
+    assert_eq!(by_id, CreateOutcome::DifferentRequest { existing: first.id });
+    assert_eq!(fx.store.create_within(&first, None, None, 10).await.unwrap(), CreateOutcome::Existing(first.clone()));
+
+    // A record written without a digest (a worker's, or an older dispatcher's) matches any request.
+    let old = queued("alice");
+    assert_eq!(fx.store.create(&old, Some("order-10")).await.unwrap(), CreateOutcome::Created);
+    let retry = fx.store.create_within(&queued("alice"), Some("order-10"), Some("digest-c"), 10).await.unwrap();
+    assert_eq!(retry, CreateOutcome::Existing(old));
+    fx.cleanup().await;
+}
+
+#[tokio::test]
 async fn create_within_refuses_new_jobs_at_the_in_flight_limit_but_not_retries() {
     let fx = Fixture::new().await;
     let first = queued("alice");
-    assert_eq!(fx.store.create_within(&first, Some("order-1"), 2).await.unwrap(), CreateOutcome::Created);
-    assert_eq!(fx.store.create_within(&queued("alice"), None, 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(fx.store.create_within(&first, Some("order-1"), None, 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(fx.store.create_within(&queued("alice"), None, None, 2).await.unwrap(), CreateOutcome::Created);
 
     // At the limit: nothing is written (no record, no index entry, the key stays free).
     let third = queued("alice");
     assert_eq!(
-        fx.store.create_within(&third, Some("order-3"), 2).await.unwrap(),
+        fx.store.create_within(&third, Some("order-3"), None, 2).await.unwrap(),
         CreateOutcome::InFlightLimit { in_flight: 2 }
     );
     assert_eq!(fx.store.get(third.id).await.unwrap(), None);
@@ -554,15 +580,15 @@ async fn create_within_refuses_new_jobs_at_the_in_flight_limit_but_not_retries()
     // A retry of an accepted job still gets that job, and other tenants are not limited.
     let retry = queued("alice");
     assert_eq!(
-        fx.store.create_within(&retry, Some("order-1"), 2).await.unwrap(),
+        fx.store.create_within(&retry, Some("order-1"), None, 2).await.unwrap(),
         CreateOutcome::Existing(first.clone())
     );
-    assert_eq!(fx.store.create_within(&queued("bob"), None, 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(fx.store.create_within(&queued("bob"), None, None, 2).await.unwrap(), CreateOutcome::Created);
     // A job leaving flight makes room; a limit of 0 admits nothing.
     fx.store.update(first.id, |s| s.cancel(Utc::now())).await.unwrap();
-    assert_eq!(fx.store.create_within(&third, Some("order-3"), 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(fx.store.create_within(&third, Some("order-3"), None, 2).await.unwrap(), CreateOutcome::Created);
     assert_eq!(
-        fx.store.create_within(&queued("carol"), None, 0).await.unwrap(),
+        fx.store.create_within(&queued("carol"), None, None, 0).await.unwrap(),
         CreateOutcome::InFlightLimit { in_flight: 0 }
     );
     fx.cleanup().await;

@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-use fleet_core::validate::new_job_id;
 use fleet_core::{FleetConfig, JobSpec, ValidJob};
 use fleet_status::Versioned;
 use lapin::acker::Acker;
@@ -51,17 +50,20 @@ pub struct Refused {
 }
 
 /// Reads and validates a delivery. Ids and seeds missing from directly-published jobs are filled
-/// in here, as the dispatcher would have.
+/// in here by the rules every delivery of the message computes alike: the id is
+/// [`fleet_queue::message::job_id`]'s, the seed derives from it (`ValidJob::assign`), so a
+/// redelivery is the same job with the same images.
 pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<Refused>> {
     let trace_id = fleet_queue::message::header_str(&delivery.properties, fleet_queue::message::HEADER_TRACE_ID)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let delivery_count = delivery_count(&delivery);
+    let job_id = || fleet_queue::message::job_id(&delivery.data, &delivery.properties);
     let spec = match fleet_queue::message::decode(&delivery.data, &delivery.properties) {
         Ok(spec) => spec,
         Err(err) => {
             return Err(Box::new(Refused {
-                id: None,
+                id: Some(job_id()),
                 tenant: None,
                 model: None,
                 reason: format!("unreadable job: {err}"),
@@ -69,12 +71,14 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<
             }));
         }
     };
-    let (id, tenant, model) = (spec.id, spec.tenant.clone(), Some(spec.model.clone()));
+    // The body's id is the rule's first choice; the rest of it runs only for a body without one.
+    let id = spec.id.unwrap_or_else(job_id);
+    let (tenant, model) = (spec.tenant.clone(), Some(spec.model.clone()));
     let limits = config.limits_for(&spec.model);
     match spec.validate(&limits) {
         Ok(job) => {
             let tenant = job.spec().tenant.clone().unwrap_or_else(|| ANONYMOUS_TENANT.to_owned());
-            let job = job.assign(&tenant, new_job_id, || rand::random::<u64>() >> 11);
+            let job = job.assign(&tenant, || id);
             Ok(Pending {
                 job,
                 arrived: Instant::now(),
@@ -86,7 +90,7 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<
             })
         }
         Err(errors) => Err(Box::new(Refused {
-            id,
+            id: Some(id),
             tenant,
             model,
             reason: format!("invalid job: {errors}"),

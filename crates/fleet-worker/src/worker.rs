@@ -262,7 +262,7 @@ impl Worker {
                     Some(Ok(delivery)) => {
                         last_delivery = Some(Instant::now());
                         match receive(delivery, &self.ctx.config) {
-                            Ok(pending) => waiting.push(pending),
+                            Ok(pending) => keep_once(&mut waiting, pending).await,
                             Err(refused) => self.refuse(*refused).await,
                         }
                     }
@@ -383,6 +383,19 @@ fn take(waiting: &mut Vec<Pending>, mut indices: Vec<usize>) -> Vec<Pending> {
     let mut batch: Vec<Pending> = indices.into_iter().map(|i| waiting.swap_remove(i)).collect();
     batch.sort_by_key(|p| p.arrived);
     batch
+}
+
+/// Adds a delivery to the waiting jobs, unless a message of the same job already waits here (a
+/// producer published one message twice, or two messages name one job): that one runs the job,
+/// and this copy is acked, so the job is not run twice side by side. The waiting copy still holds
+/// its message, so a crash or a hand-back before it runs loses nothing.
+async fn keep_once(waiting: &mut Vec<Pending>, mut pending: Pending) {
+    if waiting.iter().any(|w| w.id() == pending.id()) {
+        tracing::info!(job = %pending.id(), "a second message of a job already waiting here; acked");
+        pending.ack().await;
+    } else {
+        waiting.push(pending);
+    }
 }
 
 async fn hand_back(waiting: &mut Vec<Pending>) {

@@ -80,7 +80,8 @@ pub fn run(cli: &Cli, args: &GenerateArgs, file: &Path) -> anyhow::Result<ExitCo
 }
 
 /// Every job of the file, or every problem of every job (nothing runs unless all are valid). A job
-/// without a seed gets one drawn here, as the dispatcher draws it, and recorded in its images.
+/// without a seed gets one drawn here (a local run has no job id to derive one from, as the fleet
+/// does) and recorded in its images.
 fn read_jobs(text: &str, config: &FleetConfig) -> Result<Vec<FileJob>, Vec<super::validate::Finding>> {
     let mut jobs = Vec::new();
     let mut findings = Vec::new();

@@ -89,7 +89,15 @@ pub fn submit_docs(op: TransformOperation<'_>) -> TransformOperation<'_> {
         })
         .response_with::<200, Json<JobStatus>, _>(|mut res| {
             res.inner().headers.insert("Location".into(), location_header());
-            res.description("an idempotency key matched an existing job: its status")
+            res.description(
+                "an idempotency key (or the job's own id) matched an existing job with the same request: its status",
+            )
+        })
+        .response_with::<409, Json<crate::error::ErrorBody<'static>>, _>(|res| {
+            res.description(
+                "`conflict`: the idempotency key (or the job's own id) was already used for a different request; \
+                 `error.job_id` names that job (in an array, the item's `error`)",
+            )
         })
 }
 

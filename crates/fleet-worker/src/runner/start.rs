@@ -40,8 +40,13 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
             // Published straight onto the queue (or its record expired): create the record, then start.
             let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
             match retry(|| ctx.status.create(&queued, None)).await {
-                // (`create` sets no in-flight limit, so it never answers InFlightLimit)
-                Ok(CreateOutcome::Created | CreateOutcome::Existing(_) | CreateOutcome::InFlightLimit { .. }) => {}
+                // (`create` sets no in-flight limit and no digest: it never answers the last two)
+                Ok(
+                    CreateOutcome::Created
+                    | CreateOutcome::Existing(_)
+                    | CreateOutcome::InFlightLimit { .. }
+                    | CreateOutcome::DifferentRequest { .. },
+                ) => {}
                 Err(e) => return Err(e),
             }
             retry(|| ctx.status.update_from(id, None, start)).await.map(Some)
