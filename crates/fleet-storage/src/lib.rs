@@ -370,6 +370,9 @@ mod tests {
         (meta.index, meta.tenant, meta.model) = (3, "ténant".into(), "modèle".into());
         let map = meta.to_metadata("ab");
         assert_eq!(map[meta_names::SHA256], "ab");
-        assert_eq!(ObjectMeta::from_metadata(&map), Some(meta));
+        assert_eq!(map[meta_names::TENANT], "t%C3%A9nant", "encoded for an HTTP header");
+        // As `get` hands it back: decoded.
+        let read: BTreeMap<String, String> = map.iter().map(|(k, v)| (k.clone(), decode_meta_value(v))).collect();
+        assert_eq!(ObjectMeta::from_metadata(&read), Some(meta));
     }
 }

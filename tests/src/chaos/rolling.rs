@@ -45,8 +45,9 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
     })
     .await;
     let tag = crate::unique("rolling");
-    // Submissions span the restarts, so every restart happens under load.
-    let rate = spec.jobs as f64 / (spec.every.as_secs_f64() * spec.restarts as f64).max(1.0);
+    // Submitted within the first quarter of the restarts, faster than the workers finish them:
+    // the restarts meet a backlog, so stopping workers hold prefetched jobs to hand back.
+    let rate = spec.jobs as f64 / (spec.every.as_secs_f64() * spec.restarts as f64 / 4.0).max(1.0);
     let submitter = Submitter::start(&fleet.base, spec.jobs, 4, rate, move |i| chaos_job(&tag, i));
     let mut stopping = Vec::new();
     for k in 0..spec.restarts {
@@ -67,6 +68,9 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
     let mut row =
         audit(&name, &submissions, &fleet.status, &fleet.s3_direct, done.saturating_duration_since(restarts_end), true)
             .await;
+    if handbacks.clean == 0 {
+        row.problems.push("no stopping worker handed a job back: the restarts met no backlog".to_owned());
+    }
     for mut worker in stopping {
         let drain = Duration::from_secs(fleet.config.worker.drain_timeout_secs + 20);
         if !tokio::task::block_in_place(|| worker.terminate(drain)) {
