@@ -84,11 +84,14 @@ async fn chaos_suite_full() {
 async fn rolling(spec: fleet_e2e::chaos::rolling::Rolling) {
     let mut services = tokio::task::block_in_place(Services::start);
     let (row, handbacks) = fleet_e2e::chaos::rolling::run(&mut services, spec).await;
-    println!("
+    println!(
+        "
 {}
 {row}
 {handbacks:?}
-", Row::header());
+",
+        Row::header()
+    );
     assert_eq!(row.failed.values().sum::<usize>(), 0, "no job failed (none dead-lettered): {:?}", row.failed);
     assert_eq!((row.lost, row.duplicated), (0, 0), "{:#?}", row.problems);
     assert!(row.problems.is_empty(), "{:#?}", row.problems);

@@ -71,7 +71,10 @@ async fn a_refused_message_is_recorded_and_dead_lettered_with_its_reason() {
     assert!(detail.contains("prompt") && detail.contains("steps"), "{job}");
     assert!(job["time"].is_string(), "{job}");
     let garbage = messages.iter().find(|m| m["job_id"].is_null()).expect("the unreadable message");
-    assert_eq!((garbage["reason"].as_str(), garbage["body_preview"].as_str()), (Some("invalid_spec"), Some("not a job")));
+    assert_eq!(
+        (garbage["reason"].as_str(), garbage["body_preview"].as_str()),
+        (Some("invalid_spec"), Some("not a job"))
+    );
     assert!(garbage["detail"].as_str().unwrap_or_default().contains("unreadable"), "{garbage}");
 
     // The dead-letter watcher leaves the record's reason as the worker wrote it.

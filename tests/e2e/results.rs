@@ -59,7 +59,8 @@ async fn assert_store_matches_record(store: &ImageStore, prefix: &str, record: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_executions_with_different_seeds_leave_exactly_the_recorded_set() {
     let config = isolated_config();
-    let (status, store) = (StatusStore::connect(&config.redis).await.unwrap(), ImageStore::connect(&config.s3).await.unwrap());
+    let (status, store) =
+        (StatusStore::connect(&config.redis).await.unwrap(), ImageStore::connect(&config.s3).await.unwrap());
     let prefix = config.s3.prefix.as_str();
 
     // Both executions upload before either commits: the later commit must lose, and take its
@@ -76,10 +77,12 @@ async fn two_executions_with_different_seeds_leave_exactly_the_recorded_set() {
         .await
         .unwrap();
     assert_eq!(taken_over.attempts, 2);
-    let won = result_set::commit(&status, &store, prefix, Some(started.clone()), started.status.id, second.clone()).await;
+    let won =
+        result_set::commit(&status, &store, prefix, Some(started.clone()), started.status.id, second.clone()).await;
     let Ok(Committed::Won(record)) = won else { panic!("the first commit wins: {won:?}") };
     assert_eq!(record.status.result, second);
-    let lost = result_set::commit(&status, &store, prefix, Some(started.clone()), started.status.id, first.clone()).await;
+    let lost =
+        result_set::commit(&status, &store, prefix, Some(started.clone()), started.status.id, first.clone()).await;
     assert!(matches!(lost, Ok(Committed::Lost(JobState::Succeeded))), "{lost:?}");
     let record = status.get(started.status.id).await.unwrap().unwrap();
     assert_eq!((record.state, &record.result), (JobState::Succeeded, &second), "the record keeps the winner's set");

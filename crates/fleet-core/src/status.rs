@@ -182,36 +182,35 @@ impl JobStatus {
     /// The status of a job just accepted onto the queue.
     pub fn queued(job: &crate::ValidJob, now: DateTime<Utc>) -> Option<Self> {
         let spec = job.spec();
-        Some(JobStatus {
-            id: spec.id?,
-            tenant: spec.tenant.clone()?,
-            state: JobState::Queued,
-            model: spec.model.clone(),
-            priority: spec.priority,
-            progress: Progress { step: 0, steps: spec.steps, images_done: 0, images_total: spec.num_images },
-            attempts: 0,
-            deliveries: 0,
-            handbacks: 0,
-            worker: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            result: Vec::new(),
-            error: None,
-            metadata: spec.metadata.clone(),
-            waiting_for: None,
-            request: Some(RequestRecord::of(spec)),
-        })
+        let mut status = Self::fresh(spec.id?, spec.tenant.as_deref()?, &spec.model, spec.priority, now);
+        status.progress = Progress { step: 0, steps: spec.steps, images_done: 0, images_total: spec.num_images };
+        status.metadata = spec.metadata.clone();
+        status.request = Some(RequestRecord::of(spec));
+        Some(status)
     }
 
     /// The record of a message that is not a valid job but names one: `failed` with `error`
     /// (`invalid_spec` and every validation error), so its producer finds out why. `model` is
     /// empty when the message named none.
-    pub fn refused(id: Uuid, tenant: &str, model: &str, priority: Priority, error: JobError, now: DateTime<Utc>) -> Self {
+    pub fn refused(
+        id: Uuid,
+        tenant: &str,
+        model: &str,
+        priority: Priority,
+        error: JobError,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut status = Self::fresh(id, tenant, model, priority, now);
+        (status.state, status.finished_at, status.error) = (JobState::Failed, Some(now), Some(error));
+        status
+    }
+
+    /// A queued record with nothing but its identity.
+    fn fresh(id: Uuid, tenant: &str, model: &str, priority: Priority, now: DateTime<Utc>) -> Self {
         JobStatus {
             id,
             tenant: tenant.to_owned(),
-            state: JobState::Failed,
+            state: JobState::Queued,
             model: model.to_owned(),
             priority,
             progress: Progress::default(),
@@ -221,9 +220,9 @@ impl JobStatus {
             worker: None,
             created_at: now,
             started_at: None,
-            finished_at: Some(now),
+            finished_at: None,
             result: Vec::new(),
-            error: Some(error),
+            error: None,
             metadata: serde_json::Map::new(),
             waiting_for: None,
             request: None,

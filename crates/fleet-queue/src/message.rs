@@ -208,10 +208,19 @@ mod tests {
 
         // A worker's own reason wins over the broker's.
         let mut own = props.headers().clone().unwrap_or_default();
-        own.insert(ShortString::from(HEADER_DEAD_LETTER_REASON), AMQPValue::LongString(LongString::from("invalid_spec")));
-        own.insert(ShortString::from(HEADER_DEAD_LETTER_DETAIL), AMQPValue::LongString(LongString::from("steps: must be 1, 2, 4 or 8")));
+        own.insert(
+            ShortString::from(HEADER_DEAD_LETTER_REASON),
+            AMQPValue::LongString(LongString::from("invalid_spec")),
+        );
+        own.insert(
+            ShortString::from(HEADER_DEAD_LETTER_DETAIL),
+            AMQPValue::LongString(LongString::from("steps: must be 1, 2, 4 or 8")),
+        );
         let why = dead_letter_reason(&props.clone().with_headers(own)).unwrap();
-        assert_eq!((why.code.as_str(), why.detail.as_str(), why.queue), ("invalid_spec", "steps: must be 1, 2, 4 or 8", None));
+        assert_eq!(
+            (why.code.as_str(), why.detail.as_str(), why.queue),
+            ("invalid_spec", "steps: must be 1, 2, 4 or 8", None)
+        );
 
         let id = uuid::Uuid::now_v7();
         assert_eq!(job_id(format!(r#"{{"id":"{id}","prompt":"x"}}"#).as_bytes(), &props), Some(id));

@@ -106,7 +106,9 @@ pub async fn dead_letter(
 ) -> Result<(), RepublishError> {
     use fleet_queue::message::{HEADER_DEAD_LETTER_DETAIL, HEADER_DEAD_LETTER_QUEUE, HEADER_DEAD_LETTER_REASON};
     let mut headers = fresh_headers(&original.properties);
-    for (name, value) in [(HEADER_DEAD_LETTER_REASON, reason), (HEADER_DEAD_LETTER_DETAIL, detail), (HEADER_DEAD_LETTER_QUEUE, queue)] {
+    for (name, value) in
+        [(HEADER_DEAD_LETTER_REASON, reason), (HEADER_DEAD_LETTER_DETAIL, detail), (HEADER_DEAD_LETTER_QUEUE, queue)]
+    {
         headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
     }
     let properties = original.with(headers).with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);

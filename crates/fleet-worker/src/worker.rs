@@ -18,8 +18,8 @@ use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
-use crate::republish::Original;
 use crate::noop::{EngineMode, NOOP_DEVICE};
+use crate::republish::Original;
 use crate::runner::{RunContext, Stats, run_batch};
 use fleet_render::batching::{BatchPolicy, leader_deadline, next_batch};
 use fleet_render::{ModelError, Models};
@@ -404,8 +404,15 @@ impl Worker {
             .find(|q| original.exchange == topology.exchange && q.routing_key == original.routing_key)
             .map_or(original.routing_key.as_str(), |q| q.name.as_str());
         let dlx = &topology.dead_letter_exchange;
-        match crate::republish::dead_letter(channel, dlx, original, ErrorCode::InvalidSpec.name(), &refused.reason, queue)
-            .await
+        match crate::republish::dead_letter(
+            channel,
+            dlx,
+            original,
+            ErrorCode::InvalidSpec.name(),
+            &refused.reason,
+            queue,
+        )
+        .await
         {
             Ok(()) => {
                 let _ = refused.acker.ack(lapin::options::BasicAckOptions::default()).await;
@@ -422,7 +429,9 @@ impl Worker {
     async fn record_refusal(&self, id: uuid::Uuid, refused: &Refused, original: &Original, error: &JobError) {
         let tenant = refused.tenant.as_deref().unwrap_or(crate::intake::ANONYMOUS_TENANT);
         let priority = fleet_queue::message::header_str(&original.properties, fleet_queue::message::HEADER_PRIORITY)
-            .map_or(Priority::default(), |p| if p == Priority::Bulk.as_str() { Priority::Bulk } else { Priority::Interactive });
+            .map_or(Priority::default(), |p| {
+                if p == Priority::Bulk.as_str() { Priority::Bulk } else { Priority::Interactive }
+            });
         let record =
             JobStatus::refused(id, tenant, refused.model.as_deref().unwrap_or(""), priority, error.clone(), Utc::now());
         let fail = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) };

@@ -74,7 +74,10 @@ async fn finished_job_with_image(server: &Server) -> (uuid::Uuid, String, Vec<u8
     let cfg = &server.app.config.s3;
     let key = fleet_storage::object_key(&cfg.prefix, "alice", id, "0a1b2c3d4e5f", 0, ImageFormat::Png);
     let bytes = b"\x89PNG\r\n\x1a\nalice's picture".to_vec();
-    let meta = fleet_storage::ObjectMeta { tenant: "alice".into(), ..fleet_storage::ObjectMeta::example(id, "0a1b2c3d4e5f", 1) };
+    let meta = fleet_storage::ObjectMeta {
+        tenant: "alice".into(),
+        ..fleet_storage::ObjectMeta::example(id, "0a1b2c3d4e5f", 1)
+    };
     let stored = server.app.store.put(&key, bytes.clone(), "image/png", &meta).await.unwrap();
     let result = ImageResult {
         index: 0,
