@@ -48,7 +48,7 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
     // Submitted within the first quarter of the restarts, faster than the workers finish them:
     // the restarts meet a backlog, so stopping workers hold prefetched jobs to hand back.
     let rate = spec.jobs as f64 / (spec.every.as_secs_f64() * spec.restarts as f64 / 4.0).max(1.0);
-    let submitter = Submitter::start(&fleet.base, spec.jobs, 4, rate, move |i| chaos_job(&tag, i));
+    let submitter = Submitter::start(&fleet.base, spec.jobs, 4, rate, move |i| heavier(chaos_job(&tag, i)));
     let mut stopping = Vec::new();
     for k in 0..spec.restarts {
         tokio::time::sleep(spec.every).await;
@@ -88,6 +88,12 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
         eprintln!("[{name}] problems (logs in {}):\n  {}", fleet.log_dir().display(), row.problems.join("\n  "));
     }
     (row, handbacks)
+}
+
+/// A chaos job made larger (256², 4 steps), so the workers hold a backlog while they are restarted.
+fn heavier(mut job: serde_json::Value) -> serde_json::Value {
+    (job["width"], job["height"], job["steps"]) = (256.into(), 256.into(), 4.into());
+    job
 }
 
 async fn count_handbacks(fleet: &ChaosFleet, ids: &[uuid::Uuid]) -> Handbacks {
