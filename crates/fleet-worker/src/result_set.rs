@@ -30,7 +30,7 @@ use crate::runner::retry;
 #[derive(Debug)]
 pub enum Committed {
     /// The record now says `succeeded` with these images.
-    Won(Versioned),
+    Won(Box<Versioned>),
     /// The job had already ended (another execution succeeded, or it was cancelled or failed):
     /// this execution's objects were removed, and the record stands as it was.
     Lost(JobState),
@@ -83,7 +83,7 @@ pub async fn commit(
                     Err(e) => tracing::warn!(job = %id, error = %e, "cannot list the job's objects to remove strays"),
                 }
             }
-            Ok(Committed::Won(record))
+            Ok(Committed::Won(Box::new(record)))
         }
         Err(StatusError::Illegal(refused)) => {
             let keys: Vec<String> = results.into_iter().map(|r| r.key).collect();
