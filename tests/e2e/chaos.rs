@@ -78,6 +78,53 @@ async fn chaos_suite_full() {
     suite(size, &only, seed, env("FLEET_CHAOS_MIXED_FAULTS", 8)).await;
 }
 
+/// Rolling graceful restarts under load with the default delivery limit (3): SIGTERM to a worker
+/// every 3 s, a replacement started each time; nothing dead-lettered, lost or run twice, every
+/// job succeeded, every stopped worker exited with status 0.
+async fn rolling(spec: fleet_e2e::chaos::rolling::Rolling) {
+    let mut services = tokio::task::block_in_place(Services::start);
+    let (row, handbacks) = fleet_e2e::chaos::rolling::run(&mut services, spec).await;
+    println!(
+        "
+{}
+{row}
+{handbacks:?}
+",
+        Row::header()
+    );
+    assert_eq!(row.failed.values().sum::<usize>(), 0, "no job failed (none dead-lettered): {:?}", row.failed);
+    assert_eq!((row.lost, row.duplicated), (0, 0), "{:#?}", row.problems);
+    assert!(row.problems.is_empty(), "{:#?}", row.problems);
+    assert_eq!(row.succeeded, row.accepted, "every accepted job succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restarts_short() {
+    let every = Duration::from_secs(3);
+    let spec = fleet_e2e::chaos::rolling::Rolling {
+        jobs: 60,
+        restarts: 8,
+        every,
+        workers: 2,
+        drain_limit: Duration::from_secs(240),
+    };
+    rolling(spec).await;
+}
+
+/// The issue's run: 25 SIGTERMs, 400 jobs (`FLEET_ROLLING_RESTARTS`, `FLEET_ROLLING_JOBS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes long: run by hand (docs/RELIABILITY.md)"]
+async fn rolling_restarts_full() {
+    let spec = fleet_e2e::chaos::rolling::Rolling {
+        jobs: env("FLEET_ROLLING_JOBS", 400),
+        restarts: env("FLEET_ROLLING_RESTARTS", 25),
+        every: Duration::from_secs(3),
+        workers: env("FLEET_CHAOS_WORKERS", 3),
+        drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
+    };
+    rolling(spec).await;
+}
+
 /// A worker whose broker connection breaks (connections reset, then the broker is back) reconnects
 /// and serves the next job by itself: it does not exit, and no other worker is needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

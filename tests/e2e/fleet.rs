@@ -242,6 +242,11 @@ async fn sigterm_drains_cleanly() {
     fleet.add_worker().await;
     let statuses = fleet.wait_all(&ids, Duration::from_secs(240)).await;
     assert!(statuses.iter().all(|s| s.state == fleet_core::JobState::Succeeded));
+    // Handed back cleanly: published afresh, so the broker counted no failed delivery.
+    let counted: Vec<_> = statuses.iter().filter(|s| s.deliveries > 0).map(|s| (s.id, s.deliveries)).collect();
+    assert!(counted.is_empty(), "a clean stop counted as failed deliveries: {counted:?}");
+    let handed_back = statuses.iter().filter(|s| s.handbacks > 0).count();
+    eprintln!("{handed_back} job(s) were handed back by the stopping worker");
     fleet.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -109,7 +109,8 @@ pub struct JobError {
     pub code: ErrorCode,
     /// Human explanation.
     pub message: String,
-    /// Whether submitting the same job again may succeed.
+    /// Whether submitting the same job again may succeed. False for a job that failed on its
+    /// last allowed attempt (`rabbitmq.delivery_limit`), whatever the code: its retries are spent.
     pub retryable: bool,
 }
 
@@ -117,6 +118,16 @@ impl JobError {
     /// An error whose `retryable` follows the code's table entry.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         JobError { code, message: message.into(), retryable: code.retryable() }
+    }
+
+    /// The error of a job whose last allowed attempt failed: not retryable, whatever its code,
+    /// and the message says the attempts are spent.
+    pub fn after_last_attempt(self, attempts: u32) -> Self {
+        JobError {
+            message: format!("{} (failed on its last allowed attempt, {attempts} in all)", self.message),
+            retryable: false,
+            ..self
+        }
     }
 }
 
@@ -130,9 +141,18 @@ pub struct JobStatus {
     pub priority: Priority,
     #[serde(default)]
     pub progress: Progress,
-    /// Times a worker has started this job.
+    /// Times a worker has started this job (real starts, whatever ended them).
     #[serde(default)]
     pub attempts: u32,
+    /// Returns of the job's message the broker counted against `rabbitmq.delivery_limit` when a
+    /// worker last started it (its `x-delivery-count`): crashes, lost connections, outages. A
+    /// clean hand-back (a worker stopping) is not among them, see `handbacks`.
+    #[serde(default)]
+    pub deliveries: u32,
+    /// Times a worker that stopped cleanly handed the job back unstarted (its message published
+    /// afresh, so the broker's count did not grow), as of its last start.
+    #[serde(default)]
+    pub handbacks: u32,
     /// The worker that runs (or last ran) it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
@@ -162,24 +182,51 @@ impl JobStatus {
     /// The status of a job just accepted onto the queue.
     pub fn queued(job: &crate::ValidJob, now: DateTime<Utc>) -> Option<Self> {
         let spec = job.spec();
-        Some(JobStatus {
-            id: spec.id?,
-            tenant: spec.tenant.clone()?,
+        let mut status = Self::fresh(spec.id?, spec.tenant.as_deref()?, &spec.model, spec.priority, now);
+        status.progress = Progress { step: 0, steps: spec.steps, images_done: 0, images_total: spec.num_images };
+        status.metadata = spec.metadata.clone();
+        status.request = Some(RequestRecord::of(spec));
+        Some(status)
+    }
+
+    /// The record of a message that is not a valid job but names one: `failed` with `error`
+    /// (`invalid_spec` and every validation error), so its producer finds out why. `model` is
+    /// empty when the message named none.
+    pub fn refused(
+        id: Uuid,
+        tenant: &str,
+        model: &str,
+        priority: Priority,
+        error: JobError,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut status = Self::fresh(id, tenant, model, priority, now);
+        (status.state, status.finished_at, status.error) = (JobState::Failed, Some(now), Some(error));
+        status
+    }
+
+    /// A queued record with nothing but its identity.
+    fn fresh(id: Uuid, tenant: &str, model: &str, priority: Priority, now: DateTime<Utc>) -> Self {
+        JobStatus {
+            id,
+            tenant: tenant.to_owned(),
             state: JobState::Queued,
-            model: spec.model.clone(),
-            priority: spec.priority,
-            progress: Progress { step: 0, steps: spec.steps, images_done: 0, images_total: spec.num_images },
+            model: model.to_owned(),
+            priority,
+            progress: Progress::default(),
             attempts: 0,
+            deliveries: 0,
+            handbacks: 0,
             worker: None,
             created_at: now,
             started_at: None,
             finished_at: None,
             result: Vec::new(),
             error: None,
-            metadata: spec.metadata.clone(),
+            metadata: serde_json::Map::new(),
             waiting_for: None,
-            request: Some(RequestRecord::of(spec)),
-        })
+            request: None,
+        }
     }
 
     fn transition(&mut self, to: JobState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
@@ -201,6 +248,12 @@ impl JobStatus {
         self.started_at = Some(now);
         self.progress.step = 0;
         Ok(())
+    }
+
+    /// What the broker and clean hand-backs say about the message a worker starts the job from:
+    /// its `x-delivery-count` and the hand-backs it carries (see `deliveries`, `handbacks`).
+    pub fn note_delivery(&mut self, deliveries: u32, handbacks: u32) {
+        (self.deliveries, self.handbacks) = (deliveries, handbacks);
     }
 
     /// The worker died or gave the job back; it waits on the queue again.
@@ -272,7 +325,9 @@ mod tests {
         s.start("w1", Utc::now()).unwrap();
         s.requeue(Utc::now()).unwrap();
         s.start("w2", Utc::now()).unwrap();
+        s.note_delivery(1, 2);
         assert_eq!(s.attempts, 2);
+        assert_eq!((s.deliveries, s.handbacks), (1, 2), "the broker's count and clean hand-backs, kept apart");
         assert_eq!(s.worker.as_deref(), Some("w2"));
     }
 
@@ -314,6 +369,16 @@ mod tests {
         let mut old = serde_json::to_value(JobStatus::queued(&job, Utc::now()).unwrap()).unwrap();
         old.as_object_mut().unwrap().remove("request");
         assert_eq!(serde_json::from_value::<JobStatus>(old).unwrap().request, None);
+    }
+
+    #[test]
+    fn an_error_after_the_last_attempt_is_not_retryable() {
+        let outage = JobError::new(ErrorCode::StorageUnavailable, "S3 down");
+        assert!(outage.retryable, "the table's default");
+        let last = outage.after_last_attempt(4);
+        assert!(!last.retryable);
+        assert_eq!(last.code, ErrorCode::StorageUnavailable);
+        assert_eq!(last.message, "S3 down (failed on its last allowed attempt, 4 in all)");
     }
 
     #[test]

@@ -165,6 +165,8 @@ fn every_type_round_trips_through_serde() {
         priority: Priority::Interactive,
         progress: Progress { step: 2, steps: 4, images_done: 1, images_total: 2 },
         attempts: 2,
+        deliveries: 1,
+        handbacks: 3,
         worker: Some("worker-a".into()),
         created_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
         started_at: chrono::DateTime::from_timestamp_millis(1_700_000_001_000),

@@ -36,7 +36,8 @@ function ago(time) {
 const DEAD_SHOWN = 20;
 
 function deadRow(m) {
-  const tr = row(["", m.tenant || "–", m.model || "–", m.reason || "–", m.queue || "–", m.count ?? "–",
+  const why = m.reason ? (m.detail ? `${m.reason}: ${m.detail}` : m.reason) : "–";
+  const tr = row(["", m.tenant || "–", m.model || "–", why, m.queue || "–", m.count ?? "–",
     m.time ? new Date(m.time).toLocaleString() : "–"]);
   const first = tr.firstChild;
   if (m.job_id) {

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleet_queue::message::{HEADER_TENANT, death, header_str, job_id};
+use fleet_queue::message::{HEADER_TENANT, dead_letter_reason, death, header_str, job_id};
 use fleet_queue::{Broker, QueueError};
 use lapin::Connection;
 use lapin::message::Delivery;
@@ -48,8 +48,12 @@ pub struct DeadLetter {
     pub tenant: Option<String>,
     pub model: Option<String>,
     pub priority: Option<String>,
-    /// Why RabbitMQ dead-lettered it: `delivery_limit`, `rejected`, `expired` or `maxlen`.
+    /// Why it was dead-lettered: `crashed` (workers kept crashing or losing their connection
+    /// while holding it: the broker's delivery limit; clean stops do not count), `invalid_spec`
+    /// (a worker refused it: not a valid job), or RabbitMQ's own `rejected`, `expired`, `maxlen`.
     pub reason: Option<String>,
+    /// What happened, in words (for `invalid_spec`, every validation error).
+    pub detail: Option<String>,
     /// The queue it died in.
     pub queue: Option<String>,
     /// How often it died there for that reason.
@@ -70,9 +74,14 @@ pub struct DeadLetterPage {
     pub messages: Vec<DeadLetter>,
 }
 
-/// `time` of the newest `x-death` entry (AMQP timestamps are Unix seconds).
+/// `time` of the newest `x-death` entry, else the message's timestamp (set by a worker that
+/// dead-lettered it itself); AMQP timestamps are Unix seconds.
 fn death_time(delivery: &Delivery) -> Option<DateTime<Utc>> {
-    let headers = delivery.properties.headers().as_ref()?;
+    let stamped = || DateTime::from_timestamp(i64::try_from((*delivery.properties.timestamp())?).ok()?, 0);
+    let Some(headers) = delivery.properties.headers().as_ref() else { return stamped() };
+    if !headers.inner().contains_key("x-death") {
+        return stamped();
+    }
     let AMQPValue::FieldArray(entries) = headers.inner().get("x-death")? else { return None };
     let AMQPValue::FieldTable(newest) = entries.as_slice().first()? else { return None };
     match newest.inner().get("time")? {
@@ -86,6 +95,7 @@ fn describe(delivery: &Delivery) -> DeadLetter {
     let field = |name: &str| body.as_ref()?.get(name)?.as_str().map(str::to_owned);
     let header_tenant = header_str(&delivery.properties, HEADER_TENANT).map(str::to_owned);
     let death = death(&delivery.properties);
+    let why = dead_letter_reason(&delivery.properties);
     let preview = body.is_none().then(|| {
         let end = delivery.data.len().min(PREVIEW_BYTES);
         String::from_utf8_lossy(&delivery.data[..end]).into_owned()
@@ -95,8 +105,9 @@ fn describe(delivery: &Delivery) -> DeadLetter {
         tenant: field("tenant").or(header_tenant),
         model: field("model"),
         priority: field("priority"),
-        reason: death.as_ref().map(|d| d.reason.clone()),
-        queue: death.as_ref().map(|d| d.queue.clone()),
+        reason: why.as_ref().map(|w| w.code.clone()),
+        detail: why.as_ref().map(|w| w.detail.clone()),
+        queue: why.and_then(|w| w.queue),
         count: death.as_ref().map(|d| d.count),
         time: death_time(delivery),
         body_preview: preview,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fleet_core::{ErrorCode, JobError};
-use fleet_queue::message::{Death, death, job_id};
+use fleet_queue::message::{DeadLetterReason, dead_letter_reason, job_id};
 use fleet_status::StatusError;
 use futures::StreamExt as _;
 use lapin::message::Delivery;
@@ -67,7 +67,8 @@ async fn consume(app: &App) -> Result<(), String> {
 /// Records the job behind a dead-lettered message as failed, unless it already ended.
 async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> {
     let id = job_id(&delivery.data, &delivery.properties);
-    let error = JobError::new(ErrorCode::DeadLettered, explain(death(&delivery.properties).as_ref()));
+    let reason = dead_letter_reason(&delivery.properties);
+    let error = JobError::new(ErrorCode::DeadLettered, explain(reason.as_ref()));
     let update =
         app.status.update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) });
     match update.await {
@@ -81,14 +82,11 @@ async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> 
     }
 }
 
-fn explain(death: Option<&Death>) -> String {
-    match death {
-        Some(d) if d.reason == "delivery_limit" => format!(
-            "the job was delivered to workers more often than the delivery limit without finishing \
-             (every worker that took it stopped or crashed); it is kept in the dead-letter queue (from {})",
-            d.queue
-        ),
-        Some(d) => format!("RabbitMQ dead-lettered the job from {} ({})", d.queue, d.reason),
-        None => "RabbitMQ dead-lettered the job".to_owned(),
+/// The failed job's message: what happened, from the worker's reason header or the broker's
+/// `x-death` (a crash is never described as a clean stop, nor the other way round).
+fn explain(reason: Option<&DeadLetterReason>) -> String {
+    match reason {
+        Some(r) => format!("{} ({}); the message is kept in the dead-letter queue", r.detail, r.code),
+        None => "RabbitMQ dead-lettered the job; the message is kept in the dead-letter queue".to_owned(),
     }
 }

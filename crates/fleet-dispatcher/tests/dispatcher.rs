@@ -657,7 +657,8 @@ async fn dead_letters_are_listed_for_admins_and_stay_in_the_queue() {
     let tenants: Vec<&str> = messages.iter().map(|m| m["tenant"].as_str().unwrap()).collect();
     assert_eq!(tenants, ["alice", "bob"]);
     for m in messages {
-        assert_eq!(m["reason"], "delivery_limit", "{m}");
+        assert_eq!(m["reason"], "crashed", "the broker's delivery limit: {m}");
+        assert!(m["detail"].as_str().unwrap().contains("delivery limit"), "{m}");
         assert_eq!((m["queue"].as_str(), m["count"].as_i64()), (Some(job_queue.as_str()), Some(1)), "{m}");
         assert_eq!((m["model"].as_str(), m["priority"].as_str()), (Some("tiny"), Some("interactive")), "{m}");
         let time: chrono::DateTime<chrono::Utc> = m["time"].as_str().unwrap().parse().unwrap();

@@ -16,6 +16,12 @@ pub const HEADER_TENANT: &str = "x-fleet-tenant";
 pub const HEADER_PRIORITY: &str = "x-fleet-priority";
 /// Trace id that follows the job from HTTP to the worker's logs.
 pub const HEADER_TRACE_ID: &str = "x-fleet-trace-id";
+/// On a message a worker dead-lettered itself: why, as a code (see [`DeadLetterReason`]).
+pub const HEADER_DEAD_LETTER_REASON: &str = "x-fleet-dead-letter-reason";
+/// On a message a worker dead-lettered itself: what was wrong, in words (e.g. every validation error).
+pub const HEADER_DEAD_LETTER_DETAIL: &str = "x-fleet-dead-letter-detail";
+/// On a message a worker dead-lettered itself: the queue it came from.
+pub const HEADER_DEAD_LETTER_QUEUE: &str = "x-fleet-dead-letter-queue";
 /// AMQP `type` property of job messages.
 pub const MESSAGE_TYPE: &str = "fleet.job.v1";
 
@@ -80,6 +86,47 @@ pub fn death(props: &BasicProperties) -> Option<Death> {
         _ => 0,
     };
     Some(Death { reason: text("reason"), queue: text("queue"), count })
+}
+
+/// Why a message is in the dead-letter queue, from whoever put it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    /// `crashed` (the broker's delivery limit: workers kept dying on it), `invalid_spec` (not a
+    /// valid job), `unreadable` (not a job at all), or the broker's own reason (`rejected`,
+    /// `expired`, `maxlen`).
+    pub code: String,
+    /// What happened, in words.
+    pub detail: String,
+    /// The queue it came from, when known.
+    pub queue: Option<String>,
+}
+
+/// Why a dead-lettered message died: the worker's reason headers when it dead-lettered the
+/// message itself, else the broker's newest `x-death` entry (`delivery_limit` is a job that
+/// crashed its workers once more than `rabbitmq.delivery_limit` allows), else `None`.
+pub fn dead_letter_reason(props: &BasicProperties) -> Option<DeadLetterReason> {
+    if let Some(code) = header_str(props, HEADER_DEAD_LETTER_REASON) {
+        return Some(DeadLetterReason {
+            code: code.to_owned(),
+            detail: header_str(props, HEADER_DEAD_LETTER_DETAIL).unwrap_or_default().to_owned(),
+            queue: header_str(props, HEADER_DEAD_LETTER_QUEUE).map(str::to_owned),
+        });
+    }
+    let d = death(props)?;
+    let (code, detail) = if d.reason == "delivery_limit" {
+        (
+            "crashed".to_owned(),
+            format!(
+                "workers crashed or lost their connection while holding the job more often than the delivery \
+                 limit allows ({} times from {}); clean stops do not count",
+                d.count.max(1),
+                d.queue
+            ),
+        )
+    } else {
+        (d.reason.clone(), format!("RabbitMQ dead-lettered the job from {} ({})", d.queue, d.reason))
+    };
+    Some(DeadLetterReason { code, detail, queue: Some(d.queue) })
 }
 
 /// The job a message stands for: the body's `id`, else a UUID `message_id`, else an id derived
@@ -156,6 +203,26 @@ mod tests {
         let dead = death(&props).unwrap();
         assert_eq!((dead.reason.as_str(), dead.queue.as_str(), dead.count), ("delivery_limit", "fleet.tiny.bulk", 1));
         assert_eq!(death(&BasicProperties::default()), None);
+        let why = dead_letter_reason(&props).unwrap();
+        assert_eq!((why.code.as_str(), why.queue.as_deref()), ("crashed", Some("fleet.tiny.bulk")));
+        assert!(why.detail.contains("clean stops do not count"), "{}", why.detail);
+        assert_eq!(dead_letter_reason(&BasicProperties::default()), None);
+
+        // A worker's own reason wins over the broker's.
+        let mut own = props.headers().clone().unwrap_or_default();
+        own.insert(
+            ShortString::from(HEADER_DEAD_LETTER_REASON),
+            AMQPValue::LongString(LongString::from("invalid_spec")),
+        );
+        own.insert(
+            ShortString::from(HEADER_DEAD_LETTER_DETAIL),
+            AMQPValue::LongString(LongString::from("steps: must be 1, 2, 4 or 8")),
+        );
+        let why = dead_letter_reason(&props.clone().with_headers(own)).unwrap();
+        assert_eq!(
+            (why.code.as_str(), why.detail.as_str(), why.queue),
+            ("invalid_spec", "steps: must be 1, 2, 4 or 8", None)
+        );
 
         let id = uuid::Uuid::now_v7();
         assert_eq!(job_id(format!(r#"{{"id":"{id}","prompt":"x"}}"#).as_bytes(), &props), id);

@@ -84,6 +84,8 @@ fn status_at(tenant: &str, created_at: DateTime<Utc>) -> JobStatus {
         priority: Priority::Interactive,
         progress: Progress { step: 0, steps: 4, images_done: 0, images_total: 2 },
         attempts: 0,
+        deliveries: 0,
+        handbacks: 0,
         worker: None,
         created_at,
         started_at: None,

@@ -1,7 +1,8 @@
 //! Result image storage for lightning-fleet.
 //!
-//! Workers upload each generated image once, under a key that depends only on the job and the
-//! image's index ([`object_key`]), so a redelivered job overwrites instead of duplicating. The
+//! Workers upload each generated image once, under a key of the job, the execution that made it
+//! and the image's index ([`object_key`]): two executions of one job never share a key, and the
+//! job's status record names the set that counts. The
 //! dispatcher hands clients presigned GET URLs ([`ImageStore::presign_get`]).
 //!
 //! [`ImageStore`] is either an S3-compatible bucket ([`S3Store`]: AWS, MinIO, SeaweedFS) or a
@@ -31,7 +32,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use error::{BoxError, StartupCheckError, StorageError};
-pub use key::{object_key, validate_key};
+pub use key::{job_prefix, new_execution_id, object_key, validate_key};
 pub use local::LocalStore;
 pub use s3::{S3Options, S3Store};
 
@@ -48,9 +49,23 @@ pub mod meta_names {
     pub const INDEX: &str = "index";
     /// Lower-case hex SHA-256 of the stored bytes, computed by `put`.
     pub const SHA256: &str = "sha256";
+    /// The execution of the job that made the image (the key's execution segment).
+    pub const EXECUTION: &str = "execution";
+    /// Tenant that owns the job.
+    pub const TENANT: &str = "tenant";
+    /// The job's priority (`interactive` or `bulk`).
+    pub const PRIORITY: &str = "priority";
+    /// How many images the execution's result set holds (the job's `num_images`), decimal.
+    pub const IMAGES: &str = "images";
+    /// Width of the image in pixels, decimal.
+    pub const WIDTH: &str = "width";
+    /// Height of the image in pixels, decimal.
+    pub const HEIGHT: &str = "height";
 }
 
-/// What the worker knows about an image when it stores it; written as object metadata.
+/// What the worker knows about an image when it stores it; written as object metadata. It holds
+/// what a job's record needs to be rebuilt from its objects alone (with the key, the object's
+/// size and its stored SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     /// Seed the image was made with.
@@ -61,6 +76,19 @@ pub struct ObjectMeta {
     pub job_id: Uuid,
     /// Index of the image within the job.
     pub index: u32,
+    /// The execution that made it (see [`object_key`]).
+    pub execution: String,
+    /// Tenant that owns the job.
+    pub tenant: String,
+    /// The job's priority (`interactive` or `bulk`).
+    pub priority: String,
+    /// Images in the execution's result set (the job's `num_images`): a set with fewer objects
+    /// is incomplete.
+    pub images: u32,
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
 }
 
 impl ObjectMeta {
@@ -75,18 +103,48 @@ impl ObjectMeta {
             (meta_names::JOB_ID.to_owned(), self.job_id.hyphenated().to_string()),
             (meta_names::INDEX.to_owned(), self.index.to_string()),
             (meta_names::SHA256.to_owned(), sha256.to_owned()),
+            (meta_names::EXECUTION.to_owned(), encode_meta_value(&self.execution)),
+            (meta_names::TENANT.to_owned(), encode_meta_value(&self.tenant)),
+            (meta_names::PRIORITY.to_owned(), encode_meta_value(&self.priority)),
+            (meta_names::IMAGES.to_owned(), self.images.to_string()),
+            (meta_names::WIDTH.to_owned(), self.width.to_string()),
+            (meta_names::HEIGHT.to_owned(), self.height.to_string()),
         ])
     }
 
     /// Reads the fields back from a stored object's (decoded) metadata; `None` if any is missing
     /// or malformed (e.g. an object some other tool wrote).
     pub fn from_metadata(metadata: &BTreeMap<String, String>) -> Option<ObjectMeta> {
+        let number = |name: &str| metadata.get(name)?.parse::<u32>().ok();
         Some(ObjectMeta {
             seed: metadata.get(meta_names::SEED)?.parse().ok()?,
             model: metadata.get(meta_names::MODEL)?.clone(),
             job_id: metadata.get(meta_names::JOB_ID)?.parse().ok()?,
-            index: metadata.get(meta_names::INDEX)?.parse().ok()?,
+            index: number(meta_names::INDEX)?,
+            execution: metadata.get(meta_names::EXECUTION)?.clone(),
+            tenant: metadata.get(meta_names::TENANT)?.clone(),
+            priority: metadata.get(meta_names::PRIORITY)?.clone(),
+            images: number(meta_names::IMAGES)?,
+            width: number(meta_names::WIDTH)?,
+            height: number(meta_names::HEIGHT)?,
         })
+    }
+
+    /// Metadata for tests and tools: image 0 of a one-image 64×64 set of execution `execution`,
+    /// tenant `acme`, interactive.
+    pub fn example(job_id: Uuid, execution: &str, seed: u64) -> ObjectMeta {
+        ObjectMeta {
+            seed,
+            model: "tiny".into(),
+            job_id,
+            index: 0,
+            execution: execution.to_owned(),
+            tenant: "acme".into(),
+            priority: "interactive".into(),
+            images: 1,
+            width: 64,
+            height: 64,
+        }
     }
 }
 
@@ -158,8 +216,8 @@ impl ImageStore {
         Ok(store)
     }
 
-    /// Stores `body` under `key`, replacing any object there (so storing a redelivered job's
-    /// image again is harmless), with `content_type` and `meta` plus the body's SHA-256 as
+    /// Stores `body` under `key`, replacing any object there (a retried upload of the same
+    /// execution), with `content_type` and `meta` plus the body's SHA-256 as
     /// metadata. Readers never see a partly written object.
     pub async fn put(
         &self,
@@ -308,9 +366,13 @@ mod tests {
 
     #[test]
     fn object_meta_round_trips_through_metadata() {
-        let meta = ObjectMeta { seed: u64::MAX, model: "tiny".into(), job_id: Uuid::now_v7(), index: 3 };
+        let mut meta = ObjectMeta::example(Uuid::now_v7(), "0a1b2c3d4e5f", u64::MAX);
+        (meta.index, meta.tenant, meta.model) = (3, "ténant".into(), "modèle".into());
         let map = meta.to_metadata("ab");
         assert_eq!(map[meta_names::SHA256], "ab");
-        assert_eq!(ObjectMeta::from_metadata(&map), Some(meta));
+        assert_eq!(map[meta_names::TENANT], "t%C3%A9nant", "encoded for an HTTP header");
+        // As `get` hands it back: decoded.
+        let read: BTreeMap<String, String> = map.iter().map(|(k, v)| (k.clone(), decode_meta_value(v))).collect();
+        assert_eq!(ObjectMeta::from_metadata(&read), Some(meta));
     }
 }

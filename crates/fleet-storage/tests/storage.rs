@@ -31,8 +31,13 @@ async fn s3_store(cfg: &S3Config) -> ImageStore {
     ImageStore::from_config(cfg).await.unwrap()
 }
 
+/// The execution id every object of these tests is stored under.
+const EXEC: &str = "0a1b2c3d4e5f";
+
 fn meta(job_id: Uuid, index: u32) -> ObjectMeta {
-    ObjectMeta { seed: 12_345_678_901, model: "sdxl-lightning".into(), job_id, index }
+    let mut meta = ObjectMeta::example(job_id, EXEC, 12_345_678_901);
+    (meta.model, meta.index) = ("sdxl-lightning".into(), index);
+    meta
 }
 
 /// Deterministic pseudo-random bytes (so a part boundary mix-up cannot go unnoticed).
@@ -55,25 +60,29 @@ async fn cleanup(store: &ImageStore, prefix: &str) {
 }
 
 #[test]
-fn object_keys_are_deterministic() {
+fn object_keys_name_the_job_and_the_execution() {
     let job = Uuid::parse_str("0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b").unwrap();
-    let a = object_key("images", "acme", job, 2, ImageFormat::Png);
-    assert_eq!(a, "images/acme/0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b/2.png");
-    assert_eq!(a, object_key("images", "acme", job, 2, ImageFormat::Png));
+    let a = object_key("images", "acme", job, EXEC, 2, ImageFormat::Png);
+    assert_eq!(a, "images/acme/0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b/0a1b2c3d4e5f/2.png");
+    assert_eq!(a, object_key("images", "acme", job, EXEC, 2, ImageFormat::Png));
     assert_eq!(
-        object_key("/images/", "acme", job, 0, ImageFormat::Jpeg),
-        "images/acme/0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b/0.jpg"
+        object_key("/images/", "acme", job, EXEC, 0, ImageFormat::Jpeg),
+        "images/acme/0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b/0a1b2c3d4e5f/0.jpg"
     );
-    assert_eq!(object_key("", "acme", job, 1, ImageFormat::Webp), "acme/0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b/1.webp");
-    assert_ne!(a, object_key("images", "acme", job, 3, ImageFormat::Png));
-    assert_ne!(a, object_key("images", "other", job, 2, ImageFormat::Png));
+    assert_eq!(
+        object_key("", "acme", job, EXEC, 1, ImageFormat::Webp),
+        "acme/0190f1c2-3b4d-7e8f-9a0b-1c2d3e4f5a6b/0a1b2c3d4e5f/1.webp"
+    );
+    assert_ne!(a, object_key("images", "acme", job, EXEC, 3, ImageFormat::Png));
+    assert_ne!(a, object_key("images", "other", job, EXEC, 2, ImageFormat::Png));
+    assert_ne!(a, object_key("images", "acme", job, "ffffffffffff", 2, ImageFormat::Png));
 }
 
 /// The behaviours both stores share: round trip with content type and metadata, missing keys,
 /// idempotent overwrite, listing, delete, invalid keys.
 async fn common_behaviour(store: &ImageStore, prefix: &str) {
     let job = Uuid::now_v7();
-    let key = object_key(prefix, "acme", job, 0, ImageFormat::Png);
+    let key = object_key(prefix, "acme", job, EXEC, 0, ImageFormat::Png);
     let body = noise(70_000, 1);
     let stored = store.put(&key, body.clone(), ImageFormat::Png.content_type(), &meta(job, 0)).await.unwrap();
     assert_eq!(stored.key, key);
@@ -88,14 +97,16 @@ async fn common_behaviour(store: &ImageStore, prefix: &str) {
     assert_eq!(got.metadata["model"], "sdxl-lightning");
     assert_eq!(got.metadata["job-id"], job.to_string());
     assert_eq!(got.metadata["index"], "0");
+    assert_eq!(got.metadata["execution"], EXEC);
+    assert_eq!((got.metadata["tenant"].as_str(), got.metadata["images"].as_str()), ("acme", "1"));
     assert_eq!(got.meta(), Some(meta(job, 0)));
     assert!(store.exists(&key).await.unwrap());
 
-    let missing = object_key(prefix, "acme", job, 9, ImageFormat::Png);
+    let missing = object_key(prefix, "acme", job, EXEC, 9, ImageFormat::Png);
     assert!(store.get(&missing).await.unwrap().is_none());
     assert!(!store.exists(&missing).await.unwrap());
 
-    // A redelivered job stores the same key again: still one object, now the latest bytes.
+    // A retried upload stores the same key again: still one object, now the latest bytes.
     store.put(&key, body.clone(), "image/png", &meta(job, 0)).await.unwrap();
     let again = noise(70_000, 2);
     let stored2 = store.put(&key, again.clone(), "image/png", &meta(job, 0)).await.unwrap();
@@ -105,7 +116,7 @@ async fn common_behaviour(store: &ImageStore, prefix: &str) {
     assert_eq!(got.body, again);
     assert_eq!(got.sha256(), Some(stored2.sha256.as_str()));
 
-    let second = object_key(prefix, "acme", job, 1, ImageFormat::Webp);
+    let second = object_key(prefix, "acme", job, EXEC, 1, ImageFormat::Webp);
     store.put(&second, b"webp".to_vec(), "image/webp", &meta(job, 1)).await.unwrap();
     assert_eq!(store.list(&job_prefix).await.unwrap(), vec![key.clone(), second.clone()]);
     assert_eq!(store.list(&format!("{prefix}/nobody/")).await.unwrap(), Vec::<String>::new());
@@ -139,7 +150,7 @@ async fn s3_multipart_upload_gives_identical_bytes() {
     let options = S3Options { multipart_threshold: 1024 * 1024, part_size: 5 * 1024 * 1024, ..S3Options::default() };
     let store = ImageStore::S3(S3Store::new(&cfg, options).await.unwrap());
     let job = Uuid::now_v7();
-    let key = object_key(&cfg.prefix, "acme", job, 0, ImageFormat::Png);
+    let key = object_key(&cfg.prefix, "acme", job, EXEC, 0, ImageFormat::Png);
     let body = noise(12 * 1024 * 1024 + 123, 3); // parts of 5 MiB, 5 MiB and 2 MiB + 123 bytes
     let started = Instant::now();
     let stored = store.put(&key, body.clone(), "image/png", &meta(job, 0)).await.unwrap();
@@ -160,7 +171,7 @@ async fn s3_multipart_upload_gives_identical_bytes() {
     assert_eq!(got.meta(), Some(meta(job, 0)));
 
     // Below the threshold the same store makes a plain PutObject.
-    let small = object_key(&cfg.prefix, "acme", job, 1, ImageFormat::Png);
+    let small = object_key(&cfg.prefix, "acme", job, EXEC, 1, ImageFormat::Png);
     store.put(&small, vec![7; 1000], "image/png", &meta(job, 1)).await.unwrap();
     let head = s3.client().head_object().bucket(&cfg.bucket).key(&small).send().await.unwrap();
     assert!(!head.e_tag().unwrap_or_default().contains('-'), "{:?}", head.e_tag());
@@ -172,7 +183,7 @@ async fn s3_presigned_urls_fetch_the_bytes_and_expire() {
     let cfg = s3_config();
     let store = s3_store(&cfg).await;
     let job = Uuid::now_v7();
-    let key = object_key(&cfg.prefix, "acme", job, 0, ImageFormat::Jpeg);
+    let key = object_key(&cfg.prefix, "acme", job, EXEC, 0, ImageFormat::Jpeg);
     let body = noise(50_000, 4);
     store.put(&key, body.clone(), "image/jpeg", &meta(job, 0)).await.unwrap();
 
@@ -215,7 +226,7 @@ async fn s3_missing_bucket_and_bad_credentials_are_not_transient() {
     let mut cfg = s3_config();
     cfg.secret_access_key = "definitely-wrong-secret".into();
     let store = s3_store(&cfg).await;
-    let key = object_key(&cfg.prefix, "acme", Uuid::now_v7(), 0, ImageFormat::Png);
+    let key = object_key(&cfg.prefix, "acme", Uuid::now_v7(), EXEC, 0, ImageFormat::Png);
     let err = store.put(&key, vec![1, 2, 3], "image/png", &meta(Uuid::now_v7(), 0)).await.unwrap_err();
     assert!(matches!(err, StorageError::Denied { .. }), "{err}");
     assert!(!err.is_transient());
@@ -276,7 +287,7 @@ async fn dead_endpoint_is_transient_unavailable_promptly() {
     let mut cfg = s3_config();
     cfg.endpoint = format!("http://127.0.0.1:{port}");
     let store = s3_store(&cfg).await;
-    let key = object_key(&cfg.prefix, "acme", Uuid::now_v7(), 0, ImageFormat::Png);
+    let key = object_key(&cfg.prefix, "acme", Uuid::now_v7(), EXEC, 0, ImageFormat::Png);
 
     let started = Instant::now();
     let err = store.put(&key, vec![0; 1000], "image/png", &meta(Uuid::now_v7(), 0)).await.unwrap_err();
@@ -308,7 +319,7 @@ async fn silent_endpoint_times_out_instead_of_hanging() {
         ..S3Options::default()
     };
     let store = ImageStore::S3(S3Store::new(&cfg, options).await.unwrap());
-    let key = object_key(&cfg.prefix, "acme", Uuid::now_v7(), 0, ImageFormat::Png);
+    let key = object_key(&cfg.prefix, "acme", Uuid::now_v7(), EXEC, 0, ImageFormat::Png);
     let started = Instant::now();
     let err = store.put(&key, vec![0; 1000], "image/png", &meta(Uuid::now_v7(), 0)).await.unwrap_err();
     let took = started.elapsed();
@@ -369,7 +380,7 @@ async fn local_store_writes_atomically() {
     let local = LocalStore::new(dir.path()).await.unwrap();
     let store = ImageStore::Local(local.clone());
     let job = Uuid::now_v7();
-    let key = object_key("images", "acme", job, 0, ImageFormat::Png);
+    let key = object_key("images", "acme", job, EXEC, 0, ImageFormat::Png);
     let path = local.path_of(&key).unwrap();
     let sizes = [24 * 1024 * 1024, 16 * 1024 * 1024];
 

@@ -11,6 +11,8 @@ use lapin::types::AMQPValue;
 
 use fleet_render::batching::Waiting;
 
+use crate::republish::{Original, republish};
+
 /// Tenant of a job published straight onto the queue with neither a body `tenant` nor a header.
 pub const ANONYMOUS_TENANT: &str = "anonymous";
 
@@ -27,6 +29,8 @@ pub struct Pending {
     pub record: Option<Versioned>,
     /// When this worker last found no cancel request for the job (set when it starts the job).
     pub cancel_checked: Option<Instant>,
+    /// The message as delivered, for a clean hand-back ([`crate::republish`]); set by the consume loop.
+    pub original: Option<Original>,
     acker: Option<Acker>,
 }
 
@@ -86,6 +90,7 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<
                 delivery_count,
                 record: None,
                 cancel_checked: None,
+                original: None,
                 acker: Some(delivery.acker),
             })
         }
@@ -134,11 +139,30 @@ impl Pending {
         }
     }
 
-    /// Send the message to the dead-letter queue.
-    pub async fn dead_letter(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+    /// Clean hand-back (this worker stops, nothing is wrong with the job): the message is
+    /// published again on `channel` and the original acked, so the broker's delivery count does
+    /// not grow ([`crate::republish`]). When that cannot be done (no channel, the hand-back limit,
+    /// a refused republish), the message is returned the ordinary way.
+    pub async fn hand_back(&mut self, channel: Option<&lapin::Channel>) {
+        let (Some(channel), Some(original)) = (channel, self.original.as_ref()) else {
+            return self.requeue().await;
+        };
+        if !self.is_open() {
+            return;
         }
+        let republished = republish(channel, original).await;
+        match republished {
+            Ok(()) => self.ack().await,
+            Err(err) => {
+                tracing::warn!(job = %self.id(), error = %err, "cannot hand the job back cleanly; returning it to the queue");
+                self.requeue().await;
+            }
+        }
+    }
+
+    /// Clean hand-backs the message has been through.
+    pub fn handbacks(&self) -> u32 {
+        self.original.as_ref().map_or(0, Original::handbacks)
     }
 
     /// Whether the message is still unsettled.

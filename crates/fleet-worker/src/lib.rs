@@ -4,9 +4,11 @@
 //!
 //! - batching: the policy is fleet-render's (`fleet_render::batching`), shared with `fleet generate --jobs`;
 //! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
+//! - [`republish`]: clean hand-backs that the broker does not count, dead letters with a reason;
 //! - [`engine_thread`]: the one thread generations run on;
 //! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
 //! - [`runner`]: running one batch end to end;
+//! - [`result_set`]: an execution's images under its own keys, the record's compare-and-set picking the one set;
 //! - [`heartbeat`]: liveness and counters in Redis;
 //! - [`worker`]: the consume loop and graceful shutdown.
 
@@ -16,6 +18,8 @@ pub mod heartbeat;
 pub mod intake;
 pub mod metrics;
 pub mod noop;
+pub mod republish;
+pub mod result_set;
 pub mod runner;
 pub mod worker;
 

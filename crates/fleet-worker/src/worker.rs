@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::backoff::{self, BackoffBuilder as _};
-use fleet_core::{ErrorCode, FleetConfig, JobError};
+use fleet_core::{ErrorCode, FleetConfig, JobError, JobStatus, Priority};
 use fleet_queue::{Broker, QueueError, Topology};
-use fleet_status::{BatchInfo, StatusError, StatusStore};
+use fleet_status::{BatchInfo, CreateOutcome, StatusError, StatusStore};
 use fleet_storage::ImageStore;
 use futures::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -19,6 +19,7 @@ use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
 use crate::noop::{EngineMode, NOOP_DEVICE};
+use crate::republish::Original;
 use crate::runner::{RunContext, Stats, run_batch};
 use fleet_render::batching::{BatchPolicy, leader_deadline, next_batch};
 use fleet_render::{ModelError, Models};
@@ -33,6 +34,8 @@ const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// A consumer that lasted this long was healthy: the next loss starts the backoff afresh.
 const RECONNECT_RESET: Duration = Duration::from_secs(30);
+/// Longest a stopping worker waits for the broker to confirm its consumers' cancels.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a worker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -234,10 +237,12 @@ impl Worker {
             })
             .collect();
         let mut streams = Vec::new();
+        let mut tags = Vec::new();
         for queue in queues {
             let tag = format!("{}:{queue}", self.ctx.worker_id);
-            let consumer = consume_queue(channel.clone(), queue, tag).await?;
+            let consumer = consume_queue(channel.clone(), queue, tag.clone()).await?;
             streams.push(consumer);
+            tags.push(tag);
         }
         let mut deliveries = futures::stream::select_all(streams);
         let mut waiting: Vec<Pending> = Vec::new();
@@ -261,19 +266,17 @@ impl Worker {
                 delivery = deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
                         last_delivery = Some(Instant::now());
-                        match receive(delivery, &self.ctx.config) {
-                            Ok(pending) => keep_once(&mut waiting, pending).await,
-                            Err(refused) => self.refuse(*refused).await,
-                        }
+                        self.accept(delivery, &channel, &mut waiting).await;
                     }
                     Some(Err(e)) => {
                         warn_if_ack_timeout(&e);
-                        hand_back(&mut waiting).await;
+                        // The channel is gone: what it held goes back by the broker's count.
+                        hand_back(&mut waiting, None).await;
                         self.wait_for_finishing().await;
                         return Err(WorkerError::Consume(e));
                     }
                     None => {
-                        hand_back(&mut waiting).await;
+                        hand_back(&mut waiting, None).await;
                         self.wait_for_finishing().await;
                         return Err(WorkerError::Consume(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)));
                     }
@@ -288,8 +291,14 @@ impl Worker {
             }
             self.ctx.stats.waiting.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        // Nothing more may arrive; what the broker already sent (prefetched, not yet read) is
+        // handed back with the rest instead of going back by the broker's count when the channel closes.
+        let prefetched = self.stop_consuming(&channel, &tags, &mut deliveries).await;
+        for delivery in prefetched {
+            self.accept(delivery, &channel, &mut waiting).await;
+        }
         tracing::info!(worker = %self.ctx.worker_id, waiting = waiting.len(), "shutting down: handing waiting jobs back");
-        hand_back(&mut waiting).await;
+        hand_back(&mut waiting, Some(&channel)).await;
         self.wait_for_finishing().await;
         let _ = channel.close(200, "worker shutting down").await;
         Ok(())
@@ -342,18 +351,98 @@ impl Worker {
         );
     }
 
-    /// A message that is not a valid job: record why (when it names a job) and dead-letter it.
-    async fn refuse(&self, refused: Refused) {
-        tracing::warn!(reason = %refused.reason, "refusing message");
-        if let Some(id) = refused.id {
-            let error = JobError::new(ErrorCode::InvalidSpec, refused.reason.clone());
-            let _ = self
-                .ctx
-                .status
-                .update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) })
-                .await;
+    /// A delivery in: a job waiting for a batch, or a refused message dead-lettered.
+    async fn accept(&self, delivery: lapin::message::Delivery, channel: &lapin::Channel, waiting: &mut Vec<Pending>) {
+        let original = Original::of(&delivery);
+        match receive(delivery, &self.ctx.config) {
+            Ok(mut pending) => {
+                pending.original = Some(original);
+                keep_once(waiting, pending).await;
+            }
+            Err(refused) => self.refuse(*refused, channel, &original).await,
         }
-        refused.dead_letter().await;
+    }
+
+    /// Cancels the consumers and collects what the broker had already sent them (for at most
+    /// [`STOP_WAIT`]; anything later goes back when the channel closes).
+    async fn stop_consuming(
+        &self,
+        channel: &lapin::Channel,
+        tags: &[String],
+        deliveries: &mut (impl futures::Stream<Item = Result<lapin::message::Delivery, lapin::Error>> + Unpin),
+    ) -> Vec<lapin::message::Delivery> {
+        for tag in tags {
+            if let Err(e) = channel.basic_cancel(tag, lapin::options::BasicCancelOptions::default()).await {
+                tracing::warn!(%tag, error = %e, "cannot cancel the consumer");
+                return Vec::new();
+            }
+        }
+        let mut prefetched = Vec::new();
+        // Each consumer's stream ends once the broker confirmed its cancel, after what it held.
+        let collect = async {
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                prefetched.push(delivery);
+            }
+        };
+        let _ = tokio::time::timeout(STOP_WAIT, collect).await;
+        prefetched
+    }
+
+    /// A message that is not a valid job: record why (when it names a job), then dead-letter it
+    /// with the reason in its headers (confirmed, then acked); if that publish fails, it is
+    /// rejected to the dead-letter queue by the broker, without the reason.
+    async fn refuse(&self, refused: Refused, channel: &lapin::Channel, original: &Original) {
+        tracing::warn!(reason = %refused.reason, "refusing message");
+        let error = JobError::new(ErrorCode::InvalidSpec, refused.reason.clone());
+        if let Some(id) = refused.id {
+            self.record_refusal(id, &refused, original, &error).await;
+        }
+        let topology = self.broker.topology();
+        let queue = topology
+            .queues
+            .iter()
+            .find(|q| original.exchange == topology.exchange && q.routing_key == original.routing_key)
+            .map_or(original.routing_key.as_str(), |q| q.name.as_str());
+        let dlx = &topology.dead_letter_exchange;
+        match crate::republish::dead_letter(
+            channel,
+            dlx,
+            original,
+            ErrorCode::InvalidSpec.name(),
+            &refused.reason,
+            queue,
+        )
+        .await
+        {
+            Ok(()) => {
+                let _ = refused.acker.ack(lapin::options::BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot dead-letter the message with its reason; rejecting it");
+                refused.dead_letter().await;
+            }
+        }
+    }
+
+    /// The record of a refused message that names a job: `failed` / `invalid_spec` with every
+    /// validation error, created when the job has none (a message published straight onto the queue).
+    async fn record_refusal(&self, id: uuid::Uuid, refused: &Refused, original: &Original, error: &JobError) {
+        let tenant = refused.tenant.as_deref().unwrap_or(crate::intake::ANONYMOUS_TENANT);
+        let priority = fleet_queue::message::header_str(&original.properties, fleet_queue::message::HEADER_PRIORITY)
+            .map_or(Priority::default(), |p| {
+                if p == Priority::Bulk.as_str() { Priority::Bulk } else { Priority::Interactive }
+            });
+        let record =
+            JobStatus::refused(id, tenant, refused.model.as_deref().unwrap_or(""), priority, error.clone(), Utc::now());
+        let fail = |s: &mut JobStatus| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) };
+        let written = match self.ctx.status.create(&record, None).await {
+            Ok(CreateOutcome::Existing(_)) => self.ctx.status.update(id, fail).await.map(drop),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(job = %id, error = %e, "cannot record why the message was refused");
+        }
     }
 }
 
@@ -398,9 +487,10 @@ async fn keep_once(waiting: &mut Vec<Pending>, mut pending: Pending) {
     }
 }
 
-async fn hand_back(waiting: &mut Vec<Pending>) {
+/// Gives waiting jobs back: cleanly on `channel` when there is one (a stop), else by the broker's count.
+async fn hand_back(waiting: &mut Vec<Pending>, channel: Option<&lapin::Channel>) {
     for mut job in waiting.drain(..) {
-        job.requeue().await;
+        job.hand_back(channel).await;
     }
 }
 

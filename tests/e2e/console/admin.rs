@@ -130,7 +130,7 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
     signed_in(&browser).await;
     assert_eq!(browser.attr("#nav-bulk", "hidden").await, None, "an admin key sees Bulk runs");
 
-    // The fleet page lists the dead-lettered job, with its tenant and the broker's reason.
+    // The fleet page lists the dead-lettered job, with its tenant and why (the broker's delivery limit).
     show(&browser, "#/fleet").await;
     let row = browser
         .wait_until(
@@ -140,7 +140,7 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
         .await;
     let row = row.as_str().unwrap_or_default();
     let job_queue = format!("{}.tiny.interactive", fleet.config.rabbitmq.queue_prefix);
-    for expected in ["e2e", "tiny", "delivery_limit", job_queue.as_str()] {
+    for expected in ["e2e", "tiny", "crashed", "delivery limit", job_queue.as_str()] {
         assert!(row.contains(expected), "the dead letter shows {expected}: {row}");
     }
     assert!(browser.text("#dead-summary").await.starts_with("1 message(s)"));

@@ -100,12 +100,13 @@ async fn all_records(status: &StatusStore) -> Vec<JobStatus> {
     }
 }
 
-/// S3 objects under `prefix`, by the job id in their key (`<prefix>/<tenant>/<id>/<n>.<ext>`).
+/// S3 objects under `prefix`, by the job id in their key
+/// (`<prefix>/<tenant>/<id>/<execution>/<n>.<ext>`: the one segment that is a UUID).
 async fn objects_by_job(store: &ImageStore, prefix: &str) -> BTreeMap<Uuid, BTreeSet<String>> {
     let keys = store.list(&format!("{prefix}/")).await.expect("list S3 objects");
     let mut by_job: BTreeMap<Uuid, BTreeSet<String>> = BTreeMap::new();
     for key in keys {
-        let id = key.rsplit('/').nth(1).and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
+        let id = key.split('/').find_map(|s| Uuid::try_parse(s).ok()).unwrap_or_default();
         by_job.entry(id).or_default().insert(key);
     }
     by_job

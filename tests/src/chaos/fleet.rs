@@ -57,6 +57,16 @@ fn free_port() -> u16 {
 impl ChaosFleet {
     /// Starts the dispatcher and `workers` workers on an isolated configuration.
     pub async fn start(services: &Services, workers: usize, name: &str) -> ChaosFleet {
+        Self::start_with(services, workers, name, |_| {}).await
+    }
+
+    /// [`Self::start`], with `adjust` applied to the suite's configuration before the processes read it.
+    pub async fn start_with(
+        services: &Services,
+        workers: usize,
+        name: &str,
+        adjust: impl FnOnce(&mut FleetConfig),
+    ) -> ChaosFleet {
         let mut config = crate::isolated_config();
         config.rabbitmq.url = format!("{}?heartbeat={AMQP_HEARTBEAT_SECS}", services.rabbit.url());
         config.redis.url = services.redis.url();
@@ -65,6 +75,7 @@ impl ChaosFleet {
         config.rabbitmq.delivery_limit = 20;
         config.worker.max_batch_images = 4;
         config.worker.drain_timeout_secs = 10;
+        adjust(&mut config);
         let s3_direct = config.s3.clone();
         let s3_link = Link::start(s3_direct.endpoint.trim_start_matches("http://")).await.expect("S3 link");
         config.s3.endpoint = format!("http://{}", s3_link.addr());

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod fleet;
+pub mod rolling;
 pub mod scenario;
 pub mod submit;
 

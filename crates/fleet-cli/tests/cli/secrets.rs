@@ -241,8 +241,7 @@ fn the_s3_client_refused_for_a_wrong_secret_logs_no_secret_even_at_trace() {
         runtime.block_on(async {
             let store = fleet_storage::ImageStore::from_config(&cfg).await.unwrap();
             let key = format!("secrets-test/{}/0.png", uuid::Uuid::now_v7());
-            let meta =
-                fleet_storage::ObjectMeta { seed: 1, model: "tiny".into(), job_id: uuid::Uuid::now_v7(), index: 0 };
+            let meta = fleet_storage::ObjectMeta::example(uuid::Uuid::now_v7(), "0a1b2c3d4e5f", 1);
             let err = store.put(&key, vec![1, 2, 3], "image/png", &meta).await.unwrap_err();
             let url = store.presign_get(&key, Duration::from_secs(60)).await.unwrap().unwrap_or_default();
             format!("{err}\n{err:?}\n{store:?}\n{url}")

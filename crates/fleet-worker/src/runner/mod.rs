@@ -1,9 +1,9 @@
 //! Running one batch end to end: start → generate → encode → upload → succeed → ack.
 //!
 //! The message of a job is acked only after its images are stored and its status says
-//! `succeeded` (or it failed for a reason of its own). Object keys depend only on the job id and
-//! image index, so a redelivered job overwrites the same objects: at-least-once delivery leaves
-//! exactly one result set.
+//! `succeeded` (or it failed for a reason of its own). Each execution stores its images under
+//! its own execution id and the record's compare-and-set picks the one set that counts
+//! ([`crate::result_set`]): at-least-once delivery leaves exactly the recorded result set.
 
 //!
 //! - [`start`]: a job's record goes to `running` (or the job turns out to need nothing);
@@ -15,7 +15,7 @@
 
 mod generate;
 mod prepare;
-mod retry;
+pub(crate) mod retry;
 mod settle;
 mod start;
 mod store;
@@ -239,9 +239,8 @@ async fn forward_and_finish(
             let err = Arc::new(err);
             for mut job in jobs {
                 let outcome = match code {
-                    Some(code) if code.retryable() && job.delivery_count < ctx.config.rabbitmq.delivery_limit => {
-                        Outcome::Requeue(Interruption::Engine(err.clone()))
-                    }
+                    // Handed back; on its last allowed delivery, settle fails it with this code instead.
+                    Some(code) if code.retryable() => Outcome::Requeue(Interruption::Engine(err.clone())),
                     Some(code) => Outcome::Fail(JobError::new(code, err.to_string())),
                     None => Outcome::Fail(JobError::new(ErrorCode::Internal, err.to_string())),
                 };

@@ -9,7 +9,7 @@ use fleet_status::StatusError;
 use super::TRANSIENT_BUDGET;
 
 /// Retries an operation while its error is transient, with backoff, for at most [`TRANSIENT_BUDGET`].
-pub(super) async fn retry<T, E, F, Fut>(op: F) -> Result<T, E>
+pub(crate) async fn retry<T, E, F, Fut>(op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,

@@ -68,7 +68,7 @@ pub(super) async fn settle(ctx: &RunContext, job: &mut Pending, outcome: Outcome
         // Handed back now, the broker would dead-letter the job as one that kept crashing its
         // workers; its status records the real cause instead.
         Outcome::Requeue(reason) if job.delivery_count >= ctx.config.rabbitmq.delivery_limit => {
-            Outcome::Fail(reason.job_error())
+            Outcome::Fail(reason.job_error().after_last_attempt(job.delivery_count + 1))
         }
         other => other,
     };

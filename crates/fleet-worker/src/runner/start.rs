@@ -24,9 +24,11 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
         if s.state == JobState::Running {
             s.requeue(Utc::now())?;
         }
-        s.start(&worker, Utc::now())
+        s.start(&worker, Utc::now())?;
+        s.note_delivery(job.delivery_count, job.handbacks());
+        Ok(())
     };
-    let started = match record {
+    let started = match &record {
         Some(record) => retry(|| ctx.status.update_from(id, Some(record.clone()), start)).await,
         None => Err(StatusError::NotFound(id)),
     };
@@ -35,7 +37,14 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
             ctx.stats.queue_wait.observe((Utc::now() - record.status.created_at).as_seconds_f64());
             Ok(Some(record))
         }
-        Err(StatusError::Illegal(_)) => Ok(None),
+        Err(StatusError::Illegal(_)) => {
+            // A delivery of a job that already succeeded: nothing is uploaded, and objects an
+            // execution that lost left behind (it died before removing them) go now.
+            if let Some(done) = record.filter(|r| r.status.state == JobState::Succeeded) {
+                sweep_in_background(ctx, done.status);
+            }
+            Ok(None)
+        }
         Err(StatusError::NotFound(_)) => {
             // Published straight onto the queue (or its record expired): create the record, then start.
             let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
@@ -53,4 +62,16 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
         }
         Err(e) => Err(e),
     }
+}
+
+/// Removes objects of `record`'s job that its result does not name, without holding up the batch.
+fn sweep_in_background(ctx: &RunContext, record: JobStatus) {
+    let (store, prefix) = (ctx.store.clone(), ctx.config.s3.prefix.clone());
+    tokio::spawn(async move {
+        match crate::result_set::sweep(&store, &prefix, &record).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(job = %record.id, objects = n, "removed objects of executions that lost"),
+            Err(e) => tracing::warn!(job = %record.id, error = %e, "cannot list the job's objects to remove strays"),
+        }
+    });
 }

@@ -1,18 +1,19 @@
-//! Storing a job's results: encode and upload its images side by side, then mark it succeeded.
+//! Storing a job's results: encode and upload its images side by side under this execution's
+//! keys, then mark it succeeded (see [`crate::result_set`]).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chrono::Utc;
-use fleet_core::{ErrorCode, ImageResult, JobError, JobState, JobStatus};
+use fleet_core::{ErrorCode, JobError, JobState};
 use fleet_engine::Pipeline;
-use fleet_status::StatusError;
 use fleet_storage::ObjectMeta;
 use image::RgbImage;
 
 use super::settle::{Outcome, log_finished, settle};
 use super::{PROGRESS_EVERY, RunContext, retry};
 use crate::intake::Pending;
+use crate::result_set::{self, Committed};
 
 pub(super) async fn finish(
     ctx: &RunContext,
@@ -67,10 +68,27 @@ async fn store_job(
     }
     let tenant = spec.tenant.clone().unwrap_or_default();
     let prediction = pipeline.scheduler.prediction_type.as_str();
+    // This execution's own keys: another execution of the job (a redelivery, a duplicate
+    // message) writes elsewhere, and the record's compare-and-set picks one set.
+    let execution = fleet_storage::new_execution_id();
+    let keys: Vec<String> = (0..images.len() as u32)
+        .map(|i| fleet_storage::object_key(&ctx.config.s3.prefix, &tenant, id, &execution, i, spec.output.format))
+        .collect();
     // A job's images are encoded and uploaded side by side, not one after another: an n-image job
     // waits for one PUT round trip, not n (tens of milliseconds each against a remote S3).
-    let stores = images.into_iter().enumerate().map(|(i, image)| {
-        let tenant = tenant.as_str();
+    let stores = images.into_iter().zip(&keys).enumerate().map(|(i, (image, key))| {
+        let meta = ObjectMeta {
+            seed: spec.seed.unwrap_or_default().wrapping_add(i as u64),
+            model: model.to_owned(),
+            job_id: id,
+            index: i as u32,
+            execution: execution.clone(),
+            tenant: tenant.clone(),
+            priority: spec.priority.as_str().to_owned(),
+            images: spec.num_images,
+            width: spec.width,
+            height: spec.height,
+        };
         let (own_spec, config) = (spec.clone(), ctx.config.clone());
         async move {
             let encoded = tokio::task::spawn_blocking(move || {
@@ -88,44 +106,36 @@ async fn store_job(
                     return Err(Outcome::Fail(JobError::new(ErrorCode::Internal, format!("encoder thread: {e}"))));
                 }
             };
-            let index = i as u32;
-            let seed = spec.seed.unwrap_or_default().wrapping_add(u64::from(index));
-            let key = fleet_storage::object_key(&ctx.config.s3.prefix, tenant, id, index, spec.output.format);
-            let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
-            let content_type = spec.output.format.content_type();
             let upload_started = Instant::now();
-            let stored =
-                retry(|| ctx.store.put(&key, bytes.clone(), content_type, &meta)).await.map_err(storage_outcome)?;
+            let result =
+                result_set::upload(&ctx.store, key, bytes, &meta, spec.output.format).await.map_err(storage_outcome)?;
             ctx.stats.upload_seconds.observe_duration(upload_started.elapsed());
-            Ok(ImageResult {
-                index,
-                key: stored.key,
-                seed,
-                width: spec.width,
-                height: spec.height,
-                format: spec.output.format,
-                sha256: stored.sha256,
-                bytes: stored.bytes,
-            })
+            Ok(result)
         }
     });
-    // The first failure settles the job (its other uploads are dropped; their keys are
-    // idempotent, so a later attempt overwrites whatever they left).
+    // The first failure settles the job; whatever this execution stored so far is removed (no
+    // record will name it).
     let results = match futures::future::try_join_all(stores).await {
         Ok(results) => results,
-        Err(outcome) => return outcome,
+        Err(outcome) => {
+            result_set::remove(&ctx.store, &keys).await;
+            return outcome;
+        }
     };
-    let count = results.len() as u64;
-    let succeed = |s: &mut JobStatus| s.succeed(results.clone(), Utc::now());
-    match retry(|| ctx.status.update_from(id, job.record.clone(), succeed)).await {
-        Ok(_) => {
+    let count = results.len();
+    match result_set::commit(&ctx.status, &ctx.store, &ctx.config.s3.prefix, job.record.clone(), id, results).await {
+        Ok(Committed::Won(_)) => {
             ctx.stats.jobs_done.fetch_add(1, Ordering::Relaxed);
-            ctx.stats.images_done.fetch_add(count, Ordering::Relaxed);
-            log_finished(job, JobState::Succeeded, results.len());
+            ctx.stats.images_done.fetch_add(count as u64, Ordering::Relaxed);
+            log_finished(job, JobState::Succeeded, count);
             Outcome::Settled
         }
-        // Cancelled meanwhile (or finished by another delivery): the objects are harmless, the state stands.
-        Err(StatusError::Illegal(_)) => Outcome::Settled,
+        // Finished by another execution, or cancelled meanwhile: the record stands, and this
+        // execution's objects are gone.
+        Ok(Committed::Lost(state)) => {
+            tracing::info!(job = %id, %execution, record = state.as_str(), "another outcome was recorded first; this execution's images were removed");
+            Outcome::Settled
+        }
         Err(e) => Outcome::Requeue(e.into()),
     }
 }
