@@ -34,7 +34,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile", ROOT / "deploy" / "Dockerfile.cuda"]
 
 # Keys that hold credentials: never in a ConfigMap or a committed file's plain config.
-SECRET_KEYS = {"rabbitmq.url", "redis.url", "s3.access_key_id", "s3.secret_access_key", "http.api_keys", "client.api_key"}
+SECRET_KEYS = {"rabbitmq.url", "rabbitmq.urls", "redis.url", "s3.access_key_id", "s3.secret_access_key", "http.api_keys", "client.api_key"}
 # Secret keys a fleet server process needs from the Secret (client.api_key is the CLI's alone).
 DISPATCHER_SECRETS = {"rabbitmq.url", "redis.url", "s3.access_key_id", "s3.secret_access_key", "http.api_keys"}
 WORKER_SECRETS = {"rabbitmq.url", "redis.url", "s3.access_key_id", "s3.secret_access_key"}
