@@ -57,6 +57,22 @@ fn report(rows: &[Row], size: RunSize) {
     }
 }
 
+/// The size of a full run: `FLEET_CHAOS_JOBS` (`jobs`) jobs per scenario at `FLEET_CHAOS_RATE`
+/// (8) jobs/s over `FLEET_CHAOS_WORKERS` (3) workers, `FLEET_CHAOS_DRAIN_SECS` (1800) to drain.
+fn full_size(jobs: usize) -> RunSize {
+    RunSize {
+        jobs: env("FLEET_CHAOS_JOBS", jobs),
+        rate: env("FLEET_CHAOS_RATE", 8.0),
+        workers: env("FLEET_CHAOS_WORKERS", 3),
+        drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
+    }
+}
+
+/// Scenario numbers listed in the variable `var` (e.g. `1,5,7`); empty: all.
+fn picked(var: &str) -> Vec<usize> {
+    std::env::var(var).unwrap_or_default().split(',').filter_map(|s| s.trim().parse().ok()).collect()
+}
+
 /// A few jobs per scenario, with the other tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_suite_short() {
@@ -71,17 +87,8 @@ async fn chaos_suite_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "minutes long: run by scripts/chaos.sh"]
 async fn chaos_suite_full() {
-    let size = RunSize {
-        jobs: env("FLEET_CHAOS_JOBS", 500),
-        rate: env("FLEET_CHAOS_RATE", 8.0),
-        workers: env("FLEET_CHAOS_WORKERS", 3),
-        drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
-    };
-    let only: Vec<usize> = std::env::var("FLEET_CHAOS_SCENARIOS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let size = full_size(500);
+    let only = picked("FLEET_CHAOS_SCENARIOS");
     let seed = env("FLEET_CHAOS_SEED", 7);
     suite(size, &only, seed, env("FLEET_CHAOS_MIXED_FAULTS", 8)).await;
 }
@@ -118,17 +125,8 @@ async fn cluster_chaos_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "minutes long: run by hand (docs/RELIABILITY.md)"]
 async fn cluster_chaos_full() {
-    let size = RunSize {
-        jobs: env("FLEET_CHAOS_JOBS", 300),
-        rate: env("FLEET_CHAOS_RATE", 8.0),
-        workers: env("FLEET_CHAOS_WORKERS", 3),
-        drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
-    };
-    let only: Vec<usize> = std::env::var("FLEET_CHAOS_CLUSTER_SCENARIOS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let size = full_size(300);
+    let only = picked("FLEET_CHAOS_CLUSTER_SCENARIOS");
     let faults: Vec<ClusterFault> = (1..=CLUSTER_FAULTS.len())
         .filter(|i| only.is_empty() || only.contains(i))
         .map(|i| CLUSTER_FAULTS[i - 1])

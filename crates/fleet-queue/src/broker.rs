@@ -188,7 +188,8 @@ impl Broker {
 
     /// A session on the first node that answers.
     async fn open_session(&self, handshake: Duration) -> Result<Session, QueueError> {
-        let (node, (connection, channel)) = self.first_answering(|node| self.open_session_on(&self.urls[node], handshake)).await?;
+        let (node, (connection, channel)) =
+            self.first_answering(|node| self.open_session_on(&self.urls[node], handshake)).await?;
         if self.urls.len() > 1 {
             tracing::info!(node = %mask_url(&self.urls[node]), "connected to RabbitMQ");
         }

@@ -57,17 +57,12 @@ impl ClusterFault {
         let queue = format!("{}.tiny.interactive", fleet.config.rabbitmq.queue_prefix);
         let started = Instant::now();
         match self {
-            ClusterFault::KillLeader => {
+            ClusterFault::KillLeader | ClusterFault::RestartNode => {
                 let leader = leader(cluster, &queue);
-                eprintln!("  SIGKILL of {} (leader of {queue})", cluster.node_name(leader));
-                block(|| cluster.kill_node(leader));
-                tokio::time::sleep(DOWN).await;
-                block(|| cluster.start_node(leader));
-            }
-            ClusterFault::RestartNode => {
-                let leader = leader(cluster, &queue);
-                eprintln!("  restart of {} (leader of {queue})", cluster.node_name(leader));
-                block(|| cluster.stop_node(leader));
+                let kill = self == ClusterFault::KillLeader;
+                let what = if kill { "SIGKILL" } else { "restart" };
+                eprintln!("  {what} of {} (leader of {queue})", cluster.node_name(leader));
+                block(|| if kill { cluster.kill_node(leader) } else { cluster.stop_node(leader) });
                 tokio::time::sleep(DOWN).await;
                 block(|| cluster.start_node(leader));
             }
