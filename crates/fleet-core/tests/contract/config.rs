@@ -215,7 +215,7 @@ presign_ttl_secs = 0
 #[test]
 fn broker_urls_come_from_a_list_a_comma_separated_string_or_the_one_url() {
     let one = FleetConfig::load(&ConfigSources::default()).unwrap();
-    assert_eq!(one.rabbitmq.broker_urls(), [one.rabbitmq.url.clone()], "no urls: the one url");
+    assert_eq!(one.rabbitmq.broker_urls(), std::slice::from_ref(&one.rabbitmq.url), "no urls: the one url");
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fleet.toml");
