@@ -152,15 +152,26 @@ async fn a_broker_moves_to_a_live_node(cluster: &RabbitCluster) {
     let dead = cluster.urls().iter().position(|u| fleet_core::config::mask_url(u) == first).unwrap();
     tokio::task::block_in_place(|| cluster.kill_node(dead));
 
-    // The node is gone before this publish starts, so a failed try enqueued nothing; while the
-    // queue elects a new leader, the surviving nodes refuse publishes (negative confirms).
+    // The surviving nodes refuse publishes to a queue whose leader died (negative confirms) until
+    // they have elected a new one: wait for that, then the broker must publish on a live node. The
+    // node is gone before any publish starts, so a refused try enqueued nothing.
+    let started = std::time::Instant::now();
+    let live = (dead + 1) % cluster.urls().len();
+    while !tokio::task::block_in_place(|| cluster.leader_of(&queue, live)).is_some_and(|l| l != dead) {
+        assert!(started.elapsed() < Duration::from_secs(90), "{queue} elected no new leader");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut failures = Vec::new();
     while let Err(e) = publisher.publish(&job(2), "after").await {
         failures.push(e.to_string());
         assert!(failures.len() < 60, "no publish on a live node: {failures:#?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("published on a live node after {} refused tries: {failures:?}", failures.len());
+    eprintln!(
+        "published on a live node {:.1} s after the kill ({} refused tries: {failures:?})",
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
     let second = broker.node().await.expect("connected again");
     assert_ne!(second, first, "the broker moved to a live node");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
