@@ -34,7 +34,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile", ROOT / "deploy" / "Dockerfile.cuda"]
 
 # Keys that hold credentials: never in a ConfigMap or a committed file's plain config.
-SECRET_KEYS = {"rabbitmq.url", "redis.url", "s3.access_key_id", "s3.secret_access_key", "http.api_keys", "client.api_key"}
+SECRET_KEYS = {"rabbitmq.url", "rabbitmq.urls", "redis.url", "s3.access_key_id", "s3.secret_access_key", "http.api_keys", "client.api_key"}
 # Secret keys a fleet server process needs from the Secret (client.api_key is the CLI's alone).
 DISPATCHER_SECRETS = {"rabbitmq.url", "redis.url", "s3.access_key_id", "s3.secret_access_key", "http.api_keys"}
 WORKER_SECRETS = {"rabbitmq.url", "redis.url", "s3.access_key_id", "s3.secret_access_key"}
@@ -366,6 +366,20 @@ def dispatcher_problems(docs, effective) -> list[str]:
     return problems
 
 
+def broker_cluster_problems(docs, effective) -> list[str]:
+    """Where the Secret lists a RabbitMQ cluster (`rabbitmq-urls`), every fleet process gets every node."""
+    problems = []
+    for secret in secret_data(docs).values():
+        if "rabbitmq-urls" not in secret:
+            continue
+        # `fleet config` masks passwords: compare what follows the credentials.
+        nodes = [u.rsplit("@", 1)[-1] for u in secret["rabbitmq-urls"].split(",")]
+        for name, cfg in effective.items():
+            if [u.rsplit("@", 1)[-1] for u in cfg["rabbitmq"]["urls"]] != nodes:
+                problems.append(f"{name}: rabbitmq.urls {cfg['rabbitmq']['urls']} != the Secret's {nodes}")
+    return problems
+
+
 def pool_problems(docs, effective) -> list[str]:
     """Each worker runs a configured model, each configured model has a pool, each pool a PDB."""
     problems = []
@@ -554,6 +568,11 @@ class Rendered(unittest.TestCase):
     def test_pools(self):
         self.check(pool_problems, effective=True)
 
+    def test_broker_cluster_reaches_every_process(self):
+        self.check(broker_cluster_problems, effective=True)
+        effective = self.effective["external-cluster"]
+        self.assertTrue(all(len(cfg["rabbitmq"]["urls"]) == 3 for cfg in effective.values()), effective.keys())
+
     def test_metrics_and_network_policy(self):
         self.check(metrics_problems)
         self.assertTrue(of_kind(self.sets["multi-pool"], "ServiceMonitor"))
@@ -575,6 +594,12 @@ class CheckersCatchBreakage(unittest.TestCase):
 
     def worker(self, docs, pool="h100-4step"):
         return next(d for d in deployments(docs, "worker") if d["metadata"]["labels"]["lightning-fleet/pool"] == pool)
+
+    def test_broker_cluster_not_passed_on(self):
+        docs = load_docs(OUT / "external-cluster.yaml")
+        dispatcher = main_container(deployments(docs, "dispatcher")[0])
+        dispatcher["env"] = [e for e in dispatcher["env"] if e["name"] != "FLEET__RABBITMQ__URLS"]
+        self.assertTrue(broker_cluster_problems(docs, effective_configs(docs)))
 
     def test_gpu_limit_removed(self):
         def drop(docs):

@@ -6,14 +6,17 @@
 //! `chaos_suite_short` runs with the other tests (a few jobs per scenario); the full run is
 //! `scripts/chaos.sh` (the ignored `chaos_suite_full`, 500 jobs per scenario by default).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::JobState;
+use fleet_e2e::chaos::cluster::{CLUSTER_FAULTS, ClusterFault, ClusterServices};
 use fleet_e2e::chaos::scenario::FAULTS;
 use fleet_e2e::chaos::{Row, RunSize, Scenario, Services};
 use fleet_e2e::fleet::Fleet;
 use fleet_e2e::isolated_config;
 use fleet_e2e::link::Link;
+use fleet_e2e::rabbit_cluster::RabbitCluster;
 use fleet_e2e::rabbit_server::PrivateRabbit;
 
 use crate::fleet::tiny_job;
@@ -36,17 +39,38 @@ async fn suite(size: RunSize, only: &[usize], seed: u64, mixed_faults: usize) {
         eprintln!("{}\n{row}", Row::header());
         rows.push(row);
     }
+    report(&rows, size);
+}
+
+/// Prints the table (also to `FLEET_CHAOS_REPORT`), then asserts every row.
+fn report(rows: &[Row], size: RunSize) {
     let table = format!("{}\n{}", Row::header(), rows.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
     println!("\nfault suite: {} jobs per scenario at {}/s, {} workers\n{table}\n", size.jobs, size.rate, size.workers);
     if let Ok(path) = std::env::var("FLEET_CHAOS_REPORT") {
         let _ = std::fs::write(path, format!("{table}\n"));
     }
-    for row in &rows {
+    for row in rows {
         assert_eq!(row.lost, 0, "{}: lost jobs: {:#?}", row.scenario, row.problems);
         assert_eq!(row.duplicated, 0, "{}: duplicated jobs: {:#?}", row.scenario, row.problems);
         assert!(row.problems.is_empty(), "{}: {:#?}", row.scenario, row.problems);
         assert!(row.accepted > 0, "{}: nothing was accepted", row.scenario);
     }
+}
+
+/// The size of a full run: `FLEET_CHAOS_JOBS` (`jobs`) jobs per scenario at `FLEET_CHAOS_RATE`
+/// (8) jobs/s over `FLEET_CHAOS_WORKERS` (3) workers, `FLEET_CHAOS_DRAIN_SECS` (1800) to drain.
+fn full_size(jobs: usize) -> RunSize {
+    RunSize {
+        jobs: env("FLEET_CHAOS_JOBS", jobs),
+        rate: env("FLEET_CHAOS_RATE", 8.0),
+        workers: env("FLEET_CHAOS_WORKERS", 3),
+        drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
+    }
+}
+
+/// Scenario numbers listed in the variable `var` (e.g. `1,5,7`); empty: all.
+fn picked(var: &str) -> Vec<usize> {
+    std::env::var(var).unwrap_or_default().split(',').filter_map(|s| s.trim().parse().ok()).collect()
 }
 
 /// A few jobs per scenario, with the other tests.
@@ -63,17 +87,8 @@ async fn chaos_suite_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "minutes long: run by scripts/chaos.sh"]
 async fn chaos_suite_full() {
-    let size = RunSize {
-        jobs: env("FLEET_CHAOS_JOBS", 500),
-        rate: env("FLEET_CHAOS_RATE", 8.0),
-        workers: env("FLEET_CHAOS_WORKERS", 3),
-        drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
-    };
-    let only: Vec<usize> = std::env::var("FLEET_CHAOS_SCENARIOS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let size = full_size(500);
+    let only = picked("FLEET_CHAOS_SCENARIOS");
     let seed = env("FLEET_CHAOS_SEED", 7);
     suite(size, &only, seed, env("FLEET_CHAOS_MIXED_FAULTS", 8)).await;
 }
@@ -123,6 +138,100 @@ async fn rolling_restarts_full() {
         drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
     };
     rolling(spec).await;
+}
+
+/// The broker-cluster faults (C1–C3, `fleet_e2e::chaos::cluster`) on one three-node cluster.
+async fn cluster_suite(services: &ClusterServices, size: RunSize, faults: &[ClusterFault]) {
+    let mut rows = Vec::new();
+    for &fault in faults {
+        let row = fleet_e2e::chaos::cluster::run(fault, services, size).await;
+        eprintln!("{}\n{row}", Row::header());
+        rows.push(row);
+    }
+    report(&rows, size);
+}
+
+/// A queue leader SIGKILLed and a whole rolling restart of a three-node cluster, a few jobs
+/// each, with the other tests (the node restart is part of the rolling restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_chaos_short() {
+    let services = tokio::task::block_in_place(ClusterServices::start);
+    a_broker_moves_to_a_live_node(&services.cluster).await;
+    let size = RunSize {
+        jobs: env("FLEET_CHAOS_CLUSTER_CI_JOBS", 12),
+        rate: 10.0,
+        workers: 2,
+        drain_limit: Duration::from_secs(240),
+    };
+    cluster_suite(&services, size, &[ClusterFault::KillLeader, ClusterFault::RollingRestart]).await;
+}
+
+/// The cluster scenarios at full size: `FLEET_CHAOS_JOBS` (300) jobs each at `FLEET_CHAOS_RATE`
+/// (8) jobs/s over `FLEET_CHAOS_WORKERS` (3) workers; `FLEET_CHAOS_CLUSTER_SCENARIOS` (e.g. `1,3`)
+/// picks among C1–C3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes long: run by hand (docs/RELIABILITY.md)"]
+async fn cluster_chaos_full() {
+    let size = full_size(300);
+    let only = picked("FLEET_CHAOS_CLUSTER_SCENARIOS");
+    let faults: Vec<ClusterFault> = (1..=CLUSTER_FAULTS.len())
+        .filter(|i| only.is_empty() || only.contains(i))
+        .map(|i| CLUSTER_FAULTS[i - 1])
+        .collect();
+    let services = tokio::task::block_in_place(ClusterServices::start);
+    cluster_suite(&services, size, &faults).await;
+}
+
+/// A broker given every node's URL whose node is SIGKILLed publishes again on another node,
+/// and quorum queues keep what was confirmed before the kill.
+async fn a_broker_moves_to_a_live_node(cluster: &RabbitCluster) {
+    let config = isolated_config();
+    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
+    let queue = topology.queues[0].name.clone();
+    let broker = Arc::new(fleet_queue::Broker::connect_any(cluster.urls().to_vec(), topology).await.unwrap());
+    let publisher = fleet_queue::Publisher::new(broker.clone(), Duration::from_secs(30));
+    let job = |n: usize| {
+        let spec = fleet_core::parse_job(&tiny_job(n).to_string()).unwrap();
+        spec.validate(&config.limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id)
+    };
+    publisher.publish(&job(1), "before").await.unwrap();
+    let first = broker.node().await.expect("connected");
+    let dead = cluster.urls().iter().position(|u| fleet_core::config::mask_url(u) == first).unwrap();
+    tokio::task::block_in_place(|| cluster.kill_node(dead));
+
+    // The surviving nodes refuse publishes to a queue whose leader died (negative confirms) until
+    // they have elected a new one: wait for that, then the broker must publish on a live node. The
+    // node is gone before any publish starts, so a refused try enqueued nothing.
+    let started = std::time::Instant::now();
+    let live = (dead + 1) % cluster.urls().len();
+    while tokio::task::block_in_place(|| cluster.leader_of(&queue, live)).is_none_or(|l| l == dead) {
+        assert!(started.elapsed() < Duration::from_secs(90), "{queue} elected no new leader");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut failures = Vec::new();
+    while let Err(e) = publisher.publish(&job(2), "after").await {
+        failures.push(e.to_string());
+        assert!(failures.len() < 60, "no publish on a live node: {failures:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "published on a live node {:.1} s after the kill ({} refused tries: {failures:?})",
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    let second = broker.node().await.expect("connected again");
+    assert_ne!(second, first, "the broker moved to a live node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let depth = loop {
+        match broker.depth(&queue).await {
+            Ok(depth) => break depth,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the queue never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(depth.messages, 2, "jobs 1 and 2 are on the queue, across the kill");
+    broker.close().await;
+    tokio::task::block_in_place(|| cluster.start_node(dead));
 }
 
 /// A worker whose broker connection breaks (connections reset, then the broker is back) reconnects

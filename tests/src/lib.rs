@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod link;
 pub mod load;
 pub mod process;
+pub mod rabbit_cluster;
 pub mod rabbit_server;
 pub mod redis_server;
 

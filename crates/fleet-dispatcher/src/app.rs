@@ -35,7 +35,9 @@ impl App {
         let status = StatusStore::connect(&config.redis).await.map_err(DispatcherError::Status)?;
         let bulk_runs = crate::bulk_runs::BulkRuns::connect(&config.redis).await.map_err(DispatcherError::BulkRuns)?;
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
-        let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await.map_err(DispatcherError::Queue)?);
+        let broker = Arc::new(
+            Broker::connect_any(config.rabbitmq.broker_urls(), topology).await.map_err(DispatcherError::Queue)?,
+        );
         let store = fleet_storage::ImageStore::connect(&config.s3).await.map_err(DispatcherError::Storage)?;
         let publisher = Publisher::new(broker.clone(), Duration::from_secs(config.rabbitmq.publish_timeout_secs));
         Ok(App {

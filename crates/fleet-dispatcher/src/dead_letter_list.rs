@@ -116,9 +116,9 @@ fn describe(delivery: &Delivery) -> DeadLetter {
 
 /// The dead-letter queue's first `limit` (at most [`WINDOW`]) messages and its depth; every message
 /// read is put back before this returns.
-pub async fn look(broker: &Broker, url: &str, limit: usize) -> Result<DeadLetterPage, QueueError> {
+pub async fn look(broker: &Broker, limit: usize) -> Result<DeadLetterPage, QueueError> {
     let queue = broker.topology().dead_letter_queue.clone();
-    let mut messages = peek(url, &broker.display_url(), &queue, WINDOW).await?;
+    let mut messages = peek(broker, &queue, WINDOW).await?;
     // A quorum queue takes returned messages back through its log, a moment after the nack: wait
     // until they count as ready again, so that the depth is right and a look straight after this
     // one finds them (unless someone else consumes them meanwhile: hence the bound).
@@ -135,13 +135,8 @@ pub async fn look(broker: &Broker, url: &str, limit: usize) -> Result<DeadLetter
 }
 
 /// Reads up to `window` messages of `queue` and puts every one of them back.
-async fn peek(url: &str, display_url: &str, queue: &str, window: usize) -> Result<Vec<DeadLetter>, QueueError> {
-    let unavailable = |source| QueueError::Unavailable { url: display_url.to_owned(), source };
-    let connect = Connection::connect(url, fleet_queue::connection_properties());
-    let connection = tokio::time::timeout(HANDSHAKE, connect)
-        .await
-        .map_err(|_| unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed)))?
-        .map_err(unavailable)?;
+async fn peek(broker: &Broker, queue: &str, window: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    let connection = broker.open_connection(HANDSHAKE).await?;
     let result = peek_on(&connection, queue, window).await;
     // Returns anything still held (after an error half-way) and frees the broker's resources.
     let _ = connection.close(200, "dead-letter inspection done").await;

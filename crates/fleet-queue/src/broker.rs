@@ -1,5 +1,14 @@
-//! One AMQP connection and channel, re-established with backoff when lost.
+//! One AMQP connection and channel, re-established with backoff when lost, to any node of a
+//! RabbitMQ cluster.
+//!
+//! A broker knows one or more node URLs (`rabbitmq.urls`). A connect tries them in turn, starting
+//! at the node it used last (a random one the first time, so a fleet's processes spread over the
+//! cluster); one pass over every node is one try of the backoff. A lost or reset session moves
+//! the start to the next node, so a process whose node died reconnects to a live one without first
+//! waiting on the dead one. Quorum queues live on every node of the cluster, so any node serves
+//! every queue.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fleet_core::backoff::{self, Retryable as _};
@@ -35,7 +44,10 @@ const STARTUP_HANDSHAKE: Duration = Duration::from_secs(30);
 
 /// A lazily (re)connected broker session with publisher confirms on and the topology declared.
 pub struct Broker {
-    url: String,
+    /// The nodes' URLs; never empty ([`QueueError::NoBrokerAddress`] otherwise).
+    urls: Vec<String>,
+    /// The node the next connect tries first.
+    next: AtomicUsize,
     topology: Topology,
     session: Mutex<Option<Session>>,
 }
@@ -43,23 +55,36 @@ pub struct Broker {
 struct Session {
     connection: Connection,
     channel: Channel,
+    /// Which of the URLs this session is connected to.
+    node: usize,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("url", &mask_url(&self.url)).finish_non_exhaustive()
+        f.debug_struct("Broker").field("urls", &self.display_url()).finish_non_exhaustive()
     }
 }
 
 impl Broker {
-    /// A broker that connects on first use.
+    /// A broker on one node that connects on first use.
     pub fn new(url: &str, topology: Topology) -> Broker {
-        Broker { url: url.to_owned(), topology, session: Mutex::new(None) }
+        Broker::with_urls(vec![url.to_owned()], topology)
     }
 
-    /// Connects now and declares the topology; fails if the broker is unreachable.
+    /// A broker on any of `urls` (the nodes of one cluster) that connects on first use.
+    pub fn with_urls(urls: Vec<String>, topology: Topology) -> Broker {
+        let first = random_index(urls.len());
+        Broker { urls, next: AtomicUsize::new(first), topology, session: Mutex::new(None) }
+    }
+
+    /// Connects now to one node and declares the topology; fails if the broker is unreachable.
     pub async fn connect(url: &str, topology: Topology) -> Result<Broker, QueueError> {
-        let broker = Broker::new(url, topology);
+        Broker::connect_any(vec![url.to_owned()], topology).await
+    }
+
+    /// Connects now to one of `urls` and declares the topology; fails if no node is reachable.
+    pub async fn connect_any(urls: Vec<String>, topology: Topology) -> Result<Broker, QueueError> {
+        let broker = Broker::with_urls(urls, topology);
         let session = broker.connect_with_backoff(STARTUP_HANDSHAKE).await?;
         *broker.session.lock().await = Some(session);
         Ok(broker)
@@ -70,9 +95,14 @@ impl Broker {
         &self.topology
     }
 
-    /// The URL with its password masked, for messages.
+    /// The URL (every node's, comma-separated) with passwords masked, for messages.
     pub fn display_url(&self) -> String {
-        mask_url(&self.url)
+        self.urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The node the current session is connected to (its URL, password masked), if any.
+    pub async fn node(&self) -> Option<String> {
+        self.session.lock().await.as_ref().map(|s| mask_url(&self.urls[s.node]))
     }
 
     /// A live channel with confirms on, reconnecting (with backoff) if the last one died.
@@ -82,7 +112,8 @@ impl Broker {
             if s.connection.status().connected() && s.channel.status().connected() {
                 return Ok(s.channel.clone());
             }
-            tracing::warn!(url = %self.display_url(), "RabbitMQ connection lost; reconnecting");
+            tracing::warn!(url = %mask_url(&self.urls[s.node]), "RabbitMQ connection lost; reconnecting");
+            self.move_past(s.node);
         }
         *session = None;
         let fresh = self.connect_with_backoff(RECONNECT_HANDSHAKE).await?;
@@ -102,8 +133,49 @@ impl Broker {
     /// Forgets the current session so the next call reconnects (after an I/O error on it).
     pub async fn reset(&self) {
         if let Some(old) = self.session.lock().await.take() {
+            self.move_past(old.node);
             let _ = old.connection.close(320, "reset after error").await;
         }
+    }
+
+    /// A connection of its own (no topology declared) to the first node that answers, starting
+    /// with the one the shared session uses; for work that must not share its channel.
+    pub async fn open_connection(&self, handshake: Duration) -> Result<Connection, QueueError> {
+        let (_, connection) = self.first_answering(|node| self.open_connection_to(&self.urls[node], handshake)).await?;
+        Ok(connection)
+    }
+
+    /// The next connect starts at the node after `node` (which failed or was given up).
+    fn move_past(&self, node: usize) {
+        let _ =
+            self.next.compare_exchange(node, (node + 1) % self.urls.len().max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// `open` on each node in turn from the preferred one; the first success and its node, else
+    /// the last node's error.
+    async fn first_answering<T, F, Fut>(&self, mut open: F) -> Result<(usize, T), QueueError>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<T, QueueError>>,
+    {
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last = QueueError::NoBrokerAddress;
+        for k in 0..self.urls.len() {
+            let node = (start + k) % self.urls.len();
+            match open(node).await {
+                Ok(value) => {
+                    self.next.store(node, Ordering::Relaxed);
+                    return Ok((node, value));
+                }
+                Err(e) => {
+                    if self.urls.len() > 1 {
+                        tracing::debug!(node = %mask_url(&self.urls[node]), error = %e, "RabbitMQ node unavailable; trying the next");
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     async fn connect_with_backoff(&self, handshake: Duration) -> Result<Session, QueueError> {
@@ -114,17 +186,31 @@ impl Broker {
             .await
     }
 
+    /// A session on the first node that answers.
     async fn open_session(&self, handshake: Duration) -> Result<Session, QueueError> {
-        let unavailable = |source| QueueError::Unavailable { url: self.display_url(), source };
-        let connect = Connection::connect(&self.url, connection_properties());
-        let connection = match tokio::time::timeout(handshake, connect).await {
-            Ok(result) => result.map_err(unavailable)?,
-            Err(_) => return Err(unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))),
-        };
+        let (node, (connection, channel)) =
+            self.first_answering(|node| self.open_session_on(&self.urls[node], handshake)).await?;
+        if self.urls.len() > 1 {
+            tracing::info!(node = %mask_url(&self.urls[node]), "connected to RabbitMQ");
+        }
+        Ok(Session { connection, channel, node })
+    }
+
+    async fn open_session_on(&self, url: &str, handshake: Duration) -> Result<(Connection, Channel), QueueError> {
+        let unavailable = |source| QueueError::Unavailable { url: mask_url(url), source };
+        let connection = self.open_connection_to(url, handshake).await?;
         let channel = connection.create_channel().await.map_err(unavailable)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         self.topology.declare(&channel).await?;
-        Ok(Session { connection, channel })
+        Ok((connection, channel))
+    }
+
+    async fn open_connection_to(&self, url: &str, handshake: Duration) -> Result<Connection, QueueError> {
+        let unavailable = |source| QueueError::Unavailable { url: mask_url(url), source };
+        match tokio::time::timeout(handshake, Connection::connect(url, connection_properties())).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(unavailable(lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))),
+        }
     }
 
     /// Ready-message and consumer counts of every job queue and the dead-letter queue.
@@ -161,4 +247,10 @@ impl Broker {
             }
         }
     }
+}
+
+/// A random index below `len` (0 when `len` is 0 or 1).
+fn random_index(len: usize) -> usize {
+    let draw = uuid::Uuid::new_v4().as_u128();
+    usize::try_from(draw % len.max(1) as u128).unwrap_or(0)
 }

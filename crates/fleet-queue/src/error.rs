@@ -29,6 +29,9 @@ pub enum QueueError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker was given no address at all (configuration allows no such thing).
+    #[error("no RabbitMQ address given (rabbitmq.url or rabbitmq.urls)")]
+    NoBrokerAddress,
     /// The job could not be serialised.
     #[error("cannot encode job: {0}")]
     Encode(#[from] serde_json::Error),
@@ -41,6 +44,7 @@ impl QueueError {
             QueueError::Unroutable { .. } => ErrorCode::ModelUnavailable,
             QueueError::Encode(_) => ErrorCode::Internal,
             QueueError::Unavailable { .. }
+            | QueueError::NoBrokerAddress
             | QueueError::Nacked { .. }
             | QueueError::ConfirmTimeout { .. }
             | QueueError::Topology { .. } => ErrorCode::QueueUnavailable,

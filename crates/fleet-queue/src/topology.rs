@@ -5,6 +5,10 @@
 //! backlog. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries:
 //! the fanout dead-letter exchange copies it to the dead-letter queue (kept for operators) and to
 //! `<dead-letter queue>.watch` (consumed by dispatchers, which mark the job failed).
+//!
+//! On a cluster, a quorum queue keeps a replica on `rabbitmq.quorum_initial_group_size` nodes
+//! (unset: on every node the cluster has when the queue is first declared) and goes on serving
+//! while a majority of them runs.
 
 use fleet_core::Priority;
 use fleet_core::config::RabbitMqConfig;
@@ -36,6 +40,8 @@ pub struct Topology {
     /// jobs failed; the dead-letter queue itself keeps every message for operators.
     pub dead_letter_watch_queue: String,
     pub delivery_limit: u32,
+    /// Replicas of each job queue (`x-quorum-initial-group-size`); `None`: one on every node.
+    pub quorum_initial_group_size: Option<u32>,
     pub queues: Vec<JobQueue>,
 }
 
@@ -73,6 +79,7 @@ impl Topology {
             dead_letter_queue: cfg.dead_letter_queue.clone(),
             dead_letter_watch_queue: format!("{}.watch", cfg.dead_letter_queue),
             delivery_limit: cfg.delivery_limit,
+            quorum_initial_group_size: cfg.quorum_initial_group_size,
             queues,
         }
     }
@@ -93,6 +100,9 @@ impl Topology {
         // it requires the reject-publish overflow behaviour.
         args.insert(ShortString::from("x-dead-letter-strategy"), long_string("at-least-once"));
         args.insert(ShortString::from("x-overflow"), long_string("reject-publish"));
+        if let Some(size) = self.quorum_initial_group_size {
+            args.insert(ShortString::from("x-quorum-initial-group-size"), AMQPValue::LongLongInt(i64::from(size)));
+        }
         args
     }
 
@@ -163,5 +173,15 @@ mod tests {
         );
         assert_eq!(topo.queue_for("tiny", Priority::Bulk).map(|q| q.routing_key.as_str()), Some("tiny.bulk"));
         assert!(topo.queue_for("other", Priority::Bulk).is_none());
+    }
+
+    #[test]
+    fn the_initial_group_size_is_sent_only_when_configured() {
+        let key = "x-quorum-initial-group-size";
+        let unset = Topology::new(&RabbitMqConfig::default(), ["tiny"]);
+        assert!(!unset.job_queue_arguments().inner().contains_key(key));
+        let cfg = RabbitMqConfig { quorum_initial_group_size: Some(3), ..RabbitMqConfig::default() };
+        let args = Topology::new(&cfg, ["tiny"]).job_queue_arguments();
+        assert_eq!(args.inner().get(key), Some(&AMQPValue::LongLongInt(3)));
     }
 }

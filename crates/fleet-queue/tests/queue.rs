@@ -137,6 +137,35 @@ async fn a_job_that_keeps_failing_ends_in_the_dead_letter_queue() {
     cleanup(&broker).await;
 }
 
+/// Of several nodes, the broker uses one that answers, whichever it tries first; a group size
+/// larger than the cluster is accepted (RabbitMQ places the replicas it can).
+#[tokio::test]
+async fn a_broker_given_several_nodes_uses_one_that_answers() {
+    let cfg = RabbitMqConfig {
+        urls: vec!["amqp://guest:secret@127.0.0.1:1/%2f".into(), amqp_url()],
+        quorum_initial_group_size: Some(3),
+        ..isolated_config()
+    };
+    let broker = Arc::new(Broker::connect_any(cfg.broker_urls(), Topology::new(&cfg, ["tiny"])).await.unwrap());
+    assert_eq!(broker.node().await, Some(fleet_core::config::mask_url(&amqp_url())));
+    let publisher = Publisher::new(broker.clone(), Duration::from_secs(5));
+    publisher.publish(&job("tiny", Priority::Interactive), "t").await.unwrap();
+    let queue = broker.topology().queue_for("tiny", Priority::Interactive).unwrap().name.clone();
+    assert_eq!(broker.depth(&queue).await.unwrap().messages, 1);
+    cleanup(&broker).await;
+}
+
+#[tokio::test]
+async fn no_node_answering_is_a_clear_error() {
+    let urls = vec!["amqp://guest:secret@127.0.0.1:1/%2f".to_owned(), "amqp://guest:secret@127.0.0.1:2/%2f".to_owned()];
+    let cfg = RabbitMqConfig { urls, ..isolated_config() };
+    let err = Broker::connect_any(cfg.broker_urls(), Topology::new(&cfg, ["tiny"])).await.unwrap_err();
+    assert_eq!(err.code(), fleet_core::ErrorCode::QueueUnavailable);
+    let text = err.to_string();
+    assert!(text.contains("is unavailable") && text.contains("127.0.0.1:"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}
+
 #[tokio::test]
 async fn a_dead_broker_is_a_clear_error_not_a_hang() {
     let cfg = RabbitMqConfig { url: "amqp://guest:secret@127.0.0.1:1/%2f".into(), ..isolated_config() };

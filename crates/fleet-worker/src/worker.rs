@@ -116,7 +116,7 @@ impl Worker {
         let status = Arc::new(StatusStore::connect(&config.redis).await?);
         let store = Arc::new(ImageStore::connect(&config.s3).await?);
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
-        let broker = Arc::new(Broker::connect(&config.rabbitmq.url, topology).await?);
+        let broker = Arc::new(Broker::connect_any(config.rabbitmq.broker_urls(), topology).await?);
         let metrics = crate::metrics::bind(&config.worker.metrics_listen).await?;
         let names = options.models.clone();
         let load_cfg = config.clone();

@@ -117,6 +117,9 @@ integers; strings and string arrays use JSON escaping, which TOML accepts.
 - name: FLEET__RABBITMQ__URL
   valueFrom:
     secretKeyRef: {name: {{ include "fleet.secretName" . }}, key: rabbitmq-url}
+- name: FLEET__RABBITMQ__URLS
+  valueFrom:
+    secretKeyRef: {name: {{ include "fleet.secretName" . }}, key: rabbitmq-urls, optional: true}
 - name: FLEET__REDIS__URL
   valueFrom:
     secretKeyRef: {name: {{ include "fleet.secretName" . }}, key: redis-url}

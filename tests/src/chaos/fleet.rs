@@ -67,9 +67,25 @@ impl ChaosFleet {
         name: &str,
         adjust: impl FnOnce(&mut FleetConfig),
     ) -> ChaosFleet {
+        Self::start_on(&[services.rabbit.url()], &services.redis.url(), workers, name, adjust).await
+    }
+
+    /// [`Self::start_with`] on these brokers (several: the nodes of one cluster, as
+    /// `rabbitmq.urls`) and this Redis.
+    pub async fn start_on(
+        amqp_urls: &[String],
+        redis_url: &str,
+        workers: usize,
+        name: &str,
+        adjust: impl FnOnce(&mut FleetConfig),
+    ) -> ChaosFleet {
         let mut config = crate::isolated_config();
-        config.rabbitmq.url = format!("{}?heartbeat={AMQP_HEARTBEAT_SECS}", services.rabbit.url());
-        config.redis.url = services.redis.url();
+        let urls: Vec<String> = amqp_urls.iter().map(|u| format!("{u}?heartbeat={AMQP_HEARTBEAT_SECS}")).collect();
+        match urls.as_slice() {
+            [one] => config.rabbitmq.url = one.clone(),
+            _ => config.rabbitmq.urls = urls,
+        }
+        config.redis.url = redis_url.to_owned();
         // Kills and stalls give messages back; a job may be hit more than the default 3 times
         // in a long run without being a poison job.
         config.rabbitmq.delivery_limit = 20;

@@ -3,6 +3,7 @@
 //! injection and the audit that compares what was accepted with what Redis and S3 hold.
 
 pub mod audit;
+pub mod cluster;
 pub mod fleet;
 pub mod rolling;
 pub mod scenario;

@@ -149,22 +149,38 @@ pub struct RunSize {
 pub async fn run(scenario: Scenario, services: &mut Services, size: RunSize) -> Row {
     let name = scenario.name();
     let mut fleet = ChaosFleet::start(services, size.workers, &name.replace(' ', "_")).await;
-    let tag = crate::unique("chaos");
-    let submitter = Submitter::start(&fleet.base, size.jobs, 4, size.rate, move |i| chaos_job(&tag, i));
+    let submitter = submit(&fleet, size);
     let faults = scenario.faults(size.jobs);
     let count = faults.len();
     for (k, fault) in faults.into_iter().enumerate() {
-        // Spread the faults over the submission, each while work is in flight.
-        submitter.until_answered((k + 1) * size.jobs / (count + 1)).await;
-        eprintln!("[{name}] fault {}/{count}: {}", k + 1, fault.name());
+        before_fault(&submitter, &name, k, count, size, fault.name()).await;
         fault.inject(&mut fleet, services).await;
     }
+    settle(&name, fleet, submitter, size).await
+}
+
+/// Starts the scenario's clients: `size.jobs` jobs at `size.rate` from four clients.
+pub fn submit(fleet: &ChaosFleet, size: RunSize) -> Submitter {
+    let tag = crate::unique("chaos");
+    Submitter::start(&fleet.base, size.jobs, 4, size.rate, move |i| chaos_job(&tag, i))
+}
+
+/// Waits until fault `k` of `count` is due (the faults are spread over the submission, each while
+/// work is in flight) and says which it is.
+pub async fn before_fault(submitter: &Submitter, name: &str, k: usize, count: usize, size: RunSize, fault: &str) {
+    submitter.until_answered((k + 1) * size.jobs / (count + 1)).await;
+    eprintln!("[{name}] fault {}/{count}: {fault}", k + 1);
+}
+
+/// After the last fault: waits until every accepted job is final, audits, checks that every
+/// worker consumes again and none exited, stops the fleet.
+pub async fn settle(name: &str, mut fleet: ChaosFleet, submitter: Submitter, size: RunSize) -> Row {
     let faults_end = Instant::now();
     let submissions = submitter.finish().await;
     let ids: Vec<uuid::Uuid> = submissions.accepted.values().filter_map(|v| v.first().copied()).collect();
     let done = wait_final(&fleet.status, &ids, size.drain_limit).await;
     let mut row =
-        audit(&name, &submissions, &fleet.status, &fleet.s3_direct, done.saturating_duration_since(faults_end), true)
+        audit(name, &submissions, &fleet.status, &fleet.s3_direct, done.saturating_duration_since(faults_end), true)
             .await;
     if let Err(e) = fleet.until_every_worker_consumes(Duration::from_secs(30)).await {
         row.problems.push(e);

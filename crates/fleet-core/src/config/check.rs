@@ -23,10 +23,9 @@ impl FleetConfig {
                 problems.push(msg);
             }
         };
-        need(
-            has_scheme(&self.rabbitmq.url, &["amqp", "amqps"]),
-            format!("rabbitmq.url `{}`: must start with amqp:// or amqps://", mask_url(&self.rabbitmq.url)),
-        );
+        for problem in self.rabbitmq_url_problems() {
+            need(false, problem);
+        }
         need(
             has_scheme(&self.redis.url, &["redis", "rediss"]),
             format!("redis.url `{}`: must start with redis:// or rediss://", mask_url(&self.redis.url)),
@@ -43,6 +42,10 @@ impl FleetConfig {
         need(
             self.http.listen.parse::<SocketAddr>().is_ok(),
             format!("http.listen `{}`: must be an address like 0.0.0.0:8080", self.http.listen),
+        );
+        need(
+            self.rabbitmq.quorum_initial_group_size != Some(0),
+            "rabbitmq.quorum_initial_group_size: must be at least 1 (or unset: a replica on every node)".into(),
         );
         need(self.rabbitmq.delivery_limit >= 1, "rabbitmq.delivery_limit: must be at least 1".into());
         need(self.rabbitmq.publish_timeout_secs >= 1, "rabbitmq.publish_timeout_secs: must be at least 1".into());
@@ -107,10 +110,32 @@ impl FleetConfig {
         problems
     }
 
+    /// Problems with the broker addresses: `rabbitmq.url` when `rabbitmq.urls` is empty, else
+    /// every entry of `rabbitmq.urls`.
+    fn rabbitmq_url_problems(&self) -> Vec<String> {
+        if self.rabbitmq.urls.is_empty() && self.rabbitmq.url.trim().is_empty() {
+            return vec!["rabbitmq.url, rabbitmq.urls: no broker address given (set one of them)".into()];
+        }
+        if self.rabbitmq.urls.is_empty() {
+            return amqp_url_problem(&self.rabbitmq.url).map(|p| format!("rabbitmq.url {p}")).into_iter().collect();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut problems = Vec::new();
+        for (i, url) in self.rabbitmq.urls.iter().enumerate() {
+            if let Some(p) = amqp_url_problem(url) {
+                problems.push(format!("rabbitmq.urls[{i}] {p}"));
+            } else if !seen.insert(url.as_str()) {
+                problems.push(format!("rabbitmq.urls[{i}] `{}`: listed twice", mask_url(url)));
+            }
+        }
+        problems
+    }
+
     /// A copy safe to print: passwords in URLs, API keys and the S3 secret are masked.
     pub fn masked(&self) -> FleetConfig {
         let mut cfg = self.clone();
         cfg.rabbitmq.url = mask_url(&cfg.rabbitmq.url);
+        cfg.rabbitmq.urls = cfg.rabbitmq.urls.iter().map(|u| mask_url(u)).collect();
         cfg.redis.url = mask_url(&cfg.redis.url);
         for key in &mut cfg.http.api_keys {
             key.key = mask_secret(&key.key);
@@ -133,6 +158,29 @@ fn is_device(name: &str) -> bool {
 
 fn has_scheme(url: &str, schemes: &[&str]) -> bool {
     url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty())
+}
+
+/// Why `url` is no AMQP URL (`` `url`: reason ``, password masked), if it is not: the scheme
+/// `amqp` or `amqps`, a host, and a port that is a number when given.
+fn amqp_url_problem(url: &str) -> Option<String> {
+    let problem = |why: &str| Some(format!("`{}`: {why}", mask_url(url)));
+    let Some(("amqp" | "amqps", rest)) = url.split_once("://") else {
+        return problem("must start with amqp:// or amqps://");
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    // `[::1]:5672`: the port follows the bracket.
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) if !port.ends_with(']') => (host, Some(port)),
+        _ => (host_port, None),
+    };
+    if host.is_empty() {
+        return problem("names no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return problem("the port must be a number from 0 to 65535");
+    }
+    None
 }
 
 /// `amqp://user:secret@host` → `amqp://user:***@host`. Also without a scheme (a mistyped URL is
@@ -171,6 +219,30 @@ mod tests {
         assert_eq!(mask_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(mask_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(mask_secret("abcdefgh"), "abcd***");
+    }
+
+    #[test]
+    fn amqp_urls() {
+        for ok in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqps://rabbit.example",
+            "amqp://h:5672?heartbeat=2",
+            "amqp://[::1]:5672",
+            "amqp://[::1]",
+        ] {
+            assert_eq!(amqp_url_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("http://h:5672", "must start with amqp"),
+            ("amqp://", "names no host"),
+            ("amqp:/h", "must start with amqp"),
+            ("amqp://u:secret@:5672/%2f", "names no host"),
+            ("amqp://u:secret@h:56x72/%2f", "port must be a number"),
+        ] {
+            let problem = amqp_url_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad}: {problem}");
+            assert!(!problem.contains("secret"), "{problem}");
+        }
     }
 
     #[test]

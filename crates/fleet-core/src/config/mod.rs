@@ -51,8 +51,19 @@ impl Default for ClientConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitMqConfig {
-    /// AMQP URL, with credentials and vhost (`%2f` is `/`).
+    /// AMQP URL, with credentials and vhost (`%2f` is `/`): the one-broker form of `urls`, used
+    /// when `urls` is empty.
     pub url: String,
+    /// AMQP URLs of the nodes of one RabbitMQ cluster (a list, or one string of comma-separated
+    /// URLs as environment variables give it). When set, `url` is not used. Processes connect to
+    /// one node, starting at a random one, and move to the next when it cannot be reached or the
+    /// connection is lost.
+    #[serde(deserialize_with = "one_or_many")]
+    pub urls: Vec<String>,
+    /// `x-quorum-initial-group-size` of the job queues: how many cluster nodes hold a replica of
+    /// each. Unset: not sent, so the broker places a replica on every cluster node. Part of the
+    /// queue arguments (like `delivery_limit`): existing queues keep theirs.
+    pub quorum_initial_group_size: Option<u32>,
     /// Topic exchange jobs are published to.
     pub exchange: String,
     /// Prefix of the per-model, per-priority queues (`<prefix>.<model>.<priority>`).
@@ -237,10 +248,34 @@ pub struct LimitsConfig {
     pub allowed_image_buckets: Vec<String>,
 }
 
+impl RabbitMqConfig {
+    /// The broker addresses to use: `urls` when set, else `url`.
+    pub fn broker_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() { vec![self.url.clone()] } else { self.urls.clone() }
+    }
+}
+
+/// A list of strings from a list, or from one string of comma-separated items (environment
+/// variables and `--set` give a list as one string).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        OneOrMany::Many(list) => list,
+    })
+}
+
 impl Default for RabbitMqConfig {
     fn default() -> Self {
         RabbitMqConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: Vec::new(),
+            quorum_initial_group_size: None,
             exchange: "fleet.jobs".into(),
             queue_prefix: "fleet".into(),
             dead_letter_exchange: "fleet.dlx".into(),

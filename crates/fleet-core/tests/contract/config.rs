@@ -211,3 +211,61 @@ presign_ttl_secs = 0
     }
     assert!(message.contains("gpu") && message.contains("turbo"), "{message}");
 }
+
+#[test]
+fn broker_urls_come_from_a_list_a_comma_separated_string_or_the_one_url() {
+    let one = FleetConfig::load(&ConfigSources::default()).unwrap();
+    assert_eq!(one.rabbitmq.broker_urls(), std::slice::from_ref(&one.rabbitmq.url), "no urls: the one url");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        "[rabbitmq]\nurls = [\"amqp://u:p@r1:5672/%2f\", \"amqp://u:p@r2:5672/%2f\"]\nquorum_initial_group_size = 3\n",
+    )
+    .unwrap();
+    let listed = FleetConfig::from_file(&file).unwrap();
+    assert_eq!(listed.rabbitmq.broker_urls(), ["amqp://u:p@r1:5672/%2f", "amqp://u:p@r2:5672/%2f"]);
+    assert_eq!(listed.rabbitmq.quorum_initial_group_size, Some(3));
+    assert!(listed.masked().rabbitmq.urls.iter().all(|u| u.contains("u:***@")), "{:?}", listed.masked());
+
+    let from_env = FleetConfig::load(&ConfigSources {
+        env: env(&[("FLEET__RABBITMQ__URLS", "amqp://r1:5672, amqp://r2:5672,amqp://r3:5672")]),
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert_eq!(from_env.rabbitmq.broker_urls(), ["amqp://r1:5672", "amqp://r2:5672", "amqp://r3:5672"]);
+    let from_flag = FleetConfig::load(&ConfigSources {
+        overrides: vec!["rabbitmq.urls=amqp://r1,amqp://r2".into()],
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert_eq!(from_flag.rabbitmq.broker_urls(), ["amqp://r1", "amqp://r2"]);
+}
+
+#[test]
+fn every_broker_url_is_checked_at_load() {
+    let sources = ConfigSources {
+        env: env(&[
+            ("FLEET__RABBITMQ__URLS", "amqp://r1:5672,http://u:hidden@r2,amqp://r3:port,amqp://r1:5672"),
+            ("FLEET__RABBITMQ__QUORUM_INITIAL_GROUP_SIZE", "0"),
+        ]),
+        ..ConfigSources::default()
+    };
+    let message = FleetConfig::load(&sources).unwrap_err().to_string();
+    for expected in [
+        "rabbitmq.urls[1] `http://u:***@r2`: must start with amqp://",
+        "rabbitmq.urls[2] `amqp://r3:port`: the port must be a number",
+        "rabbitmq.urls[3] `amqp://r1:5672`: listed twice",
+        "rabbitmq.quorum_initial_group_size: must be at least 1",
+    ] {
+        assert!(message.contains(expected), "{expected} in {message}");
+    }
+    assert!(!message.contains("hidden"), "{message}");
+
+    let no_broker =
+        FleetConfig::load(&ConfigSources { overrides: vec!["rabbitmq.url=".into()], ..ConfigSources::default() })
+            .unwrap_err()
+            .to_string();
+    assert!(no_broker.contains("rabbitmq.url, rabbitmq.urls: no broker address given"), "{no_broker}");
+}

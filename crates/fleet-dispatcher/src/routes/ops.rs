@@ -65,7 +65,7 @@ pub async fn dead_letters(
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     caller.require_admin()?;
     let limit = q.limit.unwrap_or(20).clamp(1, crate::dead_letter_list::WINDOW);
-    Ok(Json(crate::dead_letter_list::look(&app.broker, &app.config.rabbitmq.url, limit).await?))
+    Ok(Json(crate::dead_letter_list::look(&app.broker, limit).await?))
 }
 
 /// `GET /metrics`: Prometheus text.
