@@ -453,7 +453,14 @@ async fn raw_broker_round_trips(url: &str, n: usize) -> (f64, Summary) {
 async fn raw_s3_puts(config: &fleet_core::FleetConfig, n: usize) -> (f64, Summary) {
     let store = fleet_storage::ImageStore::from_config(&config.s3).await.expect("S3");
     let body = vec![7u8; 8 * 1024];
-    let meta = fleet_storage::ObjectMeta { seed: 0, model: "tiny".into(), job_id: uuid::Uuid::now_v7(), index: 0 };
+    let meta = fleet_storage::ObjectMeta {
+        seed: 0,
+        model: "tiny".into(),
+        job_id: uuid::Uuid::now_v7(),
+        index: 0,
+        idempotency_key: None,
+        priority: None,
+    };
     let started = Instant::now();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {

@@ -9,4 +9,6 @@ mod console;
 mod fleet;
 mod outages;
 mod quickstart;
+mod recover;
+mod sentinel;
 mod storage;

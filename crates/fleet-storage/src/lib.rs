@@ -20,12 +20,14 @@ mod endpoint_memo;
 mod error;
 mod key;
 pub mod local;
+pub mod result_sets;
 pub mod s3;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use fleet_core::Priority;
 use fleet_core::config::S3Config;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -33,6 +35,7 @@ use uuid::Uuid;
 pub use error::{BoxError, StartupCheckError, StorageError};
 pub use key::{object_key, validate_key};
 pub use local::LocalStore;
+pub use result_sets::{ListedImage, ListedSet};
 pub use s3::{S3Options, S3Store};
 
 /// Names of the object metadata the stores write (S3 sends them as `x-amz-meta-<name>`; the local
@@ -48,6 +51,11 @@ pub mod meta_names {
     pub const INDEX: &str = "index";
     /// Lower-case hex SHA-256 of the stored bytes, computed by `put`.
     pub const SHA256: &str = "sha256";
+    /// The job's idempotency key, when it has one (percent-encoded like every value), so a
+    /// record rebuilt from the images gets its key back.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// The job's priority (`interactive` or `bulk`).
+    pub const PRIORITY: &str = "priority";
 }
 
 /// What the worker knows about an image when it stores it; written as object metadata.
@@ -61,6 +69,10 @@ pub struct ObjectMeta {
     pub job_id: Uuid,
     /// Index of the image within the job.
     pub index: u32,
+    /// The job's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The job's priority (`None` on objects stored before it was kept).
+    pub priority: Option<Priority>,
 }
 
 impl ObjectMeta {
@@ -69,13 +81,20 @@ impl ObjectMeta {
     /// Values are percent-encoded outside printable ASCII (and `%` itself) because S3 carries
     /// metadata in HTTP headers; [`decode_meta_value`] undoes it.
     pub fn to_metadata(&self, sha256: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut map = BTreeMap::from([
             (meta_names::SEED.to_owned(), self.seed.to_string()),
             (meta_names::MODEL.to_owned(), encode_meta_value(&self.model)),
             (meta_names::JOB_ID.to_owned(), self.job_id.hyphenated().to_string()),
             (meta_names::INDEX.to_owned(), self.index.to_string()),
             (meta_names::SHA256.to_owned(), sha256.to_owned()),
-        ])
+        ]);
+        if let Some(key) = &self.idempotency_key {
+            map.insert(meta_names::IDEMPOTENCY_KEY.to_owned(), encode_meta_value(key));
+        }
+        if let Some(priority) = self.priority {
+            map.insert(meta_names::PRIORITY.to_owned(), priority.as_str().to_owned());
+        }
+        map
     }
 
     /// Reads the fields back from a stored object's (decoded) metadata; `None` if any is missing
@@ -86,6 +105,12 @@ impl ObjectMeta {
             model: metadata.get(meta_names::MODEL)?.clone(),
             job_id: metadata.get(meta_names::JOB_ID)?.parse().ok()?,
             index: metadata.get(meta_names::INDEX)?.parse().ok()?,
+            idempotency_key: metadata.get(meta_names::IDEMPOTENCY_KEY).cloned(),
+            priority: metadata.get(meta_names::PRIORITY).and_then(|p| match p.as_str() {
+                "interactive" => Some(Priority::Interactive),
+                "bulk" => Some(Priority::Bulk),
+                _ => None,
+            }),
         })
     }
 }
@@ -308,9 +333,22 @@ mod tests {
 
     #[test]
     fn object_meta_round_trips_through_metadata() {
-        let meta = ObjectMeta { seed: u64::MAX, model: "tiny".into(), job_id: Uuid::now_v7(), index: 3 };
+        let mut meta = ObjectMeta {
+            seed: u64::MAX,
+            model: "tiny".into(),
+            job_id: Uuid::now_v7(),
+            index: 3,
+            idempotency_key: None,
+            priority: None,
+        };
         let map = meta.to_metadata("ab");
         assert_eq!(map[meta_names::SHA256], "ab");
+        assert_eq!(ObjectMeta::from_metadata(&map), Some(meta.clone()));
+        meta.idempotency_key = Some("order 7: ü".into());
+        meta.priority = Some(Priority::Bulk);
+        let mut map = meta.to_metadata("ab");
+        // `get` hands back decoded values.
+        map.values_mut().for_each(|v| *v = decode_meta_value(v));
         assert_eq!(ObjectMeta::from_metadata(&map), Some(meta));
     }
 }

@@ -32,7 +32,14 @@ async fn s3_store(cfg: &S3Config) -> ImageStore {
 }
 
 fn meta(job_id: Uuid, index: u32) -> ObjectMeta {
-    ObjectMeta { seed: 12_345_678_901, model: "sdxl-lightning".into(), job_id, index }
+    ObjectMeta {
+        seed: 12_345_678_901,
+        model: "sdxl-lightning".into(),
+        job_id,
+        index,
+        idempotency_key: None,
+        priority: None,
+    }
 }
 
 /// Deterministic pseudo-random bytes (so a part boundary mix-up cannot go unnoticed).

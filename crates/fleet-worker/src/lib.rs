@@ -8,6 +8,8 @@
 //! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
 //! - [`runner`]: running one batch end to end;
 //! - [`heartbeat`]: liveness and counters in Redis;
+//! - [`recover`]: finished jobs' records rebuilt from their stored images (`fleet recover`, and a
+//!   worker meeting a job whose record was lost);
 //! - [`worker`]: the consume loop and graceful shutdown.
 
 pub mod engine_thread;
@@ -16,6 +18,7 @@ pub mod heartbeat;
 pub mod intake;
 pub mod metrics;
 pub mod noop;
+pub mod recover;
 pub mod runner;
 pub mod worker;
 

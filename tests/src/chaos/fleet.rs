@@ -11,7 +11,7 @@ use fleet_status::StatusStore;
 use crate::link::Link;
 use crate::process::FleetProcess;
 use crate::rabbit_server::PrivateRabbit;
-use crate::redis_server::PrivateRedis;
+use crate::redis_server::{PrivateRedis, SENTINEL_MASTER, SentinelRedis};
 
 /// AMQP heartbeat of every fleet process in the suite, in seconds: short, so that a stalled worker
 /// is noticed (and its messages redelivered) within seconds rather than the broker's default minute.
@@ -21,11 +21,18 @@ pub const AMQP_HEARTBEAT_SECS: u64 = 2;
 pub struct Services {
     pub rabbit: PrivateRabbit,
     pub redis: PrivateRedis,
+    /// When set, the fleets use this Sentinel group instead of `redis` (the failover scenario).
+    pub sentinel: Option<SentinelRedis>,
 }
 
 impl Services {
     pub fn start() -> Services {
-        Services { rabbit: PrivateRabbit::start(), redis: PrivateRedis::start() }
+        Services { rabbit: PrivateRabbit::start(), redis: PrivateRedis::start(), sentinel: None }
+    }
+
+    /// With a Sentinel group (primary, replica, three sentinels) that the fleets reach Redis through.
+    pub fn with_sentinel() -> Services {
+        Services { sentinel: Some(SentinelRedis::start()), ..Services::start() }
     }
 }
 
@@ -60,6 +67,11 @@ impl ChaosFleet {
         let mut config = crate::isolated_config();
         config.rabbitmq.url = format!("{}?heartbeat={AMQP_HEARTBEAT_SECS}", services.rabbit.url());
         config.redis.url = services.redis.url();
+        if let Some(group) = &services.sentinel {
+            config.redis.url = group.url();
+            config.redis.sentinels = group.sentinel_urls();
+            config.redis.sentinel_master = SENTINEL_MASTER.into();
+        }
         // Kills and stalls give messages back; a job may be hit more than the default 3 times
         // in a long run without being a poison job.
         config.rabbitmq.delivery_limit = 20;

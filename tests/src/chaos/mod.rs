@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod fleet;
 pub mod scenario;
+pub mod sentinel;
 pub mod submit;
 
 pub use audit::Row;

@@ -36,6 +36,7 @@ fn config_with_secrets(amqp: &str, redis: &str) -> FleetConfig {
     cfg.rabbitmq.dead_letter_queue = format!("sec-{tag}.dead");
     cfg.redis.url = redis.to_owned();
     cfg.redis.key_prefix = format!("sec-{tag}");
+    cfg.redis.allow_volatile = true;
     let port = std::env::var("FLEET_TEST_S3_PORT").unwrap_or_else(|_| "8333".into());
     cfg.s3.endpoint = format!("http://127.0.0.1:{port}");
     cfg.s3.bucket = "fleet-test".into();
@@ -241,8 +242,14 @@ fn the_s3_client_refused_for_a_wrong_secret_logs_no_secret_even_at_trace() {
         runtime.block_on(async {
             let store = fleet_storage::ImageStore::from_config(&cfg).await.unwrap();
             let key = format!("secrets-test/{}/0.png", uuid::Uuid::now_v7());
-            let meta =
-                fleet_storage::ObjectMeta { seed: 1, model: "tiny".into(), job_id: uuid::Uuid::now_v7(), index: 0 };
+            let meta = fleet_storage::ObjectMeta {
+                seed: 1,
+                model: "tiny".into(),
+                job_id: uuid::Uuid::now_v7(),
+                index: 0,
+                idempotency_key: None,
+                priority: None,
+            };
             let err = store.put(&key, vec![1, 2, 3], "image/png", &meta).await.unwrap_err();
             let url = store.presign_get(&key, Duration::from_secs(60)).await.unwrap().unwrap_or_default();
             format!("{err}\n{err:?}\n{store:?}\n{url}")

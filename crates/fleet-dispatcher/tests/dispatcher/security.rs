@@ -74,7 +74,14 @@ async fn finished_job_with_image(server: &Server) -> (uuid::Uuid, String, Vec<u8
     let cfg = &server.app.config.s3;
     let key = fleet_storage::object_key(&cfg.prefix, "alice", id, 0, ImageFormat::Png);
     let bytes = b"\x89PNG\r\n\x1a\nalice's picture".to_vec();
-    let meta = fleet_storage::ObjectMeta { seed: 1, model: "tiny".into(), job_id: id, index: 0 };
+    let meta = fleet_storage::ObjectMeta {
+        seed: 1,
+        model: "tiny".into(),
+        job_id: id,
+        index: 0,
+        idempotency_key: None,
+        priority: None,
+    };
     let stored = server.app.store.put(&key, bytes.clone(), "image/png", &meta).await.unwrap();
     let result = ImageResult {
         index: 0,

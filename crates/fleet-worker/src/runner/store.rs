@@ -91,7 +91,8 @@ async fn store_job(
             let index = i as u32;
             let seed = spec.seed.unwrap_or_default().wrapping_add(u64::from(index));
             let key = fleet_storage::object_key(&ctx.config.s3.prefix, tenant, id, index, spec.output.format);
-            let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index };
+            let (idempotency_key, priority) = (spec.idempotency_key.clone(), Some(spec.priority));
+            let meta = ObjectMeta { seed, model: model.to_owned(), job_id: id, index, idempotency_key, priority };
             let content_type = spec.output.format.content_type();
             let upload_started = Instant::now();
             let stored =
