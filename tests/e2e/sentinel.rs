@@ -11,9 +11,7 @@ use fleet_e2e::isolated_config;
 use fleet_e2e::redis_server::{SENTINEL_MASTER, SentinelRedis};
 use fleet_status::StatusStore;
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use crate::chaos::env;
 
 /// A store on the group, through its sentinels.
 async fn store_on(group: &SentinelRedis) -> StatusStore {
@@ -111,4 +109,29 @@ async fn chaos_sentinel_full() {
         drain_limit: Duration::from_secs(env("FLEET_CHAOS_DRAIN_SECS", 1800)),
     };
     failover_suite(size).await;
+}
+
+/// What waiting for the replica costs: a job's three writes that wait (create, start, succeed),
+/// `FLEET_WAIT_JOBS` (500) jobs one after another, through the sentinels (waiting) and straight to
+/// the same primary (not waiting). Prints the mean per job of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand (docs/RELIABILITY.md)"]
+async fn replica_wait_cost() {
+    let group = tokio::task::block_in_place(SentinelRedis::start);
+    let waiting = store_on(&group).await;
+    let mut direct_config = isolated_config();
+    direct_config.redis.url = format!("redis://127.0.0.1:{}/0", group.primary_port().unwrap());
+    let direct = StatusStore::connect(&direct_config.redis).await.unwrap();
+    let jobs: u64 = env("FLEET_WAIT_JOBS", 500);
+    for (name, store) in [("direct (no WAIT)", &direct), ("Sentinel (WAIT 1)", &waiting), ("direct again", &direct)] {
+        let started = Instant::now();
+        for n in 0..jobs {
+            let job = queued_job(n);
+            store.create(&job, None).await.unwrap();
+            let running = store.update_from(job.id, None, |s| s.start("w", chrono::Utc::now())).await.unwrap();
+            store.update_from(job.id, Some(running), |s| s.succeed(Vec::new(), chrono::Utc::now())).await.unwrap();
+        }
+        let per_job = started.elapsed().as_secs_f64() * 1000.0 / jobs as f64;
+        println!("{name}: {jobs} jobs, {per_job:.3} ms per job (create + start + succeed)");
+    }
 }
