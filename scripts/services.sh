@@ -40,7 +40,8 @@ apt_install() {
 start_redis() {
   if port_open 6379; then log "redis: already running"; return; fi
   command -v redis-server >/dev/null || apt_install redis-server
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+  # Append-only file on: the fleet refuses a Redis that keeps nothing across a restart (redis.allow_volatile).
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly yes --appendfsync everysec \
     --dir "$state" --logfile "$state/redis.log"
   wait_port redis 6379 20 || { cat "$state/redis.log" >&2; exit 1; }
   log "redis: started"

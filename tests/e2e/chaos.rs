@@ -21,7 +21,7 @@ use fleet_e2e::rabbit_server::PrivateRabbit;
 
 use crate::fleet::tiny_job;
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 

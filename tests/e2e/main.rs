@@ -10,6 +10,8 @@ mod dead_letters;
 mod fleet;
 mod outages;
 mod quickstart;
+mod recover;
 mod results;
+mod sentinel;
 mod storage;
 mod wire;

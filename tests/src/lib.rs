@@ -75,6 +75,8 @@ pub fn isolated_config() -> fleet_core::FleetConfig {
     cfg.rabbitmq.dead_letter_exchange = format!("e2e-{tag}.dlx");
     cfg.rabbitmq.dead_letter_queue = format!("e2e-{tag}.dead");
     cfg.redis.key_prefix = format!("e2e-{tag}");
+    // The machine's Redis may keep nothing across a restart; the tests never restart it.
+    cfg.redis.allow_volatile = true;
     cfg.s3.endpoint = s3_endpoint();
     cfg.s3.bucket = s3_bucket();
     cfg.s3.prefix = format!("e2e-{tag}");

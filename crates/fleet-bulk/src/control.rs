@@ -203,9 +203,11 @@ async fn run_to_end(located: Located, session: &Session) -> Result<RunFile, Bulk
                 .api
                 .clone()
                 .ok_or_else(|| BulkError::Config("a fleet run needs the dispatcher (--server, --api-key)".into()))?;
+            let status = StatusStore::connect(&session.config.redis).await?;
+            status.check_durability(session.config.redis.allow_volatile).await?;
             let services = FleetServices {
                 api,
-                status: StatusStore::connect(&session.config.redis).await?,
+                status,
                 images: ImageStore::from_config(&session.config.s3).await?,
                 registry: registry.clone(),
             };

@@ -60,6 +60,9 @@ pub enum Command {
     Workers(ServerArgs),
     /// Datasets: a file of prompts into WebDataset shards (run, status, resume, retry-failed, cancel).
     Bulk(BulkArgs),
+    /// Rebuild finished jobs' status records (and idempotency keys) from their images in S3, for
+    /// jobs whose records Redis lost; never overwrites a record.
+    Recover(RecoverArgs),
 }
 
 /// Where the dispatcher is and which key to use (flags > environment > `client.*` configuration).
@@ -185,6 +188,19 @@ pub struct UpArgs {
     /// Address of the API and console (default: http.listen, 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Only this tenant's jobs (default: every tenant under s3.prefix).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this job.
+    #[arg(long = "job", value_name = "ID")]
+    pub job: Option<uuid::Uuid>,
+    /// Print what would be rebuilt; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

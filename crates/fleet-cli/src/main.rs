@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Queues(args) => cmd::jobs::queues(&cli, args),
         Command::Workers(args) => cmd::jobs::workers(&cli, args),
         Command::Bulk(args) => cmd::bulk::run(&cli, args),
+        Command::Recover(args) => cmd::recover::run(&cli, args),
     };
     match result {
         Ok(code) => code,

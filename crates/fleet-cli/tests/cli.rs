@@ -102,6 +102,8 @@ fn start_dispatcher() -> (String, tokio::runtime::Runtime) {
     cfg.rabbitmq.dead_letter_exchange = format!("cli-{tag}.dlx");
     cfg.rabbitmq.dead_letter_queue = format!("cli-{tag}.dead");
     cfg.redis.key_prefix = format!("cli-{tag}");
+    // The machine's Redis may keep nothing across a restart; the tests never restart it.
+    cfg.redis.allow_volatile = true;
     cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
     cfg.http.api_keys = vec![ApiKeyConfig { key: "cli-test-key".into(), tenant: "cli".into(), admin: true }];
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -33,6 +33,7 @@ impl App {
     /// and credentials), or says which one is missing or misconfigured.
     pub async fn connect(config: FleetConfig) -> Result<App, DispatcherError> {
         let status = StatusStore::connect(&config.redis).await.map_err(DispatcherError::Status)?;
+        status.check_durability(config.redis.allow_volatile).await.map_err(DispatcherError::Status)?;
         let bulk_runs = crate::bulk_runs::BulkRuns::connect(&config.redis).await.map_err(DispatcherError::BulkRuns)?;
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(

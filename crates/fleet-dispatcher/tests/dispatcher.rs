@@ -43,6 +43,8 @@ fn isolated_config() -> FleetConfig {
     cfg.rabbitmq.dead_letter_exchange = format!("t-{tag}.dlx");
     cfg.rabbitmq.dead_letter_queue = format!("t-{tag}.dead");
     cfg.redis.key_prefix = format!("t-{tag}");
+    // The machine's Redis may keep nothing across a restart; the tests never restart it.
+    cfg.redis.allow_volatile = true;
     cfg.models = [("tiny".to_owned(), ModelConfig::default())].into_iter().collect();
     cfg.http.listen = "127.0.0.1:0".into();
     cfg.http.api_keys = vec![

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleet_core::config::{RedisConfig, mask_url};
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionManagerConfig;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::connection::RedisConn;
 use crate::keys::Keys;
 
 /// How long a run's keys outlive its last write.
@@ -446,7 +447,7 @@ fn assemble(name: &str, record: Option<String>, progress: Option<String>) -> Res
 /// The bulk-run keys of one Redis: written by `fleet bulk`, read by it and by the dispatcher.
 #[derive(Clone)]
 pub struct BulkRunStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     url: String,
 }
@@ -462,8 +463,7 @@ impl BulkRunStore {
     pub async fn connect(cfg: &RedisConfig) -> Result<BulkRunStore, BulkRunsError> {
         let url = mask_url(&cfg.url);
         let unavailable = |source| BulkRunsError::Unavailable { url: url.clone(), source };
-        let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
-        let conn = tokio::time::timeout(READ_TIMEOUT, ConnectionManager::new(client))
+        let conn = tokio::time::timeout(READ_TIMEOUT, RedisConn::open(cfg, ConnectionManagerConfig::new()))
             .await
             .map_err(|_| BulkRunsError::TimedOut { url: url.clone(), limit: READ_TIMEOUT })?
             .map_err(unavailable)?;

@@ -35,6 +35,18 @@ pub enum StatusError {
     /// or a create reused an id that another tenant's job already has.
     #[error("job {0}: conflicting concurrent writes, try again")]
     Conflict(Uuid),
+    /// Redis keeps nothing across a restart and the configuration does not allow that.
+    #[error(
+        "Redis at {url} keeps nothing across a restart ({evidence}), so a restart would lose every job's status \
+         and idempotency key: turn persistence on in Redis (`appendonly yes`: `CONFIG SET appendonly yes` and in \
+         redis.conf), or set redis.allow_volatile = true to run anyway"
+    )]
+    Volatile {
+        /// The Redis URL with any password masked.
+        url: String,
+        /// What showed it (`appendonly no, save ""`, or what `INFO persistence` said).
+        evidence: String,
+    },
     /// A `list` cursor that this crate did not hand out.
     #[error("invalid list cursor `{0}`")]
     InvalidCursor(String),
@@ -44,7 +56,7 @@ impl StatusError {
     /// The stable error code an API response for this error carries.
     pub fn code(&self) -> ErrorCode {
         match self {
-            StatusError::Unavailable { .. } => ErrorCode::StatusUnavailable,
+            StatusError::Unavailable { .. } | StatusError::Volatile { .. } => ErrorCode::StatusUnavailable,
             StatusError::NotFound(_) => ErrorCode::NotFound,
             StatusError::Illegal(_) | StatusError::Conflict(_) => ErrorCode::Conflict,
             StatusError::Corrupt { .. } => ErrorCode::Internal,
@@ -78,7 +90,7 @@ impl StatusError {
 
 /// Errors that say nothing about our data, only that Redis cannot serve us now: I/O failures,
 /// a server that is loading, read-only, out of memory or refusing our credentials.
-fn is_availability_error(e: &RedisError) -> bool {
+pub(crate) fn is_availability_error(e: &RedisError) -> bool {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return true;
     }

@@ -14,13 +14,17 @@
 #![warn(missing_docs)]
 
 pub mod bulk_runs;
+mod connection;
+pub mod durability;
 mod error;
 mod keys;
+mod replication;
 mod scripts;
 pub mod store;
 mod types;
 
 pub use bulk_runs::{BulkRunStore, BulkRunsError};
+pub use durability::Persistence;
 pub use error::StatusError;
 pub use store::StatusStore;
 pub use types::{BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};

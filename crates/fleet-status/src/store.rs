@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,12 +11,14 @@ use fleet_core::status::IllegalTransition;
 use fleet_core::{JobState, JobStatus, Progress};
 use futures::{Stream, StreamExt};
 use redis::RedisResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::connection::RedisConn;
 use crate::error::StatusError;
 use crate::keys::Keys;
+use crate::replication::ReplicaWait;
 use crate::scripts;
 use crate::types::{CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};
 
@@ -36,15 +39,17 @@ const ALL_STATES: [JobState; 5] =
 
 /// Job status, idempotency, events, cancellation flags, worker heartbeats and counters in Redis.
 ///
-/// Cheap to clone: clones share one multiplexed connection that reconnects by itself.
+/// Cheap to clone: clones share one multiplexed connection that reconnects by itself (and,
+/// behind Sentinel, follows the primary).
 #[derive(Clone)]
 pub struct StatusStore {
-    conn: ConnectionManager,
-    /// Kept to open the dedicated pub/sub connections that event streams need.
-    client: redis::Client,
+    /// Also opens the dedicated pub/sub connections that event streams need.
+    conn: RedisConn,
     /// The URL with its password masked, for error messages and logs.
     url: String,
     keys: Keys,
+    /// Behind Sentinel: the writes that matter wait for a replica (see [`ReplicaWait`]).
+    replica_wait: Option<Arc<ReplicaWait>>,
     status_ttl: u64,
     idempotency_ttl: u64,
     heartbeat_ttl: u64,
@@ -70,7 +75,6 @@ impl StatusStore {
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, StatusError> {
         let url = mask_url(&cfg.url);
         let unavailable = |source| StatusError::Unavailable { url: url.clone(), source };
-        let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
         // One quick retry only: at start-up a clear error beats a long silent backoff, and later
         // the manager reconnects on its own whenever a call finds the connection broken.
         let manager_cfg = ConnectionManagerConfig::new()
@@ -79,19 +83,16 @@ impl StatusStore {
             .set_number_of_retries(1)
             .set_factor(100)
             .set_max_delay(500);
-        let conn =
-            match tokio::time::timeout(CALL_TIMEOUT, ConnectionManager::new_with_config(client.clone(), manager_cfg))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(unavailable(e)),
-                Err(_) => return Err(StatusError::timed_out(&url, CALL_TIMEOUT)),
-            };
+        let conn = match tokio::time::timeout(CALL_TIMEOUT, RedisConn::open(cfg, manager_cfg)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(StatusError::timed_out(&url, CALL_TIMEOUT)),
+        };
         let store = StatusStore {
             conn,
-            client,
             url,
             keys: Keys::new(&cfg.key_prefix),
+            replica_wait: (!cfg.sentinels.is_empty()).then(|| Arc::new(ReplicaWait::default())),
             // A TTL of 0 would make Redis reject EXPIRE/SET EX; one second is the shortest real one.
             status_ttl: cfg.status_ttl_secs.max(1),
             idempotency_ttl: cfg.idempotency_ttl_secs.max(1),
@@ -99,6 +100,27 @@ impl StatusStore {
         };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// The Redis URL with its password masked.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// One `CONFIG GET` value; `None` when Redis has no such setting. A refused `CONFIG` (managed
+    /// Redis) is [`StatusError::Corrupt`] with Redis's answer.
+    pub(crate) async fn config_get(&self, name: &str) -> Result<Option<String>, StatusError> {
+        let mut con = self.conn.clone();
+        let query = redis::cmd("CONFIG").arg("GET").arg(name).clone();
+        let pairs: Vec<String> = self.call("CONFIG GET", async move { query.query_async(&mut con).await }).await?;
+        Ok(pairs.chunks(2).find(|pair| pair[0].eq_ignore_ascii_case(name)).and_then(|pair| pair.get(1).cloned()))
+    }
+
+    /// The text of `INFO <section>`.
+    pub(crate) async fn info(&self, section: &str) -> Result<String, StatusError> {
+        let mut con = self.conn.clone();
+        let query = redis::cmd("INFO").arg(section).clone();
+        self.call("INFO", async move { query.query_async(&mut con).await }).await
     }
 
     /// Checks that Redis answers (for readiness probes).
@@ -184,7 +206,10 @@ impl StatusStore {
         let mut con = self.conn.clone();
         let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
-            [tag] if tag == "created" => Ok(CreateOutcome::Created),
+            [tag] if tag == "created" => {
+                self.replicated().await?;
+                Ok(CreateOutcome::Created)
+            }
             [tag, n] if tag == "limited" => match n.parse() {
                 Ok(in_flight) => Ok(CreateOutcome::InFlightLimit { in_flight }),
                 Err(_) => Err(StatusError::Corrupt {
@@ -401,7 +426,7 @@ impl StatusStore {
         id: Uuid,
     ) -> Result<impl Stream<Item = Result<JobEvent, StatusError>> + Send + use<>, StatusError> {
         let channel = self.keys.events(id);
-        let client = self.client.clone();
+        let client = self.conn.client();
         let mut pubsub = self.call(&channel, async move { client.get_async_pubsub().await }).await?;
         let subscribe_to = channel.clone();
         let (sink, messages) = self
@@ -442,7 +467,10 @@ impl StatusStore {
         invocation.key(&key);
         let mut con = self.conn.clone();
         let set: i64 = self.call(&key, async move { invocation.invoke_async(&mut con).await }).await?;
-        if set == 1 { Ok(()) } else { Err(StatusError::NotFound(id)) }
+        if set != 1 {
+            return Err(StatusError::NotFound(id));
+        }
+        self.replicated().await
     }
 
     /// Whether [`Self::mark_published`] was called for the job. `false` for a job recorded by a
@@ -627,6 +655,31 @@ impl StatusStore {
 
     // ---- internals ----
 
+    /// Behind Sentinel, after a write that matters: `WAIT 1` until a replica has it, so that a
+    /// failover (which promotes the most up-to-date replica) keeps it. A replica that does not
+    /// answer within [`ReplicaWait::TIMEOUT`] pauses the waiting for a while, so a fleet whose
+    /// replica is down runs on its primary alone at full speed (and logs it).
+    async fn replicated(&self) -> Result<(), StatusError> {
+        let Some(wait) = &self.replica_wait else { return Ok(()) };
+        if wait.paused() {
+            return Ok(());
+        }
+        let mut con = self.conn.clone();
+        let timeout_ms = u64::try_from(ReplicaWait::TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        let query = redis::cmd("WAIT").arg(1).arg(timeout_ms).clone();
+        let acked: i64 = self.call("WAIT", async move { query.query_async(&mut con).await }).await?;
+        if acked < 1 {
+            wait.pause();
+            tracing::warn!(
+                redis = %self.url,
+                "no replica took the last write within {timeout_ms} ms; writing to the primary alone for {} s \
+                 (a failover now may lose the latest writes)",
+                ReplicaWait::PAUSE.as_secs()
+            );
+        }
+        Ok(())
+    }
+
     /// Runs one Redis call under [`CALL_TIMEOUT`] and sorts its error; `key` names what it touched.
     async fn call<T>(&self, key: &str, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StatusError> {
         match tokio::time::timeout(CALL_TIMEOUT, fut).await {
@@ -761,7 +814,13 @@ impl StatusStore {
         Ok(match reply {
             -1 => CasWrite::Missing,
             0 => CasWrite::Stale,
-            _ => CasWrite::Written,
+            _ => {
+                // A state change is what a failover must not undo; progress may be lost.
+                if current.state != next.state {
+                    self.replicated().await?;
+                }
+                CasWrite::Written
+            }
         })
     }
 }

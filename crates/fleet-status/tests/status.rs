@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 #[path = "status/bulk_runs.rs"]
 mod bulk_runs;
+#[path = "status/durability.rs"]
+mod durability;
 
 fn redis_url() -> String {
     std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())

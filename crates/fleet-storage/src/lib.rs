@@ -21,6 +21,7 @@ mod endpoint_memo;
 mod error;
 mod key;
 pub mod local;
+pub mod result_sets;
 pub mod s3;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use uuid::Uuid;
 pub use error::{BoxError, StartupCheckError, StorageError};
 pub use key::{job_prefix, new_execution_id, object_key, validate_key};
 pub use local::LocalStore;
+pub use result_sets::{ListedImage, ListedSet};
 pub use s3::{S3Options, S3Store};
 
 /// Names of the object metadata the stores write (S3 sends them as `x-amz-meta-<name>`; the local
@@ -61,6 +63,9 @@ pub mod meta_names {
     pub const WIDTH: &str = "width";
     /// Height of the image in pixels, decimal.
     pub const HEIGHT: &str = "height";
+    /// The job's idempotency key, when it has one (percent-encoded like every value), so a
+    /// record rebuilt from the images gets its key back.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 }
 
 /// What the worker knows about an image when it stores it; written as object metadata. It holds
@@ -89,6 +94,8 @@ pub struct ObjectMeta {
     pub width: u32,
     /// Image height in pixels.
     pub height: u32,
+    /// The job's idempotency key.
+    pub idempotency_key: Option<String>,
 }
 
 impl ObjectMeta {
@@ -97,7 +104,7 @@ impl ObjectMeta {
     /// Values are percent-encoded outside printable ASCII (and `%` itself) because S3 carries
     /// metadata in HTTP headers; [`decode_meta_value`] undoes it.
     pub fn to_metadata(&self, sha256: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut map = BTreeMap::from([
             (meta_names::SEED.to_owned(), self.seed.to_string()),
             (meta_names::MODEL.to_owned(), encode_meta_value(&self.model)),
             (meta_names::JOB_ID.to_owned(), self.job_id.hyphenated().to_string()),
@@ -109,7 +116,11 @@ impl ObjectMeta {
             (meta_names::IMAGES.to_owned(), self.images.to_string()),
             (meta_names::WIDTH.to_owned(), self.width.to_string()),
             (meta_names::HEIGHT.to_owned(), self.height.to_string()),
-        ])
+        ]);
+        if let Some(key) = &self.idempotency_key {
+            map.insert(meta_names::IDEMPOTENCY_KEY.to_owned(), encode_meta_value(key));
+        }
+        map
     }
 
     /// Reads the fields back from a stored object's (decoded) metadata; `None` if any is missing
@@ -127,6 +138,7 @@ impl ObjectMeta {
             images: number(meta_names::IMAGES)?,
             width: number(meta_names::WIDTH)?,
             height: number(meta_names::HEIGHT)?,
+            idempotency_key: metadata.get(meta_names::IDEMPOTENCY_KEY).cloned(),
         })
     }
 
@@ -144,6 +156,7 @@ impl ObjectMeta {
             images: 1,
             width: 64,
             height: 64,
+            idempotency_key: None,
         }
     }
 }
@@ -373,6 +386,10 @@ mod tests {
         assert_eq!(map[meta_names::TENANT], "t%C3%A9nant", "encoded for an HTTP header");
         // As `get` hands it back: decoded.
         let read: BTreeMap<String, String> = map.iter().map(|(k, v)| (k.clone(), decode_meta_value(v))).collect();
+        assert_eq!(ObjectMeta::from_metadata(&read), Some(meta.clone()));
+        meta.idempotency_key = Some("order 7: ü".into());
+        let read: BTreeMap<String, String> =
+            meta.to_metadata("ab").iter().map(|(k, v)| (k.clone(), decode_meta_value(v))).collect();
         assert_eq!(ObjectMeta::from_metadata(&read), Some(meta));
     }
 }

@@ -10,6 +10,8 @@
 //! - [`runner`]: running one batch end to end;
 //! - [`result_set`]: an execution's images under its own keys, the record's compare-and-set picking the one set;
 //! - [`heartbeat`]: liveness and counters in Redis;
+//! - [`recover`]: finished jobs' records rebuilt from their stored images (`fleet recover`, and a
+//!   worker meeting a job whose record was lost);
 //! - [`worker`]: the consume loop and graceful shutdown.
 
 pub mod engine_thread;
@@ -18,6 +20,7 @@ pub mod heartbeat;
 pub mod intake;
 pub mod metrics;
 pub mod noop;
+pub mod recover;
 pub mod republish;
 pub mod result_set;
 pub mod runner;

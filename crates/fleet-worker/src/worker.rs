@@ -114,6 +114,7 @@ impl Worker {
         // The services first: a missing or misconfigured one fails the start in seconds, not
         // after the models have loaded.
         let status = Arc::new(StatusStore::connect(&config.redis).await?);
+        status.check_durability(config.redis.allow_volatile).await?;
         let store = Arc::new(ImageStore::connect(&config.s3).await?);
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(Broker::connect_any(config.rabbitmq.broker_urls(), topology).await?);

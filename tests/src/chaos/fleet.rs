@@ -11,7 +11,7 @@ use fleet_status::StatusStore;
 use crate::link::Link;
 use crate::process::FleetProcess;
 use crate::rabbit_server::PrivateRabbit;
-use crate::redis_server::PrivateRedis;
+use crate::redis_server::{PrivateRedis, SENTINEL_MASTER, SentinelRedis};
 
 /// AMQP heartbeat of every fleet process in the suite, in seconds: short, so that a stalled worker
 /// is noticed (and its messages redelivered) within seconds rather than the broker's default minute.
@@ -21,11 +21,18 @@ pub const AMQP_HEARTBEAT_SECS: u64 = 2;
 pub struct Services {
     pub rabbit: PrivateRabbit,
     pub redis: PrivateRedis,
+    /// When set, the fleets use this Sentinel group instead of `redis` (the failover scenario).
+    pub sentinel: Option<SentinelRedis>,
 }
 
 impl Services {
     pub fn start() -> Services {
-        Services { rabbit: PrivateRabbit::start(), redis: PrivateRedis::start() }
+        Services { rabbit: PrivateRabbit::start(), redis: PrivateRedis::start(), sentinel: None }
+    }
+
+    /// With a Sentinel group (primary, replica, three sentinels) that the fleets reach Redis through.
+    pub fn with_sentinel() -> Services {
+        Services { sentinel: Some(SentinelRedis::start()), ..Services::start() }
     }
 }
 
@@ -67,7 +74,17 @@ impl ChaosFleet {
         name: &str,
         adjust: impl FnOnce(&mut FleetConfig),
     ) -> ChaosFleet {
-        Self::start_on(&[services.rabbit.url()], &services.redis.url(), workers, name, adjust).await
+        // Through the Sentinel group when the services have one (the failover scenario).
+        let sentinel = services.sentinel.as_ref().map(|group| (group.url(), group.sentinel_urls()));
+        let through_sentinel = move |config: &mut FleetConfig| {
+            if let Some((url, sentinels)) = sentinel {
+                config.redis.url = url;
+                config.redis.sentinels = sentinels;
+                config.redis.sentinel_master = SENTINEL_MASTER.into();
+            }
+            adjust(config);
+        };
+        Self::start_on(&[services.rabbit.url()], &services.redis.url(), workers, name, through_sentinel).await
     }
 
     /// [`Self::start_with`] on these brokers (several: the nodes of one cluster, as

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod fleet;
 pub mod rolling;
 pub mod scenario;
+pub mod sentinel;
 pub mod submit;
 
 pub use audit::Row;

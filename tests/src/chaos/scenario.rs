@@ -23,6 +23,9 @@ pub enum Fault {
     KillDispatcher,
     /// SIGSTOP of a worker mid-batch for longer than the AMQP heartbeat, then SIGCONT.
     StallWorker,
+    /// SIGKILL of the Redis primary mid-batch; Sentinel promotes the replica (only with
+    /// [`Services::with_sentinel`], so not among [`FAULTS`]; see `sentinel.rs`).
+    KillRedisPrimary,
 }
 
 pub const FAULTS: [Fault; 6] = [
@@ -43,6 +46,7 @@ impl Fault {
             Fault::CutS3 => "4 S3 unavailable",
             Fault::KillDispatcher => "5 dispatcher SIGKILL + restart",
             Fault::StallWorker => "6 worker SIGSTOP > heartbeat",
+            Fault::KillRedisPrimary => "Redis primary SIGKILL (Sentinel failover)",
         }
     }
 
@@ -52,6 +56,7 @@ impl Fault {
             Fault::KillWorker => (n / 50).clamp(3, 10),
             Fault::KillDispatcher => (n / 100).clamp(2, 5),
             Fault::StallWorker => 2,
+            Fault::KillRedisPrimary => (n / 100).clamp(1, 5),
             _ => 1,
         }
     }
@@ -90,6 +95,7 @@ impl Fault {
                 tokio::time::sleep(Duration::from_secs(AMQP_HEARTBEAT_SECS * 4 + 2)).await;
                 fleet.workers[i].signal("CONT");
             }
+            Fault::KillRedisPrimary => super::sentinel::kill_primary(fleet, services).await,
         }
     }
 }

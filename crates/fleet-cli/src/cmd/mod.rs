@@ -7,6 +7,7 @@ pub mod from_image;
 pub mod generate;
 pub mod generate_jobs;
 pub mod jobs;
+pub mod recover;
 pub mod submit;
 pub mod up;
 pub mod validate;

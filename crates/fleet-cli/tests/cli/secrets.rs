@@ -36,6 +36,7 @@ fn config_with_secrets(amqp: &str, redis: &str) -> FleetConfig {
     cfg.rabbitmq.dead_letter_queue = format!("sec-{tag}.dead");
     cfg.redis.url = redis.to_owned();
     cfg.redis.key_prefix = format!("sec-{tag}");
+    cfg.redis.allow_volatile = true;
     let port = std::env::var("FLEET_TEST_S3_PORT").unwrap_or_else(|_| "8333".into());
     cfg.s3.endpoint = format!("http://127.0.0.1:{port}");
     cfg.s3.bucket = "fleet-test".into();

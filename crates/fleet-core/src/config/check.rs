@@ -30,6 +30,16 @@ impl FleetConfig {
             has_scheme(&self.redis.url, &["redis", "rediss"]),
             format!("redis.url `{}`: must start with redis:// or rediss://", mask_url(&self.redis.url)),
         );
+        for (i, sentinel) in self.redis.sentinels.iter().enumerate() {
+            need(
+                is_sentinel_address(sentinel),
+                format!("redis.sentinels[{i}] `{}`: must be redis://host:port", mask_url(sentinel)),
+            );
+        }
+        need(
+            !self.redis.sentinel_master.is_empty() && self.redis.sentinel_master.chars().all(|c| c.is_ascii_graphic()),
+            format!("redis.sentinel_master `{}`: must be a name without spaces", self.redis.sentinel_master),
+        );
         need(
             self.s3.endpoint.is_empty() || has_scheme(&self.s3.endpoint, &["http", "https"]),
             format!("s3.endpoint `{}`: must be empty or an http(s) URL", self.s3.endpoint),
@@ -137,6 +147,7 @@ impl FleetConfig {
         cfg.rabbitmq.url = mask_url(&cfg.rabbitmq.url);
         cfg.rabbitmq.urls = cfg.rabbitmq.urls.iter().map(|u| mask_url(u)).collect();
         cfg.redis.url = mask_url(&cfg.redis.url);
+        cfg.redis.sentinels = cfg.redis.sentinels.iter().map(|s| mask_url(s)).collect();
         for key in &mut cfg.http.api_keys {
             key.key = mask_secret(&key.key);
         }
@@ -181,6 +192,14 @@ fn amqp_url_problem(url: &str) -> Option<String> {
         return problem("the port must be a number from 0 to 65535");
     }
     None
+}
+
+/// `redis://[user:password@]host:port` (a trailing `/` allowed): a sentinel is asked for the
+/// primary's address, so it needs its own host and port and no database.
+fn is_sentinel_address(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else { return false };
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h).trim_end_matches('/');
+    host_port.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// `amqp://user:secret@host` → `amqp://user:***@host`. Also without a scheme (a mistyped URL is
@@ -243,6 +262,23 @@ mod tests {
             assert!(problem.contains(why), "{bad}: {problem}");
             assert!(!problem.contains("secret"), "{problem}");
         }
+    }
+
+    #[test]
+    fn sentinel_addresses() {
+        for ok in ["redis://127.0.0.1:26379", "redis://:pw@sentinel-0.redis:26379/", "rediss://s:1"] {
+            assert!(is_sentinel_address(ok), "{ok}");
+        }
+        for bad in ["127.0.0.1:26379", "redis://127.0.0.1", "redis://:26379", "redis://h:0", "http://h:1"] {
+            assert!(!is_sentinel_address(bad), "{bad}");
+        }
+        let mut cfg = FleetConfig::default();
+        cfg.redis.sentinels = vec!["redis://h:26379".into(), "redis://h".into()];
+        cfg.redis.sentinel_master = "my master".into();
+        let problems = cfg.problems();
+        assert!(problems.iter().any(|p| p.starts_with("redis.sentinels[1] `redis://h`")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("redis.sentinel_master")), "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

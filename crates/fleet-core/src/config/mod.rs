@@ -93,6 +93,15 @@ pub struct RedisConfig {
     pub idempotency_ttl_secs: u64,
     /// Seconds after which a worker without a heartbeat counts as gone.
     pub heartbeat_ttl_secs: u64,
+    /// Run on a Redis that keeps nothing across a restart (no AOF, no RDB snapshots). The
+    /// dispatcher, workers and bulk runner refuse such a Redis at start unless this is true.
+    pub allow_volatile: bool,
+    /// Redis Sentinel addresses (`redis://host:port`). When set, the fleet asks them for the
+    /// current primary of [`RedisConfig::sentinel_master`] and follows a failover; `url` then
+    /// only supplies the database, user and password of the primary.
+    pub sentinels: Vec<String>,
+    /// Name of the primary the sentinels monitor.
+    pub sentinel_master: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,6 +304,9 @@ impl Default for RedisConfig {
             status_ttl_secs: 7 * 24 * 3600,
             idempotency_ttl_secs: 24 * 3600,
             heartbeat_ttl_secs: 30,
+            allow_volatile: false,
+            sentinels: Vec::new(),
+            sentinel_master: "mymaster".into(),
         }
     }
 }

@@ -2,10 +2,11 @@
 
 use chrono::Utc;
 use fleet_core::{JobState, JobStatus};
-use fleet_status::{CreateOutcome, StatusError, Versioned};
+use fleet_status::{StatusError, Versioned};
 
 use super::{RunContext, retry};
 use crate::intake::Pending;
+use crate::recover::{self, RecoverError};
 
 /// Marks the job running and returns its record as written. `Ok(None)`: nothing to do (cancelled
 /// or already finished by an earlier delivery) and the message can be acked. `Err`: the status
@@ -46,18 +47,15 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
             Ok(None)
         }
         Err(StatusError::NotFound(_)) => {
-            // Published straight onto the queue (or its record expired): create the record, then start.
-            let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
-            match retry(|| ctx.status.create(&queued, None)).await {
-                // (`create` sets no in-flight limit and no digest: it never answers the last two)
-                Ok(
-                    CreateOutcome::Created
-                    | CreateOutcome::Existing(_)
-                    | CreateOutcome::InFlightLimit { .. }
-                    | CreateOutcome::DifferentRequest { .. },
-                ) => {}
-                Err(e) => return Err(e),
+            // Published straight onto the queue, or its record was lost (or expired): when its
+            // images are all stored, an earlier execution finished it and only the record is rebuilt.
+            if restored(ctx, job).await? {
+                return Ok(None);
             }
+            // Otherwise the record is created from the message (with its idempotency key), then started.
+            let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
+            let key = job.job.spec().idempotency_key.as_deref();
+            retry(|| recover::record::write(&ctx.status, &queued, key)).await?;
             retry(|| ctx.status.update_from(id, None, start)).await.map(Some)
         }
         Err(e) => Err(e),
@@ -74,4 +72,22 @@ fn sweep_in_background(ctx: &RunContext, record: JobStatus) {
             Err(e) => tracing::warn!(job = %record.id, error = %e, "cannot list the job's objects to remove strays"),
         }
     });
+}
+
+/// Whether the job's record was rebuilt from a whole result set found in the image store. A
+/// store that cannot be listed only costs running the job again.
+async fn restored(ctx: &RunContext, job: &Pending) -> Result<bool, StatusError> {
+    let found = recover::restore_from_store(&ctx.status, &ctx.store, &ctx.config.s3.prefix, &job.job, &ctx.worker_id);
+    match found.await {
+        Ok(Some(written)) => {
+            tracing::warn!(job = %job.id(), ?written, "the job's record was missing and its images are all stored: record rebuilt from them");
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(RecoverError::Status(e)) => Err(e),
+        Err(RecoverError::Storage(e)) => {
+            tracing::warn!(job = %job.id(), error = %e, "cannot look for the job's stored images; running it");
+            Ok(false)
+        }
+    }
 }

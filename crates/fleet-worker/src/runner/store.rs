@@ -88,6 +88,7 @@ async fn store_job(
             images: spec.num_images,
             width: spec.width,
             height: spec.height,
+            idempotency_key: spec.idempotency_key.clone(),
         };
         let (own_spec, config) = (spec.clone(), ctx.config.clone());
         async move {

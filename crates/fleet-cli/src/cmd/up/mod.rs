@@ -50,7 +50,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     let config = load(cli, &path)?;
     check_listen_free(&listen)?;
-    let plan = Plan {
+    let mut plan = Plan {
         config_path: path,
         logs: state.join("logs"),
         overrides: cli.overrides.clone(),
@@ -61,9 +61,39 @@ pub fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<ExitCode> {
         drain: Duration::from_secs(config.worker.drain_timeout_secs) + Duration::from_secs(10),
     };
     let services = Services::start(&config, &state)?;
-    let outcome = tokio::runtime::Runtime::new()?.block_on(serve(&plan));
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = match runtime.block_on(volatile_redis(&config)) {
+        Ok(volatile) => {
+            if let Some(evidence) = volatile {
+                eprintln!(
+                    "fleet up: warning: Redis at {} keeps nothing across a restart ({evidence}); running anyway \
+                     (redis.allow_volatile = true for this run's processes): a Redis restart loses job records \
+                     (`fleet recover` rebuilds finished ones from their images); set `appendonly yes` on Redis to keep them",
+                    fleet_core::config::mask_url(&config.redis.url)
+                );
+                plan.overrides.push("redis.allow_volatile=true".into());
+            }
+            runtime.block_on(serve(&plan))
+        }
+        Err(e) => Err(e),
+    };
     services.stop_started();
     outcome
+}
+
+/// What shows that the Redis `fleet up` uses keeps nothing across a restart, unless the
+/// configuration allows that already. A Redis that `scripts/services.sh` started keeps an
+/// append-only file; one that was already running (a distribution's package) may not, and
+/// `fleet up`, for trying the fleet on one machine, runs on it with a warning rather than refusing.
+async fn volatile_redis(config: &FleetConfig) -> anyhow::Result<Option<String>> {
+    if config.redis.allow_volatile {
+        return Ok(None);
+    }
+    let status = fleet_status::StatusStore::connect(&config.redis).await?;
+    Ok(match status.persistence().await? {
+        fleet_status::Persistence::Volatile { evidence } => Some(evidence),
+        _ => None,
+    })
 }
 
 /// What `fleet up` runs, settled before anything starts.

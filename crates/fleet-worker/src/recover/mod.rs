@@ -1,0 +1,182 @@
+//! Rebuilding finished jobs' records from S3 alone, for when Redis lost them (a Redis without
+//! persistence restarted, an asynchronous replica took over before it had the last writes).
+//!
+//! A job's images are stored under `<prefix>/<tenant>/<job id>/…` with the job id, index, seed,
+//! model, priority and idempotency key as object metadata and the request embedded in each image.
+//! A whole, consistent set of them ([`stored::read_set`]) is what a `succeeded` record of the job
+//! says, so the record is written again from it, with its idempotency key — never over a record
+//! that exists. Two callers:
+//!
+//! - `fleet recover` ([`Recovery::run`]): every job of a tenant (or all, or one job) that has a
+//!   whole result set stored and no record;
+//! - a worker given a job whose record is missing ([`restore_from_store`]): when the job's images
+//!   are all stored, the job is done, and its record is rebuilt instead of running it again.
+
+pub mod record;
+pub mod stored;
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use fleet_core::ValidJob;
+use fleet_status::{StatusError, StatusStore};
+use fleet_storage::{ImageStore, ListedSet, StorageError};
+use uuid::Uuid;
+
+pub use record::Written;
+pub use stored::{Expected, StoredResult, read_set};
+
+/// Why recovery stopped: a store it reads or writes failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// Listing or reading the images failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Reading or writing a record failed.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+/// Which jobs `fleet recover` looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only this tenant's jobs (all tenants when `None`).
+    pub tenant: Option<String>,
+    /// Only this job.
+    pub job: Option<Uuid>,
+    /// Report what would be written, write nothing.
+    pub dry_run: bool,
+}
+
+/// What happened to one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// It has a record: left alone.
+    Recorded,
+    /// Its record was rebuilt (or would be, in a dry run).
+    Rebuilt {
+        /// Its idempotency key maps to it again (or would).
+        key_restored: bool,
+        /// The key was left to this other job, which holds it now.
+        key_taken_by: Option<Uuid>,
+    },
+    /// No whole, consistent result set: nothing written. One reason per set found.
+    NotWhole(Vec<String>),
+}
+
+/// The tally `fleet recover` prints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Jobs with images found.
+    pub jobs: u64,
+    /// Jobs that had a record.
+    pub recorded: u64,
+    /// Records rebuilt (or, in a dry run, that would be).
+    pub rebuilt: u64,
+    /// Idempotency keys restored with them.
+    pub keys_restored: u64,
+    /// Keys left to the other job that holds them now.
+    pub keys_taken: u64,
+    /// Jobs whose images are no whole result set (still running, failed while storing, or
+    /// mixed): left without a record.
+    pub not_whole: u64,
+}
+
+impl Summary {
+    fn count(&mut self, outcome: &JobOutcome) {
+        self.jobs += 1;
+        match outcome {
+            JobOutcome::Recorded => self.recorded += 1,
+            JobOutcome::Rebuilt { key_restored, key_taken_by } => {
+                self.rebuilt += 1;
+                self.keys_restored += u64::from(*key_restored);
+                self.keys_taken += u64::from(key_taken_by.is_some());
+            }
+            JobOutcome::NotWhole(_) => self.not_whole += 1,
+        }
+    }
+}
+
+/// The stores `fleet recover` works between.
+#[derive(Debug)]
+pub struct Recovery<'a> {
+    pub status: &'a StatusStore,
+    pub images: &'a ImageStore,
+    /// `s3.prefix`.
+    pub prefix: &'a str,
+}
+
+impl Recovery<'_> {
+    /// Rebuilds the record of every job in `scope` that has a whole result set and no record;
+    /// `on_job` hears of each job as it is done (for printing).
+    pub async fn run(
+        &self,
+        scope: &Scope,
+        mut on_job: impl FnMut(Uuid, &str, &JobOutcome),
+    ) -> Result<Summary, RecoverError> {
+        let sets = self.images.result_sets(self.prefix, scope.tenant.as_deref(), scope.job).await?;
+        let mut jobs: BTreeMap<(String, Uuid), Vec<ListedSet>> = BTreeMap::new();
+        for set in sets {
+            jobs.entry((set.tenant.clone(), set.job_id)).or_default().push(set);
+        }
+        let mut summary = Summary::default();
+        for ((tenant, id), sets) in jobs {
+            let outcome = self.job(id, &tenant, &sets, scope.dry_run).await?;
+            summary.count(&outcome);
+            on_job(id, &tenant, &outcome);
+        }
+        Ok(summary)
+    }
+
+    /// One job: its record if it has one, else the first whole set of its sets (in execution order).
+    async fn job(&self, id: Uuid, tenant: &str, sets: &[ListedSet], dry_run: bool) -> Result<JobOutcome, RecoverError> {
+        if let Some(existing) = self.status.get(id).await? {
+            // A job id belongs to one tenant; one listed under another is not this record's.
+            if existing.tenant == tenant {
+                return Ok(JobOutcome::Recorded);
+            }
+        }
+        let mut reasons = Vec::new();
+        for set in sets {
+            let result = match read_set(self.images, set, Expected::default()).await? {
+                Ok(result) => result,
+                Err(reason) => {
+                    reasons.push(reason);
+                    continue;
+                }
+            };
+            let key = result.meta.idempotency_key.clone();
+            if dry_run {
+                return Ok(JobOutcome::Rebuilt { key_restored: key.is_some(), key_taken_by: None });
+            }
+            let status = record::from_images(id, tenant, result, Utc::now());
+            return Ok(match record::write(self.status, &status, key.as_deref()).await? {
+                Written::Created { key_restored, key_taken_by } => JobOutcome::Rebuilt { key_restored, key_taken_by },
+                Written::AlreadyRecorded => JobOutcome::Recorded,
+            });
+        }
+        Ok(JobOutcome::NotWhole(reasons))
+    }
+}
+
+/// For a worker holding a job whose record is missing: when a whole result set of the job is
+/// stored (an earlier execution finished, and Redis lost its record), writes the `succeeded`
+/// record from it, with the job's idempotency key, and returns it. `Ok(None)`: nothing whole is
+/// stored, so the job must run.
+pub async fn restore_from_store(
+    status: &StatusStore,
+    images: &ImageStore,
+    prefix: &str,
+    job: &ValidJob,
+    worker: &str,
+) -> Result<Option<Written>, RecoverError> {
+    let spec = job.spec();
+    let (Some(id), Some(tenant)) = (spec.id, spec.tenant.as_deref()) else { return Ok(None) };
+    let expected = Expected { num_images: Some(spec.num_images), seed: spec.seed };
+    for set in images.result_sets(prefix, Some(tenant), Some(id)).await? {
+        let Ok(result) = read_set(images, &set, expected).await? else { continue };
+        let Some(Ok(record)) = record::from_message(job, worker, result, Utc::now()) else { return Ok(None) };
+        return Ok(Some(record::write(status, &record, spec.idempotency_key.as_deref()).await?));
+    }
+    Ok(None)
+}

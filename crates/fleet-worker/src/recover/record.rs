@@ -1,0 +1,122 @@
+//! The `succeeded` record a stored result set stands for, and writing it (never over a record).
+
+use chrono::{DateTime, Utc};
+use fleet_core::{
+    ControlNetRecord, JobState, JobStatus, LoraRef, OutputSpec, Priority, Progress, RequestRecord, ValidJob,
+};
+use fleet_status::{CreateOutcome, StatusError, StatusStore};
+use uuid::Uuid;
+
+use super::stored::StoredResult;
+
+/// What writing a rebuilt record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The record is written; with the job's idempotency key when `key_restored`.
+    Created {
+        /// The idempotency key maps to the job again.
+        key_restored: bool,
+        /// The key was not restored because it names this other job now (a client retried
+        /// after the key was lost and got a second job).
+        key_taken_by: Option<Uuid>,
+    },
+    /// A record of the job exists (written meanwhile): left as it is.
+    AlreadyRecorded,
+}
+
+/// The record of a job known only from its images (`fleet recover`): the request from the
+/// parameters embedded in image 0, model, priority and idempotency key from the objects'
+/// metadata. Not kept with the images, so absent: the job's `metadata`, a JPEG's `quality`, which
+/// worker ran it and how often. `created_at` is the time in a v7 job id (the dispatcher's), else
+/// `now`; `finished_at` is `now`, when the record was rebuilt.
+pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<Utc>) -> JobStatus {
+    let StoredResult { images, params, meta } = result;
+    let count = u32::try_from(images.len()).unwrap_or(u32::MAX);
+    let steps = u32::try_from(params.steps).unwrap_or(u32::MAX);
+    let format = images.first().map(|i| i.format).unwrap_or_default();
+    let request = RequestRecord {
+        prompt: params.prompt.clone(),
+        negative_prompt: params.negative_prompt.clone(),
+        width: u32::try_from(params.width).unwrap_or(0),
+        height: u32::try_from(params.height).unwrap_or(0),
+        steps,
+        guidance: params.guidance as f32,
+        seed: params.request.seed,
+        num_images: count,
+        loras: params
+            .provenance
+            .loras
+            .iter()
+            .map(|l| LoraRef { name: l.name.clone(), scale: l.scale as f32 })
+            .collect(),
+        controlnet: params.provenance.controlnet.as_ref().map(|cn| ControlNetRecord {
+            model: cn.model.clone(),
+            image: cn.image.clone(),
+            image_sha256: cn.image_sha256.clone(),
+            image_bytes: None,
+            scale: cn.scale as f32,
+            start: cn.start as f32,
+            end: cn.end as f32,
+        }),
+        output: OutputSpec { format, quality: None },
+    };
+    JobStatus {
+        id,
+        tenant: tenant.to_owned(),
+        state: JobState::Succeeded,
+        model: meta.model,
+        priority: if meta.priority == Priority::Bulk.as_str() { Priority::Bulk } else { Priority::Interactive },
+        progress: Progress { step: steps, steps, images_done: count, images_total: count },
+        // At least one execution ran; how many is not kept with the images.
+        attempts: 1,
+        worker: None,
+        created_at: created_at(id).unwrap_or(now),
+        started_at: None,
+        finished_at: Some(now),
+        result: images,
+        error: None,
+        metadata: Default::default(),
+        waiting_for: None,
+        request: Some(request),
+    }
+}
+
+/// The record of a job whose message a worker holds, finished by the images it found stored:
+/// everything the message says, then started and succeeded with those images.
+pub fn from_message(
+    job: &ValidJob,
+    worker: &str,
+    result: StoredResult,
+    now: DateTime<Utc>,
+) -> Option<Result<JobStatus, fleet_core::status::IllegalTransition>> {
+    let mut status = JobStatus::queued(job, now)?;
+    if let Some(created) = created_at(status.id) {
+        status.created_at = created;
+    }
+    Some(status.start(worker, now).and_then(|()| status.succeed(result.images, now)).map(|()| status))
+}
+
+/// The creation time a UUID v7 carries.
+fn created_at(id: Uuid) -> Option<DateTime<Utc>> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
+/// Writes `status` as a new record with `idempotency_key`, never over an existing record. When
+/// the key already names another job, the record is written without it.
+pub async fn write(
+    store: &StatusStore,
+    status: &JobStatus,
+    idempotency_key: Option<&str>,
+) -> Result<Written, StatusError> {
+    match store.create(status, idempotency_key).await? {
+        CreateOutcome::Created => Ok(Written::Created { key_restored: idempotency_key.is_some(), key_taken_by: None }),
+        CreateOutcome::Existing(existing) if existing.id == status.id => Ok(Written::AlreadyRecorded),
+        CreateOutcome::Existing(other) => match store.create(status, None).await? {
+            CreateOutcome::Created => Ok(Written::Created { key_restored: false, key_taken_by: Some(other.id) }),
+            _ => Ok(Written::AlreadyRecorded),
+        },
+        // `create` sets no in-flight limit and compares no request digest: it never answers these.
+        CreateOutcome::InFlightLimit { .. } | CreateOutcome::DifferentRequest { .. } => Ok(Written::AlreadyRecorded),
+    }
+}
