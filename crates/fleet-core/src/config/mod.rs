@@ -98,7 +98,9 @@ pub struct RedisConfig {
     pub allow_volatile: bool,
     /// Redis Sentinel addresses (`redis://host:port`). When set, the fleet asks them for the
     /// current primary of [`RedisConfig::sentinel_master`] and follows a failover; `url` then
-    /// only supplies the database, user and password of the primary.
+    /// only supplies the database, user and password of the primary. A list, or one
+    /// comma-separated string (so `FLEET__REDIS__SENTINELS` and `--set` can carry it).
+    #[serde(deserialize_with = "one_or_many")]
     pub sentinels: Vec<String>,
     /// Name of the primary the sentinels monitor.
     pub sentinel_master: String,
