@@ -125,11 +125,11 @@ async fn a_worker_rebuilds_a_lost_record_from_the_stored_images_instead_of_runni
 
     forget_everything(&config).await;
     // The same job again on its queue, as the broker redelivers it.
-    let valid = fleet_core::parse_job(&spec.to_string()).unwrap().validate(&config.limits_for("tiny")).unwrap().assign(
-        "e2e",
-        || before.id,
-        || 44,
-    );
+    let valid = fleet_core::parse_job(&spec.to_string())
+        .unwrap()
+        .validate(&config.limits_for("tiny"))
+        .unwrap()
+        .assign("e2e", || before.id);
     let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
     let broker = fleet_queue::Broker::connect(&config.rabbitmq.url, topology).await.unwrap();
     let channel = broker.channel().await.unwrap();

@@ -13,8 +13,8 @@ use fleet_worker::result_set::{self, Committed};
 /// A started job: its record as the worker that started it wrote it.
 async fn started_job(status: &StatusStore, images: u32) -> Versioned {
     let mut spec = JobSpec::new("two executions");
-    (spec.model, spec.num_images, spec.width, spec.height) = ("tiny".into(), images, 64, 64);
-    let job = spec.validate(&fleet_core::Limits::default()).unwrap().assign("e2e", uuid::Uuid::now_v7, || 1);
+    (spec.model, spec.num_images, spec.width, spec.height, spec.seed) = ("tiny".into(), images, 64, 64, Some(1));
+    let job = spec.validate(&fleet_core::Limits::default()).unwrap().assign("e2e", uuid::Uuid::now_v7);
     let record = JobStatus::queued(&job, Utc::now()).unwrap();
     status.create(&record, None).await.unwrap();
     status.update_from(record.id, None, |s| s.start("w1", Utc::now())).await.unwrap()

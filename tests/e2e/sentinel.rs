@@ -24,11 +24,8 @@ async fn store_on(group: &SentinelRedis) -> StatusStore {
 
 fn queued_job(n: u64) -> JobStatus {
     let spec = fleet_core::parse_job(&format!(r#"{{"prompt": "failover {n}", "model": "tiny"}}"#)).unwrap();
-    let job = spec.validate(&isolated_config().limits_for("tiny")).unwrap().assign(
-        "e2e",
-        fleet_core::validate::new_job_id,
-        || n,
-    );
+    let job =
+        spec.validate(&isolated_config().limits_for("tiny")).unwrap().assign("e2e", fleet_core::validate::new_job_id);
     JobStatus::queued(&job, chrono::Utc::now()).unwrap()
 }
 

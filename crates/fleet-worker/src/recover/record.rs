@@ -69,6 +69,9 @@ pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<U
         progress: Progress { step: steps, steps, images_done: count, images_total: count },
         // At least one execution ran; how many is not kept with the images.
         attempts: 1,
+        // Neither the broker's count nor clean hand-backs are kept with the images.
+        deliveries: 0,
+        handbacks: 0,
         worker: None,
         created_at: created_at(id).unwrap_or(now),
         started_at: None,
