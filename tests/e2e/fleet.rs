@@ -287,8 +287,10 @@ async fn a_message_that_is_not_a_job_is_dead_lettered_and_the_worker_keeps_going
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(dead.data, b"{not json");
-    let death = fleet_queue::message::death(&dead.properties).expect("x-death header");
-    assert_eq!(death.reason, "rejected");
+    // The worker dead-letters it itself, saying why.
+    let why = fleet_queue::message::dead_letter_reason(&dead.properties).expect("a dead-letter reason");
+    assert_eq!(why.code, "invalid_spec", "{why:?}");
+    assert!(why.detail.contains("unreadable"), "{why:?}");
 
     let ok = fleet.submit(tiny_job(1)).await.id;
     let statuses = fleet.wait_all(&[ok], Duration::from_secs(60)).await;
