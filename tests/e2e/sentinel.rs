@@ -13,12 +13,17 @@ use fleet_status::StatusStore;
 
 use crate::chaos::env;
 
-/// A store on the group, through its sentinels.
-async fn store_on(group: &SentinelRedis) -> StatusStore {
+/// A configuration that reaches the group through its sentinels.
+fn sentinel_config(group: &SentinelRedis) -> fleet_core::FleetConfig {
     let mut config = isolated_config();
     config.redis.url = group.url();
     config.redis.sentinels = group.sentinel_urls();
     config.redis.sentinel_master = SENTINEL_MASTER.into();
+    config
+}
+
+/// A store on the group, through its sentinels.
+async fn store_on(config: &fleet_core::FleetConfig) -> StatusStore {
     StatusStore::connect(&config.redis).await.expect("the store connects through the sentinels")
 }
 
@@ -34,7 +39,8 @@ fn queued_job(n: u64) -> JobStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_store_follows_a_failover_and_keeps_what_it_wrote() {
     let mut group = tokio::task::block_in_place(SentinelRedis::start);
-    let store = store_on(&group).await;
+    let config = sentinel_config(&group);
+    let store = store_on(&config).await;
     let before = queued_job(1);
     store.create(&before, Some("before-the-failover")).await.unwrap();
     store.update(before.id, |s| s.start("w1", chrono::Utc::now())).await.unwrap();
@@ -66,7 +72,8 @@ async fn the_status_store_follows_a_failover_and_keeps_what_it_wrote() {
     };
     calling.abort();
     assert_eq!(created, fleet_status::CreateOutcome::Created);
-    let mut direct = isolated_config();
+    let mut direct = config.clone();
+    direct.redis.sentinels = Vec::new();
     direct.redis.url = format!("redis://127.0.0.1:{}/0", group.primary_port().expect("a primary"));
     let on_primary = StatusStore::connect(&direct.redis).await.unwrap().get(after.id).await.unwrap();
     assert!(on_primary.is_some(), "the write after the failover went to the primary the sentinels name");
@@ -129,7 +136,7 @@ async fn chaos_sentinel_full() {
 #[ignore = "a measurement, run by hand (docs/RELIABILITY.md)"]
 async fn replica_wait_cost() {
     let group = tokio::task::block_in_place(SentinelRedis::start);
-    let waiting = store_on(&group).await;
+    let waiting = store_on(&sentinel_config(&group)).await;
     let mut direct_config = isolated_config();
     direct_config.redis.url = format!("redis://127.0.0.1:{}/0", group.primary_port().unwrap());
     let direct = StatusStore::connect(&direct_config.redis).await.unwrap();
