@@ -46,8 +46,8 @@ async fn the_status_store_follows_a_failover_and_keeps_what_it_wrote() {
     store.update(before.id, |s| s.start("w1", chrono::Utc::now())).await.unwrap();
     let old = group.primary_port();
 
-    // Calls all through the failover: the store must not take the killed primary, restarted at
-    // its old address (a primary with its old data until the sentinels demote it), for the primary.
+    // Calls all through the failover, as a busy fleet makes them; afterwards the store's writes
+    // must be on the primary the sentinels name.
     let busy = store.clone();
     let calling = tokio::spawn(async move {
         loop {
