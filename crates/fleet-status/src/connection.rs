@@ -1,21 +1,23 @@
 //! The fleet's connection to Redis: a [`ConnectionManager`] to `redis.url`, or, with
-//! `redis.sentinels`, to the primary the sentinels name, followed across a failover.
+//! `redis.sentinels`, a connection to the primary the sentinels name, followed across a failover.
 //!
-//! `ConnectionManager` reconnects by itself, but always to the address it was made for. Behind
-//! Sentinel that address stops being the primary after a failover (the old one is gone, or comes
-//! back as a read-only replica), so a call that fails for a reason of the connection (refused,
-//! dropped, timed out, `READONLY`) asks the sentinels for the primary again and, when it moved,
-//! replaces the manager. The failing call itself still fails: callers retry as they do for any
-//! unavailable Redis.
+//! Behind Sentinel every (re)connection goes through the sentinels, as Redis's guidelines for
+//! Sentinel clients ask: a `ConnectionManager` would reconnect by itself to the address it was
+//! made for, and a killed primary restarted there answers as a primary (with its old data) until
+//! the sentinels turn it into a replica seconds later, which throws away everything written to it
+//! in between. So a call that fails for a reason of the connection (refused, dropped, timed out,
+//! `READONLY`) drops the connection, and the next call asks the sentinels for the primary (they
+//! check its `ROLE`) and connects to that. The failing call itself still fails: callers retry as
+//! they do for any unavailable Redis.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use fleet_core::config::RedisConfig;
 use futures::FutureExt;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::error::is_availability_error;
 
@@ -34,21 +36,28 @@ pub(crate) enum RedisConn {
 /// The current primary behind Sentinel and the means to find the next one.
 pub(crate) struct Follower {
     sentinel: tokio::sync::Mutex<Resolver>,
-    current: RwLock<Primary>,
-    manager_cfg: ConnectionManagerConfig,
+    /// `None` after a connection failure, until the sentinels name the primary again.
+    current: RwLock<Option<Primary>>,
+    /// The database of `redis.url`, for [`ConnectionLike::get_db`] while no primary is known.
+    db: i64,
 }
 
 struct Resolver {
     client: SentinelClient,
     last_asked: Option<Instant>,
+    /// The primary's address last connected to, for logging a move.
+    last_addr: String,
 }
 
 #[derive(Clone)]
 struct Primary {
     /// `host:port`, for comparing and logging.
     addr: String,
-    manager: ConnectionManager,
+    conn: MultiplexedConnection,
     client: Client,
+    /// Tells connections apart (clones of one share it), so a late failure on a connection
+    /// already replaced does not drop its successor.
+    id: Arc<()>,
 }
 
 impl RedisConn {
@@ -64,6 +73,7 @@ impl RedisConn {
             tls_mode: None,
             redis_connection_info: Some(cfg.url.as_str().into_connection_info()?.redis),
         };
+        let db = node.redis_connection_info.as_ref().map_or(0, |info| info.db);
         let mut sentinel = SentinelClient::build(
             cfg.sentinels.clone(),
             cfg.sentinel_master.clone(),
@@ -71,76 +81,100 @@ impl RedisConn {
             SentinelServerType::Master,
         )?;
         let client = sentinel.async_get_client().await?;
-        let primary = Primary::connect(client, manager_cfg.clone()).await?;
+        let primary = Primary::connect(client).await?;
         tracing::info!(primary = %primary.addr, master = %cfg.sentinel_master, "Redis primary found through Sentinel");
         Ok(RedisConn::Sentinel(Arc::new(Follower {
-            sentinel: tokio::sync::Mutex::new(Resolver { client: sentinel, last_asked: Some(Instant::now()) }),
-            current: RwLock::new(primary),
-            manager_cfg,
+            sentinel: tokio::sync::Mutex::new(Resolver {
+                client: sentinel,
+                last_asked: Some(Instant::now()),
+                last_addr: primary.addr.clone(),
+            }),
+            current: RwLock::new(Some(primary)),
+            db,
         })))
     }
 
     /// A client for the current primary, for connections of their own (pub/sub).
-    pub(crate) fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> RedisResult<Client> {
         match self {
-            RedisConn::Direct { client, .. } => client.clone(),
-            RedisConn::Sentinel(follower) => follower.primary().client,
+            RedisConn::Direct { client, .. } => Ok(client.clone()),
+            RedisConn::Sentinel(follower) => Ok(follower.primary().await?.client),
         }
     }
 }
 
 impl Primary {
-    async fn connect(client: Client, manager_cfg: ConnectionManagerConfig) -> RedisResult<Primary> {
+    async fn connect(client: Client) -> RedisResult<Primary> {
         let addr = client.get_connection_info().addr.to_string();
-        let manager = ConnectionManager::new_with_config(client.clone(), manager_cfg).await?;
-        Ok(Primary { addr, manager, client })
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(crate::store::CONNECT_TIMEOUT)
+            .set_response_timeout(crate::store::CALL_TIMEOUT);
+        let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        Ok(Primary { addr, conn, client, id: Arc::new(()) })
     }
 }
 
 impl Follower {
-    fn primary(&self) -> Primary {
+    fn known(&self) -> Option<Primary> {
         // A poisoned lock only means a panic elsewhere while swapping; the value is whole.
         self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// After a call on the current primary: a connection failure makes it look for a new one.
-    async fn after<T>(&self, result: &RedisResult<T>) {
-        if let Err(e) = result
-            && is_availability_error(e)
-        {
-            self.follow().await;
+    /// The primary to send a call to: the one connected to, else the one the sentinels name now.
+    async fn primary(&self) -> RedisResult<Primary> {
+        match self.known() {
+            Some(primary) => Ok(primary),
+            None => self.resolve().await,
         }
     }
 
-    /// Asks the sentinels for the primary and switches to it when it moved. One caller asks at
-    /// a time, at most every [`RESOLVE_EVERY`]; the others go on with what they have.
-    async fn follow(&self) {
-        let Ok(mut resolver) = self.sentinel.try_lock() else { return };
-        if resolver.last_asked.is_some_and(|at| at.elapsed() < RESOLVE_EVERY) {
-            return;
+    /// After a call on `used`: a connection failure drops that connection (never reconnecting to
+    /// its address by itself), so the next call asks the sentinels.
+    fn after<T>(&self, used: &Primary, result: &RedisResult<T>) {
+        if let Err(e) = result
+            && is_availability_error(e)
+        {
+            let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.as_ref().is_some_and(|p| Arc::ptr_eq(&p.id, &used.id)) {
+                tracing::warn!(primary = %used.addr, error = %e, "lost the Redis primary; asking the sentinels");
+                *current = None;
+            }
+        }
+    }
+
+    /// Asks the sentinels for the primary and connects to it. One caller asks at a time, at most
+    /// every [`RESOLVE_EVERY`]; the others wait for its answer.
+    async fn resolve(&self) -> RedisResult<Primary> {
+        let mut resolver = self.sentinel.lock().await;
+        if let Some(primary) = self.known() {
+            return Ok(primary);
+        }
+        if let Some(at) = resolver.last_asked {
+            tokio::time::sleep(RESOLVE_EVERY.saturating_sub(at.elapsed())).await;
         }
         resolver.last_asked = Some(Instant::now());
         // The sentinel client also checks that the node it names says it is a primary.
         let client = match tokio::time::timeout(crate::store::CALL_TIMEOUT, resolver.client.async_get_client()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return tracing::debug!(error = %e, "no Redis primary from the sentinels yet"),
-            Err(_) => return tracing::debug!("the sentinels did not answer in time"),
+            Ok(result) => result?,
+            Err(_) => return Err(timed_out("the sentinels did not answer in time")),
         };
-        let addr = client.get_connection_info().addr.to_string();
-        let old = self.primary().addr;
-        if addr == old {
-            return;
+        let primary = match tokio::time::timeout(crate::store::CALL_TIMEOUT, Primary::connect(client)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(timed_out("the Redis primary did not answer in time")),
+        };
+        if primary.addr != resolver.last_addr {
+            tracing::warn!(from = %resolver.last_addr, to = %primary.addr, "Redis failed over; following the new primary");
+            resolver.last_addr = primary.addr.clone();
+        } else {
+            tracing::info!(primary = %primary.addr, "reconnected to the Redis primary the sentinels name");
         }
-        let connect = Primary::connect(client, self.manager_cfg.clone());
-        match tokio::time::timeout(crate::store::CALL_TIMEOUT, connect).await {
-            Ok(Ok(primary)) => {
-                tracing::warn!(from = %old, to = %addr, "Redis failed over; following the new primary");
-                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = primary;
-            }
-            Ok(Err(e)) => tracing::warn!(primary = %addr, error = %e, "cannot connect to the new Redis primary"),
-            Err(_) => tracing::warn!(primary = %addr, "the new Redis primary did not answer in time"),
-        }
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(primary.clone());
+        Ok(primary)
     }
+}
+
+fn timed_out(what: &str) -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned()).into()
 }
 
 impl ConnectionLike for RedisConn {
@@ -148,9 +182,9 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Direct { manager, .. } => manager.req_packed_command(cmd),
             RedisConn::Sentinel(follower) => async move {
-                let mut manager = follower.primary().manager;
-                let result = manager.req_packed_command(cmd).await;
-                follower.after(&result).await;
+                let primary = follower.primary().await?;
+                let result = primary.conn.clone().req_packed_command(cmd).await;
+                follower.after(&primary, &result);
                 result
             }
             .boxed(),
@@ -166,9 +200,9 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Direct { manager, .. } => manager.req_packed_commands(cmd, offset, count),
             RedisConn::Sentinel(follower) => async move {
-                let mut manager = follower.primary().manager;
-                let result = manager.req_packed_commands(cmd, offset, count).await;
-                follower.after(&result).await;
+                let primary = follower.primary().await?;
+                let result = primary.conn.clone().req_packed_commands(cmd, offset, count).await;
+                follower.after(&primary, &result);
                 result
             }
             .boxed(),
@@ -178,7 +212,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Direct { manager, .. } => manager.get_db(),
-            RedisConn::Sentinel(follower) => follower.primary().manager.get_db(),
+            RedisConn::Sentinel(follower) => follower.db,
         }
     }
 }

@@ -100,6 +100,8 @@ pub(crate) fn is_availability_error(e: &RedisError) -> bool {
             | ErrorKind::TryAgain
             | ErrorKind::ClusterDown
             | ErrorKind::MasterDown
+            // The sentinels name no primary that is up (it is down, or a failover is under way).
+            | ErrorKind::MasterNameNotFoundBySentinel
             | ErrorKind::ReadOnly
             | ErrorKind::AuthenticationFailed
             | ErrorKind::InvalidClientConfig
@@ -109,4 +111,18 @@ pub(crate) fn is_availability_error(e: &RedisError) -> bool {
     // Server error codes that are about the server's condition, not about our request.
     matches!(e.code(), Some("OOM" | "BUSY" | "NOAUTH" | "WRONGPASS" | "NOPERM" | "MISCONF"))
         || e.is_unrecoverable_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinels_without_a_primary_mean_unavailable_not_corrupt() {
+        let e =
+            RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, "Master with given name not found in sentinel"));
+        let sorted = StatusError::from_redis("redis://127.0.0.1:6379/0", "fleet:job:x", e);
+        assert!(matches!(sorted, StatusError::Unavailable { .. }), "{sorted:?}");
+        assert_eq!(sorted.code(), ErrorCode::StatusUnavailable);
+    }
 }

@@ -426,8 +426,8 @@ impl StatusStore {
         id: Uuid,
     ) -> Result<impl Stream<Item = Result<JobEvent, StatusError>> + Send + use<>, StatusError> {
         let channel = self.keys.events(id);
-        let client = self.conn.client();
-        let mut pubsub = self.call(&channel, async move { client.get_async_pubsub().await }).await?;
+        let conn = self.conn.clone();
+        let mut pubsub = self.call(&channel, async move { conn.client().await?.get_async_pubsub().await }).await?;
         let subscribe_to = channel.clone();
         let (sink, messages) = self
             .call(&channel, async move {

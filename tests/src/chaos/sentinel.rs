@@ -13,6 +13,10 @@
 //!   Sentinel that restarted empty): a worker that gets the job again re-creates its record from
 //!   the message, or, when the job's images are all stored, rebuilds its `succeeded` record from
 //!   them; `fleet recover` does that for finished jobs whose message is gone.
+//!
+//! The killed node comes back at once at its old address, a primary with its old data until the
+//! sentinels demote it: the fleet must not write to it meanwhile (every reconnection asks the
+//! sentinels, `crates/fleet-status/src/connection.rs`), or those writes vanish with the resync.
 
 use std::time::Duration;
 
