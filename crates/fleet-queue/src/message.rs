@@ -92,8 +92,8 @@ pub fn death(props: &BasicProperties) -> Option<Death> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterReason {
     /// `crashed` (the broker's delivery limit: workers kept dying on it), `invalid_spec` (not a
-    /// valid job), `unreadable` (not a job at all), or the broker's own reason (`rejected`,
-    /// `expired`, `maxlen`).
+    /// valid job, or not a job at all: the detail then says `unreadable`), or the broker's own
+    /// reason (`rejected`, `expired`, `maxlen`).
     pub code: String,
     /// What happened, in words.
     pub detail: String,
