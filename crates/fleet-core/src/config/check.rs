@@ -69,6 +69,12 @@ impl FleetConfig {
                 format!("http.api_keys[{i}].tenant `{}`: letters, digits, '.', '_', '-' only", key.tenant),
             );
         }
+        for (name, _) in self.tenants.entries() {
+            need(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                format!("tenants.{name}: tenant names are letters, digits, '.', '_', '-' only"),
+            );
+        }
         need(!self.models.is_empty(), "models: at least one model must be configured".into());
         for (name, model) in &self.models {
             need(!model.source.is_empty(), format!("models.{name}.source: must not be empty"));

@@ -5,6 +5,7 @@
 
 mod check;
 mod load;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +13,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::Limits;
+
+pub use tenants::{
+    DEFAULT_TENANT_SETTINGS, TenantQuota, TenantRetention, TenantSettings, TenantShare, TenantWebhooks, TenantsConfig,
+};
 
 /// Everything a dispatcher, worker or CLI reads from configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +32,8 @@ pub struct FleetConfig {
     pub worker: WorkerConfig,
     pub limits: LimitsConfig,
     pub client: ClientConfig,
+    /// Per-tenant settings by tenant name (`default`: every tenant without its own entry).
+    pub tenants: TenantsConfig,
 }
 
 /// Where the `fleet` CLI sends requests (flags `--server`/`--api-key` and `FLEET_SERVER`/`FLEET_API_KEY` win).
@@ -439,6 +446,7 @@ impl Default for FleetConfig {
             worker: WorkerConfig::default(),
             limits: LimitsConfig::default(),
             client: ClientConfig::default(),
+            tenants: TenantsConfig::default(),
         }
     }
 }
