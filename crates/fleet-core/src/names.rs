@@ -1,4 +1,4 @@
-//! The naming rules every crate shares: library names (models, LoRAs, ControlNets, tenants),
+//! The naming rules every crate shares: library names (models, LoRAs, ControlNets), tenant names,
 //! `NAME[:SCALE]` references, and bulk-run names.
 //!
 //! A library name is one file or folder of a worker's library, never a path or URL: 1 to
@@ -49,6 +49,12 @@ pub fn parse_name_scale(s: &str) -> Result<(&str, Option<f64>), String> {
         return Err("needs a name (or, for fleet generate, a file)".to_owned());
     }
     Ok((s, None))
+}
+
+/// Whether `name` is a tenant name (of `http.api_keys` and `[tenants.<name>]`): one or more of
+/// `A-Z a-z 0-9 . _ -`, so a tenant is one safe segment of Redis and S3 keys.
+pub fn is_tenant_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Longest run name, in bytes (every allowed character is one byte).

@@ -64,14 +64,13 @@ impl FleetConfig {
             need(key.key.len() >= 8, format!("http.api_keys[{i}].key: must be at least 8 characters"));
             need(seen.insert(key.key.as_str()), format!("http.api_keys[{i}].key: duplicate key"));
             need(
-                !key.tenant.is_empty()
-                    && key.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                crate::names::is_tenant_name(&key.tenant),
                 format!("http.api_keys[{i}].tenant `{}`: letters, digits, '.', '_', '-' only", key.tenant),
             );
         }
         for (name, _) in self.tenants.entries() {
             need(
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                crate::names::is_tenant_name(name),
                 format!("tenants.{name}: tenant names are letters, digits, '.', '_', '-' only"),
             );
         }
