@@ -74,19 +74,14 @@ impl Rules {
             Some(host) => host,
             None => return Err(EgressError::InvalidUrl { url: shown(url), reason: "it names no host".into() }),
         };
-        let name = match host {
-            url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
-            url::Host::Ipv4(v4) => v4.to_string(),
-            url::Host::Ipv6(v6) => v6.to_string(),
+        let (name, literal) = match host {
+            url::Host::Domain(d) => (d.trim_end_matches('.').to_ascii_lowercase(), None),
+            url::Host::Ipv4(v4) => (v4.to_string(), Some(IpAddr::V4(v4))),
+            url::Host::Ipv6(v6) => (v6.to_string(), Some(IpAddr::V6(v6))),
         };
         if !self.host_allowed(&name) {
             return Err(EgressError::HostNotAllowed { url: shown(url), host: name });
         }
-        let literal = match host {
-            url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-            url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-            url::Host::Domain(_) => None,
-        };
         if let Some(addr) = literal {
             self.check_addr(&name, addr)?;
         }
