@@ -27,6 +27,9 @@ use crate::sample::{Sample, idempotency_key};
 const READ_CHUNK: usize = 256;
 /// Wait before submitting again what the dispatcher refused as retryable.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(2);
+/// Wait before submitting again what a tenant quota refused: quotas free up as queued jobs start
+/// or at the next UTC day, so the run pauses rather than fails.
+const QUOTA_BACKOFF: Duration = Duration::from_secs(15);
 
 /// A sample the fleet is working on.
 struct Pending {
@@ -140,9 +143,15 @@ impl FleetExecutor {
                         ended.push(id);
                     }
                 }
-                Submitted::Refused { retryable: true, .. } => {
+                Submitted::Refused { retryable: true, code, message } => {
+                    let wait = if code == ErrorCode::QuotaExceeded {
+                        tracing::warn!(%message, "over quota: the run pauses until the dispatcher admits its jobs again");
+                        QUOTA_BACKOFF
+                    } else {
+                        REFUSED_BACKOFF
+                    };
                     self.again.push_back((sample, fresh));
-                    self.again_at = Instant::now() + REFUSED_BACKOFF;
+                    self.again_at = Instant::now() + wait;
                 }
                 Submitted::Refused { code, message, .. } => finished.push(Finished::failed(&sample, code, message)),
             }

@@ -58,6 +58,9 @@ pub enum Command {
     Queues(ServerArgs),
     /// Live workers from their heartbeats (admin key).
     Workers(ServerArgs),
+    /// Usage (jobs, images, megapixel-steps, worker seconds) by day or hour, tenant and model:
+    /// your tenant's, or with an admin key any tenant's.
+    Usage(UsageArgs),
     /// Datasets: a file of prompts into WebDataset shards (run, status, resume, retry-failed, cancel).
     Bulk(BulkArgs),
     /// Rebuild finished jobs' status records (and idempotency keys) from their images in S3, for
@@ -296,6 +299,24 @@ pub struct JobsArgs {
     /// Continue from a previous page's cursor.
     #[arg(long)]
     pub cursor: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start: an RFC 3339 time or a date YYYY-MM-DD (UTC midnight). Default: 7 days before --to.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End (exclusive), same forms. Default: now.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Comma-separated: hour or day, tenant, model ("" for one total row). Default: day,model.
+    #[arg(long)]
+    pub group_by: Option<String>,
+    /// Admin key only: this tenant's usage (default: every tenant's).
+    #[arg(long)]
+    pub tenant: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Download(args) => cmd::jobs::download(&cli, args),
         Command::Queues(args) => cmd::jobs::queues(&cli, args),
         Command::Workers(args) => cmd::jobs::workers(&cli, args),
+        Command::Usage(args) => cmd::usage::run(&cli, args),
         Command::Bulk(args) => cmd::bulk::run(&cli, args),
         Command::Recover(args) => cmd::recover::run(&cli, args),
     };

@@ -70,6 +70,9 @@ error_codes! {
     InvalidControlImage => ("invalid_control_image", 422, false),
     /// Too many jobs in flight for this tenant or queue; try again later.
     RateLimited => ("rate_limited", 429, true),
+    /// The tenant is over one of its quotas (`[tenants.<name>.quota]`); the message names it and
+    /// when it resets.
+    QuotaExceeded => ("quota_exceeded", 429, true),
     /// The request target (path and query) is longer than the dispatcher accepts.
     UriTooLong => ("uri_too_long", 414, false),
     /// The request's headers are larger than the dispatcher accepts.

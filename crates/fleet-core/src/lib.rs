@@ -12,7 +12,8 @@
 //! - [`config`]: configuration types, defaults and layered loading;
 //! - [`control_image`]: inline control images decode within size and memory bounds;
 //! - [`prediction`]: what a model's UNet predicts, the one list of prediction types;
-//! - [`schema`]: the JSON Schema published in `docs/job.schema.json`.
+//! - [`schema`]: the JSON Schema published in `docs/job.schema.json`;
+//! - [`usage`]: what a job counts toward its tenant's usage and quotas, and the usage report's rows.
 
 pub mod backoff;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod prediction;
 pub mod request_record;
 pub mod schema;
 pub mod status;
+pub mod usage;
 pub mod validate;
 
 pub use config::FleetConfig;

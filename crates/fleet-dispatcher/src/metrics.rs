@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use fleet_core::ErrorCode;
+use fleet_core::usage::UsageCounts;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
 use prometheus_client::metrics::MetricType;
@@ -45,13 +46,15 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus exposition of the counters and of the queues' depths (read by the caller).
-    pub fn render(&self, queue_depths: &[fleet_queue::QueueDepth]) -> String {
+    /// The Prometheus exposition of the counters, of the queues' depths and of the fleet's usage
+    /// totals by tenant and model (both read by the caller).
+    pub fn render(&self, queue_depths: &[fleet_queue::QueueDepth], usage: &UsageTotals) -> String {
         let mut out = String::new();
         let Ok(counters) = self.inner.lock().map(|c| c.clone()) else { return out };
         let (sum, count) = (counters.accept_seconds_sum, counters.accept_count);
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Snapshot { counters, queue_depths: queue_depths.to_vec() }));
+        let snapshot = Snapshot { counters, queue_depths: queue_depths.to_vec(), usage: usage.clone() };
+        registry.register_collector(Box::new(snapshot));
         self.http.register(&mut registry);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &registry);
@@ -73,7 +76,12 @@ impl Metrics {
 struct Snapshot {
     counters: Counters,
     queue_depths: Vec<fleet_queue::QueueDepth>,
+    usage: UsageTotals,
 }
+
+/// The fleet's usage since it first counted, by tenant and model (from Redis, the same on every
+/// dispatcher).
+pub type UsageTotals = BTreeMap<(String, String), UsageCounts>;
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
@@ -106,6 +114,30 @@ impl Collector for Snapshot {
         for d in &self.queue_depths {
             ConstGauge::new(d.consumers).encode(consumers.encode_family(&[("queue", d.name.as_str())])?)?;
         }
+        if self.usage.is_empty() {
+            return Ok(());
+        }
+        let usage_metrics: [(&str, &str, fn(&UsageCounts) -> f64); 4] = [
+            ("fleet_usage_jobs", "Jobs finished, by tenant and model (fleet-wide, from Redis).", |c| c.jobs as f64),
+            ("fleet_usage_images", "Images stored, by tenant and model (fleet-wide, from Redis).", |c| c.images as f64),
+            (
+                "fleet_usage_megapixel_steps",
+                "Width x height x steps of the stored images / 1e6 (fleet-wide, from Redis).",
+                |c| c.pixel_steps as f64 / 1e6,
+            ),
+            (
+                "fleet_usage_worker_seconds",
+                "Seconds from jobs' starts on a worker to their ends (fleet-wide, from Redis).",
+                |c| c.worker_ms as f64 / 1e3,
+            ),
+        ];
+        for (name, help, value) in usage_metrics {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for ((tenant, model), counts) in &self.usage {
+                let labels = [("tenant", tenant.as_str()), ("model", model.as_str())];
+                ConstCounter::new(value(counts)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -125,7 +157,7 @@ mod tests {
         metrics.accepted("tiny", Priority::Interactive, 0.25);
         metrics.accepted("tiny", Priority::Interactive, 0.5);
         metrics.rejected(ErrorCode::RateLimited);
-        let text = metrics.render(&[depth("jobs.tiny.interactive", 4, 2)]);
+        let text = metrics.render(&[depth("jobs.tiny.interactive", 4, 2)], &UsageTotals::new());
         let described: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
         assert_eq!(
             described,
@@ -156,10 +188,27 @@ mod tests {
     }
 
     #[test]
+    fn usage_totals_are_counters_by_tenant_and_model() {
+        let mut usage = UsageTotals::new();
+        let counts = UsageCounts { jobs: 3, images: 4, pixel_steps: 2_500_000, worker_ms: 1_250 };
+        usage.insert(("acme".into(), "tiny".into()), counts);
+        let text = Metrics::default().render(&[], &usage);
+        for line in [
+            r#"fleet_usage_jobs_total{tenant="acme",model="tiny"} 3.0"#,
+            r#"fleet_usage_images_total{tenant="acme",model="tiny"} 4.0"#,
+            r#"fleet_usage_megapixel_steps_total{tenant="acme",model="tiny"} 2.5"#,
+            r#"fleet_usage_worker_seconds_total{tenant="acme",model="tiny"} 1.25"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+        assert!(!Metrics::default().render(&[], &UsageTotals::new()).contains("fleet_usage_"));
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let metrics = Metrics::default();
         metrics.accepted("a\"b\\c\nd", Priority::Interactive, 0.1);
-        let text = metrics.render(&[depth("q\"\\\n", 1, 0)]);
+        let text = metrics.render(&[depth("q\"\\\n", 1, 0)], &UsageTotals::new());
         for line in [
             r#"fleet_jobs_accepted_total{model="a\"b\\c\nd",priority="interactive"} 1"#,
             r#"fleet_queue_messages{queue="q\"\\\n"} 1"#,

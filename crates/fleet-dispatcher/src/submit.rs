@@ -10,9 +10,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use fleet_core::config::TenantQuota;
+use fleet_core::usage::{next_day_start, pixel_steps};
 use fleet_core::validate::new_job_id;
 use fleet_core::{ErrorCode, FieldError, JobError, JobSpec, JobState, JobStatus, ValidJob};
-use fleet_status::CreateOutcome;
+use fleet_status::{Admission, CreateOutcome, Quota};
 
 use crate::App;
 use crate::auth::Caller;
@@ -103,17 +105,23 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     let Some(status) = JobStatus::queued(&job, Utc::now()) else {
         return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
     };
-    // The tenant's in-flight limit is checked by the create itself: one round trip, and
-    // concurrent submissions cannot overshoot it.
+    // The tenant's in-flight limit and quotas are checked by the create itself: one round trip,
+    // and concurrent submissions cannot overshoot them.
     let max_in_flight = app.config.http.max_in_flight_per_tenant;
+    let quota = &app.config.tenants.settings(&tenant).quota;
+    let admission =
+        Admission { max_in_flight, max_queued: quota.max_queued_jobs, daily_pixel_steps: quota.daily_pixel_steps() };
     let digest = job.request_digest();
-    match app.status.create_within(&status, spec.idempotency_key.as_deref(), Some(&digest), max_in_flight).await? {
+    match app.status.create_within(&status, spec.idempotency_key.as_deref(), Some(&digest), &admission).await? {
         CreateOutcome::InFlightLimit { in_flight } => {
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
                 format!("tenant `{tenant}` has {in_flight} jobs queued or running (limit {max_in_flight})"),
             )
             .with_retry_after(10));
+        }
+        CreateOutcome::QuotaExceeded { quota: which, used } => {
+            return Err(over_quota(&tenant, quota, which, used, &status));
         }
         CreateOutcome::Existing(existing)
             if existing.state == JobState::Queued
@@ -143,6 +151,38 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     app.metrics.accepted(&spec.model, spec.priority, started.elapsed().as_secs_f64());
     tracing::info!(job = %status.id, tenant = %tenant, model = %spec.model, trace_id, "job accepted");
     Ok(Accepted { status, created: true })
+}
+
+/// 429 `quota_exceeded`: names the quota, the tenant's use of it, the job's cost and when the
+/// quota resets; `Retry-After` is the time to the reset (the next UTC day) for the daily budget,
+/// a short wait for the queued-jobs limit (it frees up as jobs start).
+fn over_quota(tenant: &str, quota: &TenantQuota, which: Quota, used: u64, status: &JobStatus) -> ApiError {
+    let key = format!("tenants.{tenant}.quota.{}", which.key());
+    let (message, retry_after) = match which {
+        Quota::MaxQueuedJobs => (
+            format!(
+                "tenant `{tenant}` has {used} jobs queued, its quota `{key}` allows {}; it frees up as queued jobs start",
+                quota.max_queued_jobs.unwrap_or_default()
+            ),
+            10,
+        ),
+        Quota::DailyMegapixelSteps => {
+            let reset = next_day_start(status.created_at);
+            let cost = status.request.as_ref().map_or(0, |r| pixel_steps(r.width, r.height, r.steps, r.num_images));
+            (
+                format!(
+                    "tenant `{tenant}` has used {:.3} of its {} megapixel-steps today (quota `{key}`); this job \
+                     costs {:.3}; the quota resets at {}",
+                    used as f64 / 1e6,
+                    quota.daily_megapixel_steps.unwrap_or_default(),
+                    cost as f64 / 1e6,
+                    reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+                u64::try_from((reset - status.created_at).num_seconds()).unwrap_or(0).max(1),
+            )
+        }
+    };
+    ApiError::new(ErrorCode::QuotaExceeded, message).with_retry_after(retry_after)
 }
 
 /// 409: the idempotency key (or the client's job id) already stands for a job with another request.

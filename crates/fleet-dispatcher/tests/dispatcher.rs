@@ -2,7 +2,7 @@
 //! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `envelope` (every
 //! refusal, the router's and the extractors' too, is the JSON error envelope), `idempotency` (a
 //! key or a client's id stands for one request), `security` (keys on every route, tenant
-//! isolation on every job endpoint).
+//! isolation on every job endpoint), `usage` (quotas at admission, the usage report).
 
 #[path = "dispatcher/bad_input.rs"]
 mod bad_input;
@@ -12,6 +12,8 @@ mod envelope;
 mod idempotency;
 #[path = "dispatcher/security.rs"]
 mod security;
+#[path = "dispatcher/usage.rs"]
+mod usage;
 
 use std::time::Duration;
 

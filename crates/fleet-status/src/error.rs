@@ -50,6 +50,9 @@ pub enum StatusError {
     /// A `list` cursor that this crate did not hand out.
     #[error("invalid list cursor `{0}`")]
     InvalidCursor(String),
+    /// A usage read over a range this crate does not read at once.
+    #[error("invalid usage range: {0}")]
+    InvalidRange(String),
 }
 
 impl StatusError {
@@ -60,7 +63,7 @@ impl StatusError {
             StatusError::NotFound(_) => ErrorCode::NotFound,
             StatusError::Illegal(_) | StatusError::Conflict(_) => ErrorCode::Conflict,
             StatusError::Corrupt { .. } => ErrorCode::Internal,
-            StatusError::InvalidCursor(_) => ErrorCode::InvalidSpec,
+            StatusError::InvalidCursor(_) | StatusError::InvalidRange(_) => ErrorCode::InvalidSpec,
         }
     }
 

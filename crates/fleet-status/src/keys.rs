@@ -57,6 +57,21 @@ impl Keys {
         format!("{}:models", self.prefix)
     }
 
+    /// Hash of one hour's usage (`YYYYMMDDHH`, UTC): field `tenant/model/metric` → count.
+    pub(crate) fn usage_hour(&self, hour: &str) -> String {
+        format!("{}:usage:{hour}", self.prefix)
+    }
+
+    /// Hash of all-time usage totals, fields as in [`Self::usage_hour`] (never expires).
+    pub(crate) fn usage_totals(&self) -> String {
+        format!("{}:usage_totals", self.prefix)
+    }
+
+    /// Integer: pixel-steps charged to a tenant's daily budget on one UTC day (`YYYYMMDD`).
+    pub(crate) fn quota_day(&self, tenant: &str, day: &str) -> String {
+        format!("{}:tenant:{tenant}:charged:{day}", self.prefix)
+    }
+
     /// Pub/sub channel of a job's events.
     pub(crate) fn events(&self, id: Uuid) -> String {
         format!("{}:events:{id}", self.prefix)

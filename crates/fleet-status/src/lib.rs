@@ -26,5 +26,8 @@ mod types;
 pub use bulk_runs::{BulkRunStore, BulkRunsError};
 pub use durability::Persistence;
 pub use error::StatusError;
-pub use store::StatusStore;
-pub use types::{BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};
+pub use store::{MAX_USAGE_HOURS, StatusStore};
+pub use types::{
+    Admission, BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, Quota, RateVerdict, Versioned,
+    WorkerHeartbeat,
+};

@@ -12,17 +12,21 @@ use redis::Script;
 /// Create a job record unless its idempotency key (or its id) is already taken.
 ///
 /// KEYS: 1 job, 2 tenant jobs zset, 3 tenant state zset, 4 idempotency key, 5 tenant in-flight
-/// counter, 6 model counters hash, 7 models set.
+/// counter, 6 model counters hash, 7 models set, 8 the tenant's daily charge counter.
 /// ARGV: 1 status JSON, 2 status TTL, 3 created ms, 4 id, 5 idempotency TTL, 6 has idempotency
 /// key ('1'/'0'), 7 job key prefix, 8 tenant, 9 counts as in flight ('1'/'0'), 10 model,
 /// 11 terminal counter field or '', 12 most jobs the tenant may have in flight ('' for no limit),
-/// 13 digest of the request ('' for none), kept in the record's `digest` field.
+/// 13 digest of the request ('' for none), kept in the record's `digest` field, 14 most jobs the
+/// tenant may have queued ('' for no limit), 15 pixel-steps the tenant may be charged today
+/// ('' for no budget), 16 the job's cost in pixel-steps, 17 TTL of the charge counter.
 ///
 /// Returns `{'created'}`, `{'existing', data}`, `{'different', id}` (the key or id stands for a
 /// job whose recorded digest is another; a record without one counts as the same request),
-/// `{'taken'}` (id used by another tenant) or `{'limited', n}` (the tenant already has n ≥ the
-/// limit in flight; checked after the retry cases, so a retry of an accepted job still gets that
-/// job).
+/// `{'taken'}` (id used by another tenant), `{'limited', n}` (the tenant already has n ≥ the
+/// limit in flight) or `{'quota', name, used}` (over a quota; limits and quotas are checked
+/// after the retry cases, so a retry of an accepted job still gets that job). A job charged
+/// against the daily budget keeps its charge in the record's `charge` field, for a discard to
+/// give back.
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -60,9 +64,28 @@ if ARGV[12] ~= '' and ARGV[9] == '1' then
     return {'limited', tostring(in_flight)}
   end
 end
+if ARGV[14] ~= '' then
+  local queued = redis.call('ZCARD', KEYS[3])
+  if queued >= tonumber(ARGV[14]) then
+    return {'quota', 'max_queued_jobs', tostring(queued)}
+  end
+end
+local charge = 0
+if ARGV[15] ~= '' then
+  local used = tonumber(redis.call('GET', KEYS[8]) or '0') or 0
+  charge = tonumber(ARGV[16])
+  if used + charge > tonumber(ARGV[15]) then
+    return {'quota', 'daily_megapixel_steps', string.format('%d', used)}
+  end
+end
 redis.call('HSET', KEYS[1], 'rev', '1', 'data', ARGV[1], 'tenant', ARGV[8])
 if ARGV[13] ~= '' then
   redis.call('HSET', KEYS[1], 'digest', ARGV[13])
+end
+if charge > 0 then
+  redis.call('INCRBY', KEYS[8], ARGV[16])
+  redis.call('EXPIRE', KEYS[8], ARGV[17])
+  redis.call('HSET', KEYS[1], 'charge', ARGV[16])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
@@ -89,10 +112,15 @@ return {'created'}
 /// the event, all in one step so that events are published in revision order and a terminal
 /// transition is counted exactly once.
 ///
+/// A finishing transition also adds the job's usage to the hour's usage hash and to the
+/// all-time totals.
+///
 /// KEYS: 1 job, 2 old state zset, 3 new state zset, 4 tenant jobs zset, 5 tenant in-flight
-/// counter, 6 model counters hash.
+/// counter, 6 model counters hash, 7 usage hash of the hour the job finished in, 8 usage totals
+/// hash.
 /// ARGV: 1 expected rev, 2 new status JSON, 3 status TTL, 4 id, 5 created ms, 6 finishes the job
-/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON.
+/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON, 10 usage TTL, 11.. pairs of usage
+/// field and increment.
 ///
 /// Returns the new rev, 0 when the rev moved on (someone else wrote), -1 when the job is gone.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
@@ -121,6 +149,11 @@ if ARGV[6] == '1' then
     redis.call('DECR', KEYS[5])
   end
   redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+  for i = 11, #ARGV - 1, 2 do
+    redis.call('HINCRBY', KEYS[7], ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBY', KEYS[8], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return next
@@ -202,10 +235,10 @@ return n
 
 /// Undo a create whose job never reached the queue: delete the record if nothing has written to
 /// it since (rev 1), with its index entries, its idempotency key (if it still names this job),
-/// its in-flight count and its `accepted` count.
+/// its in-flight count, its `accepted` count and its charge against the daily budget.
 ///
 /// KEYS: 1 job, 2 tenant jobs zset, 3 tenant state zset, 4 idempotency key, 5 tenant in-flight
-/// counter, 6 model counters hash.
+/// counter, 6 model counters hash, 7 the tenant's daily charge counter of the job's creation day.
 /// ARGV: 1 id, 2 has idempotency key ('1'/'0'), 3 counted as in flight ('1'/'0').
 /// Returns 1 if discarded, 0 if the job is gone or has moved on.
 pub(crate) static DISCARD: LazyLock<Script> = LazyLock::new(|| {
@@ -213,6 +246,11 @@ pub(crate) static DISCARD: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('HGET', KEYS[1], 'rev') ~= '1' then
   return 0
+end
+local charge = tonumber(redis.call('HGET', KEYS[1], 'charge') or '0') or 0
+if charge > 0 then
+  local left = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+  redis.call('DECRBY', KEYS[7], math.min(charge, left))
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])

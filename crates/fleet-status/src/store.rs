@@ -1,5 +1,9 @@
 //! [`StatusStore`]: every Redis operation of the fleet's status layer.
 
+mod usage;
+
+pub use usage::MAX_USAGE_HOURS;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -8,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleet_core::config::{RedisConfig, mask_url};
 use fleet_core::status::IllegalTransition;
+use fleet_core::usage::{UsageCounts, day_name, hour_name, pixel_steps, usage_field};
 use fleet_core::{JobState, JobStatus, Progress};
 use futures::{Stream, StreamExt};
 use redis::RedisResult;
@@ -20,7 +25,9 @@ use crate::error::StatusError;
 use crate::keys::Keys;
 use crate::replication::ReplicaWait;
 use crate::scripts;
-use crate::types::{CreateOutcome, JobEvent, JobPage, QueueCounters, RateVerdict, Versioned, WorkerHeartbeat};
+use crate::types::{
+    Admission, CreateOutcome, JobEvent, JobPage, QueueCounters, Quota, RateVerdict, Versioned, WorkerHeartbeat,
+};
 
 /// Longest a single connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +60,7 @@ pub struct StatusStore {
     status_ttl: u64,
     idempotency_ttl: u64,
     heartbeat_ttl: u64,
+    usage_ttl: u64,
 }
 
 impl std::fmt::Debug for StatusStore {
@@ -97,6 +105,7 @@ impl StatusStore {
             status_ttl: cfg.status_ttl_secs.max(1),
             idempotency_ttl: cfg.idempotency_ttl_secs.max(1),
             heartbeat_ttl: cfg.heartbeat_ttl_secs.max(1),
+            usage_ttl: cfg.usage_ttl_secs.max(1),
         };
         store.ping().await?;
         Ok(store)
@@ -152,10 +161,12 @@ impl StatusStore {
     }
 
     /// [`Self::create`] with admission: if the tenant already has `max_in_flight` or more jobs
-    /// queued or running, writes nothing and returns [`CreateOutcome::InFlightLimit`]. Checked in
-    /// the same atomic step as the write, so concurrent submissions cannot overshoot the limit,
-    /// and after the idempotency key and id, so a retry of an accepted job gets that job even at
-    /// the limit.
+    /// queued or running, writes nothing and returns [`CreateOutcome::InFlightLimit`]; if the job
+    /// would take it over a quota, writes nothing and returns [`CreateOutcome::QuotaExceeded`].
+    /// Checked in the same atomic step as the write, so concurrent submissions cannot overshoot a
+    /// limit, and after the idempotency key and id, so a retry of an accepted job gets that job
+    /// even at a limit. The daily budget is charged with the job's pixel-steps (from its request
+    /// record) on the UTC day of its `created_at`.
     ///
     /// `request_digest` (of the client's request, `ValidJob::request_digest`) is kept with the
     /// record; a later create that finds the job by its idempotency key or id with another digest
@@ -166,9 +177,9 @@ impl StatusStore {
         status: &JobStatus,
         idempotency_key: Option<&str>,
         request_digest: Option<&str>,
-        max_in_flight: u64,
+        admission: &Admission,
     ) -> Result<CreateOutcome, StatusError> {
-        self.create_limited(status, idempotency_key, request_digest, Some(max_in_flight)).await
+        self.create_limited(status, idempotency_key, request_digest, Some(admission)).await
     }
 
     async fn create_limited(
@@ -176,11 +187,13 @@ impl StatusStore {
         status: &JobStatus,
         idempotency_key: Option<&str>,
         request_digest: Option<&str>,
-        max_in_flight: Option<u64>,
+        admission: Option<&Admission>,
     ) -> Result<CreateOutcome, StatusError> {
         let job_key = self.keys.job(status.id);
         let data = to_json(&job_key, status)?;
         let terminal_field = if status.state.is_terminal() { status.state.as_str() } else { "" };
+        let limit = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+        let cost = status.request.as_ref().map_or(0, |r| pixel_steps(r.width, r.height, r.steps, r.num_images));
         let mut invocation = scripts::CREATE.prepare_invoke();
         invocation
             .key(&job_key)
@@ -190,6 +203,7 @@ impl StatusStore {
             .key(self.keys.in_flight(&status.tenant))
             .key(self.keys.counters(&status.model))
             .key(self.keys.models())
+            .key(self.charge_key(status))
             .arg(data)
             .arg(self.status_ttl)
             .arg(status.created_at.timestamp_millis())
@@ -201,8 +215,14 @@ impl StatusStore {
             .arg(if status.state.is_terminal() { "0" } else { "1" })
             .arg(&status.model)
             .arg(terminal_field)
-            .arg(max_in_flight.map(|n| n.to_string()).unwrap_or_default())
-            .arg(request_digest.unwrap_or_default());
+            .arg(limit(admission.map(|a| a.max_in_flight)))
+            .arg(request_digest.unwrap_or_default())
+            .arg(limit(admission.and_then(|a| a.max_queued)))
+            .arg(limit(admission.and_then(|a| a.daily_pixel_steps)))
+            .arg(cost)
+            // Two days: the counter outlives its day wherever the clocks of Redis and the
+            // dispatchers differ.
+            .arg(2 * 24 * 3600);
         let mut con = self.conn.clone();
         let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
@@ -217,6 +237,17 @@ impl StatusStore {
                     message: format!("in-flight count `{n}` is not a number"),
                 }),
             },
+            [tag, name, used] if tag == "quota" => {
+                let quota = match name.as_str() {
+                    "max_queued_jobs" => Quota::MaxQueuedJobs,
+                    _ => Quota::DailyMegapixelSteps,
+                };
+                let used = used.parse().map_err(|_| StatusError::Corrupt {
+                    key: self.charge_key(status),
+                    message: format!("quota use `{used}` is not a number"),
+                })?;
+                Ok(CreateOutcome::QuotaExceeded { quota, used })
+            }
             [tag] if tag == "taken" => Err(StatusError::Conflict(status.id)),
             [tag, id] if tag == "different" => match id.parse() {
                 Ok(existing) => Ok(CreateOutcome::DifferentRequest { existing }),
@@ -244,6 +275,7 @@ impl StatusStore {
             .key(self.keys.idem(&status.tenant, idempotency_key.unwrap_or("")))
             .key(self.keys.in_flight(&status.tenant))
             .key(self.keys.counters(&status.model))
+            .key(self.charge_key(status))
             .arg(status.id.to_string())
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
             .arg(if status.state.is_terminal() { "0" } else { "1" });
@@ -655,6 +687,11 @@ impl StatusStore {
 
     // ---- internals ----
 
+    /// The daily-budget counter a job is charged to: its tenant's, on its creation day.
+    fn charge_key(&self, status: &JobStatus) -> String {
+        self.keys.quota_day(&status.tenant, &day_name(status.created_at))
+    }
+
     /// Behind Sentinel, after a write that matters: `WAIT 1` until a replica has it, so that a
     /// failover (which promotes the most up-to-date replica) keeps it. A replica that does not
     /// answer within [`ReplicaWait::TIMEOUT`] pauses the waiting for a while, so a fleet whose
@@ -792,6 +829,7 @@ impl StatusStore {
         let data = to_json(&key, next)?;
         let event = to_json(&key, &JobEvent::new(rev + 1, next.clone()))?;
         let finishes = !current.state.is_terminal() && next.state.is_terminal();
+        let usage_hour = self.keys.usage_hour(&hour_name(next.finished_at.unwrap_or_else(Utc::now)));
         let mut invocation = scripts::UPDATE.prepare_invoke();
         invocation
             .key(&key)
@@ -800,6 +838,8 @@ impl StatusStore {
             .key(self.keys.tenant_jobs(&next.tenant))
             .key(self.keys.in_flight(&next.tenant))
             .key(self.keys.counters(&next.model))
+            .key(usage_hour)
+            .key(self.keys.usage_totals())
             .arg(rev.to_string())
             .arg(data)
             .arg(self.status_ttl)
@@ -808,7 +848,13 @@ impl StatusStore {
             .arg(if finishes { "1" } else { "0" })
             .arg(next.state.as_str())
             .arg(self.keys.events(id))
-            .arg(event);
+            .arg(event)
+            .arg(self.usage_ttl);
+        if finishes {
+            for (metric, n) in UsageCounts::of_finished(next).fields() {
+                invocation.arg(usage_field(&next.tenant, &next.model, metric)).arg(n);
+            }
+        }
         let mut con = self.conn.clone();
         let reply: i64 = self.call(&key, async move { invocation.invoke_async(&mut con).await }).await?;
         Ok(match reply {

@@ -30,6 +30,54 @@ pub enum CreateOutcome {
         /// The tenant's jobs queued or running.
         in_flight: u64,
     },
+    /// Only from [`crate::StatusStore::create_within`]: admitting the job would take the tenant
+    /// over one of its quotas, so nothing was written.
+    QuotaExceeded {
+        /// The quota the job would go over.
+        quota: Quota,
+        /// What the tenant has used of it: jobs queued, or pixel-steps charged today.
+        used: u64,
+    },
+}
+
+/// A tenant quota that admission checks (`[tenants.<name>.quota]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// `max_queued_jobs`: jobs queued (not yet started) at once.
+    MaxQueuedJobs,
+    /// `daily_megapixel_steps`: megapixel-steps of the jobs admitted in one UTC day.
+    DailyMegapixelSteps,
+}
+
+impl Quota {
+    /// The quota's configuration key under `[tenants.<name>.quota]`.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Quota::MaxQueuedJobs => "max_queued_jobs",
+            Quota::DailyMegapixelSteps => "daily_megapixel_steps",
+        }
+    }
+}
+
+/// The limits [`crate::StatusStore::create_within`] admits a job within, all checked in the
+/// same atomic step as the write, after the idempotency key and id (so a retry of an admitted
+/// job gets that job even at a limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Most jobs the tenant may have queued or running.
+    pub max_in_flight: u64,
+    /// Most jobs the tenant may have queued.
+    pub max_queued: Option<u64>,
+    /// Pixel-steps the tenant's jobs admitted in one UTC day may cost. A job's cost is charged
+    /// when it is admitted (from its request record) and given back if it is discarded.
+    pub daily_pixel_steps: Option<u64>,
+}
+
+impl Admission {
+    /// Only the in-flight limit.
+    pub const fn in_flight(max_in_flight: u64) -> Admission {
+        Admission { max_in_flight, max_queued: None, daily_pixel_steps: None }
+    }
 }
 
 /// A job record as of one revision: what a read returned or a compare-and-set wrote. A writer

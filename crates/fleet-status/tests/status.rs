@@ -9,7 +9,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use fleet_core::config::RedisConfig;
 use fleet_core::status::IllegalTransition;
 use fleet_core::{ErrorCode, JobState, JobStatus, Priority, Progress};
-use fleet_status::{BatchInfo, CreateOutcome, JobEvent, StatusError, StatusStore, Versioned, WorkerHeartbeat};
+use fleet_status::{
+    Admission, BatchInfo, CreateOutcome, JobEvent, StatusError, StatusStore, Versioned, WorkerHeartbeat,
+};
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -17,6 +19,8 @@ use uuid::Uuid;
 mod bulk_runs;
 #[path = "status/durability.rs"]
 mod durability;
+#[path = "status/usage.rs"]
+mod usage;
 
 fn redis_url() -> String {
     std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
@@ -542,24 +546,34 @@ async fn in_flight_and_counters_follow_terminal_transitions_once() {
 async fn a_key_or_id_reused_with_another_request_digest_is_a_different_request() {
     let fx = Fixture::new().await;
     let first = queued("alice");
-    let created = fx.store.create_within(&first, Some("order-9"), Some("digest-a"), 10).await.unwrap();
+    let created =
+        fx.store.create_within(&first, Some("order-9"), Some("digest-a"), &Admission::in_flight(10)).await.unwrap();
     assert_eq!(created, CreateOutcome::Created);
     let (retry, other) = (queued("alice"), queued("alice"));
-    let same = fx.store.create_within(&retry, Some("order-9"), Some("digest-a"), 10).await.unwrap();
+    let same =
+        fx.store.create_within(&retry, Some("order-9"), Some("digest-a"), &Admission::in_flight(10)).await.unwrap();
     assert_eq!(same, CreateOutcome::Existing(first.clone()));
-    let different = fx.store.create_within(&other, Some("order-9"), Some("digest-b"), 10).await.unwrap();
+    let different =
+        fx.store.create_within(&other, Some("order-9"), Some("digest-b"), &Admission::in_flight(10)).await.unwrap();
     assert_eq!(different, CreateOutcome::DifferentRequest { existing: first.id });
     assert_eq!(fx.store.get(other.id).await.unwrap(), None, "a different request writes nothing");
     assert_eq!(fx.store.in_flight("alice").await.unwrap(), 1);
     // The job's own id again, with another digest: the same answer.
-    let by_id = fx.store.create_within(&first, None, Some("digest-b"), 10).await.unwrap();
+    let by_id = fx.store.create_within(&first, None, Some("digest-b"), &Admission::in_flight(10)).await.unwrap();
     assert_eq!(by_id, CreateOutcome::DifferentRequest { existing: first.id });
-    assert_eq!(fx.store.create_within(&first, None, None, 10).await.unwrap(), CreateOutcome::Existing(first.clone()));
+    assert_eq!(
+        fx.store.create_within(&first, None, None, &Admission::in_flight(10)).await.unwrap(),
+        CreateOutcome::Existing(first.clone())
+    );
 
     // A record written without a digest (a worker's, or an older dispatcher's) matches any request.
     let old = queued("alice");
     assert_eq!(fx.store.create(&old, Some("order-10")).await.unwrap(), CreateOutcome::Created);
-    let retry = fx.store.create_within(&queued("alice"), Some("order-10"), Some("digest-c"), 10).await.unwrap();
+    let retry = fx
+        .store
+        .create_within(&queued("alice"), Some("order-10"), Some("digest-c"), &Admission::in_flight(10))
+        .await
+        .unwrap();
     assert_eq!(retry, CreateOutcome::Existing(old));
     fx.cleanup().await;
 }
@@ -568,13 +582,19 @@ async fn a_key_or_id_reused_with_another_request_digest_is_a_different_request()
 async fn create_within_refuses_new_jobs_at_the_in_flight_limit_but_not_retries() {
     let fx = Fixture::new().await;
     let first = queued("alice");
-    assert_eq!(fx.store.create_within(&first, Some("order-1"), None, 2).await.unwrap(), CreateOutcome::Created);
-    assert_eq!(fx.store.create_within(&queued("alice"), None, None, 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        fx.store.create_within(&first, Some("order-1"), None, &Admission::in_flight(2)).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        fx.store.create_within(&queued("alice"), None, None, &Admission::in_flight(2)).await.unwrap(),
+        CreateOutcome::Created
+    );
 
     // At the limit: nothing is written (no record, no index entry, the key stays free).
     let third = queued("alice");
     assert_eq!(
-        fx.store.create_within(&third, Some("order-3"), None, 2).await.unwrap(),
+        fx.store.create_within(&third, Some("order-3"), None, &Admission::in_flight(2)).await.unwrap(),
         CreateOutcome::InFlightLimit { in_flight: 2 }
     );
     assert_eq!(fx.store.get(third.id).await.unwrap(), None);
@@ -584,15 +604,21 @@ async fn create_within_refuses_new_jobs_at_the_in_flight_limit_but_not_retries()
     // A retry of an accepted job still gets that job, and other tenants are not limited.
     let retry = queued("alice");
     assert_eq!(
-        fx.store.create_within(&retry, Some("order-1"), None, 2).await.unwrap(),
+        fx.store.create_within(&retry, Some("order-1"), None, &Admission::in_flight(2)).await.unwrap(),
         CreateOutcome::Existing(first.clone())
     );
-    assert_eq!(fx.store.create_within(&queued("bob"), None, None, 2).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        fx.store.create_within(&queued("bob"), None, None, &Admission::in_flight(2)).await.unwrap(),
+        CreateOutcome::Created
+    );
     // A job leaving flight makes room; a limit of 0 admits nothing.
     fx.store.update(first.id, |s| s.cancel(Utc::now())).await.unwrap();
-    assert_eq!(fx.store.create_within(&third, Some("order-3"), None, 2).await.unwrap(), CreateOutcome::Created);
     assert_eq!(
-        fx.store.create_within(&queued("carol"), None, None, 0).await.unwrap(),
+        fx.store.create_within(&third, Some("order-3"), None, &Admission::in_flight(2)).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        fx.store.create_within(&queued("carol"), None, None, &Admission::in_flight(0)).await.unwrap(),
         CreateOutcome::InFlightLimit { in_flight: 0 }
     );
     fx.cleanup().await;

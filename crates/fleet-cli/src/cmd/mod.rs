@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod recover;
 pub mod submit;
 pub mod up;
+pub mod usage;
 pub mod validate;
 pub mod wait;
 pub mod worker;

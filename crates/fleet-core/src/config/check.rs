@@ -57,6 +57,7 @@ impl FleetConfig {
             self.rabbitmq.quorum_initial_group_size != Some(0),
             "rabbitmq.quorum_initial_group_size: must be at least 1 (or unset: a replica on every node)".into(),
         );
+        need(self.redis.usage_ttl_secs >= 3600, "redis.usage_ttl_secs: must be at least 3600 (one hour)".into());
         need(self.rabbitmq.delivery_limit >= 1, "rabbitmq.delivery_limit: must be at least 1".into());
         need(self.rabbitmq.publish_timeout_secs >= 1, "rabbitmq.publish_timeout_secs: must be at least 1".into());
         let mut seen = std::collections::HashSet::new();
@@ -68,11 +69,14 @@ impl FleetConfig {
                 format!("http.api_keys[{i}].tenant `{}`: letters, digits, '.', '_', '-' only", key.tenant),
             );
         }
-        for (name, _) in self.tenants.entries() {
+        for (name, settings) in self.tenants.entries() {
             need(
                 crate::names::is_tenant_name(name),
                 format!("tenants.{name}: tenant names are letters, digits, '.', '_', '-' only"),
             );
+            for problem in settings.quota.problems(&format!("tenants.{name}.quota")) {
+                need(false, problem);
+            }
         }
         need(!self.models.is_empty(), "models: at least one model must be configured".into());
         for (name, model) in &self.models {

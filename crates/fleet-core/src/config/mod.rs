@@ -100,6 +100,8 @@ pub struct RedisConfig {
     pub idempotency_ttl_secs: u64,
     /// Seconds after which a worker without a heartbeat counts as gone.
     pub heartbeat_ttl_secs: u64,
+    /// Seconds an hour of usage counts (`GET /v1/usage`) is kept.
+    pub usage_ttl_secs: u64,
     /// Run on a Redis that keeps nothing across a restart (no AOF, no RDB snapshots). The
     /// dispatcher, workers and bulk runner refuse such a Redis at start unless this is true.
     pub allow_volatile: bool,
@@ -313,6 +315,7 @@ impl Default for RedisConfig {
             status_ttl_secs: 7 * 24 * 3600,
             idempotency_ttl_secs: 24 * 3600,
             heartbeat_ttl_secs: 30,
+            usage_ttl_secs: 90 * 24 * 3600,
             allow_volatile: false,
             sentinels: Vec::new(),
             sentinel_master: "mymaster".into(),

@@ -269,3 +269,34 @@ fn every_broker_url_is_checked_at_load() {
             .to_string();
     assert!(no_broker.contains("rabbitmq.url, rabbitmq.urls: no broker address given"), "{no_broker}");
 }
+
+#[test]
+fn tenant_quotas_load_from_file_and_env_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        "[tenants.default.quota]\nmax_queued_jobs = 100\n[tenants.acme.quota]\ndaily_megapixel_steps = 2.5\n",
+    )
+    .unwrap();
+    let cfg = FleetConfig::load(&ConfigSources {
+        file: Some(file.clone()),
+        env: env(&[("FLEET__TENANTS__ACME__QUOTA__MAX_QUEUED_JOBS", "7")]),
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    let acme = &cfg.tenants.settings("acme").quota;
+    assert_eq!((acme.daily_pixel_steps(), acme.max_queued_jobs), (Some(2_500_000), Some(7)));
+    // A tenant without an entry gets `[tenants.default]`'s.
+    assert_eq!(cfg.tenants.settings("other").quota.max_queued_jobs, Some(100));
+    assert_eq!(cfg.tenants.settings("other").quota.daily_megapixel_steps, None);
+
+    std::fs::write(&file, "[tenants.acme.quota]\ndaily_megapixel_steps = -1\nmax_queued_jobs = 0\n").unwrap();
+    let message = FleetConfig::from_file(&file).unwrap_err().to_string();
+    for key in ["tenants.acme.quota.daily_megapixel_steps", "tenants.acme.quota.max_queued_jobs"] {
+        assert!(message.contains(key), "{key} missing from: {message}");
+    }
+    std::fs::write(&file, "[tenants.acme.quota]\nmax_jobs = 3\n").unwrap();
+    let message = FleetConfig::from_file(&file).unwrap_err().to_string();
+    assert!(message.contains("max_jobs"), "{message}");
+}

@@ -8,6 +8,7 @@ pub mod fallback;
 pub mod jobs;
 pub mod library;
 pub mod ops;
+pub mod usage;
 
 use aide::axum::ApiRouter;
 use aide::axum::routing::get_with;
@@ -62,6 +63,14 @@ fn keyed() -> ApiRouter<App> {
             "/v1/library",
             get_with(library::library, |op| {
                 op.summary("What the caller can ask for: tenant, models with size limits, LoRA and ControlNet names")
+            }),
+        )
+        .api_route(
+            "/v1/usage",
+            get_with(usage::usage, |op| {
+                op.summary(
+                    "Usage (jobs, images, megapixel-steps, worker seconds) by hour or day, tenant and model: the caller's own, any tenant's for admins",
+                )
             }),
         )
         .api_route("/v1/queues", get_with(ops::queues, |op| op.summary("Queue depths and per-model counters (admin)")))

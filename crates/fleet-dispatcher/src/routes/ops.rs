@@ -70,8 +70,9 @@ pub async fn dead_letters(
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): State<App>) -> Response {
-    let depths = app.broker.depths().await.unwrap_or_default();
-    ([("content-type", "text/plain; version=0.0.4")], app.metrics.render(&depths)).into_response()
+    let (depths, usage) = tokio::join!(app.broker.depths(), app.status.usage_totals());
+    let text = app.metrics.render(&depths.unwrap_or_default(), &usage.unwrap_or_default());
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `GET /openapi.json`: the document made with the router (see [`crate::routes`]).

@@ -119,7 +119,9 @@ pub async fn write(
             CreateOutcome::Created => Ok(Written::Created { key_restored: false, key_taken_by: Some(other.id) }),
             _ => Ok(Written::AlreadyRecorded),
         },
-        // `create` sets no in-flight limit and compares no request digest: it never answers these.
-        CreateOutcome::InFlightLimit { .. } | CreateOutcome::DifferentRequest { .. } => Ok(Written::AlreadyRecorded),
+        // `create` sets no limit or quota and compares no request digest: it never answers these.
+        CreateOutcome::InFlightLimit { .. }
+        | CreateOutcome::QuotaExceeded { .. }
+        | CreateOutcome::DifferentRequest { .. } => Ok(Written::AlreadyRecorded),
     }
 }
