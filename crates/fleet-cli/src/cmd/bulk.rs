@@ -67,7 +67,7 @@ fn progress_bar() -> fleet_bulk::runner::ProgressHook {
     );
     Arc::new(move |s: &Snapshot| {
         bar.set_length(s.total);
-        bar.set_position(s.succeeded + s.failed);
+        bar.set_position(s.succeeded + s.failed + s.duplicates);
         bar.set_message(summary(s));
     })
 }
@@ -214,8 +214,10 @@ fn finish(result: Result<RunFile, BulkError>, json: bool) -> anyhow::Result<Exit
     if json {
         outln!("{}", serde_json::to_string_pretty(&run)?);
     } else {
+        let duplicates =
+            if t.duplicates > 0 { format!(", {} near-duplicate(s) dropped", t.duplicates) } else { String::new() };
         outln!(
-            "run `{}` {}: {} succeeded, {} failed, {} shard(s) in {}",
+            "run `{}` {}: {} succeeded, {} failed{duplicates}, {} shard(s) in {}",
             run.config.name,
             state_name(run.state),
             t.succeeded,
@@ -275,6 +277,9 @@ fn summary(s: &Snapshot) -> String {
         s.shards_total,
         s.images_per_second
     );
+    if s.duplicates > 0 {
+        line.push_str(&format!(", {} near-duplicate(s) dropped", s.duplicates));
+    }
     if let Some(since) = s.stalled_since {
         let since = since.format("%Y-%m-%d %H:%M:%S UTC");
         line.push_str(&format!(", stalled: no driver since {since} (resume it to go on)"));
