@@ -95,6 +95,9 @@ def check(out, expect):
             fail(f"{path}: _stats.json counts disagree with the manifest")
         if stats["failed"] != len(stats["failures"]):
             fail(f"{path}: failures not all listed")
+        duplicates = [row["key"] for row in manifest if row["status"] == "duplicate"]
+        if stats.get("duplicate", 0) != len(duplicates) or [d["key"] for d in stats.get("duplicates", [])] != duplicates:
+            fail(f"{path}: near-duplicates not all listed")
         for row in succeeded:
             key = row["key"]
             files = samples[key]

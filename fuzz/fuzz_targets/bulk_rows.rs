@@ -1,5 +1,6 @@
-//! The `fleet bulk` readers (JSONL, CSV, text; the first byte picks one) and the step from row to
-//! sample: overrides merged, keys and seeds derived, every job validated.
+//! The `fleet bulk` readers (JSONL, CSV, text, templates; the first byte picks one) and the step
+//! from row to sample: overrides merged, prompt programs parsed and expanded (or drawn), keys and
+//! seeds derived, every job validated.
 //!
 //! The reader, sample and plan sources of fleet-bulk are compiled here as they are (`#[path]`),
 //! with a stand-in for the crate's error type: depending on fleet-bulk would build the whole
@@ -16,6 +17,8 @@ mod input;
 mod plan;
 #[path = "../../crates/fleet-bulk/src/sample.rs"]
 mod sample;
+#[path = "../../crates/fleet-bulk/src/template.rs"]
+mod template;
 
 /// The variants of `fleet_bulk::error::BulkError` that the reader sources use.
 mod error {
@@ -38,11 +41,14 @@ use libfuzzer_sys::fuzz_target;
 use plan::ShardPlan;
 use sample::{SampleFactory, SampleSettings};
 
-const FORMATS: [InputFormat; 3] = [InputFormat::Jsonl, InputFormat::Csv, InputFormat::Text];
+const FORMATS: [InputFormat; 4] = [InputFormat::Jsonl, InputFormat::Csv, InputFormat::Text, InputFormat::Template];
+
+/// Samples looked at per input: a program may expand to 2^40 prompts.
+const MAX_SAMPLES: usize = 10_000;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, input)) = data.split_first() else { return };
-    let format = FORMATS[usize::from(selector % 3)];
+    let format = FORMATS[usize::from(selector % 4)];
     let Ok(rows) = rows_from(std::io::Cursor::new(input.to_vec()), format) else { return };
     let settings = SampleSettings {
         run: "fuzz".into(),
@@ -51,11 +57,20 @@ fuzz_target!(|data: &[u8]| {
         defaults: serde_json::Map::new(),
         plan: ShardPlan { shard_size: 7 },
         models: None,
+        // Both ways of expanding programs; `{__name__}` lists are never found.
+        samples: (selector & 0x80 != 0).then_some(5),
+        list_dir: "/nonexistent-fleet-fuzz".into(),
     };
     let mut factory = SampleFactory::new(settings, fleet_core::FleetConfig::default());
     let mut last_line = 0;
+    let mut seen = 0;
     for row in rows.take(10_000) {
-        for sample in factory.samples(row) {
+        factory.push_row(row);
+        while let Some(sample) = factory.next_sample() {
+            seen += 1;
+            if seen > MAX_SAMPLES {
+                return;
+            }
             // Line numbers never go backwards; a sample's job, when it has one, is valid.
             assert!(sample.line >= last_line || sample.line == 0, "line {} after {last_line}", sample.line);
             last_line = last_line.max(sample.line);

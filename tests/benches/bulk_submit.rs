@@ -66,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         max_in_flight: submit,
         skip_invalid: false,
         local: false,
+        samples: None,
+        dedup_hamming: None,
     };
     let memory_before = peak_mib();
     let started = Instant::now();

@@ -85,6 +85,8 @@ fn tiny_run(name: &str, input: &Path, out: &Path, local: bool) -> RunConfig {
         max_in_flight: 200,
         skip_invalid: false,
         local,
+        samples: None,
+        dedup_hamming: None,
     }
 }
 

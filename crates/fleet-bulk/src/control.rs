@@ -12,6 +12,7 @@ use crate::api::ApiClient;
 use crate::error::BulkError;
 use crate::exec::Executor;
 use crate::fleet_exec::{FleetExecutor, FleetServices};
+use crate::hamming::MAX_HAMMING;
 use crate::local_exec::LocalExecutor;
 use crate::output::Output;
 use crate::plan::{ShardPlan, check_run_name};
@@ -45,10 +46,18 @@ struct Located {
 
 /// Checks the input (every row), then starts a new run and runs it to its end.
 pub async fn start(config: RunConfig, session: &Session) -> Result<RunFile, BulkError> {
+    start_with(config, session, |_| {}).await
+}
+
+/// [`start`], calling `on_scan` with the input's scan (samples, duplicate prompts, the first
+/// prompts) once it passed and before anything is submitted.
+pub async fn start_with(
+    config: RunConfig,
+    session: &Session,
+    on_scan: impl FnOnce(&Scan),
+) -> Result<RunFile, BulkError> {
     check_run_name(&config.name).map_err(BulkError::Config)?;
-    if config.shard_size == 0 || config.seeds_per_prompt == 0 {
-        return Err(BulkError::Config("--shard-size and --seeds-per-prompt must be at least 1".into()));
-    }
+    check_settings(&config)?;
     let output = Output::open(&config.out, &session.config.s3).await?;
     if config.local && output.dir().is_none() {
         return Err(BulkError::Config("--local writes to a directory; give --out DIR".into()));
@@ -72,6 +81,7 @@ pub async fn start(config: RunConfig, session: &Session) -> Result<RunFile, Bulk
     if scanned.summary.invalid_rows > 0 && !config.skip_invalid {
         return Err(BulkError::InvalidRows { rows: scanned.errors, total: scanned.summary.invalid_rows });
     }
+    on_scan(&scanned);
     let run = RunFile {
         config,
         input: scanned.summary,
@@ -85,8 +95,28 @@ pub async fn start(config: RunConfig, session: &Session) -> Result<RunFile, Bulk
     run_to_end(Located { run, output, registry }, session).await
 }
 
-/// Scans the input with the run's settings: every invalid row, counts, hash.
+/// The settings a run needs in range, whatever made the [`RunConfig`].
+fn check_settings(config: &RunConfig) -> Result<(), BulkError> {
+    if config.shard_size == 0 || config.seeds_per_prompt == 0 {
+        return Err(BulkError::Config("--shard-size and --seeds-per-prompt must be at least 1".into()));
+    }
+    if config.samples == Some(0) {
+        return Err(BulkError::Config("--samples must be at least 1".into()));
+    }
+    if let Some(bits) = config.dedup_hamming
+        && bits > MAX_HAMMING
+    {
+        return Err(BulkError::Config(format!(
+            "--dedup-hamming {bits}: at most {MAX_HAMMING} of the hash's 64 bits (unrelated images differ in about 32)"
+        )));
+    }
+    Ok(())
+}
+
+/// Scans the input with the run's settings: every invalid row, counts, duplicate prompts, the
+/// first prompts, hash. Writes nothing (what `--dry-run` shows).
 pub fn check_input(config: &RunConfig, fleet: &FleetConfig) -> Result<Scan, BulkError> {
+    check_settings(config)?;
     let mut factory = SampleFactory::new(sample_settings(config, local_models(config, fleet)), fleet.clone());
     scan(&config.input, config.input_format, ShardPlan { shard_size: config.shard_size }, &mut factory)
 }

@@ -1,7 +1,7 @@
 //! Reading the prompt file as a stream of rows, each with its 1-based line number.
 //!
-//! Three formats: JSONL (one object per line), CSV with a header, and plain text (one prompt per
-//! line). Rows are read one at a time, so memory does not grow with the file.
+//! Four formats: JSONL (one object per line), CSV with a header, plain text (one prompt per
+//! line) and templates (one prompt program per line, `#` lines are comments). Rows are read one at a time, so memory does not grow with the file.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Lines};
@@ -66,6 +66,7 @@ pub fn rows_from<R: BufRead + Send + 'static>(reader: R, format: InputFormat) ->
         InputFormat::Jsonl => Box::new(LineRows { lines: reader.lines(), line: 0, parse: jsonl_row }),
         InputFormat::Text => Box::new(LineRows { lines: reader.lines(), line: 0, parse: text_row }),
         InputFormat::Csv => Box::new(CsvRows::new(reader)?),
+        InputFormat::Template => Box::new(LineRows { lines: reader.lines(), line: 0, parse: template_row }),
     })
 }
 
@@ -113,6 +114,16 @@ fn text_row(text: &str, line: usize) -> Option<RowResult> {
     }
     let mut fields = Map::new();
     fields.insert("prompt".to_owned(), Value::from(prompt));
+    Some(Ok(Row { line, fields }))
+}
+
+fn template_row(text: &str, line: usize) -> Option<RowResult> {
+    let template = text.trim();
+    if template.is_empty() || template.starts_with('#') {
+        return None;
+    }
+    let mut fields = Map::new();
+    fields.insert("template".to_owned(), Value::from(template));
     Some(Ok(Row { line, fields }))
 }
 

@@ -1,7 +1,9 @@
 //! Bulk dataset generation: a file of prompts in, a sharded, resumable dataset out.
 //!
 //! - [`input`], [`csv_row`]: JSONL / CSV / text rows as a stream, with line numbers;
+//! - [`template`]: prompt programs (`{a|b}`, `{__list__}`, weights) expanded or drawn;
 //! - [`sample`], [`plan`]: rows → samples with stable keys, seeds and idempotency keys, in shards;
+//! - [`hamming`], [`phash`]: 64-bit perceptual hashes and the index that finds near-duplicates;
 //! - [`scan`]: the check of every row before a run starts;
 //! - [`exec`], [`fleet_exec`], [`local_exec`], [`api`]: making samples through the fleet
 //!   (bounded in flight, 429-aware) or in-process;
@@ -16,10 +18,12 @@ pub mod csv_row;
 pub mod error;
 pub mod exec;
 pub mod fleet_exec;
+pub mod hamming;
 pub mod input;
 pub mod local_exec;
 pub mod manifest;
 pub mod output;
+pub mod phash;
 pub mod plan;
 pub mod record;
 pub mod registry;
@@ -28,8 +32,9 @@ pub mod runner;
 pub mod sample;
 pub mod scan;
 pub mod shard;
+pub mod template;
 
-pub use control::{Session, cancel, check_input, resume, retry_failed, start, status};
+pub use control::{Session, cancel, check_input, resume, retry_failed, start, start_with, status};
 pub use error::BulkError;
 pub use input::{InputFormat, Row, RowError};
 pub use run::{RunConfig, RunFile, RunState, Snapshot};

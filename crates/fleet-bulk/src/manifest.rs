@@ -54,6 +54,9 @@ message sample {
   required binary format (STRING);
   optional binary sha256 (STRING);
   optional int64 bytes;
+  optional binary phash (STRING);
+  optional binary duplicate_of (STRING);
+  optional int64 duplicate_distance;
   optional binary job_id (STRING);
   optional binary worker (STRING);
   required group timings {
@@ -167,6 +170,9 @@ fn columns(records: &[SampleRecord]) -> Vec<Column> {
         column(records, false, |r| Some(text(&r.format)), Str),
         column(records, true, |r| r.sha256.as_deref().map(text), Str),
         column(records, true, |r| r.bytes.map(|b| b as i64), I64),
+        column(records, true, |r| r.phash.as_deref().map(text), Str),
+        column(records, true, |r| r.duplicate_of.as_deref().map(text), Str),
+        column(records, true, |r| r.duplicate_distance.map(i64::from), I64),
         column(records, true, |r| r.job_id.map(|id| text(&id.to_string())), Str),
         column(records, true, |r| r.worker.as_deref().map(text), Str),
         column(records, true, |r| micros(r.timings.submitted_at), I64),
@@ -283,6 +289,9 @@ mod tests {
             format: "png".into(),
             sha256: Some("ab".repeat(32)),
             bytes: Some(1234),
+            phash: Some("00ff00ff00ff00ff".into()),
+            duplicate_of: None,
+            duplicate_distance: None,
             job_id: Some(uuid::Uuid::now_v7()),
             worker: Some("w-1".into()),
             timings: SampleTimings::default(),
@@ -310,7 +319,9 @@ mod tests {
         (failed.status, failed.seed, failed.sha256, failed.bytes, failed.worker) =
             (SampleState::Failed, None, None, None, None);
         failed.error = Some(SampleError { code: ErrorCode::UnknownLora, message: "no LoRA `ink`".into() });
-        let records = vec![full, failed, record("one-lora", &[("ink", 1.0)])];
+        let mut duplicate = record("dup", &[]);
+        duplicate.mark_duplicate("full", 3);
+        let records = vec![full, failed, record("one-lora", &[("ink", 1.0)]), duplicate];
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.parquet");

@@ -18,14 +18,18 @@ pub enum SampleState {
     Succeeded,
     /// Listed in the shard's stats and manifest, not in the shard.
     Failed,
+    /// Made, but within `--dedup-hamming` bits of an earlier kept sample: listed with that
+    /// sample's key in the shard's stats and manifest, not in the shard.
+    Duplicate,
 }
 
 impl SampleState {
-    /// The name records use (`succeeded`, `failed`).
+    /// The name records use (`succeeded`, `failed`, `duplicate`).
     pub fn as_str(self) -> &'static str {
         match self {
             SampleState::Succeeded => "succeeded",
             SampleState::Failed => "failed",
+            SampleState::Duplicate => "duplicate",
         }
     }
 }
@@ -103,6 +107,15 @@ pub struct SampleRecord {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// 64-bit perceptual hash of the image (dHash, see [`crate::phash`]), 16 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phash: Option<String>,
+    /// For a `duplicate`: the key of the earlier kept sample it lies near.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+    /// For a `duplicate`: how many bits its hash differs from that sample's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_distance: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<Uuid>,
     /// Worker id (fleet) or `local` (in-process).
@@ -143,6 +156,9 @@ impl SampleRecord {
             format: spec.output.format.extension().to_owned(),
             sha256: None,
             bytes: None,
+            phash: None,
+            duplicate_of: None,
+            duplicate_distance: None,
             job_id: None,
             worker: None,
             timings: SampleTimings::default(),
@@ -187,6 +203,13 @@ impl SampleRecord {
         }
     }
 
+    /// Marks the sample a near-duplicate of the kept sample `of`, `distance` bits away.
+    pub fn mark_duplicate(&mut self, of: &str, distance: u32) {
+        self.status = SampleState::Duplicate;
+        self.duplicate_of = Some(of.to_owned());
+        self.duplicate_distance = Some(distance);
+    }
+
     /// Marks the sample failed with `code`.
     pub fn fail(&mut self, code: ErrorCode, message: impl Into<String>) {
         self.status = SampleState::Failed;
@@ -212,6 +235,17 @@ pub struct Failure {
     pub message: String,
 }
 
+/// One sample dropped as a near-duplicate, as the shard's stats list it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub key: String,
+    pub line: usize,
+    /// Key of the earlier kept sample (in this shard or an earlier one).
+    pub duplicate_of: String,
+    /// Bits between the two perceptual hashes.
+    pub distance: u32,
+}
+
 /// Summary of numbers (seconds).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimingSummary {
@@ -230,6 +264,12 @@ pub struct ShardStats {
     pub failed: u64,
     pub failed_by_code: BTreeMap<String, u64>,
     pub failures: Vec<Failure>,
+    /// Samples dropped as near-duplicates (`--dedup-hamming`).
+    #[serde(default)]
+    pub duplicate: u64,
+    /// Each of them with the key it collided with.
+    #[serde(default)]
+    pub duplicates: Vec<Duplicate>,
     /// Total image bytes in the shard.
     pub image_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +289,8 @@ impl ShardStats {
             failed: 0,
             failed_by_code: BTreeMap::new(),
             failures: Vec::new(),
+            duplicate: 0,
+            duplicates: Vec::new(),
             image_bytes: 0,
             queue_seconds: summary(records.iter().filter_map(|r| r.timings.queue_seconds)),
             run_seconds: summary(records.iter().filter_map(|r| r.timings.run_seconds)),
@@ -259,6 +301,15 @@ impl ShardStats {
                 (SampleState::Succeeded, _) => {
                     stats.succeeded += 1;
                     stats.image_bytes += r.bytes.unwrap_or(0);
+                }
+                (SampleState::Duplicate, _) => {
+                    stats.duplicate += 1;
+                    stats.duplicates.push(Duplicate {
+                        key: r.key.clone(),
+                        line: r.line,
+                        duplicate_of: r.duplicate_of.clone().unwrap_or_default(),
+                        distance: r.duplicate_distance.unwrap_or(0),
+                    });
                 }
                 (SampleState::Failed, error) => {
                     stats.failed += 1;

@@ -1,8 +1,13 @@
 //! The run loop: samples read from the input in order, handed to the executor with at most
 //! `max_in_flight` unfinished, collected per shard, and each shard published once all its
 //! samples are final. Shards whose stats already exist are skipped: that is all a resume is.
+//!
+//! Every made image gets its perceptual hash as its shard is written. With `--dedup-hamming`,
+//! shards are written strictly in order and samples in index order, so "earlier" means earlier
+//! in the plan, whatever order jobs finish in; a resume rebuilds the index of kept samples from
+//! the manifests of the shards already written, in the same order, and so decides alike.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -10,14 +15,16 @@ use fleet_core::{ErrorCode, FleetConfig};
 
 use crate::error::BulkError;
 use crate::exec::{Executor, Finished};
+use crate::hamming::{NearDuplicates, hash_hex, parse_hash};
 use crate::input::{RowResult, read_rows};
 use crate::output::Output;
+use crate::phash::PerceptualHasher;
 use crate::plan::ShardPlan;
-use crate::record::{SampleState, ShardStats};
+use crate::record::{SampleRecord, SampleState, ShardStats};
 use crate::registry::Registry;
 use crate::run::{CANCEL_FILE, PROGRESS_FILE, RUN_FILE, RunConfig, RunFile, RunState, Snapshot};
 use crate::sample::{Sample, SampleFactory, SampleSettings};
-use crate::shard::{ShardWriter, stats_name};
+use crate::shard::{ShardWriter, manifest_name, stats_name};
 
 /// How often the snapshot goes to Redis and the cancel marker is looked for.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -61,7 +68,15 @@ pub fn sample_settings(config: &RunConfig, models: Option<BTreeSet<String>>) -> 
         defaults: config.defaults.clone(),
         plan: ShardPlan { shard_size: config.shard_size },
         models,
+        samples: config.samples,
+        list_dir: config.input.parent().map_or_else(|| ".".into(), std::path::Path::to_path_buf),
     }
+}
+
+/// Shards open at once in a deduplicating run (they are written in order, so a slow sample in
+/// the first holds back the rest; this bounds what waits behind it).
+fn dedup_open_shards(config: &RunConfig) -> usize {
+    (2 * config.max_in_flight / config.shard_size.max(1) as usize).max(4)
 }
 
 struct Runner {
@@ -69,12 +84,17 @@ struct Runner {
     ctx: RunContext,
     rows: Box<dyn Iterator<Item = RowResult> + Send>,
     factory: SampleFactory,
-    buffer: VecDeque<Sample>,
+    /// A sample taken from the factory and not yet handed on (its shard could not open yet).
+    held: Option<Sample>,
     exhausted: bool,
+    hasher: PerceptualHasher,
+    /// Kept samples' hashes, with `--dedup-hamming`.
+    dedup: Option<NearDuplicates>,
     shards: BTreeMap<u64, Assembly>,
     /// Counts of published shards (including those skipped).
     succeeded: u64,
     failed: u64,
+    duplicates: u64,
     failed_by_code: BTreeMap<String, u64>,
     shards_done: u64,
     /// Samples finished by this invocation, for the rate.
@@ -96,17 +116,21 @@ pub async fn execute(mut run: RunFile, ctx: RunContext) -> Result<RunFile, BulkE
         ctx,
         rows,
         factory,
-        buffer: VecDeque::new(),
+        held: None,
         exhausted: false,
+        hasher: PerceptualHasher::default(),
+        dedup: None,
         shards: BTreeMap::new(),
         succeeded: 0,
         failed: 0,
+        duplicates: 0,
         failed_by_code: BTreeMap::new(),
         shards_done: 0,
         finished_here: 0,
         started: Instant::now(),
         started_at: Utc::now(),
     };
+    runner.dedup = runner.run.config.dedup_hamming.map(NearDuplicates::new);
     runner.go().await?;
     Ok(runner.run)
 }
@@ -146,18 +170,22 @@ impl Runner {
         self.run.finished_at = Some(Utc::now());
         self.run.totals.succeeded = self.succeeded;
         self.run.totals.failed = self.failed;
+        self.run.totals.duplicates = self.duplicates;
         self.run.totals.shards = self.shards_done;
         self.save_run().await?;
         self.save_progress(true).await
     }
 
     fn next_sample(&mut self) -> Option<Sample> {
+        if let Some(sample) = self.held.take() {
+            return Some(sample);
+        }
         loop {
-            if let Some(sample) = self.buffer.pop_front() {
+            if let Some(sample) = self.factory.next_sample() {
                 return Some(sample);
             }
             let row = self.rows.next()?;
-            self.buffer.extend(self.factory.samples(row));
+            self.factory.push_row(row);
         }
     }
 
@@ -177,6 +205,10 @@ impl Runner {
                 break;
             };
             if !self.shards.contains_key(&sample.shard) {
+                if self.dedup.is_some() && self.shards.len() >= dedup_open_shards(&self.run.config) {
+                    self.held = Some(sample);
+                    break;
+                }
                 self.open_shard(sample.shard).await?;
             }
             let Some(assembly) = self.shards.get_mut(&sample.shard) else { continue };
@@ -219,6 +251,7 @@ impl Runner {
     fn count_published(&mut self, stats: &ShardStats) {
         self.succeeded += stats.succeeded;
         self.failed += stats.failed;
+        self.duplicates += stats.duplicate;
         for (code, n) in &stats.failed_by_code {
             *self.failed_by_code.entry(code.clone()).or_default() += n;
         }
@@ -236,17 +269,21 @@ impl Runner {
         }
     }
 
-    /// Publishes every shard whose samples are all final.
+    /// Publishes every shard whose samples are all final (with near-duplicate control, only
+    /// those with every earlier shard published).
     async fn publish_complete(&mut self) -> Result<(), BulkError> {
-        let complete: Vec<u64> = self
-            .shards
-            .iter()
-            .filter(|(_, a)| a.closed && (a.skip || a.finished.len() as u32 == a.seen))
-            .map(|(shard, _)| *shard)
-            .collect();
+        let ready = |a: &Assembly| a.closed && (a.skip || a.finished.len() as u32 == a.seen);
+        let complete: Vec<u64> = if self.dedup.is_some() {
+            self.shards.iter().take_while(|(_, a)| ready(a)).map(|(shard, _)| *shard).collect()
+        } else {
+            self.shards.iter().filter(|(_, a)| ready(a)).map(|(shard, _)| *shard).collect()
+        };
         for shard in complete {
             let Some(assembly) = self.shards.remove(&shard) else { continue };
             if assembly.skip {
+                if self.dedup.is_some() {
+                    self.keep_written(shard).await?;
+                }
                 continue;
             }
             let stats = self.publish(shard, assembly.finished).await?;
@@ -266,7 +303,9 @@ impl Runner {
             if record.status == SampleState::Succeeded {
                 match self.ctx.executor.image(&f.image).await {
                     Ok(bytes) if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&bytes).as_str()) => {
-                        writer.add(&self.ctx.output, &record, bytes).await?;
+                        if self.keep(&mut record, &bytes) {
+                            writer.add(&self.ctx.output, &record, bytes).await?;
+                        }
                     }
                     Ok(_) => record.fail(ErrorCode::InvalidOutput, "image bytes do not match the recorded sha256"),
                     Err(e) => record.fail(ErrorCode::StorageUnavailable, e.to_string()),
@@ -279,12 +318,52 @@ impl Runner {
         Ok(stats)
     }
 
+    /// Hashes a made sample's image and decides whether it stays: false for a near-duplicate
+    /// of an earlier kept sample (or an image that does not decode, then failed).
+    fn keep(&mut self, record: &mut SampleRecord, image: &[u8]) -> bool {
+        let hash = match self.hasher.hash(image) {
+            Ok(hash) => hash,
+            Err(message) => {
+                record.fail(ErrorCode::InvalidOutput, message);
+                return false;
+            }
+        };
+        record.phash = Some(hash_hex(hash));
+        let Some(dedup) = &mut self.dedup else { return true };
+        if let Some((of, distance)) = dedup.duplicate_of(hash) {
+            let of = of.to_owned();
+            record.mark_duplicate(&of, distance);
+            return false;
+        }
+        dedup.keep(hash, &record.key);
+        true
+    }
+
+    /// Adds the kept samples of a shard written before (by an earlier invocation) to the
+    /// near-duplicate index, in manifest (index) order.
+    async fn keep_written(&mut self, shard: u64) -> Result<(), BulkError> {
+        let name = manifest_name(shard);
+        let bytes = self.ctx.output.get(&name).await?.ok_or_else(|| {
+            BulkError::Config(format!("{name} is missing: shard {shard} is written but its kept samples are unknown"))
+        })?;
+        let Some(dedup) = &mut self.dedup else { return Ok(()) };
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let record: SampleRecord = serde_json::from_slice(line).map_err(|e| BulkError::json(&name, e))?;
+            if let (SampleState::Succeeded, Some(hash)) = (record.status, record.phash.as_deref().and_then(parse_hash))
+            {
+                dedup.keep(hash, &record.key);
+            }
+        }
+        Ok(())
+    }
+
     fn snapshot(&self) -> Snapshot {
-        let (mut succeeded, mut failed) = (self.succeeded, self.failed);
+        let (mut succeeded, mut failed, mut duplicates) = (self.succeeded, self.failed, self.duplicates);
         let mut failed_by_code = self.failed_by_code.clone();
         for f in self.shards.values().flat_map(|a| &a.finished) {
             match f.record.status {
                 SampleState::Succeeded => succeeded += 1,
+                SampleState::Duplicate => duplicates += 1,
                 SampleState::Failed => {
                     failed += 1;
                     let code = f.record.error.as_ref().map_or(ErrorCode::Internal, |e| e.code);
@@ -296,12 +375,13 @@ impl Runner {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = self.finished_here as f64 / elapsed;
         let total = self.run.input.samples;
-        let remaining = total.saturating_sub(succeeded + failed);
+        let remaining = total.saturating_sub(succeeded + failed + duplicates);
         Snapshot {
             state: self.run.state,
             total,
             succeeded,
             failed,
+            duplicates,
             failed_by_code,
             queued,
             running,

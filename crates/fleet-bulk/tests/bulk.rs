@@ -1,9 +1,12 @@
 //! fleet-bulk without services: input reading and row errors with line numbers, `--local` runs
 //! into WebDataset shards and image folders, and a resume after the run is dropped mid-way.
+//! Module `programs`: prompt programs and near-duplicate control.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+#[path = "bulk/programs.rs"]
+mod programs;
 #[path = "support/tiny_lora.rs"]
 mod tiny_lora;
 
@@ -35,6 +38,8 @@ fn local_run(name: &str, input: PathBuf, out: &Path, shard_size: u32) -> RunConf
         max_in_flight: 4,
         skip_invalid: false,
         local: true,
+        samples: None,
+        dedup_hamming: None,
     }
 }
 

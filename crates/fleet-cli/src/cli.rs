@@ -346,8 +346,23 @@ pub enum BulkCommand {
 #[derive(Debug, Args)]
 #[command(mut_arg("prompts", |a| a.hide(true)), mut_arg("num_images", |a| a.hide(true)))]
 pub struct BulkRunArgs {
-    /// Prompt file: JSONL (`prompt` + job-field overrides, `key`, `metadata`), CSV with a header, or text.
-    pub input: PathBuf,
+    /// Prompt file: JSONL (`prompt` or `template` + job-field overrides, `key`, `metadata`), CSV
+    /// with a header, or text.
+    #[arg(required_unless_present = "template", conflicts_with = "template")]
+    pub input: Option<PathBuf>,
+    /// Prompt programs instead of INPUT, one per line: `{a|b}` wildcards, `{3::a|1::b}` weights,
+    /// `{__name__}` options from `name.txt` beside the file.
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// Draw N prompts from each program with the run seed (default: every expansion).
+    #[arg(long, value_name = "N")]
+    pub samples: Option<u64>,
+    /// Drop a sample whose perceptual hash lies within N bits of an earlier kept one (0–24).
+    #[arg(long, value_name = "N")]
+    pub dedup_hamming: Option<u32>,
+    /// Check the input and print the sample count, duplicate prompts and first prompts; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Run name (letters, digits, `.`, `_`, `-`); how status, resume and cancel find the run.
     #[arg(long)]
     pub name: String,

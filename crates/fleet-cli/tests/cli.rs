@@ -376,3 +376,25 @@ fn an_error_is_printed_once_not_with_its_cause_repeated() {
     let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
     assert_eq!(line.matches("no/such/fleet.toml").count(), 1, "{stderr}");
 }
+
+#[test]
+fn bulk_dry_run_prints_the_plan_of_a_template_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("styles.txt"), "oil\nink\n").unwrap();
+    let template = dir.path().join("p.tmpl");
+    std::fs::write(&template, "a {cat|dog} in {__styles__}\nthe same {x|x}\n").unwrap();
+    let out = dir.path().join("out");
+    let (template, out_arg) = (template.display().to_string(), out.display().to_string());
+    let args = ["bulk", "run", "--template", &template, "--name", "dry", "--local", "--model", "tiny"];
+    let (code, stdout, stderr) = run(fleet().args(args).args(["--out", &out_arg, "--dry-run"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("2 row(s), 6 sample(s) in 1 shard(s), 1 exact duplicate prompt(s)"), "{stdout}");
+    assert!(stdout.contains("  1: a cat in oil\n  2: a cat in ink\n  3: a dog in oil"), "{stdout}");
+    assert!(!out.exists(), "a dry run writes nothing");
+
+    std::fs::write(dir.path().join("bad.tmpl"), "ok\nbroken {a|b\n").unwrap();
+    let bad = dir.path().join("bad.tmpl").display().to_string();
+    let (code, _, stderr) = run(fleet().args(["bulk", "run", "--template", &bad, "--name", "dry", "--dry-run"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("bad.tmpl:2: template: column 8: unclosed"), "{stderr}");
+}

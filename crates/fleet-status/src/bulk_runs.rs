@@ -132,6 +132,9 @@ pub enum InputFormat {
     Csv,
     /// One prompt per line.
     Text,
+    /// One prompt program per line (`{a|b}` wildcards, `{__list__}` option lists; see fleet-bulk's
+    /// `template` module).
+    Template,
 }
 
 /// A name on the command line that names no input format or layout.
@@ -149,13 +152,14 @@ impl InputFormat {
         }
     }
 
-    /// Parses `jsonl`, `csv` or `text`.
+    /// Parses `jsonl`, `csv`, `text` or `template`.
     pub fn parse(name: &str) -> Result<InputFormat, UnknownName> {
         match name {
             "jsonl" | "ndjson" => Ok(InputFormat::Jsonl),
             "csv" => Ok(InputFormat::Csv),
             "text" | "txt" => Ok(InputFormat::Text),
-            other => Err(UnknownName(format!("input format `{other}`: expected jsonl, csv or text"))),
+            "template" => Ok(InputFormat::Template),
+            other => Err(UnknownName(format!("input format `{other}`: expected jsonl, csv, text or template"))),
         }
     }
 }
@@ -195,7 +199,7 @@ pub struct RunConfig {
     /// The input file, as a path on the machine that ran `fleet bulk run`.
     #[schemars(with = "String")]
     pub input: PathBuf,
-    /// `jsonl`, `csv` or `text`.
+    /// `jsonl`, `csv`, `text` or `template`.
     #[schemars(with = "String")]
     pub input_format: InputFormat,
     /// Output location: a directory or `s3://bucket/prefix`.
@@ -216,6 +220,13 @@ pub struct RunConfig {
     pub skip_invalid: bool,
     // Generate in-process instead of through the fleet.
     pub local: bool,
+    /// Prompts drawn from each prompt program (`--samples`); absent: every expansion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// Near-duplicate control (`--dedup-hamming`): a sample is dropped when an earlier kept
+    /// sample's perceptual hash lies within this many bits; absent: no sample is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_hamming: Option<u32>,
 }
 
 /// What the input held, from the scan before the run starts.
@@ -238,6 +249,9 @@ pub struct InputSummary {
 pub struct Totals {
     pub succeeded: u64,
     pub failed: u64,
+    /// Samples dropped as near-duplicates of earlier ones (`--dedup-hamming`).
+    #[serde(default)]
+    pub duplicates: u64,
     pub shards: u64,
 }
 
@@ -273,6 +287,9 @@ pub struct Snapshot {
     pub succeeded: u64,
     /// Samples that failed.
     pub failed: u64,
+    /// Samples dropped as near-duplicates of earlier ones.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates: u64,
     /// `failed` split by error code (`unknown_lora`, `invalid_spec`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_by_code: BTreeMap<String, u64>,
@@ -301,7 +318,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Samples neither final nor submitted.
     pub fn waiting(&self) -> u64 {
-        self.total.saturating_sub(self.succeeded + self.failed + self.queued + self.running)
+        self.total.saturating_sub(self.succeeded + self.failed + self.duplicates + self.queued + self.running)
     }
 
     /// Corrects the latest snapshot by the run record, as every reader (`fleet bulk status`, the
@@ -333,6 +350,10 @@ impl Snapshot {
             self.eta_seconds = None;
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A run's progress as the API serves it: the latest [`Snapshot`] corrected by the record, plus

@@ -64,6 +64,8 @@ fn bulk_run(name: &str, dir: &std::path::Path) -> RunConfig {
         max_in_flight: 10,
         skip_invalid: false,
         local: false,
+        samples: None,
+        dedup_hamming: None,
     }
 }
 

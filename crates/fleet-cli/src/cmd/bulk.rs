@@ -1,5 +1,6 @@
 //! `fleet bulk run | status | resume | retry-failed | cancel`: thin wiring around `fleet_bulk`.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,7 @@ fn progress_bar() -> fleet_bulk::runner::ProgressHook {
     );
     Arc::new(move |s: &Snapshot| {
         bar.set_length(s.total);
-        bar.set_position(s.succeeded + s.failed);
+        bar.set_position(s.succeeded + s.failed + s.duplicates);
         bar.set_message(summary(s));
     })
 }
@@ -88,10 +89,15 @@ async fn start(config: FleetConfig, args: &BulkRunArgs) -> anyhow::Result<ExitCo
         }
         defaults.insert("output".into(), Value::Object(output));
     }
-    let input = std::path::absolute(&args.input).with_context(|| format!("input {}", args.input.display()))?;
+    let (given, input_format) = match (&args.template, &args.input) {
+        (Some(template), _) => (template, InputFormat::Template),
+        (None, Some(input)) => (input, InputFormat::from_path(input)),
+        (None, None) => bail!("give INPUT or --template FILE"),
+    };
+    let input = std::path::absolute(given).with_context(|| format!("input {}", given.display()))?;
     let input_format = match &args.input_format {
         Some(name) => InputFormat::parse(name)?,
-        None => InputFormat::from_path(&input),
+        None => input_format,
     };
     let run = RunConfig {
         name: args.name.clone(),
@@ -106,26 +112,64 @@ async fn start(config: FleetConfig, args: &BulkRunArgs) -> anyhow::Result<ExitCo
         max_in_flight: args.max_in_flight,
         skip_invalid: args.skip_invalid,
         local: args.local,
+        samples: args.samples,
+        dedup_hamming: args.dedup_hamming,
     };
+    if args.dry_run {
+        return dry_run(&run, &config, given);
+    }
     let session = session(config, &args.server, !args.local, true);
     // A local run has no Redis record: its resume finds it by its output directory.
     let out = args.local.then(|| run.out.clone());
-    let started = fleet_bulk::start(run, &session);
+    let shown = given.clone();
+    let started = fleet_bulk::start_with(run, &session, move |scan| show_scan(&shown, scan));
     let Some(result) = until_interrupted(started, &args.name, out.as_deref()).await else {
         return Ok(ExitCode::from(INTERRUPTED));
     };
     match result {
         Err(BulkError::InvalidRows { rows, total }) => {
-            for row in &rows {
-                eprintln!("{}:{}: {}: {}", args.input.display(), row.line, row.field, row.message);
-            }
-            eprintln!(
-                "{}: {total} invalid row(s); the run did not start (fix them, or pass --skip-invalid to record them as failed samples)",
-                args.input.display()
-            );
+            report_invalid(given, &rows, total, "the run did not start");
             Ok(ExitCode::from(1))
         }
         other => finish(other, args.server.json),
+    }
+}
+
+fn report_invalid(input: &Path, rows: &[fleet_bulk::RowError], total: u64, outcome: &str) {
+    for row in rows {
+        eprintln!("{}:{}: {}: {}", input.display(), row.line, row.field, row.message);
+    }
+    eprintln!(
+        "{}: {total} invalid row(s); {outcome} (fix them, or pass --skip-invalid to record them as failed samples)",
+        input.display()
+    );
+}
+
+/// `--dry-run`: the scan a run would make, printed; nothing is written or submitted.
+fn dry_run(run: &RunConfig, config: &FleetConfig, input: &Path) -> anyhow::Result<ExitCode> {
+    let scan = fleet_bulk::check_input(run, config)?;
+    show_scan(input, &scan);
+    if scan.summary.invalid_rows > 0 {
+        report_invalid(input, &scan.errors, scan.summary.invalid_rows, "a run would not start");
+        return Ok(ExitCode::from(1));
+    }
+    outln!("dry run: nothing submitted");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a run is about to make: counts, exact duplicate prompts, the first prompts.
+fn show_scan(input: &Path, scan: &fleet_bulk::scan::Scan) {
+    let s = &scan.summary;
+    outln!(
+        "{}: {} row(s), {} sample(s) in {} shard(s), {} exact duplicate prompt(s)",
+        input.display(),
+        s.rows,
+        s.samples,
+        s.shards,
+        scan.duplicate_prompts
+    );
+    for (i, prompt) in scan.preview.iter().enumerate() {
+        outln!("  {}: {prompt}", i + 1);
     }
 }
 
@@ -170,8 +214,10 @@ fn finish(result: Result<RunFile, BulkError>, json: bool) -> anyhow::Result<Exit
     if json {
         outln!("{}", serde_json::to_string_pretty(&run)?);
     } else {
+        let duplicates =
+            if t.duplicates > 0 { format!(", {} near-duplicate(s) dropped", t.duplicates) } else { String::new() };
         outln!(
-            "run `{}` {}: {} succeeded, {} failed, {} shard(s) in {}",
+            "run `{}` {}: {} succeeded, {} failed{duplicates}, {} shard(s) in {}",
             run.config.name,
             state_name(run.state),
             t.succeeded,
@@ -231,6 +277,9 @@ fn summary(s: &Snapshot) -> String {
         s.shards_total,
         s.images_per_second
     );
+    if s.duplicates > 0 {
+        line.push_str(&format!(", {} near-duplicate(s) dropped", s.duplicates));
+    }
     if let Some(since) = s.stalled_since {
         let since = since.format("%Y-%m-%d %H:%M:%S UTC");
         line.push_str(&format!(", stalled: no driver since {since} (resume it to go on)"));
