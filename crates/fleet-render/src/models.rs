@@ -329,6 +329,30 @@ mod tests {
         config
     }
 
+    /// A LoRA given by URL fuses from the cache's file of its digest, and its fused pipeline is
+    /// keyed by the digest, not the URL.
+    #[test]
+    fn url_loras_fuse_from_the_cache_file_of_their_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = setup(dir.path());
+        config.worker.lora_fetch.cache_dir = dir.path().join("cache");
+        std::fs::create_dir_all(&config.worker.lora_fetch.cache_dir).unwrap();
+        let models = Models::load(&config, &["tiny".to_string()]).unwrap();
+        let digest = "ab".repeat(32);
+        let lora = |url: &str| vec![LoraRef::from_url(url, &digest, 0.5)];
+        let e = models.with_loras("tiny", &lora("https://a.example.com/style.safetensors")).unwrap_err();
+        assert!(matches!(e, ModelError::NotFetched(_)), "{e}");
+        let cached = cached_lora_file(&config.worker.lora_fetch.cache_dir, &digest);
+        std::fs::copy(dir.path().join("style.safetensors"), &cached).unwrap();
+        let (a, o) = models.with_loras("tiny", &lora("https://a.example.com/style.safetensors")).unwrap();
+        assert!(matches!(o, CacheOutcome::Miss { .. }));
+        let (b, o) = models.with_loras("tiny", &lora("s3://mirror/style.safetensors")).unwrap();
+        assert_eq!(o, CacheOutcome::Hit, "the same digest from another URL is the same pipeline");
+        assert!(Arc::ptr_eq(&a, &b));
+        let (library, _) = models.with_loras("tiny", &[LoraRef::library("style", 0.5)]).unwrap();
+        assert!(!Arc::ptr_eq(&a, &library), "a library LoRA is keyed by its name");
+    }
+
     #[test]
     fn fused_pipelines_are_cached_by_model_and_lora_set() {
         let dir = tempfile::tempdir().unwrap();

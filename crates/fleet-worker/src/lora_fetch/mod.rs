@@ -35,11 +35,17 @@ pub enum FetchError {
     #[error("larger than the limit of {0} bytes (worker.lora_fetch.max_file_bytes)")]
     TooLarge(u64),
     #[error("S3: {0}")]
-    Storage(#[from] fleet_storage::StorageError),
+    Storage(Box<fleet_storage::StorageError>),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     InvalidUrl(String),
+}
+
+impl From<fleet_storage::StorageError> for FetchError {
+    fn from(e: fleet_storage::StorageError) -> Self {
+        FetchError::Storage(Box::new(e))
+    }
 }
 
 impl FetchError {
