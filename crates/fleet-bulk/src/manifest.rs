@@ -129,7 +129,7 @@ fn lora_columns(records: &[SampleRecord]) -> [Column; 2] {
             rep.push(0);
         }
         for (i, lora) in record.loras.iter().enumerate() {
-            names.push(text(&lora.name));
+            names.push(text(lora.label()));
             scales.push(lora.scale);
             def.push(1);
             rep.push(i16::from(i > 0));
@@ -280,7 +280,7 @@ mod tests {
             negative_prompt: None,
             seed: Some(u64::MAX - 5),
             model: "tiny".into(),
-            loras: loras.iter().map(|(name, scale)| LoraRef { name: (*name).into(), scale: *scale }).collect(),
+            loras: loras.iter().map(|(name, scale)| LoraRef::library(*name, *scale)).collect(),
             controlnet: None,
             steps: 4,
             guidance: 1.25,

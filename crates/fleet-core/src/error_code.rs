@@ -64,6 +64,12 @@ error_codes! {
     UnsupportedMediaType => ("unsupported_media_type", 415, false),
     /// A LoRA name is not in the worker's library.
     UnknownLora => ("unknown_lora", 422, false),
+    /// A LoRA given by `url` could not be fetched (refused by the worker's policy, not found,
+    /// too large, or the host failed). A job's error says `retryable: true` only when the host
+    /// answered 5xx (or 408/429), timed out or could not be reached.
+    LoraFetchFailed => ("lora_fetch_failed", 422, false),
+    /// The file at a LoRA's `url` does not have the job's `sha256`.
+    LoraDigestMismatch => ("lora_digest_mismatch", 422, false),
     /// A ControlNet model name is not in the worker's library.
     UnknownControlnet => ("unknown_controlnet", 422, false),
     /// The control image could not be fetched or decoded.

@@ -64,7 +64,7 @@ pub struct JobSpec {
     /// Number of images, 1–16.
     #[serde(default = "default_num_images")]
     pub num_images: u32,
-    /// Style LoRAs to fuse, by name from the workers' LoRA library.
+    /// Style LoRAs to fuse, in order: by name from the workers' LoRA library, or by URL and SHA-256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraRef>,
     /// Optional ControlNet conditioning.
@@ -84,15 +84,72 @@ pub struct JobSpec {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A LoRA from the workers' library and the strength it is fused with.
+/// A LoRA and the strength it is fused with: from the workers' library by `name`, or fetched by
+/// the workers from `url` and identified by its `sha256` (exactly one of `name` and `url`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoraRef {
-    /// Library name (letters, digits, `.`, `_`, `-`); never a path or URL.
-    pub name: String,
+    /// Library name (letters, digits, `.`, `_`, `-`); never a path or URL. Exactly one of `name` and `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the workers fetch the `.safetensors` file: `https://…` (a host the workers allow) or
+    /// `s3://bucket/key` (a bucket the workers allow). Exactly one of `name` and `url`; needs `sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// SHA-256 of the file at `url`, 64 hex digits: required with `url`, checked before the file
+    /// is used, and the file's identity (cache, batching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Strength, −4 to 4.
     #[serde(default = "default_lora_scale")]
     pub scale: f32,
+}
+
+/// Where a validated job's LoRA comes from ([`LoraRef::source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraSource<'a> {
+    /// A library name.
+    Library(&'a str),
+    /// A URL and the lowercase hex SHA-256 its file must have.
+    Url { url: &'a str, sha256: &'a str },
+}
+
+impl LoraRef {
+    /// A LoRA from the library.
+    pub fn library(name: impl Into<String>, scale: f32) -> Self {
+        LoraRef { name: Some(name.into()), url: None, sha256: None, scale }
+    }
+
+    /// A LoRA fetched from `url`, whose file has the SHA-256 `sha256`.
+    pub fn from_url(url: impl Into<String>, sha256: impl Into<String>, scale: f32) -> Self {
+        LoraRef { name: None, url: Some(url.into()), sha256: Some(sha256.into()), scale }
+    }
+
+    /// Where the LoRA comes from; `None` unless exactly one of `name` and `url` (with `sha256`)
+    /// is set, which validation guarantees.
+    pub fn source(&self) -> Option<LoraSource<'_>> {
+        match (&self.name, &self.url, &self.sha256) {
+            (Some(name), None, None) => Some(LoraSource::Library(name)),
+            (None, Some(url), Some(sha256)) => Some(LoraSource::Url { url, sha256 }),
+            _ => None,
+        }
+    }
+
+    /// What names the LoRA to people: its library name, else its URL.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().or(self.url.as_deref()).unwrap_or_default()
+    }
+
+    /// What makes two LoRAs the same weights: the library name, or `sha256:<digest>` for a
+    /// fetched file (a library name has no `:`, so the two never collide; the same file from two
+    /// URLs is one LoRA).
+    pub fn identity(&self) -> String {
+        match (&self.name, &self.sha256) {
+            (Some(name), _) => name.clone(),
+            (None, Some(sha256)) => format!("sha256:{}", sha256.to_ascii_lowercase()),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// ControlNet conditioning for a job.

@@ -32,7 +32,7 @@ pub mod validate;
 
 pub use config::FleetConfig;
 pub use error_code::ErrorCode;
-pub use job::{ControlNetSpec, ImageFormat, JobSpec, LoraRef, OutputSpec, Priority};
+pub use job::{ControlNetSpec, ImageFormat, JobSpec, LoraRef, LoraSource, OutputSpec, Priority};
 pub use parse::{ParseError, parse_job};
 pub use prediction::PredictionType;
 pub use request_record::{ControlNetRecord, RequestRecord};

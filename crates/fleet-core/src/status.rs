@@ -359,7 +359,7 @@ mod tests {
     fn the_record_keeps_the_request() {
         let mut spec = JobSpec::new("a red bicycle");
         spec.negative_prompt = Some("blur".into());
-        spec.loras = vec![crate::LoraRef { name: "style".into(), scale: 0.5 }];
+        spec.loras = vec![crate::LoraRef::library("style", 0.5)];
         spec.seed = Some(9);
         let job = spec.validate(&Limits::default()).unwrap().assign("t", Uuid::now_v7);
         let request = JobStatus::queued(&job, Utc::now()).unwrap().request.unwrap();

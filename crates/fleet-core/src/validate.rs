@@ -170,6 +170,56 @@ pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageS
     Ok(ControlImageSource::Inline { bytes, kind })
 }
 
+/// Where a LoRA URL points ([`parse_lora_url`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoraUrl {
+    /// An `https://` (or, where workers allow it, `http://`) URL, fetched through the guarded
+    /// HTTP client.
+    Http(String),
+    /// An object of an S3 bucket, read through the workers' S3 client.
+    S3 { bucket: String, key: String },
+}
+
+/// Longest LoRA URL, in bytes.
+pub const MAX_LORA_URL_LEN: usize = 2048;
+
+/// A LoRA's `url`: `https://host/…` (plain `http://` passes here; workers refuse it unless their
+/// configuration allows it) or `s3://bucket/key`. Which hosts and buckets are allowed is the
+/// workers' configuration, checked when they fetch.
+pub fn parse_lora_url(url: &str) -> Result<LoraUrl, String> {
+    if url.len() > MAX_LORA_URL_LEN {
+        return Err(format!("must be at most {MAX_LORA_URL_LEN} characters"));
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain spaces or control characters".to_owned());
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or("an S3 URI needs a key: s3://bucket/key")?;
+        if bucket.is_empty() || key.is_empty() {
+            return Err("an S3 URI needs a bucket and a key: s3://bucket/key".to_owned());
+        }
+        return Ok(LoraUrl::S3 { bucket: bucket.to_owned(), key: key.to_owned() });
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        let host = url.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
+        if host.is_empty() || host.starts_with('/') {
+            return Err("a URL needs a host: https://host/path".to_owned());
+        }
+        return Ok(LoraUrl::Http(url.to_owned()));
+    }
+    Err("must be an https:// URL or an s3://bucket/key URI".to_owned())
+}
+
+/// Why `digest` is not a SHA-256 in hex, or `Ok`.
+pub fn check_sha256(digest: &str) -> Result<(), String> {
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err("must be a SHA-256 digest: 64 hex digits".to_owned())
+    }
+}
+
 /// The bytes of an inline image (bare base64 or a `data:image/png|jpeg;base64,` URI), refused
 /// unread when its text is longer than `max_bytes` could encode.
 pub fn decode_inline_image(image: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
@@ -280,10 +330,33 @@ impl JobSpec {
         }
         c.check(self.loras.len() <= limits.max_loras, "loras", format!("at most {} LoRAs per job", limits.max_loras));
         for (i, lora) in self.loras.iter().enumerate() {
-            c.result(format!("loras[{i}].name"), check_library_name(&lora.name));
+            match (&lora.name, &lora.url) {
+                (Some(name), None) => {
+                    c.result(format!("loras[{i}].name"), check_library_name(name));
+                    c.check(
+                        lora.sha256.is_none(),
+                        format!("loras[{i}].sha256"),
+                        "only a LoRA given by `url` takes a sha256",
+                    );
+                }
+                (None, Some(url)) => {
+                    c.result(format!("loras[{i}].url"), parse_lora_url(url).map(drop));
+                    match &lora.sha256 {
+                        Some(digest) => c.result(format!("loras[{i}].sha256"), check_sha256(digest)),
+                        None => c.check(false, format!("loras[{i}].sha256"), "is required with `url`"),
+                    }
+                }
+                (Some(_), Some(_)) => c.check(false, format!("loras[{i}]"), "give `name` or `url`, not both"),
+                (None, None) => c.check(false, format!("loras[{i}]"), "needs `name` (library) or `url` with `sha256`"),
+            }
             c.check(in_range(lora.scale, -4.0, 4.0), format!("loras[{i}].scale"), "must be between -4 and 4");
-            let first = self.loras.iter().position(|other| other.name == lora.name);
-            c.check(first == Some(i), format!("loras[{i}].name"), format!("duplicate LoRA `{}`", lora.name));
+            if lora.source().is_some() {
+                let identity = lora.identity();
+                let first =
+                    self.loras.iter().position(|other| other.source().is_some() && other.identity() == identity);
+                let field = if lora.name.is_some() { "name" } else { "sha256" };
+                c.check(first == Some(i), format!("loras[{i}].{field}"), format!("duplicate LoRA `{}`", lora.label()));
+            }
         }
         if let Some(cn) = &self.controlnet {
             c.result("controlnet.model", check_library_name(&cn.model));
@@ -306,7 +379,12 @@ impl JobSpec {
             format!("is {metadata_len} bytes serialised; at most {} allowed", limits.max_metadata_bytes),
         );
         if c.0.is_empty() {
-            Ok(ValidJob { id_given: self.id.is_some(), seed_given: self.seed.is_some(), spec: self })
+            let mut spec = self;
+            // One spelling of a digest, so the cache file and batching identity never depend on case.
+            for digest in spec.loras.iter_mut().filter_map(|l| l.sha256.as_mut()) {
+                digest.make_ascii_lowercase();
+            }
+            Ok(ValidJob { id_given: spec.id.is_some(), seed_given: spec.seed.is_some(), spec })
         } else {
             Err(ValidationErrors(c.0))
         }
@@ -332,11 +410,8 @@ mod tests {
         let mut spec = JobSpec::new(" ");
         spec.steps = 3;
         spec.width = 1000 + 1;
-        spec.loras = vec![
-            LoraRef { name: "ok".into(), scale: 1.0 },
-            LoraRef { name: "../etc/passwd".into(), scale: 1.0 },
-            LoraRef { name: "style".into(), scale: 9.0 },
-        ];
+        spec.loras =
+            vec![LoraRef::library("ok", 1.0), LoraRef::library("../etc/passwd", 1.0), LoraRef::library("style", 9.0)];
         let errors = spec.validate(&Limits::default()).unwrap_err();
         let text = errors.to_string();
         assert!(text.contains("prompt: must not be empty"), "{text}");
@@ -363,8 +438,47 @@ mod tests {
     #[test]
     fn duplicate_loras_are_rejected() {
         let mut spec = JobSpec::new("x");
-        spec.loras = vec![LoraRef { name: "a".into(), scale: 1.0 }, LoraRef { name: "a".into(), scale: 0.5 }];
+        spec.loras = vec![LoraRef::library("a", 1.0), LoraRef::library("a", 0.5)];
         assert_eq!(fields(spec), ["loras[1].name"]);
+    }
+
+    #[test]
+    fn url_loras_need_a_digest_and_no_name() {
+        let digest = "AB".repeat(32);
+        let mut spec = JobSpec::new("x");
+        spec.loras = vec![
+            LoraRef::from_url("https://cdn.example.com/style.safetensors", &digest, 1.0),
+            LoraRef::from_url("s3://loras/ink.safetensors", "12".repeat(32), 0.5),
+        ];
+        let valid = spec.clone().validate(&Limits::default()).unwrap();
+        assert_eq!(valid.spec().loras[0].sha256.as_deref(), Some("ab".repeat(32).as_str()), "digests are lowercased");
+        assert_eq!(valid.spec().loras[0].identity(), format!("sha256:{}", "ab".repeat(32)));
+
+        spec.loras = vec![
+            LoraRef { sha256: None, ..LoraRef::from_url("https://cdn.example.com/a.safetensors", "", 1.0) },
+            LoraRef::from_url("https://cdn.example.com/b.safetensors", "xyz", 1.0),
+            LoraRef { name: Some("style".into()), ..LoraRef::from_url("https://cdn.example.com/c", &digest, 1.0) },
+            LoraRef { name: None, url: None, sha256: None, scale: 1.0 },
+            LoraRef::from_url("ftp://cdn.example.com/d.safetensors", "cd".repeat(32), 1.0),
+            LoraRef::from_url("s3://bucket-only", "ef".repeat(32), 1.0),
+            LoraRef { sha256: Some(digest.clone()), ..LoraRef::library("named", 1.0) },
+            LoraRef::from_url("https://cdn.example.com/same.safetensors", &digest, 1.0),
+            LoraRef::from_url("https://mirror.example.org/same.safetensors", "ab".repeat(32), 1.0),
+        ];
+        let errors = spec.validate(&Limits { max_loras: 16, ..Limits::default() }).unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("loras[0].sha256: is required with `url`"), "{text}");
+        assert!(text.contains("loras[1].sha256: must be a SHA-256 digest: 64 hex digits"), "{text}");
+        assert!(text.contains("loras[2]: give `name` or `url`, not both"), "{text}");
+        assert!(text.contains("loras[3]: needs `name` (library) or `url` with `sha256`"), "{text}");
+        assert!(text.contains("loras[4].url: must be an https:// URL or an s3://bucket/key URI"), "{text}");
+        assert!(text.contains("loras[5].url: an S3 URI needs a key"), "{text}");
+        assert!(text.contains("loras[6].sha256: only a LoRA given by `url` takes a sha256"), "{text}");
+        assert!(
+            text.contains("loras[8].sha256: duplicate LoRA `https://mirror.example.org/same.safetensors`"),
+            "{text}"
+        );
+        assert_eq!(errors.0.len(), 8, "one error per bad entry: {text}");
     }
 
     fn tiny_png() -> Vec<u8> {

@@ -11,7 +11,7 @@ mod config;
 mod hostile;
 
 fn arb_lora() -> impl Strategy<Value = LoraRef> {
-    ("[a-z][a-z0-9_-]{0,12}", -6.0f32..6.0).prop_map(|(name, scale)| LoraRef { name, scale })
+    ("[a-z][a-z0-9_-]{0,12}", -6.0f32..6.0).prop_map(|(name, scale)| LoraRef::library(name, scale))
 }
 
 fn arb_job() -> impl Strategy<Value = JobSpec> {
@@ -143,7 +143,7 @@ fn every_type_round_trips_through_serde() {
     job.idempotency_key = Some("batch-7/row-3".into());
     job.negative_prompt = Some("blurry".into());
     job.seed = Some(u64::MAX - 20);
-    job.loras = vec![LoraRef { name: "pixel-art".into(), scale: -0.5 }];
+    job.loras = vec![LoraRef::library("pixel-art", -0.5)];
     job.controlnet = Some(ControlNetSpec {
         model: "canny".into(),
         image: "s3://controls/edges.png".into(),

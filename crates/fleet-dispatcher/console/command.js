@@ -35,7 +35,8 @@ export function fleetCommand(status) {
   args.push("--num-images", status.progress.images_total);
   if (about.negative_prompt) args.push("--negative-prompt", about.negative_prompt);
   if (about.guidance) args.push("--guidance", about.guidance);
-  for (const lora of about.loras || []) args.push("--lora", `${lora.name}:${lora.scale}`);
+  // `fleet submit --lora` takes library names only; a LoRA given by URL has no flag.
+  for (const lora of about.loras || []) if (lora.name) args.push("--lora", `${lora.name}:${lora.scale}`);
   if (status.priority !== "interactive") args.push("--priority", status.priority);
   if (about.format) args.push("--format", about.format);
   const line = args.map(quote).join(" ");

@@ -54,7 +54,7 @@ function renderParams(status) {
   param(list, "Size", first ? `${first.width}×${first.height}` : about.width && `${about.width}×${about.height}`);
   param(list, "Seeds", (status.result || []).map((r) => r.seed).join(", ") || about.seed);
   param(list, "Guidance", about.guidance);
-  param(list, "LoRAs", (about.loras || []).map((l) => `${l.name} × ${l.scale}`).join(", "));
+  param(list, "LoRAs", (about.loras || []).map((l) => `${l.name ?? l.url} × ${l.scale}`).join(", "));
   if (about.controlnet) param(list, "ControlNet", controlText(about.controlnet));
   param(list, "Format", about.format);
   param(list, "Priority", status.priority);

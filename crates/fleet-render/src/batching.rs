@@ -34,8 +34,9 @@ pub struct BatchKey {
     pub width: u32,
     pub height: u32,
     pub steps: u32,
-    /// In job order, scales as bits: the fused weights must be identical (fusing order changes
-    /// their rounding, so `[a, b]` and `[b, a]` are different pipelines).
+    /// Identities (library names, digests of LoRAs given by URL) in job order, scales as bits:
+    /// the fused weights must be identical (fusing order changes their rounding, so `[a, b]` and
+    /// `[b, a]` are different pipelines).
     loras: Vec<(String, u32)>,
     controlnet: Option<String>,
 }
@@ -47,7 +48,7 @@ impl BatchKey {
             width: spec.width,
             height: spec.height,
             steps: spec.steps,
-            loras: spec.loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect(),
+            loras: spec.loras.iter().map(|l| (l.identity(), l.scale.to_bits())).collect(),
             controlnet: spec.controlnet.as_ref().map(|c| c.model.clone()),
         }
     }
@@ -186,7 +187,7 @@ mod tests {
     #[test]
     fn lora_sets_must_match_in_scale_and_fusing_order() {
         let mut a = job(64, 1, Priority::Bulk);
-        a.loras = vec![LoraRef { name: "x".into(), scale: 0.5 }, LoraRef { name: "y".into(), scale: 1.0 }];
+        a.loras = vec![LoraRef::library("x", 0.5), LoraRef::library("y", 1.0)];
         let mut b = a.clone();
         assert_eq!(BatchKey::of(&a), BatchKey::of(&b));
         b.loras.reverse();
@@ -194,6 +195,21 @@ mod tests {
         b.loras.reverse();
         b.loras[0].scale = 0.9;
         assert_ne!(BatchKey::of(&a), BatchKey::of(&b));
+    }
+
+    #[test]
+    fn url_loras_batch_by_digest() {
+        let (d1, d2) = ("1".repeat(64), "2".repeat(64));
+        let mut a = job(64, 1, Priority::Bulk);
+        a.loras = vec![LoraRef::from_url("https://a.example.com/style.safetensors", &d1, 1.0)];
+        let mut b = a.clone();
+        b.loras[0].url = Some("s3://mirror/style.safetensors".into());
+        assert_eq!(BatchKey::of(&a), BatchKey::of(&b), "the same file from another place: the same weights");
+        b.loras[0].sha256 = Some(d2);
+        assert_ne!(BatchKey::of(&a), BatchKey::of(&b), "another digest: other weights");
+        let mut c = a.clone();
+        c.loras = vec![LoraRef::library("style", 1.0)];
+        assert_ne!(BatchKey::of(&a), BatchKey::of(&c), "a library LoRA is not a fetched one");
     }
 
     #[test]

@@ -32,12 +32,13 @@ pub fn encode_job_image(
     encode_image(image, spec.output.format, &encode_options(spec, worker), Some(&params))
 }
 
-/// The job's LoRAs and ControlNet as an image records them: library names, the control image's
-/// reference and, for an inline image, its SHA-256 (the status record's own description of it;
-/// hashing decodes the inline image again for each image, a few milliseconds per megabyte).
+/// The job's LoRAs and ControlNet as an image records them: library names (the URL of a LoRA
+/// given by URL), the control image's reference and, for an inline image, its SHA-256 (the
+/// status record's own description of it; hashing decodes the inline image again for each
+/// image, a few milliseconds per megabyte).
 pub fn provenance(spec: &JobSpec) -> Provenance {
     Provenance {
-        loras: spec.loras.iter().map(|l| LoraUsed { name: l.name.clone(), scale: f64::from(l.scale) }).collect(),
+        loras: spec.loras.iter().map(|l| LoraUsed { name: l.label().to_owned(), scale: f64::from(l.scale) }).collect(),
         controlnet: spec.controlnet.as_ref().map(ControlNetRecord::of).map(|cn| ControlNetUsed {
             model: cn.model,
             image: cn.image,

@@ -2,22 +2,28 @@
 //! fused in built on demand and kept in a small LRU cache, ControlNets loaded on first use.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_core::{ErrorCode, FleetConfig, JobError, LoraRef};
+use fleet_core::{ErrorCode, FleetConfig, JobError, LoraRef, LoraSource};
 use fleet_engine::candle_core::{DType, Device};
 use fleet_engine::lora::{LoraSpec, is_library_name, resolve_library_lora};
 use fleet_engine::{ControlNetModel, LoadOptions, ModelSource, Pipeline, PredictionType};
 
-/// A LoRA set as a cache key: names with the exact bits of their scales, in job order (fusing
-/// order changes float rounding, so `[a, b]` and `[b, a]` are different pipelines).
+/// A LoRA set as a cache key: identities ([`LoraRef::identity`]: library names, or the digests of
+/// fetched files) with the exact bits of their scales, in job order (fusing order changes float
+/// rounding, so `[a, b]` and `[b, a]` are different pipelines).
 pub type LoraKey = Vec<(String, u32)>;
 
 /// The fused-pipeline cache's key of a model with a LoRA set.
 fn fused_key(model: &str, loras: &[LoraRef]) -> (String, LoraKey) {
-    (model.to_owned(), loras.iter().map(|l| (l.name.clone(), l.scale.to_bits())).collect())
+    (model.to_owned(), loras.iter().map(|l| (l.identity(), l.scale.to_bits())).collect())
+}
+
+/// Where the worker's LoRA cache keeps the file with SHA-256 `sha256` (lowercase hex).
+pub fn cached_lora_file(cache_dir: &Path, sha256: &str) -> PathBuf {
+    cache_dir.join(format!("{sha256}.safetensors"))
 }
 
 /// Loaded pipelines by the model name jobs use.
@@ -28,6 +34,8 @@ pub struct Models {
     fused: Mutex<LruCache<(String, LoraKey), Arc<Pipeline>>>,
     controlnets: Mutex<BTreeMap<String, Arc<ControlNetModel>>>,
     lora_dir: PathBuf,
+    /// The worker's cache of LoRAs fetched by URL ([`cached_lora_file`]).
+    lora_cache_dir: PathBuf,
     controlnet_dir: PathBuf,
     device: Device,
     dtype: DType,
@@ -51,6 +59,9 @@ pub enum ModelError {
     Engine { name: String, source: Box<fleet_engine::EngineError> },
     #[error("LoRA `{0}` is not in this worker's library")]
     UnknownLora(String),
+    /// A LoRA given by URL whose file the worker has not fetched into its cache.
+    #[error("LoRA `{0}` is not in this worker's LoRA cache (it is fetched before fusing)")]
+    NotFetched(String),
     #[error("ControlNet `{0}` is not in this worker's library")]
     UnknownControlNet(String),
 }
@@ -60,6 +71,7 @@ impl ModelError {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             ModelError::UnknownLora(_) => ErrorCode::UnknownLora,
+            ModelError::NotFetched(_) => ErrorCode::Internal,
             ModelError::UnknownControlNet(_) => ErrorCode::UnknownControlnet,
             ModelError::NotConfigured(_) => ErrorCode::ModelUnavailable,
             ModelError::Engine { source, .. } => match source.as_ref() {
@@ -173,6 +185,7 @@ impl Models {
             fused: Mutex::new(LruCache::new(config.library.lora_cache_pipelines)),
             controlnets: Mutex::new(BTreeMap::new()),
             lora_dir: config.library.lora_dir.clone(),
+            lora_cache_dir: config.worker.lora_fetch.cache_dir.clone(),
             controlnet_dir: config.library.controlnet_dir.clone(),
             device,
             dtype,
@@ -198,6 +211,19 @@ impl Models {
         // never `resolve_lora`: a job's name must not reach a file outside the library (one in the
         // worker's working directory, say)
         resolve_library_lora(name, Some(&self.lora_dir)).map_err(|_| ModelError::UnknownLora(name.to_owned()))
+    }
+
+    /// The file of a job's LoRA: from the library, or for a LoRA given by URL the cache's file
+    /// of its digest, which the caller fetched (and keeps from eviction) before fusing.
+    pub fn lora_source_file(&self, lora: &LoraRef) -> Result<PathBuf, ModelError> {
+        match lora.source() {
+            Some(LoraSource::Library(name)) => self.lora_file(name),
+            Some(LoraSource::Url { url, sha256 }) => {
+                let path = cached_lora_file(&self.lora_cache_dir, sha256);
+                if path.is_file() { Ok(path) } else { Err(ModelError::NotFetched(url.to_owned())) }
+            }
+            None => Err(ModelError::UnknownLora(lora.label().to_owned())),
+        }
     }
 
     /// Whether a LoRA name can be served, without touching the network (a Lightning LoRA not in
@@ -241,7 +267,7 @@ impl Models {
         let (source, opts) = self.sources.get(model).ok_or_else(|| ModelError::NotConfigured(model.to_owned()))?;
         let specs = loras
             .iter()
-            .map(|l| Ok(LoraSpec { path: self.lora_file(&l.name)?, scale: f64::from(l.scale) }))
+            .map(|l| Ok(LoraSpec { path: self.lora_source_file(l)?, scale: f64::from(l.scale) }))
             .collect::<Result<Vec<_>, ModelError>>()?;
         let opts = LoadOptions { loras: specs, ..opts.clone() };
         let started = Instant::now();
@@ -303,11 +329,35 @@ mod tests {
         config
     }
 
+    /// A LoRA given by URL fuses from the cache's file of its digest, and its fused pipeline is
+    /// keyed by the digest, not the URL.
+    #[test]
+    fn url_loras_fuse_from_the_cache_file_of_their_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = setup(dir.path());
+        config.worker.lora_fetch.cache_dir = dir.path().join("cache");
+        std::fs::create_dir_all(&config.worker.lora_fetch.cache_dir).unwrap();
+        let models = Models::load(&config, &["tiny".to_string()]).unwrap();
+        let digest = "ab".repeat(32);
+        let lora = |url: &str| vec![LoraRef::from_url(url, &digest, 0.5)];
+        let e = models.with_loras("tiny", &lora("https://a.example.com/style.safetensors")).unwrap_err();
+        assert!(matches!(e, ModelError::NotFetched(_)), "{e}");
+        let cached = cached_lora_file(&config.worker.lora_fetch.cache_dir, &digest);
+        std::fs::copy(dir.path().join("style.safetensors"), &cached).unwrap();
+        let (a, o) = models.with_loras("tiny", &lora("https://a.example.com/style.safetensors")).unwrap();
+        assert!(matches!(o, CacheOutcome::Miss { .. }));
+        let (b, o) = models.with_loras("tiny", &lora("s3://mirror/style.safetensors")).unwrap();
+        assert_eq!(o, CacheOutcome::Hit, "the same digest from another URL is the same pipeline");
+        assert!(Arc::ptr_eq(&a, &b));
+        let (library, _) = models.with_loras("tiny", &[LoraRef::library("style", 0.5)]).unwrap();
+        assert!(!Arc::ptr_eq(&a, &library), "a library LoRA is keyed by its name");
+    }
+
     #[test]
     fn fused_pipelines_are_cached_by_model_and_lora_set() {
         let dir = tempfile::tempdir().unwrap();
         let models = Models::load(&setup(dir.path()), &["tiny".to_string()]).unwrap();
-        let style = |scale: f32| vec![LoraRef { name: "style".into(), scale }];
+        let style = |scale: f32| vec![LoraRef::library("style", scale)];
         let (base, o) = models.with_loras("tiny", &[]).unwrap();
         assert_eq!(o, CacheOutcome::Base);
         let (a, o) = models.with_loras("tiny", &style(0.5)).unwrap();
@@ -330,7 +380,7 @@ mod tests {
         for bad in ["absent", "../style", "/etc/passwd", "Cargo.toml"] {
             assert!(!models.has_lora(bad));
             assert!(matches!(models.lora_file(bad), Err(ModelError::UnknownLora(_))), "{bad}");
-            let e = models.with_loras("tiny", &[LoraRef { name: bad.into(), scale: 1.0 }]).unwrap_err();
+            let e = models.with_loras("tiny", &[LoraRef::library(bad, 1.0)]).unwrap_err();
             assert!(matches!(e, ModelError::UnknownLora(_)), "{bad}: {e}");
         }
         assert!(matches!(models.controlnet("canny").unwrap_err(), ModelError::UnknownControlNet(_)));

@@ -7,6 +7,7 @@
 //! - [`republish`]: clean hand-backs that the broker does not count, dead letters with a reason;
 //! - [`engine_thread`]: the one thread generations run on;
 //! - [`noop`]: the engine mode (real, or the overhead benchmark's no-op);
+//! - [`lora_fetch`]: LoRAs jobs give by URL, fetched into a disk cache and checked by digest;
 //! - [`runner`]: running one batch end to end;
 //! - [`result_set`]: an execution's images under its own keys, the record's compare-and-set picking the one set;
 //! - [`heartbeat`]: liveness and counters in Redis;
@@ -18,6 +19,7 @@ pub mod engine_thread;
 pub mod finishing;
 pub mod heartbeat;
 pub mod intake;
+pub mod lora_fetch;
 pub mod metrics;
 pub mod noop;
 pub mod recover;

@@ -18,6 +18,7 @@ use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
 use crate::intake::{Pending, Refused, receive};
+use crate::lora_fetch::LoraFetcher;
 use crate::noop::{EngineMode, NOOP_DEVICE};
 use crate::republish::Original;
 use crate::runner::{RunContext, Stats, run_batch};
@@ -54,6 +55,8 @@ pub enum WorkerError {
     Join(String),
     #[error("cannot start the engine thread: {0}")]
     EngineThread(std::io::Error),
+    #[error("LoRA fetching (worker.lora_fetch): {0}")]
+    LoraFetch(#[from] crate::lora_fetch::FetchError),
     #[error("cannot serve worker metrics on {addr} (worker.metrics_listen; empty turns it off): {source}")]
     MetricsBind { addr: String, source: std::io::Error },
 }
@@ -119,6 +122,7 @@ impl Worker {
         let topology = Topology::new(&config.rabbitmq, config.models.keys().map(String::as_str));
         let broker = Arc::new(Broker::connect_any(config.rabbitmq.broker_urls(), topology).await?);
         let metrics = crate::metrics::bind(&config.worker.metrics_listen).await?;
+        let lora_fetcher = Arc::new(LoraFetcher::new(&config.worker.lora_fetch, &config.s3).await?);
         let names = options.models.clone();
         let load_cfg = config.clone();
         let load_started = Instant::now();
@@ -154,6 +158,7 @@ impl Worker {
             engine,
             finishing: Finishing::default(),
             engine_thread: Arc::new(EngineThread::spawn().map_err(WorkerError::EngineThread)?),
+            lora_fetcher,
         });
         Ok(Worker { ctx, broker, liveness, policy, metrics })
     }

@@ -53,7 +53,8 @@ fn request_lines(job: &Value) -> Vec<String> {
             r.output.format.extension()
         ));
         for lora in &r.loras {
-            lines.push(format!("  lora: {} × {}", lora.name, lora.scale));
+            let digest = lora.sha256.as_deref().map(|d| format!(" (sha256 {d})")).unwrap_or_default();
+            lines.push(format!("  lora: {}{digest} × {}", lora.label(), lora.scale));
         }
         if let Some(cn) = &r.controlnet {
             let hash = cn.image_sha256.as_deref().map(|h| format!(" (sha256 {h})")).unwrap_or_default();

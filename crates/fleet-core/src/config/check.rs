@@ -126,6 +126,33 @@ impl FleetConfig {
                 self.worker.metrics_listen
             ),
         );
+        let fetch = &self.worker.lora_fetch;
+        need(!fetch.cache_dir.as_os_str().is_empty(), "worker.lora_fetch.cache_dir: must not be empty".into());
+        need(fetch.max_file_bytes >= 1, "worker.lora_fetch.max_file_bytes: must be at least 1".into());
+        need(
+            fetch.cache_max_bytes >= fetch.max_file_bytes,
+            "worker.lora_fetch.cache_max_bytes: must be at least worker.lora_fetch.max_file_bytes".into(),
+        );
+        need(fetch.timeout_secs >= 1, "worker.lora_fetch.timeout_secs: must be at least 1".into());
+        for (i, host) in fetch.allowed_hosts.iter().enumerate() {
+            need(
+                (!host.trim().is_empty() && !host.contains(['/', ':', '@', ' ']))
+                    || host.parse::<std::net::IpAddr>().is_ok(),
+                format!("worker.lora_fetch.allowed_hosts[{i}] `{host}`: must be a host name, *.domain or IP address"),
+            );
+        }
+        for (i, bucket) in fetch.allowed_buckets.iter().enumerate() {
+            need(
+                !bucket.is_empty() && !bucket.contains(['/', ' ']),
+                format!("worker.lora_fetch.allowed_buckets[{i}] `{bucket}`: must be a bucket name"),
+            );
+        }
+        for (i, network) in fetch.allowed_private.iter().enumerate() {
+            need(
+                is_network(network),
+                format!("worker.lora_fetch.allowed_private[{i}] `{network}`: must be a CIDR or IP address"),
+            );
+        }
         problems
     }
 
@@ -174,6 +201,17 @@ fn is_device(name: &str) -> bool {
         Some(rest) => rest.strip_prefix(':').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
         None => matches!(name, "cpu" | "metal"),
     }
+}
+
+/// `ADDR` or `ADDR/PREFIX` with the prefix within the address's width.
+fn is_network(entry: &str) -> bool {
+    let (addr, prefix) = match entry.trim().split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (entry.trim(), None),
+    };
+    let Ok(addr) = addr.parse::<std::net::IpAddr>() else { return false };
+    let width = if addr.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= width))
 }
 
 fn has_scheme(url: &str, schemes: &[&str]) -> bool {

@@ -220,6 +220,54 @@ pub struct WorkerConfig {
     pub metrics_listen: String,
     /// Deflate effort for PNG results.
     pub png_compression: PngCompression,
+    /// LoRAs jobs give by URL: where they may come from and the disk cache they are kept in.
+    pub lora_fetch: LoraFetchConfig,
+}
+
+/// How a worker fetches LoRAs that jobs give by `url` (`[worker.lora_fetch]`). Files are kept in
+/// a content-addressed disk cache, `<cache_dir>/<sha256>.safetensors`, bounded in bytes, the
+/// least recently used evicted first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraFetchConfig {
+    /// Directory of the cache (created at start).
+    pub cache_dir: PathBuf,
+    /// Most bytes the cached files may take together; a file larger than this is refused.
+    pub cache_max_bytes: u64,
+    /// Largest LoRA file, in bytes (declared or streamed).
+    pub max_file_bytes: u64,
+    /// Seconds one download may take, connection included.
+    pub timeout_secs: u64,
+    /// Hosts an `https://` URL may name: exact names, `*.example.com` for subdomains, or IP
+    /// literals; empty: none (URL LoRAs over HTTP are refused).
+    #[serde(deserialize_with = "one_or_many")]
+    pub allowed_hosts: Vec<String>,
+    /// Buckets an `s3://` URL may name, read with the worker's S3 client; empty: none.
+    #[serde(deserialize_with = "one_or_many")]
+    pub allowed_buckets: Vec<String>,
+    /// Plain `http://` URLs allowed besides `https://` (tests, trusted networks).
+    pub allow_http: bool,
+    /// Non-public addresses (loopback, private, link-local, …) allowed anyway, as CIDRs or IPs.
+    #[serde(deserialize_with = "one_or_many")]
+    pub allowed_private: Vec<String>,
+    /// Redirects followed, each hop checked like the first URL (0: none).
+    pub max_redirects: usize,
+}
+
+impl Default for LoraFetchConfig {
+    fn default() -> Self {
+        LoraFetchConfig {
+            cache_dir: PathBuf::from("models/lora-cache"),
+            cache_max_bytes: 10 * 1024 * 1024 * 1024,
+            max_file_bytes: 2 * 1024 * 1024 * 1024,
+            timeout_secs: 300,
+            allowed_hosts: Vec::new(),
+            allowed_buckets: Vec::new(),
+            allow_http: false,
+            allowed_private: Vec::new(),
+            max_redirects: 0,
+        }
+    }
 }
 
 /// How hard PNG's deflate works (`worker.png_compression`, `fleet generate --png-compression`).
@@ -408,6 +456,7 @@ impl Default for WorkerConfig {
             drain_timeout_secs: 120,
             metrics_listen: "127.0.0.1:9464".into(),
             png_compression: PngCompression::Fast,
+            lora_fetch: LoraFetchConfig::default(),
         }
     }
 }

@@ -81,6 +81,43 @@ fn config_errors_name_the_key() {
 }
 
 #[test]
+fn lora_fetch_keys_layer_and_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, "[worker.lora_fetch]\ncache_dir = \"/var/cache/loras\"\ntimeout_secs = 60\n").unwrap();
+    let sources = ConfigSources {
+        file: Some(file.clone()),
+        env: env(&[
+            ("FLEET__WORKER__LORA_FETCH__ALLOWED_HOSTS", "cdn.example.com, *.hf.co"),
+            ("FLEET__WORKER__LORA_FETCH__TIMEOUT_SECS", "90"),
+        ]),
+        overrides: vec!["worker.lora_fetch.allowed_private=10.1.0.0/16,127.0.0.1".into()],
+    };
+    let cfg = FleetConfig::load(&sources).unwrap();
+    let fetch = &cfg.worker.lora_fetch;
+    assert_eq!(fetch.cache_dir, std::path::Path::new("/var/cache/loras"));
+    assert_eq!(fetch.timeout_secs, 90, "env beats file");
+    assert_eq!(fetch.allowed_hosts, ["cdn.example.com", "*.hf.co"]);
+    assert_eq!(fetch.allowed_private, ["10.1.0.0/16", "127.0.0.1"]);
+    assert!(!fetch.allow_http && fetch.max_redirects == 0 && fetch.allowed_buckets.is_empty(), "defaults: {fetch:?}");
+
+    let bad = ConfigSources {
+        file: Some(file),
+        overrides: vec![
+            "worker.lora_fetch.allowed_private=10.0.0.0/33".into(),
+            "worker.lora_fetch.max_file_bytes=100".into(),
+            "worker.lora_fetch.cache_max_bytes=10".into(),
+            "worker.lora_fetch.allowed_hosts=https://cdn.example.com/".into(),
+        ],
+        ..ConfigSources::default()
+    };
+    let message = FleetConfig::load(&bad).unwrap_err().to_string();
+    for key in ["allowed_private[0] `10.0.0.0/33`", "cache_max_bytes", "allowed_hosts[0]"] {
+        assert!(message.contains(&format!("worker.lora_fetch.{key}")), "{key}: {message}");
+    }
+}
+
+#[test]
 fn example_config_file_loads_and_masks_secrets() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fleet.example.toml");
     let cfg = FleetConfig::from_file(&path).unwrap();

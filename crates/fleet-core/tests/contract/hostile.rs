@@ -49,7 +49,7 @@ fn library_names_that_are_paths_or_urls_are_refused() {
     for name in bad {
         let mut spec = JobSpec::new("x");
         spec.model = name.to_owned();
-        spec.loras = vec![fleet_core::LoraRef { name: name.to_owned(), scale: 1.0 }];
+        spec.loras = vec![fleet_core::LoraRef::library(name, 1.0)];
         spec.controlnet = Some(fleet_core::ControlNetSpec {
             model: name.to_owned(),
             image: b64(&fixture("control-16x16.png")),

@@ -47,7 +47,15 @@ pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<U
             .provenance
             .loras
             .iter()
-            .map(|l| LoraRef { name: l.name.clone(), scale: l.scale as f32 })
+            .map(|l| {
+                // An image records a LoRA given by URL by its URL, without the digest.
+                let scale = l.scale as f32;
+                if l.name.contains("://") {
+                    LoraRef { name: None, url: Some(l.name.clone()), sha256: None, scale }
+                } else {
+                    LoraRef::library(l.name.clone(), scale)
+                }
+            })
             .collect(),
         controlnet: params.provenance.controlnet.as_ref().map(|cn| ControlNetRecord {
             model: cn.model.clone(),

@@ -34,6 +34,7 @@ use fleet_storage::ImageStore;
 use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::intake::Pending;
+use crate::lora_fetch::LoraFetcher;
 use crate::metrics::{BATCH_BUCKETS, Histogram, SECONDS_BUCKETS};
 use crate::noop::EngineMode;
 
@@ -66,6 +67,8 @@ pub struct RunContext {
     pub finishing: Finishing,
     /// Where generations run (one thread keeps the engine's per-thread GPU state).
     pub engine_thread: Arc<EngineThread>,
+    /// LoRAs jobs give by URL, and their disk cache.
+    pub lora_fetcher: Arc<LoraFetcher>,
 }
 
 /// Counters reported in heartbeats.

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use fleet_core::validate::ControlImageSource;
-use fleet_core::{ErrorCode, JobError};
+use fleet_core::{ErrorCode, JobError, LoraSource};
 use fleet_engine::{GenerateRequest, Pipeline};
 use fleet_render::{ModelError, Models, job_request};
 
 use super::{RunContext, retry};
+use crate::lora_fetch::{Pinned, masked_url};
 
 /// Reasons a job cannot run on this worker at all, before any compute.
 pub(super) fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option<JobError> {
@@ -18,9 +19,12 @@ pub(super) fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option
             format!("this worker does not serve model `{}`", spec.model),
         ));
     }
+    // LoRAs given by URL are fetched in [`prepare`]; only library names are known now.
     for lora in &spec.loras {
-        if !models.has_lora(&lora.name) {
-            return Some(JobError::new(ErrorCode::UnknownLora, ModelError::UnknownLora(lora.name.clone()).to_string()));
+        if let Some(LoraSource::Library(name)) = lora.source()
+            && !models.has_lora(name)
+        {
+            return Some(JobError::new(ErrorCode::UnknownLora, ModelError::UnknownLora(name.to_owned()).to_string()));
         }
     }
     if let Some(cn) = &spec.controlnet
@@ -32,8 +36,9 @@ pub(super) fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option
 }
 
 /// The pipeline (with the job's LoRA set fused in, from the cache or built now) and the
-/// request with its ControlNet; building or decoding happens off the async runtime. `Err` is the
-/// job's own fault.
+/// request with its ControlNet; building or decoding happens off the async runtime. LoRAs given
+/// by URL are fetched first (unless their fused pipeline is cached) and stay pinned in the LoRA
+/// cache until the fuse has read them. `Err` is the job's own fault.
 pub(super) async fn prepare(
     ctx: &RunContext,
     spec: &fleet_core::JobSpec,
@@ -50,13 +55,34 @@ pub(super) async fn prepare(
         Some(cn) => Some(control_image_bytes(ctx, &spec.model, &cn.image).await?),
         None => None,
     };
+    let pinned = fetch_url_loras(ctx, spec).await?;
     let models = ctx.models.clone();
     let spec = spec.clone();
-    let built = tokio::task::spawn_blocking(move || fleet_render::prepare(&models, &spec, control_bytes.as_deref()));
+    let built = tokio::task::spawn_blocking(move || {
+        let prepared = fleet_render::prepare(&models, &spec, control_bytes.as_deref());
+        drop(pinned);
+        prepared
+    });
     match built.await {
         Ok(r) => r,
         Err(e) => Err(JobError::new(ErrorCode::Internal, format!("pipeline thread: {e}"))),
     }
+}
+
+/// The job's LoRAs given by URL, in the LoRA cache and pinned there (fetched now if not cached).
+async fn fetch_url_loras(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result<Vec<Pinned>, JobError> {
+    let mut pinned = Vec::new();
+    for lora in &spec.loras {
+        let Some(LoraSource::Url { url, sha256 }) = lora.source() else { continue };
+        match ctx.lora_fetcher.fetch(url, sha256).await {
+            Ok((file, outcome)) => {
+                tracing::debug!(url = %masked_url(url), sha256, ?outcome, "LoRA from URL");
+                pinned.push(file);
+            }
+            Err(e) => return Err(e.job_error(url)),
+        }
+    }
+    Ok(pinned)
 }
 
 /// The bytes of a job's control image: inline (already checked at intake) or an object of this
