@@ -13,6 +13,14 @@ outputs into tests/fixtures/reference.safetensors + reference.json.
     /work/.venv-ref/bin/python tools/make_reference.py [OUT_DIR]
     /work/.venv-ref/bin/python tools/make_reference.py --extras-only   # LoRA + ControlNet fixtures only
                                                        # (needs peft too)
+    /work/.venv-ref/bin/python tools/make_reference.py --img2img-only  # image-to-image + inpainting
+                                                       # fixtures (tests/fixtures/img2img; reuses the
+                                                       # committed tiny model, LoRA and ControlNet)
+
+The image-to-image fixtures were made with diffusers 0.42.1, torch 2.15.0, transformers 5.25.0 and
+peft 0.21.2 (recorded in img2img/reference.json). diffusers samples the VAE posterior by default;
+these runs take its mean (the engine's choice), and draw the unit noise from the fixture, not
+from a torch generator.
 
 The vocabulary: vocab.json/merges.txt are taken from a local folder given by $CLIP_TOKENIZER_DIR,
 else derived from open_clip's `bpe_simple_vocab_16e6.txt.gz` (the original OpenAI CLIP BPE
@@ -546,7 +554,160 @@ def extras():
     print(f"wrote {EXTRA} ({total / 1e6:.2f} MB)")
 
 
+I2I = OUT / "img2img"
+
+
+def init_png(w, h, seed):
+    """A deterministic init image: a colour gradient with a few filled shapes."""
+    from PIL import Image, ImageDraw
+
+    g = torch.Generator().manual_seed(seed)
+    x = np.linspace(0, 1, w)[None, :, None]
+    y = np.linspace(0, 1, h)[:, None, None]
+    base = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                           np.broadcast_to(1 - x * y[..., :1], (h, w, 1))], axis=2)
+    img = Image.fromarray((base * 255).round().astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = int(torch.randint(0, w - 16, (1,), generator=g)), int(torch.randint(0, h - 16, (1,), generator=g))
+        col = tuple(int(v) for v in torch.randint(0, 256, (3,), generator=g))
+        d.rectangle([x0, y0, x0 + 12, y0 + 10], fill=col)
+    d.ellipse([w // 3, h // 3, 2 * w // 3, 2 * h // 3], fill=(250, 240, 30))
+    return img
+
+
+def mask_pngs(w, h):
+    """A rectangle, and an irregular mask: a polygon and a circle in greys on both sides of the
+    0.5 threshold (the light ones repaint, the dark ones keep) in an RGB file."""
+    from PIL import Image, ImageDraw
+
+    rect = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(rect).rectangle([16, 8, 47, 39], fill=255)
+    irr = Image.new("RGB", (w, h), (0, 0, 0))
+    d = ImageDraw.Draw(irr)
+    d.polygon([(3, 5), (40, 2), (60, 30), (33, 25), (20, 60), (2, 40)], fill=(200, 180, 220))
+    d.ellipse([38, 36, 62, 60], fill=(255, 255, 255))
+    d.rectangle([4, 44, 14, 58], fill=(100, 110, 120))  # dark grey: keep
+    return rect, irr
+
+
+class FixedNoise:
+    """diffusers' pipelines draw their noise with `randn_tensor`; the fixture's unit noise
+    stands in for it, and the VAE posterior gives its mean instead of a sample."""
+
+    def __init__(self):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+        import diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl_img2img as m_cn
+        import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as m_i2i
+        import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint as m_inp
+
+        DiagonalGaussianDistribution.sample = lambda self, generator=None: self.mean
+        self.noise = None
+        for m in (m_cn, m_i2i, m_inp):
+            m.randn_tensor = self.draw
+
+    def draw(self, shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == tuple(self.noise.shape), (shape, self.noise.shape)
+        return self.noise.clone().to(dtype=dtype or torch.float32)
+
+
+def img2img():
+    """Image-to-image and inpainting fixtures into tests/fixtures/img2img."""
+    from PIL import Image
+    from diffusers import (ControlNetModel, StableDiffusionXLControlNetImg2ImgPipeline,
+                           StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)
+
+    I2I.mkdir(exist_ok=True)
+    gen = torch.Generator().manual_seed(20240601)
+    fixed = FixedNoise()
+    ref, meta = {}, {"cases": {}}
+    init = init_png(64, 64, 11)
+    init.save(I2I / "init_a.png")
+    init_c = init_png(72, 48, 12)
+    init_c.save(I2I / "init_c.png")
+    rect, irr = mask_pngs(64, 64)
+    rect.save(I2I / "mask_rect.png")
+    irr.save(I2I / "mask_irregular.png")
+    files = {"init_a.png": init, "init_c.png": init_c, "mask_rect.png": rect, "mask_irregular.png": irr}
+
+    base = load_tiny()
+    comps = {k: v for k, v in base.components.items() if k in ("vae", "text_encoder", "text_encoder_2", "tokenizer",
+                                                                "tokenizer_2", "unet", "scheduler")}
+
+    def make(cls, components, **extra):
+        p = cls(**components, **extra, force_zeros_for_empty_prompt=True, add_watermarker=False)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    # The encoder alone: the posterior mean of init_a, scaled.
+    with torch.no_grad():
+        x = torch.from_numpy(np.asarray(init, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+        ref["encode.init_a"] = base.vae.encode(x).latent_dist.mean * base.vae.config.scaling_factor
+
+    def run(name, pipe, c, **extra):
+        b = len(c["prompt"])
+        lat = torch.randn((b, 4, c["height"] // 8, c["width"] // 8), generator=gen)
+        fixed.noise = lat
+        kw = dict(prompt=c["prompt"], negative_prompt=c.get("negative_prompt"), num_inference_steps=c["steps"],
+                  guidance_scale=c["guidance"], strength=c["strength"], image=files[c["init"]], output_type="np")
+        if "mask" in c:
+            kw.update(mask_image=files[c["mask"]], width=c["width"], height=c["height"])
+        with torch.no_grad():
+            out = pipe(**kw, **extra)
+        ref[f"case.{name}.latents"] = lat
+        ref[f"case.{name}.image"] = torch.from_numpy(np.ascontiguousarray(out.images)).permute(0, 3, 1, 2).float().contiguous()
+        meta["cases"][name] = c
+
+    i2i = make(StableDiffusionXLImg2ImgPipeline, comps)
+    cat = ["a photo of a cat"]
+    for strength in (0.6, 0.9):
+        for steps in (4, 8):
+            run(f"i2i_s{int(strength * 10)}_{steps}", i2i, dict(prompt=cat, steps=steps, guidance=0.0, width=64,
+                height=64, strength=strength, init="init_a.png"))
+    run("i2i_full", i2i, dict(prompt=cat, steps=2, guidance=0.0, width=64, height=64, strength=1.0, init="init_a.png"))
+    run("i2i_batch_cfg", i2i, dict(prompt=["a photo of a cat", "a red car on a road"], steps=4, guidance=3.0,
+                                   negative_prompt="blurry", width=64, height=64, strength=0.75, init="init_a.png"))
+    run("i2i_non_square", i2i, dict(prompt=["a red car on a road"], steps=4, guidance=0.0, width=72, height=48,
+                                    strength=0.5, init="init_c.png"))
+
+    inp = make(StableDiffusionXLInpaintPipeline, comps)
+    run("inpaint_rect", inp, dict(prompt=cat, steps=4, guidance=0.0, width=64, height=64, strength=0.75,
+                                  init="init_a.png", mask="mask_rect.png"))
+    run("inpaint_irregular", inp, dict(prompt=cat, steps=8, guidance=0.0, width=64, height=64, strength=0.6,
+                                       init="init_a.png", mask="mask_irregular.png"))
+    run("inpaint_full_cfg", inp, dict(prompt=cat, steps=4, guidance=3.0, width=64, height=64, strength=1.0,
+                                      init="init_a.png", mask="mask_irregular.png"))
+
+    lora = load_tiny()
+    lora.load_lora_weights(str(EXTRA / "lora_kohya.safetensors"), adapter_name="kohya")
+    lora.fuse_lora(lora_scale=LORA_SCALES["kohya"])
+    lcomps = {k: v for k, v in lora.components.items() if k in comps}
+    run("i2i_lora", make(StableDiffusionXLImg2ImgPipeline, lcomps),
+        dict(prompt=cat, steps=4, guidance=0.0, width=64, height=64, strength=0.6, init="init_a.png",
+             lora="lora_kohya.safetensors", lora_scale=LORA_SCALES["kohya"]))
+
+    cn = ControlNetModel.from_pretrained(EXTRA / "tiny-controlnet", torch_dtype=torch.float32).eval()
+    control = Image.open(EXTRA / "control_a.png").convert("RGB")
+    run("i2i_controlnet", make(StableDiffusionXLControlNetImg2ImgPipeline, comps, controlnet=cn),
+        dict(prompt=cat, steps=4, guidance=0.0, width=64, height=64, strength=0.9, init="init_a.png",
+             control="control_a.png", scale=0.7, start=0.0, end=0.7),
+        control_image=control, controlnet_conditioning_scale=0.7, control_guidance_start=0.0,
+        control_guidance_end=0.7)
+
+    save_file({k: v.contiguous() for k, v in ref.items()}, I2I / "reference.safetensors")
+    import diffusers, peft, transformers
+
+    meta["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                        "transformers": transformers.__version__, "peft": peft.__version__}
+    (I2I / "reference.json").write_text(json.dumps(meta, indent=1))
+    total = sum(f.stat().st_size for f in I2I.rglob("*") if f.is_file())
+    print(f"wrote {I2I} ({total / 1e6:.2f} MB)")
+
+
 if __name__ == "__main__":
+    if "--img2img-only" in sys.argv:
+        img2img()
+        sys.exit(0)
     if "--sdxl-layout-only" not in sys.argv and "--extras-only" not in sys.argv:
         main()
     if "--sdxl-layout-only" not in sys.argv:

@@ -177,6 +177,16 @@ pub struct GenerateArgs {
     /// `canny:LOW:HIGH` sets them).
     #[arg(long, value_name = "none|canny", default_value = "none")]
     pub control_preprocess: String,
+    /// Image-to-image: the picture to start from (PNG/JPEG/WebP), resized to the output size
+    /// (Lanczos3) and encoded with the VAE (its posterior mean).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["jobs", "from_image"])]
+    pub init_image: Option<PathBuf>,
+    /// How much of the init image is repainted, 0 < F ≤ 1: the last ⌊steps × F⌋ steps run.
+    #[arg(long, value_name = "F", default_value_t = 0.6, requires = "init_image")]
+    pub strength: f64,
+    /// Inpainting: white repaints, black keeps; resized to the output size and cut at half grey.
+    #[arg(long, value_name = "FILE", requires = "init_image")]
+    pub mask_image: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +248,16 @@ pub struct SubmitArgs {
     /// Control image: a PNG/JPEG/WebP file (sent inline) or `s3://bucket/key` in an allowed bucket.
     #[arg(long, value_name = "FILE|s3://BUCKET/KEY", requires = "controlnet")]
     pub control_image: Option<String>,
+    /// Image-to-image: the picture to start from, a PNG/JPEG file (sent inline) or `s3://bucket/key`
+    /// in an allowed bucket.
+    #[arg(long, value_name = "FILE|s3://BUCKET/KEY")]
+    pub init_image: Option<String>,
+    /// How much of the init image is repainted, 0 < F ≤ 1 (default 0.6); at least 1/steps.
+    #[arg(long, value_name = "F", requires = "init_image")]
+    pub strength: Option<f32>,
+    /// Inpainting: white repaints, black keeps; a file (sent inline) or `s3://bucket/key`.
+    #[arg(long, value_name = "FILE|s3://BUCKET/KEY", requires = "init_image")]
+    pub mask_image: Option<String>,
     /// ControlNet conditioning scale, 0–2 (default 1).
     #[arg(long, value_name = "F", requires = "controlnet")]
     pub control_scale: Option<f32>,

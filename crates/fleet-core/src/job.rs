@@ -70,6 +70,19 @@ pub struct JobSpec {
     /// Optional ControlNet conditioning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controlnet: Option<ControlNetSpec>,
+    /// Image-to-image: the picture to start from, resized to `width` × `height` and encoded with the
+    /// VAE (the same sources and limits as `controlnet.image`: `s3://bucket/key` in an allowed bucket,
+    /// or inline base64 PNG/JPEG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
+    /// How much of `init_image` is repainted, 0 < strength ≤ 1 (default 0.6; only with
+    /// `init_image`): the last ⌊steps × strength⌋ steps run, so it must be at least 1/steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f32>,
+    /// Inpainting (with `init_image`): white repaints, black keeps; resized to the output size and
+    /// cut at half grey. The same sources and limits as `init_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_image: Option<String>,
     /// Encoding of the result images.
     #[serde(default)]
     pub output: OutputSpec,
@@ -273,12 +286,32 @@ impl JobSpec {
             num_images: default_num_images(),
             loras: Vec::new(),
             controlnet: None,
+            init_image: None,
+            strength: None,
+            mask_image: None,
             output: OutputSpec::default(),
             priority: Priority::default(),
             tenant: None,
             metadata: serde_json::Map::new(),
         }
     }
+}
+
+/// The strength of an image-to-image job that sets none.
+pub const DEFAULT_STRENGTH: f32 = 0.6;
+
+impl JobSpec {
+    /// The strength this job runs with: its own, else [`DEFAULT_STRENGTH`] (`None` without an
+    /// init image).
+    pub fn effective_strength(&self) -> Option<f32> {
+        self.init_image.as_ref().map(|_| self.strength.unwrap_or(DEFAULT_STRENGTH))
+    }
+}
+
+/// Steps of a `steps`-step schedule that `strength` keeps: diffusers'
+/// `min(int(steps × strength), steps)`.
+pub fn kept_steps(steps: u32, strength: f32) -> u32 {
+    ((f64::from(steps) * f64::from(strength)) as u32).min(steps)
 }
 
 fn spec_version() -> u32 {

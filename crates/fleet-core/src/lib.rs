@@ -35,6 +35,6 @@ pub use error_code::ErrorCode;
 pub use job::{ControlNetSpec, ImageFormat, JobSpec, LoraRef, LoraSource, OutputSpec, Priority};
 pub use parse::{ParseError, parse_job};
 pub use prediction::PredictionType;
-pub use request_record::{ControlNetRecord, RequestRecord};
+pub use request_record::{ControlNetRecord, ImageRecord, RequestRecord};
 pub use status::{ImageResult, JobError, JobState, JobStatus, Progress};
 pub use validate::{FieldError, Limits, ValidJob, ValidationErrors};

@@ -3,8 +3,8 @@
 //!
 //! The record is written once, when the record is created (the dispatcher's accept, or a worker's
 //! intake of a job published straight onto the queue). Its size is bounded by validation (prompts
-//! of at most `max_prompt_chars`, at most `max_loras` LoRAs); a control image is kept by
-//! reference only: its S3 URI, or for an inline image the SHA-256 and length of its bytes.
+//! of at most `max_prompt_chars`, at most `max_loras` LoRAs); control, init and mask images are
+//! kept by reference only: the S3 URI, or for an inline image the SHA-256 and length of its bytes.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::job::{ControlNetSpec, JobSpec, LoraRef, OutputSpec};
 
-/// What `controlnet.image` holds in a record when the job sent the image inline.
+/// What an image field (`controlnet.image`, `init_image`, `mask_image`) holds in a record when
+/// the job sent the image inline.
 pub const INLINE_IMAGE: &str = "inline";
 
 /// Hex SHA-256 of `bytes`: how records and image metadata name a control image.
@@ -38,7 +39,50 @@ pub struct RequestRecord {
     pub loras: Vec<LoraRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controlnet: Option<ControlNetRecord>,
+    /// Image-to-image: the init image by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<ImageRecord>,
+    /// The strength the job runs with (its own or the default), with `init_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f32>,
+    /// Inpainting: the mask by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_image: Option<ImageRecord>,
     pub output: OutputSpec,
+}
+
+/// An input image of a job (init image, mask) by reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageRecord {
+    /// `s3://bucket/key`, or `inline` for an image sent in the job (its bytes are not kept).
+    pub image: String,
+    /// Hex SHA-256 of an inline image's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// Length of an inline image's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
+}
+
+impl ImageRecord {
+    /// The record of an image field (an inline image is decoded to be hashed).
+    pub fn of(image: &str) -> ImageRecord {
+        let (image, image_sha256, image_bytes) = image_reference(image);
+        ImageRecord { image, image_sha256, image_bytes }
+    }
+}
+
+/// An image field as records keep it: the S3 URI, or `inline` with the hash and length of its
+/// bytes.
+fn image_reference(image: &str) -> (String, Option<String>, Option<u64>) {
+    if image.starts_with("s3://") {
+        return (image.to_owned(), None, None);
+    }
+    // Validated already: the text decodes. Should it not, the record says only "inline".
+    match crate::validate::decode_inline_image(image, usize::MAX) {
+        Ok(bytes) => (INLINE_IMAGE.to_owned(), Some(sha256_hex(&bytes)), Some(bytes.len() as u64)),
+        Err(_) => (INLINE_IMAGE.to_owned(), None, None),
+    }
 }
 
 /// A job's ControlNet settings, with its control image by reference.
@@ -74,6 +118,9 @@ impl RequestRecord {
             num_images: spec.num_images,
             loras: spec.loras.clone(),
             controlnet: spec.controlnet.as_ref().map(ControlNetRecord::of),
+            init_image: spec.init_image.as_deref().map(ImageRecord::of),
+            strength: spec.effective_strength(),
+            mask_image: spec.mask_image.as_deref().map(ImageRecord::of),
             output: spec.output.clone(),
         }
     }
@@ -82,15 +129,7 @@ impl RequestRecord {
 impl ControlNetRecord {
     /// The record of a job's ControlNet settings (an inline image is decoded to be hashed).
     pub fn of(cn: &ControlNetSpec) -> ControlNetRecord {
-        let (image, image_sha256, image_bytes) = if cn.image.starts_with("s3://") {
-            (cn.image.clone(), None, None)
-        } else {
-            // Validated already: the text decodes. Should it not, the record says only "inline".
-            match crate::validate::decode_inline_image(&cn.image, usize::MAX) {
-                Ok(bytes) => (INLINE_IMAGE.to_owned(), Some(sha256_hex(&bytes)), Some(bytes.len() as u64)),
-                Err(_) => (INLINE_IMAGE.to_owned(), None, None),
-            }
-        };
+        let (image, image_sha256, image_bytes) = image_reference(&cn.image);
         ControlNetRecord {
             model: cn.model.clone(),
             image,

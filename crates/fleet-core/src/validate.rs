@@ -366,6 +366,32 @@ impl JobSpec {
             c.check(in_range(cn.end, 0.0, 1.0), "controlnet.end", "must be between 0 and 1");
             c.check(cn.start < cn.end, "controlnet.end", "must be greater than controlnet.start");
         }
+        if let Some(init) = &self.init_image {
+            c.result("init_image", parse_control_image(init, limits).map(drop));
+        }
+        if let Some(mask) = &self.mask_image {
+            c.check(self.init_image.is_some(), "mask_image", "needs init_image (the picture to inpaint)");
+            c.result("mask_image", parse_control_image(mask, limits).map(drop));
+        }
+        if let Some(strength) = self.strength {
+            c.check(self.init_image.is_some(), "strength", "only applies with init_image");
+            c.check(strength > 0.0 && strength <= 1.0, "strength", "must be greater than 0 and at most 1");
+        }
+        if let Some(strength) = self.effective_strength()
+            && strength > 0.0
+            && ALLOWED_STEPS.contains(&self.steps)
+        {
+            let steps = self.steps;
+            c.check(
+                crate::job::kept_steps(steps, strength) >= 1,
+                "strength",
+                format!(
+                    "{strength} keeps no step of {steps} (the last ⌊steps × strength⌋ steps run): \
+                     must be at least {} for {steps} steps",
+                    1.0 / f64::from(steps)
+                ),
+            );
+        }
         if let Some(quality) = self.output.quality {
             c.check((1..=100).contains(&quality), "output.quality", "must be between 1 and 100");
         }
@@ -517,6 +543,31 @@ mod tests {
             end: 0.2,
         });
         assert_eq!(fields(spec), ["controlnet.image", "controlnet.end"]);
+    }
+
+    #[test]
+    fn init_image_strength_and_mask_rules() {
+        let png = base64::engine::general_purpose::STANDARD.encode(tiny_png());
+        let mut spec = JobSpec::new("x");
+        spec.init_image = Some(png.clone());
+        spec.mask_image = Some(png.clone());
+        assert!(spec.clone().validate(&Limits::default()).is_ok(), "default strength 0.6 keeps 2 of 4 steps");
+        assert_eq!(spec.effective_strength(), Some(crate::job::DEFAULT_STRENGTH));
+        // 0.2 × 4 steps keeps none: the message names the minimum for 4 steps.
+        let errors = JobSpec { strength: Some(0.2), ..spec.clone() }.validate(&Limits::default()).unwrap_err();
+        assert_eq!(errors.0[0].field, "strength");
+        assert!(errors.0[0].message.contains("at least 0.25 for 4 steps"), "{}", errors.0[0].message);
+        assert!(JobSpec { strength: Some(0.25), ..spec.clone() }.validate(&Limits::default()).is_ok());
+        assert!(JobSpec { strength: Some(0.125), steps: 8, ..spec.clone() }.validate(&Limits::default()).is_ok());
+        for bad in [0.0, -1.0, 1.5, f32::NAN] {
+            assert_eq!(fields(JobSpec { strength: Some(bad), ..spec.clone() }), ["strength"], "strength {bad}");
+        }
+        // Strength and mask need an init image; the images follow controlnet.image's rules.
+        let alone = JobSpec { init_image: None, strength: Some(0.5), ..spec.clone() };
+        assert_eq!(fields(alone), ["mask_image", "strength"]);
+        let elsewhere =
+            JobSpec { init_image: Some("s3://nowhere/x.png".into()), mask_image: Some("hello".into()), ..spec };
+        assert_eq!(fields(elsewhere), ["init_image", "mask_image"]);
     }
 
     #[test]

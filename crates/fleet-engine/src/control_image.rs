@@ -57,8 +57,14 @@ const MAX_DECODE_ALLOC: u64 = fleet_core::control_image::MAX_CONTROL_IMAGE_PIXEL
 /// that size is allocated, so a small file declaring a huge image (a decompression bomb) is an
 /// error, not an out-of-memory kill of the worker.
 pub fn decode_control_image(bytes: &[u8]) -> Result<RgbImage> {
+    decode_image(bytes, "control image")
+}
+
+/// [`decode_control_image`] for any input image (`what` names it in errors): the same formats
+/// and limits.
+pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage> {
     let unreadable = |e: &dyn std::fmt::Display| {
-        EngineError::InvalidRequest(format!("control image is not a readable PNG/JPEG/WebP image: {e}"))
+        EngineError::InvalidRequest(format!("{what} is not a readable PNG/JPEG/WebP image: {e}"))
     };
     let mut reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;

@@ -31,6 +31,7 @@ mod fast_math;
 pub mod files;
 #[cfg(feature = "cuda")]
 mod group_norm_cuda;
+pub mod init_image;
 pub mod linear;
 #[cfg(feature = "cuda")]
 mod linear_cuda;
@@ -50,6 +51,7 @@ pub mod unet;
 mod util;
 pub mod vae;
 pub mod vae_decoder;
+pub mod vae_encoder;
 
 pub use control_image::{ControlPreprocess, control_image_tensor};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
@@ -59,8 +61,8 @@ pub use files::ModelFiles;
 pub use lora::{LoraFile, LoraSpec, resolve_library_lora, resolve_lora};
 pub use metadata::{ControlNetUsed, GenerationParams, LoraUsed, Provenance, read_generation_params};
 pub use pipeline::{
-    ControlInput, GenerateOutput, GenerateRequest, LoadOptions, ModelSource, Pipeline, Progress, PromptEmbeds,
-    RandomPreset, TensorOutput, Timings, default_dtype, parse_device, read_latents,
+    ControlInput, GenerateOutput, GenerateRequest, InitInput, LoadOptions, ModelSource, Pipeline, Progress,
+    PromptEmbeds, RandomPreset, TensorOutput, Timings, default_dtype, min_strength, parse_device, read_latents,
 };
 pub use scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 pub use util::OneOrMany;

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::error::{CandleContext, EngineError, Result};
 use crate::vae_decoder::VaeDecoder;
+use crate::vae_encoder::VaeEncoder;
 
 /// The fields of diffusers' `AutoencoderKL` config this engine reads.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -94,6 +95,8 @@ impl VaeConfig {
 #[derive(Debug)]
 pub struct Vae {
     model: VaeDecoder,
+    /// Built when the weights hold `encoder.*` (every diffusers VAE does); image-to-image needs it.
+    encoder: Option<VaeEncoder>,
     pub config: VaeConfig,
     pub dtype: DType,
 }
@@ -114,7 +117,22 @@ impl Vae {
             });
         }
         let dtype = vb.dtype();
-        // Only the decoder is built: the engine never encodes images (its weights stay unread).
+        let encoder = if vb.contains_tensor("encoder.conv_in.weight") {
+            Some(
+                VaeEncoder::new(
+                    vb.clone(),
+                    &cfg.block_out_channels,
+                    cfg.layers_per_block,
+                    cfg.in_channels,
+                    cfg.latent_channels,
+                    g,
+                    cfg.use_quant_conv,
+                )
+                .weights("vae encoder")?,
+            )
+        } else {
+            None
+        };
         let model = VaeDecoder::new(
             vb,
             &cfg.block_out_channels,
@@ -125,7 +143,41 @@ impl Vae {
             cfg.use_post_quant_conv,
         )
         .weights("vae")?;
-        Ok(Self { model, config: cfg.clone(), dtype })
+        Ok(Self { model, encoder, config: cfg.clone(), dtype })
+    }
+
+    /// Encode images [B, 3, H, W] in [0, 1] (f32) into scaled latents [B, C, H/f, W/f] f32, as
+    /// diffusers' image-to-image pipelines do: `2x − 1`, the encoder, the posterior mean (where
+    /// diffusers samples it by default; the mean makes a job's pixels depend on its inputs alone),
+    /// then `(z − shift) · scaling_factor`.
+    pub fn encode(&self, images: &Tensor) -> Result<Tensor> {
+        let Some(encoder) = &self.encoder else {
+            return Err(EngineError::Unsupported {
+                component: "vae".into(),
+                message: "the VAE weights hold no encoder (encoder.*), which image-to-image needs".into(),
+            });
+        };
+        let dims = images.dims();
+        if dims.len() != 4 || dims[1] != self.config.in_channels {
+            return Err(EngineError::Shape {
+                name: "vae images".into(),
+                expected: format!("[B, {}, H, W]", self.config.in_channels),
+                got: format!("{dims:?}"),
+            });
+        }
+        let run = || -> candle_core::Result<Tensor> {
+            let x = ((images.to_dtype(DType::F32)? * 2.0)? - 1.0)?.to_dtype(self.dtype)?;
+            let mut outs = Vec::with_capacity(x.dim(0)?);
+            for i in 0..x.dim(0)? {
+                outs.push(encoder.encode_mean(&x.narrow(0, i, 1)?)?.to_dtype(DType::F32)?);
+            }
+            let mut z = Tensor::cat(&outs, 0)?;
+            if let Some(s) = self.config.shift_factor {
+                z = (z - s)?;
+            }
+            z * self.config.scaling_factor
+        };
+        run().ctx("vae encode")
     }
 
     /// Decode scaled latents [B, C, h, w] (as the sampler produces them) into images in

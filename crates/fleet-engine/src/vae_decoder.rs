@@ -13,10 +13,10 @@ use crate::conv::Conv2d;
 use crate::norm::GroupNorm;
 
 /// diffusers' VAE norms and resnets use eps 1e-6.
-const EPS: f64 = 1e-6;
+pub(crate) const EPS: f64 = 1e-6;
 
 #[derive(Debug)]
-struct Resnet {
+pub(crate) struct Resnet {
     norm1: GroupNorm,
     conv1: Conv2d,
     norm2: GroupNorm,
@@ -25,7 +25,7 @@ struct Resnet {
 }
 
 impl Resnet {
-    fn new(vb: VarBuilder, i: usize, o: usize, groups: usize) -> candle_core::Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, i: usize, o: usize, groups: usize) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), groups, i, EPS)?,
             conv1: Conv2d::new(vb.pp("conv1"), i, o, 3, 1)?,
@@ -49,7 +49,7 @@ impl Module for Resnet {
 
 /// diffusers' `Attention` as the VAE uses it: GroupNorm, one head over all positions, residual.
 #[derive(Debug)]
-struct MidAttention {
+pub(crate) struct MidAttention {
     group_norm: GroupNorm,
     to_q: Linear,
     to_k: Linear,
@@ -58,7 +58,7 @@ struct MidAttention {
 }
 
 impl MidAttention {
-    fn new(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<Self> {
         // Current diffusers names, or the pre-0.14 ones older VAE checkpoints still carry.
         let names = if vb.contains_tensor("to_q.weight") {
             ["to_q", "to_k", "to_v", "to_out.0"]

@@ -1,5 +1,5 @@
 //! Integration tests of fleet-engine: the tiny built-in model, bad input, and (module
-//! `parity`) agreement with diffusers on committed fixtures.
+//! `parity`, `extras`, `img2img`) agreement with diffusers on committed fixtures.
 
 #[path = "engine/batch.rs"]
 mod batch;
@@ -7,6 +7,8 @@ mod batch;
 mod extras;
 #[path = "engine/hostile.rs"]
 mod hostile;
+#[path = "engine/img2img.rs"]
+mod img2img;
 #[path = "engine/layout.rs"]
 mod layout;
 #[path = "engine/parity.rs"]

@@ -1,8 +1,9 @@
 //! Batching policy, as a pure function over the jobs waiting in the worker.
 //!
 //! Jobs are compatible when they run on the same weights and the same schedule: model, LoRA set
-//! (names, scales and fusing order), ControlNet model, size and steps. Prompts, negative prompts,
-//! seeds, image counts, guidance and control images may differ: the engine gives every job of a
+//! (names, scales and fusing order), ControlNet model, size, steps, mode (text-to-image,
+//! image-to-image or inpainting) and the steps the strength keeps. Prompts, negative prompts,
+//! seeds, image counts, guidance, strengths and control, init and mask images may differ: the engine gives every job of a
 //! shared forward pass the pixels it gets alone. A batch starts with the most urgent job
 //! (interactive before bulk, then oldest) and takes compatible jobs in the same order while its
 //! budget (images and images × pixels × steps) allows. A job that fits no batch now simply waits
@@ -39,6 +40,8 @@ pub struct BatchKey {
     /// `[b, a]` are different pipelines).
     loras: Vec<(String, u32)>,
     controlnet: Option<String>,
+    /// With an init image: whether it inpaints (has a mask), and the steps its strength keeps.
+    init: Option<(bool, u32)>,
 }
 
 impl BatchKey {
@@ -50,6 +53,9 @@ impl BatchKey {
             steps: spec.steps,
             loras: spec.loras.iter().map(|l| (l.identity(), l.scale.to_bits())).collect(),
             controlnet: spec.controlnet.as_ref().map(|c| c.model.clone()),
+            init: spec
+                .effective_strength()
+                .map(|s| (spec.mask_image.is_some(), fleet_core::job::kept_steps(spec.steps, s))),
         }
     }
 }
@@ -158,6 +164,28 @@ mod tests {
         ];
         let batch = next_batch(&w, &POLICY, t0 + Duration::from_secs(1), true).unwrap();
         assert_eq!(batch, vec![1, 3], "the 128-wide interactive job leads and takes the compatible bulk job");
+    }
+
+    #[test]
+    fn init_images_batch_only_with_the_same_mode_and_kept_steps() {
+        let plain = job(64, 1, Priority::Interactive);
+        let img2img = |strength: Option<f32>, mask: bool| {
+            let mut s = plain.clone();
+            s.init_image = Some("s3://inputs/a.png".into());
+            s.strength = strength;
+            s.mask_image = mask.then(|| "s3://inputs/m.png".into());
+            s
+        };
+        let key = |s: &JobSpec| BatchKey::of(s);
+        // 4 steps: the default 0.6 and 0.7 both keep 2 steps; 0.75 keeps 3.
+        assert_eq!(key(&img2img(None, false)), key(&img2img(Some(0.7), false)));
+        assert_ne!(key(&img2img(None, false)), key(&img2img(Some(0.75), false)));
+        assert_ne!(key(&img2img(None, false)), key(&img2img(None, true)), "inpainting is another mode");
+        assert_ne!(key(&img2img(None, false)), key(&plain), "text-to-image is another mode");
+        // Different images with the same settings share a pass.
+        let mut other = img2img(None, false);
+        other.init_image = Some("s3://inputs/b.png".into());
+        assert_eq!(key(&other), key(&img2img(None, false)));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use fleet_core::{ErrorCode, JobError, JobSpec};
-use fleet_engine::{ControlInput, ControlPreprocess, GenerateRequest, Pipeline, control_image_tensor};
+use fleet_engine::init_image::{init_image_tensor, mask_tensor};
+use fleet_engine::{ControlInput, ControlPreprocess, GenerateRequest, InitInput, Pipeline, control_image_tensor};
 
 use crate::models::Models;
 
@@ -21,7 +22,46 @@ pub fn job_request(spec: &JobSpec) -> GenerateRequest {
         prediction_type: None,
         latents: None,
         controls: Vec::new(),
+        init: None,
     }
+}
+
+/// The bytes of a job's input images, fetched by the caller (inline or from S3).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobImages<'a> {
+    /// `controlnet.image`.
+    pub control: Option<&'a [u8]>,
+    /// `init_image`.
+    pub init: Option<&'a [u8]>,
+    /// `mask_image`.
+    pub mask: Option<&'a [u8]>,
+}
+
+impl JobImages<'_> {
+    /// Whether the job has no input image to decode.
+    pub fn is_empty(&self) -> bool {
+        self.control.is_none() && self.init.is_none() && self.mask.is_none()
+    }
+}
+
+/// Adds the job's init image (with its strength) and mask, decoded and resized to the request's
+/// size. An undecodable image is the job's own fault (`invalid_spec`).
+pub fn attach_init(
+    spec: &JobSpec,
+    init_image: &[u8],
+    mask_image: Option<&[u8]>,
+    request: &mut GenerateRequest,
+) -> Result<(), JobError> {
+    let Some(strength) = spec.effective_strength() else { return Ok(()) };
+    let invalid =
+        |field: &str, e: fleet_engine::EngineError| JobError::new(ErrorCode::InvalidSpec, format!("{field}: {e}"));
+    let image = init_image_tensor(init_image, request.width, request.height).map_err(|e| invalid("init_image", e))?;
+    let mut init = InitInput::new(image, f64::from(strength));
+    if let Some(bytes) = mask_image {
+        init.mask = Some(mask_tensor(bytes, request.width, request.height).map_err(|e| invalid("mask_image", e))?);
+    }
+    request.init = Some(init);
+    Ok(())
 }
 
 /// Adds the job's ControlNet (by library name) with its control image, decoded and resized to the
@@ -50,17 +90,21 @@ pub fn attach_control(
 }
 
 /// The pipeline of the job's model with its LoRA set fused in (from the cache or built now) and
-/// the job's request, with its ControlNet when `control_image` is given. Blocking.
+/// the job's request, with its ControlNet, init image and mask where `images` holds them.
+/// Blocking.
 pub fn prepare(
     models: &Models,
     spec: &JobSpec,
-    control_image: Option<&[u8]>,
+    images: JobImages<'_>,
 ) -> Result<(Arc<Pipeline>, GenerateRequest), JobError> {
     let (pipeline, outcome) = models.with_loras(&spec.model, &spec.loras).map_err(JobError::from)?;
     tracing::debug!(model = %spec.model, ?outcome, "pipeline for the job's LoRA set");
     let mut request = job_request(spec);
-    if let Some(bytes) = control_image {
+    if let Some(bytes) = images.control {
         attach_control(models, spec, &pipeline, bytes, &mut request)?;
+    }
+    if let Some(bytes) = images.init {
+        attach_init(spec, bytes, images.mask, &mut request)?;
     }
     Ok((pipeline, request))
 }

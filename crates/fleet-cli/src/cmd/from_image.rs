@@ -73,6 +73,9 @@ pub fn command(cli: &Cli, args: &GenerateArgs, file: &Path) -> anyhow::Result<Ge
         control_start: cn.map_or(defaults.control_start, |c| c.start),
         control_end: cn.map_or(defaults.control_end, |c| c.end),
         control_preprocess: cn.map_or(defaults.control_preprocess, |c| c.preprocess),
+        init_image: None,
+        strength: defaults.strength,
+        mask_image: None,
     })
 }
 

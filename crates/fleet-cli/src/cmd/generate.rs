@@ -14,6 +14,7 @@ use fleet_engine::{
     LoadOptions, LoraSpec, LoraUsed, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Provenance,
     Result, Timings, control_image_tensor, default_dtype, parse_device, read_latents, resolve_lora, save_images,
 };
+use fleet_engine::{InitInput, init_image::init_image_tensor, init_image::mask_tensor};
 
 use crate::cli::{Cli, GenerateArgs};
 
@@ -67,6 +68,9 @@ fn command_from_flags(cli: &Cli, args: &GenerateArgs) -> anyhow::Result<Generate
         control_start: args.control_start,
         control_end: args.control_end,
         control_preprocess,
+        init_image: args.init_image.clone(),
+        strength: args.strength,
+        mask_image: args.mask_image.clone(),
     };
     Ok(command)
 }
@@ -135,6 +139,12 @@ pub struct GenerateCommand {
     pub control_start: f64,
     pub control_end: f64,
     pub control_preprocess: ControlPreprocess,
+    /// Image-to-image: the picture to start from (PNG/JPEG/WebP), resized to the output size.
+    pub init_image: Option<PathBuf>,
+    /// Fraction of the schedule that repaints the init image, 0 < strength ≤ 1.
+    pub strength: f64,
+    /// Inpainting: white repaints, black keeps (with `init_image`).
+    pub mask_image: Option<PathBuf>,
 }
 
 impl Default for GenerateCommand {
@@ -165,6 +175,9 @@ impl Default for GenerateCommand {
             control_start: 0.0,
             control_end: 1.0,
             control_preprocess: ControlPreprocess::None,
+            init_image: None,
+            strength: f64::from(fleet_core::job::DEFAULT_STRENGTH),
+            mask_image: None,
         }
     }
 }
@@ -204,6 +217,14 @@ impl GenerateCommand {
         request.guidance = self.guidance;
         request.prediction_type = self.prediction_type;
         request.latents = self.latents.as_deref().map(read_latents).transpose()?;
+        if let Some(path) = &self.init_image {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| EngineError::Io { path: p.clone(), source: e });
+            let image = init_image_tensor(&read(path)?, self.width, self.height)?;
+            let mut init = InitInput::new(image, self.strength);
+            init.mask =
+                self.mask_image.as_ref().map(|m| mask_tensor(&read(m)?, self.width, self.height)).transpose()?;
+            request.init = Some(init);
+        }
         Ok(request)
     }
 

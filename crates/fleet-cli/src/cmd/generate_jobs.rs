@@ -13,7 +13,7 @@ use fleet_core::validate::ControlImageSource;
 use fleet_core::{FleetConfig, JobSpec};
 use fleet_engine::{GenerateRequest, Pipeline};
 use fleet_render::batching::{BatchPolicy, Waiting, next_batch};
-use fleet_render::{Models, encode_job_image};
+use fleet_render::{JobImages, Models, encode_job_image};
 
 use super::validate::check_one;
 use crate::cli::{Cli, GenerateArgs};
@@ -116,8 +116,11 @@ type Pass = (Arc<Pipeline>, Vec<(FileJob, GenerateRequest)>);
 fn prepare_passes(models: &Models, config: &FleetConfig, batch: Vec<FileJob>) -> anyhow::Result<Vec<Pass>> {
     let mut passes: Vec<Pass> = Vec::new();
     for job in batch {
-        let control = control_image(&job, config)?;
-        let (pipeline, request) = fleet_render::prepare(models, &job.spec, control.as_deref())
+        let control = inline_image(&job, config, "controlnet.image", job.spec.controlnet.as_ref().map(|c| &c.image))?;
+        let init = inline_image(&job, config, "init_image", job.spec.init_image.as_ref())?;
+        let mask = inline_image(&job, config, "mask_image", job.spec.mask_image.as_ref())?;
+        let images = JobImages { control: control.as_deref(), init: init.as_deref(), mask: mask.as_deref() };
+        let (pipeline, request) = fleet_render::prepare(models, &job.spec, images)
             .map_err(|e| anyhow!("line {}: {}: {}", job.line, e.code, e.message))?;
         match passes.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &pipeline)) {
             Some((_, jobs)) => jobs.push((job, request)),
@@ -127,19 +130,24 @@ fn prepare_passes(models: &Models, config: &FleetConfig, batch: Vec<FileJob>) ->
     Ok(passes)
 }
 
-/// A job's inline control image (an `s3://` image lives in the fleet's bucket: run such jobs
-/// through the fleet).
-fn control_image(job: &FileJob, config: &FleetConfig) -> anyhow::Result<Option<Vec<u8>>> {
-    let Some(cn) = &job.spec.controlnet else { return Ok(None) };
-    match fleet_core::validate::parse_control_image(&cn.image, &config.limits_for(&job.spec.model)) {
+/// A job's inline input image (`field`: control, init or mask; an `s3://` image lives in the
+/// fleet's bucket: run such jobs through the fleet).
+fn inline_image(
+    job: &FileJob,
+    config: &FleetConfig,
+    field: &str,
+    image: Option<&String>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(image) = image else { return Ok(None) };
+    match fleet_core::validate::parse_control_image(image, &config.limits_for(&job.spec.model)) {
         Ok(ControlImageSource::Inline { bytes, .. }) => Ok(Some(bytes)),
         Ok(ControlImageSource::S3 { bucket, key }) => {
             bail!(
-                "line {}: controlnet.image s3://{bucket}/{key}: give the image inline, or submit the job to the fleet",
+                "line {}: {field} s3://{bucket}/{key}: give the image inline, or submit the job to the fleet",
                 job.line
             )
         }
-        Err(e) => bail!("line {}: controlnet.image: {e}", job.line),
+        Err(e) => bail!("line {}: {field}: {e}", job.line),
     }
 }
 

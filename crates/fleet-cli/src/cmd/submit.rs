@@ -40,16 +40,33 @@ pub fn generation_fields(g: &GenerationArgs) -> anyhow::Result<Map<String, Value
     Ok(m)
 }
 
+/// An image flag's value as a job field: an `s3://` URI as it is, a local file inline (base64).
+fn image_field(flag: &str, image: &str) -> anyhow::Result<String> {
+    if image.starts_with("s3://") {
+        return Ok(image.to_owned());
+    }
+    let bytes = std::fs::read(image).with_context(|| format!("{flag}: cannot read {image}"))?;
+    Ok(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+}
+
+/// The job's `init_image`, `strength` and `mask_image` from `--init-image` and its companions.
+fn init_fields(args: &SubmitArgs, fields: &mut Map<String, Value>) -> anyhow::Result<()> {
+    let Some(init) = &args.init_image else { return Ok(()) };
+    fields.insert("init_image".into(), Value::from(image_field("--init-image", init)?));
+    if let Some(strength) = args.strength {
+        fields.insert("strength".into(), Value::from(strength));
+    }
+    if let Some(mask) = &args.mask_image {
+        fields.insert("mask_image".into(), Value::from(image_field("--mask-image", mask)?));
+    }
+    Ok(())
+}
+
 /// The job's `controlnet` from `--controlnet` and its companions; a local control image goes inline (base64).
 fn control_fields(args: &SubmitArgs) -> anyhow::Result<Option<Value>> {
     let (Some(model), Some(image)) = (&args.controlnet, &args.control_image) else { return Ok(None) };
     check_library_name(model).map_err(|e| anyhow::anyhow!("--controlnet {model}: the name {e}"))?;
-    let image = if image.starts_with("s3://") {
-        image.clone()
-    } else {
-        let bytes = std::fs::read(image).with_context(|| format!("--control-image: cannot read {image}"))?;
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
-    };
+    let image = image_field("--control-image", image)?;
     let mut spec = Map::new();
     spec.insert("model".into(), Value::from(model.as_str()));
     spec.insert("image".into(), Value::from(image));
@@ -76,6 +93,7 @@ fn jobs_from(args: &SubmitArgs, default_model: &str) -> anyhow::Result<Vec<Value
     if let Some(controlnet) = control_fields(args)? {
         defaults.insert("controlnet".into(), controlnet);
     }
+    init_fields(args, &mut defaults)?;
     let mut jobs = Vec::new();
     if let Some(file) = &args.file {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -54,6 +54,13 @@ pub(super) fn check_batchable(reqs: &[GenerateRequest]) -> Result<()> {
         if !same_models {
             return differs("the set of ControlNet models");
         }
+        let mode = |q: &GenerateRequest| q.init.as_ref().map(|i| i.mask.is_some());
+        if mode(r) != mode(first) {
+            return differs("the mode (text-to-image, image-to-image or inpainting)");
+        }
+        if r.first_step() != first.first_step() {
+            return differs("the number of steps the strength keeps");
+        }
     }
     Ok(())
 }

@@ -105,7 +105,117 @@ impl Pipeline {
             }
             c.model.check_fits(&self.unet.config)?;
         }
+        if let Some(init) = &req.init {
+            if !(init.strength > 0.0 && init.strength <= 1.0) {
+                return bad(format!("strength must be in (0, 1], got {}", init.strength));
+            }
+            if init.first_step(req.steps) >= req.steps {
+                return bad(format!(
+                    "strength {} keeps no step of {} (diffusers runs the last ⌊steps × strength⌋ steps): \
+                     use strength >= {} for {} steps",
+                    init.strength,
+                    req.steps,
+                    super::request::min_strength_display(req.steps),
+                    req.steps
+                ));
+            }
+            let want = [1, 3, req.height, req.width];
+            if init.image.dims() != want {
+                return Err(EngineError::Shape {
+                    name: "init image".into(),
+                    expected: format!("{want:?} (the output size; see init_image_tensor)"),
+                    got: format!("{:?}", init.image.dims()),
+                });
+            }
+            if let Some(mask) = &init.mask {
+                let want = [1, 1, req.height, req.width];
+                if mask.dims() != want {
+                    return Err(EngineError::Shape {
+                        name: "mask image".into(),
+                        expected: format!("{want:?} (the output size; see mask_tensor)"),
+                        got: format!("{:?}", mask.dims()),
+                    });
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Each request's init image encoded once and repeated to its images, all requests
+    /// concatenated: [B, C, h, w] scaled latents (diffusers' `image_latents`).
+    fn init_latents(&self, reqs: &[GenerateRequest]) -> Result<Option<Tensor>> {
+        if reqs[0].init.is_none() {
+            return Ok(None);
+        }
+        let mut parts = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let Some(init) = &req.init else {
+                return Err(EngineError::InvalidRequest(
+                    "every request of an image-to-image batch needs an init image".into(),
+                ));
+            };
+            let image = init.image.to_device(&self.device).ctx("init image")?;
+            let z = self.on_pool(|| self.vae.encode(&image))?;
+            parts.push(z.repeat((req.batch_size(), 1, 1, 1)).ctx("init latents")?);
+        }
+        Tensor::cat(&parts, 0).map(Some).ctx("init latents")
+    }
+
+    /// Each inpainting request's mask at latent resolution, repeated to its images: [B, 1, h, w]
+    /// (diffusers' nearest `interpolate` of the binarised mask: pixel (f·i, f·j) for latent (i, j)).
+    fn latent_masks(&self, reqs: &[GenerateRequest]) -> Result<Option<Tensor>> {
+        if reqs[0].init.as_ref().and_then(|i| i.mask.as_ref()).is_none() {
+            return Ok(None);
+        }
+        let f = self.vae.config.scale_factor();
+        let mut parts = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let Some(mask) = req.init.as_ref().and_then(|i| i.mask.as_ref()) else {
+                return Err(EngineError::InvalidRequest("every request of an inpainting batch needs a mask".into()));
+            };
+            let (_, _, h, w) = mask.dims4().ctx("mask")?;
+            let px = mask.flatten_all().and_then(|m| m.to_vec1::<f32>()).ctx("mask")?;
+            let (lh, lw) = (h / f, w / f);
+            let mut data = Vec::with_capacity(lh * lw);
+            for i in 0..lh {
+                for j in 0..lw {
+                    data.push(px[i * f * w + j * f]);
+                }
+            }
+            let m = Tensor::from_vec(data, (1, 1, lh, lw), &self.device).ctx("latent mask")?;
+            parts.push(m.repeat((req.batch_size(), 1, 1, 1)).ctx("latent mask")?);
+        }
+        Tensor::cat(&parts, 0).map(Some).ctx("latent masks")
+    }
+
+    /// The latents the loop starts from. Text-to-image: noise × σ_max. Image-to-image:
+    /// `image_latents + noise · σ[t_start]` (diffusers' `scheduler.add_noise` at the first kept
+    /// timestep). Inpainting at strength 1 starts from pure noise × `init_noise_sigma`, as
+    /// diffusers' inpainting pipeline does (`is_strength_max`).
+    fn start_latents(
+        &self,
+        reqs: &[GenerateRequest],
+        rows: &BatchRows,
+        sched: &EulerDiscrete,
+        noise: &Tensor,
+        image_latents: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some(image_latents) = image_latents else {
+            return (noise * sched.init_noise_sigma()).ctx("init latents");
+        };
+        let mut parts = Vec::with_capacity(reqs.len());
+        for (req, &at) in reqs.iter().zip(&rows.offsets) {
+            let b = req.batch_size();
+            let n = noise.narrow(0, at, b).ctx("init latents")?;
+            let pure_noise = req.init.as_ref().is_some_and(|i| i.mask.is_some() && i.strength == 1.0);
+            parts.push(if pure_noise {
+                (n * sched.init_noise_sigma()).ctx("init latents")?
+            } else {
+                let z = image_latents.narrow(0, at, b).ctx("init latents")?;
+                (z + (n * sched.sigmas[req.first_step()]).ctx("init latents")?).ctx("init latents")?
+            });
+        }
+        Tensor::cat(&parts, 0).ctx("init latents")
     }
 
     /// Summed residuals of the ControlNets at step `i` of `n`, each row scaled by its job's scale
@@ -213,6 +323,12 @@ impl Pipeline {
         )?;
         let noise = reqs.iter().map(|r| self.initial_noise(r)).collect::<Result<Vec<_>>>()?;
         let noise = Tensor::cat(&noise, 0).ctx("initial noise")?;
+        let image_latents = {
+            let _encode = tracing::info_span!("vae_encode", requests = reqs.len()).entered();
+            self.init_latents(reqs)?
+        };
+        let masks = self.latent_masks(reqs)?;
+        let first_step = first.first_step();
 
         // Text encoding: the unconditional rows of the guided requests, then every request's rows.
         let text_span = tracing::info_span!("text_encode", requests = reqs.len(), cfg = rows.uncond > 0).entered();
@@ -249,27 +365,33 @@ impl Pipeline {
         text_span.exit();
 
         // Denoising.
-        let denoise_span = tracing::info_span!("denoise", steps = sched.timesteps.len()).entered();
+        let total = sched.timesteps.len() - first_step;
+        let denoise_span = tracing::info_span!("denoise", steps = total).entered();
         let t1 = Instant::now();
         let ub = rows.uncond + rows.images;
         let (h, w) = (first.height as f32, first.width as f32);
         let time_ids = Tensor::from_vec([h, w, 0.0, 0.0, h, w].repeat(ub), (ub, 6), &self.device).ctx("time ids")?;
         let added = AddedCond { text_embeds: pooled, time_ids };
-        let mut latents = (noise * sched.init_noise_sigma()).ctx("init latents")?;
+        let mut latents = self.start_latents(reqs, &rows, &sched, &noise, image_latents.as_ref())?;
         let controls = self.batch_controls(reqs, &rows, &rows.unet_input(&latents)?)?;
-        let total = sched.timesteps.len();
-        for (i, &t) in sched.timesteps.iter().enumerate() {
-            let _step = tracing::debug_span!("unet_step", step = i + 1, timestep = t).entered();
+        // The kept timesteps: `k` counts them (progress, ControlNet windows, as diffusers'
+        // img2img pipelines do), `i` indexes the full schedule (sigmas).
+        for (k, i) in (first_step..sched.timesteps.len()).enumerate() {
+            let t = sched.timesteps[i];
+            let _step = tracing::debug_span!("unet_step", step = k + 1, timestep = t).entered();
             let x = (rows.unet_input(&latents)? * sched.input_scale(i)).ctx("scale input")?;
             let out = self.on_pool(|| {
-                let control = self.control_residuals(&controls, (i, total), &x, t, (&embeds, &added))?;
+                let control = self.control_residuals(&controls, (k, total), &x, t, (&embeds, &added))?;
                 self.unet.forward(&x, t, &embeds, Some(&added), control.as_ref())
             })?;
             let out = out.to_dtype(DType::F32).ctx("unet output")?;
             let out = rows.guide(reqs, &out)?;
             latents = sched.step(i, &out, &latents).ctx("scheduler step")?;
+            if let (Some(mask), Some(image_latents)) = (&masks, &image_latents) {
+                latents = keep_unmasked(&latents, mask, image_latents, &noise, sched.sigmas[i + 1])?;
+            }
             self.device.synchronize().ctx("sync")?;
-            if progress(Progress { step: i + 1, total, timestep: t, elapsed: t1.elapsed() }).is_break() {
+            if progress(Progress { step: k + 1, total, timestep: t, elapsed: t1.elapsed() }).is_break() {
                 return Err(EngineError::Cancelled);
             }
         }
@@ -381,6 +503,24 @@ impl Pipeline {
             })
             .collect()
     }
+}
+
+/// Inpainting after a step: the kept region (mask 0) becomes the init latents noised to the next
+/// timestep (σ = 0 after the last step: the init latents themselves), diffusers'
+/// `(1 − m) · add_noise(image_latents, noise, t_next) + m · latents`.
+fn keep_unmasked(
+    latents: &Tensor,
+    mask: &Tensor,
+    image_latents: &Tensor,
+    noise: &Tensor,
+    sigma_next: f64,
+) -> Result<Tensor> {
+    let run = || -> candle_core::Result<Tensor> {
+        let proper = if sigma_next == 0.0 { image_latents.clone() } else { (image_latents + (noise * sigma_next)?)? };
+        let keep = (1.0 - mask)?;
+        keep.broadcast_mul(&proper)? + mask.broadcast_mul(latents)?
+    };
+    run().ctx("inpainting blend")
 }
 
 /// Fails with [`EngineError::NonFinite`] when `t` holds any NaN or infinity.

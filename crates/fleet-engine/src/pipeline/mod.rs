@@ -28,7 +28,8 @@ pub use generate::tensor_to_images;
 pub(crate) use load::mmap_vb;
 pub use load::{LoadOptions, ModelSource, RandomPreset, TINY_SEED, default_dtype, parse_device};
 pub use request::{
-    ControlInput, GenerateOutput, GenerateRequest, Progress, PromptEmbeds, TensorOutput, Timings, read_latents,
+    ControlInput, GenerateOutput, GenerateRequest, InitInput, Progress, PromptEmbeds, TensorOutput, Timings,
+    min_strength, read_latents,
 };
 
 /// An SDXL / SDXL-Lightning text-to-image pipeline.

@@ -31,6 +31,42 @@ impl ControlInput {
     }
 }
 
+/// The image an image-to-image or inpainting request starts from (diffusers'
+/// `StableDiffusionXLImg2ImgPipeline` / `StableDiffusionXLInpaintPipeline`).
+#[derive(Debug, Clone)]
+pub struct InitInput {
+    /// [1, 3, H, W] f32 in [0, 1] at the request's size (see [`crate::init_image`]).
+    pub image: Tensor,
+    /// Fraction of the schedule that runs, 0 < strength ≤ 1: the last
+    /// `min(⌊steps · strength⌋, steps)` timesteps (diffusers' `get_timesteps`).
+    pub strength: f64,
+    /// Inpainting: [1, 1, H, W] f32, 1 = repaint and 0 = keep, binarised at the request's size
+    /// (see [`crate::init_image::mask_tensor`]); `None` repaints everything (image-to-image).
+    pub mask: Option<Tensor>,
+}
+
+impl InitInput {
+    pub fn new(image: Tensor, strength: f64) -> Self {
+        Self { image, strength, mask: None }
+    }
+
+    /// Index of the first timestep kept of a `steps`-step schedule (diffusers' `t_start`).
+    pub fn first_step(&self, steps: usize) -> usize {
+        let kept = ((steps as f64 * self.strength) as usize).min(steps);
+        steps - kept
+    }
+}
+
+/// Smallest strength that keeps at least one of `steps` steps: `1/steps`.
+pub fn min_strength(steps: usize) -> f64 {
+    1.0 / steps.max(1) as f64
+}
+
+/// [`min_strength`] rounded up to 4 decimals, for messages (a value that keeps a step).
+pub(crate) fn min_strength_display(steps: usize) -> f64 {
+    (min_strength(steps) * 1e4).ceil() / 1e4
+}
+
 /// One generation job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateRequest {
@@ -57,6 +93,9 @@ pub struct GenerateRequest {
     /// ControlNets with their conditioning images.
     #[serde(skip)]
     pub controls: Vec<ControlInput>,
+    /// Image-to-image / inpainting; `None` is text-to-image.
+    #[serde(skip)]
+    pub init: Option<InitInput>,
 }
 
 impl Default for GenerateRequest {
@@ -73,6 +112,7 @@ impl Default for GenerateRequest {
             prediction_type: None,
             latents: None,
             controls: Vec::new(),
+            init: None,
         }
     }
 }
@@ -84,6 +124,10 @@ impl GenerateRequest {
     /// Total number of images.
     pub fn batch_size(&self) -> usize {
         self.prompts.len() * self.num_images
+    }
+    /// Index of the first timestep this request runs (0 without an init image).
+    pub fn first_step(&self) -> usize {
+        self.init.as_ref().map_or(0, |i| i.first_step(self.steps))
     }
     /// Seeds of each image, in output order.
     pub fn seeds(&self) -> Vec<u64> {

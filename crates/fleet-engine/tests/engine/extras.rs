@@ -18,11 +18,11 @@ use fleet_engine::{
     control_image_tensor,
 };
 
-fn fixtures() -> PathBuf {
+pub(super) fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn extras() -> PathBuf {
+pub(super) fn extras() -> PathBuf {
     fixtures().join("extras")
 }
 
@@ -47,21 +47,21 @@ fn model_dir() -> ModelSource {
     ModelSource::Dir(fixtures().join("tiny-sdxl"))
 }
 
-fn base() -> &'static Pipeline {
+pub(super) fn base() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| Pipeline::load(&model_dir(), &Device::Cpu, DType::F32).expect("fixture model loads"))
 }
 
-fn with_loras(loras: Vec<LoraSpec>) -> fleet_engine::Result<Pipeline> {
+pub(super) fn with_loras(loras: Vec<LoraSpec>) -> fleet_engine::Result<Pipeline> {
     let opts = LoadOptions { loras, ..LoadOptions::default() };
     Pipeline::load_with(&model_dir(), &Device::Cpu, DType::F32, &opts)
 }
 
-fn lora(file: &str, scale: f64) -> LoraSpec {
+pub(super) fn lora(file: &str, scale: f64) -> LoraSpec {
     LoraSpec { path: extras().join(file), scale }
 }
 
-fn controlnet() -> Arc<ControlNetModel> {
+pub(super) fn controlnet() -> Arc<ControlNetModel> {
     static C: OnceLock<Arc<ControlNetModel>> = OnceLock::new();
     C.get_or_init(|| {
         Arc::new(ControlNetModel::load(&extras().join("tiny-controlnet"), &Device::Cpu, DType::F32).expect("loads"))
@@ -70,14 +70,14 @@ fn controlnet() -> Arc<ControlNetModel> {
 }
 
 /// (max, mean) abs difference.
-fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+pub(super) fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
     assert_eq!(a.dims(), b.dims());
     let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
     (d.max(0).unwrap().to_scalar::<f32>().unwrap(), d.mean(0).unwrap().to_scalar::<f32>().unwrap())
 }
 
 /// The image tolerance of the base parity tests: mean < 0.1/255, max < 2/255.
-fn assert_image_close(what: &str, got: &Tensor, want: &Tensor) {
+pub(super) fn assert_image_close(what: &str, got: &Tensor, want: &Tensor) {
     let (max, mean) = diff(got, want);
     eprintln!("{what}: image max abs diff {max:.3e}, mean {mean:.3e} (1/255 = 3.9e-3)");
     assert!(mean < 0.1 / 255.0, "{what}: mean abs diff {mean}");
@@ -85,7 +85,7 @@ fn assert_image_close(what: &str, got: &Tensor, want: &Tensor) {
 }
 
 /// Clearly different pictures (far beyond the parity tolerance).
-fn assert_image_differs(what: &str, a: &Tensor, b: &Tensor) {
+pub(super) fn assert_image_differs(what: &str, a: &Tensor, b: &Tensor) {
     let (max, mean) = diff(a, b);
     eprintln!("{what}: differs by max {max:.3e}, mean {mean:.3e}");
     assert!(max > 20.0 / 255.0 && mean > 1.0 / 255.0, "{what}: only max {max}, mean {mean}");

@@ -148,6 +148,7 @@ fn run_case(name: &str) {
         prediction_type: c["prediction_type"].as_str().map(|s| s.parse::<PredictionType>().unwrap()),
         latents: Some(r(&format!("case.{name}.latents"))),
         controls: Vec::new(),
+        init: None,
     };
     let out = pipe().generate_tensor(&req, &mut |_| {}).unwrap();
     let want = r(&format!("case.{name}.image"));

@@ -66,6 +66,10 @@ pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<U
             start: cn.start as f32,
             end: cn.end as f32,
         }),
+        // The images' metadata does not carry image-to-image inputs.
+        init_image: None,
+        strength: None,
+        mask_image: None,
         output: OutputSpec { format, quality: None },
     };
     JobStatus {

@@ -187,8 +187,9 @@ async fn generate_and_finish(ctx: &RunContext, jobs: Vec<Pending>) {
     }
 }
 
-/// Whether a prepared job can join a pass: the same pipeline and the same ControlNet models
-/// (the engine refuses anything else by name).
+/// Whether a prepared job can join a pass: the same pipeline, the same ControlNet models, the
+/// same mode (text-to-image, image-to-image, inpainting) and the same kept steps (the engine
+/// refuses anything else by name).
 fn shares_pass(
     pipeline: &Arc<Pipeline>,
     requests: &[GenerateRequest],
@@ -199,7 +200,8 @@ fn shares_pass(
         r.controls.len() == request.controls.len()
             && r.controls.iter().zip(&request.controls).all(|(a, b)| Arc::ptr_eq(&a.model, &b.model))
     };
-    Arc::ptr_eq(pipeline, other) && requests.first().is_none_or(same_controls)
+    let mode = |r: &GenerateRequest| (r.init.as_ref().map(|i| i.mask.is_some()), r.first_step());
+    Arc::ptr_eq(pipeline, other) && requests.first().is_none_or(|r| same_controls(r) && mode(r) == mode(request))
 }
 
 /// One forward pass over `jobs`, then their images stored (in [`RunContext::finishing`]) or, on

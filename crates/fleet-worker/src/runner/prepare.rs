@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fleet_core::validate::ControlImageSource;
 use fleet_core::{ErrorCode, JobError, LoraSource};
 use fleet_engine::{GenerateRequest, Pipeline};
-use fleet_render::{ModelError, Models, job_request};
+use fleet_render::{JobImages, ModelError, Models, job_request};
 
 use super::{RunContext, retry};
 use crate::lora_fetch::{Pinned, masked_url};
@@ -36,30 +36,41 @@ pub(super) fn unsupported(spec: &fleet_core::JobSpec, models: &Models) -> Option
 }
 
 /// The pipeline (with the job's LoRA set fused in, from the cache or built now) and the
-/// request with its ControlNet; building or decoding happens off the async runtime. LoRAs given
-/// by URL are fetched first (unless their fused pipeline is cached) and stay pinned in the LoRA
-/// cache until the fuse has read them. `Err` is the job's own fault.
+/// request with its ControlNet, init image and mask; building or decoding happens off the async
+/// runtime. LoRAs given by URL are fetched first (unless their fused pipeline is cached) and stay
+/// pinned in the LoRA cache until the fuse has read them. `Err` is the job's own fault.
 pub(super) async fn prepare(
     ctx: &RunContext,
     spec: &fleet_core::JobSpec,
 ) -> Result<(Arc<Pipeline>, GenerateRequest), JobError> {
-    // The common case — a loaded model or a cached LoRA set, no control image to decode — needs
+    // The common case — a loaded model or a cached LoRA set, no input image to decode — needs
     // no trip to the blocking pool.
     if spec.controlnet.is_none()
+        && spec.init_image.is_none()
         && let Some((pipeline, outcome)) = ctx.models.ready(&spec.model, &spec.loras)
     {
         tracing::debug!(model = %spec.model, ?outcome, "pipeline for the job's LoRA set");
         return Ok((pipeline, job_request(spec)));
     }
     let control_bytes = match &spec.controlnet {
-        Some(cn) => Some(control_image_bytes(ctx, &spec.model, &cn.image).await?),
+        Some(cn) => Some(image_bytes(ctx, &spec.model, "controlnet.image", &cn.image).await?),
+        None => None,
+    };
+    let init_bytes = match &spec.init_image {
+        Some(image) => Some(image_bytes(ctx, &spec.model, "init_image", image).await?),
+        None => None,
+    };
+    let mask_bytes = match &spec.mask_image {
+        Some(image) => Some(image_bytes(ctx, &spec.model, "mask_image", image).await?),
         None => None,
     };
     let pinned = fetch_url_loras(ctx, spec).await?;
     let models = ctx.models.clone();
     let spec = spec.clone();
     let built = tokio::task::spawn_blocking(move || {
-        let prepared = fleet_render::prepare(&models, &spec, control_bytes.as_deref());
+        let images =
+            JobImages { control: control_bytes.as_deref(), init: init_bytes.as_deref(), mask: mask_bytes.as_deref() };
+        let prepared = fleet_render::prepare(&models, &spec, images);
         drop(pinned);
         prepared
     });
@@ -85,10 +96,10 @@ async fn fetch_url_loras(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result
     Ok(pinned)
 }
 
-/// The bytes of a job's control image: inline (already checked at intake) or an object of this
-/// worker's bucket.
-async fn control_image_bytes(ctx: &RunContext, model: &str, image: &str) -> Result<Vec<u8>, JobError> {
-    let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("controlnet.image: {m}"));
+/// The bytes of a job's input image (`field`: `controlnet.image`, `init_image` or `mask_image`):
+/// inline (already checked at intake) or an object of this worker's bucket.
+async fn image_bytes(ctx: &RunContext, model: &str, field: &str, image: &str) -> Result<Vec<u8>, JobError> {
+    let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("{field}: {m}"));
     let limits = ctx.config.limits_for(model);
     match fleet_core::validate::parse_control_image(image, &limits).map_err(invalid)? {
         ControlImageSource::Inline { bytes, .. } => Ok(bytes),
@@ -96,11 +107,11 @@ async fn control_image_bytes(ctx: &RunContext, model: &str, image: &str) -> Resu
             match retry(|| ctx.store.get(&key)).await {
                 Ok(Some(obj)) => Ok(obj.body),
                 Ok(None) => Err(invalid(format!("s3://{bucket}/{key} does not exist"))),
-                Err(e) => Err(JobError::new(ErrorCode::Internal, format!("control image: {e}"))),
+                Err(e) => Err(JobError::new(ErrorCode::Internal, format!("{field}: {e}"))),
             }
         }
         ControlImageSource::S3 { bucket, .. } => Err(invalid(format!(
-            "this worker reads control images only from its own bucket `{}`, not `{bucket}`",
+            "this worker reads input images only from its own bucket `{}`, not `{bucket}`",
             ctx.config.s3.bucket
         ))),
     }
