@@ -21,6 +21,9 @@ fn asking(tenant: &str, num_images: u32) -> JobStatus {
         num_images,
         loras: Vec::new(),
         controlnet: None,
+        init_image: None,
+        strength: None,
+        mask_image: None,
         output: OutputSpec::default(),
     });
     status
