@@ -13,6 +13,7 @@ export function recorded(status) {
   if (r.guidance) about.guidance = r.guidance;
   if (r.loras && r.loras.length) about.loras = r.loras;
   if (r.controlnet) about.controlnet = r.controlnet;
+  if (r.init_image) about.init = { image: r.init_image, strength: r.strength, mask: r.mask_image };
   if (r.output && r.output.format !== "png") about.format = r.output.format;
   return about;
 }
@@ -39,6 +40,15 @@ export function fleetCommand(status) {
   for (const lora of about.loras || []) if (lora.name) args.push("--lora", `${lora.name}:${lora.scale}`);
   if (status.priority !== "interactive") args.push("--priority", status.priority);
   if (about.format) args.push("--format", about.format);
+  // The record keeps input images by reference only: an `s3://` one can be passed again.
+  if (about.init) {
+    for (const [flag, record] of [["--init-image", about.init.image], ["--mask-image", about.init.mask]]) {
+      if (record && record.image.startsWith("s3://")) args.push(flag, record.image);
+    }
+    args.push("--strength", about.init.strength);
+  }
   const line = args.map(quote).join(" ");
+  const inline = about.init && [about.init.image, about.init.mask].some((r) => r && !r.image.startsWith("s3://"));
+  if (inline) return line + "   # add --init-image/--mask-image FILE: images sent inline are not kept";
   return about.controlnet ? line + "   # ControlNet has no CLI flag: submit it as JSON with --file" : line;
 }

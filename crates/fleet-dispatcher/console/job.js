@@ -37,9 +37,13 @@ function fraction(status) {
   return Math.min(1, (p.images_done * p.steps + p.step) / (p.images_total * p.steps));
 }
 
+/** An input image by reference: its `s3://` URI, or `inline` with the start of its SHA-256. */
+function imageText(record) {
+  return record.image_sha256 ? `${record.image} (sha256 ${record.image_sha256.slice(0, 12)}…)` : record.image;
+}
+
 function controlText(cn) {
-  const image = cn.image_sha256 ? `${cn.image} (sha256 ${cn.image_sha256.slice(0, 12)}…)` : cn.image;
-  return `${cn.model} × ${cn.scale} (${cn.start}–${cn.end}), image ${image}`;
+  return `${cn.model} × ${cn.scale} (${cn.start}–${cn.end}), image ${imageText(cn)}`;
 }
 
 function renderParams(status) {
@@ -56,6 +60,10 @@ function renderParams(status) {
   param(list, "Guidance", about.guidance);
   param(list, "LoRAs", (about.loras || []).map((l) => `${l.name ?? l.url} × ${l.scale}`).join(", "));
   if (about.controlnet) param(list, "ControlNet", controlText(about.controlnet));
+  if (about.init) {
+    param(list, "Start image", `${imageText(about.init.image)}, strength ${about.init.strength}`);
+    if (about.init.mask) param(list, "Inpainting mask", imageText(about.init.mask));
+  }
   param(list, "Format", about.format);
   param(list, "Priority", status.priority);
   if (asAdmin) param(list, "Tenant", status.tenant);

@@ -82,6 +82,14 @@ async function spec() {
     name: row.querySelector(".lora-name").value.trim(),
     scale: Number(row.querySelector(".lora-scale").value),
   }));
+  const init = $("init_image").files[0];
+  const mask = $("mask_image").files[0];
+  if (init || mask) {
+    // Without a start image the API names the missing field, as for any other job.
+    if (init) job.init_image = await readFile(init);
+    job.strength = number("strength");
+    if (mask) job.mask_image = await readFile(mask);
+  }
   const file = $("cn-image").files[0];
   if ($("cn-model").value.trim() || file) {
     job.controlnet = {
