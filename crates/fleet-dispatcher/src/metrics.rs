@@ -83,6 +83,24 @@ struct Snapshot {
 /// dispatcher).
 pub type UsageTotals = BTreeMap<(String, String), UsageCounts>;
 
+/// A usage counter family: name, help, and its value from the counts.
+type UsageMetric = (&'static str, &'static str, fn(&UsageCounts) -> f64);
+
+const USAGE_METRICS: [UsageMetric; 4] = [
+    ("fleet_usage_jobs", "Jobs finished, by tenant and model (fleet-wide, from Redis).", |c| c.jobs as f64),
+    ("fleet_usage_images", "Images stored, by tenant and model (fleet-wide, from Redis).", |c| c.images as f64),
+    (
+        "fleet_usage_megapixel_steps",
+        "Width x height x steps of the stored images / 1e6 (fleet-wide, from Redis).",
+        |c| c.pixel_steps as f64 / 1e6,
+    ),
+    (
+        "fleet_usage_worker_seconds",
+        "Seconds from jobs' starts on a worker to their ends (fleet-wide, from Redis).",
+        |c| c.worker_ms as f64 / 1e3,
+    ),
+];
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let mut accepted = encoder.encode_descriptor(
@@ -117,21 +135,7 @@ impl Collector for Snapshot {
         if self.usage.is_empty() {
             return Ok(());
         }
-        let usage_metrics: [(&str, &str, fn(&UsageCounts) -> f64); 4] = [
-            ("fleet_usage_jobs", "Jobs finished, by tenant and model (fleet-wide, from Redis).", |c| c.jobs as f64),
-            ("fleet_usage_images", "Images stored, by tenant and model (fleet-wide, from Redis).", |c| c.images as f64),
-            (
-                "fleet_usage_megapixel_steps",
-                "Width x height x steps of the stored images / 1e6 (fleet-wide, from Redis).",
-                |c| c.pixel_steps as f64 / 1e6,
-            ),
-            (
-                "fleet_usage_worker_seconds",
-                "Seconds from jobs' starts on a worker to their ends (fleet-wide, from Redis).",
-                |c| c.worker_ms as f64 / 1e3,
-            ),
-        ];
-        for (name, help, value) in usage_metrics {
+        for (name, help, value) in USAGE_METRICS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for ((tenant, model), counts) in &self.usage {
                 let labels = [("tenant", tenant.as_str()), ("model", model.as_str())];
