@@ -8,6 +8,7 @@ mod connectivity;
 mod console;
 mod dead_letters;
 mod fleet;
+mod img2img;
 mod outages;
 mod quickstart;
 mod recover;

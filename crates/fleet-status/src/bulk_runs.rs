@@ -653,7 +653,7 @@ mod tests {
         assert_eq!(InputFormat::from_path(Path::new("a.CSV")), InputFormat::Csv);
         assert_eq!(
             InputFormat::parse("xml").unwrap_err().to_string(),
-            "input format `xml`: expected jsonl, csv or text"
+            "input format `xml`: expected jsonl, csv, text or template"
         );
         assert_eq!(Layout::parse("wds"), Ok(Layout::WebDataset));
         assert_eq!(Layout::parse("zip").unwrap_err().to_string(), "--format zip: expected webdataset or files");
