@@ -72,10 +72,11 @@ integers; strings and string arrays use JSON escaping, which TOML accepts.
 {{- end }}
 {{- end }}
 
-{{/* `key = value` lines of a flat table, sorted; null values (unset optional keys) are left out. */}}
+{{/* `key = value` lines of a table, sorted; null values (unset optional keys) and sub-tables
+(written as their own `[section.key]` tables) are left out. */}}
 {{- define "fleet.tomlPairs" -}}
 {{- range $key, $value := . }}
-{{- if not (kindIs "invalid" $value) }}
+{{- if not (or (kindIs "invalid" $value) (kindIs "map" $value)) }}
 {{ $key }} = {{ include "fleet.tomlValue" $value }}
 {{- end }}
 {{- end }}
