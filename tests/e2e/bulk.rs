@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 #[path = "../../crates/fleet-bulk/tests/support/tiny_lora.rs"]
-mod tiny_lora;
+pub(crate) mod tiny_lora;
 
 use fleet_bulk::api::ApiClient;
 use fleet_bulk::record::{SampleRecord, SampleState, ShardStats};

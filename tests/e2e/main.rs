@@ -9,6 +9,7 @@ mod console;
 mod dead_letters;
 mod fleet;
 mod img2img;
+mod lora_url;
 mod outages;
 mod quickstart;
 mod recover;
