@@ -248,7 +248,7 @@ pub struct SubmitArgs {
     /// Control image: a PNG/JPEG/WebP file (sent inline) or `s3://bucket/key` in an allowed bucket.
     #[arg(long, value_name = "FILE|s3://BUCKET/KEY", requires = "controlnet")]
     pub control_image: Option<String>,
-    /// Image-to-image: the picture to start from, a PNG/JPEG file (sent inline) or `s3://bucket/key`
+    /// Image-to-image: the picture to start from, a PNG/JPEG/WebP file (sent inline) or `s3://bucket/key`
     /// in an allowed bucket.
     #[arg(long, value_name = "FILE|s3://BUCKET/KEY")]
     pub init_image: Option<String>,

@@ -22,6 +22,7 @@ fn format_of(kind: InlineImageKind) -> image::ImageFormat {
     match kind {
         InlineImageKind::Png => image::ImageFormat::Png,
         InlineImageKind::Jpeg => image::ImageFormat::Jpeg,
+        InlineImageKind::Webp => image::ImageFormat::WebP,
     }
 }
 

@@ -72,7 +72,7 @@ pub struct JobSpec {
     pub controlnet: Option<ControlNetSpec>,
     /// Image-to-image: the picture to start from, resized to `width` × `height` and encoded with the
     /// VAE (the same sources and limits as `controlnet.image`: `s3://bucket/key` in an allowed bucket,
-    /// or inline base64 PNG/JPEG).
+    /// or inline base64 PNG/JPEG/WebP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image: Option<String>,
     /// How much of `init_image` is repainted, 0 < strength ≤ 1 (default 0.6; only with
@@ -171,7 +171,7 @@ impl LoraRef {
 pub struct ControlNetSpec {
     /// Library name of the ControlNet model (e.g. `canny`, `depth`).
     pub model: String,
-    /// The control image: `s3://bucket/key` in an allowed bucket, or inline base64 PNG/JPEG
+    /// The control image: `s3://bucket/key` in an allowed bucket, or inline base64 PNG/JPEG/WebP
     /// (bare or as a `data:image/png;base64,` URI) up to the configured size.
     pub image: String,
     /// Conditioning scale, 0–2.

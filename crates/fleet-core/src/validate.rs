@@ -141,6 +141,7 @@ pub enum ControlImageSource {
 pub enum InlineImageKind {
     Png,
     Jpeg,
+    Webp,
 }
 
 /// Parses and checks a control image reference against the limits.
@@ -163,8 +164,10 @@ pub fn parse_control_image(image: &str, limits: &Limits) -> Result<ControlImageS
         InlineImageKind::Png
     } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         InlineImageKind::Jpeg
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        InlineImageKind::Webp
     } else {
-        return Err("inline image is neither PNG nor JPEG".to_owned());
+        return Err("inline image is neither PNG, JPEG nor WebP".to_owned());
     };
     crate::control_image::check_inline_image(&bytes, kind)?;
     Ok(ControlImageSource::Inline { bytes, kind })
@@ -220,15 +223,15 @@ pub fn check_sha256(digest: &str) -> Result<(), String> {
     }
 }
 
-/// The bytes of an inline image (bare base64 or a `data:image/png|jpeg;base64,` URI), refused
+/// The bytes of an inline image (bare base64 or a `data:image/png|jpeg|webp;base64,` URI), refused
 /// unread when its text is longer than `max_bytes` could encode.
 pub fn decode_inline_image(image: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
     let encoded = match image.strip_prefix("data:") {
         Some(uri) => {
             let (mime, data) =
                 uri.split_once(";base64,").ok_or("a data URI must be base64: data:image/png;base64,...")?;
-            if mime != "image/png" && mime != "image/jpeg" {
-                return Err(format!("data URI type `{mime}` is not image/png or image/jpeg"));
+            if !matches!(mime, "image/png" | "image/jpeg" | "image/webp") {
+                return Err(format!("data URI type `{mime}` is not image/png, image/jpeg or image/webp"));
             }
             data
         }
@@ -526,8 +529,17 @@ mod tests {
             parse_control_image(&format!("data:image/png;base64,{png}"), &limits),
             Ok(ControlImageSource::Inline { kind: InlineImageKind::Png, .. })
         ));
+        let mut webp = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(2, 2).write_to(&mut webp, image::ImageFormat::WebP).unwrap();
+        let webp = base64::engine::general_purpose::STANDARD.encode(webp.into_inner());
+        assert!(matches!(
+            parse_control_image(&format!("data:image/webp;base64,{webp}"), &limits),
+            Ok(ControlImageSource::Inline { kind: InlineImageKind::Webp, .. })
+        ));
+        let broken = base64::engine::general_purpose::STANDARD.encode(b"RIFF\x10\0\0\0WEBPVP8 nonsense");
+        assert!(parse_control_image(&broken, &limits).unwrap_err().contains("not a readable WEBP"));
         let text = base64::engine::general_purpose::STANDARD.encode(b"hello");
-        assert!(parse_control_image(&text, &limits).unwrap_err().contains("neither PNG nor JPEG"));
+        assert!(parse_control_image(&text, &limits).unwrap_err().contains("neither PNG, JPEG nor WebP"));
         let small = Limits { max_control_image_bytes: 4, ..limits };
         assert!(parse_control_image(&png, &small).unwrap_err().contains("larger than"));
     }

@@ -101,6 +101,6 @@ fn control_images_that_are_bombs_truncated_or_not_images_are_refused() {
     assert!(parse_control_image(&b64(&fake_png), &limits).unwrap_err().contains("not a readable PNG"));
     let fake_jpeg = [[0xFF, 0xD8, 0xFF, 0xE0].as_slice(), &[0u8; 64]].concat();
     assert!(parse_control_image(&b64(&fake_jpeg), &limits).unwrap_err().contains("not a readable JPEG"));
-    assert!(parse_control_image(&b64(b"GIF89a"), &limits).unwrap_err().contains("neither PNG nor JPEG"));
+    assert!(parse_control_image(&b64(b"GIF89a"), &limits).unwrap_err().contains("neither PNG, JPEG nor WebP"));
     assert!(parse_control_image("not base64 at all!", &limits).unwrap_err().contains("not valid base64"));
 }

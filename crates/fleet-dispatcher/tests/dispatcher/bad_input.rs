@@ -74,7 +74,7 @@ fn bad_jobs() -> Vec<(&'static str, Value, &'static str)> {
         ("LoRA URL", lora("https://example.com/x.safetensors"), "loras[0].name"),
         ("control image bomb", control(b64(bomb)), "100000×100000"),
         ("control image truncated", control(b64(&good[..good.len() / 2])), "not a readable PNG"),
-        ("control image not an image", control(b64(b"%PDF-1.7 hello")), "neither PNG nor JPEG"),
+        ("control image not an image", control(b64(b"%PDF-1.7 hello")), "neither PNG, JPEG nor WebP"),
         ("control image URL", control("http://169.254.169.254/latest/meta-data/".into()), "controlnet.image"),
         ("control image file", control("file:///etc/passwd".into()), "controlnet.image"),
         ("control image other bucket", control("s3://someone-else/x.png".into()), "not an allowed"),
