@@ -42,7 +42,7 @@ fn validate_names_each_hostile_line_and_exits_1() {
         ":5: num_images:",
         ":6: controlnet.image: inline image is 100000×100000 pixels",
         ":7: controlnet.image: inline image is not a readable PNG",
-        ":8: controlnet.image: inline image is neither PNG nor JPEG",
+        ":8: controlnet.image: inline image is neither PNG, JPEG nor WebP",
         ":9: prompt:",
         ":10: ?: EOF while parsing an object",
     ] {
