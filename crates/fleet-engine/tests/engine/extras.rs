@@ -26,21 +26,53 @@ pub(super) fn extras() -> PathBuf {
     fixtures().join("extras")
 }
 
-fn reference() -> &'static HashMap<String, Tensor> {
-    static R: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    R.get_or_init(|| {
-        candle_core::safetensors::load(extras().join("reference.safetensors"), &Device::Cpu)
-            .expect("tests/fixtures/extras/reference.safetensors (run tools/make_reference.py --extras-only)")
-    })
+/// One folder of diffusers outputs (`reference.safetensors`, `reference.json`) that
+/// `tools/make_reference.py` writes, each file read once.
+pub(super) struct ReferenceSet {
+    folder: &'static str,
+    /// The script's flag that writes this folder.
+    flag: &'static str,
+    tensors: OnceLock<HashMap<String, Tensor>>,
+    meta: OnceLock<serde_json::Value>,
 }
 
+impl ReferenceSet {
+    pub(super) const fn new(folder: &'static str, flag: &'static str) -> Self {
+        ReferenceSet { folder, flag, tensors: OnceLock::new(), meta: OnceLock::new() }
+    }
+
+    pub(super) fn dir(&self) -> PathBuf {
+        fixtures().join(self.folder)
+    }
+
+    pub(super) fn meta(&self) -> &serde_json::Value {
+        self.meta.get_or_init(|| {
+            serde_json::from_str(&std::fs::read_to_string(self.dir().join("reference.json")).unwrap()).unwrap()
+        })
+    }
+
+    /// The reference tensor `name`.
+    pub(super) fn r(&self, name: &str) -> Tensor {
+        let tensors = self.tensors.get_or_init(|| {
+            candle_core::safetensors::load(self.dir().join("reference.safetensors"), &Device::Cpu).unwrap_or_else(|e| {
+                panic!(
+                    "tests/fixtures/{}/reference.safetensors (run tools/make_reference.py {}): {e}",
+                    self.folder, self.flag
+                )
+            })
+        });
+        tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing")).clone()
+    }
+}
+
+static EXTRAS: ReferenceSet = ReferenceSet::new("extras", "--extras-only");
+
 fn meta() -> &'static serde_json::Value {
-    static M: OnceLock<serde_json::Value> = OnceLock::new();
-    M.get_or_init(|| serde_json::from_str(&std::fs::read_to_string(extras().join("reference.json")).unwrap()).unwrap())
+    EXTRAS.meta()
 }
 
 fn r(name: &str) -> Tensor {
-    reference().get(name).unwrap_or_else(|| panic!("reference tensor {name} missing")).clone()
+    EXTRAS.r(name)
 }
 
 fn model_dir() -> ModelSource {

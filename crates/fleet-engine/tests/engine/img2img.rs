@@ -5,40 +5,31 @@
 //! kohya LoRA and ControlNet), the VAE posterior's mean in place of a sample, and the fixture's
 //! unit noise in place of the torch generator's.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use fleet_engine::init_image::{init_image_tensor, mask_tensor};
 use fleet_engine::{
     ControlInput, ControlPreprocess, EngineError, GenerateRequest, InitInput, Pipeline, control_image_tensor,
 };
 
 use super::extras::{
-    assert_image_close, assert_image_differs, base, controlnet, diff, extras, fixtures, lora, with_loras,
+    ReferenceSet, assert_image_close, assert_image_differs, base, controlnet, diff, extras, lora, with_loras,
 };
 
-fn dir() -> PathBuf {
-    fixtures().join("img2img")
-}
+static IMG2IMG: ReferenceSet = ReferenceSet::new("img2img", "--img2img-only");
 
-fn reference() -> &'static HashMap<String, Tensor> {
-    static R: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    R.get_or_init(|| {
-        candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu)
-            .expect("tests/fixtures/img2img/reference.safetensors (run tools/make_reference.py --img2img-only)")
-    })
+fn dir() -> PathBuf {
+    IMG2IMG.dir()
 }
 
 fn meta() -> &'static serde_json::Value {
-    static M: OnceLock<serde_json::Value> = OnceLock::new();
-    M.get_or_init(|| serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap()).unwrap())
+    IMG2IMG.meta()
 }
 
 fn r(name: &str) -> Tensor {
-    reference().get(name).unwrap_or_else(|| panic!("reference tensor {name} missing")).clone()
+    IMG2IMG.r(name)
 }
 
 fn file(name: &str) -> Vec<u8> {
