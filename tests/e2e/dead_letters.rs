@@ -118,6 +118,31 @@ async fn a_clean_hand_back_starts_the_delivery_count_afresh() {
     broker.close().await;
 }
 
+/// A message the broker returned up to its delivery limit while no worker ever started the job
+/// (lost connections while it sat in a prefetch) is handed back afresh by the next worker rather
+/// than run from a copy one more return would dead-letter; the job then runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_worn_by_returns_without_a_start_is_handed_back_afresh() {
+    let config = isolated_config();
+    let limit = config.rabbitmq.delivery_limit;
+    let mut fleet = Fleet::start(config.clone(), 0).await;
+    let job = fleet.submit(crate::fleet::tiny_job(1)).await;
+    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
+    let queue = topology.queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+    let (connection, channel) = channel(&config.rabbitmq.url).await;
+    for _ in 0..limit {
+        let got = channel.basic_get(&queue, BasicGetOptions::default()).await.unwrap().expect("the job");
+        got.delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await.unwrap();
+    }
+    let _ = connection.close(200, "done").await;
+
+    fleet.add_worker().await;
+    let done = fleet.wait_all(&[job.id], Duration::from_secs(120)).await.remove(0);
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!((done.attempts, done.deliveries, done.handbacks), (1, 0, 1), "run once, from a fresh copy: {done:?}");
+    fleet.stop().await;
+}
+
 fn delivery_count(props: &BasicProperties) -> i64 {
     match props.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count")) {
         Some(AMQPValue::LongLongInt(n)) => *n,

@@ -114,3 +114,32 @@ async fn two_executions_with_different_seeds_leave_exactly_the_recorded_set() {
     assert!(!store.exists(&stray[1].key).await.unwrap());
     assert_store_matches_record(&store, prefix, &record.status).await;
 }
+
+/// The fault suite's stalled worker: its commit reached Redis, but the reply did not (the call
+/// timed out across the stall), so the retry finds the job already succeeded — with this
+/// execution's own set. That is a win: the images stay, and the record keeps naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_retried_after_its_reply_was_lost_keeps_its_images() {
+    let config = isolated_config();
+    let (status, store) =
+        (StatusStore::connect(&config.redis).await.unwrap(), ImageStore::connect(&config.s3).await.unwrap());
+    let prefix = config.s3.prefix.as_str();
+    let started = started_job(&status, 2).await;
+    let results = execute(&store, prefix, &started.status, 6).await;
+    let id = started.status.id;
+
+    let first = result_set::commit(&status, &store, prefix, Some(started.clone()), id, results.clone()).await;
+    assert!(matches!(first, Ok(Committed::Won(_))), "{first:?}");
+    // The retry starts again from the record as the worker knew it before the lost reply.
+    let retried = result_set::commit(&status, &store, prefix, Some(started.clone()), id, results.clone()).await;
+    let Ok(Committed::Won(record)) = retried else { panic!("the retry finds its own set recorded: {retried:?}") };
+    assert_eq!((record.status.state, &record.status.result), (JobState::Succeeded, &results));
+    assert_store_matches_record(&store, prefix, &record.status).await;
+
+    // Another execution's identical-looking retry (same images, its own keys) still loses.
+    let other = execute(&store, prefix, &started.status, 6).await;
+    let lost = result_set::commit(&status, &store, prefix, Some(started), id, other.clone()).await;
+    assert!(matches!(lost, Ok(Committed::Lost(JobState::Succeeded))), "{lost:?}");
+    assert!(!store.exists(&other[0].key).await.unwrap(), "the other execution's objects are gone");
+    assert_store_matches_record(&store, prefix, &record.status).await;
+}

@@ -73,7 +73,15 @@ pub async fn commit(
     id: Uuid,
     results: Vec<ImageResult>,
 ) -> Result<Committed, StatusError> {
-    let succeed = |s: &mut fleet_core::JobStatus| s.succeed(results.clone(), Utc::now());
+    // A retry of a write whose reply was lost (the call timed out across a stall, the connection
+    // dropped after the write) finds the job succeeded with this very set: that is this
+    // execution's win, not a loss. The keys carry this execution's id, so no other set matches.
+    let succeed = |s: &mut fleet_core::JobStatus| {
+        if s.state == JobState::Succeeded && s.result == results {
+            return Ok(());
+        }
+        s.succeed(results.clone(), Utc::now())
+    };
     match retry::retry(|| status.update_from(id, known.clone(), succeed)).await {
         Ok(record) => {
             if record.status.attempts > 1 {

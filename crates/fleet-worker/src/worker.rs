@@ -363,9 +363,40 @@ impl Worker {
         match receive(delivery, &self.ctx.config) {
             Ok(mut pending) => {
                 pending.original = Some(original);
+                if self.returned_unstarted(&pending).await {
+                    tracing::info!(
+                        job = %pending.id(),
+                        deliveries = pending.delivery_count,
+                        "returned by the broker more often than started (lost connections): handed back afresh"
+                    );
+                    pending.hand_back(Some(channel)).await;
+                    return;
+                }
                 keep_once(waiting, pending).await;
             }
             Err(refused) => self.refuse(*refused, channel, &original).await,
+        }
+    }
+
+    /// Whether a message at the delivery limit got there through returns no start explains.
+    ///
+    /// The broker counts every return: a crash mid-job, but also a lost connection (or a crash)
+    /// while the job only waited in a worker's prefetch. At the limit one more return dead-letters
+    /// it, so a message returned more often than any worker started its job (the record's
+    /// `attempts`) is handed back afresh — its count back to 0, its `handbacks` one up, bounded by
+    /// [`crate::republish::MAX_HANDBACKS`] — instead of being run from this worn copy. A job that
+    /// keeps crashing its workers is started on every delivery, so it never qualifies.
+    async fn returned_unstarted(&self, pending: &Pending) -> bool {
+        let limit = self.ctx.config.rabbitmq.delivery_limit;
+        if pending.delivery_count < limit {
+            return false;
+        }
+        match self.ctx.status.get(pending.id()).await {
+            Ok(record) => pending.delivery_count > record.map_or(0, |r| r.attempts),
+            Err(e) => {
+                tracing::debug!(job = %pending.id(), error = %e, "cannot read the record to judge the delivery count");
+                false
+            }
         }
     }
 
