@@ -20,6 +20,7 @@ pub mod exec;
 pub mod fleet_exec;
 pub mod hamming;
 pub mod input;
+pub mod input_images;
 pub mod local_exec;
 pub mod manifest;
 pub mod output;

@@ -1,6 +1,7 @@
 //! Making samples in this process: the engine on one thread, exactly as a worker runs a job
 //! (same request, same LoRA library, same encoding), so `--local` gives the fleet's pixels for the
-//! same keys. ControlNet rows fail here (the control image may live in the fleet's bucket).
+//! same keys. Input images (ControlNet, init, mask) come inline (files in the rows are inlined
+//! when the rows are read) or from the configured bucket (`s3://`), as a worker reads them.
 //!
 //! Each finished sample is staged as `<out>/_staging/NNNNN/KEY.<ext>` plus `KEY.json` (written
 //! last) until its shard is published, so a resume after a crash regenerates nothing it had.
@@ -12,9 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use fleet_core::validate::ControlImageSource;
 use fleet_core::{ErrorCode, FleetConfig, JobSpec};
+use fleet_engine::GenerateRequest;
 use fleet_engine::Pipeline;
-use fleet_render::{Models, encode_job_image, job_request};
+use fleet_render::{JobImages, Models, encode_job_image};
 
 use crate::error::BulkError;
 use crate::exec::{Finished, ImageSource};
@@ -41,7 +44,8 @@ impl LocalExecutor {
         let (tasks, task_rx) = std::sync::mpsc::channel::<Sample>();
         let (result_tx, results) = tokio::sync::mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let engine = Engine { config, staging: staging.clone(), models: HashMap::new() };
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let engine = Engine { config, staging: staging.clone(), models: HashMap::new(), runtime, store: None };
         let thread_stop = stop.clone();
         std::thread::spawn(move || {
             let mut engine = engine;
@@ -111,6 +115,10 @@ struct Engine {
     /// Loaded models (with their fused-LoRA caches), or why a model could not be loaded (every
     /// sample of it fails alike).
     models: HashMap<String, Result<Arc<Models>, String>>,
+    /// The caller's runtime, for reading `s3://` input images from this thread.
+    runtime: Option<tokio::runtime::Handle>,
+    /// The configured bucket, connected on the first `s3://` input image.
+    store: Option<fleet_storage::ImageStore>,
 }
 
 impl Engine {
@@ -133,8 +141,9 @@ impl Engine {
     }
 
     /// The pipeline of the sample's model with its LoRAs fused in, from the library
-    /// (`library.lora_dir`) exactly as a worker finds them.
-    fn pipeline(&mut self, spec: &JobSpec) -> Result<Arc<Pipeline>, (ErrorCode, String)> {
+    /// (`library.lora_dir`) exactly as a worker finds them, and the request with its ControlNet,
+    /// init image and mask (fleet-render's one mapping, as a worker builds it).
+    fn prepare(&mut self, spec: &JobSpec) -> Result<(Arc<Pipeline>, GenerateRequest), (ErrorCode, String)> {
         let config = &self.config;
         let models = self
             .models
@@ -144,15 +153,45 @@ impl Engine {
             })
             .clone()
             .map_err(|e| (ErrorCode::ModelUnavailable, e))?;
-        if spec.controlnet.is_some() {
-            return Err((
-                ErrorCode::InvalidSpec,
-                "controlnet: not supported by --local runs; run through the fleet".into(),
-            ));
+        let control = self.input_image(spec, "controlnet.image", spec.controlnet.as_ref().map(|c| c.image.as_str()))?;
+        let init = self.input_image(spec, "init_image", spec.init_image.as_deref())?;
+        let mask = self.input_image(spec, "mask_image", spec.mask_image.as_deref())?;
+        let images = JobImages { control: control.as_deref(), init: init.as_deref(), mask: mask.as_deref() };
+        fleet_render::prepare(&models, spec, images).map_err(|e| (e.code, e.message))
+    }
+
+    /// The bytes of an input image field: inline, or an object of the configured bucket.
+    fn input_image(
+        &mut self,
+        spec: &JobSpec,
+        field: &str,
+        image: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, (ErrorCode, String)> {
+        let Some(image) = image else { return Ok(None) };
+        let invalid = |m: String| (ErrorCode::InvalidSpec, format!("{field}: {m}"));
+        let limits = self.config.limits_for(&spec.model);
+        let (bucket, key) = match fleet_core::validate::parse_control_image(image, &limits).map_err(invalid)? {
+            ControlImageSource::Inline { bytes, .. } => return Ok(Some(bytes)),
+            ControlImageSource::S3 { bucket, key } => (bucket, key),
+        };
+        if bucket != self.config.s3.bucket {
+            return Err(invalid(format!(
+                "a local run reads input images only from the configured bucket `{}` (s3.bucket), not `{bucket}`",
+                self.config.s3.bucket
+            )));
         }
-        match models.with_loras(&spec.model, &spec.loras) {
-            Ok((pipeline, _)) => Ok(pipeline),
-            Err(e) => Err((e.error_code(), e.to_string())),
+        let runtime = self.runtime.clone().ok_or_else(|| invalid("no async runtime to read S3 with".into()))?;
+        let unreachable =
+            |e: fleet_storage::StorageError| (ErrorCode::Internal, format!("{field}: s3://{bucket}/{key}: {e}"));
+        if self.store.is_none() {
+            let store =
+                runtime.block_on(fleet_storage::ImageStore::from_config(&self.config.s3)).map_err(unreachable)?;
+            self.store = Some(store);
+        }
+        let Some(store) = &self.store else { return Err(invalid("no S3 store".into())) };
+        match runtime.block_on(store.get(&key)).map_err(unreachable)? {
+            Some(object) => Ok(Some(object.body)),
+            None => Err(invalid(format!("s3://{bucket}/{key} does not exist"))),
         }
     }
 
@@ -163,8 +202,7 @@ impl Engine {
         sample: &Sample,
         dir: &Path,
     ) -> Result<(SampleRecord, PathBuf), (ErrorCode, String)> {
-        let pipeline = self.pipeline(spec)?;
-        let request = job_request(spec);
+        let (pipeline, request) = self.prepare(spec)?;
         let started = Utc::now();
         let output = pipeline.generate(&request, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         let image = output.images.into_iter().next().ok_or((ErrorCode::InvalidOutput, "no image".to_owned()))?;

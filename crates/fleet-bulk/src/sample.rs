@@ -72,7 +72,8 @@ pub struct SampleSettings {
     pub models: Option<BTreeSet<String>>,
     /// Prompts drawn from each prompt program; `None`: every expansion, in product order.
     pub samples: Option<u64>,
-    /// Where `{__name__}` finds `name.txt`: the input file's directory.
+    /// The input file's directory: where `{__name__}` finds `name.txt` and where image fields
+    /// given as relative paths are read from.
     pub list_dir: PathBuf,
 }
 
@@ -308,6 +309,7 @@ impl SampleFactory {
         for (name, value) in &self.settings.defaults {
             fields.entry(name.clone()).or_insert_with(|| value.clone());
         }
+        crate::input_images::inline_files(&mut fields, &self.settings.list_dir, line, &mut errors);
         let spec = match fleet_core::parse_job(&Value::Object(fields).to_string()) {
             Ok(spec) => Some(spec),
             Err(e) => {

@@ -281,12 +281,25 @@ async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
     assert!(!out.join("_cancelled").exists());
 }
 
+/// `--local` runs take LoRAs and ControlNets from the library, with a control image named by a file
+/// beside the input (sent inline, as a fleet run would), and init images likewise; unknown LoRAs and a bucket other than the
+/// configured one fail their samples, naming why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_runs_take_loras_from_the_library_and_fail_unknown_ones() {
+async fn local_runs_take_loras_and_controlnets_from_the_library_and_fail_unknown_ones() {
     let dir = tempfile::tempdir().unwrap();
     let library = dir.path().join("loras");
     std::fs::create_dir(&library).unwrap();
     tiny_lora::write_tiny_lora(&library.join("ink.safetensors"));
+    let controlnets = dir.path().join("controlnet");
+    let canny = controlnets.join("canny");
+    std::fs::create_dir_all(&canny).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet-engine/tests/fixtures/extras/tiny-controlnet");
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture.join(file), canny.join(file)).unwrap();
+    }
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([if (x / 8 + y / 8) % 2 == 0 { 255 } else { 0 }; 3]))
+        .save(dir.path().join("edges.png"))
+        .unwrap();
     let input = write(
         dir.path(),
         "p.jsonl",
@@ -294,20 +307,27 @@ async fn local_runs_take_loras_from_the_library_and_fail_unknown_ones() {
             "{\"prompt\": \"a cat\", \"seed\": 5}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"ink\", \"scale\": 2.0}]}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"missing\"}]}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {\"model\": \"canny\", \"image\": \"edges.png\", \"scale\": 2.0}}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {\"model\": \"canny\", \"image\": \"s3://b/c.png\"}}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"init_image\": \"edges.png\", \"steps\": 2, \"strength\": 0.5}\n",
+            "{\"prompt\": \"a cat\", \"seed\": 5, \"steps\": 2}\n",
         ),
     );
     let out = dir.path().join("out");
     let mut config = fleet_core::FleetConfig::default();
     config.library.lora_dir = library;
+    config.library.controlnet_dir = controlnets;
     config.limits.allowed_image_buckets = vec!["b".into()];
     let session = Session { config, api: None, on_progress: None };
     let done = fleet_bulk::start(local_run("local-lora", input, &out, 10), &session).await.unwrap();
-    assert_eq!((done.totals.succeeded, done.totals.failed), (2, 2));
     let rows = manifest(&out, "00000");
     let codes: Vec<_> = rows.iter().map(|r| r.error.as_ref().map(|e| e.code.name())).collect();
-    assert_eq!(codes, [None, None, Some("unknown_lora"), Some("invalid_spec")]);
-    assert!(rows[3].error.as_ref().unwrap().message.contains("--local"), "{:?}", rows[3].error);
+    assert_eq!(codes, [None, None, Some("unknown_lora"), None, Some("invalid_spec"), None, None], "{rows:#?}");
+    assert_eq!((done.totals.succeeded, done.totals.failed), (5, 2));
+    assert!(rows[4].error.as_ref().unwrap().message.contains("s3.bucket"), "{:?}", rows[4].error);
     assert_eq!((rows[1].loras.len(), rows[0].seed), (1, rows[1].seed));
     assert_ne!(rows[0].sha256, rows[1].sha256, "same prompt and seed: the LoRA changed the image");
+    assert_eq!(rows[3].controlnet.as_ref().map(|c| (c.model.as_str(), c.scale)), Some(("canny", 2.0)));
+    assert_ne!(rows[0].sha256, rows[3].sha256, "same prompt and seed: the ControlNet changed the image");
+    assert_ne!(rows[6].sha256, rows[5].sha256, "same prompt, seed and steps: the init image changed the image");
 }
