@@ -88,6 +88,8 @@ async fn finished_job_with_image(server: &Server) -> (uuid::Uuid, String, Vec<u8
         format: ImageFormat::Png,
         sha256: stored.sha256.clone(),
         bytes: stored.bytes,
+        url: None,
+        url_expires_at: None,
     };
     let now = chrono::Utc::now();
     server.app.status.update(id, |s| s.start("worker-1", now)).await.unwrap();
