@@ -107,7 +107,7 @@ impl Fleet {
     }
 
     pub async fn cancel(&self, id: uuid::Uuid) {
-        self.http.delete(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
+        self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
     }
 
     /// Polls until every job is final, or panics after `limit`.

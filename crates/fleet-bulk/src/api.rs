@@ -89,19 +89,19 @@ impl ApiClient {
         }
     }
 
-    /// Cancels a job; a job that is already final (409) or gone (404) is fine.
+    /// Cancels a job, keeping it; a job that is already final (409) or gone (404) is fine.
     pub async fn cancel(&self, id: Uuid) -> Result<(), BulkError> {
-        let url = format!("{}/v1/jobs/{id}", self.base);
+        let url = format!("{}/v1/jobs/{id}/cancel", self.base);
         let resp = self
             .http
-            .delete(&url)
+            .post(&url)
             .bearer_auth(&self.key)
             .send()
             .await
             .map_err(|e| BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base)))?;
         match resp.status() {
             s if s.is_success() || s == StatusCode::CONFLICT || s == StatusCode::NOT_FOUND => Ok(()),
-            s => Err(BulkError::Api(format!("DELETE /v1/jobs/{id}: HTTP {}", s.as_u16()))),
+            s => Err(BulkError::Api(format!("POST /v1/jobs/{id}/cancel: HTTP {}", s.as_u16()))),
         }
     }
 }

@@ -48,8 +48,12 @@ pub enum Command {
     /// Follow jobs until they finish, with progress bars: exit 0 if all succeeded, 1 if one failed
     /// or was cancelled, 3 if --timeout passed first (printing why a job is still waiting).
     Wait(WaitArgs),
-    /// Cancel a job: a queued job never runs, a running one stops at its next step.
+    /// Cancel a job: a queued job never runs, a running one stops at its next step (the job and
+    /// its images are kept until its retention passes).
     Cancel(JobArgs),
+    /// Delete jobs: a finished job's images and record are removed now; a queued or running job
+    /// is cancelled and removed once it is final. Exit 1 if any could not be deleted.
+    Delete(DeleteArgs),
     /// List your jobs, newest first.
     Jobs(JobsArgs),
     /// Download a finished job's images into a directory (`<DIR>/<job id>_<n>.<ext>`).
@@ -242,6 +246,10 @@ pub struct SubmitArgs {
     /// Idempotency key (one job only).
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Keep the jobs' images and records this many seconds after they finish (at most the
+    /// tenant's `retention.max_secs`; default: the tenant's `retention.default_secs`).
+    #[arg(long, value_name = "SECONDS")]
+    pub retention: Option<u64>,
     /// ControlNet: a name from the workers' library (`library.controlnet_dir`).
     #[arg(long, value_name = "NAME", requires = "control_image")]
     pub controlnet: Option<String>,
@@ -293,6 +301,15 @@ pub struct WaitArgs {
 pub struct JobArgs {
     /// Job id.
     pub id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Job ids.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }

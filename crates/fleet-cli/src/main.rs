@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::jobs::status(&cli, args),
         Command::Wait(args) => cmd::wait::run(&cli, args),
         Command::Cancel(args) => cmd::jobs::cancel(&cli, args),
+        Command::Delete(args) => cmd::jobs::delete(&cli, args),
         Command::Jobs(args) => cmd::jobs::list(&cli, args),
         Command::Download(args) => cmd::jobs::download(&cli, args),
         Command::Queues(args) => cmd::jobs::queues(&cli, args),

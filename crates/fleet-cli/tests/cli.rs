@@ -123,7 +123,7 @@ fn client(base: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn submit_status_jobs_and_cancel_through_the_api() {
+fn submit_status_jobs_cancel_and_delete_through_the_api() {
     let (base, _runtime) = start_dispatcher();
     let client = |args: &[&str]| client(&base, args);
     let (code, stdout, stderr) =
@@ -150,6 +150,21 @@ fn submit_status_jobs_and_cancel_through_the_api() {
     );
     let (code, stdout, _) = client(&["wait", &id]);
     assert_eq!(code, 1, "wait exits 1 for a job that did not succeed: {stdout}");
+    // Deleting: the finished job at once, then it is gone; a queued one is cancelled to go later.
+    let (code, stdout, stderr) = client(&["delete", &id]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("{id}  deleted")), "{stdout}");
+    let (code, _, stderr) = client(&["delete", &id]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&id) && stderr.contains("not_found"), "{stderr}");
+    let (code, stdout, stderr) = client(&["submit", "--prompt", "kept", "--model", "tiny", "--retention", "90"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let kept = stdout.split_whitespace().next().unwrap().to_owned();
+    let (_, stdout, _) = client(&["status", &kept]);
+    assert!(stdout.contains("  kept 90 s after it finishes"), "{stdout}");
+    let (code, stdout, _) = client(&["delete", &kept]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("cancelled; its images and record are removed once it is final"), "{stdout}");
     let (code, stdout, _) = client(&["queues"]);
     assert_eq!(code, 0);
     assert!(stdout.contains(".tiny.interactive"), "{stdout}");

@@ -89,6 +89,12 @@ pub struct JobSpec {
     /// Scheduling class: `interactive` work is always served before `bulk` work.
     #[serde(default)]
     pub priority: Priority,
+    /// Seconds the job's images and status record are kept after it finishes, then removed
+    /// together: at least 1, at most the tenant's `tenants.<name>.retention.max_secs`. Absent:
+    /// the tenant's `retention.default_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 315_360_000))]
+    pub retention: Option<u64>,
     /// Owner of the job. Set by the dispatcher from the caller's API key; a value in a request body is replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -291,6 +297,7 @@ impl JobSpec {
             mask_image: None,
             output: OutputSpec::default(),
             priority: Priority::default(),
+            retention: None,
             tenant: None,
             metadata: serde_json::Map::new(),
         }

@@ -100,6 +100,13 @@ pub struct ImageResult {
     pub sha256: String,
     /// Size of the stored object.
     pub bytes: u64,
+    /// A URL that fetches the image without credentials (presigned on each read by the
+    /// dispatcher, never stored); absent when images are in a local directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// When `url` stops working (`s3.presign_ttl_secs` after the read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Why a job failed.
@@ -176,6 +183,14 @@ pub struct JobStatus {
     /// What the job asked for (absent from records written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestRecord>,
+    /// Seconds the job is kept after it finishes (its `retention`, else its tenant's default);
+    /// absent from records written before retention was kept, which expire as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_secs: Option<u64>,
+    /// When the job's images and record are removed: `retention_secs` after `finished_at`
+    /// (set when it finishes). Removal happens at the next sweep after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl JobStatus {
@@ -186,6 +201,7 @@ impl JobStatus {
         status.progress = Progress { step: 0, steps: spec.steps, images_done: 0, images_total: spec.num_images };
         status.metadata = spec.metadata.clone();
         status.request = Some(RequestRecord::of(spec));
+        status.retention_secs = spec.retention;
         Some(status)
     }
 
@@ -226,6 +242,8 @@ impl JobStatus {
             metadata: serde_json::Map::new(),
             waiting_for: None,
             request: None,
+            retention_secs: None,
+            expires_at: None,
         }
     }
 
@@ -236,8 +254,15 @@ impl JobStatus {
         self.state = to;
         if to.is_terminal() {
             self.finished_at = Some(now);
+            self.expires_at = self.retention_secs.and_then(|secs| expiry(now, secs));
         }
         Ok(())
+    }
+
+    /// The job is kept `secs` seconds after it finishes.
+    pub fn with_retention(mut self, secs: u64) -> Self {
+        self.retention_secs = Some(secs);
+        self
     }
 
     /// A worker picked the job up.
@@ -299,6 +324,11 @@ impl JobStatus {
     }
 }
 
+/// `secs` after `finished`; `None` past the calendar's end (no expiry rather than a wrong one).
+fn expiry(finished: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
+    finished.checked_add_signed(chrono::TimeDelta::try_seconds(i64::try_from(secs).ok()?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +347,21 @@ mod tests {
         s.succeed(vec![], Utc::now()).unwrap();
         assert_eq!(s.state, JobState::Succeeded);
         assert!(s.finished_at.is_some());
+    }
+
+    #[test]
+    fn finishing_sets_the_expiry_from_the_retention() {
+        let now = Utc::now();
+        let mut kept = queued().with_retention(3600);
+        assert_eq!(kept.expires_at, None, "not before it finishes");
+        kept.cancel(now).unwrap();
+        assert_eq!(kept.expires_at, Some(now + chrono::TimeDelta::seconds(3600)));
+        let mut unlimited = queued();
+        unlimited.fail(JobError::new(ErrorCode::Internal, "x"), now).unwrap();
+        assert_eq!(unlimited.expires_at, None, "a record without retention expires as it always did");
+        let mut far = queued().with_retention(u64::MAX);
+        far.cancel(now).unwrap();
+        assert_eq!(far.expires_at, None, "beyond the calendar: no expiry rather than a wrong one");
     }
 
     #[test]

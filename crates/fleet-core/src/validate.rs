@@ -8,6 +8,10 @@ use uuid::Uuid;
 use crate::job::{ALLOWED_STEPS, JobSpec, SPEC_VERSION};
 use crate::names::check_library_name;
 
+/// Longest `retention` any job may ask for (10 years); a tenant's own maximum
+/// (`tenants.<name>.retention.max_secs`) is checked by the dispatcher.
+pub const MAX_RETENTION_SECS: u64 = 10 * 365 * 24 * 3600;
+
 /// Per-model and per-deployment limits a job is checked against.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -400,6 +404,13 @@ impl JobSpec {
         }
         if let Some(tenant) = &self.tenant {
             c.result("tenant", check_library_name(tenant));
+        }
+        if let Some(retention) = self.retention {
+            c.check(
+                (1..=MAX_RETENTION_SECS).contains(&retention),
+                "retention",
+                format!("must be 1 to {MAX_RETENTION_SECS} seconds (10 years)"),
+            );
         }
         let metadata_len = serde_json::to_vec(&self.metadata).map_or(usize::MAX, |v| v.len());
         c.check(

@@ -180,11 +180,15 @@ fn every_type_round_trips_through_serde() {
             format: ImageFormat::Png,
             sha256: "00".repeat(32),
             bytes: 1234,
+            url: None,
+            url_expires_at: None,
         }],
         error: Some(JobError::new(ErrorCode::Oom, "out of memory at batch 4")),
         metadata: serde_json::Map::new(),
         waiting_for: None,
         request: Some(fleet_core::RequestRecord::of(&job)),
+        retention_secs: Some(86_400),
+        expires_at: chrono::DateTime::from_timestamp_millis(1_700_086_402_000),
     };
     round_trip(&status);
     for &code in ErrorCode::ALL {

@@ -39,15 +39,20 @@ async function failure(response) {
   return new ApiError(response.status, error);
 }
 
-/** A JSON call; throws ApiError on any non-2xx answer. */
+/** A JSON call (null for a 204 without a body); throws ApiError on any non-2xx answer. */
 export async function call(method, path, body) {
   const response = await request(method, path, body);
   if (!response.ok) throw await failure(response);
+  if (response.status === 204) return null;
   return response.json();
 }
 
-/** One image of a job as a URL an <img> can show: the presigned S3 URL, or (local store) a blob URL. */
-export async function imageUrl(id, n) {
+/**
+ * One image of a job as a URL an <img> can show: the presigned S3 URL its status carries (`known`)
+ * or asks for, or (local store) a blob URL.
+ */
+export async function imageUrl(id, n, known) {
+  if (known) return known;
   const { url } = await call("GET", `/v1/jobs/${id}/images/${n}/url`);
   if (url) return url;
   const response = await request("GET", `/v1/jobs/${id}/images/${n}`);

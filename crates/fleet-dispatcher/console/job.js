@@ -1,6 +1,6 @@
 // One job: live progress from its event stream, its images as soon as they exist, its request,
-// the equivalent `fleet submit` command and a cancel button. An admin also sees its tenant; a
-// cancelled job says when it was cancelled and at which step.
+// when it expires, the equivalent `fleet submit` command, a cancel button and a delete button. An
+// admin also sees its tenant; a cancelled job says when it was cancelled and at which step.
 
 import { call, followEvents, imageUrl } from "./api.js";
 import { fleetCommand, recorded } from "./command.js";
@@ -71,6 +71,8 @@ function renderParams(status) {
   param(list, "Attempts", status.attempts);
   param(list, "Created", when(status.created_at));
   if (status.finished_at) param(list, status.state === "cancelled" ? "Cancelled" : "Finished", when(status.finished_at));
+  if (status.expires_at) param(list, "Expires", `${when(status.expires_at)} (images and record are removed then)`);
+  else if (status.retention_secs) param(list, "Kept", `${status.retention_secs} s after it finishes`);
   param(list, "Job id", status.id);
   $("job-command").value = fleetCommand(status) || "(no prompt recorded for this job)";
 }
@@ -81,7 +83,7 @@ async function renderImages(status) {
   if (key === shownImages) return;
   shownImages = key;
   const items = await Promise.all(results.map(async (r) => {
-    const url = await imageUrl(status.id, r.index);
+    const url = await imageUrl(status.id, r.index, r.url);
     const item = document.createElement("li");
     item.innerHTML = `<figure><img><figcaption><span></span> <a target="_blank" rel="noopener"></a></figcaption></figure>`;
     const img = item.querySelector("img");
@@ -108,6 +110,8 @@ function render(status, onError) {
   $("job-error").textContent = status.error && status.state !== "cancelled" ? `${status.error.code}: ${status.error.message}` : "";
   $("job-cancel").hidden = status.state !== "queued" && status.state !== "running";
   $("job-cancel").dataset.id = status.id;
+  $("job-delete").hidden = false;
+  $("job-delete").dataset.id = status.id;
   renderParams(status);
   renderImages(status).catch(onError);
 }
@@ -116,9 +120,10 @@ function render(status, onError) {
 function clear() {
   shownImages = "";
   $("job-title").textContent = "Job";
-  for (const id of ["job-state", "job-step", "job-error", "job-copied"]) $(id).textContent = "";
+  for (const id of ["job-state", "job-step", "job-error", "job-copied", "job-deleted"]) $(id).textContent = "";
   $("job-progress").value = 0;
   $("job-cancel").hidden = true;
+  $("job-delete").hidden = true;
   $("job-images").replaceChildren();
   $("job-params").replaceChildren();
   $("job-command").value = "";
@@ -182,7 +187,25 @@ export function setupJob(onError) {
   });
   $("job-cancel").addEventListener("click", async () => {
     try {
-      render(await call("DELETE", `/v1/jobs/${$("job-cancel").dataset.id}`), onError);
+      render(await call("POST", `/v1/jobs/${$("job-cancel").dataset.id}/cancel`), onError);
+    } catch (err) {
+      onError(err);
+    }
+  });
+  $("job-delete").addEventListener("click", async () => {
+    const id = $("job-delete").dataset.id;
+    if (!window.confirm("Delete this job? Its images and record are removed for good.")) return;
+    try {
+      const status = await call("DELETE", `/v1/jobs/${id}`);
+      if (status === null) {
+        leaveJob();
+        clear();
+        $("job-deleted").textContent = `Job ${id} was deleted.`;
+        return;
+      }
+      // not finished yet: cancelled now, removed once final
+      render(status, onError);
+      $("job-deleted").textContent = "Cancelled; its images and record are removed once it is final.";
     } catch (err) {
       onError(err);
     }

@@ -111,7 +111,8 @@ from_service_error!(
     fleet_queue::QueueError,
     fleet_status::StatusError,
     fleet_storage::StorageError,
-    crate::bulk_runs::BulkRunsError
+    crate::bulk_runs::BulkRunsError,
+    crate::lifecycle::RemoveError
 );
 
 impl IntoResponse for ApiError {

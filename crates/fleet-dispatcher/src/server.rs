@@ -21,14 +21,15 @@ pub enum DispatcherError {
     Serve(std::io::Error),
 }
 
-/// Serves the API on `listener` (and watches the dead-letter queue) until `shutdown` is cancelled,
-/// then finishes in-flight requests.
+/// Serves the API on `listener` (and watches the dead-letter queue, and sweeps expired jobs) until
+/// `shutdown` is cancelled, then finishes in-flight requests.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DispatcherError> {
     let watcher = tokio::spawn(crate::dead_letters::watch(app.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(crate::lifecycle::sweep(app.clone(), shutdown.clone()));
     let broker = app.broker.clone();
     let router = crate::routes::router(app).layer(tower_http::trace::TraceLayer::new_for_http());
     let served = axum::serve(crate::request_head::CheckedListener(listener), router)
@@ -38,9 +39,10 @@ pub async fn serve(
         })
         .await
         .map_err(DispatcherError::Serve);
-    // The server can also stop on its own (an I/O error); the watcher must not outlive it.
+    // The server can also stop on its own (an I/O error); the watcher and sweeper must not outlive it.
     shutdown.cancel();
     let _ = watcher.await;
+    let _ = sweeper.await;
     // Closed while the runtime still runs: a connection left to the runtime's shutdown makes
     // lapin's I/O loop log an error on the way out.
     broker.close().await;

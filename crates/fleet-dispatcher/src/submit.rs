@@ -62,10 +62,17 @@ pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &st
         field: "model".to_owned(),
         message: format!("unknown model `{}`; this fleet serves: {}", spec.model.escape_debug(), model_list(app)),
     });
+    // A retention over the tenant's maximum names the key that sets the maximum.
+    let too_long = app
+        .config
+        .retention_for(&caller.tenant, spec.retention)
+        .err()
+        .map(|e| FieldError { field: "retention".to_owned(), message: e.to_string() });
+    let refused = || unknown_model.clone().into_iter().chain(too_long.clone());
     match spec.validate(&limits) {
-        Ok(job) if unknown_model.is_none() => Ok(job.assign(&caller.tenant, new_job_id)),
-        Ok(_) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().collect())),
-        Err(errors) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().chain(errors.0).collect())),
+        Ok(job) if refused().next().is_none() => Ok(job.assign(&caller.tenant, new_job_id)),
+        Ok(_) => Err(ApiError::invalid(field_prefix, refused().collect())),
+        Err(errors) => Err(ApiError::invalid(field_prefix, refused().chain(errors.0).collect())),
     }
 }
 
@@ -105,6 +112,12 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     let Some(status) = JobStatus::queued(&job, Utc::now()) else {
         return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
     };
+    // Checked by `validate_for`; the record keeps what the job resolved to, so a later change of
+    // the tenant's default does not move the expiry of jobs already accepted.
+    let retention = app.config.retention_for(&tenant, spec.retention).map_err(|e| {
+        ApiError::invalid("", vec![FieldError { field: "retention".to_owned(), message: e.to_string() }])
+    })?;
+    let status = status.with_retention(retention);
     // The tenant's in-flight limit and quotas are checked by the create itself: one round trip,
     // and concurrent submissions cannot overshoot them.
     let max_in_flight = app.config.http.max_in_flight_per_tenant;

@@ -1,8 +1,9 @@
 //! The dispatcher over HTTP, against the real RabbitMQ and Redis that `scripts/services.sh` starts.
 //! Modules: `bad_input` (each bad request is a clear 4xx that changes nothing), `envelope` (every
 //! refusal, the router's and the extractors' too, is the JSON error envelope), `idempotency` (a
-//! key or a client's id stands for one request), `security` (keys on every route, tenant
-//! isolation on every job endpoint), `usage` (quotas at admission, the usage report).
+//! key or a client's id stands for one request), `lifecycle` (retention, the sweeper, `DELETE`,
+//! presigned URLs in the status), `security` (keys on every route, tenant isolation on every job
+//! endpoint), `usage` (quotas at admission, the usage report).
 
 #[path = "dispatcher/bad_input.rs"]
 mod bad_input;
@@ -10,6 +11,8 @@ mod bad_input;
 mod envelope;
 #[path = "dispatcher/idempotency.rs"]
 mod idempotency;
+#[path = "dispatcher/lifecycle.rs"]
+mod lifecycle;
 #[path = "dispatcher/security.rs"]
 mod security;
 #[path = "dispatcher/usage.rs"]
@@ -332,11 +335,12 @@ async fn cancel_before_run_and_twice() {
     let server = Server::start(isolated_config()).await;
     let (_, job) = server.submit(ALICE, json!({"prompt": "never", "model": "tiny"})).await;
     let id = job["id"].as_str().unwrap();
-    let (code, body) = server.call(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+    let cancel = format!("/v1/jobs/{id}/cancel");
+    let (code, body) = server.call(reqwest::Method::POST, &cancel, Some(ALICE), None).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["state"], "cancelled");
     assert!(server.app.status.is_cancel_requested(id.parse().unwrap()).await.unwrap(), "workers see the flag");
-    let (code, body) = server.call(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), Some(ALICE), None).await;
+    let (code, body) = server.call(reqwest::Method::POST, &cancel, Some(ALICE), None).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
     server.stop().await;

@@ -72,12 +72,25 @@ impl Keys {
         format!("{}:tenant:{tenant}:charged:{day}", self.prefix)
     }
 
+    /// Sorted set of finished jobs to remove, as [`Self::expiry_member`]s scored by when they
+    /// are due in ms (0: at once; a claimed job: when its sweeper's lease ends).
+    pub(crate) fn expiry(&self) -> String {
+        format!("{}:expiry", self.prefix)
+    }
+
+    /// A job in [`Self::expiry`]: `<tenant>/<id>`, so a sweeper finds its images without the
+    /// record (tenant names never contain `/`).
+    pub(crate) fn expiry_member(tenant: &str, id: Uuid) -> String {
+        format!("{tenant}/{id}")
+    }
+
     /// Pub/sub channel of a job's events.
     pub(crate) fn events(&self, id: Uuid) -> String {
         format!("{}:events:{id}", self.prefix)
     }
 
-    /// String flag: the job's owner asked for it to be cancelled.
+    /// String flag: the job's owner asked for it to be cancelled. Also left behind when a job is
+    /// removed, so a message of it still on a queue is never run.
     pub(crate) fn cancel(&self, id: Uuid) -> String {
         format!("{}:cancel:{id}", self.prefix)
     }

@@ -19,6 +19,9 @@ use redis::Script;
 /// 13 digest of the request ('' for none), kept in the record's `digest` field, 14 most jobs the
 /// tenant may have queued ('' for no limit), 15 pixel-steps the tenant may be charged today
 /// ('' for no budget), 16 the job's cost in pixel-steps, 17 TTL of the charge counter.
+/// Lifecycle: KEYS 9 expiry zset, 10 the job's cancel flag; ARGV 18 expiry in ms of a job
+/// created finished ('' for none), 19 the TTL its record and indexes keep at least ('' for none),
+/// 20 its expiry member.
 ///
 /// Returns `{'created'}`, `{'existing', data}`, `{'different', id}` (the key or id stands for a
 /// job whose recorded digest is another; a record without one counts as the same request),
@@ -28,7 +31,8 @@ use redis::Script;
 /// against the daily budget keeps its charge in the record's `charge` field, for a discard to
 /// give back.
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{KEEP_AT_LEAST}{}",
         r#"
 local function retry_of(key, id)
   local record = redis.call('HMGET', key, 'data', 'digest')
@@ -89,9 +93,9 @@ if charge > 0 then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+-- Never shortened: the indexes may list a finished job kept longer (its retention).
+keep_at_least({KEYS[2], KEYS[3]}, tonumber(ARGV[2]))
 if ARGV[6] == '1' then
   redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
 end
@@ -103,9 +107,20 @@ if ARGV[11] ~= '' then
   redis.call('HINCRBY', KEYS[6], ARGV[11], 1)
 end
 redis.call('SADD', KEYS[7], ARGV[10])
+-- ---- lifecycle ----
+-- A cancel flag without a record is the mark a removed job leaves; a new job under its id
+-- (a client reusing its own id) must not inherit it.
+redis.call('DEL', KEYS[10])
+if ARGV[18] ~= '' then
+  redis.call('ZADD', KEYS[9], ARGV[18], ARGV[20])
+end
+if ARGV[19] ~= '' then
+  keep_at_least({KEYS[1], KEYS[2], KEYS[3]}, tonumber(ARGV[19]))
+end
+-- ---- end lifecycle ----
 return {'created'}
-"#,
-    )
+"#
+    ))
 });
 
 /// Compare-and-set a job record, move it between state indexes, keep the counters and publish
@@ -119,12 +134,17 @@ return {'created'}
 /// counter, 6 model counters hash, 7 usage hash of the hour the job finished in, 8 usage totals
 /// hash.
 /// ARGV: 1 expected rev, 2 new status JSON, 3 status TTL, 4 id, 5 created ms, 6 finishes the job
-/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON, 10 usage TTL, 11.. pairs of usage
-/// field and increment.
+/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON, 10 usage TTL, 11-13 lifecycle
+/// (below), 14.. pairs of usage field and increment.
+///
+/// Lifecycle: KEYS 9 expiry zset; ARGV 11 the job's expiry in ms ('' for none), 12 the TTL its
+/// record and indexes keep at least ('' for none), 13 its expiry member. A finishing job joins the
+/// expiry set at its expiry, or at 0 (due at once) when its removal was asked for while it ran.
 ///
 /// Returns the new rev, 0 when the rev moved on (someone else wrote), -1 when the job is gone.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{KEEP_AT_LEAST}{}",
         r#"
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if not rev then
@@ -140,25 +160,36 @@ if KEYS[2] ~= KEYS[3] then
   redis.call('ZREM', KEYS[2], ARGV[4])
   redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
 end
--- Index TTLs follow their newest record, so an index never expires before a job it lists.
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[3])
+-- Index TTLs follow their longest-lived record, so an index never expires before a job it lists.
+keep_at_least({KEYS[3], KEYS[4]}, tonumber(ARGV[3]))
 if ARGV[6] == '1' then
   -- Never below zero: a counter lost or rebuilt while jobs ran must not go negative.
   if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then
     redis.call('DECR', KEYS[5])
   end
   redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
-  for i = 11, #ARGV - 1, 2 do
+  for i = 14, #ARGV - 1, 2 do
     redis.call('HINCRBY', KEYS[7], ARGV[i], ARGV[i + 1])
     redis.call('HINCRBY', KEYS[8], ARGV[i], ARGV[i + 1])
   end
   redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
+-- ---- lifecycle ----
+if ARGV[6] == '1' then
+  if redis.call('HEXISTS', KEYS[1], 'remove') == 1 then
+    redis.call('ZADD', KEYS[9], 0, ARGV[13])
+  elseif ARGV[11] ~= '' then
+    redis.call('ZADD', KEYS[9], ARGV[11], ARGV[13])
+  end
+  if ARGV[12] ~= '' then
+    keep_at_least({KEYS[1], KEYS[3], KEYS[4]}, tonumber(ARGV[12]))
+  end
+end
+-- ---- end lifecycle ----
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return next
-"#,
-    )
+"#
+    ))
 });
 
 /// Set the cancel flag of a job that exists.
@@ -190,6 +221,84 @@ return 1
 "#,
     )
 });
+
+// ---- lifecycle: removing finished jobs when their retention has passed ----
+
+/// Lua: `keep_at_least(keys, ttl)` raises each key's TTL to `ttl` seconds where it is shorter
+/// (a key without one gets it; a missing key stays missing), so a write never shortens a record
+/// or an index that a job kept longer (its retention) needs.
+const KEEP_AT_LEAST: &str = r#"
+local function keep_at_least(keys, ttl)
+  for _, key in ipairs(keys) do
+    local left = redis.call('TTL', key)
+    if left ~= -2 and left < ttl then
+      redis.call('EXPIRE', key, ttl)
+    end
+  end
+end
+"#;
+
+/// Claim due jobs for one sweeper: every member of the expiry set scored at or below now (at
+/// most a batch) is rescored to the end of the sweeper's lease, so no other sweeper takes it
+/// meanwhile, and one that is still there when the lease ends (its sweeper crashed) is due again.
+///
+/// KEYS: 1 expiry zset. ARGV: 1 now in ms, 2 lease end in ms, 3 most members.
+/// Returns the claimed members.
+pub(crate) static CLAIM_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+end
+return due
+"#,
+    )
+});
+
+/// Ask for a job's removal: a finished job in the expiry set becomes due at once; any other job
+/// is marked (`remove` field), and the update that finishes it makes it due at once.
+///
+/// KEYS: 1 job, 2 expiry zset. ARGV: 1 expiry member.
+/// Returns 2 when the job was finished (now due), 1 when marked, 0 when there is no such job.
+pub(crate) static MARK_REMOVAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+  return 2
+end
+redis.call('HSET', KEYS[1], 'remove', '1')
+return 1
+"#,
+    )
+});
+
+/// Remove a job's record, its index entries and its expiry entry, leaving its cancel flag set
+/// (for the status TTL) so that a message of the job still on a queue is acked unrun instead of
+/// recreating the job. Usage, counters and quota charges are left as they are.
+///
+/// KEYS: 1 job, 2 tenant jobs zset, 3–7 the tenant's state zsets, 8 expiry zset, 9 cancel flag.
+/// ARGV: 1 id, 2 expiry member, 3 cancel flag TTL.
+/// Returns 1 when a record was removed, 0 when there was none (removed before, or expired).
+pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('SET', KEYS[9], '1', 'EX', ARGV[3])
+local removed = redis.call('DEL', KEYS[1])
+for i = 2, 7 do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+redis.call('ZREM', KEYS[8], ARGV[2])
+return removed
+"#,
+    )
+});
+
+// ---- end lifecycle ----
 
 /// Drop worker ids whose heartbeat key has expired. Checking and removing in one step keeps a
 /// worker that heartbeats right now from being removed from the set.

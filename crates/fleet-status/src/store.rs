@@ -1,7 +1,9 @@
 //! [`StatusStore`]: every Redis operation of the fleet's status layer.
 
+mod lifecycle;
 mod usage;
 
+pub use lifecycle::{ExpiredJob, RemovalRequest};
 pub use usage::MAX_USAGE_HOURS;
 
 use std::collections::{BTreeMap, HashMap};
@@ -204,6 +206,8 @@ impl StatusStore {
             .key(self.keys.counters(&status.model))
             .key(self.keys.models())
             .key(self.charge_key(status))
+            .key(self.keys.expiry())
+            .key(self.keys.cancel(status.id))
             .arg(data)
             .arg(self.status_ttl)
             .arg(status.created_at.timestamp_millis())
@@ -223,6 +227,7 @@ impl StatusStore {
             // Two days: the counter outlives its day wherever the clocks of Redis and the
             // dispatchers differ.
             .arg(2 * 24 * 3600);
+        self.expiry_args(&mut invocation, status);
         let mut con = self.conn.clone();
         let reply: Vec<String> = self.call(&job_key, async move { invocation.invoke_async(&mut con).await }).await?;
         match reply.as_slice() {
@@ -840,6 +845,7 @@ impl StatusStore {
             .key(self.keys.counters(&next.model))
             .key(usage_hour)
             .key(self.keys.usage_totals())
+            .key(self.keys.expiry())
             .arg(rev.to_string())
             .arg(data)
             .arg(self.status_ttl)
@@ -850,6 +856,7 @@ impl StatusStore {
             .arg(self.keys.events(id))
             .arg(event)
             .arg(self.usage_ttl);
+        self.expiry_args(&mut invocation, next);
         if finishes {
             for (metric, n) in UsageCounts::of_finished(next).fields() {
                 invocation.arg(usage_field(&next.tenant, &next.model, metric)).arg(n);

@@ -19,6 +19,8 @@ use uuid::Uuid;
 mod bulk_runs;
 #[path = "status/durability.rs"]
 mod durability;
+#[path = "status/lifecycle.rs"]
+mod lifecycle;
 #[path = "status/usage.rs"]
 mod usage;
 
@@ -101,6 +103,8 @@ fn status_at(tenant: &str, created_at: DateTime<Utc>) -> JobStatus {
         metadata: serde_json::Map::new(),
         waiting_for: None,
         request: None,
+        retention_secs: None,
+        expires_at: None,
     }
 }
 

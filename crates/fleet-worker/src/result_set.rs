@@ -54,6 +54,8 @@ pub async fn upload(
         format,
         sha256: stored.sha256,
         bytes: stored.bytes,
+        url: None,
+        url_expires_at: None,
     })
 }
 

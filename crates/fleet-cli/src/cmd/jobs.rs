@@ -1,11 +1,11 @@
-//! `fleet status | cancel | jobs | queues | workers | download`: reading and steering jobs through the API.
+//! `fleet status | cancel | delete | jobs | queues | workers | download`: reading and steering jobs through the API.
 
 use std::process::ExitCode;
 
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::cli::{Cli, DownloadArgs, JobArgs, JobsArgs, ServerArgs};
+use crate::cli::{Cli, DeleteArgs, DownloadArgs, JobArgs, JobsArgs, ServerArgs};
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
     tokio::runtime::Runtime::new()?.block_on(f)
@@ -67,6 +67,11 @@ fn request_lines(job: &Value) -> Vec<String> {
     if let Some(finished) = job["finished_at"].as_str() {
         lines.push(format!("  {}: {finished}", job["state"].as_str().unwrap_or("finished")));
     }
+    if let Some(expires) = job["expires_at"].as_str() {
+        lines.push(format!("  images and record removed after: {expires}"));
+    } else if let Some(secs) = job["retention_secs"].as_u64() {
+        lines.push(format!("  kept {secs} s after it finishes"));
+    }
     lines
 }
 
@@ -83,6 +88,9 @@ pub fn status(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
             }
             for image in job["result"].as_array().into_iter().flatten() {
                 outln!("  image {}: {} (seed {})", image["index"], image["key"].as_str().unwrap_or("?"), image["seed"]);
+                if let (Some(url), Some(until)) = (image["url"].as_str(), image["url_expires_at"].as_str()) {
+                    outln!("    {url}\n    (this URL works until {until})");
+                }
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -92,13 +100,48 @@ pub fn status(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
 pub fn cancel(cli: &Cli, args: &JobArgs) -> anyhow::Result<ExitCode> {
     let client = cli.client(&args.server)?;
     block_on(async {
-        let job = client.call(Method::DELETE, &format!("/v1/jobs/{}", args.id), None).await?;
+        let job = client.call(Method::POST, &format!("/v1/jobs/{}/cancel", args.id), None).await?;
         if args.server.json {
             print_json(&job)?
         } else {
             outln!("{}", summary(&job))
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `fleet delete ID...`: each job deleted in turn; one that cannot be (not found, a service
+/// down) is reported and the rest still go.
+pub fn delete(cli: &Cli, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    let client = cli.client(&args.server)?;
+    block_on(async {
+        let mut failed = false;
+        for id in &args.ids {
+            match client.call(Method::DELETE, &format!("/v1/jobs/{id}"), None).await {
+                // 202: the job was not finished; it is cancelled and removed once final.
+                Ok(job) if job.is_object() => {
+                    if args.server.json {
+                        print_json(&job)?;
+                    } else {
+                        outln!("{}", summary(&job));
+                        outln!("{id}  cancelled; its images and record are removed once it is final");
+                    }
+                }
+                // 204: removed.
+                Ok(_) => {
+                    if args.server.json {
+                        print_json(&serde_json::json!({"id": id, "deleted": true}))?;
+                    } else {
+                        outln!("{id}  deleted");
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("error: {id}: {}", crate::output::error_text(&e));
+                }
+            }
+        }
+        Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
     })
 }
 

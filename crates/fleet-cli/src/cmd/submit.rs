@@ -90,6 +90,9 @@ fn jobs_from(args: &SubmitArgs, default_model: &str) -> anyhow::Result<Vec<Value
     if let Some(f) = &args.format {
         defaults.insert("output".into(), json!({"format": f}));
     }
+    if let Some(secs) = args.retention {
+        defaults.insert("retention".into(), Value::from(secs));
+    }
     if let Some(controlnet) = control_fields(args)? {
         defaults.insert("controlnet".into(), controlnet);
     }

@@ -77,6 +77,12 @@ impl FleetConfig {
             for problem in settings.quota.problems(&format!("tenants.{name}.quota")) {
                 need(false, problem);
             }
+            for problem in settings.retention.problems(&format!("tenants.{name}.retention")) {
+                need(false, problem);
+            }
+        }
+        for problem in self.retention.problems() {
+            need(false, problem);
         }
         need(!self.models.is_empty(), "models: at least one model must be configured".into());
         for (name, model) in &self.models {

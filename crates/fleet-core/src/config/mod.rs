@@ -5,6 +5,7 @@
 
 mod check;
 mod load;
+mod retention;
 mod tenants;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate::Limits;
 
+pub use retention::RetentionConfig;
+pub use tenants::RetentionTooLong;
 pub use tenants::{
     DEFAULT_TENANT_SETTINGS, TenantQuota, TenantRetention, TenantSettings, TenantShare, TenantWebhooks, TenantsConfig,
 };
@@ -34,6 +37,8 @@ pub struct FleetConfig {
     pub client: ClientConfig,
     /// Per-tenant settings by tenant name (`default`: every tenant without its own entry).
     pub tenants: TenantsConfig,
+    /// The sweeper that removes finished jobs whose retention has passed.
+    pub retention: RetentionConfig,
 }
 
 /// Where the `fleet` CLI sends requests (flags `--server`/`--api-key` and `FLEET_SERVER`/`FLEET_API_KEY` win).
@@ -499,6 +504,7 @@ impl Default for FleetConfig {
             limits: LimitsConfig::default(),
             client: ClientConfig::default(),
             tenants: TenantsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

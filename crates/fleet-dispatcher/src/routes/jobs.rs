@@ -1,4 +1,4 @@
-//! `/v1/jobs`: submit, read, list, cancel, follow.
+//! `/v1/jobs`: submit, read, list, cancel, delete, follow.
 
 use std::convert::Infallible;
 
@@ -21,8 +21,10 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::submit::{accept, validate_for};
+pub use removal::{delete, delete_docs};
 use submission::JobsBody;
 
+mod removal;
 mod submission;
 
 /// `/v1/jobs/{id}…`
@@ -202,6 +204,7 @@ pub async fn get_one(
 ) -> Result<Json<JobStatus>, ApiError> {
     let mut status = visible_job(&app, &caller, id).await?;
     crate::waiting::explain(&app.status, &mut [&mut status]).await;
+    answer_with_urls(&app, &mut status).await?;
     Ok(Json(status))
 }
 
@@ -231,11 +234,14 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 100);
-    let page = app.status.list(&caller.tenant, q.state, q.cursor.as_deref(), limit).await?;
+    let mut page = app.status.list(&caller.tenant, q.state, q.cursor.as_deref(), limit).await?;
+    for status in &mut page.jobs {
+        answer_with_urls(&app, status).await?;
+    }
     Ok(Json(JobPage { jobs: page.jobs, next_cursor: page.next_cursor }))
 }
 
-/// `DELETE /v1/jobs/{id}`: a queued job never runs; a running one stops at its next step.
+/// `POST /v1/jobs/{id}/cancel`: a queued job never runs; a running one stops at its next step.
 pub async fn cancel(
     State(app): State<App>,
     caller: Caller,
@@ -245,19 +251,30 @@ pub async fn cancel(
     if status.state.is_terminal() {
         return Err(ApiError::new(ErrorCode::Conflict, format!("job {} is already {}", status.id, status.state)));
     }
+    cancel_unfinished(&app, status).await
+}
+
+/// Cancels a job that is not finished: a queued one at once, a running one through the flag its
+/// worker reads at its next step. Answers 202 with the job's status afterwards.
+async fn cancel_unfinished(app: &App, status: JobStatus) -> Result<Response, ApiError> {
+    let mut updated = cancelled(app, status).await?;
+    answer_with_urls(app, &mut updated).await?;
+    Ok((StatusCode::ACCEPTED, Json(updated)).into_response())
+}
+
+/// The cancel itself, see [`cancel_unfinished`].
+async fn cancelled(app: &App, status: JobStatus) -> Result<JobStatus, ApiError> {
     // The flag first: a worker that picks the job up in the meantime still sees it.
     app.status.request_cancel(status.id).await?;
-    let updated = if status.state == JobState::Queued {
-        match app.status.update(status.id, |s| s.cancel(Utc::now())).await {
-            Ok(s) => s,
-            // it started meanwhile: the worker honours the flag at its next step
-            Err(fleet_status::StatusError::Illegal(_)) => app.status.get(status.id).await?.unwrap_or(status),
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        status
-    };
-    Ok((StatusCode::ACCEPTED, Json(updated)).into_response())
+    if status.state != JobState::Queued {
+        return Ok(status);
+    }
+    match app.status.update(status.id, |s| s.cancel(Utc::now())).await {
+        Ok(s) => Ok(s),
+        // it started meanwhile: the worker honours the flag at its next step
+        Err(fleet_status::StatusError::Illegal(_)) => Ok(app.status.get(status.id).await?.unwrap_or(status)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /v1/jobs/{id}/events`: server-sent events, one per status change, ending with the final state.
@@ -270,17 +287,18 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let status = visible_job(&app, &caller, id).await?;
     let stream = app.status.events(status.id).await?;
-    let store = app.status.clone();
     let events = stream.then(move |item| {
-        let store = store.clone();
+        let app = app.clone();
         async move {
             match item {
-                // a queued job's events say what it waits for, as its status does
+                // a queued job's events say what it waits for, and a finished one's where its
+                // images are, as its status does
                 Ok(mut event) => {
-                    crate::waiting::explain(&store, &mut [&mut event.status]).await;
+                    crate::waiting::explain(&app.status, &mut [&mut event.status]).await;
+                    answer_with_urls(&app, &mut event.status).await.map_err(|e| e.message)?;
                     Ok(event)
                 }
-                Err(err) => Err(err),
+                Err(err) => Err(err.to_string()),
             }
         }
     });
@@ -291,7 +309,7 @@ pub async fn events(
                 .event(event.state.as_str())
                 .json_data(&event)
                 .unwrap_or_else(|_| Event::default().event("error").data("unserialisable event")),
-            Err(err) => Event::default().event("error").data(err.to_string()),
+            Err(err) => Event::default().event("error").data(err),
         })
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
@@ -302,6 +320,18 @@ async fn stored_image(app: &App, caller: &Caller, id: Uuid, n: u32) -> Result<Im
     let status = visible_job(app, caller, id).await?;
     let found = status.result.iter().find(|r| r.index == n).cloned();
     found.ok_or_else(|| ApiError::not_found(format!("image {n} of job {} (state {})", status.id, status.state)))
+}
+
+/// Gives each image of `status` its presigned URL and when that stops working (left out when
+/// images are in a local directory): what a status carries in every answer, never in Redis.
+async fn answer_with_urls(app: &App, status: &mut JobStatus) -> Result<(), ApiError> {
+    let expires_at =
+        Utc::now() + chrono::TimeDelta::seconds(i64::try_from(app.config.s3.presign_ttl_secs).unwrap_or(0));
+    for image in &mut status.result {
+        image.url = presigned(app, image).await?;
+        image.url_expires_at = image.url.as_ref().map(|_| expires_at);
+    }
+    Ok(())
 }
 
 /// A presigned URL of a stored image; `None` when images are in a local directory, whose

@@ -11,7 +11,7 @@ pub mod ops;
 pub mod usage;
 
 use aide::axum::ApiRouter;
-use aide::axum::routing::get_with;
+use aide::axum::routing::{get_with, post_with};
 use aide::openapi::OpenApi;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -31,8 +31,15 @@ fn keyed() -> ApiRouter<App> {
         )
         .api_route(
             "/v1/jobs/{id}",
-            get_with(jobs::get_one, |op| op.summary("One job's status")).delete_with(jobs::cancel, |op| {
-                op.summary("Cancel: a queued job never runs, a running job stops at its next step")
+            get_with(jobs::get_one, |op| {
+                op.summary("One job's status, with a presigned URL per image and when the job expires")
+            })
+            .delete_with(jobs::delete, jobs::delete_docs),
+        )
+        .api_route(
+            "/v1/jobs/{id}/cancel",
+            post_with(jobs::cancel, |op| {
+                op.summary("Cancel: a queued job never runs, a running job stops at its next step (the job is kept)")
                     .response::<202, axum::Json<fleet_core::JobStatus>>()
             }),
         )

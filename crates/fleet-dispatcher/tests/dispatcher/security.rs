@@ -12,7 +12,7 @@ use super::{ADMIN, ALICE, BOB, Server, isolated_config};
 const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// The test S3 server of `scripts/services.sh` (same variables and defaults as `tests/src/lib.rs`).
-fn with_test_s3(mut cfg: fleet_core::FleetConfig) -> fleet_core::FleetConfig {
+pub(super) fn with_test_s3(mut cfg: fleet_core::FleetConfig) -> fleet_core::FleetConfig {
     let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     cfg.s3.endpoint = format!("http://127.0.0.1:{}", var("FLEET_TEST_S3_PORT", "8333"));
     cfg.s3.bucket = var("FLEET_TEST_S3_BUCKET", "fleet-test");
@@ -88,6 +88,8 @@ async fn finished_job_with_image(server: &Server) -> (uuid::Uuid, String, Vec<u8
         format: ImageFormat::Png,
         sha256: stored.sha256.clone(),
         bytes: stored.bytes,
+        url: None,
+        url_expires_at: None,
     };
     let now = chrono::Utc::now();
     server.app.status.update(id, |s| s.start("worker-1", now)).await.unwrap();
@@ -108,6 +110,7 @@ async fn another_tenant_cannot_read_list_cancel_follow_or_download_a_job() {
         for (method, path) in [
             (Method::GET, format!("/v1/jobs/{job}")),
             (Method::DELETE, format!("/v1/jobs/{job}")),
+            (Method::POST, format!("/v1/jobs/{job}/cancel")),
             (Method::GET, format!("/v1/jobs/{job}/events")),
             (Method::GET, format!("/v1/jobs/{job}/images/0")),
             (Method::GET, format!("/v1/jobs/{job}/images/0/url")),

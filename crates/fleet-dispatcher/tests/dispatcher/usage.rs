@@ -90,6 +90,8 @@ async fn usage_reports_finished_jobs_to_their_tenant_and_everything_to_admins() 
                 format: ImageFormat::Png,
                 sha256: "0".repeat(64),
                 bytes: 1,
+                url: None,
+                url_expires_at: None,
             })
             .collect();
         server.app.status.update(id, |s| s.start("w1", Utc::now())).await.unwrap();

@@ -39,6 +39,8 @@ fn image(index: u32) -> ImageResult {
         format: ImageFormat::Png,
         sha256: "0".repeat(64),
         bytes: 100,
+        url: None,
+        url_expires_at: None,
     }
 }
 

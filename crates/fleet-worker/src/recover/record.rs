@@ -93,6 +93,8 @@ pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<U
         metadata: Default::default(),
         waiting_for: None,
         request: Some(request),
+        retention_secs: None,
+        expires_at: None,
     }
 }
 

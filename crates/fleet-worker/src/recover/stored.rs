@@ -88,6 +88,8 @@ fn judge(set: &ListedSet, objects: Vec<Option<StoredObject>>, expected: Expected
             format: image.format,
             sha256,
             bytes: object.body.len() as u64,
+            url: None,
+            url_expires_at: None,
         })
         .collect();
     Ok(StoredResult { images, params, meta })

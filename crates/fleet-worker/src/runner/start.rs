@@ -53,7 +53,11 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
                 return Ok(None);
             }
             // Otherwise the record is created from the message (with its idempotency key), then started.
-            let Some(queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
+            let Some(mut queued) = JobStatus::queued(&job.job, Utc::now()) else { return Ok(None) };
+            // Without its own retention the job is kept as long as its tenant's default says.
+            if queued.retention_secs.is_none() {
+                queued.retention_secs = ctx.config.retention_for(&queued.tenant, None).ok();
+            }
             let key = job.job.spec().idempotency_key.as_deref();
             retry(|| recover::record::write(&ctx.status, &queued, key)).await?;
             retry(|| ctx.status.update_from(id, None, start)).await.map(Some)

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 
 pub use quota::TenantQuota;
-pub use retention::TenantRetention;
+pub use retention::{RetentionTooLong, TenantRetention};
 pub use share::TenantShare;
 pub use webhooks::TenantWebhooks;
 
@@ -42,6 +42,12 @@ impl TenantsConfig {
     pub fn settings(&self, tenant: &str) -> &TenantSettings {
         static BUILT_IN: LazyLock<TenantSettings> = LazyLock::new(TenantSettings::default);
         self.0.get(tenant).or_else(|| self.0.get(DEFAULT_TENANT_SETTINGS)).unwrap_or(&BUILT_IN)
+    }
+
+    /// The name of the entry whose settings apply to `tenant`: its own, else `default` (also
+    /// when there is no `default` entry, whose built-in values then apply).
+    pub fn entry_of<'a>(&self, tenant: &'a str) -> &'a str {
+        if self.0.contains_key(tenant) { tenant } else { DEFAULT_TENANT_SETTINGS }
     }
 
     /// Every configured entry (the `default` entry included), by name.
