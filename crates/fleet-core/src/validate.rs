@@ -401,6 +401,11 @@ impl JobSpec {
         if let Some(tenant) = &self.tenant {
             c.result("tenant", check_library_name(tenant));
         }
+        if let Some(webhook) = &self.webhook {
+            for (field, message) in webhook.problems() {
+                c.check(false, format!("webhook.{field}"), message);
+            }
+        }
         let metadata_len = serde_json::to_vec(&self.metadata).map_or(usize::MAX, |v| v.len());
         c.check(
             metadata_len <= limits.max_metadata_bytes,

@@ -115,12 +115,18 @@ return {'created'}
 /// A finishing transition also adds the job's usage to the hour's usage hash and to the
 /// all-time totals.
 ///
+/// A change the job's webhook asks for pushes its delivery onto the webhook outbox in the same
+/// step, so a state change is never written without its delivery (nor a delivery queued for a
+/// write that lost its compare-and-set). A progress delivery is dropped when the job's last one
+/// was queued less than the throttle interval ago (field `webhook_progress_at`).
+///
 /// KEYS: 1 job, 2 old state zset, 3 new state zset, 4 tenant jobs zset, 5 tenant in-flight
 /// counter, 6 model counters hash, 7 usage hash of the hour the job finished in, 8 usage totals
-/// hash.
+/// hash, 9 webhook outbox list.
 /// ARGV: 1 expected rev, 2 new status JSON, 3 status TTL, 4 id, 5 created ms, 6 finishes the job
-/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON, 10 usage TTL, 11.. pairs of usage
-/// field and increment.
+/// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON, 10 usage TTL, 11 webhook delivery
+/// JSON ('' for none), 12 progress throttle in ms ('' unless a progress delivery), 13 now in ms,
+/// 14.. pairs of usage field and increment.
 ///
 /// Returns the new rev, 0 when the rev moved on (someone else wrote), -1 when the job is gone.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
@@ -149,11 +155,24 @@ if ARGV[6] == '1' then
     redis.call('DECR', KEYS[5])
   end
   redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
-  for i = 11, #ARGV - 1, 2 do
+  for i = 14, #ARGV - 1, 2 do
     redis.call('HINCRBY', KEYS[7], ARGV[i], ARGV[i + 1])
     redis.call('HINCRBY', KEYS[8], ARGV[i], ARGV[i + 1])
   end
   redis.call('EXPIRE', KEYS[7], ARGV[10])
+end
+if ARGV[11] ~= '' then
+  local due = true
+  if ARGV[12] ~= '' then
+    local last = tonumber(redis.call('HGET', KEYS[1], 'webhook_progress_at') or '0') or 0
+    due = tonumber(ARGV[13]) - last >= tonumber(ARGV[12])
+    if due then
+      redis.call('HSET', KEYS[1], 'webhook_progress_at', ARGV[13])
+    end
+  end
+  if due then
+    redis.call('LPUSH', KEYS[9], ARGV[11])
+  end
 end
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return next

@@ -6,6 +6,7 @@
 mod check;
 mod load;
 mod tenants;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use crate::validate::Limits;
 pub use tenants::{
     DEFAULT_TENANT_SETTINGS, TenantQuota, TenantRetention, TenantSettings, TenantShare, TenantWebhooks, TenantsConfig,
 };
+pub use webhooks::WebhooksConfig;
 
 /// Everything a dispatcher, worker or CLI reads from configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,7 @@ pub struct FleetConfig {
     pub client: ClientConfig,
     /// Per-tenant settings by tenant name (`default`: every tenant without its own entry).
     pub tenants: TenantsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// Where the `fleet` CLI sends requests (flags `--server`/`--api-key` and `FLEET_SERVER`/`FLEET_API_KEY` win).
@@ -499,6 +502,7 @@ impl Default for FleetConfig {
             limits: LimitsConfig::default(),
             client: ClientConfig::default(),
             tenants: TenantsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
