@@ -1,10 +1,11 @@
 // One job: live progress from its event stream, its images as soon as they exist, its request,
-// the equivalent `fleet submit` command and a cancel button. An admin also sees its tenant; a
-// cancelled job says when it was cancelled and at which step.
+// the equivalent `fleet submit` command, a cancel button and its webhook deliveries. An admin also
+// sees its tenant; a cancelled job says when it was cancelled and at which step.
 
 import { call, followEvents, imageUrl } from "./api.js";
 import { fleetCommand, recorded } from "./command.js";
 import { $, param } from "./dom.js";
+import { clearWebhooks, setupWebhooks, showWebhooks } from "./webhooks.js";
 
 let following = null; // AbortController of the stream being read
 let shownImages = "";
@@ -110,6 +111,7 @@ function render(status, onError) {
   $("job-cancel").dataset.id = status.id;
   renderParams(status);
   renderImages(status).catch(onError);
+  showWebhooks(status).catch(onError);
 }
 
 /** Empties the page, so that nothing of the job shown before (maybe another tenant's) stays. */
@@ -122,6 +124,7 @@ function clear() {
   $("job-images").replaceChildren();
   $("job-params").replaceChildren();
   $("job-command").value = "";
+  clearWebhooks();
 }
 
 function terminal(status) {
@@ -169,6 +172,7 @@ export async function showJob(id, onError, { admin = false, shown = () => {} } =
 }
 
 export function setupJob(onError) {
+  setupWebhooks(onError);
   $("job-copy").addEventListener("click", async () => {
     const text = $("job-command").value;
     try {

@@ -63,10 +63,35 @@ pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &st
         message: format!("unknown model `{}`; this fleet serves: {}", spec.model.escape_debug(), model_list(app)),
     });
     match spec.validate(&limits) {
-        Ok(job) if unknown_model.is_none() => Ok(job.assign(&caller.tenant, new_job_id)),
+        Ok(job) if unknown_model.is_none() => {
+            if job.spec().webhook.is_some() {
+                check_webhooks_allowed(app, &caller.tenant, field_prefix)?;
+            }
+            Ok(job.assign(&caller.tenant, new_job_id))
+        }
         Ok(_) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().collect())),
         Err(errors) => Err(ApiError::invalid(field_prefix, unknown_model.into_iter().chain(errors.0).collect())),
     }
+}
+
+/// 422 `webhook_not_allowed` unless this deployment delivers webhooks and `tenant` has a secret
+/// to sign them with.
+fn check_webhooks_allowed(app: &App, tenant: &str, field_prefix: &str) -> Result<(), ApiError> {
+    let why = if !app.config.webhooks.enabled {
+        "webhooks are not enabled in this deployment (webhooks.enabled)".to_owned()
+    } else if app.config.tenants.settings(tenant).webhooks.key().is_none() {
+        format!("tenant `{tenant}` has no webhook secret (tenants.{tenant}.webhooks.secret)")
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::new(ErrorCode::WebhookNotAllowed, format!("{field_prefix}webhook: {why}")))
+}
+
+/// The tenant's default webhook, for a job that names none (only where webhooks are enabled and
+/// the tenant can sign them).
+fn default_webhook(app: &App, tenant: &str) -> Option<fleet_core::webhook::WebhookSpec> {
+    let settings = &app.config.tenants.settings(tenant).webhooks;
+    (app.config.webhooks.enabled && settings.key().is_some()).then(|| settings.default_webhook()).flatten()
 }
 
 /// Admits, records and publishes one validated job.
@@ -102,9 +127,12 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         .with_retry_after(30));
     }
 
-    let Some(status) = JobStatus::queued(&job, Utc::now()) else {
+    let Some(mut status) = JobStatus::queued(&job, Utc::now()) else {
         return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
     };
+    if let Some(request) = status.request.as_mut().filter(|r| r.webhook.is_none()) {
+        request.webhook = default_webhook(app, &tenant);
+    }
     // The tenant's in-flight limit and quotas are checked by the create itself: one round trip,
     // and concurrent submissions cannot overshoot them.
     let max_in_flight = app.config.http.max_in_flight_per_tenant;

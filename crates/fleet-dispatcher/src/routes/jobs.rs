@@ -24,6 +24,7 @@ use crate::submit::{accept, validate_for};
 use submission::JobsBody;
 
 mod submission;
+pub mod webhook_log;
 
 /// `/v1/jobs/{id}…`
 #[derive(Debug, Deserialize, JsonSchema)]
