@@ -1,5 +1,6 @@
 //! Deliveries arrive signed (verified by our code and by the Python `standardwebhooks` package),
-//! and a failing or unreachable receiver gets the same `webhook-id` again until it answers 2xx.
+//! a failing or unreachable receiver gets the same `webhook-id` again until it answers 2xx, and a
+//! delivery a relay died with is sent by the next one, once.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -118,6 +119,36 @@ async fn a_receiver_that_is_down_gets_the_delivery_once_it_is_up() {
     let log = service.log(job.id, log.len() + 1, Duration::from_secs(10)).await;
     assert_eq!(log.last().map(|a| a.outcome), Some(AttemptOutcome::Delivered), "{log:?}");
     assert!(log.iter().all(|a| a.webhook_id == hits[0].id));
+    receiver.stop();
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_a_dead_relay_left_unconfirmed_is_sent_by_the_next() {
+    let receiver = Receiver::start(&[]).await;
+    let cfg = config();
+    // The state change is written while no relay runs; then a relay takes its delivery and dies
+    // before RabbitMQ confirmed it (the entry sits in `relaying`).
+    let store = fleet_status::StatusStore::connect(&cfg.redis).await.unwrap();
+    let mut spec = fleet_core::JobSpec::new("a lighthouse");
+    spec.webhook = Some(fleet_core::webhook::WebhookSpec::new(receiver.url.clone()));
+    let job = spec.validate(&fleet_core::Limits::default()).unwrap().assign(super::TENANT, uuid::Uuid::now_v7);
+    let status = JobStatus::queued(&job, chrono::Utc::now()).unwrap();
+    store.create(&status, None).await.unwrap();
+    store.update(status.id, |s| s.cancel(chrono::Utc::now())).await.unwrap();
+    assert!(store.claim_webhook().await.unwrap().is_some());
+    assert_eq!(store.webhook_backlog().await.unwrap(), (0, 1));
+
+    let service = Service::start(cfg).await;
+    let hits = receiver.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].id, format!("msg_{}_2", status.id.simple()));
+    let log = service.log(status.id, 1, Duration::from_secs(10)).await;
+    assert_eq!(outcomes(&log), [AttemptOutcome::Delivered]);
+    // Nothing else comes: the entry was sent once and is gone from Redis.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.hits().len(), 1);
+    assert_eq!(service.store.webhook_backlog().await.unwrap(), (0, 0));
     receiver.stop();
     service.stop().await;
 }
