@@ -13,6 +13,8 @@ export FLEET_TEST_S3_PORT=${FLEET_TEST_S3_PORT:-8333}
 # testing meanwhile).
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -c 'import pika' 2>/dev/null || .venv/bin/pip install -q pika
+# the Standard Webhooks reference library, which fleet-webhooks' tests verify deliveries with
+.venv/bin/python -c 'import standardwebhooks' 2>/dev/null || .venv/bin/pip install -q standardwebhooks
 clean_queues() { .venv/bin/python scripts/clean_test_queues.py || echo "[clean] failed (tests go on)" >&2; }
 clean_queues
 # The whole suite (no arguments) first audits Cargo.lock against the RustSec advisory database.

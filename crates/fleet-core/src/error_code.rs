@@ -74,6 +74,9 @@ error_codes! {
     UnknownControlnet => ("unknown_controlnet", 422, false),
     /// The control image could not be fetched or decoded.
     InvalidControlImage => ("invalid_control_image", 422, false),
+    /// The job asks for a webhook, but webhooks are off in this deployment (`webhooks.enabled`)
+    /// or its tenant has no webhook secret (`tenants.<name>.webhooks.secret`).
+    WebhookNotAllowed => ("webhook_not_allowed", 422, false),
     /// Too many jobs in flight for this tenant or queue; try again later.
     RateLimited => ("rate_limited", 429, true),
     /// The tenant is over one of its quotas (`[tenants.<name>.quota]`); the message names it and

@@ -101,6 +101,11 @@ pub struct JobSpec {
     /// Free JSON object (at most 8 KiB serialised), stored and returned untouched.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Where to POST the job's status when it finishes (and, if asked, as it progresses), signed
+    /// per the Standard Webhooks specification with the tenant's secret. Without it, the tenant's
+    /// default webhook (if configured) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::webhook::WebhookSpec>,
 }
 
 /// A LoRA and the strength it is fused with: from the workers' library by `name`, or fetched by
@@ -300,6 +305,7 @@ impl JobSpec {
             retention: None,
             tenant: None,
             metadata: serde_json::Map::new(),
+            webhook: None,
         }
     }
 }

@@ -13,7 +13,8 @@
 //! - [`control_image`]: inline control images decode within size and memory bounds;
 //! - [`prediction`]: what a model's UNet predicts, the one list of prediction types;
 //! - [`schema`]: the JSON Schema published in `docs/job.schema.json`;
-//! - [`usage`]: what a job counts toward its tenant's usage and quotas, and the usage report's rows.
+//! - [`usage`]: what a job counts toward its tenant's usage and quotas, and the usage report's rows;
+//! - [`webhook`]: a job's webhook, the deliveries its state changes queue and their log.
 
 pub mod backoff;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod schema;
 pub mod status;
 pub mod usage;
 pub mod validate;
+pub mod webhook;
 
 pub use config::FleetConfig;
 pub use error_code::ErrorCode;

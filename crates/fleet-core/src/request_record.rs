@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::job::{ControlNetSpec, JobSpec, LoraRef, OutputSpec};
+use crate::webhook::WebhookSpec;
 
 /// What an image field (`controlnet.image`, `init_image`, `mask_image`) holds in a record when
 /// the job sent the image inline.
@@ -49,6 +50,9 @@ pub struct RequestRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_image: Option<ImageRecord>,
     pub output: OutputSpec,
+    /// The webhook the job's events are delivered to: its own, else its tenant's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
 }
 
 /// An input image of a job (init image, mask) by reference.
@@ -122,6 +126,7 @@ impl RequestRecord {
             strength: spec.effective_strength(),
             mask_image: spec.mask_image.as_deref().map(ImageRecord::of),
             output: spec.output.clone(),
+            webhook: spec.webhook.clone(),
         }
     }
 }

@@ -412,6 +412,11 @@ impl JobSpec {
                 format!("must be 1 to {MAX_RETENTION_SECS} seconds (10 years)"),
             );
         }
+        if let Some(webhook) = &self.webhook {
+            for (field, message) in webhook.problems() {
+                c.check(false, format!("webhook.{field}"), message);
+            }
+        }
         let metadata_len = serde_json::to_vec(&self.metadata).map_or(usize::MAX, |v| v.len());
         c.check(
             metadata_len <= limits.max_metadata_bytes,

@@ -1,10 +1,12 @@
 // One job: live progress from its event stream, its images as soon as they exist, its request,
-// when it expires, the equivalent `fleet submit` command, a cancel button and a delete button. An
-// admin also sees its tenant; a cancelled job says when it was cancelled and at which step.
+// when it expires, the equivalent `fleet submit` command, a cancel button, a delete button and its
+// webhook deliveries. An admin also sees its tenant; a cancelled job says when it was cancelled
+// and at which step.
 
 import { call, followEvents, imageUrl } from "./api.js";
 import { fleetCommand, recorded } from "./command.js";
 import { $, param } from "./dom.js";
+import { clearWebhooks, setupWebhooks, showWebhooks } from "./webhooks.js";
 
 let following = null; // AbortController of the stream being read
 let shownImages = "";
@@ -114,6 +116,7 @@ function render(status, onError) {
   $("job-delete").dataset.id = status.id;
   renderParams(status);
   renderImages(status).catch(onError);
+  showWebhooks(status).catch(onError);
 }
 
 /** Empties the page, so that nothing of the job shown before (maybe another tenant's) stays. */
@@ -127,6 +130,7 @@ function clear() {
   $("job-images").replaceChildren();
   $("job-params").replaceChildren();
   $("job-command").value = "";
+  clearWebhooks();
 }
 
 function terminal(status) {
@@ -174,6 +178,7 @@ export async function showJob(id, onError, { admin = false, shown = () => {} } =
 }
 
 export function setupJob(onError) {
+  setupWebhooks(onError);
   $("job-copy").addEventListener("click", async () => {
     const text = $("job-command").value;
     try {

@@ -19,15 +19,27 @@ pub enum DispatcherError {
     Bind { addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("webhooks: {0}")]
+    Webhooks(fleet_webhooks::WebhookError),
 }
 
-/// Serves the API on `listener` (and watches the dead-letter queue, and sweeps expired jobs) until
-/// `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves the API on `listener` (and watches the dead-letter queue, sweeps expired jobs, and
+/// delivers webhooks when `webhooks.enabled`) until `shutdown` is cancelled, then finishes
+/// in-flight requests and webhook attempts.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DispatcherError> {
+    let webhooks = if app.config.webhooks.enabled {
+        let status = (*app.status).clone();
+        Some(
+            fleet_webhooks::run(&app.config, status, app.broker.clone(), shutdown.clone())
+                .map_err(DispatcherError::Webhooks)?,
+        )
+    } else {
+        None
+    };
     let watcher = tokio::spawn(crate::dead_letters::watch(app.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(crate::lifecycle::sweep(app.clone(), shutdown.clone()));
     let broker = app.broker.clone();
@@ -43,6 +55,9 @@ pub async fn serve(
     shutdown.cancel();
     let _ = watcher.await;
     let _ = sweeper.await;
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
     // Closed while the runtime still runs: a connection left to the runtime's shutdown makes
     // lapin's I/O loop log an error on the way out.
     broker.close().await;

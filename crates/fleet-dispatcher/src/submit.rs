@@ -70,10 +70,35 @@ pub fn validate_for(app: &App, caller: &Caller, spec: JobSpec, field_prefix: &st
         .map(|e| FieldError { field: "retention".to_owned(), message: e.to_string() });
     let refused = || unknown_model.clone().into_iter().chain(too_long.clone());
     match spec.validate(&limits) {
-        Ok(job) if refused().next().is_none() => Ok(job.assign(&caller.tenant, new_job_id)),
+        Ok(job) if refused().next().is_none() => {
+            if job.spec().webhook.is_some() {
+                check_webhooks_allowed(app, &caller.tenant, field_prefix)?;
+            }
+            Ok(job.assign(&caller.tenant, new_job_id))
+        }
         Ok(_) => Err(ApiError::invalid(field_prefix, refused().collect())),
         Err(errors) => Err(ApiError::invalid(field_prefix, refused().chain(errors.0).collect())),
     }
+}
+
+/// 422 `webhook_not_allowed` unless this deployment delivers webhooks and `tenant` has a secret
+/// to sign them with.
+fn check_webhooks_allowed(app: &App, tenant: &str, field_prefix: &str) -> Result<(), ApiError> {
+    let why = if !app.config.webhooks.enabled {
+        "webhooks are not enabled in this deployment (webhooks.enabled)".to_owned()
+    } else if app.config.tenants.settings(tenant).webhooks.key().is_none() {
+        format!("tenant `{tenant}` has no webhook secret (tenants.{tenant}.webhooks.secret)")
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::new(ErrorCode::WebhookNotAllowed, format!("{field_prefix}webhook: {why}")))
+}
+
+/// The tenant's default webhook, for a job that names none (only where webhooks are enabled and
+/// the tenant can sign them).
+fn default_webhook(app: &App, tenant: &str) -> Option<fleet_core::webhook::WebhookSpec> {
+    let settings = &app.config.tenants.settings(tenant).webhooks;
+    (app.config.webhooks.enabled && settings.key().is_some()).then(|| settings.default_webhook()).flatten()
 }
 
 /// Admits, records and publishes one validated job.
@@ -109,9 +134,12 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         .with_retry_after(30));
     }
 
-    let Some(status) = JobStatus::queued(&job, Utc::now()) else {
+    let Some(mut status) = JobStatus::queued(&job, Utc::now()) else {
         return Err(ApiError::new(ErrorCode::Internal, "job has no id or tenant after assignment"));
     };
+    if let Some(request) = status.request.as_mut().filter(|r| r.webhook.is_none()) {
+        request.webhook = default_webhook(app, &tenant);
+    }
     // Checked by `validate_for`; the record keeps what the job resolved to, so a later change of
     // the tenant's default does not move the expiry of jobs already accepted.
     let retention = app.config.retention_for(&tenant, spec.retention).map_err(|e| {

@@ -3,7 +3,8 @@
 //! refusal, the router's and the extractors' too, is the JSON error envelope), `idempotency` (a
 //! key or a client's id stands for one request), `lifecycle` (retention, the sweeper, `DELETE`,
 //! presigned URLs in the status), `security` (keys on every route, tenant isolation on every job
-//! endpoint), `usage` (quotas at admission, the usage report).
+//! endpoint), `usage` (quotas at admission, the usage report), `webhooks` (refused where they
+//! cannot be signed, tenant defaults, delivery and its log).
 
 #[path = "dispatcher/bad_input.rs"]
 mod bad_input;
@@ -17,6 +18,8 @@ mod lifecycle;
 mod security;
 #[path = "dispatcher/usage.rs"]
 mod usage;
+#[path = "dispatcher/webhooks.rs"]
+mod webhooks;
 
 use std::time::Duration;
 
@@ -82,12 +85,23 @@ impl Server {
     /// test runs slow a broker on a small machine down to refusing handshakes.
     async fn stop(self) {
         let broker = self.app.broker.clone();
+        let config = self.app.config.clone();
         self.stop_keeping_queues().await;
         let Ok(channel) = broker.channel().await else { return };
         let topology = broker.topology();
         let queues = topology.queues.iter().map(|q| q.name.as_str());
         for queue in queues.chain([topology.dead_letter_queue.as_str(), topology.dead_letter_watch_queue.as_str()]) {
             let _ = channel.queue_delete(queue, lapin::options::QueueDeleteOptions::default()).await;
+        }
+        // The webhook queues, declared only where webhooks are on (their own channel: a delete
+        // that fails closes it).
+        if config.webhooks.enabled
+            && let Ok(connection) = broker.open_connection(Duration::from_secs(10)).await
+        {
+            if let Ok(webhooks) = connection.create_channel().await {
+                let _ = fleet_webhooks::WebhookTopology::new(&config.rabbitmq.queue_prefix).delete(&webhooks).await;
+            }
+            let _ = connection.close(200, "done").await;
         }
         for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
             let _ = channel.exchange_delete(exchange, lapin::options::ExchangeDeleteOptions::default()).await;

@@ -84,6 +84,23 @@ impl Keys {
         format!("{tenant}/{id}")
     }
 
+    /// List of webhook deliveries (JSON) written with their state change and not yet on
+    /// RabbitMQ: pushed on the left, taken from the right.
+    pub(crate) fn webhook_outbox(&self) -> String {
+        format!("{}:webhooks:outbox", self.prefix)
+    }
+
+    /// List of the deliveries a relay has taken from the outbox and not yet seen confirmed by
+    /// RabbitMQ.
+    pub(crate) fn webhook_relaying(&self) -> String {
+        format!("{}:webhooks:relaying", self.prefix)
+    }
+
+    /// List of a job's webhook delivery attempts (JSON), oldest first, the newest 100 kept.
+    pub(crate) fn webhook_log(&self, id: Uuid) -> String {
+        format!("{}:webhooks:{id}", self.prefix)
+    }
+
     /// Pub/sub channel of a job's events.
     pub(crate) fn events(&self, id: Uuid) -> String {
         format!("{}:events:{id}", self.prefix)

@@ -130,12 +130,18 @@ return {'created'}
 /// A finishing transition also adds the job's usage to the hour's usage hash and to the
 /// all-time totals.
 ///
+/// A change the job's webhook asks for pushes its delivery onto the webhook outbox in the same
+/// step, so a state change is never written without its delivery (nor a delivery queued for a
+/// write that lost its compare-and-set). A progress delivery is dropped when the job's last one
+/// was queued less than the throttle interval ago (field `webhook_progress_at`).
+///
 /// KEYS: 1 job, 2 old state zset, 3 new state zset, 4 tenant jobs zset, 5 tenant in-flight
 /// counter, 6 model counters hash, 7 usage hash of the hour the job finished in, 8 usage totals
-/// hash.
+/// hash, 9 expiry zset (lifecycle), 10 webhook outbox list.
 /// ARGV: 1 expected rev, 2 new status JSON, 3 status TTL, 4 id, 5 created ms, 6 finishes the job
 /// ('1'/'0'), 7 counter field, 8 event channel, 9 event JSON, 10 usage TTL, 11-13 lifecycle
-/// (below), 14.. pairs of usage field and increment.
+/// (below), 14 webhook delivery JSON ('' for none), 15 progress throttle in ms ('' unless a
+/// progress delivery), 16 now in ms, 17.. pairs of usage field and increment.
 ///
 /// Lifecycle: KEYS 9 expiry zset; ARGV 11 the job's expiry in ms ('' for none), 12 the TTL its
 /// record and indexes keep at least ('' for none), 13 its expiry member. A finishing job joins the
@@ -168,7 +174,7 @@ if ARGV[6] == '1' then
     redis.call('DECR', KEYS[5])
   end
   redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
-  for i = 14, #ARGV - 1, 2 do
+  for i = 17, #ARGV - 1, 2 do
     redis.call('HINCRBY', KEYS[7], ARGV[i], ARGV[i + 1])
     redis.call('HINCRBY', KEYS[8], ARGV[i], ARGV[i + 1])
   end
@@ -186,6 +192,19 @@ if ARGV[6] == '1' then
   end
 end
 -- ---- end lifecycle ----
+if ARGV[14] ~= '' then
+  local due = true
+  if ARGV[15] ~= '' then
+    local last = tonumber(redis.call('HGET', KEYS[1], 'webhook_progress_at') or '0') or 0
+    due = tonumber(ARGV[16]) - last >= tonumber(ARGV[15])
+    if due then
+      redis.call('HSET', KEYS[1], 'webhook_progress_at', ARGV[16])
+    end
+  end
+  if due then
+    redis.call('LPUSH', KEYS[10], ARGV[14])
+  end
+end
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return next
 "#
@@ -279,9 +298,11 @@ return 1
 
 /// Remove a job's record, its index entries and its expiry entry, leaving its cancel flag set
 /// (for the status TTL) so that a message of the job still on a queue is acked unrun instead of
-/// recreating the job. Usage, counters and quota charges are left as they are.
+/// recreating the job. Its webhook delivery log goes with it. Usage, counters and quota charges
+/// are left as they are.
 ///
-/// KEYS: 1 job, 2 tenant jobs zset, 3–7 the tenant's state zsets, 8 expiry zset, 9 cancel flag.
+/// KEYS: 1 job, 2 tenant jobs zset, 3–7 the tenant's state zsets, 8 expiry zset, 9 cancel flag,
+/// 10 webhook delivery log.
 /// ARGV: 1 id, 2 expiry member, 3 cancel flag TTL.
 /// Returns 1 when a record was removed, 0 when there was none (removed before, or expired).
 pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
@@ -289,6 +310,7 @@ pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 redis.call('SET', KEYS[9], '1', 'EX', ARGV[3])
 local removed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[10])
 for i = 2, 7 do
   redis.call('ZREM', KEYS[i], ARGV[1])
 end

@@ -2,9 +2,11 @@
 
 mod lifecycle;
 mod usage;
+mod webhooks;
 
 pub use lifecycle::{ExpiredJob, RemovalRequest};
 pub use usage::MAX_USAGE_HOURS;
+pub use webhooks::MAX_LOGGED_ATTEMPTS;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -15,6 +17,7 @@ use chrono::{DateTime, Utc};
 use fleet_core::config::{RedisConfig, mask_url};
 use fleet_core::status::IllegalTransition;
 use fleet_core::usage::{UsageCounts, day_name, hour_name, pixel_steps, usage_field};
+use fleet_core::webhook::{PROGRESS_INTERVAL_MS, WebhookDelivery, WebhookEvent};
 use fleet_core::{JobState, JobStatus, Progress};
 use futures::{Stream, StreamExt};
 use redis::RedisResult;
@@ -834,6 +837,14 @@ impl StatusStore {
         let data = to_json(&key, next)?;
         let event = to_json(&key, &JobEvent::new(rev + 1, next.clone()))?;
         let finishes = !current.state.is_terminal() && next.state.is_terminal();
+        let now = Utc::now();
+        let delivery = WebhookDelivery::of_change(current, next, rev + 1, now)
+            .map_err(|e| StatusError::Corrupt { key: key.clone(), message: format!("cannot serialise: {e}") })?;
+        let throttle = match &delivery {
+            Some(d) if d.event == WebhookEvent::Progress => PROGRESS_INTERVAL_MS.to_string(),
+            _ => String::new(),
+        };
+        let delivery = delivery.map(|d| to_json(&key, &d)).transpose()?.unwrap_or_default();
         let usage_hour = self.keys.usage_hour(&hour_name(next.finished_at.unwrap_or_else(Utc::now)));
         let mut invocation = scripts::UPDATE.prepare_invoke();
         invocation
@@ -846,6 +857,7 @@ impl StatusStore {
             .key(usage_hour)
             .key(self.keys.usage_totals())
             .key(self.keys.expiry())
+            .key(self.keys.webhook_outbox())
             .arg(rev.to_string())
             .arg(data)
             .arg(self.status_ttl)
@@ -857,6 +869,7 @@ impl StatusStore {
             .arg(event)
             .arg(self.usage_ttl);
         self.expiry_args(&mut invocation, next);
+        invocation.arg(delivery).arg(throttle).arg(now.timestamp_millis());
         if finishes {
             for (metric, n) in UsageCounts::of_finished(next).fields() {
                 invocation.arg(usage_field(&next.tenant, &next.model, metric)).arg(n);

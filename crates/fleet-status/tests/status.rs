@@ -23,6 +23,8 @@ mod durability;
 mod lifecycle;
 #[path = "status/usage.rs"]
 mod usage;
+#[path = "status/webhooks.rs"]
+mod webhooks;
 
 fn redis_url() -> String {
     std::env::var("FLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())

@@ -92,6 +92,11 @@ integers; strings and string arrays use JSON escaping, which TOML accepts.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- range $tenant, $settings := (.Values.config.tenants | default dict) }}
+{{- if hasKey (($settings | default dict).webhooks | default dict) "secret" }}
+{{- fail (printf "config.tenants.%s.webhooks.secret is a credential: set it in secrets.webhookSecrets, not config" $tenant) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* One pool with the defaults filled in. Call with (dict "root" $ "pool" $pool). */}}

@@ -80,8 +80,14 @@ impl FleetConfig {
             for problem in settings.retention.problems(&format!("tenants.{name}.retention")) {
                 need(false, problem);
             }
+            for problem in settings.webhooks.problems(&format!("tenants.{name}.webhooks")) {
+                need(false, problem);
+            }
         }
         for problem in self.retention.problems() {
+            need(false, problem);
+        }
+        for problem in self.webhooks.problems() {
             need(false, problem);
         }
         need(!self.models.is_empty(), "models: at least one model must be configured".into());
@@ -142,8 +148,7 @@ impl FleetConfig {
         need(fetch.timeout_secs >= 1, "worker.lora_fetch.timeout_secs: must be at least 1".into());
         for (i, host) in fetch.allowed_hosts.iter().enumerate() {
             need(
-                (!host.trim().is_empty() && !host.contains(['/', ':', '@', ' ']))
-                    || host.parse::<std::net::IpAddr>().is_ok(),
+                is_host_pattern(host),
                 format!("worker.lora_fetch.allowed_hosts[{i}] `{host}`: must be a host name, *.domain or IP address"),
             );
         }
@@ -183,7 +188,8 @@ impl FleetConfig {
         problems
     }
 
-    /// A copy safe to print: passwords in URLs, API keys and the S3 secret are masked.
+    /// A copy safe to print: passwords in URLs, API keys, the S3 secret and webhook secrets are
+    /// masked.
     pub fn masked(&self) -> FleetConfig {
         let mut cfg = self.clone();
         cfg.rabbitmq.url = mask_url(&cfg.rabbitmq.url);
@@ -195,6 +201,9 @@ impl FleetConfig {
         }
         cfg.s3.secret_access_key = mask_secret(&cfg.s3.secret_access_key);
         cfg.client.api_key = mask_secret(&cfg.client.api_key);
+        for settings in cfg.tenants.0.values_mut() {
+            settings.webhooks.secret = mask_secret(&settings.webhooks.secret);
+        }
         cfg
     }
 }
@@ -209,8 +218,13 @@ fn is_device(name: &str) -> bool {
     }
 }
 
+/// A host name, `*.domain` or IP literal, as `allowed_hosts` lists take them.
+pub(super) fn is_host_pattern(host: &str) -> bool {
+    (!host.trim().is_empty() && !host.contains(['/', ':', '@', ' '])) || host.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// `ADDR` or `ADDR/PREFIX` with the prefix within the address's width.
-fn is_network(entry: &str) -> bool {
+pub(super) fn is_network(entry: &str) -> bool {
     let (addr, prefix) = match entry.trim().split_once('/') {
         Some((addr, prefix)) => (addr, Some(prefix)),
         None => (entry.trim(), None),

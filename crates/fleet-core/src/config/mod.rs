@@ -7,6 +7,7 @@ mod check;
 mod load;
 mod retention;
 mod tenants;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub use tenants::RetentionTooLong;
 pub use tenants::{
     DEFAULT_TENANT_SETTINGS, TenantQuota, TenantRetention, TenantSettings, TenantShare, TenantWebhooks, TenantsConfig,
 };
+pub use webhooks::WebhooksConfig;
 
 /// Everything a dispatcher, worker or CLI reads from configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +41,8 @@ pub struct FleetConfig {
     pub tenants: TenantsConfig,
     /// The sweeper that removes finished jobs whose retention has passed.
     pub retention: RetentionConfig,
+    /// Signed webhooks: whether dispatchers deliver them, and the egress rules they follow.
+    pub webhooks: WebhooksConfig,
 }
 
 /// Where the `fleet` CLI sends requests (flags `--server`/`--api-key` and `FLEET_SERVER`/`FLEET_API_KEY` win).
@@ -505,6 +509,7 @@ impl Default for FleetConfig {
             client: ClientConfig::default(),
             tenants: TenantsConfig::default(),
             retention: RetentionConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }

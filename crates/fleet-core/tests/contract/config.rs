@@ -337,3 +337,39 @@ fn tenant_quotas_load_from_file_and_env_and_bad_ones_are_named() {
     let message = FleetConfig::from_file(&file).unwrap_err().to_string();
     assert!(message.contains("max_jobs"), "{message}");
 }
+
+#[test]
+fn a_tenants_webhook_secret_comes_from_the_environment_and_never_shows() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // How the Helm chart hands a tenant's secret to the dispatchers.
+    let cfg = FleetConfig::load(&ConfigSources {
+        env: env(&[("FLEET__TENANTS__ACME__WEBHOOKS__SECRET", SECRET), ("FLEET__WEBHOOKS__ENABLED", "true")]),
+        ..ConfigSources::default()
+    })
+    .unwrap();
+    assert!(cfg.webhooks.enabled);
+    assert_eq!(cfg.tenants.settings("acme").webhooks.secret, SECRET);
+    assert_eq!(cfg.tenants.settings("acme").webhooks.key().map(|k| k.len()), Some(24));
+    let shown = format!("{:?} {}", cfg, serde_json::to_string(&cfg.masked()).unwrap());
+    assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+
+    let bad = ConfigSources {
+        overrides: vec![
+            "tenants.acme.webhooks.secret=whsec_c2hvcnQ=".into(),
+            "tenants.acme.webhooks.url=ftp://x/".into(),
+            "webhooks.allowed_private=10.0.0.0/33".into(),
+            "webhooks.timeout_secs=0".into(),
+        ],
+        ..ConfigSources::default()
+    };
+    let message = FleetConfig::load(&bad).unwrap_err().to_string();
+    for key in [
+        "tenants.acme.webhooks.secret: must encode 24 to 64 bytes",
+        "tenants.acme.webhooks.url",
+        "webhooks.allowed_private[0]",
+        "webhooks.timeout_secs",
+    ] {
+        assert!(message.contains(key), "{key}: {message}");
+    }
+    assert!(!message.contains("c2hvcnQ"), "{message}");
+}

@@ -18,6 +18,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("submit.js", "text/javascript; charset=utf-8", include_str!("../../console/submit.js")),
     ("jobs.js", "text/javascript; charset=utf-8", include_str!("../../console/jobs.js")),
     ("job.js", "text/javascript; charset=utf-8", include_str!("../../console/job.js")),
+    ("webhooks.js", "text/javascript; charset=utf-8", include_str!("../../console/webhooks.js")),
     ("fleet.js", "text/javascript; charset=utf-8", include_str!("../../console/fleet.js")),
     ("bulk.js", "text/javascript; charset=utf-8", include_str!("../../console/bulk.js")),
 ];

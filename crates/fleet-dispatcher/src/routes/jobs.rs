@@ -26,6 +26,7 @@ use submission::JobsBody;
 
 mod removal;
 mod submission;
+pub mod webhook_log;
 
 /// `/v1/jobs/{id}…`
 #[derive(Debug, Deserialize, JsonSchema)]

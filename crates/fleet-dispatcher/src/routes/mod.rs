@@ -67,6 +67,12 @@ fn keyed() -> ApiRouter<App> {
             }),
         )
         .api_route(
+            "/v1/jobs/{id}/webhooks",
+            get_with(jobs::webhook_log::webhook_log, |op| {
+                op.summary("The job's webhook deliveries: every attempt with its status code or error and the next try")
+            }),
+        )
+        .api_route(
             "/v1/library",
             get_with(library::library, |op| {
                 op.summary("What the caller can ask for: tenant, models with size limits, LoRA and ControlNet names")

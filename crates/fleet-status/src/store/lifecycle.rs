@@ -104,6 +104,7 @@ impl StatusStore {
         invocation
             .key(self.keys.expiry())
             .key(self.keys.cancel(id))
+            .key(self.keys.webhook_log(id))
             .arg(id.to_string())
             .arg(Keys::expiry_member(tenant, id))
             .arg(self.status_ttl);

@@ -25,6 +25,7 @@ fn asking(tenant: &str, num_images: u32) -> JobStatus {
         strength: None,
         mask_image: None,
         output: OutputSpec::default(),
+        webhook: None,
     });
     status
 }

@@ -71,6 +71,8 @@ pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<U
         strength: None,
         mask_image: None,
         output: OutputSpec { format, quality: None },
+        // Nor the webhook: a rebuilt record calls no one back.
+        webhook: None,
     };
     JobStatus {
         id,
