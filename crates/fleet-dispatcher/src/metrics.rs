@@ -46,14 +46,14 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus exposition of the counters, of the queues' depths and of the fleet's usage
-    /// totals by tenant and model (both read by the caller).
-    pub fn render(&self, queue_depths: &[fleet_queue::QueueDepth], usage: &UsageTotals) -> String {
+    /// The Prometheus exposition of the counters and of what the caller read of the fleet's
+    /// state (queue depths, usage totals, webhook backlog).
+    pub fn render(&self, fleet: FleetState) -> String {
         let mut out = String::new();
         let Ok(counters) = self.inner.lock().map(|c| c.clone()) else { return out };
         let (sum, count) = (counters.accept_seconds_sum, counters.accept_count);
         let mut registry = Registry::default();
-        let snapshot = Snapshot { counters, queue_depths: queue_depths.to_vec(), usage: usage.clone() };
+        let snapshot = Snapshot { counters, fleet };
         registry.register_collector(Box::new(snapshot));
         self.http.register(&mut registry);
         // Writing into a String cannot fail.
@@ -75,8 +75,17 @@ impl Metrics {
 #[derive(Debug)]
 struct Snapshot {
     counters: Counters,
-    queue_depths: Vec<fleet_queue::QueueDepth>,
-    usage: UsageTotals,
+    fleet: FleetState,
+}
+
+/// What one scrape reads of the fleet's shared state (the same on every dispatcher); a part that
+/// could not be read is left empty and its metrics out.
+#[derive(Debug, Default)]
+pub struct FleetState {
+    pub queue_depths: Vec<fleet_queue::QueueDepth>,
+    pub usage: UsageTotals,
+    /// Webhook deliveries in the Redis outbox and being relayed onto RabbitMQ.
+    pub webhook_backlog: Option<(u64, u64)>,
 }
 
 /// The fleet's usage since it first counted, by tenant and model (from Redis, the same on every
@@ -124,20 +133,31 @@ impl Collector for Snapshot {
         }
         let mut messages =
             encoder.encode_descriptor("fleet_queue_messages", "Ready messages per queue.", None, MetricType::Gauge)?;
-        for d in &self.queue_depths {
+        for d in &self.fleet.queue_depths {
             ConstGauge::new(d.messages).encode(messages.encode_family(&[("queue", d.name.as_str())])?)?;
         }
         let mut consumers =
             encoder.encode_descriptor("fleet_queue_consumers", "Consumers per queue.", None, MetricType::Gauge)?;
-        for d in &self.queue_depths {
+        for d in &self.fleet.queue_depths {
             ConstGauge::new(d.consumers).encode(consumers.encode_family(&[("queue", d.name.as_str())])?)?;
         }
-        if self.usage.is_empty() {
+        if let Some((outbox, relaying)) = self.fleet.webhook_backlog {
+            let mut backlog = encoder.encode_descriptor(
+                "fleet_webhooks_backlog",
+                "Webhook deliveries not yet on RabbitMQ: in the Redis outbox, or being relayed (fleet-wide).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (stage, n) in [("outbox", outbox), ("relaying", relaying)] {
+                ConstGauge::new(n as i64).encode(backlog.encode_family(&[("stage", stage)])?)?;
+            }
+        }
+        if self.fleet.usage.is_empty() {
             return Ok(());
         }
         for (name, help, value) in USAGE_METRICS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for ((tenant, model), counts) in &self.usage {
+            for ((tenant, model), counts) in &self.fleet.usage {
                 let labels = [("tenant", tenant.as_str()), ("model", model.as_str())];
                 ConstCounter::new(value(counts)).encode(family.encode_family(&labels)?)?;
             }
@@ -161,7 +181,8 @@ mod tests {
         metrics.accepted("tiny", Priority::Interactive, 0.25);
         metrics.accepted("tiny", Priority::Interactive, 0.5);
         metrics.rejected(ErrorCode::RateLimited);
-        let text = metrics.render(&[depth("jobs.tiny.interactive", 4, 2)], &UsageTotals::new());
+        let text = metrics
+            .render(FleetState { queue_depths: vec![depth("jobs.tiny.interactive", 4, 2)], ..FleetState::default() });
         let described: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
         assert_eq!(
             described,
@@ -196,7 +217,7 @@ mod tests {
         let mut usage = UsageTotals::new();
         let counts = UsageCounts { jobs: 3, images: 4, pixel_steps: 2_500_000, worker_ms: 1_250 };
         usage.insert(("acme".into(), "tiny".into()), counts);
-        let text = Metrics::default().render(&[], &usage);
+        let text = Metrics::default().render(FleetState { usage, ..FleetState::default() });
         for line in [
             r#"fleet_usage_jobs_total{tenant="acme",model="tiny"} 3.0"#,
             r#"fleet_usage_images_total{tenant="acme",model="tiny"} 4.0"#,
@@ -205,14 +226,24 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }
-        assert!(!Metrics::default().render(&[], &UsageTotals::new()).contains("fleet_usage_"));
+        let text = Metrics::default().render(FleetState::default());
+        assert!(!text.contains("fleet_usage_") && !text.contains("fleet_webhooks_"), "{text}");
+    }
+
+    #[test]
+    fn the_webhook_backlog_is_a_gauge_by_stage() {
+        let text = Metrics::default().render(FleetState { webhook_backlog: Some((3, 1)), ..FleetState::default() });
+        assert!(text.contains("# TYPE fleet_webhooks_backlog gauge"), "{text}");
+        for line in [r#"fleet_webhooks_backlog{stage="outbox"} 3"#, r#"fleet_webhooks_backlog{stage="relaying"} 1"#] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 
     #[test]
     fn label_values_are_escaped() {
         let metrics = Metrics::default();
         metrics.accepted("a\"b\\c\nd", Priority::Interactive, 0.1);
-        let text = metrics.render(&[depth("q\"\\\n", 1, 0)], &UsageTotals::new());
+        let text = metrics.render(FleetState { queue_depths: vec![depth("q\"\\\n", 1, 0)], ..FleetState::default() });
         for line in [
             r#"fleet_jobs_accepted_total{model="a\"b\\c\nd",priority="interactive"} 1"#,
             r#"fleet_queue_messages{queue="q\"\\\n"} 1"#,

@@ -70,8 +70,14 @@ pub async fn dead_letters(
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): State<App>) -> Response {
-    let (depths, usage) = tokio::join!(app.broker.depths(), app.status.usage_totals());
-    let text = app.metrics.render(&depths.unwrap_or_default(), &usage.unwrap_or_default());
+    let (depths, usage, backlog) =
+        tokio::join!(app.broker.depths(), app.status.usage_totals(), app.status.webhook_backlog());
+    let fleet = crate::metrics::FleetState {
+        queue_depths: depths.unwrap_or_default(),
+        usage: usage.unwrap_or_default(),
+        webhook_backlog: backlog.ok(),
+    };
+    let text = app.metrics.render(fleet);
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
