@@ -25,6 +25,8 @@ import os
 import sys
 
 IMAGE_EXTS = ("png", "jpg", "webp")
+# What a reader that parses the metadata must give back as recorded.
+METADATA_FIELDS = ("key", "prompt", "seed", "model", "steps", "width", "height", "sha256", "bytes")
 
 
 def fail(message):
@@ -64,69 +66,66 @@ def image_field(sample):
     return found[0]
 
 
+def read_each(reader, samples, rows, key_of, check):
+    """Checks every sample `reader` yields with `check(where, sample, row)`, and that it yields each
+    succeeded sample of the manifests exactly once."""
+    seen = set()
+    for sample in samples:
+        key = key_of(sample)
+        row = rows.get(key) or fail(f"{reader}: {key} is not a succeeded sample of the manifests")
+        check(f"{reader} {key}", sample, row)
+        if key in seen:
+            fail(f"{reader}: {key} read twice")
+        seen.add(key)
+    if seen != set(rows):
+        fail(f"{reader}: read {len(seen)} samples, the manifests list {len(rows)}")
+    print(f"{reader}: {len(seen)} sample(s): images, captions and metadata as recorded")
+
+
+def check_fields(where, got, row, fields):
+    for field in fields:
+        if got[field] != row[field]:
+            fail(f"{where}: {field} is {got[field]!r}, not {row[field]!r}")
+
+
 def check_webdataset(tars, rows):
     import webdataset as wds
     from PIL import Image
 
-    seen = set()
-    for sample in wds.WebDataset(tars, shardshuffle=False):
-        key = sample["__key__"]
-        row = rows.get(key) or fail(f"webdataset: {key} is not a succeeded sample of the manifests")
+    def check(where, sample, row):
         raw = sample[image_field(sample)]
-        check_image(f"webdataset {key}", Image.open(io.BytesIO(raw)), row, raw)
+        check_image(where, Image.open(io.BytesIO(raw)), row, raw)
         if sample["txt"].decode() != row["prompt"]:
-            fail(f"webdataset {key}: caption {sample['txt']!r} is not the prompt")
+            fail(f"{where}: caption {sample['txt']!r} is not the prompt")
         if json.loads(sample["json"]) != row:
-            fail(f"webdataset {key}: KEY.json differs from the manifest row")
-        if key in seen:
-            fail(f"webdataset: {key} read twice")
-        seen.add(key)
-    if seen != set(rows):
-        fail(f"webdataset: read {len(seen)} samples, the manifests list {len(rows)}")
-    print(f"webdataset: {len(seen)} sample(s): images, captions and metadata as recorded")
+            fail(f"{where}: KEY.json differs from the manifest row")
+
+    samples = wds.WebDataset(tars, shardshuffle=False)
+    read_each("webdataset", samples, rows, lambda s: s["__key__"], check)
 
 
 def check_hf_webdataset(tars, rows):
     from datasets import load_dataset
 
-    dataset = load_dataset("webdataset", data_files={"train": tars}, split="train")
-    seen = set()
-    for sample in dataset:
-        key = sample["__key__"]
-        row = rows.get(key) or fail(f"datasets/webdataset: {key} is not a succeeded sample")
-        check_image(f"datasets/webdataset {key}", sample[image_field(sample)], row)
+    def check(where, sample, row):
+        check_image(where, sample[image_field(sample)], row)
         if sample["txt"] != row["prompt"]:
-            fail(f"datasets/webdataset {key}: caption {sample['txt']!r} is not the prompt")
-        meta = sample["json"]
-        for field in ("key", "prompt", "seed", "model", "steps", "width", "height", "sha256", "bytes"):
-            if meta[field] != row[field]:
-                fail(f"datasets/webdataset {key}: json.{field} is {meta[field]!r}, not {row[field]!r}")
-        if key in seen:
-            fail(f"datasets/webdataset: {key} read twice")
-        seen.add(key)
-    if seen != set(rows):
-        fail(f"datasets/webdataset: read {len(seen)} samples, the manifests list {len(rows)}")
-    print(f"datasets (webdataset builder): {len(seen)} sample(s): images, captions and metadata as recorded")
+            fail(f"{where}: caption {sample['txt']!r} is not the prompt")
+        check_fields(f"{where} json", sample["json"], row, METADATA_FIELDS)
+
+    dataset = load_dataset("webdataset", data_files={"train": tars}, split="train")
+    read_each("datasets (webdataset builder)", dataset, rows, lambda s: s["__key__"], check)
 
 
 def check_hf_imagefolder(out, rows):
     from datasets import load_dataset
 
+    def check(where, sample, row):
+        check_image(where, sample["image"], row)
+        check_fields(where, sample, row, METADATA_FIELDS)
+
     dataset = load_dataset("imagefolder", data_dir=out, split="train")
-    seen = set()
-    for sample in dataset:
-        key = sample["key"]
-        row = rows.get(key) or fail(f"datasets/imagefolder: {key} is not a succeeded sample")
-        check_image(f"datasets/imagefolder {key}", sample["image"], row)
-        for field in ("prompt", "seed", "model", "steps", "width", "height", "sha256", "bytes"):
-            if sample[field] != row[field]:
-                fail(f"datasets/imagefolder {key}: {field} is {sample[field]!r}, not {row[field]!r}")
-        if key in seen:
-            fail(f"datasets/imagefolder: {key} read twice")
-        seen.add(key)
-    if seen != set(rows):
-        fail(f"datasets/imagefolder: read {len(seen)} samples, the manifests list {len(rows)}")
-    print(f"datasets (imagefolder builder): {len(seen)} sample(s): images, captions and metadata as recorded")
+    read_each("datasets (imagefolder builder)", dataset, rows, lambda s: s["key"], check)
 
 
 def main():

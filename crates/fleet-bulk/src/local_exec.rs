@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_core::validate::ControlImageSource;
 use fleet_core::{ErrorCode, FleetConfig, JobSpec};
 use fleet_engine::GenerateRequest;
 use fleet_engine::Pipeline;
-use fleet_render::{JobImages, Models, encode_job_image};
+use fleet_render::{InputImage, JobImages, Models, encode_job_image};
 
 use crate::error::BulkError;
 use crate::exec::{Finished, ImageSource};
@@ -168,18 +167,13 @@ impl Engine {
         image: Option<&str>,
     ) -> Result<Option<Vec<u8>>, (ErrorCode, String)> {
         let Some(image) = image else { return Ok(None) };
-        let invalid = |m: String| (ErrorCode::InvalidSpec, format!("{field}: {m}"));
+        let bucket = self.config.s3.bucket.clone();
         let limits = self.config.limits_for(&spec.model);
-        let (bucket, key) = match fleet_core::validate::parse_control_image(image, &limits).map_err(invalid)? {
-            ControlImageSource::Inline { bytes, .. } => return Ok(Some(bytes)),
-            ControlImageSource::S3 { bucket, key } => (bucket, key),
+        let key = match fleet_render::input_image(field, image, &limits, &bucket).map_err(|e| (e.code, e.message))? {
+            InputImage::Inline(bytes) => return Ok(Some(bytes)),
+            InputImage::Object(key) => key,
         };
-        if bucket != self.config.s3.bucket {
-            return Err(invalid(format!(
-                "a local run reads input images only from the configured bucket `{}` (s3.bucket), not `{bucket}`",
-                self.config.s3.bucket
-            )));
-        }
+        let invalid = |m: String| (ErrorCode::InvalidSpec, format!("{field}: {m}"));
         let runtime = self.runtime.clone().ok_or_else(|| invalid("no async runtime to read S3 with".into()))?;
         let unreachable =
             |e: fleet_storage::StorageError| (ErrorCode::Internal, format!("{field}: s3://{bucket}/{key}: {e}"));

@@ -18,4 +18,4 @@ pub mod request;
 
 pub use encoding::{encode_job_image, encode_options};
 pub use models::{CacheOutcome, ModelError, Models};
-pub use request::{JobImages, attach_control, attach_init, job_request, prepare};
+pub use request::{InputImage, JobImages, attach_control, attach_init, input_image, job_request, prepare};

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use fleet_core::{ErrorCode, JobError, JobSpec};
+use fleet_core::validate::ControlImageSource;
+use fleet_core::{ErrorCode, JobError, JobSpec, Limits};
 use fleet_engine::init_image::{init_image_tensor, mask_tensor};
 use fleet_engine::{ControlInput, ControlPreprocess, GenerateRequest, InitInput, Pipeline, control_image_tensor};
 
@@ -23,6 +24,28 @@ pub fn job_request(spec: &JobSpec) -> GenerateRequest {
         latents: None,
         controls: Vec::new(),
         init: None,
+    }
+}
+
+/// Where a job's input image comes from, once checked: its bytes (inline in the job), or the key
+/// of an object in the configured bucket, which the caller reads with its own store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputImage {
+    Inline(Vec<u8>),
+    Object(String),
+}
+
+/// Checks a job's input image (`field`: `controlnet.image`, `init_image` or `mask_image`) against
+/// the model's `limits`: inline images are decoded and checked, `s3://` ones must name `bucket`
+/// (`s3.bucket`), the only one a renderer reads. Every refusal is the job's own fault.
+pub fn input_image(field: &str, image: &str, limits: &Limits, bucket: &str) -> Result<InputImage, JobError> {
+    let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("{field}: {m}"));
+    match fleet_core::validate::parse_control_image(image, limits).map_err(invalid)? {
+        ControlImageSource::Inline { bytes, .. } => Ok(InputImage::Inline(bytes)),
+        ControlImageSource::S3 { bucket: named, key } if named == bucket => Ok(InputImage::Object(key)),
+        ControlImageSource::S3 { bucket: named, .. } => Err(invalid(format!(
+            "input images are read only from the configured bucket `{bucket}` (s3.bucket), not `{named}`"
+        ))),
     }
 }
 
@@ -112,6 +135,18 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_images_come_inline_or_from_the_configured_bucket_only() {
+        let limits = Limits { allowed_image_buckets: vec!["fleet".into(), "other".into()], ..Limits::default() };
+        let own = input_image("init_image", "s3://fleet/in/a.png", &limits, "fleet").unwrap();
+        assert_eq!(own, InputImage::Object("in/a.png".into()));
+        let e = input_image("controlnet.image", "s3://other/a.png", &limits, "fleet").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidSpec);
+        assert!(e.message.starts_with("controlnet.image: ") && e.message.contains("(s3.bucket)"), "{}", e.message);
+        let e = input_image("mask_image", "not an image", &limits, "fleet").unwrap_err();
+        assert!(e.message.starts_with("mask_image: "), "{}", e.message);
+    }
 
     #[test]
     fn a_job_maps_field_by_field() {

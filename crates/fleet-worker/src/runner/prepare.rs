@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use fleet_core::validate::ControlImageSource;
 use fleet_core::{ErrorCode, JobError, LoraSource};
 use fleet_engine::{GenerateRequest, Pipeline};
-use fleet_render::{JobImages, ModelError, Models, job_request};
+use fleet_render::{InputImage, JobImages, ModelError, Models, job_request};
 
 use super::{RunContext, retry};
 use crate::lora_fetch::{Pinned, masked_url};
@@ -99,20 +98,15 @@ async fn fetch_url_loras(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result
 /// The bytes of a job's input image (`field`: `controlnet.image`, `init_image` or `mask_image`):
 /// inline (already checked at intake) or an object of this worker's bucket.
 async fn image_bytes(ctx: &RunContext, model: &str, field: &str, image: &str) -> Result<Vec<u8>, JobError> {
-    let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("{field}: {m}"));
-    let limits = ctx.config.limits_for(model);
-    match fleet_core::validate::parse_control_image(image, &limits).map_err(invalid)? {
-        ControlImageSource::Inline { bytes, .. } => Ok(bytes),
-        ControlImageSource::S3 { bucket, key } if bucket == ctx.config.s3.bucket => {
-            match retry(|| ctx.store.get(&key)).await {
-                Ok(Some(obj)) => Ok(obj.body),
-                Ok(None) => Err(invalid(format!("s3://{bucket}/{key} does not exist"))),
-                Err(e) => Err(JobError::new(ErrorCode::Internal, format!("{field}: {e}"))),
+    let bucket = &ctx.config.s3.bucket;
+    match fleet_render::input_image(field, image, &ctx.config.limits_for(model), bucket)? {
+        InputImage::Inline(bytes) => Ok(bytes),
+        InputImage::Object(key) => match retry(|| ctx.store.get(&key)).await {
+            Ok(Some(obj)) => Ok(obj.body),
+            Ok(None) => {
+                Err(JobError::new(ErrorCode::InvalidSpec, format!("{field}: s3://{bucket}/{key} does not exist")))
             }
-        }
-        ControlImageSource::S3 { bucket, .. } => Err(invalid(format!(
-            "this worker reads input images only from its own bucket `{}`, not `{bucket}`",
-            ctx.config.s3.bucket
-        ))),
+            Err(e) => Err(JobError::new(ErrorCode::Internal, format!("{field}: {e}"))),
+        },
     }
 }
