@@ -267,17 +267,23 @@ def worker_model(dep: dict) -> str:
 
 
 def keda_problems(docs, effective) -> list[str]:
-    """One ScaledObject per autoscaled pool: rabbitmq trigger, protocol http, the pool's two queues only."""
+    """One ScaledObject per autoscaled pool: rabbitmq trigger, protocol http, the pool's two queues and their lanes only."""
     problems = []
     scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(docs, "ScaledObject")}
     auths = {a["metadata"]["name"]: a for a in of_kind(docs, "TriggerAuthentication")}
     secrets = secret_data(docs)
     any_cfg = next(iter(effective.values()))
     prefix = any_cfg["rabbitmq"]["queue_prefix"]
-    all_queues = {f"{prefix}.{m}.{p}" for m in any_cfg["models"] for p in ("interactive", "bulk")}
+    def pool_queues(model):
+        shared = {f"{prefix}.{model}.{p}" for p in ("interactive", "bulk")}
+        # every tenant's lane of them counts toward the backlog too
+        return shared | {f"{q}@{t}" for q in shared for t in ("acme", "a.b_c-1")}
+
+    all_queues = set().union(*(pool_queues(m) for m in any_cfg["models"]))
     all_queues.add(any_cfg["rabbitmq"]["dead_letter_queue"])
     # names around the real ones, so that a regex without anchors or with an unescaped dot shows
     all_queues |= {f"{q}.x" for q in all_queues} | {f"x{q}" for q in all_queues} | {q.replace(".", "x") for q in all_queues}
+    all_queues |= {f"{prefix}.{m}.bulk@" for m in any_cfg["models"]} | {f"{prefix}.{m}.bulk@a/b" for m in any_cfg["models"]}
     for dep in deployments(docs, "worker"):
         name = dep["metadata"]["name"]
         if "replicas" in dep["spec"] and name not in scaled:
@@ -300,7 +306,7 @@ def keda_problems(docs, effective) -> list[str]:
             problems.append(f"{name}: trigger protocol {meta.get('protocol')!r}, not http (unacked jobs would not count)")
         if meta.get("mode") != "QueueLength" or not str(meta.get("value", "")).isdigit() or int(meta["value"]) < 1:
             problems.append(f"{name}: trigger must be mode QueueLength with a positive value")
-        want = {f"{prefix}.{worker_model(dep)}.interactive", f"{prefix}.{worker_model(dep)}.bulk"}
+        want = pool_queues(worker_model(dep))
         if meta.get("useRegex") == "true":
             if meta.get("operation") != "sum":
                 problems.append(f"{name}: a regex trigger must sum its queues")

@@ -7,6 +7,7 @@ mod chaos;
 mod connectivity;
 mod console;
 mod dead_letters;
+mod fair_share;
 mod fleet;
 mod img2img;
 mod lora_url;

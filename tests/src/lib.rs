@@ -13,6 +13,7 @@ pub mod process;
 pub mod rabbit_cluster;
 pub mod rabbit_server;
 pub mod redis_server;
+pub mod tenants;
 
 fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())

@@ -134,7 +134,10 @@ async fn main() {
     println!("dispatcher throughput = {:.2} × baseline", fleet / baseline);
 
     let channel = app.broker.channel().await.expect("channel");
-    for q in &app.broker.topology().queues {
+    let topology = app.broker.topology();
+    let lanes = app.status.lanes().await.unwrap_or_default();
+    let lanes = lanes.iter().filter_map(|key| fleet_queue::Lane::parse(key)).map(|lane| topology.lane_queue(&lane));
+    for q in topology.queues.iter().cloned().chain(lanes) {
         let _ = channel.queue_delete(&q.name, QueueDeleteOptions::default()).await;
     }
     stop.cancel();

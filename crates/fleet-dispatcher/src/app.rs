@@ -22,6 +22,8 @@ pub struct App {
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub depths: Arc<DepthCache>,
+    /// The tenants' lanes this process has declared and registered.
+    pub lanes: Arc<crate::lanes::Lanes>,
     /// Bulk runs as `fleet bulk` records them in Redis.
     pub bulk_runs: Arc<crate::bulk_runs::BulkRuns>,
     /// Where workers store images; the images endpoint redirects to (or streams from) it.
@@ -49,6 +51,7 @@ impl App {
             publisher: Arc::new(publisher),
             metrics: Arc::new(Metrics::default()),
             depths: Arc::new(DepthCache::default()),
+            lanes: Arc::default(),
             store: Arc::new(store),
             bulk_runs: Arc::new(bulk_runs),
         })

@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod extract;
 pub mod http_metrics;
+pub mod lanes;
 pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;

@@ -14,6 +14,8 @@ use fleet_core::config::TenantQuota;
 use fleet_core::usage::{next_day_start, pixel_steps};
 use fleet_core::validate::new_job_id;
 use fleet_core::{ErrorCode, FieldError, JobError, JobSpec, JobState, JobStatus, ValidJob};
+use fleet_queue::QueueError;
+use fleet_queue::topology::JobQueue;
 use fleet_status::{Admission, CreateOutcome, Quota};
 
 use crate::App;
@@ -116,13 +118,10 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
     let started = Instant::now();
     let spec = job.spec();
     let tenant = spec.tenant.clone().unwrap_or_default();
-    let Some(queue) = app.broker.topology().queue_for(&spec.model, spec.priority).map(|q| q.name.clone()) else {
-        return Err(ApiError::new(
-            ErrorCode::ModelUnavailable,
-            format!("model `{}` is not served by this fleet (configured: {})", spec.model, model_list(app)),
-        ));
-    };
-    let depth = app.depths.depth(app, &queue).await?;
+    let route = route_of(app, spec)?;
+    app.lanes.ensure(app, &route).await?;
+    let queue = &route.name;
+    let depth = app.depths.depth(app, queue).await?;
     if u64::from(depth) >= app.config.rabbitmq.max_queue_depth {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
@@ -176,6 +175,9 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         CreateOutcome::Created => {}
     }
     if let Err(err) = app.publisher.publish(&job, trace_id).await {
+        if matches!(err, QueueError::Unroutable { .. }) {
+            app.lanes.forget(&route);
+        }
         // Not accepted: undo the record and the idempotency key so a retry with the same key creates the job
         // afresh. If an unconfirmed message did reach a queue after all, the worker finds no record and
         // treats it like a job published straight onto the queue.
@@ -269,10 +271,28 @@ async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: 
     let limits = app.config.limits_for(&spec.model);
     let job = spec.validate(&limits).map_err(|e| ApiError::invalid("", e.0))?.assign(&existing.tenant, new_job_id);
     // On failure the record stays (it is the first request's); the client retries again.
-    app.publisher.publish(&job, trace_id).await?;
+    let route = route_of(app, job.spec())?;
+    app.lanes.ensure(app, &route).await?;
+    if let Err(err) = app.publisher.publish(&job, trace_id).await {
+        if matches!(err, QueueError::Unroutable { .. }) {
+            app.lanes.forget(&route);
+        }
+        return Err(err.into());
+    }
     mark_published(app, existing.id).await;
     tracing::info!(job = %existing.id, trace_id, "retried job was still queued: published again");
     Ok(Accepted { status: existing, created: false })
+}
+
+/// The queue a job is published to: its tenant's lane, or the shared queue of its model and
+/// priority ([`fleet_queue::Topology::route`]).
+fn route_of(app: &App, spec: &JobSpec) -> Result<JobQueue, ApiError> {
+    app.broker.topology().route(&spec.model, spec.priority, spec.tenant.as_deref()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ModelUnavailable,
+            format!("model `{}` is not served by this fleet (configured: {})", spec.model, model_list(app)),
+        )
+    })
 }
 
 fn model_list(app: &App) -> String {

@@ -138,13 +138,28 @@ impl Server {
         self.call(reqwest::Method::POST, "/v1/jobs", Some(key), Some(body)).await
     }
 
-    /// Takes one message from a job queue, as a worker would, and acks it.
+    /// Takes one message from a shared job queue or any configured tenant's lane of it, as a
+    /// worker would, and acks it. A connection of its own: a lane that does not exist closes the
+    /// channel that asks for it, and the server's own must stay open.
     async fn take(&self, queue_suffix: &str) -> Option<fleet_core::JobSpec> {
-        let channel = self.app.broker.channel().await.unwrap();
-        let queue =
-            self.app.broker.topology().queues.iter().find(|q| q.name.ends_with(queue_suffix)).unwrap().name.clone();
-        let msg = channel.basic_get(&queue, BasicGetOptions { no_ack: true }).await.unwrap()?;
-        Some(fleet_queue::message::decode(&msg.delivery.data, &msg.delivery.properties).unwrap())
+        let url = &self.app.config.rabbitmq.url;
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+        let topology = self.app.broker.topology();
+        let shared = topology.queues.iter().find(|q| q.name.ends_with(queue_suffix)).unwrap();
+        let lanes =
+            self.app.config.http.api_keys.iter().map(|key| {
+                topology.lane_queue(&fleet_queue::Lane::new(&shared.model, shared.priority, &key.tenant)).name
+            });
+        let mut taken = None;
+        for queue in std::iter::once(shared.name.clone()).chain(lanes) {
+            let channel = connection.create_channel().await.unwrap();
+            if let Ok(Some(msg)) = channel.basic_get(&queue, BasicGetOptions { no_ack: true }).await {
+                taken = Some(fleet_queue::message::decode(&msg.delivery.data, &msg.delivery.properties).unwrap());
+                break;
+            }
+        }
+        let _ = connection.close(200, "taken").await;
+        taken
     }
 }
 
@@ -169,6 +184,24 @@ async fn a_submitted_job_is_recorded_then_confirmed_onto_its_queue() {
     assert_eq!(queued.tenant.as_deref(), Some("alice"), "tenant comes from the key, not the body");
     assert!(queued.seed.is_some(), "the dispatcher draws and records a seed");
     assert!(server.take(".tiny.interactive").await.is_none());
+    let lanes = server.app.status.lanes().await.unwrap();
+    assert_eq!(lanes, ["tiny.bulk@alice"], "the tenant's lane is declared and registered for workers");
+    server.stop().await;
+}
+
+/// With `rabbitmq.tenant_lanes` off every job goes to the shared queue, and no lane is made.
+#[tokio::test]
+async fn without_lanes_jobs_go_to_the_shared_queue() {
+    let mut cfg = isolated_config();
+    cfg.rabbitmq.tenant_lanes = false;
+    let server = Server::start(cfg).await;
+    let (code, body) = server.submit(ALICE, json!({"prompt": "a cat", "model": "tiny", "priority": "bulk"})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let channel = server.app.broker.channel().await.unwrap();
+    let shared = server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Bulk).unwrap().name.clone();
+    let msg = channel.basic_get(&shared, BasicGetOptions { no_ack: true }).await.unwrap();
+    assert!(msg.is_some(), "the job waits in {shared}");
+    assert!(server.app.status.lanes().await.unwrap().is_empty());
     server.stop().await;
 }
 
@@ -459,7 +492,8 @@ async fn readiness_and_metrics() {
     server.submit(ALICE, json!({"prompt": "counted", "model": "tiny"})).await;
     let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("fleet_jobs_accepted_total{model=\"tiny\",priority=\"interactive\"} 1"), "{text}");
-    assert!(text.contains(".tiny.interactive\"} 1"), "{text}");
+    assert!(text.contains(".tiny.interactive@alice\"} 1"), "the tenant's lane is scraped: {text}");
+    assert!(text.contains(".tiny.interactive\"} 0"), "the shared queue too: {text}");
     server.stop().await;
 }
 
@@ -607,7 +641,9 @@ async fn poison(server: &Server, key: &str, prompt: &str) -> String {
     let (code, body) = server.submit(key, json!({"prompt": prompt, "model": "tiny"})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     let channel = server.app.broker.channel().await.unwrap();
-    let queue = server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+    let tenant = body["tenant"].as_str().unwrap();
+    let queue =
+        server.app.broker.topology().route("tiny", fleet_core::Priority::Interactive, Some(tenant)).unwrap().name;
     let mut deliveries = 0;
     while let Some(msg) = channel.basic_get(&queue, BasicGetOptions { no_ack: false }).await.unwrap() {
         deliveries += 1;
@@ -659,8 +695,10 @@ async fn dead_letters_are_listed_for_admins_and_stay_in_the_queue() {
     let second = poison(&server, BOB, "poison two").await;
     failed(&server, BOB, &second).await;
     let dlq = server.app.broker.topology().dead_letter_queue.clone();
-    let job_queue =
-        server.app.broker.topology().queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+    // Each tenant's job died in its own lane.
+    let job_queue = |tenant: &str| {
+        server.app.broker.topology().route("tiny", fleet_core::Priority::Interactive, Some(tenant)).unwrap().name
+    };
 
     let (code, body) = server.call(reqwest::Method::GET, "/v1/dead-letters", Some(ALICE), None).await;
     assert_eq!((code, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{body}");
@@ -681,7 +719,8 @@ async fn dead_letters_are_listed_for_admins_and_stay_in_the_queue() {
     for m in messages {
         assert_eq!(m["reason"], "crashed", "the broker's delivery limit: {m}");
         assert!(m["detail"].as_str().unwrap().contains("delivery limit"), "{m}");
-        assert_eq!((m["queue"].as_str(), m["count"].as_i64()), (Some(job_queue.as_str()), Some(1)), "{m}");
+        let queue = job_queue(m["tenant"].as_str().unwrap());
+        assert_eq!((m["queue"].as_str(), m["count"].as_i64()), (Some(queue.as_str()), Some(1)), "{m}");
         assert_eq!((m["model"].as_str(), m["priority"].as_str()), (Some("tiny"), Some("interactive")), "{m}");
         let time: chrono::DateTime<chrono::Utc> = m["time"].as_str().unwrap().parse().unwrap();
         assert!((chrono::Utc::now() - time).num_seconds().abs() < 120, "{m}");

@@ -2,7 +2,9 @@
 //!
 //! Jobs go to a direct exchange with routing key `<model>.<priority>`; each routing key has its own
 //! durable quorum queue `<prefix>.<model>.<priority>`, so interactive work never waits behind a bulk
-//! backlog. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries:
+//! backlog. With `rabbitmq.tenant_lanes`, each tenant's jobs go to a lane of their own beside the
+//! shared queue ([`crate::lane`]): `<prefix>.<model>.<priority>@<tenant>`, bound with the lane's
+//! routing key and declared with the same arguments. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries:
 //! the fanout dead-letter exchange copies it to the dead-letter queue (kept for operators) and to
 //! `<dead-letter queue>.watch` (consumed by dispatchers, which mark the job failed).
 //!
@@ -17,17 +19,20 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::QueueError;
+use crate::lane::Lane;
 
 /// Both priority classes, interactive first: the order workers prefer.
 pub const PRIORITIES: [Priority; 2] = [Priority::Interactive, Priority::Bulk];
 
-/// One job queue.
+/// One job queue: a model and priority's shared queue, or one tenant's lane of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobQueue {
     pub name: String,
     pub routing_key: String,
     pub model: String,
     pub priority: Priority,
+    /// The tenant of a lane; `None` for the shared queue.
+    pub tenant: Option<String>,
 }
 
 /// The whole layout for a set of models.
@@ -42,7 +47,11 @@ pub struct Topology {
     pub delivery_limit: u32,
     /// Replicas of each job queue (`x-quorum-initial-group-size`); `None`: one on every node.
     pub quorum_initial_group_size: Option<u32>,
+    /// The shared queues (one per model and priority); lanes are made by [`Topology::lane_queue`].
     pub queues: Vec<JobQueue>,
+    /// Whether jobs of a known tenant go to the tenant's lane (`rabbitmq.tenant_lanes`).
+    pub tenant_lanes: bool,
+    queue_prefix: String,
 }
 
 /// Message counts of one queue, from a passive declare.
@@ -70,6 +79,7 @@ impl Topology {
                     routing_key: routing_key(model, priority),
                     model: model.to_owned(),
                     priority,
+                    tenant: None,
                 })
             })
             .collect();
@@ -81,7 +91,39 @@ impl Topology {
             delivery_limit: cfg.delivery_limit,
             quorum_initial_group_size: cfg.quorum_initial_group_size,
             queues,
+            tenant_lanes: cfg.tenant_lanes,
+            queue_prefix: cfg.queue_prefix.clone(),
         }
+    }
+
+    /// The queue of a lane; it exists once declared ([`Topology::declare_queue`]).
+    pub fn lane_queue(&self, lane: &Lane) -> JobQueue {
+        JobQueue {
+            name: format!("{}.{}", self.queue_prefix, lane.routing_key()),
+            routing_key: lane.routing_key(),
+            model: lane.model.clone(),
+            priority: lane.priority,
+            tenant: Some(lane.tenant.clone()),
+        }
+    }
+
+    /// Where a job of `tenant` for `model` at `priority` is published: the tenant's lane when lanes
+    /// are on, else the shared queue; `None` when this topology does not serve the model.
+    pub fn route(&self, model: &str, priority: Priority, tenant: Option<&str>) -> Option<JobQueue> {
+        let shared = self.queue_for(model, priority)?;
+        match tenant {
+            Some(tenant) if self.tenant_lanes => Some(self.lane_queue(&Lane::new(model, priority, tenant))),
+            _ => Some(shared.clone()),
+        }
+    }
+
+    /// The job queue a routing key of this topology's exchange leads to (a shared queue or a lane).
+    pub fn queue_of_routing_key(&self, routing_key: &str) -> Option<JobQueue> {
+        if let Some(queue) = self.queues.iter().find(|q| q.routing_key == routing_key) {
+            return Some(queue.clone());
+        }
+        let lane = Lane::parse(routing_key)?;
+        self.queue_for(&lane.model, lane.priority).map(|_| self.lane_queue(&lane))
     }
 
     /// The queue a job for `model` at `priority` lands in, if this topology has it.
@@ -131,21 +173,29 @@ impl Topology {
             .await
             .map_err(topo(format!("exchange {}", self.exchange)))?;
         for queue in &self.queues {
-            channel
-                .queue_declare(&queue.name, durable_queue, self.job_queue_arguments())
-                .await
-                .map_err(topo(format!("queue {}", queue.name)))?;
-            channel
-                .queue_bind(
-                    &queue.name,
-                    &self.exchange,
-                    &queue.routing_key,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(topo(format!("binding {} to {}", queue.name, queue.routing_key)))?;
+            self.declare_queue(channel, queue).await?;
         }
+        Ok(())
+    }
+
+    /// Declares one job queue and binds it to the job exchange (which must exist: [`Topology::declare`]).
+    pub async fn declare_queue(&self, channel: &Channel, queue: &JobQueue) -> Result<(), QueueError> {
+        let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        let topo = |what: String| move |source| QueueError::Topology { what, source };
+        channel
+            .queue_declare(&queue.name, durable_queue, self.job_queue_arguments())
+            .await
+            .map_err(topo(format!("queue {}", queue.name)))?;
+        channel
+            .queue_bind(
+                &queue.name,
+                &self.exchange,
+                &queue.routing_key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(topo(format!("binding {} to {}", queue.name, queue.routing_key)))?;
         Ok(())
     }
 }
@@ -173,6 +223,22 @@ mod tests {
         );
         assert_eq!(topo.queue_for("tiny", Priority::Bulk).map(|q| q.routing_key.as_str()), Some("tiny.bulk"));
         assert!(topo.queue_for("other", Priority::Bulk).is_none());
+    }
+
+    #[test]
+    fn a_tenant_s_jobs_go_to_its_lane_when_lanes_are_on() {
+        let topo = Topology::new(&RabbitMqConfig::default(), ["tiny"]);
+        let lane = topo.route("tiny", Priority::Bulk, Some("acme")).unwrap();
+        assert_eq!((lane.name.as_str(), lane.routing_key.as_str()), ("fleet.tiny.bulk@acme", "tiny.bulk@acme"));
+        assert_eq!(lane.tenant.as_deref(), Some("acme"));
+        assert_eq!(topo.route("tiny", Priority::Bulk, None).unwrap().name, "fleet.tiny.bulk");
+        assert!(topo.route("other", Priority::Bulk, Some("acme")).is_none(), "a model not served has no lane");
+        assert_eq!(topo.queue_of_routing_key("tiny.bulk@acme"), Some(lane));
+        assert_eq!(topo.queue_of_routing_key("tiny.bulk").unwrap().name, "fleet.tiny.bulk");
+        assert_eq!(topo.queue_of_routing_key("other.bulk@acme"), None);
+
+        let off = Topology::new(&RabbitMqConfig { tenant_lanes: false, ..RabbitMqConfig::default() }, ["tiny"]);
+        assert_eq!(off.route("tiny", Priority::Bulk, Some("acme")).unwrap().name, "fleet.tiny.bulk");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! (names, scales and fusing order), ControlNet model, size, steps, mode (text-to-image,
 //! image-to-image or inpainting) and the steps the strength keeps. Prompts, negative prompts,
 //! seeds, image counts, guidance, strengths and control, init and mask images may differ: the engine gives every job of a
-//! shared forward pass the pixels it gets alone. A batch starts with the most urgent job
-//! (interactive before bulk, then oldest) and takes compatible jobs in the same order while its
-//! budget (images and images × pixels × steps) allows. A job that fits no batch now simply waits
+//! shared forward pass the pixels it gets alone. A batch starts with the job that should run
+//! next (interactive before bulk, then the tenant furthest behind its share, then oldest: see
+//! [`crate::fair_share`]) and takes compatible jobs in the same order while its budget (images
+//! and images × pixels × steps) allows. A job that fits no batch now simply waits
 //! for the next one; it never blocks the others.
 //!
 //! Waiting for company is adaptive: a batch that is not full waits only while more deliveries are
@@ -15,7 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_core::{JobSpec, Priority};
+use fleet_core::JobSpec;
+
+use crate::fair_share::FairShare;
 
 /// Limits of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +79,15 @@ pub trait Waiting {
 /// A batch runs when it is full (no further compatible job fits), when no more deliveries are
 /// `arriving` (so waiting would buy it no company), or when its first job has waited `deadline`.
 /// A single job larger than the budget still runs alone — the budget shapes batches, it does not
-/// refuse jobs.
-pub fn next_batch<W: Waiting>(waiting: &[W], policy: &BatchPolicy, now: Instant, arriving: bool) -> Option<Vec<usize>> {
-    let mut order: Vec<usize> = (0..waiting.len()).collect();
-    order.sort_by_key(|&i| (rank(waiting[i].spec().priority), waiting[i].arrived()));
+/// refuse jobs. The caller charges the batch it runs to `share` ([`FairShare::charge`]).
+pub fn next_batch<W: Waiting>(
+    waiting: &[W],
+    policy: &BatchPolicy,
+    share: &FairShare,
+    now: Instant,
+    arriving: bool,
+) -> Option<Vec<usize>> {
+    let order = share.order(waiting);
     let &first = order.first()?;
     let key = BatchKey::of(waiting[first].spec());
     let mut chosen = vec![first];
@@ -106,22 +114,23 @@ pub fn next_batch<W: Waiting>(waiting: &[W], policy: &BatchPolicy, now: Instant,
 
 /// When the job that would lead the next batch reaches its deadline (`None`: nothing waits).
 /// The consume loop sleeps until then rather than polling, so a lone job starts on time.
-pub fn leader_deadline<W: Waiting>(waiting: &[W], policy: &BatchPolicy) -> Option<Instant> {
-    let leader = waiting.iter().min_by_key(|w| (rank(w.spec().priority), w.arrived()))?;
-    Some(leader.arrived() + policy.deadline)
-}
-
-fn rank(priority: Priority) -> u8 {
-    match priority {
-        Priority::Interactive => 0,
-        Priority::Bulk => 1,
-    }
+pub fn leader_deadline<W: Waiting>(waiting: &[W], policy: &BatchPolicy, share: &FairShare) -> Option<Instant> {
+    let &leader = share.order(waiting).first()?;
+    Some(waiting[leader].arrived() + policy.deadline)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_core::LoraRef;
+    use fleet_core::{LoraRef, Priority};
+
+    fn next_batch<W: Waiting>(w: &[W], policy: &BatchPolicy, now: Instant, arriving: bool) -> Option<Vec<usize>> {
+        super::next_batch(w, policy, &FairShare::default(), now, arriving)
+    }
+
+    fn leader_deadline<W: Waiting>(w: &[W], policy: &BatchPolicy) -> Option<Instant> {
+        super::leader_deadline(w, policy, &FairShare::default())
+    }
 
     struct W(JobSpec, Instant);
     impl Waiting for W {

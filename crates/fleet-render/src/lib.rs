@@ -7,12 +7,14 @@
 //!   ControlNet input included;
 //! - [`batching`]: which jobs share a forward pass, a pure function (the worker's and
 //!   `fleet generate --jobs`'s);
+//! - [`fair_share`]: the order of the jobs waiting in a worker, giving tenants turns by weight;
 //! - [`encoding`]: how a job's images are encoded (format, quality, PNG effort, metadata).
 //!
 //! Dependencies point down: binaries and services → this crate → fleet-engine → fleet-core.
 
 pub mod batching;
 pub mod encoding;
+pub mod fair_share;
 pub mod models;
 pub mod request;
 

@@ -52,6 +52,11 @@ impl Keys {
         format!("{}:counters:{model}", self.prefix)
     }
 
+    /// Set of the routing keys of the tenants' lanes (`<model>.<priority>@<tenant>`).
+    pub(crate) fn lanes(&self) -> String {
+        format!("{}:lanes", self.prefix)
+    }
+
     /// Set of model names that have counters, so `counters()` needs no SCAN.
     pub(crate) fn models(&self) -> String {
         format!("{}:models", self.prefix)

@@ -1,5 +1,6 @@
 //! [`StatusStore`]: every Redis operation of the fleet's status layer.
 
+mod lanes;
 mod lifecycle;
 mod usage;
 mod webhooks;

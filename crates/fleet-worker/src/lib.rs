@@ -3,6 +3,7 @@
 //! message only once its effect (images in storage, status in Redis) is durable.
 //!
 //! - batching: the policy is fleet-render's (`fleet_render::batching`), shared with `fleet generate --jobs`;
+//! - [`consumers`]: the queues it consumes — its models' shared queues and every tenant's lane;
 //! - [`intake`]: turning deliveries into validated jobs waiting for a batch;
 //! - [`republish`]: clean hand-backs that the broker does not count, dead letters with a reason;
 //! - [`engine_thread`]: the one thread generations run on;
@@ -15,6 +16,7 @@
 //!   worker meeting a job whose record was lost);
 //! - [`worker`]: the consume loop and graceful shutdown.
 
+pub mod consumers;
 pub mod engine_thread;
 pub mod finishing;
 pub mod heartbeat;

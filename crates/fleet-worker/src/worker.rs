@@ -10,10 +10,9 @@ use fleet_queue::{Broker, QueueError, Topology};
 use fleet_status::{BatchInfo, CreateOutcome, StatusError, StatusStore};
 use fleet_storage::ImageStore;
 use futures::StreamExt as _;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
+use crate::consumers::{Consumers, ConsumingWorker, LANE_POLL};
 use crate::engine_thread::EngineThread;
 use crate::finishing::Finishing;
 use crate::heartbeat::Liveness;
@@ -23,6 +22,7 @@ use crate::noop::{EngineMode, NOOP_DEVICE};
 use crate::republish::Original;
 use crate::runner::{RunContext, Stats, run_batch};
 use fleet_render::batching::{BatchPolicy, leader_deadline, next_batch};
+use fleet_render::fair_share::FairShare;
 use fleet_render::{ModelError, Models};
 
 /// How often the loop looks for a batch to run while deliveries are quiet.
@@ -227,30 +227,12 @@ impl Worker {
 
     async fn consume(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let channel = self.broker.channel().await?;
-        // Prefetch bounds how many messages wait here: enough to fill a batch and start the next.
-        let prefetch = u16::try_from(self.policy.max_images.saturating_mul(2)).unwrap_or(u16::MAX);
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(WorkerError::Consume)?;
-        let queues: Vec<String> = self
-            .ctx
-            .models
-            .names()
-            .iter()
-            .flat_map(|model| {
-                fleet_queue::topology::PRIORITIES
-                    .iter()
-                    .filter_map(|&p| self.broker.topology().queue_for(model, p).map(|q| q.name.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let mut streams = Vec::new();
-        let mut tags = Vec::new();
-        for queue in queues {
-            let tag = format!("{}:{queue}", self.ctx.worker_id);
-            let consumer = consume_queue(channel.clone(), queue, tag.clone()).await?;
-            streams.push(consumer);
-            tags.push(tag);
-        }
-        let mut deliveries = futures::stream::select_all(streams);
+        let topology = self.broker.topology();
+        let me = ConsumingWorker { id: &self.ctx.worker_id, models: self.ctx.models.names(), config: &self.ctx.config };
+        let mut consumers = Consumers::start(channel.clone(), &me, topology, &self.ctx.status).await?;
+        let mut lane_poll = tokio::time::interval(LANE_POLL);
+        lane_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut share = FairShare::new(self.ctx.config.tenants.clone());
         let mut waiting: Vec<Pending> = Vec::new();
         // When the last delivery came: while deliveries keep coming (each within ARRIVAL_GAP of
         // the one before), a batch that is not full waits for them, up to the deadline; once the
@@ -262,14 +244,14 @@ impl Worker {
         loop {
             let wake = match last_delivery {
                 Some(at) if at.elapsed() < gap => {
-                    tokio::time::Instant::from_std(at + gap).min(self.next_wake(&waiting))
+                    tokio::time::Instant::from_std(at + gap).min(self.next_wake(&waiting, &share))
                 }
-                _ => self.next_wake(&waiting),
+                _ => self.next_wake(&waiting, &share),
             };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                delivery = deliveries.next() => match delivery {
+                delivery = consumers.deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
                         last_delivery = Some(Instant::now());
                         self.accept(delivery, &channel, &mut waiting).await;
@@ -287,10 +269,18 @@ impl Worker {
                         return Err(WorkerError::Consume(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)));
                     }
                 },
+                _ = lane_poll.tick() => {
+                    if let Err(e) = consumers.follow_new_lanes(topology, &self.ctx.status).await {
+                        hand_back(&mut waiting, None).await;
+                        self.wait_for_finishing().await;
+                        return Err(e);
+                    }
+                }
                 _ = tokio::time::sleep_until(wake) => {}
             }
             let arriving = last_delivery.is_some_and(|at| at.elapsed() < gap);
-            if let Some(indices) = next_batch(&waiting, &self.policy, Instant::now(), arriving) {
+            if let Some(indices) = next_batch(&waiting, &self.policy, &share, Instant::now(), arriving) {
+                share.charge(&waiting, &indices);
                 let batch = take(&mut waiting, indices);
                 self.ctx.stats.waiting.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.run_one(batch, &shutdown).await;
@@ -299,7 +289,7 @@ impl Worker {
         }
         // Nothing more may arrive; what the broker already sent (prefetched, not yet read) is
         // handed back with the rest instead of going back by the broker's count when the channel closes.
-        let prefetched = self.stop_consuming(&channel, &tags, &mut deliveries).await;
+        let prefetched = self.stop_consuming(&channel, &consumers.tags, &mut consumers.deliveries).await;
         for delivery in prefetched {
             self.accept(delivery, &channel, &mut waiting).await;
         }
@@ -321,9 +311,9 @@ impl Worker {
 
     /// When the loop must look again without a delivery: when the next batch's leader reaches
     /// its deadline (not up to a tick later), at most one tick from now.
-    fn next_wake(&self, waiting: &[Pending]) -> tokio::time::Instant {
+    fn next_wake(&self, waiting: &[Pending], share: &FairShare) -> tokio::time::Instant {
         let tick = Instant::now() + TICK;
-        let deadline = leader_deadline(waiting, &self.policy).unwrap_or(tick);
+        let deadline = leader_deadline(waiting, &self.policy, share).unwrap_or(tick);
         tokio::time::Instant::from_std(deadline.min(tick))
     }
 
@@ -435,11 +425,10 @@ impl Worker {
             self.record_refusal(id, &refused, original, &error).await;
         }
         let topology = self.broker.topology();
-        let queue = topology
-            .queues
-            .iter()
-            .find(|q| original.exchange == topology.exchange && q.routing_key == original.routing_key)
-            .map_or(original.routing_key.as_str(), |q| q.name.as_str());
+        let queue = (original.exchange == topology.exchange)
+            .then(|| topology.queue_of_routing_key(&original.routing_key))
+            .flatten()
+            .map_or_else(|| original.routing_key.clone(), |q| q.name);
         let dlx = &topology.dead_letter_exchange;
         match crate::republish::dead_letter(
             channel,
@@ -447,7 +436,7 @@ impl Worker {
             original,
             ErrorCode::InvalidSpec.name(),
             &refused.reason,
-            queue,
+            &queue,
         )
         .await
         {
@@ -494,14 +483,6 @@ fn warn_if_ack_timeout(error: &lapin::Error) {
              above the longest batch, or lower worker.max_batch_images"
         );
     }
-}
-
-/// Starts a consumer; owned arguments keep the future `Send` for callers that spawn the worker.
-async fn consume_queue(channel: lapin::Channel, queue: String, tag: String) -> Result<lapin::Consumer, WorkerError> {
-    channel
-        .basic_consume(&queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .map_err(WorkerError::Consume)
 }
 
 fn take(waiting: &mut Vec<Pending>, mut indices: Vec<usize>) -> Vec<Pending> {

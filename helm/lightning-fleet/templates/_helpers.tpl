@@ -105,9 +105,9 @@ integers; strings and string arrays use JSON escaping, which TOML accepts.
 {{- toYaml $pool }}
 {{- end }}
 
-{{/* The queue-name regex of a model: <queue_prefix>.<model>.(interactive|bulk). */}}
+{{/* The queue-name regex of a model: <queue_prefix>.<model>.(interactive|bulk), and every tenant's lane of them (@<tenant>). */}}
 {{- define "fleet.queueRegex" -}}
-{{- printf "^%s\\.%s\\.(interactive|bulk)$" (regexQuoteMeta .root.Values.config.rabbitmq.queue_prefix) (regexQuoteMeta .model) }}
+{{- printf "^%s\\.%s\\.(interactive|bulk)(@[A-Za-z0-9._-]+)?$" (regexQuoteMeta .root.Values.config.rabbitmq.queue_prefix) (regexQuoteMeta .model) }}
 {{- end }}
 
 {{/* A pool's effective worker.drain_timeout_secs. */}}

@@ -21,7 +21,7 @@ async fn dead_lettered_job(fleet: &Fleet) -> uuid::Uuid {
     let connection =
         lapin::Connection::connect(&fleet.config.rabbitmq.url, lapin::ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let queue = format!("{}.tiny.interactive", fleet.config.rabbitmq.queue_prefix);
+    let queue = format!("{}.tiny.interactive@e2e", fleet.config.rabbitmq.queue_prefix);
     let mut deliveries = 0;
     while let Some(msg) = channel.basic_get(&queue, BasicGetOptions { no_ack: false }).await.unwrap() {
         deliveries += 1;
@@ -141,7 +141,7 @@ async fn console_shows_admins_bulk_runs_and_dead_letters() {
         )
         .await;
     let row = row.as_str().unwrap_or_default();
-    let job_queue = format!("{}.tiny.interactive", fleet.config.rabbitmq.queue_prefix);
+    let job_queue = format!("{}.tiny.interactive@e2e", fleet.config.rabbitmq.queue_prefix);
     for expected in ["e2e", "tiny", "crashed", "delivery limit", job_queue.as_str()] {
         assert!(row.contains(expected), "the dead letter shows {expected}: {row}");
     }

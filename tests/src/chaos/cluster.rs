@@ -54,7 +54,7 @@ impl ClusterFault {
     }
 
     async fn inject(self, fleet: &ChaosFleet, cluster: &RabbitCluster) {
-        let queue = format!("{}.tiny.interactive", fleet.config.rabbitmq.queue_prefix);
+        let queue = format!("{}.tiny.interactive@e2e", fleet.config.rabbitmq.queue_prefix);
         let started = Instant::now();
         match self {
             ClusterFault::KillLeader | ClusterFault::RestartNode => {

@@ -13,6 +13,7 @@ use fleet_core::validate::ControlImageSource;
 use fleet_core::{FleetConfig, JobSpec};
 use fleet_engine::{GenerateRequest, Pipeline};
 use fleet_render::batching::{BatchPolicy, Waiting, next_batch};
+use fleet_render::fair_share::FairShare;
 use fleet_render::{JobImages, Models, encode_job_image};
 
 use super::validate::check_one;
@@ -64,7 +65,7 @@ pub fn run(cli: &Cli, args: &GenerateArgs, file: &Path) -> anyhow::Result<ExitCo
     let bar = indicatif::ProgressBar::new(total);
     let started = Instant::now();
     let mut passes = 0;
-    while let Some(indices) = next_batch(&jobs, &policy, Instant::now(), false) {
+    while let Some(indices) = next_batch(&jobs, &policy, &FairShare::default(), Instant::now(), false) {
         let batch = take(&mut jobs, indices);
         for (pipeline, pass) in prepare_passes(&models, &config, batch)? {
             passes += 1;

@@ -83,6 +83,9 @@ impl FleetConfig {
             for problem in settings.webhooks.problems(&format!("tenants.{name}.webhooks")) {
                 need(false, problem);
             }
+            for problem in settings.share.problems(&format!("tenants.{name}.share")) {
+                need(false, problem);
+            }
         }
         for problem in self.retention.problems() {
             need(false, problem);

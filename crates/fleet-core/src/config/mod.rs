@@ -19,7 +19,8 @@ use crate::validate::Limits;
 pub use retention::RetentionConfig;
 pub use tenants::RetentionTooLong;
 pub use tenants::{
-    DEFAULT_TENANT_SETTINGS, TenantQuota, TenantRetention, TenantSettings, TenantShare, TenantWebhooks, TenantsConfig,
+    DEFAULT_TENANT_SETTINGS, MAX_SHARE_WEIGHT, TenantQuota, TenantRetention, TenantSettings, TenantShare,
+    TenantWebhooks, TenantsConfig,
 };
 pub use webhooks::WebhooksConfig;
 
@@ -94,6 +95,11 @@ pub struct RabbitMqConfig {
     pub publish_timeout_secs: u64,
     /// Ready messages a queue may hold before the dispatcher answers 429 instead of publishing.
     pub max_queue_depth: u64,
+    /// Publish each tenant's jobs to a queue of its own per model and priority (a lane,
+    /// `<prefix>.<model>.<priority>@<tenant>`), which every worker of the model consumes beside
+    /// the shared queue, so one tenant's backlog cannot hold back another's jobs. Off: every
+    /// job goes to the shared queue in arrival order.
+    pub tenant_lanes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,6 +366,7 @@ impl Default for RabbitMqConfig {
             delivery_limit: 3,
             publish_timeout_secs: 10,
             max_queue_depth: 100_000,
+            tenant_lanes: true,
         }
     }
 }

@@ -36,10 +36,11 @@ pub async fn readyz(State(app): State<App>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// `GET /v1/queues` (admin): depth and consumers of every queue, with per-model counters.
+/// `GET /v1/queues` (admin): depth and consumers of every queue (the tenants' lanes included),
+/// with per-model counters.
 pub async fn queues(State(app): State<App>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
-    let depths = app.broker.depths().await?;
+    let depths = crate::lanes::all_depths(&app).await?;
     let counters = app.status.counters().await?;
     Ok(Json(serde_json::json!({ "queues": depths, "counters": counters })))
 }
@@ -71,7 +72,7 @@ pub async fn dead_letters(
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): State<App>) -> Response {
     let (depths, usage, backlog) =
-        tokio::join!(app.broker.depths(), app.status.usage_totals(), app.status.webhook_backlog());
+        tokio::join!(crate::lanes::all_depths(&app), app.status.usage_totals(), app.status.webhook_backlog());
     let fleet = crate::metrics::FleetState {
         queue_depths: depths.unwrap_or_default(),
         usage: usage.unwrap_or_default(),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use quota::TenantQuota;
 pub use retention::{RetentionTooLong, TenantRetention};
-pub use share::TenantShare;
+pub use share::{MAX_SHARE_WEIGHT, TenantShare};
 pub use webhooks::TenantWebhooks;
 
 /// The name under `[tenants]` whose settings apply to every tenant without its own entry.
