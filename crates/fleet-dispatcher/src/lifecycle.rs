@@ -43,18 +43,41 @@ impl RemoveError {
     }
 }
 
+/// Why a job is removed: the `reason` label of `fleet_jobs_removed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Removal {
+    /// The sweeper found it due: its retention passed, or its owner deleted it before it finished
+    /// (such a job is due once final, and the sweep cannot tell the two apart).
+    Expired,
+    /// Its owner deleted it once finished (`DELETE /v1/jobs/{id}`).
+    Deleted,
+}
+
+impl Removal {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Removal::Expired => "expired",
+            Removal::Deleted => "deleted",
+        }
+    }
+}
+
 /// Removes `tenant`'s job `id`: every object under its key prefix, then its record, index and
 /// expiry entries (see `fleet_status::StatusStore::remove`). Images go first, so that a failure
 /// half-way leaves the record, and the expiry entry that leads a later sweep back to the images.
+/// The removal counts under `why` when it removed the record (a job removed twice counts once).
 /// Returns how many objects were deleted.
-pub async fn remove_job(app: &App, tenant: &str, id: Uuid) -> Result<usize, RemoveError> {
+pub async fn remove_job(app: &App, tenant: &str, id: Uuid, why: Removal) -> Result<usize, RemoveError> {
     let prefix = fleet_storage::job_prefix(&app.config.s3.prefix, tenant, id);
     let storage = |source| RemoveError::Storage { id, source };
     let keys = app.store.list(&prefix).await.map_err(storage)?;
     for key in &keys {
         app.store.delete(key).await.map_err(storage)?;
     }
-    app.status.remove(tenant, id).await.map_err(|source| RemoveError::Status { id, source })?;
+    if app.status.remove(tenant, id).await.map_err(|source| RemoveError::Status { id, source })? {
+        app.metrics.removed(why);
+    }
     Ok(keys.len())
 }
 
@@ -68,7 +91,7 @@ pub async fn sweep_once(app: &App, now: DateTime<Utc>) -> Result<Vec<ExpiredJob>
         let claimed = app.status.claim_expired(now, lease, SWEEP_BATCH).await?;
         let full = claimed.len() == SWEEP_BATCH;
         for job in claimed {
-            match remove_job(app, &job.tenant, job.id).await {
+            match remove_job(app, &job.tenant, job.id, Removal::Expired).await {
                 Ok(objects) => {
                     tracing::debug!(job = %job.id, tenant = %job.tenant, objects, "removed an expired job");
                     removed.push(job);

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::http_metrics::HttpMetrics;
+use crate::lifecycle::Removal;
 
 /// In-process counters of this dispatcher.
 #[derive(Debug, Default)]
@@ -27,6 +28,7 @@ pub struct Metrics {
 struct Counters {
     accepted: BTreeMap<(String, &'static str), u64>,
     rejected: BTreeMap<&'static str, u64>,
+    removed: BTreeMap<Removal, u64>,
     accept_seconds_sum: f64,
     accept_count: u64,
 }
@@ -43,6 +45,13 @@ impl Metrics {
     pub fn rejected(&self, code: ErrorCode) {
         if let Ok(mut c) = self.inner.lock() {
             *c.rejected.entry(code.name()).or_default() += 1;
+        }
+    }
+
+    /// A job's images and record were removed (by this dispatcher).
+    pub fn removed(&self, why: Removal) {
+        if let Ok(mut c) = self.inner.lock() {
+            *c.removed.entry(why).or_default() += 1;
         }
     }
 
@@ -131,6 +140,15 @@ impl Collector for Snapshot {
         for (code, n) in &self.counters.rejected {
             ConstCounter::new(*n).encode(rejected.encode_family(&[("code", *code)])?)?;
         }
+        let mut removed = encoder.encode_descriptor(
+            "fleet_jobs_removed",
+            "Jobs whose images and record this dispatcher removed, by reason (expired, deleted).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, n) in &self.counters.removed {
+            ConstCounter::new(*n).encode(removed.encode_family(&[("reason", why.as_str())])?)?;
+        }
         let mut messages =
             encoder.encode_descriptor("fleet_queue_messages", "Ready messages per queue.", None, MetricType::Gauge)?;
         for d in &self.fleet.queue_depths {
@@ -181,6 +199,9 @@ mod tests {
         metrics.accepted("tiny", Priority::Interactive, 0.25);
         metrics.accepted("tiny", Priority::Interactive, 0.5);
         metrics.rejected(ErrorCode::RateLimited);
+        metrics.removed(Removal::Expired);
+        metrics.removed(Removal::Expired);
+        metrics.removed(Removal::Deleted);
         let text = metrics
             .render(FleetState { queue_depths: vec![depth("jobs.tiny.interactive", 4, 2)], ..FleetState::default() });
         let described: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
@@ -191,6 +212,8 @@ mod tests {
                 "# TYPE fleet_jobs_accepted_total counter",
                 "# HELP fleet_jobs_rejected_total Submissions refused, by error code.",
                 "# TYPE fleet_jobs_rejected_total counter",
+                "# HELP fleet_jobs_removed_total Jobs whose images and record this dispatcher removed, by reason (expired, deleted).",
+                "# TYPE fleet_jobs_removed_total counter",
                 "# HELP fleet_queue_messages Ready messages per queue.",
                 "# TYPE fleet_queue_messages gauge",
                 "# HELP fleet_queue_consumers Consumers per queue.",
@@ -203,6 +226,8 @@ mod tests {
         for line in [
             r#"fleet_jobs_accepted_total{model="tiny",priority="interactive"} 2"#,
             &format!(r#"fleet_jobs_rejected_total{{code="{}"}} 1"#, ErrorCode::RateLimited.name()),
+            r#"fleet_jobs_removed_total{reason="expired"} 2"#,
+            r#"fleet_jobs_removed_total{reason="deleted"} 1"#,
             r#"fleet_queue_messages{queue="jobs.tiny.interactive"} 4"#,
             r#"fleet_queue_consumers{queue="jobs.tiny.interactive"} 2"#,
             "fleet_accept_seconds_sum 0.75",

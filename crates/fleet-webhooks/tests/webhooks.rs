@@ -5,6 +5,8 @@
 
 #[path = "webhooks/delivery.rs"]
 mod delivery;
+#[path = "webhooks/kill.rs"]
+mod kill;
 #[path = "webhooks/receiver.rs"]
 mod receiver;
 #[path = "webhooks/safety.rs"]
@@ -31,7 +33,12 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A configuration under fresh key and queue prefixes, webhooks on, loopback over plain http
 /// allowed, the tenant's secret set.
 fn config() -> FleetConfig {
-    let tag = Uuid::now_v7().simple().to_string();
+    config_tagged(&Uuid::now_v7().simple().to_string())
+}
+
+/// [`config`] under the key and queue prefixes of `tag` (a process started by a test shares its
+/// parent's).
+fn config_tagged(tag: &str) -> FleetConfig {
     let mut cfg = FleetConfig::default();
     if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {
         cfg.rabbitmq.url = url;
@@ -92,6 +99,22 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Messages waiting on the webhook queue and its wait queues (ready ones; not those a
+    /// deliverer holds unacked).
+    async fn queued(&self) -> u32 {
+        let connection = self.broker.open_connection(Duration::from_secs(10)).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let topology = WebhookTopology::new(&self.cfg.rabbitmq.queue_prefix);
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let mut queued = 0;
+        for name in std::iter::once(&topology.queue).chain(topology.waits.iter().map(|(_, name)| name)) {
+            let queue = channel.queue_declare(name, passive, lapin::types::FieldTable::default()).await.unwrap();
+            queued += queue.message_count();
+        }
+        let _ = connection.close(200, "done").await;
+        queued
     }
 
     /// Stops the service and deletes its queues and keys.

@@ -1,7 +1,8 @@
 //! The end of a job's life through the dispatcher, against the real Redis and the test S3 server
 //! (SeaweedFS): retention (per job, within the tenant's maximum), the sweeper that removes a job's
 //! images and record together when it is due (two at once, and after a crash), `DELETE
-//! /v1/jobs/{id}`, and the presigned URL and expiry a status carries.
+//! /v1/jobs/{id}`, the presigned URL and expiry a status carries, and the removals counted on
+//! `/metrics`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -81,6 +82,14 @@ async fn objects(server: &Server, tenant: &str, id: Uuid) -> Vec<String> {
     server.app.store.list(&fleet_storage::job_prefix(&server.app.config.s3.prefix, tenant, id)).await.unwrap()
 }
 
+/// The dispatcher's `fleet_jobs_removed_total` of `reason`, as `/metrics` serves it (0 while
+/// the sample is absent).
+async fn removed_total(server: &Server, reason: &str) -> u64 {
+    let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    let prefix = format!(r#"fleet_jobs_removed_total{{reason="{reason}"}} "#);
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+}
+
 #[tokio::test]
 async fn a_job_and_its_images_are_removed_together_when_its_retention_passes_and_not_before() {
     let server = Server::start(config()).await;
@@ -133,6 +142,7 @@ async fn two_sweepers_at_once_remove_each_job_once_without_an_error() {
     }
     assert_eq!(removed.len(), ids.len(), "each job removed by one sweeper only: {removed:?}");
     assert_eq!(removed.into_iter().collect::<HashSet<_>>(), ids);
+    assert_eq!(removed_total(&server, "expired").await, 12, "each removal counted once");
     for id in ids {
         assert!(objects(&server, "alice", id).await.is_empty());
         assert_eq!(server.app.status.get(id).await.unwrap(), None);
@@ -193,6 +203,7 @@ async fn delete_removes_a_finished_job_now_and_cancels_an_unfinished_one_to_remo
     let (code, body) = server.call(Method::DELETE, &path, Some(ALICE), None).await;
     assert_eq!((code, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")), "a second delete");
     assert_eq!(server.app.status.counters().await.unwrap(), counters, "deleting counts nothing back");
+    assert_eq!((removed_total(&server, "deleted").await, removed_total(&server, "expired").await), (1, 0));
 
     // Queued: cancelled at once, kept until the next sweep.
     let (_, queued) = server.submit(ALICE, json!({"prompt": "never mind", "model": "tiny"})).await;
@@ -215,6 +226,8 @@ async fn delete_removes_a_finished_job_now_and_cancels_an_unfinished_one_to_remo
     let removed: HashSet<Uuid> =
         sweep_once(&server.app, Utc::now()).await.unwrap().into_iter().map(|job| job.id).collect();
     assert_eq!(removed, HashSet::from([queued_id, running_id]));
+    // Deleted before they finished, removed by the sweep once final: counted as the sweep's.
+    assert_eq!((removed_total(&server, "deleted").await, removed_total(&server, "expired").await), (1, 2));
     for gone in [queued_id, running_id] {
         assert_eq!(
             server.call(Method::GET, &format!("/v1/jobs/{gone}"), Some(ALICE), None).await.0,

@@ -18,7 +18,7 @@ const FINALS: [WebhookEvent; 3] = [WebhookEvent::Succeeded, WebhookEvent::Failed
 
 /// A Python with `standardwebhooks`: `FLEET_TEST_PYTHON`, else the repository's `.venv`
 /// (scripts/test.sh installs the package there).
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let python = std::env::var_os("FLEET_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"));
@@ -31,7 +31,7 @@ fn python() -> Option<PathBuf> {
 }
 
 /// Verifies a hit with the Standard Webhooks reference library.
-fn verify_in_python(python: &PathBuf, hit: &Hit) -> Result<(), String> {
+pub fn verify_in_python(python: &PathBuf, hit: &Hit) -> Result<(), String> {
     let script = "import sys\nfrom standardwebhooks import Webhook\nWebhook(sys.argv[1]).verify(sys.stdin.buffer.read(), \
                   {'webhook-id': sys.argv[2], 'webhook-timestamp': sys.argv[3], 'webhook-signature': sys.argv[4]})";
     let mut child = Command::new(python)

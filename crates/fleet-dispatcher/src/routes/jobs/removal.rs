@@ -40,7 +40,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let status = visible_job(&app, &caller, id).await?;
     if status.state.is_terminal() {
-        crate::lifecycle::remove_job(&app, &status.tenant, status.id).await?;
+        crate::lifecycle::remove_job(&app, &status.tenant, status.id, crate::lifecycle::Removal::Deleted).await?;
         tracing::info!(job = %status.id, tenant = %status.tenant, "job deleted by its owner");
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
