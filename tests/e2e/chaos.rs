@@ -185,7 +185,10 @@ async fn cluster_chaos_full() {
 /// A broker given every node's URL whose node is SIGKILLed publishes again on another node,
 /// and quorum queues keep what was confirmed before the kill.
 async fn a_broker_moves_to_a_live_node(cluster: &RabbitCluster) {
-    let config = isolated_config();
+    let mut config = isolated_config();
+    // Publishing straight through fleet-queue: the shared queue, which the topology declares
+    // (a lane is declared by the dispatcher before its first job).
+    config.rabbitmq.tenant_lanes = false;
     let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
     let queue = topology.queues[0].name.clone();
     let broker = Arc::new(fleet_queue::Broker::connect_any(cluster.urls().to_vec(), topology).await.unwrap());

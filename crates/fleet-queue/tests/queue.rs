@@ -27,6 +27,8 @@ fn isolated_config() -> RabbitMqConfig {
         dead_letter_exchange: format!("t-{tag}.dlx"),
         dead_letter_queue: format!("t-{tag}.dead"),
         delivery_limit: 2,
+        // The shared queues, which the topology declares; lanes have their own test.
+        tenant_lanes: false,
         ..RabbitMqConfig::default()
     }
 }
@@ -60,6 +62,26 @@ async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delive
         .expect("a delivery within 10 s")
         .expect("consumer open")
         .expect("delivery ok")
+}
+
+#[tokio::test]
+async fn with_lanes_a_tenant_s_job_lands_in_its_declared_lane_and_never_elsewhere() {
+    let cfg = RabbitMqConfig { tenant_lanes: true, ..isolated_config() };
+    let broker = Arc::new(Broker::connect(&cfg.url, Topology::new(&cfg, ["tiny"])).await.unwrap());
+    let publisher = Publisher::new(broker.clone(), Duration::from_secs(5));
+    let bulk = job("tiny", Priority::Bulk);
+    // Not declared yet: unroutable (`mandatory`), not silently dropped or sent to the shared queue.
+    assert!(matches!(publisher.publish(&bulk, "t").await, Err(QueueError::Unroutable { .. })));
+
+    let lane = broker.topology().route("tiny", Priority::Bulk, Some("acme")).unwrap();
+    broker.topology().declare_queue(&broker.channel().await.unwrap(), &lane).await.unwrap();
+    publisher.publish(&bulk, "t").await.unwrap();
+    assert_eq!(broker.depth(&lane.name).await.unwrap().messages, 1, "in {}", lane.name);
+    let shared = broker.topology().queue_for("tiny", Priority::Bulk).unwrap().name.clone();
+    assert_eq!(broker.depth(&shared).await.unwrap().messages, 0);
+    let channel = broker.channel().await.unwrap();
+    let _ = channel.queue_delete(&lane.name, lapin::options::QueueDeleteOptions::default()).await;
+    cleanup(&broker).await;
 }
 
 #[tokio::test]
