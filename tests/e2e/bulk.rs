@@ -1,7 +1,9 @@
 //! `fleet bulk` through the real fleet: 1,000 prompts into WebDataset shards, the run dropped
 //! mid-way and resumed, and `--local` giving the same pixels for the same keys; a running run
-//! cancelled then resumed; failed samples (an unknown LoRA) retried once the library has it; and a
-//! dataset written to S3, dropped and resumed from there.
+//! cancelled then resumed; failed samples (an unknown LoRA) retried once the library has it; a
+//! dataset written to S3, dropped and resumed from there; and a run dropped half-way and resumed
+//! after its idempotency keys expired, then after its jobs' records and images expired too,
+//! making no sample twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -372,6 +374,148 @@ async fn a_dataset_in_s3_is_resumed_from_s3() {
     let record: fleet_bulk::RunFile = serde_json::from_slice(&std::fs::read(copy.join("run.json")).unwrap()).unwrap();
     assert_eq!((record.state, record.config.out.as_str()), (RunState::Finished, location.as_str()));
     assert!(copy.join("_progress.json").is_file());
+    fleet.stop().await;
+    remove_objects(&config).await;
+}
+
+/// Deletes every Redis key of the test's prefix matching `{prefix}:<pattern>`; returns how many.
+async fn delete_keys(config: &fleet_core::FleetConfig, pattern: &str) -> usize {
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:{pattern}", config.redis.key_prefix)).query_async(&mut con).await.unwrap();
+    for key in &keys {
+        let _: () = redis::cmd("DEL").arg(key).query_async(&mut con).await.unwrap();
+    }
+    keys.len()
+}
+
+/// Waits until the e2e tenant has no job queued or running (the dropped run's jobs are done).
+async fn wait_idle(config: &fleet_core::FleetConfig) {
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:tenant:e2e:inflight", config.redis.key_prefix);
+    let started = Instant::now();
+    loop {
+        let n: Option<i64> = redis::cmd("GET").arg(&key).query_async(&mut con).await.unwrap();
+        if n.unwrap_or(0) <= 0 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{n:?} jobs still in flight after 2 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The samples staged in `out` (made, their shard not yet written): key → record.
+fn staged(out: &Path) -> BTreeMap<String, SampleRecord> {
+    let Ok(shards) = std::fs::read_dir(out.join("_staging")) else { return BTreeMap::new() };
+    let mut found = BTreeMap::new();
+    for shard in shards.filter_map(|e| Some(e.ok()?.path())) {
+        for file in std::fs::read_dir(shard).unwrap().filter_map(|e| Some(e.ok()?.path())) {
+            if file.extension().is_some_and(|e| e == "json") {
+                let record: SampleRecord = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+                found.insert(record.key.clone(), record);
+            }
+        }
+    }
+    found
+}
+
+/// A 200-sample run in shards of 50 started, and dropped (as a killed CLI stops) once a shard is
+/// written and samples of the next are staged; returns the shards written by then.
+async fn start_and_drop(
+    name: &str,
+    input: &Path,
+    out: &Path,
+    session: &Session,
+) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
+    let run = RunConfig { shard_size: 50, max_in_flight: 40, ..tiny_run(name, input, out, false) };
+    let mut task = tokio::spawn({
+        let session = session.clone();
+        async move { fleet_bulk::start(run, &session).await }
+    });
+    wait_for(&mut task, 1, async || published(out).len()).await;
+    wait_for(&mut task, 10, async || staged(out).len()).await;
+    task.abort();
+    let _ = task.await;
+    let before = published(out);
+    assert!(before.len() < 4, "dropped before the end");
+    before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_after_the_idempotency_keys_expired_makes_no_sample_twice() {
+    const N: usize = 200;
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 2).await;
+    let session = fleet_session(&fleet);
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_prompts(dir.path(), N, |_| json!({}));
+    let out = dir.path().join("out");
+    let name = unique("bulk-idem");
+    let before = start_and_drop(&name, &input, &out, &session).await;
+
+    // `redis.idempotency_ttl_secs` passes: every key of the run is gone, the jobs' records stay
+    // (`redis.status_ttl_secs` is longer). Jobs still in flight from the dropped run go on.
+    assert!(delete_keys(&config, "idem:*").await > 0, "the run's jobs had idempotency keys");
+    let done = fleet_bulk::resume(&name, None, &session).await.unwrap();
+    assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, N as u64, 0));
+    for (stats, (bytes, modified)) in &before {
+        let after = &published(&out)[stats];
+        assert!(after.0 == *bytes && after.1 == *modified, "{stats}: a finished shard was rewritten");
+    }
+    let dataset = read_dataset(&out, N);
+    wait_idle(&config).await;
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
+    assert_eq!(images.len(), N, "exactly one job (one image) per sample: the resume found the jobs by id");
+    let jobs: BTreeSet<_> = dataset.values().filter_map(|(r, _)| r.job_id).collect();
+    assert_eq!(jobs.len(), N);
+    assert!(!out.join("_staging").exists() || staged(&out).is_empty(), "no staging is left behind");
+    fleet.stop().await;
+    remove_objects(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_after_the_jobs_expired_takes_the_staged_samples() {
+    const N: usize = 200;
+    let config = isolated_config();
+    let fleet = Fleet::start(config.clone(), 2).await;
+    let session = fleet_session(&fleet);
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_prompts(dir.path(), N, |_| json!({}));
+    let out = dir.path().join("out");
+    let name = unique("bulk-expired");
+    let before = start_and_drop(&name, &input, &out, &session).await;
+    wait_idle(&config).await;
+    let kept = staged(&out);
+    let written = before.len() * 50;
+
+    // Everything the fleet knew of the run's jobs expires: idempotency keys, job records and
+    // images (retention). Only the output remembers what was made.
+    delete_keys(&config, "idem:*").await;
+    assert!(delete_keys(&config, "job:*").await > 0);
+    remove_objects(&config).await;
+
+    let done = fleet_bulk::resume(&name, None, &session).await.unwrap();
+    assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, N as u64, 0));
+    for (stats, (bytes, modified)) in &before {
+        let after = &published(&out)[stats];
+        assert!(after.0 == *bytes && after.1 == *modified, "{stats}: a finished shard was rewritten");
+    }
+    let dataset = read_dataset(&out, N);
+    for (key, record) in &kept {
+        let (published, _) = &dataset[key];
+        assert_eq!(published.job_id, record.job_id, "{key}: a staged sample was made again");
+        assert_eq!(published.sha256, record.sha256, "{key}");
+    }
+    // The store held nothing when the resume started: what it holds now is what the resume made,
+    // one image for each sample neither written nor staged.
+    wait_idle(&config).await;
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
+    assert_eq!(images.len(), N - written - kept.len(), "the resume made only the samples not in the output");
+    assert!(staged(&out).is_empty(), "no staging is left behind");
     fleet.stop().await;
     remove_objects(&config).await;
 }

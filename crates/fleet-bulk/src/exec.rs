@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::error::BulkError;
 use crate::fleet_exec::FleetExecutor;
 use crate::local_exec::LocalExecutor;
+use crate::output::Output;
 use crate::record::SampleRecord;
 use crate::sample::Sample;
 
@@ -16,6 +17,8 @@ pub enum ImageSource {
     Store(String),
     /// A file in the local staging area.
     File(PathBuf),
+    /// A file in the output location (a staged sample, see [`crate::staging`]).
+    Staged(String),
     /// No image (the sample failed).
     None,
 }
@@ -93,11 +96,15 @@ impl Executor {
         }
     }
 
-    /// The bytes of a finished sample's image.
-    pub async fn image(&self, source: &ImageSource) -> Result<Vec<u8>, BulkError> {
+    /// The bytes of a finished sample's image (a staged one read from `output`).
+    pub async fn image(&self, source: &ImageSource, output: &Output) -> Result<Vec<u8>, BulkError> {
         match (self, source) {
             (Executor::Fleet(f), ImageSource::Store(key)) => f.image(key).await,
             (_, ImageSource::File(path)) => tokio::fs::read(path).await.map_err(|e| BulkError::io(path, e)),
+            (_, ImageSource::Staged(name)) => output
+                .get(name)
+                .await?
+                .ok_or_else(|| BulkError::Config(format!("staged image `{name}` is missing from {output}"))),
             (_, other) => Err(BulkError::Config(format!("no image for this sample ({other:?})"))),
         }
     }
@@ -110,13 +117,6 @@ impl Executor {
                 l.cancel();
                 Ok(())
             }
-        }
-    }
-
-    /// Called once a shard is published: the local staging of its samples can go.
-    pub fn shard_written(&self, shard: u64) {
-        if let Executor::Local(l) = self {
-            l.drop_staging(shard);
         }
     }
 }

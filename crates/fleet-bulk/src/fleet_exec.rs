@@ -1,8 +1,12 @@
 //! Making samples through the fleet: job arrays to the dispatcher at `bulk` priority, job states
 //! read from the fleet's Redis, images read from its image store.
 //!
-//! Every job carries the idempotency key `bulk/<run>/<key>`, so submitting a sample again (a
-//! resume after the CLI died) returns the job already made for it instead of a second one. A
+//! Every job carries the idempotency key `bulk/<run>/<key>` and an id derived from it
+//! ([`job_id`]), so submitting a sample again (a resume after the CLI died) returns the job
+//! already made for it instead of a second one: by key while the key lives
+//! (`redis.idempotency_ttl_secs`), by id while the job's record lives (`redis.status_ttl_secs`,
+//! or its retention). What a resume finds neither way, the run's staging in the output still
+//! holds if it was made (see [`crate::staging`]). A
 //! sample whose earlier job failed before this invocation, or was made by an earlier invocation
 //! and cancelled (whenever the cancel took effect), gets one new attempt under a key suffixed
 //! with this invocation's tag.
@@ -21,7 +25,7 @@ use crate::error::BulkError;
 use crate::exec::{Finished, ImageSource};
 use crate::record::SampleRecord;
 use crate::registry::Registry;
-use crate::sample::{Sample, idempotency_key};
+use crate::sample::{Sample, idempotency_key, job_id};
 
 /// Job states read concurrently per round trip.
 const READ_CHUNK: usize = 256;
@@ -117,6 +121,7 @@ impl FleetExecutor {
                     if fresh {
                         spec.idempotency_key = Some(idempotency_key(&self.run, &sample.key, Some(&self.attempt)));
                     }
+                    spec.id = spec.idempotency_key.as_deref().map(job_id);
                     specs.push(spec);
                     sent.push((sample, fresh));
                 }

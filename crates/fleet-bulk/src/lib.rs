@@ -9,6 +9,8 @@
 //!   (bounded in flight, 429-aware) or in-process;
 //! - [`shard`], [`record`], [`manifest`], [`output`]: WebDataset tars or image folders, JSONL and
 //!   Parquet manifests, stats, to a directory or S3;
+//! - [`staging`]: made samples kept in the output until their shard is published, so a resume
+//!   never makes them again;
 //! - [`run`], [`registry`], [`runner`], [`control`]: run records, Redis run state, the run loop,
 //!   and the `run | resume | retry-failed | cancel | status` commands.
 
@@ -33,6 +35,7 @@ pub mod runner;
 pub mod sample;
 pub mod scan;
 pub mod shard;
+pub mod staging;
 pub mod template;
 
 pub use control::{Session, cancel, check_input, resume, retry_failed, start, start_with, status};

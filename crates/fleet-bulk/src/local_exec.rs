@@ -4,7 +4,8 @@
 //! when the rows are read) or from the configured bucket (`s3://`), as a worker reads them.
 //!
 //! Each finished sample is staged as `<out>/_staging/NNNNN/KEY.<ext>` plus `KEY.json` (written
-//! last) until its shard is published, so a resume after a crash regenerates nothing it had.
+//! last) until its shard is published; a resume after a crash takes what is staged
+//! ([`crate::staging`]) and regenerates nothing it had.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,16 +24,13 @@ use crate::exec::{Finished, ImageSource};
 use crate::plan::shard_name;
 use crate::record::{SampleRecord, SampleState, SampleTimings};
 use crate::sample::Sample;
-
-/// Name of the staging folder inside the output directory.
-pub const STAGING_DIR: &str = "_staging";
+use crate::staging::STAGING_DIR;
 
 /// The engine thread and its queue.
 pub struct LocalExecutor {
     tasks: Option<std::sync::mpsc::Sender<Sample>>,
     results: tokio::sync::mpsc::UnboundedReceiver<Finished>,
     in_flight: usize,
-    staging: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
@@ -44,7 +42,7 @@ impl LocalExecutor {
         let (result_tx, results) = tokio::sync::mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::try_current().ok();
-        let engine = Engine { config, staging: staging.clone(), models: HashMap::new(), runtime, store: None };
+        let engine = Engine { config, staging, models: HashMap::new(), runtime, store: None };
         let thread_stop = stop.clone();
         std::thread::spawn(move || {
             let mut engine = engine;
@@ -57,7 +55,7 @@ impl LocalExecutor {
                 }
             }
         });
-        LocalExecutor { tasks: Some(tasks), results, in_flight: 0, staging, stop }
+        LocalExecutor { tasks: Some(tasks), results, in_flight: 0, stop }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -95,16 +93,6 @@ impl LocalExecutor {
         self.tasks = None;
         self.in_flight = 0;
     }
-
-    /// Removes the staged samples of a published shard.
-    pub fn drop_staging(&self, shard: u64) {
-        let dir = self.staging.join(shard_name(shard));
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "staging not removed");
-        }
-    }
 }
 
 /// State of the engine thread.
@@ -124,9 +112,6 @@ impl Engine {
     fn make(&mut self, sample: Sample) -> Finished {
         let dir = self.staging.join(shard_name(sample.shard));
         let record_path = dir.join(format!("{}.json", sample.key));
-        if let Some(staged) = read_staged(&record_path, &sample) {
-            return staged;
-        }
         let Ok(spec) = &sample.job else { return Finished::failed(&sample, ErrorCode::InvalidSpec, "invalid row") };
         match self.generate(spec, &sample, &dir) {
             Ok((record, image_path)) => {
@@ -221,17 +206,6 @@ impl Engine {
             .map_err(|e| (ErrorCode::Internal, format!("{}: {e}", image_path.display())))?;
         Ok((record, image_path))
     }
-}
-
-/// A sample staged by an earlier invocation, if its record and image are both there.
-fn read_staged(record_path: &Path, sample: &Sample) -> Option<Finished> {
-    let record: SampleRecord = serde_json::from_slice(&std::fs::read(record_path).ok()?).ok()?;
-    let image = record_path.with_file_name(record.image_name());
-    (record.key == sample.key && image.exists()).then_some(Finished {
-        index: sample.index,
-        record,
-        image: ImageSource::File(image),
-    })
 }
 
 /// The record goes last: once it exists, the staged sample is complete.

@@ -67,12 +67,82 @@ impl Output {
         match self {
             Output::Dir(dir) => {
                 let path = dir.join(name);
-                tokio::task::spawn_blocking(move || write_atomic(&path, &body))
+                tokio::task::spawn_blocking(move || write_renamed(&path, &body, true))
                     .await
                     .map_err(|e| BulkError::Config(format!("writer thread: {e}")))?
             }
             Output::S3 { store, prefix } => {
                 store.put_object(&Self::key(prefix, name), body, content_type, BTreeMap::new()).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `name` whole without waiting for the disk (a directory's file is renamed into
+    /// place unsynced): for files a crash may lose, such as staged samples.
+    pub async fn put_unsynced(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), BulkError> {
+        match self {
+            Output::Dir(dir) => {
+                let path = dir.join(name);
+                tokio::task::spawn_blocking(move || write_renamed(&path, &body, false))
+                    .await
+                    .map_err(|e| BulkError::Config(format!("writer thread: {e}")))?
+            }
+            Output::S3 { .. } => self.put(name, body, content_type).await,
+        }
+    }
+
+    /// The names (relative to the location) of the files directly in folder `dir`; none if it
+    /// does not exist.
+    pub async fn list(&self, dir: &str) -> Result<Vec<String>, BulkError> {
+        match self {
+            Output::Dir(root) => {
+                let path = root.join(dir);
+                let entries = match std::fs::read_dir(&path) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(BulkError::io(&path, e)),
+                };
+                let mut names = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(|e| BulkError::io(&path, e))?;
+                    if entry.file_type().map_err(|e| BulkError::io(&path, e))?.is_file()
+                        && let Some(name) = entry.file_name().to_str()
+                    {
+                        names.push(format!("{dir}/{name}"));
+                    }
+                }
+                names.sort();
+                Ok(names)
+            }
+            Output::S3 { store, prefix } => {
+                let folder = format!("{}/", Self::key(prefix, dir));
+                let keys = store.list(&folder).await?;
+                let strip = if prefix.is_empty() { 0 } else { prefix.len() + 1 };
+                Ok(keys
+                    .into_iter()
+                    .filter(|k| !k[folder.len()..].contains('/'))
+                    .map(|k| k[strip..].to_owned())
+                    .collect())
+            }
+        }
+    }
+
+    /// Removes folder `dir` and everything in it; a missing folder is not an error.
+    pub async fn delete_dir(&self, dir: &str) -> Result<(), BulkError> {
+        match self {
+            Output::Dir(root) => {
+                let path = root.join(dir);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(BulkError::io(&path, e)),
+                }
+            }
+            Output::S3 { store, prefix } => {
+                for key in store.list(&format!("{}/", Self::key(prefix, dir))).await? {
+                    store.delete(&key).await?;
+                }
                 Ok(())
             }
         }
@@ -157,14 +227,17 @@ impl std::fmt::Display for Output {
     }
 }
 
-/// Writes through a temporary file in the same directory and renames it into place.
-fn write_atomic(path: &Path, body: &[u8]) -> Result<(), BulkError> {
+/// Writes through a temporary file in the same directory and renames it into place, after
+/// waiting for the disk if `sync`.
+fn write_renamed(path: &Path, body: &[u8], sync: bool) -> Result<(), BulkError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| BulkError::io(dir, e))?;
     let mut tmp =
         tempfile::Builder::new().prefix(".fleet-bulk-").tempfile_in(dir).map_err(|e| BulkError::io(dir, e))?;
     tmp.write_all(body).map_err(|e| BulkError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| BulkError::io(path, e))?;
+    if sync {
+        tmp.as_file().sync_all().map_err(|e| BulkError::io(path, e))?;
+    }
     tmp.persist(path).map_err(|e| BulkError::io(path, e.error))?;
     Ok(())
 }

@@ -1,20 +1,23 @@
 //! The run loop: samples read from the input in order, handed to the executor with at most
 //! `max_in_flight` unfinished, collected per shard, and each shard published once all its
-//! samples are final. Shards whose stats already exist are skipped: that is all a resume is.
+//! samples are final. Shards whose stats already exist are skipped, and so are the samples of
+//! the others that an earlier invocation staged ([`crate::staging`]): that is all a resume is.
+//! Every sample the fleet makes is staged in the output as soon as its job succeeds, so a
+//! resume never makes again a sample whose image is in the output.
 //!
 //! Every made image gets its perceptual hash as its shard is written. With `--dedup-hamming`,
 //! shards are written strictly in order and samples in index order, so "earlier" means earlier
 //! in the plan, whatever order jobs finish in; a resume rebuilds the index of kept samples from
 //! the manifests of the shards already written, in the same order, and so decides alike.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::{ErrorCode, FleetConfig};
 
 use crate::error::BulkError;
-use crate::exec::{Executor, Finished};
+use crate::exec::{Executor, Finished, ImageSource};
 use crate::hamming::{NearDuplicates, hash_hex, parse_hash};
 use crate::input::{RowResult, read_rows};
 use crate::output::Output;
@@ -25,11 +28,14 @@ use crate::registry::Registry;
 use crate::run::{CANCEL_FILE, PROGRESS_FILE, RUN_FILE, RunConfig, RunFile, RunState, Snapshot};
 use crate::sample::{Sample, SampleFactory, SampleSettings};
 use crate::shard::{ShardWriter, manifest_name, stats_name};
+use crate::staging::{self, Staged};
 
 /// How often the snapshot goes to Redis and the cancel marker is looked for.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How often the snapshot goes to the output location.
 const OUTPUT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Made samples staged at once (each an image read from the fleet's store and two writes).
+const STAGE_CONCURRENCY: usize = 32;
 
 /// What a run needs besides its record.
 pub struct RunContext {
@@ -56,6 +62,8 @@ struct Assembly {
     seen: u32,
     /// Already published by an earlier invocation.
     skip: bool,
+    /// Samples an earlier invocation made and staged, by key, not yet taken.
+    staged: HashMap<String, Staged>,
     finished: Vec<Finished>,
 }
 
@@ -143,6 +151,7 @@ impl Runner {
             self.fill().await?;
             if self.ctx.executor.in_flight() > 0 {
                 let finished = self.ctx.executor.poll().await?;
+                let finished = self.stage(finished).await?;
                 self.absorb(finished);
             }
             // `fleet bulk cancel` leaves its marker, then cancels the jobs: a sample whose job
@@ -216,6 +225,10 @@ impl Runner {
             if assembly.skip {
                 continue;
             }
+            if let Some(Staged { record, image }) = assembly.staged.remove(&sample.key) {
+                assembly.finished.push(Finished { index: sample.index, record, image: ImageSource::Staged(image) });
+                continue;
+            }
             if sample.job.is_err() {
                 // Only reached with --skip-invalid: the row is a failed sample of its shard.
                 let record = crate::record::SampleRecord::of(&sample);
@@ -226,12 +239,14 @@ impl Runner {
         }
         if !batch.is_empty() {
             let finished = self.ctx.executor.submit(batch).await?;
+            let finished = self.stage(finished).await?;
             self.absorb(finished);
         }
         Ok(())
     }
 
-    /// A new shard starts: the previous ones are closed; one with stats is already done.
+    /// A new shard starts: the previous ones are closed; one with stats is already done, one
+    /// without may have samples staged.
     async fn open_shard(&mut self, shard: u64) -> Result<(), BulkError> {
         for assembly in self.shards.values_mut() {
             assembly.closed = true;
@@ -242,6 +257,8 @@ impl Runner {
                 serde_json::from_slice(&bytes).map_err(|e| BulkError::json(stats_name(shard), e))?;
             self.count_published(&stats);
             assembly.skip = true;
+        } else {
+            assembly.staged = staging::load(&self.ctx.output, shard).await?;
         }
         self.shards.insert(shard, assembly);
         Ok(())
@@ -256,6 +273,19 @@ impl Runner {
             *self.failed_by_code.entry(code.clone()).or_default() += n;
         }
         self.shards_done += 1;
+    }
+
+    /// Stages the samples the fleet made (image copied from its store into the output) before
+    /// anything else happens to them, so they outlive their jobs; the image of a sample whose
+    /// copy fails to match its record, or cannot be read, is not trusted and the sample fails.
+    async fn stage(&mut self, finished: Vec<Finished>) -> Result<Vec<Finished>, BulkError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let (executor, output) = (&self.ctx.executor, &self.ctx.output);
+        futures::stream::iter(finished)
+            .map(|f| stage_one(executor, output, f))
+            .buffered(STAGE_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     fn absorb(&mut self, finished: Vec<Finished>) {
@@ -301,7 +331,7 @@ impl Runner {
             let mut record = f.record;
             record.timings.truncate_to_micros();
             if record.status == SampleState::Succeeded {
-                match self.ctx.executor.image(&f.image).await {
+                match self.ctx.executor.image(&f.image, &self.ctx.output).await {
                     Ok(bytes) if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&bytes).as_str()) => {
                         if self.keep(&mut record, &bytes) {
                             writer.add(&self.ctx.output, &record, bytes).await?;
@@ -314,7 +344,7 @@ impl Runner {
             records.push(record);
         }
         let stats = writer.finish(&self.ctx.output, &records).await?;
-        self.ctx.executor.shard_written(shard);
+        staging::clear(&self.ctx.output, shard).await;
         Ok(stats)
     }
 
@@ -421,6 +451,27 @@ impl Runner {
         self.save_run().await?;
         self.save_progress(true).await
     }
+}
+
+/// Stages one finished sample whose image is in the fleet's store; any other passes through.
+async fn stage_one(executor: &Executor, output: &Output, mut f: Finished) -> Result<Finished, BulkError> {
+    if f.record.status != SampleState::Succeeded || !matches!(f.image, ImageSource::Store(_)) {
+        return Ok(f);
+    }
+    match executor.image(&f.image, output).await {
+        Ok(bytes) if f.record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&bytes).as_str()) => {
+            f.image = ImageSource::Staged(staging::stage(output, &f.record, bytes).await?);
+        }
+        Ok(_) => {
+            f.record.fail(ErrorCode::InvalidOutput, "image bytes do not match the recorded sha256");
+            f.image = ImageSource::None;
+        }
+        Err(e) => {
+            f.record.fail(ErrorCode::StorageUnavailable, e.to_string());
+            f.image = ImageSource::None;
+        }
+    }
+    Ok(f)
 }
 
 /// Writes `run.json` to the output location and the record to Redis.

@@ -362,6 +362,17 @@ impl SampleFactory {
 /// A valid row: its job (prompt still to fill in for programs), own key and program.
 type ParsedRow = (JobSpec, Option<String>, Option<ProgramCursor>);
 
+/// Namespace of the job ids [`job_id`] derives (a fixed random UUID).
+const JOB_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_2a4e_93d7_4b8a_a5e2_1c0d_7f3b_9e64);
+
+/// The job id of a sample's job: a UUID v5 of its idempotency key. The dispatcher returns the
+/// existing job for an id its tenant already used, as long as the job's record lives
+/// (`redis.status_ttl_secs`, or its retention), so a resume finds the jobs it made even once
+/// their idempotency keys (`redis.idempotency_ttl_secs`) are gone.
+pub fn job_id(idempotency_key: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, idempotency_key.as_bytes())
+}
+
 /// `bulk/<run>/<key>`, plus `/<attempt>` for a deliberate new attempt (a retry of a failed or
 /// cancelled sample), so the dispatcher creates a new job instead of returning the old one.
 pub fn idempotency_key(run: &str, key: &str, attempt: Option<&str>) -> String {

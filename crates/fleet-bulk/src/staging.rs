@@ -1,0 +1,82 @@
+//! Samples made but not yet in a published shard: `_staging/NNNNN/KEY.<ext>` plus `KEY.json`
+//! (written last) in the output location, for fleet and `--local` runs alike, removed once the
+//! shard is published.
+//!
+//! A resume takes a staged sample as made and submits nothing for it, so no sample whose image
+//! is in the output is generated again — whether or not the fleet still remembers its job (an
+//! idempotency key lives `redis.idempotency_ttl_secs`, a job's record and images their
+//! retention). Staged files are written without waiting for the disk: a staged sample lost in
+//! a crash of the machine costs one regeneration, never a wrong image, since a resume takes
+//! only a staged image whose SHA-256 matches its record.
+
+use std::collections::HashMap;
+
+use crate::error::BulkError;
+use crate::output::Output;
+use crate::plan::shard_name;
+use crate::record::{SampleRecord, SampleState};
+use crate::shard::content_type;
+
+/// Name of the staging folder inside the output location.
+pub const STAGING_DIR: &str = "_staging";
+
+/// A staged sample: its record and the name of its image in the output location.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub record: SampleRecord,
+    pub image: String,
+}
+
+/// `_staging/NNNNN`: the staging folder of one shard.
+pub fn shard_dir(shard: u64) -> String {
+    format!("{STAGING_DIR}/{}", shard_name(shard))
+}
+
+fn record_name(shard: u64, key: &str) -> String {
+    format!("{}/{key}.json", shard_dir(shard))
+}
+
+/// Stages a made sample (image first, record last); returns the image's name.
+pub async fn stage(output: &Output, record: &SampleRecord, image: Vec<u8>) -> Result<String, BulkError> {
+    let name = format!("{}/{}", shard_dir(record.shard), record.image_name());
+    output.put_unsynced(&name, image, content_type(&record.format)).await?;
+    let json = serde_json::to_vec(record).map_err(|e| BulkError::json("staged sample record", e))?;
+    output.put_unsynced(&record_name(record.shard, &record.key), json, "application/json").await?;
+    Ok(name)
+}
+
+/// The samples staged for `shard` by earlier invocations, by key: only those whose record
+/// says `succeeded` and whose image is there with the recorded SHA-256 (anything else is made
+/// again).
+pub async fn load(output: &Output, shard: u64) -> Result<HashMap<String, Staged>, BulkError> {
+    let names = output.list(&shard_dir(shard)).await?;
+    let mut staged = HashMap::new();
+    for name in names.iter().filter(|n| n.ends_with(".json")) {
+        let Some(bytes) = output.get(name).await? else { continue };
+        let record: SampleRecord = match serde_json::from_slice(&bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "staged record unreadable; the sample is made again");
+                continue;
+            }
+        };
+        if record.status != SampleState::Succeeded || record.shard != shard {
+            continue;
+        }
+        let image = format!("{}/{}", shard_dir(shard), record.image_name());
+        let Some(bytes) = output.get(&image).await? else { continue };
+        if record.sha256.as_deref() != Some(fleet_storage::sha256_hex(&bytes).as_str()) {
+            tracing::warn!(name = image, "staged image does not match its record; the sample is made again");
+            continue;
+        }
+        staged.insert(record.key.clone(), Staged { record, image });
+    }
+    Ok(staged)
+}
+
+/// Removes the staging of a published shard; a failure only leaves files behind (logged).
+pub async fn clear(output: &Output, shard: u64) {
+    if let Err(e) = output.delete_dir(&shard_dir(shard)).await {
+        tracing::warn!(shard, error = %e, "staging of a published shard not removed");
+    }
+}
