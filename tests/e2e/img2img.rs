@@ -1,5 +1,6 @@
-//! Image-to-image and inpainting through the fleet: the worker decodes the job's inline start
-//! image and mask, and the stored images equal a direct engine run of the same job.
+//! Image-to-image and inpainting through the fleet: the worker reads the job's start image
+//! (inline WebP, or an object in its bucket) and inline mask, the stored images equal a direct
+//! engine run of the same job, and each records its init image, strength and mask.
 
 use std::time::Duration;
 
@@ -16,22 +17,39 @@ fn png(colour: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
     bytes
 }
 
-fn inline(bytes: &[u8]) -> String {
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+fn inline(mime: &str, bytes: &[u8]) -> String {
+    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// `png` re-encoded as a lossless WebP (the same pixels).
+fn webp(png: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let picture = image::load_from_memory(png).unwrap();
+    picture.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::WebP).unwrap();
+    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_to_image_and_inpainting_jobs_match_a_direct_engine_run() {
-    let fleet = Fleet::start(isolated_config(), 1).await;
+    let mut config = isolated_config();
+    config.limits.allowed_image_buckets = vec![config.s3.bucket.clone()];
+    let fleet = Fleet::start(config, 1).await;
     let start = png(|x, y| [(x * 4) as u8, (y * 4) as u8, 128]);
     let mask = png(|x, _| if x < 32 { [255; 3] } else { [0; 3] });
+    let store = fleet_storage::ImageStore::from_config(&fleet.config.s3).await.unwrap();
+    let key = format!("img2img-inputs/{}.png", uuid::Uuid::new_v4());
+    let meta = fleet_storage::ObjectMeta::example(uuid::Uuid::new_v4(), "inputs", 0);
+    store.put(&key, start.clone(), "image/png", &meta).await.unwrap();
+    let in_bucket = format!("s3://{}/{key}", fleet.config.s3.bucket);
     let base = json!({"prompt": "a painted harbour", "model": "tiny", "width": 64, "height": 64, "steps": 4,
-                      "seed": 11, "init_image": inline(&start)});
+                      "seed": 11});
     let mut img2img = base.clone();
+    img2img["init_image"] = json!(inline("image/webp", &webp(&start)));
     img2img["strength"] = json!(0.5);
     let mut inpaint = base;
+    inpaint["init_image"] = json!(in_bucket);
     inpaint["strength"] = json!(1.0);
-    inpaint["mask_image"] = json!(inline(&mask));
+    inpaint["mask_image"] = json!(inline("image/png", &mask));
     let jobs = [(img2img, None), (inpaint, Some(mask.as_slice()))];
     let mut ids = Vec::new();
     for (job, _) in &jobs {
@@ -39,7 +57,7 @@ async fn image_to_image_and_inpainting_jobs_match_a_direct_engine_run() {
     }
     let statuses = fleet.wait_all(&ids, Duration::from_secs(240)).await;
 
-    let store = fleet_storage::ImageStore::from_config(&fleet.config.s3).await.unwrap();
+    store.delete(&key).await.unwrap();
     let cpu = fleet_engine::candle_core::Device::Cpu;
     let engine =
         fleet_engine::Pipeline::load(&fleet_engine::ModelSource::Tiny, &cpu, fleet_engine::candle_core::DType::F32)
@@ -48,7 +66,8 @@ async fn image_to_image_and_inpainting_jobs_match_a_direct_engine_run() {
     for (status, (job, mask)) in statuses.iter().zip(&jobs) {
         assert_eq!(status.state, fleet_core::JobState::Succeeded, "{status:?}");
         let request = status.request.as_ref().expect("the record keeps the request");
-        assert_eq!(request.init_image.as_ref().map(|r| r.image.as_str()), Some("inline"));
+        let source = if mask.is_some() { in_bucket.as_str() } else { "inline" };
+        assert_eq!(request.init_image.as_ref().map(|r| r.image.as_str()), Some(source));
         assert_eq!(request.mask_image.is_some(), mask.is_some());
         let spec = fleet_core::parse_job(&job.to_string()).unwrap();
         let mut direct = fleet_render::job_request(&spec);
@@ -57,6 +76,11 @@ async fn image_to_image_and_inpainting_jobs_match_a_direct_engine_run() {
         let object = store.get(&status.result[0].key).await.unwrap().expect("image stored");
         let stored = image::load_from_memory(&object.body).unwrap().to_rgb8();
         assert!(stored == expected[0], "job {}: pixels differ from a direct engine run", status.id);
+        // The image records what it started from, so `fleet generate --from-image` can ask for it.
+        let params = fleet_engine::read_generation_params(&object.body).unwrap().expect("the job's parameters");
+        let init = params.provenance.init.expect("the init image in the metadata");
+        assert_eq!((init.image.as_str(), init.strength), (source, f64::from(spec.effective_strength().unwrap())));
+        assert_eq!(init.mask.is_some(), mask.is_some());
         pictures.push(stored);
     }
     assert!(pictures[0] != pictures[1], "the mask and strength change the picture");

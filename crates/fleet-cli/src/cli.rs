@@ -140,13 +140,14 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "fast", value_parser = |s: &str| s.parse::<fleet_engine::PngCompression>())]
     pub png_compression: fleet_engine::PngCompression,
     /// Make an image again from the parameters embedded in it by `fleet generate` or a worker
-    /// (prompt, seed, size, steps, guidance, LoRAs, ControlNet): bit-identical when the same
-    /// model, LoRA and ControlNet files are at hand. `--model`, `--controlnet` and
-    /// `--control-image` point at files that moved; other generation flags are refused.
+    /// (prompt, seed, size, steps, guidance, LoRAs, ControlNet, init image, strength and mask):
+    /// bit-identical when the same model, LoRA, ControlNet and input files are at hand. `--model`,
+    /// `--controlnet`, `--control-image`, `--init-image` and `--mask-image` point at files that
+    /// moved (or at a job's inline or `s3://` images); other generation flags are refused.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "prompts", "negative_prompt", "steps", "guidance", "width", "height", "seed", "num_images", "loras",
         "jobs", "latents", "unet", "prediction_type", "control_scale", "control_start", "control_end",
-        "control_preprocess", "lora_allow_unmatched",
+        "control_preprocess", "lora_allow_unmatched", "strength",
     ])]
     pub from_image: Option<PathBuf>,
     /// A job file (JSON Lines, the queue's job contract, checked as `fleet validate` does): every
@@ -182,14 +183,17 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "none|canny", default_value = "none")]
     pub control_preprocess: String,
     /// Image-to-image: the picture to start from (PNG/JPEG/WebP), resized to the output size
-    /// (Lanczos3) and encoded with the VAE (its posterior mean).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["jobs", "from_image"])]
+    /// (Lanczos3) and encoded with the VAE (its posterior mean). With --from-image: the file of
+    /// the recorded init image.
+    #[arg(long, value_name = "FILE", conflicts_with = "jobs")]
     pub init_image: Option<PathBuf>,
-    /// How much of the init image is repainted, 0 < F ≤ 1: the last ⌊steps × F⌋ steps run.
+    /// How much of the init image is repainted, 0 < F ≤ 1: the last ⌊steps × F⌋ steps run, so at
+    /// least 1/steps.
     #[arg(long, value_name = "F", default_value_t = 0.6, requires = "init_image")]
     pub strength: f64,
-    /// Inpainting: white repaints, black keeps; resized to the output size and cut at half grey.
-    #[arg(long, value_name = "FILE", requires = "init_image")]
+    /// Inpainting (with --init-image): white repaints, black keeps; resized to the output size
+    /// and cut at half grey. With --from-image: the file of the recorded mask.
+    #[arg(long, value_name = "FILE", conflicts_with = "jobs")]
     pub mask_image: Option<PathBuf>,
 }
 

@@ -1,11 +1,14 @@
 //! The `fleet` binary as users call it. Modules: `bad_input` (hostile jobs: a non-zero exit
 //! naming line and field), `secrets` (no secret in output, logs or errors), `from_image`
-//! (`fleet generate --from-image`).
+//! (`fleet generate --from-image`), `img2img` (`--init-image`, `--strength`, `--mask-image` on
+//! `fleet generate` and `fleet submit`).
 
 #[path = "cli/bad_input.rs"]
 mod bad_input;
 #[path = "cli/from_image.rs"]
 mod from_image;
+#[path = "cli/img2img.rs"]
+mod img2img;
 #[path = "cli/secrets.rs"]
 mod secrets;
 

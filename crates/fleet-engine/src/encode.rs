@@ -14,7 +14,8 @@ use image::RgbImage;
 
 use crate::error::{EngineError, Result};
 pub use crate::metadata::{
-    ControlNetUsed, GenerationParams, LoraUsed, Provenance, jpeg_comments, png_text_chunks, read_generation_params,
+    ControlNetUsed, GenerationParams, InitImageUsed, LoraUsed, Provenance, jpeg_comments, png_text_chunks,
+    read_generation_params,
 };
 use crate::metadata::{FLEET_KEY, xml_escape};
 use crate::pipeline::GenerateRequest;
@@ -253,6 +254,13 @@ mod tests {
             }),
             unet: Some("unet.safetensors".into()),
             latents: None,
+            init: Some(InitImageUsed {
+                image: "start.webp".into(),
+                image_sha256: Some("cd".repeat(32)),
+                strength: 0.75,
+                mask: Some("inline".into()),
+                mask_sha256: Some("ef".repeat(32)),
+            }),
         }
     }
 
@@ -340,7 +348,7 @@ mod tests {
             }
             let back = read_generation_params(&bytes).unwrap().unwrap_or_else(|| panic!("{format:?}: no parameters"));
             assert_eq!((back.prompt.as_str(), back.seed, back.index), ("ünïcode dog ✓", 10, 3), "{format:?}");
-            assert_eq!(back.provenance, provenance(), "{format:?}: LoRAs, ControlNet and UNet come back");
+            assert_eq!(back.provenance, provenance(), "{format:?}: LoRAs, ControlNet, UNet and init image come back");
             assert_eq!(back.request.prompts, p.request.prompts, "{format:?}");
             assert_eq!(back.json(), p.json(), "{format:?}");
             let none = encode_image(&img(), format, &EncodeOptions::default(), None).unwrap();
@@ -350,11 +358,20 @@ mod tests {
     }
 
     #[test]
-    fn the_a1111_text_names_the_loras_and_the_controlnet() {
+    fn the_a1111_text_names_the_loras_the_controlnet_and_the_init_image() {
         let text = params().a1111_text();
         assert!(text.contains(", LoRAs: \"pixel-art:0.8, /x/ink.safetensors:-0.25\""), "{text}");
         assert!(
             text.contains("ControlNet 0: \"Model: canny, Weight: 0.8, Guidance Start: 0.1, Guidance End: 0.9"),
+            "{text}"
+        );
+        let sha = |c: &str| c.repeat(32);
+        assert!(
+            text.contains(&format!(
+                ", Denoising strength: 0.75, Init image: \"start.webp (sha256 {})\", Mask image: \"inline (sha256 {})\"",
+                sha("cd"),
+                sha("ef")
+            )),
             "{text}"
         );
         let jpg = encode_image(&img(), ImageFormat::Jpeg, &EncodeOptions::default(), Some(&params())).unwrap();

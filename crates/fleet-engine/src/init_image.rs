@@ -79,6 +79,24 @@ mod tests {
     }
 
     #[test]
+    fn webp_and_jpeg_inputs_decode_like_png() {
+        let img = RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 16) as u8, (y * 32) as u8, 200]));
+        let encoded = |format| {
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, format).unwrap();
+            out.into_inner()
+        };
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let from_png = flat(init_image_tensor(&png(&img), 16, 8).unwrap());
+        // Lossless WebP: the same pixels, so the same tensor; the mask too.
+        let webp = encoded(image::ImageFormat::WebP);
+        assert_eq!(flat(init_image_tensor(&webp, 16, 8).unwrap()), from_png);
+        assert_eq!(flat(mask_tensor(&webp, 16, 8).unwrap()), flat(mask_tensor(&png(&img), 16, 8).unwrap()));
+        let jpeg = flat(init_image_tensor(&encoded(image::ImageFormat::Jpeg), 16, 8).unwrap());
+        assert_eq!(jpeg.len(), from_png.len());
+    }
+
+    #[test]
     fn unreadable_inputs_name_themselves() {
         let e = init_image_tensor(b"nope", 8, 8).unwrap_err();
         assert!(e.to_string().contains("init image is not a readable"), "{e}");

@@ -59,10 +59,11 @@ pub use encode::{EncodeOptions, ImageFormat, PngCompression, encode_image, outpu
 pub use error::{EngineError, Result};
 pub use files::ModelFiles;
 pub use lora::{LoraFile, LoraSpec, resolve_library_lora, resolve_lora};
-pub use metadata::{ControlNetUsed, GenerationParams, LoraUsed, Provenance, read_generation_params};
+pub use metadata::{ControlNetUsed, GenerationParams, InitImageUsed, LoraUsed, Provenance, read_generation_params};
 pub use pipeline::{
     ControlInput, GenerateOutput, GenerateRequest, InitInput, LoadOptions, ModelSource, Pipeline, Progress,
-    PromptEmbeds, RandomPreset, TensorOutput, Timings, default_dtype, min_strength, parse_device, read_latents,
+    PromptEmbeds, RandomPreset, TensorOutput, Timings, check_strength, default_dtype, min_strength, parse_device,
+    read_latents,
 };
 pub use scheduler::{EulerDiscrete, PredictionType, SchedulerConfig};
 pub use util::OneOrMany;

@@ -3,8 +3,9 @@
 //! Each file carries two texts: `parameters`, the AUTOMATIC1111-style text that A1111, ComfyUI
 //! and civitai read, and the JSON of [`GenerationParams`] (`fleet_request`), which holds what it
 //! takes to make the image again: the request, this image's prompt and seed, the LoRAs (library
-//! names or files as given, with their scales) and the ControlNet (model, scale, start and end,
-//! the control image's reference and SHA-256). Where each format keeps them is in
+//! names or files as given, with their scales), the ControlNet (model, scale, start and end,
+//! the control image's reference and SHA-256) and the init image and mask of image-to-image and
+//! inpainting (references, SHA-256s and strength). Where each format keeps them is in
 //! [`crate::encode`]; [`read_generation_params`] finds the JSON in any of the three.
 
 use std::io::Cursor;
@@ -44,7 +45,26 @@ pub struct ControlNetUsed {
     pub preprocess: ControlPreprocess,
 }
 
-/// What made an image besides its request: the weights fused in or swapped and the ControlNet.
+/// The picture an image-to-image or inpainting image started from, and its mask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitImageUsed {
+    /// Where the init image came from: a file as given, an `s3://` URI, or `inline`.
+    pub image: String,
+    /// Hex SHA-256 of the init image's bytes, when they were at hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// Fraction of the schedule that ran (diffusers' `strength`).
+    pub strength: f64,
+    /// Inpainting: where the mask came from, as for `image`; `None` for image-to-image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// Hex SHA-256 of the mask's bytes, when they were at hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_sha256: Option<String>,
+}
+
+/// What made an image besides its request: the weights fused in or swapped, the ControlNet and
+/// the init image (the request's tensors are not part of its JSON).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
     /// LoRAs, in fusing order.
@@ -58,6 +78,9 @@ pub struct Provenance {
     /// The latents file the initial noise came from, as given (the seed then decided nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latents: Option<String>,
+    /// Image-to-image / inpainting: the init image, strength and mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitImageUsed>,
 }
 
 /// Everything about how one image was made.
@@ -135,6 +158,19 @@ impl GenerationParams {
                 cn.image_sha256.as_deref().map(|h| format!(" (sha256 {h})")).unwrap_or_default()
             ));
         }
+        if let Some(init) = &p.init {
+            // A1111's img2img key, then where the pictures came from.
+            let sha = |h: &Option<String>| h.as_deref().map(|h| format!(" (sha256 {h})")).unwrap_or_default();
+            s.push_str(&format!(
+                ", Denoising strength: {}, Init image: \"{}{}\"",
+                shortest(init.strength),
+                init.image,
+                sha(&init.image_sha256)
+            ));
+            if let Some(mask) = &init.mask {
+                s.push_str(&format!(", Mask image: \"{mask}{}\"", sha(&init.mask_sha256)));
+            }
+        }
         s.push_str(&format!(", Version: fleet-engine {}", env!("CARGO_PKG_VERSION")));
         s
     }
@@ -142,6 +178,13 @@ impl GenerationParams {
     pub fn json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
     }
+}
+
+/// `x` as text, in f32's shortest form when `x` is an f32 widened (a job's `0.3` shows as `0.3`,
+/// not `0.30000001192092896`); the JSON keeps the exact value.
+fn shortest(x: f64) -> String {
+    let narrow = x as f32;
+    if f64::from(narrow) == x { narrow.to_string() } else { x.to_string() }
 }
 
 /// The parameters embedded in an image file (PNG, JPEG or WebP, told apart by their content);

@@ -2,9 +2,11 @@
 //! the job's own parameters embedded in each file, LoRAs and ControlNet included.
 
 use fleet_core::config::WorkerConfig;
+use fleet_core::request_record::ImageRecord;
 use fleet_core::{ControlNetRecord, JobSpec};
 use fleet_engine::{
-    ControlNetUsed, ControlPreprocess, EncodeOptions, EngineError, GenerationParams, LoraUsed, Provenance, encode_image,
+    ControlNetUsed, ControlPreprocess, EncodeOptions, EngineError, GenerationParams, InitImageUsed, LoraUsed,
+    Provenance, encode_image,
 };
 use image::RgbImage;
 
@@ -32,10 +34,11 @@ pub fn encode_job_image(
     encode_image(image, spec.output.format, &encode_options(spec, worker), Some(&params))
 }
 
-/// The job's LoRAs and ControlNet as an image records them: library names (the URL of a LoRA
-/// given by URL), the control image's reference and, for an inline image, its SHA-256 (the
-/// status record's own description of it; hashing decodes the inline image again for each
-/// image, a few milliseconds per megabyte).
+/// The job's LoRAs, ControlNet and init image as an image records them: library names (the URL
+/// of a LoRA given by URL), the control, init and mask images' references and, for an inline
+/// image, its SHA-256 (the status record's own description of it; hashing decodes the inline
+/// image again for each image, a few milliseconds per megabyte), and the strength the job ran
+/// with.
 pub fn provenance(spec: &JobSpec) -> Provenance {
     Provenance {
         loras: spec.loras.iter().map(|l| LoraUsed { name: l.label().to_owned(), scale: f64::from(l.scale) }).collect(),
@@ -50,6 +53,17 @@ pub fn provenance(spec: &JobSpec) -> Provenance {
         }),
         unet: None,
         latents: None,
+        init: spec.init_image.as_deref().map(|init| {
+            let image = ImageRecord::of(init);
+            let mask = spec.mask_image.as_deref().map(ImageRecord::of);
+            InitImageUsed {
+                image: image.image,
+                image_sha256: image.image_sha256,
+                strength: f64::from(spec.effective_strength().unwrap_or(fleet_core::job::DEFAULT_STRENGTH)),
+                mask_sha256: mask.as_ref().and_then(|m| m.image_sha256.clone()),
+                mask: mask.map(|m| m.image),
+            }
+        }),
     }
 }
 
@@ -102,5 +116,36 @@ mod tests {
         let cn = params.provenance.controlnet.expect("the ControlNet");
         assert_eq!((cn.model.as_str(), cn.image.as_str()), ("canny", "s3://controls/edges.png"));
         assert_eq!((cn.scale, cn.start, cn.end), (0.5, 0.25, 0.75));
+        assert_eq!(params.provenance.init, None);
+    }
+
+    #[test]
+    fn an_encoded_image_records_the_jobs_init_image_mask_and_strength() {
+        // A 1×1 PNG, base64.
+        let inline = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+        let png = fleet_core::validate::decode_inline_image(inline, usize::MAX).unwrap();
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "prompt": "a harbour", "model": "tiny", "seed": 1,
+            "init_image": "s3://inputs/start.png", "mask_image": inline, "strength": 0.3
+        }))
+        .unwrap();
+        let bytes = encode_job_image(&spec, &WorkerConfig::default(), 0, &RgbImage::new(8, 8), "epsilon").unwrap();
+        let params = fleet_engine::read_generation_params(&bytes).unwrap().expect("parameters in the PNG");
+        let sha = fleet_core::request_record::sha256_hex(&png);
+        let expected = InitImageUsed {
+            image: "s3://inputs/start.png".into(),
+            image_sha256: None,
+            // The strength the worker ran: the job's f32, widened.
+            strength: f64::from(0.3f32),
+            mask: Some("inline".into()),
+            mask_sha256: Some(sha),
+        };
+        assert_eq!(params.provenance.init, Some(expected));
+        assert!(params.a1111_text().contains("Denoising strength: 0.3, "), "{}", params.a1111_text());
+        // Without a strength of its own the job runs (and records) the default.
+        let spec = JobSpec { strength: None, mask_image: None, ..spec };
+        let bytes = encode_job_image(&spec, &WorkerConfig::default(), 0, &RgbImage::new(8, 8), "epsilon").unwrap();
+        let init = fleet_engine::read_generation_params(&bytes).unwrap().unwrap().provenance.init.unwrap();
+        assert_eq!((init.strength, init.mask), (f64::from(fleet_core::job::DEFAULT_STRENGTH), None));
     }
 }

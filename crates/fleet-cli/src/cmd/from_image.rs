@@ -1,12 +1,13 @@
 //! `fleet generate --from-image FILE --out OUT`: an image made again from the parameters embedded
 //! in it (`fleet_request`, written by `fleet generate` and by workers): the same prompt, seed,
-//! size, steps, guidance, LoRAs and ControlNet, so the same model and files give the same pixels.
+//! size, steps, guidance, LoRAs, ControlNet and init image (with its strength and mask), so the
+//! same model and files give the same pixels.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use fleet_core::request_record::{INLINE_IMAGE, sha256_hex};
-use fleet_engine::{GenerationParams, PredictionType, read_generation_params};
+use fleet_engine::{GenerationParams, InitImageUsed, PredictionType, read_generation_params};
 
 use super::generate::GenerateCommand;
 use crate::cli::{Cli, GenerateArgs};
@@ -43,6 +44,7 @@ pub fn command(cli: &Cli, args: &GenerateArgs, file: &Path) -> anyhow::Result<Ge
         (None, None) => None,
     };
     let (controlnet, control_image) = control(args, &params, file, &config.library.controlnet_dir)?;
+    let (init_image, strength, mask_image) = init(args, params.provenance.init.as_ref(), file)?;
     let loras: Vec<String> = params.provenance.loras.iter().map(|l| format!("{}:{}", l.name, l.scale)).collect();
     let lora_dir = (!loras.is_empty()).then(|| config.library.lora_dir.clone());
     let cn = params.provenance.controlnet.as_ref();
@@ -73,9 +75,9 @@ pub fn command(cli: &Cli, args: &GenerateArgs, file: &Path) -> anyhow::Result<Ge
         control_start: cn.map_or(defaults.control_start, |c| c.start),
         control_end: cn.map_or(defaults.control_end, |c| c.end),
         control_preprocess: cn.map_or(defaults.control_preprocess, |c| c.preprocess),
-        init_image: None,
-        strength: defaults.strength,
-        mask_image: None,
+        init_image,
+        strength: strength.unwrap_or(defaults.strength),
+        mask_image,
     })
 }
 
@@ -98,28 +100,89 @@ fn control(
         let recorded = PathBuf::from(&cn.model);
         if recorded.is_dir() { recorded } else { library.join(&cn.model) }
     });
-    let image = match &args.control_image {
-        Some(image) => image.clone(),
-        None if cn.image.starts_with("s3://") || cn.image == INLINE_IMAGE => bail!(
-            "{shown} was conditioned on the control image {} (a job's): pass that image with --control-image FILE",
-            cn.image
-        ),
-        None => PathBuf::from(&cn.image),
+    let image = input_file(
+        InputFile {
+            what: "control image",
+            flag: "--control-image",
+            recorded: &cn.image,
+            sha256: cn.image_sha256.as_deref(),
+        },
+        args.control_image.as_deref(),
+        file,
+    )?;
+    Ok((Some(dir), Some(image)))
+}
+
+/// The init image, strength and mask of a recorded image-to-image or inpainting image: the
+/// flags' files when given, else the recorded ones, each with its recorded SHA-256.
+fn init(
+    args: &GenerateArgs,
+    init: Option<&InitImageUsed>,
+    file: &Path,
+) -> anyhow::Result<(Option<PathBuf>, Option<f64>, Option<PathBuf>)> {
+    let shown = file.display();
+    let Some(init) = init else {
+        if args.init_image.is_some() || args.mask_image.is_some() {
+            bail!("{shown} was made without an init image: drop --init-image and --mask-image");
+        }
+        return Ok((None, None, None));
     };
-    if let Some(expected) = &cn.image_sha256 {
+    let image = input_file(
+        InputFile {
+            what: "init image",
+            flag: "--init-image",
+            recorded: &init.image,
+            sha256: init.image_sha256.as_deref(),
+        },
+        args.init_image.as_deref(),
+        file,
+    )?;
+    let mask = match &init.mask {
+        Some(mask) => Some(input_file(
+            InputFile { what: "mask image", flag: "--mask-image", recorded: mask, sha256: init.mask_sha256.as_deref() },
+            args.mask_image.as_deref(),
+            file,
+        )?),
+        None if args.mask_image.is_some() => bail!("{shown} was made without a mask: drop --mask-image"),
+        None => None,
+    };
+    Ok((Some(image), Some(init.strength), mask))
+}
+
+/// An input image as the metadata records it.
+struct InputFile<'a> {
+    /// What it is, in messages.
+    what: &'a str,
+    /// The flag that points at it.
+    flag: &'a str,
+    /// A file as given, an `s3://` URI or `inline`.
+    recorded: &'a str,
+    sha256: Option<&'a str>,
+}
+
+/// The file of a recorded input image: `given` (its flag), else the recorded file; a job's image
+/// (`s3://` or inline) must be given. The file must have the recorded SHA-256.
+fn input_file(input: InputFile<'_>, given: Option<&Path>, file: &Path) -> anyhow::Result<PathBuf> {
+    let shown = file.display();
+    let InputFile { what, flag, recorded, sha256 } = input;
+    let image = match given {
+        Some(image) => image.to_owned(),
+        None if recorded.starts_with("s3://") || recorded == INLINE_IMAGE => {
+            bail!("{shown} was made with the {what} {recorded} (a job's): pass that image with {flag} FILE")
+        }
+        None => PathBuf::from(recorded),
+    };
+    if let Some(expected) = sha256 {
         let bytes = std::fs::read(&image).with_context(|| {
-            format!(
-                "cannot read the control image {} ({shown} was made with it; --control-image FILE)",
-                image.display()
-            )
+            format!("cannot read the {what} {} ({shown} was made with it; {flag} FILE)", image.display())
         })?;
         let found = sha256_hex(&bytes);
-        if &found != expected {
+        if found != expected {
             bail!(
-                "the control image {} has SHA-256 {found}, but {shown} was made with one whose SHA-256 is {expected}",
+                "the {what} {} has SHA-256 {found}, but {shown} was made with one whose SHA-256 is {expected}",
                 image.display()
             );
         }
     }
-    Ok((Some(dir), Some(image)))
+    Ok(image)
 }

@@ -14,7 +14,7 @@ use fleet_engine::{
     LoadOptions, LoraSpec, LoraUsed, ModelSource, Pipeline, PngCompression, PredictionType, Progress, Provenance,
     Result, Timings, control_image_tensor, default_dtype, parse_device, read_latents, resolve_lora, save_images,
 };
-use fleet_engine::{InitInput, init_image::init_image_tensor, init_image::mask_tensor};
+use fleet_engine::{InitImageUsed, InitInput, check_strength, init_image::init_image_tensor, init_image::mask_tensor};
 
 use crate::cli::{Cli, GenerateArgs};
 
@@ -103,7 +103,8 @@ fn execute(command: &GenerateCommand) -> anyhow::Result<ExitCode> {
 /// [--prediction-type epsilon|sample] [--device cpu|cuda|metal]
 /// [--lora FILE_OR_NAME[:SCALE] ...] [--lora-allow-unmatched]
 /// [--controlnet DIR --control-image FILE [--control-scale F] [--control-start F]
-/// [--control-end F] [--control-preprocess none|canny]] --out PATH`
+/// [--control-end F] [--control-preprocess none|canny]]
+/// [--init-image FILE [--strength F] [--mask-image FILE]] --out PATH`
 #[derive(Debug, Clone)]
 pub struct GenerateCommand {
     pub prompts: Vec<String>,
@@ -182,6 +183,12 @@ impl Default for GenerateCommand {
     }
 }
 
+/// The bytes of `--init-image` and `--mask-image`.
+struct InitBytes {
+    image: Vec<u8>,
+    mask: Option<Vec<u8>>,
+}
+
 /// What [`GenerateCommand::run`] did.
 #[derive(Debug, Clone)]
 pub struct GenerateReport {
@@ -208,24 +215,48 @@ impl GenerateCommand {
         spec
     }
 
-    /// The engine request (without loading anything): the job's, through the same mapping as the
-    /// worker's, plus what only this command has (several prompts, latents, a prediction type).
-    pub fn request(&self) -> Result<GenerateRequest> {
+    /// The engine request (without loading anything) from the init image and mask read by
+    /// [`Self::init_bytes`]: the job's, through the same mapping as the worker's, plus what only
+    /// this command has (several prompts, latents, a prediction type).
+    fn request_with(&self, init_bytes: Option<&InitBytes>) -> Result<GenerateRequest> {
         let mut request = fleet_render::job_request(&self.job_spec());
         request.prompts = self.prompts.clone();
         // the flag is an f64 where a job's guidance is an f32: keep every bit the user gave
         request.guidance = self.guidance;
         request.prediction_type = self.prediction_type;
         request.latents = self.latents.as_deref().map(read_latents).transpose()?;
-        if let Some(path) = &self.init_image {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| EngineError::Io { path: p.clone(), source: e });
-            let image = init_image_tensor(&read(path)?, self.width, self.height)?;
+        if let Some(bytes) = init_bytes {
+            let image = init_image_tensor(&bytes.image, self.width, self.height)?;
             let mut init = InitInput::new(image, self.strength);
-            init.mask =
-                self.mask_image.as_ref().map(|m| mask_tensor(&read(m)?, self.width, self.height)).transpose()?;
+            init.mask = bytes.mask.as_deref().map(|m| mask_tensor(m, self.width, self.height)).transpose()?;
             request.init = Some(init);
         }
         Ok(request)
+    }
+
+    /// The init image's and the mask's bytes (read once: decoded for the request, hashed for the
+    /// images' metadata); `None` without `--init-image`. The strength is checked first, so a
+    /// strength that keeps no step fails before anything is read or loaded.
+    fn init_bytes(&self) -> Result<Option<InitBytes>> {
+        let Some(path) = &self.init_image else {
+            if self.mask_image.is_some() {
+                return Err(EngineError::InvalidRequest("--mask-image needs --init-image FILE".into()));
+            }
+            return Ok(None);
+        };
+        check_strength(self.strength, self.steps)?;
+        let read = |what: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    EngineError::MissingFile { component: what.into(), path: p.clone(), hint: String::new() }
+                } else {
+                    EngineError::Io { path: p.clone(), source: e }
+                }
+            })
+        };
+        let image = read("init image", path)?;
+        let mask = self.mask_image.as_ref().map(|m| read("mask image", m)).transpose()?;
+        Ok(Some(InitBytes { image, mask }))
     }
 
     /// The `--lora` flags as files with scales.
@@ -240,8 +271,9 @@ impl GenerateCommand {
     }
 
     /// What the images record beyond the request, so that `--from-image` can make them again:
-    /// LoRAs, ControlNet, UNet and latents files as given, the control image's SHA-256.
-    pub fn provenance(&self, control_bytes: Option<&[u8]>) -> Result<Provenance> {
+    /// LoRAs, ControlNet, UNet, latents, init image and mask files as given, the control, init and
+    /// mask images' SHA-256s, the strength.
+    fn provenance(&self, control_bytes: Option<&[u8]>, init_bytes: Option<&InitBytes>) -> Result<Provenance> {
         let loras = self
             .loras
             .iter()
@@ -260,7 +292,17 @@ impl GenerateCommand {
             _ => None,
         };
         let shown = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        Ok(Provenance { loras, controlnet, unet: shown(&self.unet), latents: shown(&self.latents) })
+        let init = match (&self.init_image, init_bytes) {
+            (Some(image), Some(bytes)) => Some(InitImageUsed {
+                image: image.display().to_string(),
+                image_sha256: Some(sha256_hex(&bytes.image)),
+                strength: self.strength,
+                mask: shown(&self.mask_image),
+                mask_sha256: bytes.mask.as_deref().map(sha256_hex),
+            }),
+            _ => None,
+        };
+        Ok(Provenance { loras, controlnet, unet: shown(&self.unet), latents: shown(&self.latents), init })
     }
 
     /// Check the ControlNet flags and read the control image (before loading any model).
@@ -289,9 +331,10 @@ impl GenerateCommand {
             bail!("at least one --prompt is required");
         }
         fleet_engine::encode::format_of_path(&self.out)?; // fail before loading a model
-        let mut req = self.request()?;
+        let init_bytes = self.init_bytes()?;
+        let mut req = self.request_with(init_bytes.as_ref())?;
         let control_bytes = self.control_bytes()?;
-        let provenance = self.provenance(control_bytes.as_deref())?;
+        let provenance = self.provenance(control_bytes.as_deref(), init_bytes.as_ref())?;
         // Decode the control image before loading: a bad file fails fast.
         let control_image = control_bytes
             .map(|b| control_image_tensor(&b, self.width, self.height, self.control_preprocess))
@@ -425,7 +468,7 @@ mod tests {
             prediction_type: Some(PredictionType::Sample),
             ..Default::default()
         };
-        let request = cmd.request().unwrap();
+        let request = cmd.request_with(None).unwrap();
         let job = fleet_render::job_request(&cmd.job_spec());
         assert_eq!(request.prompts, cmd.prompts);
         assert_eq!(request.prediction_type, Some(PredictionType::Sample));

@@ -63,6 +63,14 @@ fn request_lines(job: &Value) -> Vec<String> {
                 cn.model, cn.scale, cn.start, cn.end, cn.image
             ));
         }
+        let hash = |h: &Option<String>| h.as_deref().map(|h| format!(" (sha256 {h})")).unwrap_or_default();
+        if let Some(init) = &r.init_image {
+            let strength = r.strength.map(|s| format!(", strength {s}")).unwrap_or_default();
+            lines.push(format!("  init image: {}{}{strength}", init.image, hash(&init.image_sha256)));
+        }
+        if let Some(mask) = &r.mask_image {
+            lines.push(format!("  mask image: {}{}", mask.image, hash(&mask.image_sha256)));
+        }
     }
     if let Some(finished) = job["finished_at"].as_str() {
         lines.push(format!("  {}: {finished}", job["state"].as_str().unwrap_or("finished")));

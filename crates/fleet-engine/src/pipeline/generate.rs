@@ -106,19 +106,7 @@ impl Pipeline {
             c.model.check_fits(&self.unet.config)?;
         }
         if let Some(init) = &req.init {
-            if !(init.strength > 0.0 && init.strength <= 1.0) {
-                return bad(format!("strength must be in (0, 1], got {}", init.strength));
-            }
-            if init.first_step(req.steps) >= req.steps {
-                return bad(format!(
-                    "strength {} keeps no step of {} (diffusers runs the last ⌊steps × strength⌋ steps): \
-                     use strength >= {} for {} steps",
-                    init.strength,
-                    req.steps,
-                    super::request::min_strength_display(req.steps),
-                    req.steps
-                ));
-            }
+            super::request::check_strength(init.strength, req.steps)?;
             let want = [1, 3, req.height, req.width];
             if init.image.dims() != want {
                 return Err(EngineError::Shape {

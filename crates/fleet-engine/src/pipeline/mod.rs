@@ -29,7 +29,7 @@ pub(crate) use load::mmap_vb;
 pub use load::{LoadOptions, ModelSource, RandomPreset, TINY_SEED, default_dtype, parse_device};
 pub use request::{
     ControlInput, GenerateOutput, GenerateRequest, InitInput, Progress, PromptEmbeds, TensorOutput, Timings,
-    min_strength, read_latents,
+    check_strength, min_strength, read_latents,
 };
 
 /// An SDXL / SDXL-Lightning text-to-image pipeline.

@@ -52,9 +52,13 @@ impl InitInput {
 
     /// Index of the first timestep kept of a `steps`-step schedule (diffusers' `t_start`).
     pub fn first_step(&self, steps: usize) -> usize {
-        let kept = ((steps as f64 * self.strength) as usize).min(steps);
-        steps - kept
+        steps - kept_steps(steps, self.strength)
     }
+}
+
+/// Timesteps of a `steps`-step schedule that `strength` keeps: `min(⌊steps · strength⌋, steps)`.
+fn kept_steps(steps: usize, strength: f64) -> usize {
+    ((steps as f64 * strength) as usize).min(steps)
 }
 
 /// Smallest strength that keeps at least one of `steps` steps: `1/steps`.
@@ -65,6 +69,23 @@ pub fn min_strength(steps: usize) -> f64 {
 /// [`min_strength`] rounded up to 4 decimals, for messages (a value that keeps a step).
 pub(crate) fn min_strength_display(steps: usize) -> f64 {
     (min_strength(steps) * 1e4).ceil() / 1e4
+}
+
+/// Whether `strength` is usable for a `steps`-step request: 0 < strength ≤ 1 and at least one
+/// step kept; else `InvalidRequest` naming the minimum for the step count. Callers check it
+/// before loading a model; [`crate::Pipeline::generate`] checks it again.
+pub fn check_strength(strength: f64, steps: usize) -> Result<()> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(EngineError::InvalidRequest(format!("strength must be in (0, 1], got {strength}")));
+    }
+    if kept_steps(steps, strength) == 0 {
+        return Err(EngineError::InvalidRequest(format!(
+            "strength {strength} keeps no step of {steps} (diffusers runs the last ⌊steps × strength⌋ steps): \
+             use strength >= {} for {steps} steps",
+            min_strength_display(steps),
+        )));
+    }
+    Ok(())
 }
 
 /// One generation job.

@@ -20,8 +20,9 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 /// An HTTP server on 127.0.0.1 serving `files` by name (`/<name>`), counting requests per name;
-/// `/slow/<name>` answers after 5 s, `/busy/<name>` with 503, anything unknown with 404. Every
-/// answer waits 200 ms first, so concurrent requests overlap.
+/// `/slow/<name>` answers after 5 s, `/busy/<name>` with 503, `/cut/<name>` sends half the file
+/// and drops the connection, anything unknown is 404. Every answer waits 200 ms first, so
+/// concurrent requests overlap.
 struct Server {
     base: String,
     hits: Arc<std::sync::Mutex<HashMap<String, usize>>>,
@@ -46,6 +47,12 @@ async fn serve(State(state): State<Files>, UrlPath(path): UrlPath<String>) -> ax
             StatusCode::OK.into_response()
         }
         ("busy", _) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        ("cut", Some(body)) => {
+            let half = axum::body::Bytes::copy_from_slice(&body[..body.len() / 2]);
+            let chunks: [Result<axum::body::Bytes, std::io::Error>; 2] =
+                [Ok(half), Err(std::io::Error::other("connection cut"))];
+            axum::body::Body::from_stream(futures::stream::iter(chunks)).into_response()
+        }
         ("", Some(body)) => body.clone().into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -192,6 +199,28 @@ async fn oversize_missing_slow_and_failing_hosts_fail_with_their_retryability() 
         assert!(e.message.contains(&url) && e.message.contains(reason), "{path}: {}", e.message);
     }
     assert!(cached_files(dir.path()).is_empty(), "{:?}", cached_files(dir.path()));
+}
+
+#[tokio::test]
+async fn a_download_cut_short_is_never_used_nor_kept() {
+    let style = fixture("lora_kohya");
+    let digest = fleet_storage::sha256_hex(&style);
+    let server = Server::start(&[("style.safetensors", style.clone())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A temporary file a crashed worker left behind, and a whole file it had checked.
+    std::fs::write(dir.path().join(format!("{digest}.safetensors.part")), &style[..100]).unwrap();
+    let fetcher = LoraFetcher::new(&config(dir.path(), 1 << 20), &local_s3()).await.unwrap();
+    assert!(cached_files(dir.path()).is_empty(), "leftovers removed at start: {:?}", cached_files(dir.path()));
+    let cut = server.url("cut/style.safetensors");
+    let err = fetcher.fetch(&cut, &digest).await.unwrap_err();
+    let e = err.job_error(&cut);
+    assert_eq!((e.code, e.retryable), (ErrorCode::LoraFetchFailed, true), "a cut connection may work later: {e:?}");
+    assert!(e.message.contains(&cut), "{}", e.message);
+    assert!(!fetcher.cache().contains(&digest));
+    assert!(cached_files(dir.path()).is_empty(), "no partial file stays: {:?}", cached_files(dir.path()));
+    // The whole file, fetched next, is the one used.
+    let (file, outcome) = fetcher.fetch(&server.url("style.safetensors"), &digest).await.unwrap();
+    assert_eq!((outcome, std::fs::read(file.path()).unwrap()), (CacheOutcome::Fetched, style));
 }
 
 #[tokio::test]

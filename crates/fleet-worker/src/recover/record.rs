@@ -1,6 +1,7 @@
 //! The `succeeded` record a stored result set stands for, and writing it (never over a record).
 
 use chrono::{DateTime, Utc};
+use fleet_core::request_record::ImageRecord;
 use fleet_core::{
     ControlNetRecord, JobState, JobStatus, LoraRef, OutputSpec, Priority, Progress, RequestRecord, ValidJob,
 };
@@ -26,8 +27,8 @@ pub enum Written {
 
 /// The record of a job known only from its images (`fleet recover`): the request from the
 /// parameters embedded in image 0, model, priority and idempotency key from the objects'
-/// metadata. Not kept with the images, so absent: the job's `metadata`, a JPEG's `quality`, which
-/// worker ran it and how often. `created_at` is the time in a v7 job id (the dispatcher's), else
+/// metadata. Not kept with the images, so absent: the job's `metadata`, a JPEG's `quality`, the
+/// lengths of inline input images, which worker ran it and how often. `created_at` is the time in a v7 job id (the dispatcher's), else
 /// `now`; `finished_at` is `now`, when the record was rebuilt.
 pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<Utc>) -> JobStatus {
     let StoredResult { images, params, meta } = result;
@@ -66,10 +67,17 @@ pub fn from_images(id: Uuid, tenant: &str, result: StoredResult, now: DateTime<U
             start: cn.start as f32,
             end: cn.end as f32,
         }),
-        // The images' metadata does not carry image-to-image inputs.
-        init_image: None,
-        strength: None,
-        mask_image: None,
+        // Image-to-image inputs by reference, as the record had them (their lengths are not kept).
+        init_image: params.provenance.init.as_ref().map(|i| ImageRecord {
+            image: i.image.clone(),
+            image_sha256: i.image_sha256.clone(),
+            image_bytes: None,
+        }),
+        strength: params.provenance.init.as_ref().map(|i| i.strength as f32),
+        mask_image: params.provenance.init.as_ref().and_then(|i| {
+            let image = i.mask.clone()?;
+            Some(ImageRecord { image, image_sha256: i.mask_sha256.clone(), image_bytes: None })
+        }),
         output: OutputSpec { format, quality: None },
         // Nor the webhook: a rebuilt record calls no one back.
         webhook: None,
@@ -139,5 +147,35 @@ pub async fn write(
         CreateOutcome::InFlightLimit { .. }
         | CreateOutcome::QuotaExceeded { .. }
         | CreateOutcome::DifferentRequest { .. } => Ok(Written::AlreadyRecorded),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rebuilt record of an image-to-image job names its init image, strength and mask as the
+    /// original record did (by reference and hash).
+    #[test]
+    fn a_rebuilt_record_keeps_the_init_image_strength_and_mask() {
+        // A 1×1 PNG, base64.
+        let inline = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+        let spec = fleet_core::parse_job(&format!(
+            r#"{{"prompt": "a harbour", "model": "tiny", "width": 64, "height": 64, "seed": 5,
+                "init_image": "{inline}", "strength": 0.75, "mask_image": "s3://fleet/masks/m.png"}}"#
+        ))
+        .unwrap();
+        let worker = fleet_core::config::WorkerConfig::default();
+        let png = fleet_render::encoding::encode_job_image(&spec, &worker, 0, &image::RgbImage::new(8, 8), "epsilon")
+            .unwrap();
+        let params = fleet_engine::read_generation_params(&png).unwrap().unwrap();
+        let meta = fleet_storage::ObjectMeta::example(Uuid::now_v7(), "e", 5);
+        let status = from_images(Uuid::now_v7(), "acme", StoredResult { images: Vec::new(), params, meta }, Utc::now());
+        let rebuilt = status.request.unwrap();
+        let original = RequestRecord::of(&spec);
+        let without_length = |r: Option<ImageRecord>| r.map(|r| ImageRecord { image_bytes: None, ..r });
+        assert_eq!(rebuilt.init_image, without_length(original.init_image));
+        assert_eq!(rebuilt.mask_image, without_length(original.mask_image));
+        assert_eq!(rebuilt.strength, Some(0.75));
     }
 }
