@@ -128,7 +128,8 @@ async fn a_message_worn_by_returns_without_a_start_is_handed_back_afresh() {
     let mut fleet = Fleet::start(config.clone(), 0).await;
     let job = fleet.submit(crate::fleet::tiny_job(1)).await;
     let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
-    let queue = topology.queue_for("tiny", fleet_core::Priority::Interactive).unwrap().name.clone();
+    // The dispatcher put it in its tenant's lane.
+    let queue = topology.route("tiny", fleet_core::Priority::Interactive, Some(&job.tenant)).unwrap().name;
     let (connection, channel) = channel(&config.rabbitmq.url).await;
     for _ in 0..limit {
         let got = channel.basic_get(&queue, BasicGetOptions::default()).await.unwrap().expect("the job");

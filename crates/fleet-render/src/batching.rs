@@ -119,6 +119,25 @@ pub fn leader_deadline<W: Waiting>(waiting: &[W], policy: &BatchPolicy, share: &
     Some(waiting[leader].arrived() + policy.deadline)
 }
 
+/// A waiting job for the policy's tests (batching and fair share).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::Instant;
+
+    use fleet_core::JobSpec;
+
+    pub(crate) struct W(pub JobSpec, pub Instant);
+
+    impl super::Waiting for W {
+        fn spec(&self) -> &JobSpec {
+            &self.0
+        }
+        fn arrived(&self) -> Instant {
+            self.1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,15 +151,7 @@ mod tests {
         super::leader_deadline(w, policy, &FairShare::default())
     }
 
-    struct W(JobSpec, Instant);
-    impl Waiting for W {
-        fn spec(&self) -> &JobSpec {
-            &self.0
-        }
-        fn arrived(&self) -> Instant {
-            self.1
-        }
-    }
+    use crate::batching::test_support::W;
 
     fn job(width: u32, n: u32, priority: Priority) -> JobSpec {
         let mut s = JobSpec::new("x");

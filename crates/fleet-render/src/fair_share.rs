@@ -129,15 +129,7 @@ mod tests {
 
     use super::*;
 
-    struct W(JobSpec, Instant);
-    impl Waiting for W {
-        fn spec(&self) -> &JobSpec {
-            &self.0
-        }
-        fn arrived(&self) -> Instant {
-            self.1
-        }
-    }
+    use crate::batching::test_support::W;
 
     fn job(tenant: &str, side: u32, priority: Priority) -> JobSpec {
         let mut s = JobSpec::new("x");

@@ -144,7 +144,13 @@ async fn submit_one(http: &reqwest::Client, base: &str, i: usize, job: Value, ou
                 out.lock().await.refused.insert(i, format!("{code} {name}"));
                 return;
             }
-            Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
+            Ok(resp) => {
+                // The code and the message's first words tell a queue refusal from a lost node.
+                let code = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap_or_default();
+                let words: Vec<&str> = body["error"]["message"].as_str().unwrap_or("").split(' ').take(3).collect();
+                format!("HTTP {code} {} ({} …)", body["error"]["code"].as_str().unwrap_or("?"), words.join(" "))
+            }
             Err(e) if e.is_connect() => "connection refused".to_owned(),
             Err(e) if e.is_timeout() => "timeout".to_owned(),
             Err(_) => "connection lost".to_owned(),
