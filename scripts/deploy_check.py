@@ -279,11 +279,14 @@ def keda_problems(docs, effective) -> list[str]:
         # every tenant's lane of them counts toward the backlog too
         return shared | {f"{q}@{t}" for q in shared for t in ("acme", "a.b_c-1")}
 
-    all_queues = set().union(*(pool_queues(m) for m in any_cfg["models"]))
-    all_queues.add(any_cfg["rabbitmq"]["dead_letter_queue"])
+    shared = {f"{prefix}.{m}.{p}" for m in any_cfg["models"] for p in ("interactive", "bulk")}
+    shared.add(any_cfg["rabbitmq"]["dead_letter_queue"])
     # names around the real ones, so that a regex without anchors or with an unescaped dot shows
-    all_queues |= {f"{q}.x" for q in all_queues} | {f"x{q}" for q in all_queues} | {q.replace(".", "x") for q in all_queues}
-    all_queues |= {f"{prefix}.{m}.bulk@" for m in any_cfg["models"]} | {f"{prefix}.{m}.bulk@a/b" for m in any_cfg["models"]}
+    # (around the shared names only: `<queue>@acme.x` is a lane too, of tenant `acme.x`)
+    near = {f"{q}.x" for q in shared} | {f"x{q}" for q in shared} | {q.replace(".", "x") for q in shared}
+    # and lanes with no tenant, or one that is not a tenant name
+    near |= {f"{prefix}.{m}.bulk@" for m in any_cfg["models"]} | {f"{prefix}.{m}.bulk@a/b" for m in any_cfg["models"]}
+    all_queues = shared | near | set().union(*(pool_queues(m) for m in any_cfg["models"]))
     for dep in deployments(docs, "worker"):
         name = dep["metadata"]["name"]
         if "replicas" in dep["spec"] and name not in scaled:
