@@ -104,7 +104,8 @@ struct Engine {
     models: HashMap<String, Result<Arc<Models>, String>>,
     /// The caller's runtime, for reading `s3://` input images from this thread.
     runtime: Option<tokio::runtime::Handle>,
-    /// The configured bucket, connected on the first `s3://` input image.
+    /// The configured S3 endpoint (or local directory), connected on the first `s3://` input
+    /// image.
     store: Option<fleet_storage::ImageStore>,
 }
 
@@ -144,7 +145,8 @@ impl Engine {
         fleet_render::prepare(&models, spec, images).map_err(|e| (e.code, e.message))
     }
 
-    /// The bytes of an input image field: inline, or an object of the configured bucket.
+    /// The bytes of an input image field: inline, or an object of an allowed bucket
+    /// (`limits.allowed_image_buckets`), read with the configured S3 endpoint and credentials.
     fn input_image(
         &mut self,
         spec: &JobSpec,
@@ -152,11 +154,10 @@ impl Engine {
         image: Option<&str>,
     ) -> Result<Option<Vec<u8>>, (ErrorCode, String)> {
         let Some(image) = image else { return Ok(None) };
-        let bucket = self.config.s3.bucket.clone();
         let limits = self.config.limits_for(&spec.model);
-        let key = match fleet_render::input_image(field, image, &limits, &bucket).map_err(|e| (e.code, e.message))? {
+        let (bucket, key) = match fleet_render::input_image(field, image, &limits).map_err(|e| (e.code, e.message))? {
             InputImage::Inline(bytes) => return Ok(Some(bytes)),
-            InputImage::Object(key) => key,
+            InputImage::Object { bucket, key } => (bucket, key),
         };
         let invalid = |m: String| (ErrorCode::InvalidSpec, format!("{field}: {m}"));
         let runtime = self.runtime.clone().ok_or_else(|| invalid("no async runtime to read S3 with".into()))?;
@@ -168,7 +169,7 @@ impl Engine {
             self.store = Some(store);
         }
         let Some(store) = &self.store else { return Err(invalid("no S3 store".into())) };
-        match runtime.block_on(store.get(&key)).map_err(unreachable)? {
+        match runtime.block_on(store.get_from(&bucket, &key)).map_err(unreachable)? {
             Some(object) => Ok(Some(object.body)),
             None => Err(invalid(format!("s3://{bucket}/{key} does not exist"))),
         }

@@ -282,8 +282,10 @@ async fn a_cancelled_local_run_stops_then_resumes_to_the_end() {
 }
 
 /// `--local` runs take LoRAs and ControlNets from the library, with a control image named by a file
-/// beside the input (sent inline, as a fleet run would), and init images likewise; unknown LoRAs and a bucket other than the
-/// configured one fail their samples, naming why.
+/// beside the input (sent inline, as a fleet run would) or an object of an allowed bucket other than
+/// `s3.bucket` (read from the test S3 server at `FLEET_TEST_S3_PORT`, the same pixels), and init
+/// images likewise; unknown LoRAs and a bucket not in `limits.allowed_image_buckets` fail their
+/// samples, naming why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_runs_take_loras_and_controlnets_from_the_library_and_fail_unknown_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,34 +302,65 @@ async fn local_runs_take_loras_and_controlnets_from_the_library_and_fail_unknown
     image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([if (x / 8 + y / 8) % 2 == 0 { 255 } else { 0 }; 3]))
         .save(dir.path().join("edges.png"))
         .unwrap();
+    // The same control image in a second bucket of the test server, made for this run.
+    let mut config = fleet_core::FleetConfig::default();
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    config.s3.endpoint = format!("http://127.0.0.1:{}", var("FLEET_TEST_S3_PORT", "8333"));
+    config.s3.access_key_id = var("FLEET_TEST_S3_ACCESS_KEY", "fleet-test-access");
+    config.s3.secret_access_key = var("FLEET_TEST_S3_SECRET_KEY", "fleet-test-secret");
+    let other = format!("bulk-controls-{}", uuid::Uuid::now_v7().simple());
+    let s3 = fleet_storage::S3Store::new(&config.s3, fleet_storage::S3Options::default()).await.unwrap();
+    s3.client().create_bucket().bucket(&other).send().await.unwrap();
+    let edges = std::fs::read(dir.path().join("edges.png")).unwrap();
+    s3.client().put_object().bucket(&other).key("c.png").body(edges.into()).send().await.unwrap();
     let input = write(
         dir.path(),
         "p.jsonl",
-        concat!(
+        &[
             "{\"prompt\": \"a cat\", \"seed\": 5}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"ink\", \"scale\": 2.0}]}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"loras\": [{\"name\": \"missing\"}]}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {\"model\": \"canny\", \"image\": \"edges.png\", \"scale\": 2.0}}\n",
-            "{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {\"model\": \"canny\", \"image\": \"s3://b/c.png\"}}\n",
+            &format!("{{\"prompt\": \"a cat\", \"seed\": 5, \"controlnet\": {{\"model\": \"canny\", \"image\": \"s3://{other}/c.png\", \"scale\": 2.0}}}}\n"),
             "{\"prompt\": \"a cat\", \"seed\": 5, \"init_image\": \"edges.png\", \"steps\": 2, \"strength\": 0.5}\n",
             "{\"prompt\": \"a cat\", \"seed\": 5, \"steps\": 2}\n",
-        ),
+        ]
+        .concat(),
     );
     let out = dir.path().join("out");
-    let mut config = fleet_core::FleetConfig::default();
     config.library.lora_dir = library;
     config.library.controlnet_dir = controlnets;
-    config.limits.allowed_image_buckets = vec!["b".into()];
+    config.limits.allowed_image_buckets = vec![config.s3.bucket.clone(), other.clone()];
     let session = Session { config, api: None, on_progress: None };
+    // A bucket not in the list is refused with the rows, before the run starts.
+    let elsewhere =
+        "{\"prompt\": \"a cat\", \"controlnet\": {\"model\": \"canny\", \"image\": \"s3://elsewhere/c.png\"}}\n";
+    let refused = write(dir.path(), "elsewhere.jsonl", elsewhere);
+    match fleet_bulk::start(local_run("local-elsewhere", refused, &dir.path().join("refused"), 10), &session).await {
+        Err(BulkError::InvalidRows { rows, .. }) => {
+            assert_eq!((rows.len(), rows[0].field.as_str()), (1, "controlnet.image"), "{rows:?}");
+            assert!(rows[0].message.contains("`elsewhere` is not an allowed"), "{rows:?}");
+        }
+        Err(e) => panic!("expected the row refused, got {e}"),
+        Ok(_) => panic!("expected the row refused, the run started"),
+    }
     let done = fleet_bulk::start(local_run("local-lora", input, &out, 10), &session).await.unwrap();
     let rows = manifest(&out, "00000");
     let codes: Vec<_> = rows.iter().map(|r| r.error.as_ref().map(|e| e.code.name())).collect();
-    assert_eq!(codes, [None, None, Some("unknown_lora"), None, Some("invalid_spec"), None, None], "{rows:#?}");
-    assert_eq!((done.totals.succeeded, done.totals.failed), (5, 2));
-    assert!(rows[4].error.as_ref().unwrap().message.contains("s3.bucket"), "{:?}", rows[4].error);
+    assert_eq!(codes, [None, None, Some("unknown_lora"), None, None, None, None], "{rows:#?}");
+    assert_eq!((done.totals.succeeded, done.totals.failed), (6, 1));
+    // The files differ in the control image reference they record, not in their pixels.
+    let shards = read_shards(&out);
+    let pixels = |key: &str| {
+        let (_, png) = shards["00000.tar"].iter().find(|(name, _)| *name == format!("{key}.png")).unwrap();
+        image::load_from_memory(png).unwrap().to_rgb8().into_raw()
+    };
+    assert_eq!(pixels(&rows[4].key), pixels(&rows[3].key), "the control image from the second bucket");
     assert_eq!((rows[1].loras.len(), rows[0].seed), (1, rows[1].seed));
     assert_ne!(rows[0].sha256, rows[1].sha256, "same prompt and seed: the LoRA changed the image");
     assert_eq!(rows[3].controlnet.as_ref().map(|c| (c.model.as_str(), c.scale)), Some(("canny", 2.0)));
     assert_ne!(rows[0].sha256, rows[3].sha256, "same prompt and seed: the ControlNet changed the image");
     assert_ne!(rows[6].sha256, rows[5].sha256, "same prompt, seed and steps: the init image changed the image");
+    s3.client().delete_object().bucket(&other).key("c.png").send().await.unwrap();
+    s3.client().delete_bucket().bucket(&other).send().await.unwrap();
 }

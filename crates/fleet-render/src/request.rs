@@ -27,25 +27,24 @@ pub fn job_request(spec: &JobSpec) -> GenerateRequest {
     }
 }
 
-/// Where a job's input image comes from, once checked: its bytes (inline in the job), or the key
-/// of an object in the configured bucket, which the caller reads with its own store.
+/// Where a job's input image comes from, once checked: its bytes (inline in the job), or an
+/// object of an allowed bucket (`limits.allowed_image_buckets`), which the caller reads with its
+/// own store's endpoint and credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputImage {
     Inline(Vec<u8>),
-    Object(String),
+    Object { bucket: String, key: String },
 }
 
 /// Checks a job's input image (`field`: `controlnet.image`, `init_image` or `mask_image`) against
-/// the model's `limits`: inline images are decoded and checked, `s3://` ones must name `bucket`
-/// (`s3.bucket`), the only one a renderer reads. Every refusal is the job's own fault.
-pub fn input_image(field: &str, image: &str, limits: &Limits, bucket: &str) -> Result<InputImage, JobError> {
+/// the model's `limits`: inline images are decoded and checked, `s3://` ones must name a bucket in
+/// `limits.allowed_image_buckets` (the dispatcher checked the same at submission; a worker checks
+/// again with its own limits). Every refusal is the job's own fault.
+pub fn input_image(field: &str, image: &str, limits: &Limits) -> Result<InputImage, JobError> {
     let invalid = |m: String| JobError::new(ErrorCode::InvalidSpec, format!("{field}: {m}"));
     match fleet_core::validate::parse_control_image(image, limits).map_err(invalid)? {
         ControlImageSource::Inline { bytes, .. } => Ok(InputImage::Inline(bytes)),
-        ControlImageSource::S3 { bucket: named, key } if named == bucket => Ok(InputImage::Object(key)),
-        ControlImageSource::S3 { bucket: named, .. } => Err(invalid(format!(
-            "input images are read only from the configured bucket `{bucket}` (s3.bucket), not `{named}`"
-        ))),
+        ControlImageSource::S3 { bucket, key } => Ok(InputImage::Object { bucket, key }),
     }
 }
 
@@ -137,14 +136,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn input_images_come_inline_or_from_the_configured_bucket_only() {
+    fn input_images_come_inline_or_from_an_allowed_bucket() {
         let limits = Limits { allowed_image_buckets: vec!["fleet".into(), "other".into()], ..Limits::default() };
-        let own = input_image("init_image", "s3://fleet/in/a.png", &limits, "fleet").unwrap();
-        assert_eq!(own, InputImage::Object("in/a.png".into()));
-        let e = input_image("controlnet.image", "s3://other/a.png", &limits, "fleet").unwrap_err();
+        let own = input_image("init_image", "s3://fleet/in/a.png", &limits).unwrap();
+        assert_eq!(own, InputImage::Object { bucket: "fleet".into(), key: "in/a.png".into() });
+        let other = input_image("controlnet.image", "s3://other/a.png", &limits).unwrap();
+        assert_eq!(other, InputImage::Object { bucket: "other".into(), key: "a.png".into() });
+        let e = input_image("controlnet.image", "s3://elsewhere/a.png", &limits).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidSpec);
-        assert!(e.message.starts_with("controlnet.image: ") && e.message.contains("(s3.bucket)"), "{}", e.message);
-        let e = input_image("mask_image", "not an image", &limits, "fleet").unwrap_err();
+        assert!(e.message.starts_with("controlnet.image: ") && e.message.contains("elsewhere"), "{}", e.message);
+        let e = input_image("mask_image", "not an image", &limits).unwrap_err();
         assert!(e.message.starts_with("mask_image: "), "{}", e.message);
     }
 

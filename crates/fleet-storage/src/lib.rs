@@ -213,7 +213,7 @@ impl ImageStore {
     /// Nothing is contacted here; call [`ImageStore::check`] for readiness.
     pub async fn from_config(cfg: &S3Config) -> Result<ImageStore, StorageError> {
         match &cfg.local_dir {
-            Some(dir) => Ok(ImageStore::Local(LocalStore::new(dir).await?)),
+            Some(dir) => Ok(ImageStore::Local(LocalStore::new(dir).await?.with_bucket(&cfg.bucket))),
             None => Ok(ImageStore::S3(S3Store::new(cfg, S3Options::default()).await?)),
         }
     }
@@ -250,6 +250,17 @@ impl ImageStore {
         match self {
             ImageStore::S3(s) => s.get(key).await,
             ImageStore::Local(l) => l.get(key).await,
+        }
+    }
+
+    /// The object at `key` in `bucket`, or `None` if there is none: for input images that name
+    /// another bucket of the same S3 endpoint, read with this store's credentials (errors name
+    /// `bucket`). A local store holds only the bucket it stands in for (`s3.bucket`); any other
+    /// name is an error.
+    pub async fn get_from(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StorageError> {
+        match self {
+            ImageStore::S3(s) => s.get_from(bucket, key).await,
+            ImageStore::Local(l) => l.get_from(bucket, key).await,
         }
     }
 

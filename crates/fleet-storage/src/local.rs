@@ -29,6 +29,9 @@ struct Sidecar {
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// The bucket name it stands in for (`s3.bucket`), the only one [`LocalStore::get_from`]
+    /// reads; `None` when made without a configuration.
+    bucket: Option<String>,
 }
 
 impl LocalStore {
@@ -39,9 +42,16 @@ impl LocalStore {
         blocking(move || {
             std::fs::create_dir_all(&root).map_err(|e| StorageError::io("create directory", &root, e))?;
             let root = std::fs::canonicalize(&root).map_err(|e| StorageError::io("resolve directory", &root, e))?;
-            Ok(LocalStore { root })
+            Ok(LocalStore { root, bucket: None })
         })
         .await
+    }
+
+    /// The same store standing in for bucket `bucket` (`s3.bucket`): `s3://bucket/key` input
+    /// images then read from it ([`LocalStore::get_from`]).
+    pub fn with_bucket(mut self, bucket: impl Into<String>) -> LocalStore {
+        self.bucket = Some(bucket.into());
+        self
     }
 
     /// The (absolute) directory.
@@ -122,6 +132,23 @@ impl LocalStore {
             Ok(Some(StoredObject { body, content_type, metadata }))
         })
         .await
+    }
+
+    /// See [`crate::ImageStore::get_from`]: only the bucket the store stands in for
+    /// ([`LocalStore::with_bucket`]) is here; another is an error naming both.
+    pub async fn get_from(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StorageError> {
+        match &self.bucket {
+            Some(own) if own == bucket => self.get(key).await,
+            own => Err(StorageError::InvalidConfig(format!(
+                "`{key}` in bucket `{bucket}`: the local store {} (s3.local_dir) holds only {}; \
+                 other buckets need an S3 endpoint",
+                self.root.display(),
+                match own {
+                    Some(own) => format!("bucket `{own}` (s3.bucket)"),
+                    None => "its own objects".to_owned(),
+                }
+            ))),
+        }
     }
 
     /// See [`crate::ImageStore::exists`].

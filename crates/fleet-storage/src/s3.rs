@@ -319,11 +319,32 @@ impl S3Store {
 
     /// See [`crate::ImageStore::get`].
     pub async fn get(&self, key: &str) -> Result<Option<StoredObject>, StorageError> {
+        self.get_in(&self.ctx, key).await
+    }
+
+    /// See [`crate::ImageStore::get_from`]: `key` in `bucket` at this store's endpoint, with its
+    /// credentials; errors name `bucket`.
+    pub async fn get_from(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StorageError> {
+        if bucket == self.ctx.bucket {
+            return self.get(key).await;
+        }
+        if bucket.is_empty() {
+            return Err(StorageError::InvalidConfig(format!(
+                "reading `{key}`: the bucket name is empty (endpoint {})",
+                self.ctx.endpoint
+            )));
+        }
+        let ctx = Ctx { endpoint: self.ctx.endpoint.clone(), bucket: bucket.to_owned() };
+        self.get_in(&ctx, key).await
+    }
+
+    /// GetObject of `key` in `ctx.bucket`; `ctx` names the bucket in errors.
+    async fn get_in(&self, ctx: &Ctx, key: &str) -> Result<Option<StoredObject>, StorageError> {
         validate_key(key)?;
-        let out = match self.client.get_object().bucket(&self.ctx.bucket).key(key).send().await {
+        let out = match self.client.get_object().bucket(&ctx.bucket).key(key).send().await {
             Ok(out) => out,
             Err(e) => {
-                return match self.ctx.classify("GetObject", Some(key), e) {
+                return match ctx.classify("GetObject", Some(key), e) {
                     Failure::Missing(_) => Ok(None),
                     Failure::Error(e) => Err(e),
                 };
@@ -335,8 +356,8 @@ impl S3Store {
             .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), decode_meta_value(v))).collect())
             .unwrap_or_default();
         let body = out.body.collect().await.map_err(|e| StorageError::Unavailable {
-            endpoint: self.ctx.endpoint.clone(),
-            bucket: self.ctx.bucket.clone(),
+            endpoint: ctx.endpoint.clone(),
+            bucket: ctx.bucket.clone(),
             op: "GetObject",
             key: Some(key.to_owned()),
             detail: format!("reading the body: {e}"),

@@ -464,3 +464,57 @@ async fn local_dir_from_fleet_config_selects_the_local_store() {
     // Without it, the default configuration is an S3 store.
     assert!(FleetConfig::default().s3.local_dir.is_none());
 }
+
+/// Input images may name another bucket of the same endpoint (`limits.allowed_image_buckets`):
+/// `get_from` reads it with the store's credentials, and its errors name that bucket, not the
+/// configured one.
+#[tokio::test]
+async fn s3_reads_objects_of_another_bucket_and_names_it_in_errors() {
+    let cfg = s3_config();
+    let store = S3Store::new(&cfg, S3Options::default()).await.unwrap();
+    let other = format!("fleet-other-{}", Uuid::now_v7().simple());
+    store.client().create_bucket().bucket(&other).send().await.unwrap();
+    let body = noise(1000, 7);
+    store.client().put_object().bucket(&other).key("in/a.png").body(body.clone().into()).send().await.unwrap();
+    let store = ImageStore::S3(store);
+
+    let object = store.get_from(&other, "in/a.png").await.unwrap().expect("the object in the other bucket");
+    assert_eq!(object.body, body);
+    assert!(store.get_from(&other, "in/missing.png").await.unwrap().is_none());
+    // Not in the configured bucket.
+    assert!(store.get("in/a.png").await.unwrap().is_none());
+    assert!(store.get_from(&cfg.bucket, "in/a.png").await.unwrap().is_none());
+
+    let missing = format!("fleet-missing-{}", Uuid::now_v7().simple());
+    let err = store.get_from(&missing, "in/a.png").await.unwrap_err();
+    assert!(matches!(&err, StorageError::NoSuchBucket { bucket, .. } if *bucket == missing), "{err}");
+    assert!(err.to_string().contains(&missing) && !err.to_string().contains(&cfg.bucket), "{err}");
+
+    let mut bad = cfg.clone();
+    bad.secret_access_key = "definitely-wrong-secret".into();
+    let err = s3_store(&bad).await.get_from(&other, "in/a.png").await.unwrap_err();
+    assert!(matches!(err, StorageError::Denied { .. }), "{err}");
+    assert!(err.to_string().contains(&other) && err.to_string().contains("in/a.png"), "{err}");
+
+    let ImageStore::S3(s3) = &store else { unreachable!() };
+    s3.client().delete_object().bucket(&other).key("in/a.png").send().await.unwrap();
+    s3.client().delete_bucket().bucket(&other).send().await.unwrap();
+}
+
+/// A local store stands in for its configured bucket only: another bucket is an error naming it.
+#[tokio::test]
+async fn local_store_reads_only_its_own_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = S3Config { local_dir: Some(dir.path().to_owned()), bucket: "own".into(), ..s3_config() };
+    let store = ImageStore::from_config(&cfg).await.unwrap();
+    let key = "in/a.png";
+    store.put(key, vec![1, 2, 3], "image/png", &meta(Uuid::now_v7(), 0)).await.unwrap();
+    assert_eq!(store.get_from("own", key).await.unwrap().unwrap().body, vec![1, 2, 3]);
+    let err = store.get_from("other", key).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("`other`") && message.contains("`own`") && message.contains("s3.local_dir"), "{message}");
+    assert!(!err.is_transient());
+    // Made without a configuration, it names no bucket and reads none.
+    let bare = LocalStore::new(dir.path()).await.unwrap();
+    assert!(bare.get_from("own", key).await.is_err());
+}

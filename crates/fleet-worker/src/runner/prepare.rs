@@ -96,12 +96,12 @@ async fn fetch_url_loras(ctx: &RunContext, spec: &fleet_core::JobSpec) -> Result
 }
 
 /// The bytes of a job's input image (`field`: `controlnet.image`, `init_image` or `mask_image`):
-/// inline (already checked at intake) or an object of this worker's bucket.
+/// inline (already checked at intake) or an object of an allowed bucket
+/// (`limits.allowed_image_buckets`), read at this worker's S3 endpoint with its credentials.
 async fn image_bytes(ctx: &RunContext, model: &str, field: &str, image: &str) -> Result<Vec<u8>, JobError> {
-    let bucket = &ctx.config.s3.bucket;
-    match fleet_render::input_image(field, image, &ctx.config.limits_for(model), bucket)? {
+    match fleet_render::input_image(field, image, &ctx.config.limits_for(model))? {
         InputImage::Inline(bytes) => Ok(bytes),
-        InputImage::Object(key) => match retry(|| ctx.store.get(&key)).await {
+        InputImage::Object { bucket, key } => match retry(|| ctx.store.get_from(&bucket, &key)).await {
             Ok(Some(obj)) => Ok(obj.body),
             Ok(None) => {
                 Err(JobError::new(ErrorCode::InvalidSpec, format!("{field}: s3://{bucket}/{key} does not exist")))
