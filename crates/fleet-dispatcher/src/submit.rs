@@ -174,10 +174,7 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         CreateOutcome::DifferentRequest { existing } => return Err(different_request(spec, existing)),
         CreateOutcome::Created => {}
     }
-    if let Err(err) = app.publisher.publish(&job, trace_id).await {
-        if matches!(err, QueueError::Unroutable { .. }) {
-            app.lanes.forget(&route);
-        }
+    if let Err(err) = publish_to(app, &route, &job, trace_id).await {
         // Not accepted: undo the record and the idempotency key so a retry with the same key creates the job
         // afresh. If an unconfirmed message did reach a queue after all, the worker finds no record and
         // treats it like a job published straight onto the queue.
@@ -273,12 +270,7 @@ async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: 
     // On failure the record stays (it is the first request's); the client retries again.
     let route = route_of(app, job.spec())?;
     app.lanes.ensure(app, &route).await?;
-    if let Err(err) = app.publisher.publish(&job, trace_id).await {
-        if matches!(err, QueueError::Unroutable { .. }) {
-            app.lanes.forget(&route);
-        }
-        return Err(err.into());
-    }
+    publish_to(app, &route, &job, trace_id).await?;
     mark_published(app, existing.id).await;
     tracing::info!(job = %existing.id, trace_id, "retried job was still queued: published again");
     Ok(Accepted { status: existing, created: false })
@@ -293,6 +285,16 @@ fn route_of(app: &App, spec: &JobSpec) -> Result<JobQueue, ApiError> {
             format!("model `{}` is not served by this fleet (configured: {})", spec.model, model_list(app)),
         )
     })
+}
+
+/// Publishes a job to `route` (its lane declared by [`crate::lanes::Lanes::ensure`]); a lane the
+/// broker has no queue for any more is forgotten, so the next job declares it again.
+async fn publish_to(app: &App, route: &JobQueue, job: &ValidJob, trace_id: &str) -> Result<(), QueueError> {
+    let published = app.publisher.publish(job, trace_id).await;
+    if matches!(published, Err(QueueError::Unroutable { .. })) {
+        app.lanes.forget(route);
+    }
+    published
 }
 
 fn model_list(app: &App) -> String {
