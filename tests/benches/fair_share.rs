@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use fleet_core::{FleetConfig, JobState, JobStatus};
 use fleet_e2e::fleet::Fleet;
 use fleet_e2e::isolated_config;
-use fleet_e2e::tenants::{add_tenants, submit_as, wait_final};
+use fleet_e2e::tenants::{add_tenants, key_of, submit_as};
 use fleet_worker::noop::EngineMode;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -94,8 +94,8 @@ async fn scenario(sizes: Sizes, lanes: bool, arriving: bool, big_weight: f64) ->
             fleet.add_worker_with(EngineMode::Noop).await;
         }
     }
-    let big = submit_as(&fleet.http, &fleet.base, "big", sizes.big).await;
-    let small = submit_as(&fleet.http, &fleet.base, "small", sizes.small).await;
+    let big = submit_as(&fleet, "big", sizes.big).await;
+    let small = submit_as(&fleet, "small", sizes.small).await;
     if !arriving {
         for _ in 0..sizes.workers {
             fleet.add_worker_with(EngineMode::Noop).await;
@@ -103,8 +103,8 @@ async fn scenario(sizes: Sizes, lanes: bool, arriving: bool, big_weight: f64) ->
     }
     let ids = |v: &[JobStatus]| v.iter().map(|s| s.id).collect::<Vec<_>>();
     let limit = Duration::from_secs(600);
-    let big = wait_final(&fleet.http, &fleet.base, "big", &ids(&big), limit).await;
-    let small = wait_final(&fleet.http, &fleet.base, "small", &ids(&small), limit).await;
+    let big = fleet.wait_all_as(&key_of("big"), &ids(&big), limit).await;
+    let small = fleet.wait_all_as(&key_of("small"), &ids(&small), limit).await;
     let failed = big.iter().chain(&small).filter(|s| s.state != JobState::Succeeded).count();
     assert_eq!(failed, 0, "every bench job succeeds");
     fleet.stop().await;

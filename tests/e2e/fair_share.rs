@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fleet_e2e::fleet::Fleet;
 use fleet_e2e::isolated_config;
-use fleet_e2e::tenants::{add_tenants, submit_as, wait_final};
+use fleet_e2e::tenants::{add_tenants, key_of, submit_as};
 use fleet_worker::noop::EngineMode;
 
 /// The rank (0 = first) at which each of `ids` started among all `statuses`.
@@ -23,8 +23,8 @@ async fn a_small_tenant_behind_a_deep_backlog_starts_within_the_first_turns() {
     let mut fleet = Fleet::start(config, 0).await;
     // The whole backlog waits before any worker runs: first come, first served would run every
     // one of big's jobs before small's.
-    let big = submit_as(&fleet.http, &fleet.base, "big", 120).await;
-    let small = submit_as(&fleet.http, &fleet.base, "small", 4).await;
+    let big = submit_as(&fleet, "big", 120).await;
+    let small = submit_as(&fleet, "small", 4).await;
 
     let queues: serde_json::Value = fleet
         .http
@@ -45,8 +45,8 @@ async fn a_small_tenant_behind_a_deep_backlog_starts_within_the_first_turns() {
 
     fleet.add_worker_with(EngineMode::Noop).await;
     let ids = |v: &[fleet_core::JobStatus]| v.iter().map(|s| s.id).collect::<Vec<_>>();
-    let mut all = wait_final(&fleet.http, &fleet.base, "big", &ids(&big), Duration::from_secs(120)).await;
-    let small_done = wait_final(&fleet.http, &fleet.base, "small", &ids(&small), Duration::from_secs(60)).await;
+    let mut all = fleet.wait_all_as(&key_of("big"), &ids(&big), Duration::from_secs(120)).await;
+    let small_done = fleet.wait_all_as(&key_of("small"), &ids(&small), Duration::from_secs(60)).await;
     assert!(all.iter().chain(&small_done).all(|s| s.state == fleet_core::JobState::Succeeded));
     all.extend(small_done);
 

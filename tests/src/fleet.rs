@@ -93,9 +93,14 @@ impl Fleet {
     /// The job's status; retries for a while when the API answers with an error (a test may have
     /// just brought Redis back, and the first call after that can still fail).
     pub async fn status(&self, id: uuid::Uuid) -> JobStatus {
+        self.status_as(E2E_KEY, id).await
+    }
+
+    /// The job's status as the holder of API key `key` sees it (see [`Fleet::status`]).
+    pub async fn status_as(&self, key: &str, id: uuid::Uuid) -> JobStatus {
         let started = Instant::now();
         loop {
-            let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(E2E_KEY).send().await.unwrap();
+            let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(key).send().await.unwrap();
             let code = resp.status();
             if code.is_success() {
                 return resp.json().await.unwrap();
@@ -112,16 +117,27 @@ impl Fleet {
 
     /// Polls until every job is final, or panics after `limit`.
     pub async fn wait_all(&self, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
+        self.wait_all_as(E2E_KEY, ids, limit).await
+    }
+
+    /// [`Fleet::wait_all`] as the holder of API key `key`. A job is read until it is final, then
+    /// no more.
+    pub async fn wait_all_as(&self, key: &str, ids: &[uuid::Uuid], limit: Duration) -> Vec<JobStatus> {
         let started = Instant::now();
+        let mut finished: Vec<Option<JobStatus>> = vec![None; ids.len()];
         loop {
-            let mut all = Vec::new();
-            for id in ids {
-                all.push(self.status(*id).await);
+            let mut pending = Vec::new();
+            for (slot, id) in finished.iter_mut().zip(ids).filter(|(slot, _)| slot.is_none()) {
+                let status = self.status_as(key, *id).await;
+                if status.state.is_terminal() {
+                    *slot = Some(status);
+                } else {
+                    pending.push((status.id, status.state));
+                }
             }
-            if all.iter().all(|s| s.state.is_terminal()) {
-                return all;
+            if pending.is_empty() {
+                return finished.into_iter().flatten().collect();
             }
-            let pending: Vec<_> = all.iter().filter(|s| !s.state.is_terminal()).map(|s| (s.id, s.state)).collect();
             assert!(started.elapsed() < limit, "jobs not final after {limit:?}: {pending:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

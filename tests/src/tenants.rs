@@ -1,9 +1,12 @@
 //! Several tenants on one fleet: an API key each, and arrays of identical small jobs submitted
-//! under them. Used by the fair-share test and benchmark.
+//! under them (`Fleet::wait_all_as` waits for them with a tenant's key). Used by the fair-share
+//! test and benchmark.
 
 use fleet_core::config::ApiKeyConfig;
 use fleet_core::{FleetConfig, JobStatus};
 use serde_json::{Value, json};
+
+use crate::fleet::Fleet;
 
 /// The API key of tenant `name` (at least 8 characters, as configuration requires).
 pub fn key_of(name: &str) -> String {
@@ -23,7 +26,8 @@ pub fn bulk_job(prompt: &str) -> Value {
 }
 
 /// Submits `n` bulk jobs as `tenant` in arrays of at most 500; the accepted statuses in order.
-pub async fn submit_as(http: &reqwest::Client, base: &str, tenant: &str, n: usize) -> Vec<JobStatus> {
+pub async fn submit_as(fleet: &Fleet, tenant: &str, n: usize) -> Vec<JobStatus> {
+    let (http, base) = (&fleet.http, &fleet.base);
     let mut accepted = Vec::with_capacity(n);
     let jobs: Vec<Value> = (0..n).map(|i| bulk_job(&format!("{tenant} {i}"))).collect();
     for chunk in jobs.chunks(500) {
@@ -44,34 +48,4 @@ pub async fn submit_as(http: &reqwest::Client, base: &str, tenant: &str, n: usiz
         }
     }
     accepted
-}
-
-/// Every job's status as `tenant` sees it, once all are final (panics after `limit`).
-pub async fn wait_final(
-    http: &reqwest::Client,
-    base: &str,
-    tenant: &str,
-    ids: &[uuid::Uuid],
-    limit: std::time::Duration,
-) -> Vec<JobStatus> {
-    let started = std::time::Instant::now();
-    let mut finished: Vec<Option<JobStatus>> = vec![None; ids.len()];
-    loop {
-        for (slot, id) in finished.iter_mut().zip(ids) {
-            if slot.is_some() {
-                continue;
-            }
-            let resp = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(key_of(tenant)).send().await.unwrap();
-            let status: JobStatus = resp.json().await.expect("a status");
-            if status.state.is_terminal() {
-                *slot = Some(status);
-            }
-        }
-        if finished.iter().all(Option::is_some) {
-            return finished.into_iter().flatten().collect();
-        }
-        let left = finished.iter().filter(|s| s.is_none()).count();
-        assert!(started.elapsed() < limit, "{left} jobs of {tenant} not final after {limit:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 }

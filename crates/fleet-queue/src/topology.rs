@@ -4,9 +4,10 @@
 //! durable quorum queue `<prefix>.<model>.<priority>`, so interactive work never waits behind a bulk
 //! backlog. With `rabbitmq.tenant_lanes`, each tenant's jobs go to a lane of their own beside the
 //! shared queue ([`crate::lane`]): `<prefix>.<model>.<priority>@<tenant>`, bound with the lane's
-//! routing key and declared with the same arguments. A message that keeps killing workers is dead-lettered after `delivery_limit` deliveries:
-//! the fanout dead-letter exchange copies it to the dead-letter queue (kept for operators) and to
-//! `<dead-letter queue>.watch` (consumed by dispatchers, which mark the job failed).
+//! routing key and declared with the same arguments. A message that keeps killing workers is
+//! dead-lettered after `delivery_limit` deliveries: the fanout dead-letter exchange copies it to
+//! the dead-letter queue (kept for operators) and to `<dead-letter queue>.watch` (consumed by
+//! dispatchers, which mark the job failed).
 //!
 //! On a cluster, a quorum queue keeps a replica on `rabbitmq.quorum_initial_group_size` nodes
 //! (unset: on every node the cluster has when the queue is first declared) and goes on serving
