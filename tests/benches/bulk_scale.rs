@@ -12,11 +12,13 @@
 //! most sampled once a second during each phase, after) and the keys Redis holds at the end.
 //! Afterwards the shard writer alone writes one shard of the run's samples again (tar, JSONL and
 //! Parquet manifests, stats) and is timed. It checks that the dataset holds every sample once
-//! and that the fleet made exactly one image per sample (no regeneration on resume).
+//! and that the fleet made exactly one job per sample (no regeneration on resume), which the run
+//! deleted once its sample was staged.
 //!
 //! `BULK_SCALE_WORKERS` (default 2), `BULK_SCALE_MAX_IN_FLIGHT` (default 2,000),
-//! `BULK_SCALE_SHARD` (samples per shard, default 1,000), `BULK_SCALE_KEEP=1` keeps the Redis
-//! keys, images and output. `cargo test` runs it on 200 samples to check that it still works.
+//! `BULK_SCALE_SHARD` (samples per shard, default 1,000), `BULK_SCALE_KEEP_JOBS=1` runs with
+//! `--keep-jobs` (the fleet keeps every job, as before jobs were deleted), `BULK_SCALE_KEEP=1`
+//! keeps the Redis keys, images and output. `cargo test` runs it on 200 samples to check that it still works.
 //! A program that prints numbers: it asserts correctness, never a speed.
 
 use std::collections::BTreeMap;
@@ -206,6 +208,7 @@ async fn watch() -> anyhow::Result<()> {
     let max_in_flight = if smoke { 100 } else { env_usize("BULK_SCALE_MAX_IN_FLIGHT", 2000) };
     let workers = env_usize("BULK_SCALE_WORKERS", 2);
     let keep = std::env::var("BULK_SCALE_KEEP").is_ok_and(|v| v == "1");
+    let keep_jobs = std::env::var("BULK_SCALE_KEEP_JOBS").is_ok_and(|v| v == "1");
 
     let mut config = isolated_config();
     config.http.max_in_flight_per_tenant = u64::MAX / 2;
@@ -238,6 +241,7 @@ async fn watch() -> anyhow::Result<()> {
         local: false,
         samples: None,
         dedup_hamming: None,
+        keep_jobs,
     };
     let config_path = dir.path().join("config.json");
     std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
@@ -261,8 +265,9 @@ async fn watch() -> anyhow::Result<()> {
     }
     println!(
         "bulk_scale: {n} samples, shards of {shard_size}, --max-in-flight {max_in_flight}, {workers} no-op worker(s), \
-         {} core(s); Redis used_memory before: {:.1} MiB",
+         {} core(s){}; Redis used_memory before: {:.1} MiB",
         std::thread::available_parallelism().map_or(0, usize::from),
+        if keep_jobs { ", --keep-jobs" } else { "" },
         mib(redis_before)
     );
 
@@ -310,10 +315,23 @@ async fn watch() -> anyhow::Result<()> {
         succeeded += stats.succeeded;
     }
     anyhow::ensure!(succeeded == n as u64, "{succeeded} samples in the dataset, not {n}");
+    let status = fleet_status::StatusStore::connect(&config.redis).await?;
+    let made = status.counters().await?.remove("tiny").unwrap_or_default();
+    anyhow::ensure!(
+        (made.accepted, made.succeeded) == (n as u64, n as u64),
+        "the fleet made {} jobs ({} succeeded) for {n} samples",
+        made.accepted,
+        made.succeeded
+    );
     let store = fleet_storage::ImageStore::from_config(&config.s3).await?;
     let images = store.list(&format!("{}/", config.s3.prefix)).await?;
-    anyhow::ensure!(images.len() == n, "the fleet made {} images for {n} samples", images.len());
-    println!("checked: {n} samples in {shards} shards, {} images made (one per sample)", images.len());
+    let expected_images = if keep_jobs { n } else { 0 };
+    anyhow::ensure!(images.len() == expected_images, "{} images left in the fleet's store", images.len());
+    println!(
+        "checked: {n} samples in {shards} shards, {} jobs made (one per sample), {} images left in the fleet's store",
+        made.accepted,
+        images.len()
+    );
 
     shard_write(&out, shard_size).await?;
 

@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         local: false,
         samples: None,
         dedup_hamming: None,
+        keep_jobs: false,
     };
     let memory_before = peak_mib();
     let started = Instant::now();

@@ -1,9 +1,10 @@
 //! `fleet bulk` through the real fleet: 1,000 prompts into WebDataset shards, the run dropped
 //! mid-way and resumed, and `--local` giving the same pixels for the same keys; a running run
 //! cancelled then resumed; failed samples (an unknown LoRA) retried once the library has it; a
-//! dataset written to S3, dropped and resumed from there; and a run dropped half-way and resumed
-//! after its idempotency keys expired, then after its jobs' records and images expired too,
-//! making no sample twice.
+//! dataset written to S3, dropped and resumed from there (keeping its jobs); and a run dropped
+//! half-way and resumed after its idempotency keys expired, then after its jobs' records and
+//! images expired too, making no sample twice. A run deletes each job once its sample is staged,
+//! so the fleet's own counters, not its stored images, tell how many jobs were made.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -89,6 +90,7 @@ fn tiny_run(name: &str, input: &Path, out: &Path, local: bool) -> RunConfig {
         local,
         samples: None,
         dedup_hamming: None,
+        keep_jobs: false,
     }
 }
 
@@ -137,11 +139,16 @@ async fn a_thousand_prompts_survive_a_dropped_run_and_match_local_generation() {
     let dataset = read_dataset(&out, n);
 
     // One job per sample: the resume found the dropped run's jobs by idempotency key.
-    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
-    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
-    assert_eq!(images.len(), n, "exactly one job (one image) per sample");
+    let made = jobs_made(&config).await;
+    assert_eq!((made.accepted, made.succeeded), (n as u64, n as u64), "exactly one job per sample");
     let jobs: BTreeSet<_> = dataset.values().filter_map(|(r, _)| r.job_id).collect();
     assert_eq!(jobs.len(), n);
+    // And the fleet forgot every one once its sample was staged: no record, no idempotency key,
+    // no image is left of the run; only the short-lived flags that keep a stray message unrun.
+    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    assert_eq!(store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap(), Vec::<String>::new());
+    assert_eq!((count_keys(&config, "job:*").await, count_keys(&config, "idem:*").await), (0, 0));
+    assert_eq!(count_keys(&config, "cancel:*").await, n, "one flag per deleted job");
 
     // --local, same settings, first shard's rows: same keys, same pixels.
     let local_input = dir.path().join("local.jsonl");
@@ -157,6 +164,30 @@ async fn a_thousand_prompts_survive_a_dropped_run_and_match_local_generation() {
         assert!(decode(&bytes) == decode(fleet_bytes), "{key}: local pixels differ from the fleet's");
     }
     fleet.stop().await;
+}
+
+/// The fleet's counts for the `tiny` model: jobs it created, jobs that succeeded. They outlive
+/// the jobs, which a run deletes once their samples are staged.
+async fn jobs_made(config: &fleet_core::FleetConfig) -> fleet_status::QueueCounters {
+    let store = fleet_status::StatusStore::connect(&config.redis).await.unwrap();
+    store.counters().await.unwrap().remove("tiny").unwrap_or_default()
+}
+
+/// How many Redis keys of the test's prefix match `{prefix}:<pattern>`.
+async fn count_keys(config: &fleet_core::FleetConfig, pattern: &str) -> usize {
+    matching_keys(config, pattern).await.1.len()
+}
+
+/// A connection and the Redis keys of the test's prefix matching `{prefix}:<pattern>`.
+async fn matching_keys(
+    config: &fleet_core::FleetConfig,
+    pattern: &str,
+) -> (redis::aio::MultiplexedConnection, Vec<String>) {
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:{pattern}", config.redis.key_prefix)).query_async(&mut con).await.unwrap();
+    (con, keys)
 }
 
 /// A session with the fleet's dispatcher.
@@ -315,9 +346,12 @@ async fn retry_failed_resubmits_exactly_the_failed_samples() {
             assert_eq!(record.job_id, old.job_id, "{key}: a succeeded sample is not submitted again");
         }
     }
-    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
-    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
-    assert_eq!(images.len(), N, "one image per sample: the retry ran exactly the failed ones");
+    let made = jobs_made(&config).await;
+    assert_eq!(
+        made.accepted,
+        N as u64 + failing,
+        "one job per sample, one more per failed one: the retry ran exactly those"
+    );
     fleet.stop().await;
     remove_objects(&config).await;
 }
@@ -333,7 +367,9 @@ async fn a_dataset_in_s3_is_resumed_from_s3() {
     let prefix = format!("{}/dataset", config.s3.prefix);
     let location = format!("s3://{}/{prefix}", config.s3.bucket);
     let name = unique("bulk-s3");
-    let mut run = RunConfig { shard_size: 10, max_in_flight: 10, ..tiny_run(&name, &input, dir.path(), false) };
+    // With --keep-jobs: the fleet keeps every job as any other.
+    let mut run =
+        RunConfig { shard_size: 10, max_in_flight: 10, keep_jobs: true, ..tiny_run(&name, &input, dir.path(), false) };
     run.out = location.clone();
     let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
     let stats_objects = async || -> BTreeMap<String, Vec<u8>> {
@@ -374,16 +410,16 @@ async fn a_dataset_in_s3_is_resumed_from_s3() {
     let record: fleet_bulk::RunFile = serde_json::from_slice(&std::fs::read(copy.join("run.json")).unwrap()).unwrap();
     assert_eq!((record.state, record.config.out.as_str()), (RunState::Finished, location.as_str()));
     assert!(copy.join("_progress.json").is_file());
+    let kept = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
+    assert_eq!(kept.len(), N, "--keep-jobs: every job's image stays in the fleet");
+    assert_eq!((count_keys(&config, "job:*").await, count_keys(&config, "cancel:*").await), (N, 0));
     fleet.stop().await;
     remove_objects(&config).await;
 }
 
 /// Deletes every Redis key of the test's prefix matching `{prefix}:<pattern>`; returns how many.
 async fn delete_keys(config: &fleet_core::FleetConfig, pattern: &str) -> usize {
-    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{}:{pattern}", config.redis.key_prefix)).query_async(&mut con).await.unwrap();
+    let (mut con, keys) = matching_keys(config, pattern).await;
     for key in &keys {
         let _: () = redis::cmd("DEL").arg(key).query_async(&mut con).await.unwrap();
     }
@@ -466,9 +502,8 @@ async fn a_resume_after_the_idempotency_keys_expired_makes_no_sample_twice() {
     }
     let dataset = read_dataset(&out, N);
     wait_idle(&config).await;
-    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
-    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
-    assert_eq!(images.len(), N, "exactly one job (one image) per sample: the resume found the jobs by id");
+    let made = jobs_made(&config).await;
+    assert_eq!(made.accepted, N as u64, "exactly one job per sample: the resume found the jobs by id");
     let jobs: BTreeSet<_> = dataset.values().filter_map(|(r, _)| r.job_id).collect();
     assert_eq!(jobs.len(), N);
     assert!(!out.join("_staging").exists() || staged(&out).is_empty(), "no staging is left behind");
@@ -496,6 +531,7 @@ async fn a_resume_after_the_jobs_expired_takes_the_staged_samples() {
     delete_keys(&config, "idem:*").await;
     assert!(delete_keys(&config, "job:*").await > 0);
     remove_objects(&config).await;
+    let made_before = jobs_made(&config).await.accepted;
 
     let done = fleet_bulk::resume(&name, None, &session).await.unwrap();
     assert_eq!((done.state, done.totals.succeeded, done.totals.failed), (RunState::Finished, N as u64, 0));
@@ -509,12 +545,10 @@ async fn a_resume_after_the_jobs_expired_takes_the_staged_samples() {
         assert_eq!(published.job_id, record.job_id, "{key}: a staged sample was made again");
         assert_eq!(published.sha256, record.sha256, "{key}");
     }
-    // The store held nothing when the resume started: what it holds now is what the resume made,
-    // one image for each sample neither written nor staged.
+    // The resume made one job for each sample neither written nor staged.
     wait_idle(&config).await;
-    let store = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
-    let images = store.list(&format!("{}/e2e/", config.s3.prefix)).await.unwrap();
-    assert_eq!(images.len(), N - written - kept.len(), "the resume made only the samples not in the output");
+    let made = jobs_made(&config).await.accepted - made_before;
+    assert_eq!(made, (N - written - kept.len()) as u64, "the resume made only the samples not in the output");
     assert!(staged(&out).is_empty(), "no staging is left behind");
     fleet.stop().await;
     remove_objects(&config).await;

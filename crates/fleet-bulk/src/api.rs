@@ -1,5 +1,5 @@
 //! The dispatcher calls a bulk run makes: job arrays in (honouring 429 and `Retry-After`),
-//! cancellations out.
+//! cancellations and deletions out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,6 +103,36 @@ impl ApiClient {
             s if s.is_success() || s == StatusCode::CONFLICT || s == StatusCode::NOT_FOUND => Ok(()),
             s => Err(BulkError::Api(format!("POST /v1/jobs/{id}/cancel: HTTP {}", s.as_u16()))),
         }
+    }
+
+    /// Deletes finished jobs in one request (`POST /v1/jobs/delete`): their records, idempotency
+    /// keys and images go now. A job already gone is fine; one that could not be deleted (a
+    /// service failed) is named in the error.
+    pub async fn delete(&self, ids: &[Uuid]) -> Result<(), BulkError> {
+        let url = format!("{}/v1/jobs/delete", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.key)
+            .json(&serde_json::json!({ "ids": ids }))
+            .send()
+            .await
+            .map_err(|e| BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base)))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(BulkError::Api(format!("POST /v1/jobs/delete: HTTP {}: {body}", status.as_u16())));
+        }
+        let items = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let failed: Vec<String> = items
+            .iter()
+            .filter(|item| item["error"].is_object())
+            .map(|item| format!("{}: {}", item["id"], item["error"]["message"]))
+            .collect();
+        if !failed.is_empty() {
+            return Err(BulkError::Api(format!("POST /v1/jobs/delete: not deleted: {}", failed.join("; "))));
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ use crate::runner::{ProgressHook, RunContext, execute, sample_settings, save_run
 use crate::sample::SampleFactory;
 use crate::scan::{Scan, scan};
 use crate::shard::stats_name;
+use crate::staging;
 
 /// Largest job array a run sends (the dispatcher's own limit may be lower).
 const MAX_BATCH: usize = 500;
@@ -138,7 +139,8 @@ pub async fn resume(name: &str, out: Option<&str>, session: &Session) -> Result<
 }
 
 /// Reopens every shard with failed samples and resumes: those samples get a new attempt, the
-/// shard is written again.
+/// shard is written again. Its made samples are staged again from the published shard first, so
+/// they are taken as they are, not made again.
 pub async fn retry_failed(name: &str, out: Option<&str>, session: &Session) -> Result<(RunFile, u64), BulkError> {
     let located = locate(name, out, &session.config).await?;
     let mut reopened = 0;
@@ -147,6 +149,7 @@ pub async fn retry_failed(name: &str, out: Option<&str>, session: &Session) -> R
             let stats: ShardStats =
                 serde_json::from_slice(&bytes).map_err(|e| BulkError::json(stats_name(shard), e))?;
             if stats.failed > 0 {
+                staging::restage(&located.output, located.run.config.layout, shard).await?;
                 located.output.delete(&stats_name(shard)).await?;
                 reopened += 1;
             }
@@ -242,7 +245,7 @@ async fn run_to_end(located: Located, session: &Session) -> Result<RunFile, Bulk
                 registry: registry.clone(),
             };
             let batch = session.config.http.max_jobs_per_request.clamp(1, MAX_BATCH);
-            Executor::Fleet(Box::new(FleetExecutor::new(&run.config.name, services, batch)))
+            Executor::Fleet(Box::new(FleetExecutor::new(&run.config.name, services, batch, run.config.keep_jobs)))
         }
         (None, false, _) => return Err(BulkError::Config("a fleet run needs Redis".into())),
     };

@@ -109,6 +109,14 @@ impl Executor {
         }
     }
 
+    /// Lets the fleet forget the jobs of samples now staged (fleet runs only, see
+    /// [`FleetExecutor::release`]).
+    pub async fn release(&self, jobs: &[uuid::Uuid]) {
+        if let Executor::Fleet(f) = self {
+            f.release(jobs).await;
+        }
+    }
+
     /// Stops everything in flight (fleet: cancels the jobs; local: drops the queue).
     pub async fn cancel(&mut self) -> Result<(), BulkError> {
         match self {

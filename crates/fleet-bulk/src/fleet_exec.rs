@@ -64,11 +64,14 @@ pub struct FleetExecutor {
     running: u64,
     /// A job of this run ended `cancelled` since the last [`FleetExecutor::take_saw_cancelled`].
     saw_cancelled: bool,
+    /// Leave the jobs of staged samples in the fleet (`--keep-jobs`) instead of deleting them.
+    keep_jobs: bool,
 }
 
 impl FleetExecutor {
-    /// An executor for run `run`, submitting `batch` jobs per request.
-    pub fn new(run: &str, services: FleetServices, batch: usize) -> FleetExecutor {
+    /// An executor for run `run`, submitting `batch` jobs per request; with `keep_jobs` the jobs
+    /// of staged samples stay in the fleet for their retention instead of being deleted.
+    pub fn new(run: &str, services: FleetServices, batch: usize, keep_jobs: bool) -> FleetExecutor {
         let started = Utc::now();
         FleetExecutor {
             run: run.to_owned(),
@@ -82,6 +85,7 @@ impl FleetExecutor {
             attempt: format!("a{}", started.timestamp_millis()),
             running: 0,
             saw_cancelled: false,
+            keep_jobs,
         }
     }
 
@@ -247,6 +251,21 @@ impl FleetExecutor {
             }
         }
         Err(BulkError::Config(format!("image `{key}`: the image store kept failing")))
+    }
+
+    /// Deletes the jobs of samples now staged in the output (their records, idempotency keys and
+    /// images), so the fleet holds only the run's unfinished work however large the run: a
+    /// resume takes staged samples without asking the fleet. A failed deletion is logged and
+    /// leaves those jobs for their retention; the run goes on.
+    pub async fn release(&self, ids: &[Uuid]) {
+        if self.keep_jobs {
+            return;
+        }
+        for chunk in ids.chunks(self.batch) {
+            if let Err(e) = self.services.api.delete(chunk).await {
+                tracing::warn!(jobs = chunk.len(), error = %e, "jobs of staged samples not deleted; they stay for their retention");
+            }
+        }
     }
 
     /// Cancels every job in flight.

@@ -276,16 +276,24 @@ impl Runner {
     }
 
     /// Stages the samples the fleet made (image copied from its store into the output) before
-    /// anything else happens to them, so they outlive their jobs; the image of a sample whose
-    /// copy fails to match its record, or cannot be read, is not trusted and the sample fails.
+    /// anything else happens to them, so they outlive their jobs, then has the fleet forget those
+    /// jobs (unless `--keep-jobs`); the image of a sample whose copy fails to match its record,
+    /// or cannot be read, is not trusted and the sample fails.
     async fn stage(&mut self, finished: Vec<Finished>) -> Result<Vec<Finished>, BulkError> {
         use futures::{StreamExt as _, TryStreamExt as _};
         let (executor, output) = (&self.ctx.executor, &self.ctx.output);
-        futures::stream::iter(finished)
+        let staged: Vec<Finished> = futures::stream::iter(finished)
             .map(|f| stage_one(executor, output, f))
             .buffered(STAGE_CONCURRENCY)
             .try_collect()
-            .await
+            .await?;
+        let released: Vec<_> = staged
+            .iter()
+            .filter(|f| matches!(f.image, ImageSource::Staged(_)))
+            .filter_map(|f| f.record.job_id)
+            .collect();
+        executor.release(&released).await;
+        Ok(staged)
     }
 
     fn absorb(&mut self, finished: Vec<Finished>) {

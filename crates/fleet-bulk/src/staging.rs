@@ -3,19 +3,22 @@
 //! shard is published.
 //!
 //! A resume takes a staged sample as made and submits nothing for it, so no sample whose image
-//! is in the output is generated again — whether or not the fleet still remembers its job (an
-//! idempotency key lives `redis.idempotency_ttl_secs`, a job's record and images their
-//! retention). Staged files are written without waiting for the disk: a staged sample lost in
+//! is in the output is generated again — whether or not the fleet still remembers its job (a
+//! fleet run deletes each job once its sample is staged; with `--keep-jobs` an idempotency key
+//! lives `redis.idempotency_ttl_secs`, a job's record and images their retention). A shard
+//! reopened by `retry-failed` has its made samples staged again from the published shard
+//! ([`restage`]) for the same reason. Staged files are written without waiting for the disk: a staged sample lost in
 //! a crash of the machine costs one regeneration, never a wrong image, since a resume takes
 //! only a staged image whose SHA-256 matches its record.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 
 use crate::error::BulkError;
 use crate::output::Output;
 use crate::plan::shard_name;
 use crate::record::{SampleRecord, SampleState};
-use crate::shard::content_type;
+use crate::shard::{Layout, content_type, manifest_name, tar_name};
 
 /// Name of the staging folder inside the output location.
 pub const STAGING_DIR: &str = "_staging";
@@ -70,6 +73,61 @@ pub async fn load(output: &Output, shard: u64) -> Result<HashMap<String, Staged>
             continue;
         }
         staged.insert(record.key.clone(), Staged { record, image });
+    }
+    Ok(staged)
+}
+
+/// Stages again the made samples of published shard `shard` (from its JSONL manifest and its
+/// tar or image folder) before the shard is reopened, so the resume that rewrites it takes them
+/// from the output instead of asking the fleet, which no longer has their jobs. A sample whose
+/// image is missing or does not match its record's SHA-256 is left out (and made again).
+/// Returns how many were staged.
+pub async fn restage(output: &Output, layout: Layout, shard: u64) -> Result<usize, BulkError> {
+    let name = manifest_name(shard);
+    let manifest = output.get(&name).await?.ok_or_else(|| {
+        BulkError::Config(format!("{name} is missing from {output}: shard {shard}'s made samples are unknown"))
+    })?;
+    let mut made = HashMap::new();
+    for line in manifest.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let record: SampleRecord = serde_json::from_slice(line).map_err(|e| BulkError::json(&name, e))?;
+        if record.status == SampleState::Succeeded {
+            made.insert(record.image_name(), record);
+        }
+    }
+    let mut images = HashMap::new();
+    match layout {
+        Layout::WebDataset => {
+            let tar = tar_name(shard);
+            let bytes =
+                output.get(&tar).await?.ok_or_else(|| BulkError::Config(format!("{tar} is missing from {output}")))?;
+            let mut archive = tar::Archive::new(std::io::Cursor::new(bytes));
+            for entry in archive.entries().map_err(|e| BulkError::io(&tar, e))? {
+                let mut entry = entry.map_err(|e| BulkError::io(&tar, e))?;
+                let path = entry.path().map_err(|e| BulkError::io(&tar, e))?.display().to_string();
+                if made.contains_key(&path) {
+                    let mut body = Vec::new();
+                    entry.read_to_end(&mut body).map_err(|e| BulkError::io(&tar, e))?;
+                    images.insert(path, body);
+                }
+            }
+        }
+        Layout::Files => {
+            for image in made.keys() {
+                if let Some(body) = output.get(&format!("{}/{image}", shard_name(shard))).await? {
+                    images.insert(image.clone(), body);
+                }
+            }
+        }
+    }
+    let mut staged = 0;
+    for (image, record) in made {
+        match images.remove(&image) {
+            Some(body) if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&body).as_str()) => {
+                stage(output, &record, body).await?;
+                staged += 1;
+            }
+            _ => tracing::warn!(shard, image, "a made sample's image is missing or altered; it is made again"),
+        }
     }
     Ok(staged)
 }

@@ -40,6 +40,7 @@ fn local_run(name: &str, input: PathBuf, out: &Path, shard_size: u32) -> RunConf
         local: true,
         samples: None,
         dedup_hamming: None,
+        keep_jobs: false,
     }
 }
 
@@ -361,6 +362,22 @@ async fn local_runs_take_loras_and_controlnets_from_the_library_and_fail_unknown
     assert_eq!(rows[3].controlnet.as_ref().map(|c| (c.model.as_str(), c.scale)), Some(("canny", 2.0)));
     assert_ne!(rows[0].sha256, rows[3].sha256, "same prompt and seed: the ControlNet changed the image");
     assert_ne!(rows[6].sha256, rows[5].sha256, "same prompt, seed and steps: the init image changed the image");
+
+    // The library gets the missing LoRA: retry-failed makes that sample and takes the six made
+    // ones back from the shard as they were (same record and finish time: not made again).
+    tiny_lora::write_tiny_lora(&session.config.library.lora_dir.join("missing.safetensors"));
+    let location = out.display().to_string();
+    let (retried, reopened) = fleet_bulk::retry_failed("local-lora", Some(&location), &session).await.unwrap();
+    assert_eq!((reopened, retried.totals.succeeded, retried.totals.failed), (1, 7, 0));
+    let again = manifest(&out, "00000");
+    for (before, after) in rows.iter().zip(&again) {
+        if before.error.is_none() {
+            assert_eq!(after, before, "{}: a made sample was made again", before.key);
+        } else {
+            assert_eq!((after.status, after.loras.len()), (SampleState::Succeeded, 1), "{}", after.key);
+        }
+    }
+    assert!(!out.join("_staging").exists() || std::fs::read_dir(out.join("_staging/00000")).is_err());
     s3.client().delete_object().bucket(&other).key("c.png").send().await.unwrap();
     s3.client().delete_bucket().bucket(&other).send().await.unwrap();
 }

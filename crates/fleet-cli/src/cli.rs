@@ -401,6 +401,10 @@ pub struct BulkRunArgs {
     /// Drop a sample whose perceptual hash lies within N bits of an earlier kept one (0–24).
     #[arg(long, value_name = "N")]
     pub dedup_hamming: Option<u32>,
+    /// Keep each made sample's job in the fleet for its retention (default: deleted once the
+    /// sample is staged in the output, so Redis holds only the run's unfinished jobs).
+    #[arg(long)]
+    pub keep_jobs: bool,
     /// Check the input and print the sample count, duplicate prompts and first prompts; submit nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -227,6 +227,11 @@ pub struct RunConfig {
     /// sample's perceptual hash lies within this many bits; absent: no sample is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_hamming: Option<u32>,
+    /// Keep the fleet's job of every made sample (record, idempotency key, images) for its
+    /// retention (`--keep-jobs`); by default each is deleted once its sample is staged in the
+    /// output, so the fleet's Redis holds the run's unfinished jobs only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_jobs: bool,
 }
 
 /// What the input held, from the scan before the run starts.

@@ -26,7 +26,7 @@ mod types;
 pub use bulk_runs::{BulkRunStore, BulkRunsError};
 pub use durability::Persistence;
 pub use error::StatusError;
-pub use store::{ExpiredJob, MAX_USAGE_HOURS, RemovalRequest, StatusStore};
+pub use store::{ExpiredJob, FINISHED_MARKER_SECS, MAX_USAGE_HOURS, RemovalRequest, StatusStore};
 pub use types::{
     Admission, BatchInfo, CreateOutcome, JobEvent, JobPage, QueueCounters, Quota, RateVerdict, Versioned,
     WorkerHeartbeat,

@@ -98,6 +98,8 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 keep_at_least({KEYS[2], KEYS[3]}, tonumber(ARGV[2]))
 if ARGV[6] == '1' then
   redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
+  -- Named in the record so that removing the job takes its key too.
+  redis.call('HSET', KEYS[1], 'idem', KEYS[4])
 end
 if ARGV[9] == '1' then
   redis.call('INCR', KEYS[5])
@@ -296,19 +298,37 @@ return 1
     )
 });
 
-/// Remove a job's record, its index entries and its expiry entry, leaving its cancel flag set
-/// (for the status TTL) so that a message of the job still on a queue is acked unrun instead of
-/// recreating the job. Its webhook delivery log goes with it. Usage, counters and quota charges
-/// are left as they are.
+/// Remove a job's record, its index entries, its expiry entry and the idempotency key that names
+/// it, leaving its cancel flag set so that a message of the job still on a queue is acked unrun
+/// instead of recreating the job. Its webhook delivery log goes with it. Usage, counters and
+/// quota charges are left as they are.
+///
+/// The flag lives long (ARGV 3) for a cancelled job, whose message may wait behind a whole
+/// backlog, and short (ARGV 4) for one a worker finished, whose message was acked, or is
+/// returned first to the next consumer when its worker died before the ack. A record whose data
+/// merely mentions `"state":"cancelled"` (in its metadata) gets the long one: only ever longer.
 ///
 /// KEYS: 1 job, 2 tenant jobs zset, 3–7 the tenant's state zsets, 8 expiry zset, 9 cancel flag,
 /// 10 webhook delivery log.
-/// ARGV: 1 id, 2 expiry member, 3 cancel flag TTL.
+/// ARGV: 1 id, 2 expiry member, 3 cancel flag TTL of a cancelled job (and when the record is
+/// gone and no flag is left), 4 cancel flag TTL of a job a worker finished.
 /// Returns 1 when a record was removed, 0 when there was none (removed before, or expired).
 pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('SET', KEYS[9], '1', 'EX', ARGV[3])
+local record = redis.call('HMGET', KEYS[1], 'data', 'idem')
+if record[1] then
+  local ttl = ARGV[4]
+  if string.find(record[1], '"state":"cancelled"', 1, true) then
+    ttl = ARGV[3]
+  end
+  redis.call('SET', KEYS[9], '1', 'EX', ttl)
+  if record[2] and redis.call('GET', record[2]) == ARGV[1] then
+    redis.call('DEL', record[2])
+  end
+elseif redis.call('EXISTS', KEYS[9]) == 0 then
+  redis.call('SET', KEYS[9], '1', 'EX', ARGV[3])
+end
 local removed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[10])
 for i = 2, 7 do

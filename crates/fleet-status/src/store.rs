@@ -5,7 +5,7 @@ mod lifecycle;
 mod usage;
 mod webhooks;
 
-pub use lifecycle::{ExpiredJob, RemovalRequest};
+pub use lifecycle::{ExpiredJob, FINISHED_MARKER_SECS, RemovalRequest};
 pub use usage::MAX_USAGE_HOURS;
 pub use webhooks::MAX_LOGGED_ATTEMPTS;
 

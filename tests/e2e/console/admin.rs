@@ -66,6 +66,7 @@ fn bulk_run(name: &str, dir: &std::path::Path) -> RunConfig {
         local: false,
         samples: None,
         dedup_hamming: None,
+        keep_jobs: false,
     }
 }
 

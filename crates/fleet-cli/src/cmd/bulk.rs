@@ -114,6 +114,7 @@ async fn start(config: FleetConfig, args: &BulkRunArgs) -> anyhow::Result<ExitCo
         local: args.local,
         samples: args.samples,
         dedup_hamming: args.dedup_hamming,
+        keep_jobs: args.keep_jobs,
     };
     if args.dry_run {
         return dry_run(&run, &config, given);

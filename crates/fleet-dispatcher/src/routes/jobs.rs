@@ -21,7 +21,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::submit::{accept, validate_for};
-pub use removal::{delete, delete_docs};
+pub use removal::{delete, delete_docs, delete_many, delete_many_docs};
 use submission::JobsBody;
 
 mod removal;

@@ -36,6 +36,7 @@ fn keyed() -> ApiRouter<App> {
             })
             .delete_with(jobs::delete, jobs::delete_docs),
         )
+        .api_route("/v1/jobs/delete", post_with(jobs::delete_many, jobs::delete_many_docs))
         .api_route(
             "/v1/jobs/{id}/cancel",
             post_with(jobs::cancel, |op| {

@@ -1,7 +1,7 @@
 //! The end of a job's life through the dispatcher, against the real Redis and the test S3 server
 //! (SeaweedFS): retention (per job, within the tenant's maximum), the sweeper that removes a job's
 //! images and record together when it is due (two at once, and after a crash), `DELETE
-//! /v1/jobs/{id}`, the presigned URL and expiry a status carries, and the removals counted on
+//! /v1/jobs/{id}` and `POST /v1/jobs/delete`, the presigned URL and expiry a status carries, and the removals counted on
 //! `/metrics`.
 
 use std::collections::HashSet;
@@ -242,6 +242,62 @@ async fn delete_removes_a_finished_job_now_and_cancels_an_unfinished_one_to_remo
     assert_eq!((code, &body["state"]), (StatusCode::ACCEPTED, &json!("cancelled")), "{body}");
     assert!(time(&body["expires_at"]) > Utc::now() + TimeDelta::days(6), "kept for its retention: {body}");
     assert!(sweep_once(&server.app, Utc::now()).await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn delete_many_deletes_each_job_as_delete_would_and_answers_per_id() {
+    let server = Server::start(config()).await;
+    let (done, _) =
+        finished(&server, ALICE, json!({"prompt": "made", "model": "tiny", "idempotency_key": "row-1"}), 1).await;
+    let done_id = id_of(&done);
+    let (_, queued) = server.submit(ALICE, json!({"prompt": "waiting", "model": "tiny"})).await;
+    let queued_id = id_of(&queued);
+    let (bobs, _) = finished(&server, BOB, json!({"prompt": "bob's", "model": "tiny"}), 1).await;
+    let bobs_id = id_of(&bobs);
+    let unknown = Uuid::new_v4();
+
+    let body = json!({"ids": [done_id, queued_id, bobs_id, unknown]});
+    let (code, answer) = server.call(Method::POST, "/v1/jobs/delete", Some(ALICE), Some(body)).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let outcomes: Vec<(&str, &str)> = answer["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["id"].as_str().unwrap(), item["outcome"].as_str().unwrap_or("?")))
+        .collect();
+    let (done_s, queued_s, bobs_s, unknown_s) =
+        (done_id.to_string(), queued_id.to_string(), bobs_id.to_string(), unknown.to_string());
+    assert_eq!(
+        outcomes,
+        [
+            (done_s.as_str(), "deleted"),
+            (queued_s.as_str(), "cancelled"),
+            (bobs_s.as_str(), "not_found"),
+            (unknown_s.as_str(), "not_found")
+        ],
+        "in order, one per id"
+    );
+    assert!(objects(&server, "alice", done_id).await.is_empty(), "the finished job's images are gone");
+    assert_eq!(server.app.status.get(done_id).await.unwrap(), None);
+    assert_eq!(server.app.status.removal_due("alice", queued_id).await.unwrap(), Some(0), "removed at the next sweep");
+    assert_eq!(objects(&server, "bob", bobs_id).await.len(), 2, "another tenant's job is untouched");
+    assert_eq!(removed_total(&server, "deleted").await, 1);
+    // The idempotency key went with its job: the same request again is a new job.
+    let (code, again) =
+        server.submit(ALICE, json!({"prompt": "made", "model": "tiny", "idempotency_key": "row-1"})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{again}");
+    assert_ne!(again["id"], json!(done_id.to_string()));
+
+    for (body, what) in [
+        (json!({"ids": []}), "no ids"),
+        (json!({"ids": ["not-a-uuid"]}), "a bad id"),
+        (json!({"id": [done_id]}), "no `ids`"),
+    ] {
+        let (code, answer) = server.call(Method::POST, "/v1/jobs/delete", Some(ALICE), Some(body)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {answer}");
+    }
     server.stop().await;
 }
 

@@ -21,6 +21,14 @@ use crate::scripts;
 /// with its images (even after a sweeper outage of up to this long) rather than Redis alone.
 const RECORD_GRACE_SECS: u64 = 24 * 3600;
 
+/// How long the cancel flag a removed job leaves lives when a worker finished the job. Its
+/// message is acked once the final state is written; if the worker dies first, the broker
+/// returns the message when the connection drops (within the heartbeat timeout) and a quorum
+/// queue delivers returned messages before the rest, so it comes back within minutes, not days.
+/// Short, so that removing jobs at a high rate (a bulk run releasing each staged sample) leaves
+/// Redis holding minutes of flags rather than a week's.
+pub const FINISHED_MARKER_SECS: u64 = 15 * 60;
+
 /// A finished job whose retention has passed (or whose removal was asked for), claimed by one
 /// sweeper.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,10 +95,12 @@ impl StatusStore {
         }
     }
 
-    /// Removes the job's record, its tenant index entries and its expiry entry; its cancel flag
-    /// stays set for the status TTL, so a message of the job still on a queue is acked unrun.
-    /// Usage, counters and quota charges are not touched. Returns whether there was a record;
-    /// removing a job twice is not an error.
+    /// Removes the job's record, its tenant index entries, its expiry entry and its idempotency
+    /// key (when that still names it); its cancel flag stays set, so a message of the job still
+    /// on a queue is acked unrun: for the status TTL when the job was cancelled (its message may
+    /// still wait on a queue), for [`FINISHED_MARKER_SECS`] when a worker finished it. Usage,
+    /// counters and quota charges are not touched. Returns whether there was a record; removing a
+    /// job twice is not an error.
     ///
     /// Remove the job's images first: once the record and the expiry entry are gone nothing
     /// leads to them any more.
@@ -107,7 +117,8 @@ impl StatusStore {
             .key(self.keys.webhook_log(id))
             .arg(id.to_string())
             .arg(Keys::expiry_member(tenant, id))
-            .arg(self.status_ttl);
+            .arg(self.status_ttl)
+            .arg(FINISHED_MARKER_SECS.min(self.status_ttl));
         let mut con = self.conn.clone();
         let removed: i64 = self.call(&key, async move { invocation.invoke_async(&mut con).await }).await?;
         Ok(removed == 1)

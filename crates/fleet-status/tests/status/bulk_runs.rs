@@ -29,6 +29,7 @@ fn record(name: &str) -> RunRecord {
             local: false,
             samples: None,
             dedup_hamming: None,
+            keep_jobs: false,
         },
         input: InputSummary { sha256: "ab".repeat(32), rows: 5, invalid_rows: 0, samples: 5, shards: 3 },
         state: RunState::Running,

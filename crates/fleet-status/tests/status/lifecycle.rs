@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use fleet_core::{JobState, JobStatus};
-use fleet_status::{ExpiredJob, RemovalRequest, StatusError, StatusStore};
+use fleet_status::{CreateOutcome, ExpiredJob, FINISHED_MARKER_SECS, RemovalRequest, StatusError, StatusStore};
 use uuid::Uuid;
 
 use super::{Fixture, queued};
@@ -139,6 +139,45 @@ async fn removal_takes_the_record_and_its_entries_leaves_usage_and_marks_the_job
     let reborn = JobStatus { id: job.id, ..queued("alice") };
     fx.store.create(&reborn, None).await.unwrap();
     assert!(!fx.store.is_cancel_requested(job.id).await.unwrap());
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn removing_a_job_a_worker_finished_frees_its_idempotency_key_and_leaves_a_short_lived_flag() {
+    let mut fx = Fixture::new().await;
+    let status_ttl = fx.ttl(&format!("job:{}", finished(&fx.store, "alice", 60).await.id)).await;
+    let made = queued("alice").with_retention(60);
+    assert_eq!(fx.store.create(&made, Some("k1")).await.unwrap(), CreateOutcome::Created);
+    fx.store.update(made.id, |s| s.start("w1", Utc::now())).await.unwrap();
+    fx.store.update(made.id, |s| s.succeed(Vec::new(), Utc::now())).await.unwrap();
+    assert!(fx.store.remove("alice", made.id).await.unwrap());
+
+    assert_eq!(fx.ttl("idem:alice:k1").await, -2, "the key that named the removed job is gone");
+    let flag = fx.ttl(&format!("cancel:{}", made.id)).await;
+    let short = i64::try_from(FINISHED_MARKER_SECS).unwrap();
+    assert!((short - 5..=short).contains(&flag), "a succeeded job's flag lives {short} s, not {flag}");
+    // The key is free: the same request again is a new job, not a pointer to nothing.
+    let again = queued("alice");
+    assert_eq!(fx.store.create(&again, Some("k1")).await.unwrap(), CreateOutcome::Created);
+
+    // A cancelled job's message may still wait on a queue: its flag keeps the status TTL.
+    let cancelled = finished(&fx.store, "alice", 60).await;
+    assert!(fx.store.remove("alice", cancelled.id).await.unwrap());
+    let flag = fx.ttl(&format!("cancel:{}", cancelled.id)).await;
+    assert!(flag >= status_ttl - 5, "a cancelled job's flag lives {flag} s, status TTL {status_ttl} s");
+
+    // A key that another job has taken over since is left alone.
+    let first = queued("alice");
+    fx.store.create(&first, Some("k2")).await.unwrap();
+    fx.store.update(first.id, |s| s.cancel(Utc::now())).await.unwrap();
+    redis::cmd("SET")
+        .arg(fx.key("idem:alice:k2"))
+        .arg(Uuid::new_v4().to_string())
+        .query_async::<()>(&mut fx.raw)
+        .await
+        .unwrap();
+    assert!(fx.store.remove("alice", first.id).await.unwrap());
+    assert_ne!(fx.ttl("idem:alice:k2").await, -2, "another job's key stays");
     fx.cleanup().await;
 }
 
