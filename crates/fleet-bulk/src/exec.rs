@@ -111,9 +111,16 @@ impl Executor {
 
     /// Lets the fleet forget the jobs of samples now staged (fleet runs only, see
     /// [`FleetExecutor::release`]).
-    pub async fn release(&self, jobs: &[uuid::Uuid]) {
+    pub async fn release(&mut self, jobs: &[uuid::Uuid]) {
         if let Executor::Fleet(f) = self {
             f.release(jobs).await;
+        }
+    }
+
+    /// Waits for the deletions [`Executor::release`] started.
+    pub async fn finish_releases(&mut self) {
+        if let Executor::Fleet(f) = self {
+            f.finish_releases().await;
         }
     }
 

@@ -29,6 +29,9 @@ use crate::sample::{Sample, idempotency_key, job_id};
 
 /// Job states read concurrently per round trip.
 const READ_CHUNK: usize = 256;
+/// Deletion requests (each a batch of jobs) under way at once; the run waits for one to end
+/// before it starts another beyond this.
+const RELEASES_IN_FLIGHT: usize = 4;
 /// Wait before submitting again what the dispatcher refused as retryable.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(2);
 /// Wait before submitting again what a tenant quota refused: quotas free up as queued jobs start
@@ -66,6 +69,8 @@ pub struct FleetExecutor {
     saw_cancelled: bool,
     /// Leave the jobs of staged samples in the fleet (`--keep-jobs`) instead of deleting them.
     keep_jobs: bool,
+    /// Deletions of staged samples' jobs under way.
+    releasing: tokio::task::JoinSet<()>,
 }
 
 impl FleetExecutor {
@@ -86,6 +91,7 @@ impl FleetExecutor {
             running: 0,
             saw_cancelled: false,
             keep_jobs,
+            releasing: tokio::task::JoinSet::new(),
         }
     }
 
@@ -255,17 +261,30 @@ impl FleetExecutor {
 
     /// Deletes the jobs of samples now staged in the output (their records, idempotency keys and
     /// images), so the fleet holds only the run's unfinished work however large the run: a
-    /// resume takes staged samples without asking the fleet. A failed deletion is logged and
-    /// leaves those jobs for their retention; the run goes on.
-    pub async fn release(&self, ids: &[Uuid]) {
+    /// resume takes staged samples without asking the fleet. The requests run beside the run
+    /// (at most [`RELEASES_IN_FLIGHT`] at once); a failed deletion is logged and leaves those
+    /// jobs for their retention.
+    pub async fn release(&mut self, ids: &[Uuid]) {
         if self.keep_jobs {
             return;
         }
         for chunk in ids.chunks(self.batch) {
-            if let Err(e) = self.services.api.delete(chunk).await {
-                tracing::warn!(jobs = chunk.len(), error = %e, "jobs of staged samples not deleted; they stay for their retention");
+            while self.releasing.try_join_next().is_some() {}
+            if self.releasing.len() >= RELEASES_IN_FLIGHT {
+                self.releasing.join_next().await;
             }
+            let (api, chunk) = (self.services.api.clone(), chunk.to_vec());
+            self.releasing.spawn(async move {
+                if let Err(e) = api.delete(&chunk).await {
+                    tracing::warn!(jobs = chunk.len(), error = %e, "jobs of staged samples not deleted; they stay for their retention");
+                }
+            });
         }
+    }
+
+    /// Waits for the deletions under way (at the end of a run).
+    pub async fn finish_releases(&mut self) {
+        while self.releasing.join_next().await.is_some() {}
     }
 
     /// Cancels every job in flight.

@@ -175,6 +175,7 @@ impl Runner {
                 self.save_progress(to_output).await?;
             }
         }
+        self.ctx.executor.finish_releases().await;
         self.run.state = RunState::Finished;
         self.run.finished_at = Some(Utc::now());
         self.run.totals.succeeded = self.succeeded;
@@ -246,7 +247,7 @@ impl Runner {
     }
 
     /// A new shard starts: the previous ones are closed; one with stats is already done, one
-    /// without may have samples staged.
+    /// without may have samples staged (whose jobs are deleted, if an earlier invocation did not).
     async fn open_shard(&mut self, shard: u64) -> Result<(), BulkError> {
         for assembly in self.shards.values_mut() {
             assembly.closed = true;
@@ -259,6 +260,9 @@ impl Runner {
             assembly.skip = true;
         } else {
             assembly.staged = staging::load(&self.ctx.output, shard).await?;
+            // Staged by an invocation that stopped before it deleted all their jobs.
+            let jobs: Vec<_> = assembly.staged.values().filter_map(|s| s.record.job_id).collect();
+            self.ctx.executor.release(&jobs).await;
         }
         self.shards.insert(shard, assembly);
         Ok(())
@@ -292,7 +296,7 @@ impl Runner {
             .filter(|f| matches!(f.image, ImageSource::Staged(_)))
             .filter_map(|f| f.record.job_id)
             .collect();
-        executor.release(&released).await;
+        self.ctx.executor.release(&released).await;
         Ok(staged)
     }
 
@@ -316,6 +320,10 @@ impl Runner {
         } else {
             self.shards.iter().filter(|(_, a)| ready(a)).map(|(shard, _)| *shard).collect()
         };
+        if !complete.is_empty() {
+            // Publishing clears a shard's staging, after which nothing leads back to its jobs.
+            self.ctx.executor.finish_releases().await;
+        }
         for shard in complete {
             let Some(assembly) = self.shards.remove(&shard) else { continue };
             if assembly.skip {
