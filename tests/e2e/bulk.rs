@@ -250,7 +250,15 @@ async fn a_cancelled_fleet_run_keeps_its_shards_and_a_resume_finishes_it() {
     // 256², 4 steps (≈ 50 ms a sample on a 2-core CPU): at 64², 1 step the faster engine had
     // finished every pending job before the cancel reached one.
     let defaults = json!({"model": "tiny", "width": 256, "height": 256, "steps": 4}).as_object().unwrap().clone();
-    let run = RunConfig { shard_size: 10, max_in_flight: 20, defaults, ..tiny_run(&name, &input, &out, false) };
+    // Its jobs are kept, so that every job pending at the cancel can be read afterwards (a run
+    // deletes the jobs of the samples it stages, some of which finish while the cancel goes on).
+    let run = RunConfig {
+        shard_size: 10,
+        max_in_flight: 20,
+        defaults,
+        keep_jobs: true,
+        ..tiny_run(&name, &input, &out, false)
+    };
     let mut task = tokio::spawn({
         let session = session.clone();
         async move { fleet_bulk::start(run, &session).await }

@@ -16,6 +16,9 @@ use crate::error::BulkError;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a submission keeps retrying a dispatcher that answers 429/503 or cannot be reached.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+/// The same for a deletion: shorter, since a run waits for its deletions before it writes a shard
+/// and a job left undeleted costs only its keeping.
+pub const DELETE_GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 /// What the dispatcher said about one job of an array.
 #[derive(Debug, Clone)]
@@ -106,33 +109,50 @@ impl ApiClient {
     }
 
     /// Deletes finished jobs in one request (`POST /v1/jobs/delete`): their records, idempotency
-    /// keys and images go now. A job already gone is fine; one that could not be deleted (a
-    /// service failed) is named in the error.
-    pub async fn delete(&self, ids: &[Uuid]) -> Result<(), BulkError> {
+    /// keys and images go now; a job already gone is fine. 429/503 answers and connection
+    /// failures are retried (after `Retry-After`, or a growing backoff) for up to
+    /// [`DELETE_GIVE_UP_AFTER`]. Returns the jobs the dispatcher could not delete (a service
+    /// failed for them), for the caller to ask again.
+    pub async fn delete(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, BulkError> {
         let url = format!("{}/v1/jobs/delete", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.key)
-            .json(&serde_json::json!({ "ids": ids }))
-            .send()
-            .await
-            .map_err(|e| BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base)))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(BulkError::Api(format!("POST /v1/jobs/delete: HTTP {}: {body}", status.as_u16())));
+        let started = std::time::Instant::now();
+        let mut backoff = backoff::policy(Duration::from_millis(250), MAX_BACKOFF, None).build();
+        loop {
+            let sent =
+                self.http.post(&url).bearer_auth(&self.key).json(&serde_json::json!({ "ids": ids })).send().await;
+            let wait = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                    let items = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+                    return Ok(items
+                        .iter()
+                        .filter(|item| item["error"].is_object())
+                        .filter_map(|item| item["id"].as_str()?.parse().ok())
+                        .collect());
+                }
+                Ok(resp)
+                    if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
+                {
+                    retry_after(resp.headers()).unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF))
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(BulkError::Api(format!("POST /v1/jobs/delete: HTTP {}: {body}", status.as_u16())));
+                }
+                Err(e) if started.elapsed() < DELETE_GIVE_UP_AFTER => {
+                    tracing::debug!(error = %e, "dispatcher unreachable; deleting again later");
+                    backoff.next().unwrap_or(MAX_BACKOFF)
+                }
+                Err(e) => return Err(BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base))),
+            };
+            if started.elapsed() > DELETE_GIVE_UP_AFTER {
+                return Err(BulkError::Api(format!(
+                    "the dispatcher kept refusing deletions for {DELETE_GIVE_UP_AFTER:?}"
+                )));
+            }
+            tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
         }
-        let items = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let failed: Vec<String> = items
-            .iter()
-            .filter(|item| item["error"].is_object())
-            .map(|item| format!("{}: {}", item["id"], item["error"]["message"]))
-            .collect();
-        if !failed.is_empty() {
-            return Err(BulkError::Api(format!("POST /v1/jobs/delete: not deleted: {}", failed.join("; "))));
-        }
-        Ok(())
     }
 }
 

@@ -274,15 +274,11 @@ impl FleetExecutor {
                 self.releasing.join_next().await;
             }
             let (api, chunk) = (self.services.api.clone(), chunk.to_vec());
-            self.releasing.spawn(async move {
-                if let Err(e) = api.delete(&chunk).await {
-                    tracing::warn!(jobs = chunk.len(), error = %e, "jobs of staged samples not deleted; they stay for their retention");
-                }
-            });
+            self.releasing.spawn(delete_jobs(api, chunk));
         }
     }
 
-    /// Waits for the deletions under way (at the end of a run).
+    /// Waits for the deletions under way (before a shard is written, at the end of a run).
     pub async fn finish_releases(&mut self) {
         while self.releasing.join_next().await.is_some() {}
     }
@@ -296,5 +292,31 @@ impl FleetExecutor {
         self.in_flight.clear();
         self.again.clear();
         self.services.registry.remove_jobs(&self.run, &ids).await
+    }
+}
+
+/// Deletes the jobs of staged samples, asking once more for those a service failed on; what
+/// still fails is logged and stays for its retention.
+async fn delete_jobs(api: ApiClient, ids: Vec<Uuid>) {
+    let failed = match api.delete(&ids).await {
+        Ok(failed) if failed.is_empty() => return,
+        Ok(failed) => {
+            tokio::time::sleep(REFUSED_BACKOFF).await;
+            api.delete(&failed).await
+        }
+        Err(e) => Err(e),
+    };
+    match failed {
+        Ok(failed) if failed.is_empty() => {}
+        Ok(failed) => tracing::warn!(
+            jobs = failed.len(),
+            first = %failed[0],
+            "jobs of staged samples not deleted (a service failed twice); they stay for their retention"
+        ),
+        Err(e) => tracing::warn!(
+            jobs = ids.len(),
+            error = %e,
+            "jobs of staged samples not deleted; they stay for their retention"
+        ),
     }
 }

@@ -139,8 +139,10 @@ pub async fn execute(mut run: RunFile, ctx: RunContext) -> Result<RunFile, BulkE
         started_at: Utc::now(),
     };
     runner.dedup = runner.run.config.dedup_hamming.map(NearDuplicates::new);
-    runner.go().await?;
-    Ok(runner.run)
+    let ended = runner.go().await;
+    // Also when the run stops (a cancel, an error): deletions cut short would leave jobs behind.
+    runner.ctx.executor.finish_releases().await;
+    ended.map(|()| runner.run)
 }
 
 impl Runner {

@@ -39,12 +39,23 @@ fn record_name(shard: u64, key: &str) -> String {
     format!("{}/{key}.json", shard_dir(shard))
 }
 
-/// Stages a made sample (image first, record last); returns the image's name.
+/// Stages a made sample (image first, record last) without waiting for the disk; returns the
+/// image's name.
 pub async fn stage(output: &Output, record: &SampleRecord, image: Vec<u8>) -> Result<String, BulkError> {
+    stage_as(output, record, image, false).await
+}
+
+async fn stage_as(output: &Output, record: &SampleRecord, image: Vec<u8>, synced: bool) -> Result<String, BulkError> {
     let name = format!("{}/{}", shard_dir(record.shard), record.image_name());
-    output.put_unsynced(&name, image, content_type(&record.format)).await?;
     let json = serde_json::to_vec(record).map_err(|e| BulkError::json("staged sample record", e))?;
-    output.put_unsynced(&record_name(record.shard, &record.key), json, "application/json").await?;
+    let json_name = record_name(record.shard, &record.key);
+    if synced {
+        output.put(&name, image, content_type(&record.format)).await?;
+        output.put(&json_name, json, "application/json").await?;
+    } else {
+        output.put_unsynced(&name, image, content_type(&record.format)).await?;
+        output.put_unsynced(&json_name, json, "application/json").await?;
+    }
     Ok(name)
 }
 
@@ -78,8 +89,9 @@ pub async fn load(output: &Output, shard: u64) -> Result<HashMap<String, Staged>
 }
 
 /// Stages again the made samples of published shard `shard` (from its JSONL manifest and its
-/// tar or image folder) before the shard is reopened, so the resume that rewrites it takes them
-/// from the output instead of asking the fleet, which no longer has their jobs. A sample whose
+/// tar or image folder), waiting for the disk, before the shard is reopened: the resume that
+/// rewrites it takes them from the output instead of asking the fleet, which no longer has their
+/// jobs. A tar is read entry by entry, so memory holds a few images, not the shard. A sample whose
 /// image is missing or does not match its record's SHA-256 is left out (and made again).
 /// Returns how many were staged.
 pub async fn restage(output: &Output, layout: Layout, shard: u64) -> Result<usize, BulkError> {
@@ -94,42 +106,72 @@ pub async fn restage(output: &Output, layout: Layout, shard: u64) -> Result<usiz
             made.insert(record.image_name(), record);
         }
     }
-    let mut images = HashMap::new();
+    let wanted: std::collections::HashSet<String> = made.keys().cloned().collect();
+    let mut staged = 0;
+    let mut stage_one = async |image: String, body: Vec<u8>| -> Result<(), BulkError> {
+        let Some(record) = made.remove(&image) else { return Ok(()) };
+        if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&body).as_str()) {
+            stage_as(output, &record, body, true).await?;
+            staged += 1;
+        }
+        Ok(())
+    };
     match layout {
         Layout::WebDataset => {
             let tar = tar_name(shard);
-            let bytes =
-                output.get(&tar).await?.ok_or_else(|| BulkError::Config(format!("{tar} is missing from {output}")))?;
-            let mut archive = tar::Archive::new(std::io::Cursor::new(bytes));
-            for entry in archive.entries().map_err(|e| BulkError::io(&tar, e))? {
-                let mut entry = entry.map_err(|e| BulkError::io(&tar, e))?;
-                let path = entry.path().map_err(|e| BulkError::io(&tar, e))?.display().to_string();
-                if made.contains_key(&path) {
-                    let mut body = Vec::new();
-                    entry.read_to_end(&mut body).map_err(|e| BulkError::io(&tar, e))?;
-                    images.insert(path, body);
+            let reader: Box<dyn std::io::Read + Send> = match output.dir() {
+                Some(dir) => {
+                    let path = dir.join(&tar);
+                    Box::new(std::fs::File::open(&path).map_err(|e| BulkError::io(&path, e))?)
                 }
+                None => Box::new(std::io::Cursor::new(
+                    output
+                        .get(&tar)
+                        .await?
+                        .ok_or_else(|| BulkError::Config(format!("{tar} is missing from {output}")))?,
+                )),
+            };
+            let (entries, mut next) = tokio::sync::mpsc::channel(4);
+            let reading = tokio::task::spawn_blocking(move || read_entries(reader, &tar, &wanted, &entries));
+            while let Some((image, body)) = next.recv().await {
+                stage_one(image, body).await?;
             }
+            reading.await.map_err(|e| BulkError::Config(format!("tar reader thread: {e}")))??;
         }
         Layout::Files => {
-            for image in made.keys() {
+            for image in wanted {
                 if let Some(body) = output.get(&format!("{}/{image}", shard_name(shard))).await? {
-                    images.insert(image.clone(), body);
+                    stage_one(image, body).await?;
                 }
             }
         }
     }
-    let mut staged = 0;
-    for (image, record) in made {
-        match images.remove(&image) {
-            Some(body) if record.sha256.as_deref() == Some(fleet_storage::sha256_hex(&body).as_str()) => {
-                stage(output, &record, body).await?;
-                staged += 1;
-            }
-            _ => tracing::warn!(shard, image, "a made sample's image is missing or altered; it is made again"),
-        }
+    for image in made.keys() {
+        tracing::warn!(shard, image, "a made sample's image is missing or altered; it is made again");
     }
     Ok(staged)
+}
+
+/// Sends the tar entries named in `wanted` down `entries`, one at a time (blocking reads).
+fn read_entries(
+    reader: Box<dyn std::io::Read + Send>,
+    tar: &str,
+    wanted: &std::collections::HashSet<String>,
+    entries: &tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+) -> Result<(), BulkError> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(|e| BulkError::io(tar, e))? {
+        let mut entry = entry.map_err(|e| BulkError::io(tar, e))?;
+        let path = entry.path().map_err(|e| BulkError::io(tar, e))?.display().to_string();
+        if wanted.contains(&path) {
+            let mut body = Vec::new();
+            entry.read_to_end(&mut body).map_err(|e| BulkError::io(tar, e))?;
+            if entries.blocking_send((path, body)).is_err() {
+                return Ok(()); // the stager stopped (an error of its own, which it reports)
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the staging of a published shard; a failure only leaves files behind (logged).

@@ -186,7 +186,7 @@ async fn accept_here(app: &App, job: ValidJob, trace_id: &str) -> Result<Accepte
         return Err(err.into());
     }
     if job.findable_by_retry() {
-        mark_published(app, status.id).await;
+        mark_published(app, status.id, false).await;
     }
     app.metrics.accepted(&spec.model, spec.priority, started.elapsed().as_secs_f64());
     tracing::info!(job = %status.id, tenant = %tenant, model = %spec.model, trace_id, "job accepted");
@@ -242,10 +242,12 @@ fn different_request(spec: &JobSpec, existing: uuid::Uuid) -> ApiError {
     error
 }
 
-/// Records that the job's message is on its queue. Failing that only costs a second publish if
-/// the client retries with the same key (see [`publish_again`]), so it does not fail the request.
-async fn mark_published(app: &App, id: uuid::Uuid) {
-    if let Err(e) = app.status.mark_published(id).await {
+/// Records that the job's message is on its queue (`again`: a second one, see [`publish_again`]).
+/// Failing that only costs a second publish if the client retries with the same key, so it does
+/// not fail the request.
+async fn mark_published(app: &App, id: uuid::Uuid, again: bool) {
+    let marked = if again { app.status.mark_published_again(id).await } else { app.status.mark_published(id).await };
+    if let Err(e) = marked {
         tracing::warn!(job = %id, error = %e, "published, but not noted as published");
     }
 }
@@ -271,7 +273,7 @@ async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: 
     let route = route_of(app, job.spec())?;
     app.lanes.ensure(app, &route).await?;
     publish_to(app, &route, &job, trace_id).await?;
-    mark_published(app, existing.id).await;
+    mark_published(app, existing.id, true).await;
     tracing::info!(job = %existing.id, trace_id, "retried job was still queued: published again");
     Ok(Accepted { status: existing, created: false })
 }

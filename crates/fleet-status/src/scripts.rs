@@ -228,16 +228,18 @@ return 1
     )
 });
 
-/// Note on a job's record that its message was published (confirmed by the broker).
+/// Note on a job's record that its message was published (confirmed by the broker): `1` after
+/// its one publish, `again` once it was published a second time (two messages may exist).
 ///
-/// KEYS: 1 job. Returns 1, or 0 when the job does not exist (nothing is written then).
+/// KEYS: 1 job. ARGV: 1 the mark. Returns 1, or 0 when the job does not exist (nothing is
+/// written then).
 pub(crate) static MARK_PUBLISHED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'published', '1')
+redis.call('HSET', KEYS[1], 'published', ARGV[1])
 return 1
 "#,
     )
@@ -303,10 +305,13 @@ return 1
 /// instead of recreating the job. Its webhook delivery log goes with it. Usage, counters and
 /// quota charges are left as they are.
 ///
-/// The flag lives long (ARGV 3) for a cancelled job, whose message may wait behind a whole
-/// backlog, and short (ARGV 4) for one a worker finished, whose message was acked, or is
-/// returned first to the next consumer when its worker died before the ack. A record whose data
-/// merely mentions `"state":"cancelled"` (in its metadata) gets the long one: only ever longer.
+/// The flag lives short (ARGV 4) only for a job that had exactly one message — published once by
+/// a dispatcher (`published` = `1`), never handed back by a stopping worker — and that a worker
+/// finished: that message was acked, or is returned first to the next consumer when its worker
+/// died before the ack. Any other job gets the long one (ARGV 3): a cancelled job's message may
+/// wait behind a whole backlog, and so may a second copy (a dispatcher's second publish, a
+/// hand-back, a foreign producer's own). A record whose data merely mentions
+/// `"state":"cancelled"` (in its metadata) also gets the long one: only ever longer.
 ///
 /// KEYS: 1 job, 2 tenant jobs zset, 3–7 the tenant's state zsets, 8 expiry zset, 9 cancel flag,
 /// 10 webhook delivery log.
@@ -316,11 +321,12 @@ return 1
 pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local record = redis.call('HMGET', KEYS[1], 'data', 'idem')
+local record = redis.call('HMGET', KEYS[1], 'data', 'idem', 'published')
 if record[1] then
-  local ttl = ARGV[4]
-  if string.find(record[1], '"state":"cancelled"', 1, true) then
-    ttl = ARGV[3]
+  local ttl = ARGV[3]
+  if record[3] == '1' and string.find(record[1], '"handbacks":0', 1, true)
+      and not string.find(record[1], '"state":"cancelled"', 1, true) then
+    ttl = ARGV[4]
   end
   redis.call('SET', KEYS[9], '1', 'EX', ttl)
   if record[2] and redis.call('GET', record[2]) == ARGV[1] then

@@ -503,9 +503,19 @@ impl StatusStore {
     /// Notes that the job's message was published, so that a retry with the same idempotency key
     /// knows it need not publish again. A job that does not exist is left alone (`NotFound`).
     pub async fn mark_published(&self, id: Uuid) -> Result<(), StatusError> {
+        self.mark_published_as(id, "1").await
+    }
+
+    /// [`Self::mark_published`] after a second publish of the job: two of its messages may exist,
+    /// so removing it later keeps its cancel flag for the status TTL (see [`Self::remove`]).
+    pub async fn mark_published_again(&self, id: Uuid) -> Result<(), StatusError> {
+        self.mark_published_as(id, "again").await
+    }
+
+    async fn mark_published_as(&self, id: Uuid, mark: &str) -> Result<(), StatusError> {
         let key = self.keys.job(id);
         let mut invocation = scripts::MARK_PUBLISHED.prepare_invoke();
-        invocation.key(&key);
+        invocation.key(&key).arg(mark);
         let mut con = self.conn.clone();
         let set: i64 = self.call(&key, async move { invocation.invoke_async(&mut con).await }).await?;
         if set != 1 {

@@ -97,8 +97,9 @@ impl StatusStore {
 
     /// Removes the job's record, its tenant index entries, its expiry entry and its idempotency
     /// key (when that still names it); its cancel flag stays set, so a message of the job still
-    /// on a queue is acked unrun: for the status TTL when the job was cancelled (its message may
-    /// still wait on a queue), for [`FINISHED_MARKER_SECS`] when a worker finished it. Usage,
+    /// on a queue is acked unrun: for [`FINISHED_MARKER_SECS`] when a worker finished a job that
+    /// had exactly one message (published once by a dispatcher, never handed back), else for the
+    /// status TTL (a cancelled job's message, or a second copy, may still wait on a queue). Usage,
     /// counters and quota charges are not touched. Returns whether there was a record; removing a
     /// job twice is not an error.
     ///

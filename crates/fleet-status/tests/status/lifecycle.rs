@@ -148,6 +148,7 @@ async fn removing_a_job_a_worker_finished_frees_its_idempotency_key_and_leaves_a
     let status_ttl = fx.ttl(&format!("job:{}", finished(&fx.store, "alice", 60).await.id)).await;
     let made = queued("alice").with_retention(60);
     assert_eq!(fx.store.create(&made, Some("k1")).await.unwrap(), CreateOutcome::Created);
+    fx.store.mark_published(made.id).await.unwrap();
     fx.store.update(made.id, |s| s.start("w1", Utc::now())).await.unwrap();
     fx.store.update(made.id, |s| s.succeed(Vec::new(), Utc::now())).await.unwrap();
     assert!(fx.store.remove("alice", made.id).await.unwrap());
@@ -160,11 +161,39 @@ async fn removing_a_job_a_worker_finished_frees_its_idempotency_key_and_leaves_a
     let again = queued("alice");
     assert_eq!(fx.store.create(&again, Some("k1")).await.unwrap(), CreateOutcome::Created);
 
-    // A cancelled job's message may still wait on a queue: its flag keeps the status TTL.
+    // A cancelled job's message may still wait on a queue, and so may a second copy of a job
+    // published twice, handed back by a stopping worker, or recorded by no dispatcher (a foreign
+    // producer's): each keeps its flag for the status TTL.
     let cancelled = finished(&fx.store, "alice", 60).await;
-    assert!(fx.store.remove("alice", cancelled.id).await.unwrap());
-    let flag = fx.ttl(&format!("cancel:{}", cancelled.id)).await;
-    assert!(flag >= status_ttl - 5, "a cancelled job's flag lives {flag} s, status TTL {status_ttl} s");
+    fx.store.mark_published(cancelled.id).await.unwrap();
+    let twice = queued("alice");
+    fx.store.create(&twice, None).await.unwrap();
+    fx.store.mark_published_again(twice.id).await.unwrap();
+    let handed_back = queued("alice");
+    fx.store.create(&handed_back, None).await.unwrap();
+    fx.store.mark_published(handed_back.id).await.unwrap();
+    let foreign = queued("alice");
+    fx.store.create(&foreign, None).await.unwrap();
+    for (job, handbacks) in [(&twice, 0), (&handed_back, 1), (&foreign, 0)] {
+        fx.store.update(job.id, |s| s.start("w1", Utc::now())).await.unwrap();
+        fx.store
+            .update(job.id, |s| {
+                s.handbacks = handbacks;
+                s.succeed(Vec::new(), Utc::now())
+            })
+            .await
+            .unwrap();
+    }
+    for (job, what) in [
+        (&cancelled, "cancelled"),
+        (&twice, "published twice"),
+        (&handed_back, "handed back"),
+        (&foreign, "never marked published"),
+    ] {
+        assert!(fx.store.remove("alice", job.id).await.unwrap());
+        let flag = fx.ttl(&format!("cancel:{}", job.id)).await;
+        assert!(flag >= status_ttl - 5, "{what}: its flag lives {flag} s, status TTL {status_ttl} s");
+    }
 
     // A key that another job has taken over since is left alone.
     let first = queued("alice");

@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::submission::refused;
 use super::{JobPath, cancel_unfinished, cancelled, visible_job};
 use crate::App;
 use crate::auth::Caller;
@@ -115,10 +116,13 @@ pub async fn delete_many(
     caller: Caller,
     body: Result<Json<DeleteMany>, JsonRejection>,
 ) -> Result<Json<DeletedMany>, ApiError> {
-    let Json(body) = body.map_err(|r| ApiError::new(ErrorCode::InvalidRequest, format!("body: {}", r.body_text())))?;
+    let Json(body) = body.map_err(|r| refused(&app, &r, "the ids", ErrorCode::InvalidRequest))?;
     let max = app.config.http.max_jobs_per_request;
     if body.ids.is_empty() || body.ids.len() > max {
-        return Err(ApiError::new(ErrorCode::InvalidSpec, format!("ids: 1 to {max} job ids, not {}", body.ids.len())));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("ids: 1 to {max} job ids, not {}", body.ids.len()),
+        ));
     }
     let jobs = futures::stream::iter(body.ids)
         .map(|id| {
@@ -144,6 +148,7 @@ async fn delete_one(app: &App, caller: &Caller, id: Uuid) -> Result<Deletion, Ap
     };
     if status.state.is_terminal() {
         crate::lifecycle::remove_job(app, &status.tenant, status.id, crate::lifecycle::Removal::Deleted).await?;
+        tracing::debug!(job = %status.id, tenant = %status.tenant, "job deleted by its owner (one of many)");
         return Ok(Deletion::Deleted);
     }
     app.status.request_removal(&status).await?;

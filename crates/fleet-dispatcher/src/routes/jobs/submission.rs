@@ -32,16 +32,19 @@ impl FromRequest<App> for JobsBody {
     async fn from_request(request: Request, app: &App) -> Result<Self, ApiError> {
         match axum::Json::<Box<RawValue>>::from_request(request, app).await {
             Ok(axum::Json(raw)) => Ok(JobsBody(raw)),
-            Err(rejection) => Err(refused(app, &rejection)),
+            Err(rejection) => Err(refused(app, &rejection, "jobs", ErrorCode::InvalidSpec)),
         }
     }
 }
 
-fn refused(app: &App, rejection: &JsonRejection) -> ApiError {
+/// The error for a JSON body axum refused: 415 and 413 as such, anything else `unreadable` (with
+/// the line and column of a syntax error). `what` names the body's content in the 415's message.
+pub(super) fn refused(app: &App, rejection: &JsonRejection, what: &str, unreadable: ErrorCode) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::new(ErrorCode::UnsupportedMediaType, "send jobs as JSON, with `Content-Type: application/json`")
-        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("send {what} as JSON, with `Content-Type: application/json`"),
+        ),
         _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let max = app.config.http.max_body_bytes;
             ApiError::new(
@@ -49,10 +52,8 @@ fn refused(app: &App, rejection: &JsonRejection) -> ApiError {
                 format!("request body is larger than {max} bytes (http.max_body_bytes)"),
             )
         }
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(ErrorCode::InvalidSpec, format!("body: {}", innermost(e))),
-        other => {
-            ApiError::new(ErrorCode::InvalidSpec, format!("could not read the request body: {}", other.body_text()))
-        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(unreadable, format!("body: {}", innermost(e))),
+        other => ApiError::new(unreadable, format!("could not read the request body: {}", other.body_text())),
     }
 }
 
