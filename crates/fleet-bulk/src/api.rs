@@ -56,38 +56,51 @@ impl ApiClient {
     /// retried after `Retry-After` (or a growing backoff); a 400 that names jobs by index
     /// (`[3].width`) refuses just those, with their messages.
     pub async fn submit(&self, jobs: &[JobSpec]) -> Result<Vec<Submitted>, BulkError> {
-        let url = format!("{}/v1/jobs", self.base);
+        let resp = self.post_retrying("/v1/jobs", jobs, GIVE_UP_AFTER).await?;
+        match resp.status() {
+            s if s.is_success() => parse_items(resp.json().await.ok(), jobs.len()),
+            StatusCode::BAD_REQUEST => {
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                Ok(refuse_by_index(&body, jobs.len()))
+            }
+            status => {
+                let body = resp.text().await.unwrap_or_default();
+                Err(BulkError::Api(format!("POST /v1/jobs: HTTP {}: {body}", status.as_u16())))
+            }
+        }
+    }
+
+    /// POSTs `body` as JSON to `path`, sending it again after 429/503 answers (after their
+    /// `Retry-After`, else a growing backoff) and connection failures, for up to `give_up_after`.
+    /// Returns the first other answer.
+    async fn post_retrying<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+        give_up_after: Duration,
+    ) -> Result<reqwest::Response, BulkError> {
+        let url = format!("{}{path}", self.base);
         let started = std::time::Instant::now();
         let mut backoff = backoff::policy(Duration::from_millis(250), MAX_BACKOFF, None).build();
         loop {
             let mut next_wait = || backoff.next().unwrap_or(MAX_BACKOFF);
-            let sent = self.http.post(&url).bearer_auth(&self.key).json(jobs).send().await;
-            let wait = match sent {
-                Ok(resp) if resp.status().is_success() => return parse_items(resp.json().await.ok(), jobs.len()),
+            let wait = match self.http.post(&url).bearer_auth(&self.key).json(body).send().await {
                 Ok(resp)
                     if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
                 {
                     retry_after(resp.headers()).unwrap_or_else(next_wait)
                 }
-                Ok(resp) if resp.status() == StatusCode::BAD_REQUEST => {
-                    let body: Value = resp.json().await.unwrap_or(Value::Null);
-                    return Ok(refuse_by_index(&body, jobs.len()));
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body = resp.text().await.unwrap_or_default();
-                    return Err(BulkError::Api(format!("POST /v1/jobs: HTTP {}: {body}", status.as_u16())));
-                }
-                Err(e) if started.elapsed() < GIVE_UP_AFTER => {
-                    tracing::warn!(error = %e, "dispatcher unreachable; retrying");
+                Ok(resp) => return Ok(resp),
+                Err(e) if started.elapsed() < give_up_after => {
+                    tracing::warn!(error = %e, path, "dispatcher unreachable; retrying");
                     next_wait()
                 }
                 Err(e) => return Err(BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base))),
             };
-            if started.elapsed() > GIVE_UP_AFTER {
-                return Err(BulkError::Api(format!("the dispatcher kept refusing for {GIVE_UP_AFTER:?}")));
+            if started.elapsed() > give_up_after {
+                return Err(BulkError::Api(format!("POST {path}: the dispatcher kept refusing for {give_up_after:?}")));
             }
-            tracing::debug!(?wait, "dispatcher busy; waiting");
+            tracing::debug!(?wait, path, "dispatcher busy; waiting");
             tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
         }
     }
@@ -110,49 +123,23 @@ impl ApiClient {
 
     /// Deletes finished jobs in one request (`POST /v1/jobs/delete`): their records, idempotency
     /// keys and images go now; a job already gone is fine. 429/503 answers and connection
-    /// failures are retried (after `Retry-After`, or a growing backoff) for up to
-    /// [`DELETE_GIVE_UP_AFTER`]. Returns the jobs the dispatcher could not delete (a service
-    /// failed for them), for the caller to ask again.
+    /// failures are retried for up to [`DELETE_GIVE_UP_AFTER`]. Returns the jobs the dispatcher
+    /// could not delete (a service failed for them), for the caller to ask again.
     pub async fn delete(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, BulkError> {
-        let url = format!("{}/v1/jobs/delete", self.base);
-        let started = std::time::Instant::now();
-        let mut backoff = backoff::policy(Duration::from_millis(250), MAX_BACKOFF, None).build();
-        loop {
-            let sent =
-                self.http.post(&url).bearer_auth(&self.key).json(&serde_json::json!({ "ids": ids })).send().await;
-            let wait = match sent {
-                Ok(resp) if resp.status().is_success() => {
-                    let body: Value = resp.json().await.unwrap_or(Value::Null);
-                    let items = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
-                    return Ok(items
-                        .iter()
-                        .filter(|item| item["error"].is_object())
-                        .filter_map(|item| item["id"].as_str()?.parse().ok())
-                        .collect());
-                }
-                Ok(resp)
-                    if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
-                {
-                    retry_after(resp.headers()).unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF))
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body = resp.text().await.unwrap_or_default();
-                    return Err(BulkError::Api(format!("POST /v1/jobs/delete: HTTP {}: {body}", status.as_u16())));
-                }
-                Err(e) if started.elapsed() < DELETE_GIVE_UP_AFTER => {
-                    tracing::debug!(error = %e, "dispatcher unreachable; deleting again later");
-                    backoff.next().unwrap_or(MAX_BACKOFF)
-                }
-                Err(e) => return Err(BulkError::Api(format!("cannot reach the dispatcher at {}: {e}", self.base))),
-            };
-            if started.elapsed() > DELETE_GIVE_UP_AFTER {
-                return Err(BulkError::Api(format!(
-                    "the dispatcher kept refusing deletions for {DELETE_GIVE_UP_AFTER:?}"
-                )));
-            }
-            tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
+        let resp =
+            self.post_retrying("/v1/jobs/delete", &serde_json::json!({ "ids": ids }), DELETE_GIVE_UP_AFTER).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(BulkError::Api(format!("POST /v1/jobs/delete: HTTP {}: {body}", status.as_u16())));
         }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let items = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+        Ok(items
+            .iter()
+            .filter(|item| item["error"].is_object())
+            .filter_map(|item| item["id"].as_str()?.parse().ok())
+            .collect())
     }
 }
 
