@@ -395,8 +395,7 @@ impl Runner {
             BulkError::Config(format!("{name} is missing: shard {shard} is written but its kept samples are unknown"))
         })?;
         let Some(dedup) = &mut self.dedup else { return Ok(()) };
-        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let record: SampleRecord = serde_json::from_slice(line).map_err(|e| BulkError::json(&name, e))?;
+        for record in crate::shard::parse_manifest(&name, &bytes)? {
             if let (SampleState::Succeeded, Some(hash)) = (record.status, record.phash.as_deref().and_then(parse_hash))
             {
                 dedup.keep(hash, &record.key);

@@ -21,6 +21,15 @@ pub fn manifest_name(shard: u64) -> String {
     format!("{}_manifest.jsonl", shard_name(shard))
 }
 
+/// The records of a JSONL manifest's bytes (`name` for errors), in order.
+pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Vec<SampleRecord>, BulkError> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| serde_json::from_slice(line).map_err(|e| BulkError::json(name, e)))
+        .collect()
+}
+
 /// `NNNNN_manifest.parquet`.
 pub fn parquet_manifest_name(shard: u64) -> String {
     format!("{}_manifest.parquet", shard_name(shard))

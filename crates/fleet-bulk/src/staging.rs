@@ -18,7 +18,7 @@ use crate::error::BulkError;
 use crate::output::Output;
 use crate::plan::shard_name;
 use crate::record::{SampleRecord, SampleState};
-use crate::shard::{Layout, content_type, manifest_name, tar_name};
+use crate::shard::{Layout, content_type, manifest_name, parse_manifest, tar_name};
 
 /// Name of the staging folder inside the output location.
 pub const STAGING_DIR: &str = "_staging";
@@ -99,13 +99,11 @@ pub async fn restage(output: &Output, layout: Layout, shard: u64) -> Result<usiz
     let manifest = output.get(&name).await?.ok_or_else(|| {
         BulkError::Config(format!("{name} is missing from {output}: shard {shard}'s made samples are unknown"))
     })?;
-    let mut made = HashMap::new();
-    for line in manifest.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let record: SampleRecord = serde_json::from_slice(line).map_err(|e| BulkError::json(&name, e))?;
-        if record.status == SampleState::Succeeded {
-            made.insert(record.image_name(), record);
-        }
-    }
+    let mut made: HashMap<String, SampleRecord> = parse_manifest(&name, &manifest)?
+        .into_iter()
+        .filter(|record| record.status == SampleState::Succeeded)
+        .map(|record| (record.image_name(), record))
+        .collect();
     let wanted: std::collections::HashSet<String> = made.keys().cloned().collect();
     let mut staged = 0;
     let mut stage_one = async |image: String, body: Vec<u8>| -> Result<(), BulkError> {
