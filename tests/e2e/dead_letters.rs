@@ -118,20 +118,65 @@ async fn a_clean_hand_back_starts_the_delivery_count_afresh() {
     broker.close().await;
 }
 
-/// A message the broker returned up to its delivery limit while no worker ever started the job
-/// (lost connections while it sat in a prefetch) is handed back afresh by the next worker rather
-/// than run from a copy one more return would dead-letter; the job then runs once.
+/// A message the broker returned while no worker started the job (lost connections while it sat
+/// in a prefetch) is handed back afresh by the next worker rather than run from a copy whose
+/// count such returns pushed toward the limit; the job then runs once. Once is enough to qualify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_returned_once_without_a_start_is_handed_back_afresh() {
+    let (done, mark) = run_after_returns(1, false).await;
+    assert_eq!((done.attempts, done.deliveries, done.handbacks), (1, 0, 1), "run once, from a fresh copy: {done:?}");
+    // The hand-back made a second message for a moment: removing the job keeps its cancel flag
+    // for the status TTL, not the short one for a job with a single message.
+    assert_eq!(mark.as_deref(), Some("again"), "the hand-back is noted on the record");
+}
+
+/// As above, up to the delivery limit: one more return would have dead-lettered it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_worn_by_returns_without_a_start_is_handed_back_afresh() {
+    let (done, mark) = run_after_returns(isolated_config().rabbitmq.delivery_limit, false).await;
+    assert_eq!((done.attempts, done.deliveries, done.handbacks), (1, 0, 1), "run once, from a fresh copy: {done:?}");
+    assert_eq!(mark.as_deref(), Some("again"));
+}
+
+/// A return that follows a start from the same copy (the worker died mid-job) is the job's doing:
+/// it counts, and the job runs again from that copy, so a job that keeps crashing its workers
+/// still reaches the delivery limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_return_after_a_start_counts_and_the_job_runs_from_that_copy() {
+    let (done, mark) = run_after_returns(1, true).await;
+    assert_eq!(
+        (done.attempts, done.deliveries, done.handbacks),
+        (2, 1, 0),
+        "started again from the counted copy: {done:?}"
+    );
+    // Submitted without an idempotency key, the job has no dispatcher's mark; no hand-back added one.
+    assert_eq!(mark, None, "one message all along");
+}
+
+/// Submits a job with no worker running, lets the broker return its message `returns` times (as
+/// lost connections or crashes do), the first after a worker's start of the job when
+/// `started_first`, then starts a worker. The job's final record and its `published` mark.
+async fn run_after_returns(returns: u32, started_first: bool) -> (fleet_core::JobStatus, Option<String>) {
     let config = isolated_config();
-    let limit = config.rabbitmq.delivery_limit;
     let mut fleet = Fleet::start(config.clone(), 0).await;
     let job = fleet.submit(crate::fleet::tiny_job(1)).await;
     let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
     // The dispatcher put it in its tenant's lane.
     let queue = topology.route("tiny", fleet_core::Priority::Interactive, Some(&job.tenant)).unwrap().name;
     let (connection, channel) = channel(&config.rabbitmq.url).await;
-    for _ in 0..limit {
+    if started_first {
+        // What a worker writes when it starts the job from the fresh message, before it dies.
+        let status = fleet_status::StatusStore::connect(&config.redis).await.unwrap();
+        status
+            .update(job.id, |s| {
+                s.start("died-mid-job", chrono::Utc::now())?;
+                s.note_delivery(0, 0);
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..returns {
         let got = channel.basic_get(&queue, BasicGetOptions::default()).await.unwrap().expect("the job");
         got.delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await.unwrap();
     }
@@ -140,8 +185,12 @@ async fn a_message_worn_by_returns_without_a_start_is_handed_back_afresh() {
     fleet.add_worker().await;
     let done = fleet.wait_all(&[job.id], Duration::from_secs(120)).await.remove(0);
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!((done.attempts, done.deliveries, done.handbacks), (1, 0, 1), "run once, from a fresh copy: {done:?}");
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:job:{}", config.redis.key_prefix, job.id);
+    let mark: Option<String> = redis::cmd("HGET").arg(&key).arg("published").query_async(&mut con).await.unwrap();
     fleet.stop().await;
+    (done, mark)
 }
 
 fn delivery_count(props: &BasicProperties) -> i64 {

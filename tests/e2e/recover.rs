@@ -1,12 +1,13 @@
 //! Records rebuilt from S3 alone after Redis lost them (a Redis without persistence restarted):
-//! `fleet recover`, and a worker that gets a finished job again.
+//! `fleet recover`, and a worker that gets a finished job again; and the start-up refusal of a
+//! Redis that keeps nothing.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fleet_core::{FleetConfig, JobState, JobStatus};
 use fleet_e2e::fleet::Fleet;
-use fleet_e2e::{fleet_binary, isolated_config};
+use fleet_e2e::{E2E_KEY, fleet_binary, isolated_config};
 use fleet_status::{CreateOutcome, StatusStore};
 use serde_json::{Value, json};
 
@@ -108,8 +109,106 @@ async fn fleet_recover_rebuilds_records_and_idempotency_keys_from_s3_alone() {
         let retried = fleet.submit(j.clone()).await;
         assert_eq!(retried.id, *id, "a retry with the idempotency key gets the recovered job");
     }
+    // The rebuilt key keeps the request it stood for: another request under it is a conflict.
+    let other = job(1, json!({"idempotency_key": "recover-1", "prompt": "another request"}));
+    let resp =
+        fleet.http.post(format!("{}/v1/jobs", fleet.base)).bearer_auth(E2E_KEY).json(&other).send().await.unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert_eq!(body["error"]["job_id"].as_str(), Some(ids[0].to_string().as_str()), "{body}");
     let (_, again) = recover(&config_file, &tenant);
     assert!(again.contains("3 job(s) with images: 3 had a record, 0 rebuilt"), "{again}");
+    fleet.stop().await;
+}
+
+/// Redis kept the records but lost their last writes (a restore from an older snapshot, a
+/// failover while writes were not waiting for the replica): finished jobs' records say `queued` or
+/// `running`, and no message will finish them. `fleet recover` marks each `succeeded` with its
+/// stored set and removes what other executions left, but leaves a `running` record of a worker
+/// that is alive to that worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleet_recover_finishes_records_a_lost_write_left_unfinished() {
+    let config = isolated_config();
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("fleet.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let fleet = Fleet::start(config.clone(), 1).await;
+    let mut ids = Vec::new();
+    for n in 5..8 {
+        ids.push(fleet.submit(job(n, json!({"num_images": 2}))).await.id);
+    }
+    let before = fleet.wait_all(&ids, Duration::from_secs(180)).await;
+    assert!(before.iter().all(|s| s.state == JobState::Succeeded), "{before:?}");
+    let store = StatusStore::connect(&config.redis).await.unwrap();
+    let live = store.workers().await.unwrap().first().expect("the fleet's worker is alive").id.clone();
+
+    // The records as they were before their last writes: queued; running on a worker that is
+    // gone; running on the live worker.
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let unfinished =
+        [(JobState::Queued, None), (JobState::Running, Some("gone-worker")), (JobState::Running, Some(live.as_str()))];
+    for (done, (state, worker)) in before.iter().zip(unfinished) {
+        let rolled_back = JobStatus {
+            state,
+            worker: worker.map(str::to_owned),
+            result: Vec::new(),
+            finished_at: None,
+            ..done.clone()
+        };
+        let key = format!("{}:job:{}", config.redis.key_prefix, done.id);
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("data")
+            .arg(serde_json::to_string(&rolled_back).unwrap())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    // An execution that died after storing one of its two images left it under the second job.
+    let images = fleet_storage::ImageStore::from_config(&config.s3).await.unwrap();
+    let stray_execution = fleet_storage::new_execution_id();
+    let stray = fleet_storage::object_key(
+        &config.s3.prefix,
+        "e2e",
+        before[1].id,
+        &stray_execution,
+        0,
+        fleet_core::ImageFormat::Png,
+    );
+    let meta = fleet_storage::ObjectMeta::example(before[1].id, &stray_execution, 1);
+    images.put(&stray, b"half a result set".to_vec(), "image/png", &meta).await.unwrap();
+
+    let (_, dry) = recover(&config_file, &["--tenant", "e2e", "--dry-run"]);
+    assert!(dry.contains(&format!("would finish e2e/{}: was queued", before[0].id)), "{dry}");
+    assert!(dry.contains(&format!("would finish e2e/{}: was running", before[1].id)), "{dry}");
+    assert!(dry.contains("3 job(s) with images: 1 had a record, 0 would rebuild"), "{dry}");
+    assert!(dry.contains("2 unfinished record(s) would finish"), "{dry}");
+    assert_eq!(store.get(before[0].id).await.unwrap().unwrap().state, JobState::Queued, "a dry run writes nothing");
+
+    let (_, real) = recover(&config_file, &["--tenant", "e2e"]);
+    assert!(real.contains("2 unfinished record(s) finished"), "{real}");
+    for done in &before[..2] {
+        let after = store.get(done.id).await.unwrap().unwrap();
+        assert_eq!(after.state, JobState::Succeeded, "{after:?}");
+        assert_eq!(stored(&after.result), stored(&done.result), "{}: the stored set is the result", done.id);
+    }
+    assert_eq!(
+        store.get(before[0].id).await.unwrap().unwrap().worker.as_deref(),
+        Some(fleet_worker::recover::RECOVERER)
+    );
+    assert_eq!(images.get(&stray).await.unwrap().map(|_| ()), None, "the other execution's object is removed");
+    for image in &before[1].result {
+        assert!(images.get(&image.key).await.unwrap().is_some(), "the recorded set stays: {}", image.key);
+    }
+    let left = store.get(before[2].id).await.unwrap().unwrap();
+    assert_eq!((left.state, left.worker.as_deref()), (JobState::Running, Some(live.as_str())), "left to its worker");
+
+    let (_, again) = recover(&config_file, &["--tenant", "e2e"]);
+    assert!(again.contains("3 job(s) with images: 3 had a record, 0 rebuilt"), "{again}");
+    assert!(again.contains("0 unfinished record(s) finished"), "{again}");
     fleet.stop().await;
 }
 
@@ -169,6 +268,47 @@ async fn a_worker_rebuilds_a_lost_record_from_the_stored_images_instead_of_runni
     let taken = store.create(&other, Some("redelivered")).await.unwrap();
     assert!(matches!(&taken, CreateOutcome::Existing(s) if s.id == before.id), "key restored: {taken:?}");
     fleet.stop().await;
+}
+
+/// The dispatcher and a worker read Redis's persistence settings at start and refuse one that
+/// keeps nothing across a restart, naming the setting to change on each side; neither starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_and_a_worker_refuse_a_redis_that_keeps_nothing() {
+    let volatile = fleet_e2e::redis_server::PrivateRedis::start_volatile();
+    let mut config = isolated_config();
+    config.redis.url = volatile.url();
+    config.redis.allow_volatile = false;
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("fleet.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+
+    for role in ["dispatcher", "worker"] {
+        let mut child = Command::new(fleet_binary())
+            .arg("--config")
+            .arg(&config_file)
+            .arg(role)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("{role}.log"))).unwrap())
+            .spawn()
+            .expect("the fleet binary runs");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("fleet {role} kept running on a Redis that keeps nothing");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stderr = std::fs::read_to_string(dir.path().join(format!("{role}.log"))).unwrap();
+        assert!(!status.success(), "fleet {role} must not start: {stderr}");
+        for part in ["appendonly yes", "redis.allow_volatile"] {
+            assert!(stderr.contains(part), "fleet {role}: {part:?} missing from: {stderr}");
+        }
+    }
+    drop(volatile);
 }
 
 /// Jobs the fleet's one worker has finished, from its first heartbeat after `time`.

@@ -11,15 +11,26 @@ pub struct PrivateRedis {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Neither an append-only file nor snapshots: a restart keeps nothing.
+    volatile: bool,
 }
 
 impl PrivateRedis {
     /// Starts it and waits until it accepts connections.
     pub fn start() -> PrivateRedis {
+        Self::start_keeping(false)
+    }
+
+    /// [`Self::start`] without persistence (the Debian package's default): a restart keeps nothing.
+    pub fn start_volatile() -> PrivateRedis {
+        Self::start_keeping(true)
+    }
+
+    fn start_keeping(volatile: bool) -> PrivateRedis {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("fleet-redis-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("redis data directory");
-        let mut redis = PrivateRedis { port, dir, child: None };
+        let mut redis = PrivateRedis { port, dir, child: None, volatile };
         redis.spawn();
         redis
     }
@@ -52,7 +63,12 @@ impl PrivateRedis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .args(if self.volatile {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            } else {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            })
+            .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
             .spawn()

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_core::{ErrorCode, JobError};
-use fleet_queue::message::{DeadLetterReason, dead_letter_reason, job_id};
+use fleet_core::{ErrorCode, JobError, JobStatus};
+use fleet_queue::message::{DELIVERY_LIMIT_CODE, DeadLetterReason, dead_letter_reason, job_id};
 use fleet_status::StatusError;
 use futures::StreamExt as _;
 use lapin::message::Delivery;
@@ -68,12 +68,17 @@ async fn consume(app: &App) -> Result<(), String> {
 async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> {
     let id = job_id(&delivery.data, &delivery.properties);
     let reason = dead_letter_reason(&delivery.properties);
-    let error = JobError::new(ErrorCode::DeadLettered, explain(reason.as_ref()));
-    let update =
-        app.status.update(id, |s| if s.state.is_terminal() { Ok(()) } else { s.fail(error.clone(), Utc::now()) });
+    let update = app.status.update(id, |s| {
+        if s.state.is_terminal() {
+            return Ok(());
+        }
+        let error = JobError::new(ErrorCode::DeadLettered, explain(reason.as_ref(), s));
+        s.fail(error, Utc::now())
+    });
     match update.await {
         Ok(status) => {
-            tracing::warn!(job = %id, state = status.state.as_str(), reason = %error.message, "job dead-lettered");
+            let reason = status.error.as_ref().map_or("", |e| e.message.as_str());
+            tracing::warn!(job = %id, state = status.state.as_str(), %reason, "job dead-lettered");
             Ok(())
         }
         // Its record expired or was never written (a job published straight to RabbitMQ).
@@ -83,10 +88,26 @@ async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> 
 }
 
 /// The failed job's message: what happened, from the worker's reason header or the broker's
-/// `x-death` (a crash is never described as a clean stop, nor the other way round).
-fn explain(reason: Option<&DeadLetterReason>) -> String {
+/// `x-death` (a crash is never described as a clean stop, nor the other way round). For the
+/// broker's delivery limit the record tells the two stories apart: a job no worker ever started
+/// was only ever returned while it waited (lost connections, killed workers); a started one
+/// ended its starts without finishing (its worker died, or gave up on it mid-job).
+fn explain(reason: Option<&DeadLetterReason>, record: &JobStatus) -> String {
+    const KEPT: &str = "the message is kept in the dead-letter queue";
     match reason {
-        Some(r) => format!("{} ({}); the message is kept in the dead-letter queue", r.detail, r.code),
-        None => "RabbitMQ dead-lettered the job; the message is kept in the dead-letter queue".to_owned(),
+        Some(r) if r.code == DELIVERY_LIMIT_CODE && record.attempts == 0 => format!(
+            "never started: the broker returned the job more often than the delivery limit allows while it \
+             waited in workers (connections lost or workers killed before they reached it, from {}) ({}); {KEPT}",
+            r.queue.as_deref().unwrap_or("its queue"),
+            r.code
+        ),
+        Some(r) if r.code == DELIVERY_LIMIT_CODE => format!(
+            "started {} time(s), never finished: each time its worker died, lost its connection or gave up \
+             on it mid-job (a drain deadline, an outage), more often than the delivery limit allows; clean \
+             stops do not count ({}); {KEPT}",
+            record.attempts, r.code
+        ),
+        Some(r) => format!("{} ({}); {KEPT}", r.detail, r.code),
+        None => format!("RabbitMQ dead-lettered the job; {KEPT}"),
     }
 }

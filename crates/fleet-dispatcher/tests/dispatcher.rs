@@ -636,10 +636,15 @@ async fn a_tenant_over_its_request_rate_gets_429_and_others_do_not() {
 }
 
 /// Submits a job as `key`, then plays a crash loop (every "worker" takes it and gives it back
-/// unfinished) until the broker dead-letters it; returns its id. Needs `delivery_limit` 1.
-async fn poison(server: &Server, key: &str, prompt: &str) -> String {
+/// unfinished; when `started`, the first one recorded its start) until the broker dead-letters
+/// it; returns its id. Needs `delivery_limit` 1.
+async fn poison(server: &Server, key: &str, prompt: &str, started: bool) -> String {
     let (code, body) = server.submit(key, json!({"prompt": prompt, "model": "tiny"})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    if started {
+        let id = body["id"].as_str().unwrap().parse().unwrap();
+        server.app.status.update(id, |s| s.start("crashing-worker", chrono::Utc::now())).await.unwrap();
+    }
     let channel = server.app.broker.channel().await.unwrap();
     let tenant = body["tenant"].as_str().unwrap();
     let queue =
@@ -674,10 +679,11 @@ async fn a_job_that_keeps_crashing_workers_ends_failed_as_dead_lettered() {
     let mut cfg = isolated_config();
     cfg.rabbitmq.delivery_limit = 1;
     let server = Server::start(cfg).await;
-    let id = poison(&server, ALICE, "poison").await;
+    let id = poison(&server, ALICE, "poison", true).await;
     let body = failed(&server, ALICE, &id).await;
     assert_eq!(body["error"]["code"], "dead_lettered", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("delivery limit"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("delivery limit") && message.contains("started 1 time(s)"), "{body}");
     // Operators still find the job in the dead-letter queue.
     let dlq = server.app.broker.depth(&server.app.broker.topology().dead_letter_queue).await.unwrap();
     assert_eq!(dlq.messages, 1);
@@ -691,9 +697,11 @@ async fn dead_letters_are_listed_for_admins_and_stay_in_the_queue() {
     let mut cfg = isolated_config();
     cfg.rabbitmq.delivery_limit = 1;
     let server = Server::start(cfg).await;
-    let first = poison(&server, ALICE, "poison one").await;
-    let second = poison(&server, BOB, "poison two").await;
-    failed(&server, BOB, &second).await;
+    let first = poison(&server, ALICE, "poison one", false).await;
+    let second = poison(&server, BOB, "poison two", false).await;
+    let body = failed(&server, BOB, &second).await;
+    // No worker started it: it was only ever returned while it waited, and the record says so.
+    assert!(body["error"]["message"].as_str().unwrap().contains("never started"), "{body}");
     let dlq = server.app.broker.topology().dead_letter_queue.clone();
     // Each tenant's job died in its own lane.
     let job_queue = |tenant: &str| {

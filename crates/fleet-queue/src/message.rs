@@ -22,6 +22,9 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "x-fleet-dead-letter-reason";
 pub const HEADER_DEAD_LETTER_DETAIL: &str = "x-fleet-dead-letter-detail";
 /// On a message a worker dead-lettered itself: the queue it came from.
 pub const HEADER_DEAD_LETTER_QUEUE: &str = "x-fleet-dead-letter-queue";
+/// Hex SHA-256 of the request the job was submitted with ([`ValidJob::request_digest`]): a
+/// worker stores it with the job's images, so a record rebuilt from them keeps it.
+pub const HEADER_REQUEST_DIGEST: &str = "x-fleet-request-digest";
 /// AMQP `type` property of job messages.
 pub const MESSAGE_TYPE: &str = "fleet.job.v1";
 
@@ -35,6 +38,10 @@ pub fn encode(job: &ValidJob, trace_id: &str) -> Result<(Vec<u8>, BasicPropertie
     }
     headers.insert(ShortString::from(HEADER_PRIORITY), AMQPValue::LongString(LongString::from(spec.priority.as_str())));
     headers.insert(ShortString::from(HEADER_TRACE_ID), AMQPValue::LongString(LongString::from(trace_id)));
+    headers.insert(
+        ShortString::from(HEADER_REQUEST_DIGEST),
+        AMQPValue::LongString(LongString::from(job.request_digest().as_str())),
+    );
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
@@ -101,6 +108,9 @@ pub struct DeadLetterReason {
     pub queue: Option<String>,
 }
 
+/// [`DeadLetterReason::code`] of a message the broker dead-lettered at its delivery limit.
+pub const DELIVERY_LIMIT_CODE: &str = "crashed";
+
 /// Why a dead-lettered message died: the worker's reason headers when it dead-lettered the
 /// message itself, else the broker's newest `x-death` entry (`delivery_limit` is a job that
 /// crashed its workers once more than `rabbitmq.delivery_limit` allows), else `None`.
@@ -115,7 +125,7 @@ pub fn dead_letter_reason(props: &BasicProperties) -> Option<DeadLetterReason> {
     let d = death(props)?;
     let (code, detail) = if d.reason == "delivery_limit" {
         (
-            "crashed".to_owned(),
+            DELIVERY_LIMIT_CODE.to_owned(),
             format!(
                 "workers crashed or lost their connection while holding the job more often than the delivery \
                  limit allows ({} times from {}); clean stops do not count",

@@ -166,6 +166,19 @@ impl StatusStore {
         self.create_limited(status, idempotency_key, None, None).await
     }
 
+    /// [`Self::create`] with the digest of the request the job was submitted with, as
+    /// [`Self::create_within`] writes it but without admission: for records rebuilt from what
+    /// the job left (its stored images, its message), so its idempotency key still refuses a
+    /// different request.
+    pub async fn create_for_request(
+        &self,
+        status: &JobStatus,
+        idempotency_key: Option<&str>,
+        request_digest: Option<&str>,
+    ) -> Result<CreateOutcome, StatusError> {
+        self.create_limited(status, idempotency_key, request_digest, None).await
+    }
+
     /// [`Self::create`] with admission: if the tenant already has `max_in_flight` or more jobs
     /// queued or running, writes nothing and returns [`CreateOutcome::InFlightLimit`]; if the job
     /// would take it over a quota, writes nothing and returns [`CreateOutcome::QuotaExceeded`].

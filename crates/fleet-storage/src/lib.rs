@@ -66,6 +66,9 @@ pub mod meta_names {
     /// The job's idempotency key, when it has one (percent-encoded like every value), so a
     /// record rebuilt from the images gets its key back.
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// Hex SHA-256 of the request the job was submitted with (the dispatcher's digest), when its
+    /// message carried one, so a rebuilt idempotency key still refuses a different request.
+    pub const REQUEST_DIGEST: &str = "request-digest";
 }
 
 /// What the worker knows about an image when it stores it; written as object metadata. It holds
@@ -96,6 +99,8 @@ pub struct ObjectMeta {
     pub height: u32,
     /// The job's idempotency key.
     pub idempotency_key: Option<String>,
+    /// The digest of the request the job was submitted with ([`meta_names::REQUEST_DIGEST`]).
+    pub request_digest: Option<String>,
 }
 
 impl ObjectMeta {
@@ -120,6 +125,9 @@ impl ObjectMeta {
         if let Some(key) = &self.idempotency_key {
             map.insert(meta_names::IDEMPOTENCY_KEY.to_owned(), encode_meta_value(key));
         }
+        if let Some(digest) = &self.request_digest {
+            map.insert(meta_names::REQUEST_DIGEST.to_owned(), encode_meta_value(digest));
+        }
         map
     }
 
@@ -139,6 +147,7 @@ impl ObjectMeta {
             width: number(meta_names::WIDTH)?,
             height: number(meta_names::HEIGHT)?,
             idempotency_key: metadata.get(meta_names::IDEMPOTENCY_KEY).cloned(),
+            request_digest: metadata.get(meta_names::REQUEST_DIGEST).cloned(),
         })
     }
 
@@ -157,6 +166,7 @@ impl ObjectMeta {
             width: 64,
             height: 64,
             idempotency_key: None,
+            request_digest: None,
         }
     }
 }
@@ -399,6 +409,7 @@ mod tests {
         let read: BTreeMap<String, String> = map.iter().map(|(k, v)| (k.clone(), decode_meta_value(v))).collect();
         assert_eq!(ObjectMeta::from_metadata(&read), Some(meta.clone()));
         meta.idempotency_key = Some("order 7: ü".into());
+        meta.request_digest = Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into());
         let read: BTreeMap<String, String> =
             meta.to_metadata("ab").iter().map(|(k, v)| (k.clone(), decode_meta_value(v))).collect();
         assert_eq!(ObjectMeta::from_metadata(&read), Some(meta));

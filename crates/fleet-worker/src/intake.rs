@@ -31,6 +31,9 @@ pub struct Pending {
     pub cancel_checked: Option<Instant>,
     /// The message as delivered, for a clean hand-back ([`crate::republish`]); set by the consume loop.
     pub original: Option<Original>,
+    /// The digest of the request as submitted, from the message's
+    /// [`fleet_queue::message::HEADER_REQUEST_DIGEST`] (a dispatcher's message has one).
+    pub request_digest: Option<String>,
     acker: Option<Acker>,
 }
 
@@ -62,6 +65,9 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let delivery_count = delivery_count(&delivery);
+    let request_digest =
+        fleet_queue::message::header_str(&delivery.properties, fleet_queue::message::HEADER_REQUEST_DIGEST)
+            .map(str::to_owned);
     let job_id = || fleet_queue::message::job_id(&delivery.data, &delivery.properties);
     let spec = match fleet_queue::message::decode(&delivery.data, &delivery.properties) {
         Ok(spec) => spec,
@@ -91,6 +97,7 @@ pub fn receive(delivery: Delivery, config: &FleetConfig) -> Result<Pending, Box<
                 record: None,
                 cancel_checked: None,
                 original: None,
+                request_digest,
                 acker: Some(delivery.acker),
             })
         }

@@ -11,7 +11,9 @@
 //! confirms) and then acks the original: the new copy starts with a delivery count of 0. Its
 //! [`HEADER_HANDBACKS`] header counts these hand-backs; past [`MAX_HANDBACKS`] a message is
 //! returned the ordinary way (and counts), so no message can bounce between stopping workers for
-//! ever. Only crashes, lost connections and poison jobs move a job toward the dead-letter queue.
+//! ever. A worker that gets a message the broker returned without a start (a lost connection or
+//! a crash while it waited in a prefetch) hands it back the same way; only returns after a start
+//! (crashes mid-job, outages) move a job toward the dead-letter queue.
 //!
 //! **Dead letters with a reason**: a broker's dead-lettering (a reject) cannot add headers, so a
 //! worker that refuses a message publishes it to the dead-letter exchange itself, with

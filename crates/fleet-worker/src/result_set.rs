@@ -76,10 +76,12 @@ pub async fn commit(
     results: Vec<ImageResult>,
 ) -> Result<Committed, StatusError> {
     // A retry of a write whose reply was lost (the call timed out across a stall, the connection
-    // dropped after the write) finds the job succeeded with this very set: that is this
-    // execution's win, not a loss. The keys carry this execution's id, so no other set matches.
+    // dropped after the write) finds the job succeeded with this very set, and so does an
+    // execution whose set `fleet recover` recorded while it was committing (an unfinished record
+    // finished from S3): that is this execution's win, not a loss. The keys carry this
+    // execution's id, so no other set matches.
     let succeed = |s: &mut fleet_core::JobStatus| {
-        if s.state == JobState::Succeeded && s.result == results {
+        if s.state == JobState::Succeeded && s.result.iter().map(|r| &r.key).eq(results.iter().map(|r| &r.key)) {
             return Ok(());
         }
         s.succeed(results.clone(), Utc::now())

@@ -294,6 +294,7 @@ impl Worker {
             self.accept(delivery, &channel, &mut waiting).await;
         }
         tracing::info!(worker = %self.ctx.worker_id, waiting = waiting.len(), "shutting down: handing waiting jobs back");
+        note_second_copies(&self.ctx.status, &waiting).await;
         hand_back(&mut waiting, Some(&channel)).await;
         self.wait_for_finishing().await;
         let _ = channel.close(200, "worker shutting down").await;
@@ -357,8 +358,9 @@ impl Worker {
                     tracing::info!(
                         job = %pending.id(),
                         deliveries = pending.delivery_count,
-                        "returned by the broker more often than started (lost connections): handed back afresh"
+                        "returned by the broker without a start to explain it (a lost connection, a crash while it waited): handed back afresh"
                     );
+                    note_second_copies(&self.ctx.status, std::slice::from_ref(&pending)).await;
                     pending.hand_back(Some(channel)).await;
                     return;
                 }
@@ -368,21 +370,24 @@ impl Worker {
         }
     }
 
-    /// Whether a message at the delivery limit got there through returns no start explains.
+    /// Whether the broker's last return of this message was not the job's doing: no start from
+    /// this copy preceded it.
     ///
     /// The broker counts every return: a crash mid-job, but also a lost connection (or a crash)
-    /// while the job only waited in a worker's prefetch. At the limit one more return dead-letters
-    /// it, so a message returned more often than any worker started its job (the record's
-    /// `attempts`) is handed back afresh — its count back to 0, its `handbacks` one up, bounded by
-    /// [`crate::republish::MAX_HANDBACKS`] — instead of being run from this worn copy. A job that
-    /// keeps crashing its workers is started on every delivery, so it never qualifies.
+    /// while the job only waited in a worker's prefetch, and a connection lost while the job ran
+    /// on a worker that then finished it. Only a return that follows a start from this very copy
+    /// (the record's last start noted this copy's hand-backs and a delivery count one lower) is
+    /// the job's doing; any other return is not, so the copy is handed back afresh — its count
+    /// back to 0, its `handbacks` one up, bounded by [`crate::republish::MAX_HANDBACKS`] — before
+    /// returns that were not the job's doing add up to the delivery limit. A job that keeps
+    /// crashing its workers is started from every delivery, so it never qualifies; a finished
+    /// job's copy is acked unrun by the start instead.
     async fn returned_unstarted(&self, pending: &Pending) -> bool {
-        let limit = self.ctx.config.rabbitmq.delivery_limit;
-        if pending.delivery_count < limit {
+        if pending.delivery_count == 0 {
             return false;
         }
         match self.ctx.status.get(pending.id()).await {
-            Ok(record) => pending.delivery_count > record.map_or(0, |r| r.attempts),
+            Ok(record) => record.is_none_or(|r| !r.state.is_terminal() && !started_from(&r, pending)),
             Err(e) => {
                 tracing::debug!(job = %pending.id(), error = %e, "cannot read the record to judge the delivery count");
                 false
@@ -510,6 +515,30 @@ async fn hand_back(waiting: &mut Vec<Pending>, channel: Option<&lapin::Channel>)
     for mut job in waiting.drain(..) {
         job.hand_back(channel).await;
     }
+}
+
+/// Whether the record's last start was from `pending`'s copy at the delivery before this one:
+/// then the broker's last return followed a start (a crash, an outage, a lost connection mid-run).
+fn started_from(record: &JobStatus, pending: &Pending) -> bool {
+    record.attempts > 0
+        && record.handbacks == pending.handbacks()
+        && record.deliveries.checked_add(1) == Some(pending.delivery_count)
+}
+
+/// Notes on each job's record that a second message of it is about to exist: from a clean
+/// hand-back's republish until the original's ack there are two, and both stay if this worker
+/// dies in between or the ack is lost. Removing such a job later keeps its cancel flag for as long
+/// as a copy may wait ([`StatusStore::mark_published_again`]). All at once, so a stop with Redis
+/// down waits one call timeout, not one per job; the hand-backs go ahead either way.
+async fn note_second_copies(status: &StatusStore, jobs: &[Pending]) {
+    let marks = jobs.iter().filter(|job| job.is_open()).map(|job| async move {
+        match status.mark_published_again(job.id()).await {
+            // A job no dispatcher recorded and no worker started has no record to mark.
+            Ok(()) | Err(StatusError::NotFound(_)) => {}
+            Err(err) => tracing::warn!(job = %job.id(), error = %err, "cannot note the hand-back on the record"),
+        }
+    });
+    futures::future::join_all(marks).await;
 }
 
 /// Adds a batch's duration to the stats when the batch ends, however it ends.

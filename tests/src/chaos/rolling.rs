@@ -68,6 +68,10 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
     let mut row =
         audit(&name, &submissions, &fleet.status, &fleet.s3_direct, done.saturating_duration_since(restarts_end), true)
             .await;
+    let dead_letters = dead_letter_depth(&fleet.config).await;
+    if dead_letters != 0 {
+        row.problems.push(format!("{dead_letters} message(s) in the dead-letter queue"));
+    }
     if handbacks.clean == 0 {
         row.problems.push("no stopping worker handed a job back: the restarts met no backlog".to_owned());
     }
@@ -94,6 +98,17 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
 fn heavier(mut job: serde_json::Value) -> serde_json::Value {
     (job["width"], job["height"], job["steps"]) = (256.into(), 256.into(), 4.into());
     job
+}
+
+/// Messages in the fleet's dead-letter queue: a job's record may say `succeeded` while a second
+/// copy of its message was dead-lettered, which the records alone would not show.
+async fn dead_letter_depth(config: &fleet_core::FleetConfig) -> u32 {
+    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
+    let queue = topology.dead_letter_queue.clone();
+    let broker = fleet_queue::Broker::connect(&config.rabbitmq.url, topology).await.expect("the broker");
+    let depth = broker.depth(&queue).await.expect("the dead-letter queue's depth").messages;
+    broker.close().await;
+    depth
 }
 
 async fn count_handbacks(fleet: &ChaosFleet, ids: &[uuid::Uuid]) -> Handbacks {

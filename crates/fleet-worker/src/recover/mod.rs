@@ -8,17 +8,18 @@
 //! that exists. Two callers:
 //!
 //! - `fleet recover` ([`Recovery::run`]): every job of a tenant (or all, or one job) that has a
-//!   whole result set stored and no record;
+//!   whole result set stored and no record, or a record a lost write left unfinished (`queued`,
+//!   or `running` on a worker that is gone): that record is marked `succeeded` with the set;
 //! - a worker given a job whose record is missing ([`restore_from_store`]): when the job's images
 //!   are all stored, the job is done, and its record is rebuilt instead of running it again.
 
 pub mod record;
 pub mod stored;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
-use fleet_core::ValidJob;
+use fleet_core::{JobState, ValidJob};
 use fleet_status::{StatusError, StatusStore};
 use fleet_storage::{ImageStore, ListedSet, StorageError};
 use uuid::Uuid;
@@ -60,9 +61,18 @@ pub enum JobOutcome {
         /// The key was left to this other job, which holds it now.
         key_taken_by: Option<Uuid>,
     },
+    /// Its record was unfinished (`queued`, or `running` on a worker that is gone) while a whole
+    /// result set is stored: marked `succeeded` with that set (or would be, in a dry run).
+    Finished {
+        /// The state the record was left in.
+        was: JobState,
+    },
     /// No whole, consistent result set: nothing written. One reason per set found.
     NotWhole(Vec<String>),
 }
+
+/// The worker name a record finished by `fleet recover` from `queued` is started under.
+pub const RECOVERER: &str = "fleet-recover";
 
 /// The tally `fleet recover` prints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +90,8 @@ pub struct Summary {
     /// Jobs whose images are no whole result set (still running, failed while storing, or
     /// mixed): left without a record.
     pub not_whole: u64,
+    /// Unfinished records marked `succeeded` from their stored set (or, in a dry run, that would be).
+    pub finished: u64,
 }
 
 impl Summary {
@@ -93,6 +105,7 @@ impl Summary {
                 self.keys_taken += u64::from(key_taken_by.is_some());
             }
             JobOutcome::NotWhole(_) => self.not_whole += 1,
+            JobOutcome::Finished { .. } => self.finished += 1,
         }
     }
 }
@@ -107,8 +120,8 @@ pub struct Recovery<'a> {
 }
 
 impl Recovery<'_> {
-    /// Rebuilds the record of every job in `scope` that has a whole result set and no record;
-    /// `on_job` hears of each job as it is done (for printing).
+    /// Rebuilds the record of every job in `scope` that has a whole result set and no record, and
+    /// finishes its unfinished record; `on_job` hears of each job as it is done (for printing).
     pub async fn run(
         &self,
         scope: &Scope,
@@ -119,23 +132,39 @@ impl Recovery<'_> {
         for set in sets {
             jobs.entry((set.tenant.clone(), set.job_id)).or_default().push(set);
         }
+        // A `running` record of a worker that is alive may be about to succeed: left to it.
+        let alive: HashSet<String> = self.status.workers().await?.into_iter().map(|w| w.id).collect();
         let mut summary = Summary::default();
         for ((tenant, id), sets) in jobs {
-            let outcome = self.job(id, &tenant, &sets, scope.dry_run).await?;
+            let outcome = self.job(id, &tenant, &sets, scope.dry_run, &alive).await?;
             summary.count(&outcome);
             on_job(id, &tenant, &outcome);
         }
         Ok(summary)
     }
 
-    /// One job: its record if it has one, else the first whole set of its sets (in execution order).
-    async fn job(&self, id: Uuid, tenant: &str, sets: &[ListedSet], dry_run: bool) -> Result<JobOutcome, RecoverError> {
-        if let Some(existing) = self.status.get(id).await? {
+    /// One job: its record if it has one and it is finished or being run, else the first whole
+    /// set of its sets (in execution order) makes its record, or finishes the unfinished one.
+    async fn job(
+        &self,
+        id: Uuid,
+        tenant: &str,
+        sets: &[ListedSet],
+        dry_run: bool,
+        alive: &HashSet<String>,
+    ) -> Result<JobOutcome, RecoverError> {
+        let unfinished = match self.status.get(id).await? {
             // A job id belongs to one tenant; one listed under another is not this record's.
-            if existing.tenant == tenant {
-                return Ok(JobOutcome::Recorded);
+            Some(existing) if existing.tenant == tenant => {
+                let running_here = existing.state == JobState::Running
+                    && existing.worker.as_ref().is_some_and(|worker| alive.contains(worker));
+                if existing.state.is_terminal() || running_here {
+                    return Ok(JobOutcome::Recorded);
+                }
+                Some(existing.state)
             }
-        }
+            _ => None,
+        };
         let mut reasons = Vec::new();
         for set in sets {
             let result = match read_set(self.images, set, Expected::default()).await? {
@@ -145,17 +174,56 @@ impl Recovery<'_> {
                     continue;
                 }
             };
-            let key = result.meta.idempotency_key.clone();
+            if let Some(was) = unfinished {
+                return self.finish(id, was, result, dry_run).await;
+            }
+            let (key, digest) = (result.meta.idempotency_key.clone(), result.meta.request_digest.clone());
             if dry_run {
                 return Ok(JobOutcome::Rebuilt { key_restored: key.is_some(), key_taken_by: None });
             }
             let status = record::from_images(id, tenant, result, Utc::now());
-            return Ok(match record::write(self.status, &status, key.as_deref()).await? {
+            return Ok(match record::write(self.status, &status, key.as_deref(), digest.as_deref()).await? {
                 Written::Created { key_restored, key_taken_by } => JobOutcome::Rebuilt { key_restored, key_taken_by },
                 Written::AlreadyRecorded => JobOutcome::Recorded,
             });
         }
+        if unfinished.is_some() {
+            // Nothing whole stored: its message (if any) runs it; not a recovery's to decide.
+            return Ok(JobOutcome::Recorded);
+        }
         Ok(JobOutcome::NotWhole(reasons))
+    }
+
+    /// Marks an unfinished record `succeeded` with a whole stored set, unless it finished
+    /// meanwhile, and removes the other executions' objects as a worker's winning commit does.
+    /// An execution still under way then loses its commit and removes its own objects; one whose
+    /// set this is wins it (its commit finds its own keys recorded).
+    async fn finish(
+        &self,
+        id: Uuid,
+        was: JobState,
+        result: StoredResult,
+        dry_run: bool,
+    ) -> Result<JobOutcome, RecoverError> {
+        if dry_run {
+            return Ok(JobOutcome::Finished { was });
+        }
+        let images = result.images;
+        let finish = |s: &mut fleet_core::JobStatus| {
+            if s.state.is_terminal() {
+                return Ok(());
+            }
+            if s.state == JobState::Queued {
+                s.start(RECOVERER, Utc::now())?;
+            }
+            s.succeed(images.clone(), Utc::now())
+        };
+        let record = self.status.update(id, finish).await?;
+        if record.state != JobState::Succeeded || record.result != images {
+            return Ok(JobOutcome::Recorded);
+        }
+        crate::result_set::sweep(self.images, self.prefix, &record).await?;
+        Ok(JobOutcome::Finished { was })
     }
 }
 
@@ -175,8 +243,9 @@ pub async fn restore_from_store(
     let expected = Expected { num_images: Some(spec.num_images), seed: spec.seed };
     for set in images.result_sets(prefix, Some(tenant), Some(id)).await? {
         let Ok(result) = read_set(images, &set, expected).await? else { continue };
+        let digest = result.meta.request_digest.clone();
         let Some(Ok(record)) = record::from_message(job, worker, result, Utc::now()) else { return Ok(None) };
-        return Ok(Some(record::write(status, &record, spec.idempotency_key.as_deref()).await?));
+        return Ok(Some(record::write(status, &record, spec.idempotency_key.as_deref(), digest.as_deref()).await?));
     }
     Ok(None)
 }

@@ -129,24 +129,29 @@ fn created_at(id: Uuid) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
 }
 
-/// Writes `status` as a new record with `idempotency_key`, never over an existing record. When
-/// the key already names another job, the record is written without it.
+/// Writes `status` as a new record with `idempotency_key` and the digest of the request it was
+/// submitted with (when known), never over an existing record. When the key already names another
+/// job, the record is written without it.
 pub async fn write(
     store: &StatusStore,
     status: &JobStatus,
     idempotency_key: Option<&str>,
+    request_digest: Option<&str>,
 ) -> Result<Written, StatusError> {
-    match store.create(status, idempotency_key).await? {
+    match store.create_for_request(status, idempotency_key, request_digest).await? {
         CreateOutcome::Created => Ok(Written::Created { key_restored: idempotency_key.is_some(), key_taken_by: None }),
         CreateOutcome::Existing(existing) if existing.id == status.id => Ok(Written::AlreadyRecorded),
-        CreateOutcome::Existing(other) => match store.create(status, None).await? {
-            CreateOutcome::Created => Ok(Written::Created { key_restored: false, key_taken_by: Some(other.id) }),
-            _ => Ok(Written::AlreadyRecorded),
-        },
-        // `create` sets no limit or quota and compares no request digest: it never answers these.
-        CreateOutcome::InFlightLimit { .. }
-        | CreateOutcome::QuotaExceeded { .. }
-        | CreateOutcome::DifferentRequest { .. } => Ok(Written::AlreadyRecorded),
+        CreateOutcome::DifferentRequest { existing } if existing == status.id => Ok(Written::AlreadyRecorded),
+        // The key names another job now (a client retried after the key was lost and got a
+        // second job, with the same request or another): the record is written without it.
+        CreateOutcome::Existing(JobStatus { id: other, .. }) | CreateOutcome::DifferentRequest { existing: other } => {
+            match store.create_for_request(status, None, request_digest).await? {
+                CreateOutcome::Created => Ok(Written::Created { key_restored: false, key_taken_by: Some(other) }),
+                _ => Ok(Written::AlreadyRecorded),
+            }
+        }
+        // Without admission no limit or quota applies.
+        CreateOutcome::InFlightLimit { .. } | CreateOutcome::QuotaExceeded { .. } => Ok(Written::AlreadyRecorded),
     }
 }
 

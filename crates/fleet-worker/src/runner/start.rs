@@ -59,7 +59,7 @@ pub(super) async fn begin(ctx: &RunContext, job: &Pending) -> Result<Option<Vers
                 queued.retention_secs = ctx.config.retention_for(&queued.tenant, None).ok();
             }
             let key = job.job.spec().idempotency_key.as_deref();
-            retry(|| recover::record::write(&ctx.status, &queued, key)).await?;
+            retry(|| recover::record::write(&ctx.status, &queued, key, job.request_digest.as_deref())).await?;
             retry(|| ctx.status.update_from(id, None, start)).await.map(Some)
         }
         Err(e) => Err(e),

@@ -89,6 +89,7 @@ async fn store_job(
             width: spec.width,
             height: spec.height,
             idempotency_key: spec.idempotency_key.clone(),
+            request_digest: job.request_digest.clone(),
         };
         let (own_spec, config) = (spec.clone(), ctx.config.clone());
         async move {
