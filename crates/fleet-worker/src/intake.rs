@@ -11,7 +11,7 @@ use lapin::types::AMQPValue;
 
 use fleet_render::batching::Waiting;
 
-use crate::republish::{Original, republish};
+use crate::republish::{Original, RepublishError, republish};
 
 /// Tenant of a job published straight onto the queue with neither a body `tenant` nor a header.
 pub const ANONYMOUS_TENANT: &str = "anonymous";
@@ -137,8 +137,21 @@ impl Pending {
         }
     }
 
-    /// Give the message back for another worker (transient failure, shutdown).
+    /// Give the message back after a failed attempt (an outage during the job, a start that could
+    /// not be recorded), counted against the delivery limit: a `basic.reject`, which every
+    /// RabbitMQ version counts (from 4.3 a `basic.nack` no longer does).
     pub async fn requeue(&mut self) {
+        if let Some(acker) = self.acker.take()
+            && let Err(err) = acker.reject(BasicRejectOptions { requeue: true }).await
+        {
+            tracing::warn!(job = %self.id(), error = %err, "reject failed; the broker redelivers when the channel closes");
+        }
+    }
+
+    /// Give the message back with nothing wrong with the job (a stop whose clean hand-back could
+    /// not be made): a `basic.nack`, which RabbitMQ 4.3 and later do not count against the
+    /// delivery limit (earlier versions count every return).
+    pub async fn release(&mut self) {
         if let Some(acker) = self.acker.take()
             && let Err(err) = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
         {
@@ -152,7 +165,7 @@ impl Pending {
     /// a refused republish), the message is returned the ordinary way.
     pub async fn hand_back(&mut self, channel: Option<&lapin::Channel>) {
         let (Some(channel), Some(original)) = (channel, self.original.as_ref()) else {
-            return self.requeue().await;
+            return self.release().await;
         };
         if !self.is_open() {
             return;
@@ -160,9 +173,14 @@ impl Pending {
         let republished = republish(channel, original).await;
         match republished {
             Ok(()) => self.ack().await,
+            // The bound on hand-backs holds on every broker version: this return counts.
+            Err(err @ RepublishError::Limit) => {
+                tracing::warn!(job = %self.id(), error = %err, "returning the job to the queue, counted");
+                self.requeue().await;
+            }
             Err(err) => {
                 tracing::warn!(job = %self.id(), error = %err, "cannot hand the job back cleanly; returning it to the queue");
-                self.requeue().await;
+                self.release().await;
             }
         }
     }
