@@ -262,6 +262,46 @@ async fn a_worker_reconnects_to_the_broker_by_itself() {
     fleet.stop().await;
 }
 
+/// A worker that loses its broker connection again and again while jobs wait in its prefetch
+/// (more often than the delivery limit) pushes none of them toward the dead-letter queue: the
+/// broker counts each return, but a copy returned without a start is handed back afresh by the
+/// worker that gets it next, and a job the worker was running when its link went is finished by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_connections_while_jobs_wait_dead_letter_nothing() {
+    let rabbit = tokio::task::block_in_place(PrivateRabbit::start);
+    let link = Link::start(&rabbit.addr()).await.unwrap();
+    let mut config = isolated_config();
+    config.rabbitmq.delivery_limit = fleet_core::FleetConfig::default().rabbitmq.delivery_limit;
+    config.rabbitmq.url = rabbit.url().replace(&rabbit.addr(), &link.addr().to_string());
+    let fleet = Fleet::start(config.clone(), 1).await;
+    // Larger than the suite's usual jobs, so the worker holds a backlog in its prefetch.
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let mut job = tiny_job(i);
+        (job["width"], job["height"], job["steps"], job["priority"]) =
+            (256.into(), 256.into(), 4.into(), "interactive".into());
+        ids.push(fleet.submit(job).await.id);
+    }
+    let cuts = config.rabbitmq.delivery_limit + 2;
+    for _ in 0..cuts {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        link.cut();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        link.restore();
+    }
+    let done = fleet.wait_all(&ids, Duration::from_secs(300)).await;
+    let failed: Vec<_> = done.iter().filter(|s| s.state != JobState::Succeeded).collect();
+    assert!(failed.is_empty(), "after {cuts} lost connections: {failed:#?}");
+    let refreshed = done.iter().filter(|s| s.handbacks > 0).count();
+    eprintln!("{refreshed} of {} jobs were handed back afresh after a return without a start", done.len());
+    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
+    let dead_letter_queue = topology.dead_letter_queue.clone();
+    let broker = fleet_queue::Broker::connect(&rabbit.url(), topology).await.unwrap();
+    assert_eq!(broker.depth(&dead_letter_queue).await.unwrap().messages, 0, "nothing dead-lettered");
+    broker.close().await;
+    fleet.stop().await;
+}
+
 /// A dispatcher killed between recording a job and publishing it leaves a queued record that no
 /// message stands for. The client, which got no answer, retries with its idempotency key: the job
 /// must then run, not stay queued for ever.

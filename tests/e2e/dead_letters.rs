@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_core::{ErrorCode, JobState};
 use fleet_e2e::fleet::Fleet;
 use fleet_e2e::{E2E_KEY, isolated_config};
-use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
@@ -101,7 +101,7 @@ async fn a_clean_hand_back_starts_the_delivery_count_afresh() {
     // Two returns the broker counts (as crashes would), then a clean hand-back.
     for _ in 0..2 {
         let got = channel.basic_get(&queue, BasicGetOptions::default()).await.unwrap().expect("the job");
-        got.delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await.unwrap();
+        got.delivery.reject(BasicRejectOptions { requeue: true }).await.unwrap();
     }
     let got = channel.basic_get(&queue, BasicGetOptions::default()).await.unwrap().expect("the job");
     assert_eq!(delivery_count(&got.delivery.properties), 2, "the broker counted both returns");
@@ -178,7 +178,7 @@ async fn run_after_returns(returns: u32, started_first: bool) -> (fleet_core::Jo
     }
     for _ in 0..returns {
         let got = channel.basic_get(&queue, BasicGetOptions::default()).await.unwrap().expect("the job");
-        got.delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await.unwrap();
+        got.delivery.reject(BasicRejectOptions { requeue: true }).await.unwrap();
     }
     let _ = connection.close(200, "done").await;
 

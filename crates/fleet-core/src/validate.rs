@@ -101,6 +101,17 @@ impl ValidJob {
         self.spec.idempotency_key.is_some() || self.id_given
     }
 
+    /// The job as its record has it: `id` and, when known, `seed` set to what its first accept
+    /// assigned, while the request stays as the client sent it — so
+    /// [`Self::request_digest`] is the digest the record was created with.
+    pub fn as_recorded(mut self, id: Uuid, seed: Option<u64>) -> ValidJob {
+        self.spec.id = Some(id);
+        if let Some(seed) = seed {
+            self.spec.seed = Some(seed);
+        }
+        self
+    }
+
     /// Fills in what the dispatcher owns: the id (kept when the client sent one), the seed (kept
     /// when sent, else derived from the id: [`crate::identity::seed_for`]) and the tenant (always
     /// replaced: it is never trusted from the body).

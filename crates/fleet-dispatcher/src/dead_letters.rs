@@ -77,7 +77,7 @@ async fn mark_failed(app: &App, delivery: &Delivery) -> Result<(), StatusError> 
     });
     match update.await {
         Ok(status) => {
-            let reason = status.error.as_ref().map_or("", |e| e.message.as_str());
+            let reason = reason.as_ref().map_or("unknown", |r| r.code.as_str());
             tracing::warn!(job = %id, state = status.state.as_str(), %reason, "job dead-lettered");
             Ok(())
         }
@@ -96,15 +96,16 @@ fn explain(reason: Option<&DeadLetterReason>, record: &JobStatus) -> String {
     const KEPT: &str = "the message is kept in the dead-letter queue";
     match reason {
         Some(r) if r.code == DELIVERY_LIMIT_CODE && record.attempts == 0 => format!(
-            "never started: the broker returned the job more often than the delivery limit allows while it \
-             waited in workers (connections lost or workers killed before they reached it, from {}) ({}); {KEPT}",
+            "never started: the broker's count of returns passed the delivery limit before any worker started \
+             the job (connections lost or workers killed while it waited, copies that could not be handed back \
+             afresh; from {}) ({}); {KEPT}",
             r.queue.as_deref().unwrap_or("its queue"),
             r.code
         ),
         Some(r) if r.code == DELIVERY_LIMIT_CODE => format!(
-            "started {} time(s), never finished: each time its worker died, lost its connection or gave up \
-             on it mid-job (a drain deadline, an outage), more often than the delivery limit allows; clean \
-             stops do not count ({}); {KEPT}",
+            "started {} time(s) and never finished: its workers died, lost their connection or gave up on it \
+             mid-job (a drain deadline, an outage) until the broker's count of returns passed the delivery \
+             limit; clean stops do not count ({}); {KEPT}",
             record.attempts, r.code
         ),
         Some(r) => format!("{} ({}); {KEPT}", r.detail, r.code),

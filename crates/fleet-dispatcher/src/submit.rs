@@ -261,14 +261,10 @@ async fn mark_published(app: &App, id: uuid::Uuid, again: bool) {
 /// takes it over, with the same object keys and seed) and nothing is stored twice; the cost is at
 /// most one repeated generation.
 async fn publish_again(app: &App, job: ValidJob, existing: JobStatus, trace_id: &str) -> Result<Accepted, ApiError> {
-    let mut spec = job.into_spec();
-    spec.id = Some(existing.id);
     // A record without its request (written before records kept it) leaves the seed to the id's rule.
-    if let Some(request) = &existing.request {
-        spec.seed = Some(request.seed);
-    }
-    let limits = app.config.limits_for(&spec.model);
-    let job = spec.validate(&limits).map_err(|e| ApiError::invalid("", e.0))?.assign(&existing.tenant, new_job_id);
+    let seed = existing.request.as_ref().map(|request| request.seed);
+    // The request as the client sent it, so the message carries the digest the record has.
+    let job = job.as_recorded(existing.id, seed).assign(&existing.tenant, new_job_id);
     // On failure the record stays (it is the first request's); the client retries again.
     let route = route_of(app, job.spec())?;
     app.lanes.ensure(app, &route).await?;

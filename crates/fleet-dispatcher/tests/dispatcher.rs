@@ -142,6 +142,11 @@ impl Server {
     /// worker would, and acks it. A connection of its own: a lane that does not exist closes the
     /// channel that asks for it, and the server's own must stay open.
     async fn take(&self, queue_suffix: &str) -> Option<fleet_core::JobSpec> {
+        self.take_message(queue_suffix).await.map(|(spec, _)| spec)
+    }
+
+    /// [`Self::take`] with the message's properties.
+    async fn take_message(&self, queue_suffix: &str) -> Option<(fleet_core::JobSpec, lapin::BasicProperties)> {
         let url = &self.app.config.rabbitmq.url;
         let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
         let topology = self.app.broker.topology();
@@ -154,7 +159,8 @@ impl Server {
         for queue in std::iter::once(shared.name.clone()).chain(lanes) {
             let channel = connection.create_channel().await.unwrap();
             if let Ok(Some(msg)) = channel.basic_get(&queue, BasicGetOptions { no_ack: true }).await {
-                taken = Some(fleet_queue::message::decode(&msg.delivery.data, &msg.delivery.properties).unwrap());
+                let spec = fleet_queue::message::decode(&msg.delivery.data, &msg.delivery.properties).unwrap();
+                taken = Some((spec, msg.delivery.properties.clone()));
                 break;
             }
         }
@@ -653,8 +659,8 @@ async fn poison(server: &Server, key: &str, prompt: &str, started: bool) -> Stri
     while let Some(msg) = channel.basic_get(&queue, BasicGetOptions { no_ack: false }).await.unwrap() {
         deliveries += 1;
         assert!(deliveries <= 5, "the broker keeps redelivering the job");
-        let requeue = lapin::options::BasicNackOptions { requeue: true, ..Default::default() };
-        msg.delivery.nack(requeue).await.unwrap();
+        // A reject counts on every RabbitMQ version (from 4.3 a nack does not).
+        msg.delivery.reject(lapin::options::BasicRejectOptions { requeue: true }).await.unwrap();
     }
     assert_eq!(deliveries, 2, "delivery_limit 1: the second return dead-letters it");
     body["id"].as_str().unwrap().to_owned()

@@ -229,7 +229,8 @@ return 1
 });
 
 /// Note on a job's record that its message was published (confirmed by the broker): `1` after
-/// its one publish, `again` once it was published a second time (two messages may exist).
+/// its one publish, `again` once it was published a second time (two messages may exist). `1`
+/// never replaces `again`: a dispatcher's late mark must not hide a worker's hand-back copy.
 ///
 /// KEYS: 1 job. ARGV: 1 the mark. Returns 1, or 0 when the job does not exist (nothing is
 /// written then).
@@ -239,7 +240,9 @@ pub(crate) static MARK_PUBLISHED: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'published', ARGV[1])
+if ARGV[1] ~= '1' or redis.call('HGET', KEYS[1], 'published') ~= 'again' then
+  redis.call('HSET', KEYS[1], 'published', ARGV[1])
+end
 return 1
 "#,
     )

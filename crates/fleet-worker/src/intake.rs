@@ -164,15 +164,13 @@ impl Pending {
     /// not grow ([`crate::republish`]). When that cannot be done (no channel, the hand-back limit,
     /// a refused republish), the message is returned the ordinary way.
     pub async fn hand_back(&mut self, channel: Option<&lapin::Channel>) {
-        let (Some(channel), Some(original)) = (channel, self.original.as_ref()) else {
-            return self.release().await;
-        };
+        let Some(channel) = channel else { return self.release().await };
         if !self.is_open() {
             return;
         }
-        let republished = republish(channel, original).await;
+        let republished = self.try_hand_back(channel).await;
         match republished {
-            Ok(()) => self.ack().await,
+            Ok(()) => {}
             // The bound on hand-backs holds on every broker version: this return counts.
             Err(err @ RepublishError::Limit) => {
                 tracing::warn!(job = %self.id(), error = %err, "returning the job to the queue, counted");
@@ -183,6 +181,15 @@ impl Pending {
                 self.release().await;
             }
         }
+    }
+
+    /// The clean hand-back alone: publishes the message again and acks the original. On failure
+    /// the message stays unsettled here, for the caller to run or return.
+    pub async fn try_hand_back(&mut self, channel: &lapin::Channel) -> Result<(), RepublishError> {
+        let Some(original) = self.original.as_ref() else { return Err(RepublishError::Refused("no message kept")) };
+        republish(channel, original).await?;
+        self.ack().await;
+        Ok(())
     }
 
     /// Clean hand-backs the message has been through.

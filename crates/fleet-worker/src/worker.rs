@@ -361,8 +361,13 @@ impl Worker {
                         "returned by the broker without a start to explain it (a lost connection, a crash while it waited): handed back afresh"
                     );
                     note_second_copies(&self.ctx.status, std::slice::from_ref(&pending)).await;
-                    pending.hand_back(Some(channel)).await;
-                    return;
+                    match pending.try_hand_back(channel).await {
+                        Ok(()) => return,
+                        // Returned now it would come straight back (or count): it runs from this copy.
+                        Err(e) => {
+                            tracing::warn!(job = %pending.id(), error = %e, "cannot hand the copy back afresh; running it as delivered")
+                        }
+                    }
                 }
                 keep_once(waiting, pending).await;
             }
@@ -383,7 +388,8 @@ impl Worker {
     /// crashing its workers is started from every delivery, so it never qualifies; a finished
     /// job's copy is acked unrun by the start instead.
     async fn returned_unstarted(&self, pending: &Pending) -> bool {
-        if pending.delivery_count == 0 {
+        // Past the hand-back bound a copy runs as delivered (a republish would be refused).
+        if pending.delivery_count == 0 || pending.handbacks() >= crate::republish::MAX_HANDBACKS {
             return false;
         }
         match self.ctx.status.get(pending.id()).await {

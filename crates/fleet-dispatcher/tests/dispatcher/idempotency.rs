@@ -68,7 +68,8 @@ async fn a_client_id_reused_with_a_different_request_is_a_conflict() {
 async fn a_retry_that_publishes_a_lost_job_again_keeps_its_recorded_seed() {
     let server = Server::start(isolated_config()).await;
     let job = json!({"prompt": "lost", "model": "tiny", "idempotency_key": "lost-publish"});
-    let mut spec = fleet_core::parse_job(&job.to_string()).unwrap();
+    let job_text = job.to_string();
+    let mut spec = fleet_core::parse_job(&job_text).unwrap();
     spec.seed = Some(12_345);
     let valid = spec.validate(&server.app.config.limits_for("tiny")).unwrap().assign("alice", uuid::Uuid::now_v7);
     let record = fleet_core::JobStatus::queued(&valid, chrono::Utc::now()).unwrap();
@@ -76,7 +77,12 @@ async fn a_retry_that_publishes_a_lost_job_again_keeps_its_recorded_seed() {
 
     let (code, body) = server.submit(ALICE, job).await;
     assert_eq!((code, body["id"].as_str()), (StatusCode::OK, Some(record.id.to_string().as_str())), "{body}");
-    let published = server.take(".tiny.interactive").await.expect("published again");
+    let (published, properties) = server.take_message(".tiny.interactive").await.expect("published again");
     assert_eq!((published.id, published.seed), (Some(record.id), Some(12_345)));
+    // The message carries the digest of the request as the client sent it (what the record's
+    // create compared), not of the spec with the recorded id and seed filled in.
+    let sent = fleet_core::parse_job(&job_text).unwrap().validate(&server.app.config.limits_for("tiny")).unwrap();
+    let digest = fleet_queue::message::header_str(&properties, fleet_queue::message::HEADER_REQUEST_DIGEST);
+    assert_eq!(digest, Some(sent.request_digest().as_str()));
     server.stop().await;
 }

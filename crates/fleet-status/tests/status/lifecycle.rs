@@ -169,6 +169,8 @@ async fn removing_a_job_a_worker_finished_frees_its_idempotency_key_and_leaves_a
     let twice = queued("alice");
     fx.store.create(&twice, None).await.unwrap();
     fx.store.mark_published_again(twice.id).await.unwrap();
+    // A dispatcher's mark landing after a worker's hand-back mark leaves `again`.
+    fx.store.mark_published(twice.id).await.unwrap();
     let handed_back = queued("alice");
     fx.store.create(&handed_back, None).await.unwrap();
     fx.store.mark_published(handed_back.id).await.unwrap();

@@ -161,7 +161,7 @@ impl Recovery<'_> {
                 if existing.state.is_terminal() || running_here {
                     return Ok(JobOutcome::Recorded);
                 }
-                Some(existing.state)
+                Some(existing)
             }
             _ => None,
         };
@@ -174,8 +174,8 @@ impl Recovery<'_> {
                     continue;
                 }
             };
-            if let Some(was) = unfinished {
-                return self.finish(id, was, result, dry_run).await;
+            if let Some(judged) = &unfinished {
+                return self.finish(judged, result, dry_run).await;
             }
             let (key, digest) = (result.meta.idempotency_key.clone(), result.meta.request_digest.clone());
             if dry_run {
@@ -194,23 +194,24 @@ impl Recovery<'_> {
         Ok(JobOutcome::NotWhole(reasons))
     }
 
-    /// Marks an unfinished record `succeeded` with a whole stored set, unless it finished
-    /// meanwhile, and removes the other executions' objects as a worker's winning commit does.
-    /// An execution still under way then loses its commit and removes its own objects; one whose
-    /// set this is wins it (its commit finds its own keys recorded).
+    /// Marks the unfinished record `judged` `succeeded` with a whole stored set, unless it moved on
+    /// meanwhile (finished, or started by a worker: a new start is left to that worker), and
+    /// removes the other executions' objects as a worker's winning commit does. An execution
+    /// already under way then loses its commit and removes its own objects; one whose set this is
+    /// wins it (its commit finds its own keys recorded).
     async fn finish(
         &self,
-        id: Uuid,
-        was: JobState,
+        judged: &fleet_core::JobStatus,
         result: StoredResult,
         dry_run: bool,
     ) -> Result<JobOutcome, RecoverError> {
+        let (id, was) = (judged.id, judged.state);
         if dry_run {
             return Ok(JobOutcome::Finished { was });
         }
         let images = result.images;
         let finish = |s: &mut fleet_core::JobStatus| {
-            if s.state.is_terminal() {
+            if s.state != judged.state || s.attempts != judged.attempts || s.worker != judged.worker {
                 return Ok(());
             }
             if s.state == JobState::Queued {
