@@ -101,13 +101,16 @@ impl ValidJob {
         self.spec.idempotency_key.is_some() || self.id_given
     }
 
-    /// The job as its record has it: `id` and, when known, `seed` set to what its first accept
-    /// assigned, while the request stays as the client sent it — so
-    /// [`Self::request_digest`] is the digest the record was created with.
+    /// The job as its record has it: `id` and the seed its first accept assigned (`seed` when the
+    /// record knows it, else the id's rule for a seed the client did not send), while the request
+    /// stays as the client sent it — so [`Self::request_digest`] is the digest the record was
+    /// created with.
     pub fn as_recorded(mut self, id: Uuid, seed: Option<u64>) -> ValidJob {
         self.spec.id = Some(id);
-        if let Some(seed) = seed {
-            self.spec.seed = Some(seed);
+        match seed {
+            Some(seed) => self.spec.seed = Some(seed),
+            None if !self.seed_given => self.spec.seed = Some(crate::identity::seed_for(id)),
+            None => {}
         }
         self
     }
@@ -651,6 +654,22 @@ mod tests {
         own_id.id = Some(Uuid::now_v7());
         assert_ne!(valid(own_id.clone()).request_digest(), digest);
         assert_eq!(valid(own_id.clone()).request_digest(), valid(own_id).request_digest());
+    }
+
+    #[test]
+    fn a_job_as_recorded_takes_the_records_id_and_seed_and_keeps_the_clients_digest() {
+        let valid = |spec: JobSpec| spec.validate(&Limits::default()).unwrap().assign("alice", Uuid::now_v7);
+        let (first, retry) = (valid(JobSpec::new("x")), valid(JobSpec::new("x")));
+        let recorded_id = first.spec().id.unwrap();
+        let again = retry.clone().as_recorded(recorded_id, Some(7)).assign("alice", Uuid::now_v7);
+        assert_eq!((again.spec().id, again.spec().seed), (Some(recorded_id), Some(7)));
+        assert_eq!(again.request_digest(), first.request_digest(), "the digest the record was created with");
+        // A record that does not know its seed: the id's rule, as the first accept applied it.
+        let unknown = retry.as_recorded(recorded_id, None);
+        assert_eq!(unknown.spec().seed, first.spec().seed);
+        let mut seeded = JobSpec::new("x");
+        seeded.seed = Some(5);
+        assert_eq!(valid(seeded).as_recorded(recorded_id, None).spec().seed, Some(5), "the client's own seed stays");
     }
 
     #[test]
