@@ -294,11 +294,8 @@ async fn lost_connections_while_jobs_wait_dead_letter_nothing() {
     assert!(failed.is_empty(), "after {cuts} lost connections: {failed:#?}");
     let refreshed = done.iter().filter(|s| s.handbacks > 0).count();
     eprintln!("{refreshed} of {} jobs were handed back afresh after a return without a start", done.len());
-    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
-    let dead_letter_queue = topology.dead_letter_queue.clone();
-    let broker = fleet_queue::Broker::connect(&rabbit.url(), topology).await.unwrap();
-    assert_eq!(broker.depth(&dead_letter_queue).await.unwrap().messages, 0, "nothing dead-lettered");
-    broker.close().await;
+    // Through the link, restored: the configuration the fleet ran with.
+    assert_eq!(fleet_e2e::chaos::audit::dead_letter_depth(&config).await, 0, "nothing dead-lettered");
     fleet.stop().await;
 }
 

@@ -21,6 +21,15 @@ async fn forget_everything(config: &FleetConfig) {
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await.unwrap();
 }
 
+/// `config` written as the `fleet.toml` the `fleet` binary reads, in a directory that lives as
+/// long as the returned guard.
+fn write_config(config: &FleetConfig) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
+    (dir, file)
+}
+
 /// `fleet --config FILE recover ARGS…`: exit code and stdout.
 fn recover(config_file: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(fleet_binary())
@@ -67,9 +76,7 @@ fn assert_rebuilt(before: &JobStatus, after: &JobStatus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fleet_recover_rebuilds_records_and_idempotency_keys_from_s3_alone() {
     let config = isolated_config();
-    let dir = tempfile::tempdir().unwrap();
-    let config_file = dir.path().join("fleet.toml");
-    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let (_dir, config_file) = write_config(&config);
     let fleet = Fleet::start(config.clone(), 1).await;
     let jobs = [
         job(1, json!({"idempotency_key": "recover-1"})),
@@ -131,9 +138,7 @@ async fn fleet_recover_rebuilds_records_and_idempotency_keys_from_s3_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fleet_recover_finishes_records_a_lost_write_left_unfinished() {
     let config = isolated_config();
-    let dir = tempfile::tempdir().unwrap();
-    let config_file = dir.path().join("fleet.toml");
-    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let (_dir, config_file) = write_config(&config);
     let fleet = Fleet::start(config.clone(), 1).await;
     let mut ids = Vec::new();
     for n in 5..8 {
@@ -278,9 +283,7 @@ async fn the_dispatcher_and_a_worker_refuse_a_redis_that_keeps_nothing() {
     let mut config = isolated_config();
     config.redis.url = volatile.url();
     config.redis.allow_volatile = false;
-    let dir = tempfile::tempdir().unwrap();
-    let config_file = dir.path().join("fleet.toml");
-    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let (dir, config_file) = write_config(&config);
 
     for role in ["dispatcher", "worker"] {
         let mut child = Command::new(fleet_binary())

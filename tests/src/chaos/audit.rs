@@ -237,3 +237,14 @@ fn check_record(row: &mut Row, n: usize, record: &JobStatus, objects: Option<&BT
         }
     }
 }
+
+/// Messages in the fleet's dead-letter queue: a job's record may say `succeeded` while a second
+/// copy of its message was dead-lettered, which the records alone would not show.
+pub async fn dead_letter_depth(config: &fleet_core::FleetConfig) -> u32 {
+    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
+    let queue = topology.dead_letter_queue.clone();
+    let broker = fleet_queue::Broker::connect(&config.rabbitmq.url, topology).await.expect("the broker");
+    let depth = broker.depth(&queue).await.expect("the dead-letter queue's depth").messages;
+    broker.close().await;
+    depth
+}

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::audit::{Row, audit, wait_final};
+use super::audit::{Row, audit, dead_letter_depth, wait_final};
 use super::fleet::{ChaosFleet, Services};
 use super::submit::{Submitter, chaos_job};
 
@@ -98,17 +98,6 @@ pub async fn run(services: &mut Services, spec: Rolling) -> (Row, Handbacks) {
 fn heavier(mut job: serde_json::Value) -> serde_json::Value {
     (job["width"], job["height"], job["steps"]) = (256.into(), 256.into(), 4.into());
     job
-}
-
-/// Messages in the fleet's dead-letter queue: a job's record may say `succeeded` while a second
-/// copy of its message was dead-lettered, which the records alone would not show.
-async fn dead_letter_depth(config: &fleet_core::FleetConfig) -> u32 {
-    let topology = fleet_queue::Topology::new(&config.rabbitmq, ["tiny"]);
-    let queue = topology.dead_letter_queue.clone();
-    let broker = fleet_queue::Broker::connect(&config.rabbitmq.url, topology).await.expect("the broker");
-    let depth = broker.depth(&queue).await.expect("the dead-letter queue's depth").messages;
-    broker.close().await;
-    depth
 }
 
 async fn count_handbacks(fleet: &ChaosFleet, ids: &[uuid::Uuid]) -> Handbacks {
